@@ -1,0 +1,481 @@
+"""
+The TOML configuration: loading, validation and the resulting model.
+
+Every problem becomes one L{ConfigError} whose text names the file, the key
+path and what was expected, e.g.::
+
+    lb.toml: pools.web.servers[1].weight: expected an integer from 0 to 256, got "x"
+
+The model is plain frozen dataclasses; L{lbproxy.runtime} turns it into
+live pools and servers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.endpoints import clientFromString, serverFromString
+
+from lbproxy.context import KEYS, keySupported
+from lbproxy.errors import ConfigError, OptionError
+from lbproxy.selectors import findSelector, selectorNames
+
+MODES = ("tcp",)
+PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
+HEALTH_TYPES = ("tcp", "http", "banner")
+HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "tls", "unix", "systemd", "tor"}
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """
+    Active and passive health checking of a pool's servers.
+    """
+
+    type: str = "tcp"
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    passiveFall: int = 3
+    # http
+    method: str = "GET"
+    path: str = "/"
+    host: str | None = None
+    expectStatus: tuple[tuple[int, int], ...] = ((200, 399),)
+    # banner
+    expect: bytes = b""
+    send: bytes = b""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    name: str
+    address: str
+    weight: int = 1
+    backup: bool = False
+    maxconn: int = 0
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    servers: tuple[ServerConfig, ...]
+    selector: str = "roundrobin"
+    selectorOptions: dict = field(default_factory=dict)
+    retries: int = 2
+    connectTimeout: float = 5.0
+    sendProxy: str = "none"
+    health: HealthConfig | None = None
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    bind: str
+    pool: str
+    mode: str = "tcp"
+    maxconn: int = 10000
+    idleTimeout: float = 300.0
+    acceptProxy: tuple = ()
+
+    def trustsProxyFrom(self, host: str) -> bool:
+        """
+        Whether a PROXY protocol header is expected from C{host}.
+        """
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.acceptProxy)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    listeners: dict[str, ListenerConfig]
+    pools: dict[str, PoolConfig]
+
+
+def loadFile(path: str) -> Config:
+    """
+    Read and validate the config file at C{path}.
+
+    @raise ConfigError: for any problem, with a one-line message.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read config file: {e.strerror}")
+    return loadBytes(raw, path)
+
+
+def loadBytes(raw: bytes, source: str) -> Config:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(source, "", f"expected UTF-8 text, got {e.reason}")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "", f"TOML syntax error: {e}")
+    return parse(data, source)
+
+
+def parse(data: dict, source: str) -> Config:
+    """
+    Validate an already-decoded TOML document.
+    """
+    root = _Table(data, "", source)
+    poolsTable = root.table("pools", required=True)
+    pools = {}
+    for name in poolsTable.keys():
+        pools[name] = _parsePool(poolsTable.table(name, required=True), name)
+    if not pools:
+        raise ConfigError(source, "pools", "expected at least one pool")
+    listenersTable = root.table("listeners", required=True)
+    listeners = {}
+    for name in listenersTable.keys():
+        listeners[name] = _parseListener(
+            listenersTable.table(name, required=True), name, pools
+        )
+    if not listeners:
+        raise ConfigError(source, "listeners", "expected at least one listener")
+    root.done()
+    return Config(source=source, listeners=listeners, pools=pools)
+
+
+def _parseListener(t: _Table, name: str, pools: dict) -> ListenerConfig:
+    t.checkName(name)
+    bind = t.endpoint("bind", server=True, required=True)
+    mode = t.choice("mode", MODES, "tcp")
+    pool = t.string("pool", required=True)
+    if pool not in pools:
+        t.fail("pool", f"expected the name of a pool ({_oneOf(pools)}), got {pool!r}")
+    key = pools[pool].selectorOptions.get("key")
+    if isinstance(key, str) and not keySupported(mode, key):
+        t.fail(
+            "pool",
+            f"pool {pool!r} hashes on key {key!r}, which a {mode} listener "
+            f"cannot provide; expected one of {_oneOf(KEYS.get(mode, ()))}",
+        )
+    timeouts = t.table("timeouts")
+    listener = ListenerConfig(
+        name=name,
+        bind=bind,
+        pool=pool,
+        mode=mode,
+        maxconn=t.integer("maxconn", 0, 1_000_000, 10000),
+        idleTimeout=timeouts.duration("idle", 300.0),
+        acceptProxy=t.networks("accept_proxy"),
+    )
+    timeouts.done()
+    t.done()
+    return listener
+
+
+def _parsePool(t: _Table, name: str) -> PoolConfig:
+    t.checkName(name)
+    selectorName, selectorOptions = _parseSelector(t)
+    timeouts = t.table("timeouts")
+    serversList = t.list("servers", required=True)
+    servers = []
+    names = set()
+    for index, item in enumerate(serversList):
+        st = t.tableAt("servers", index, item)
+        server = _parseServer(st)
+        if server.name in names:
+            st.fail("name", f"expected a name unique in the pool, got {server.name!r} again")
+        names.add(server.name)
+        servers.append(server)
+    if not servers:
+        t.fail("servers", "expected at least one server")
+    health = t.table("health")
+    pool = PoolConfig(
+        name=name,
+        servers=tuple(servers),
+        selector=selectorName,
+        selectorOptions=selectorOptions,
+        retries=t.integer("retries", 0, 100, 2),
+        connectTimeout=timeouts.duration("connect", 5.0),
+        sendProxy=t.choice("send_proxy", PROXY_PROTOCOL_VERSIONS, "none"),
+        health=_parseHealth(health) if health.present else None,
+    )
+    timeouts.done()
+    t.done()
+    return pool
+
+
+def _parseSelector(t: _Table) -> tuple[str, dict]:
+    value = t.get("selector", "roundrobin")
+    if isinstance(value, str):
+        selectorName, options, keyPath = value, {}, "selector"
+    elif isinstance(value, dict):
+        options = dict(value)
+        selectorName = options.pop("name", None)
+        keyPath = "selector.name"
+        if not isinstance(selectorName, str):
+            t.fail(keyPath, f"expected a selector name, got {_show(selectorName)}")
+    else:
+        t.fail("selector", f"expected a selector name or table, got {_show(value)}")
+    plugin = findSelector(selectorName)
+    if plugin is None:
+        t.fail(
+            keyPath,
+            f"expected a selector ({_oneOf(selectorNames())}), got {selectorName!r}",
+        )
+    try:
+        plugin.build(options)
+    except OptionError as e:
+        t.fail("selector" + (f".{e.key}" if e.key else ""), e.message)
+    return selectorName, options
+
+
+def _parseServer(t: _Table) -> ServerConfig:
+    name = t.string("name", required=True)
+    t.checkName(name, "name")
+    server = ServerConfig(
+        name=name,
+        address=t.endpoint("address", server=False, required=True),
+        weight=t.integer("weight", 0, 256, 1),
+        backup=t.boolean("backup", False),
+        maxconn=t.integer("maxconn", 0, 1_000_000, 0),
+    )
+    t.done()
+    return server
+
+
+def _parseHealth(t: _Table) -> HealthConfig:
+    kind = t.choice("type", HEALTH_TYPES, "tcp")
+    kwargs: dict[str, Any] = dict(
+        type=kind,
+        interval=t.duration("interval", 2.0),
+        timeout=t.duration("timeout", 1.0),
+        rise=t.integer("rise", 1, 100, 2),
+        fall=t.integer("fall", 1, 100, 3),
+        passiveFall=t.integer("passive_fall", 0, 100, 3),
+    )
+    if kind == "http":
+        kwargs.update(
+            method=t.choice("method", HTTP_METHODS, "GET"),
+            path=t.string("path", default="/"),
+            host=t.string("host", default=None),
+            expectStatus=t.statusRanges("expect_status", ((200, 399),)),
+        )
+        if not kwargs["path"].startswith("/") or any(
+            c.isspace() for c in kwargs["path"]
+        ):
+            t.fail("path", f"expected a path starting with /, got {kwargs['path']!r}")
+    elif kind == "banner":
+        kwargs.update(
+            expect=t.string("expect", required=True).encode("utf-8"),
+            send=t.string("send", default="").encode("utf-8"),
+        )
+    health = HealthConfig(**kwargs)
+    if health.timeout > health.interval:
+        t.fail("timeout", f"expected at most the interval ({health.interval:g}s), got {health.timeout:g}s")
+    t.done()
+    return health
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def _oneOf(names) -> str:
+    names = sorted(names)
+    return "one of " + ", ".join(names) if names else "none defined"
+
+
+class _NullReactor:
+    """
+    Stands in for the reactor while endpoint strings are parsed for
+    validation; parsing never needs it.
+    """
+
+
+class _Table:
+    """
+    A TOML table being validated: typed getters that raise L{ConfigError}
+    with the full key path, and a check for unknown keys.
+    """
+
+    def __init__(self, data: dict | None, path: str, source: str) -> None:
+        self.present = data is not None
+        self.data = data if data is not None else {}
+        self.path = path
+        self.source = source
+        self.seen: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, message: str):
+        raise ConfigError(self.source, self._key(key), message)
+
+    def keys(self) -> list[str]:
+        return list(self.data)
+
+    def get(self, key: str, default: Any = None, required: bool = False) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if required:
+                self.fail(key, "required key is missing")
+            return default
+        return self.data[key]
+
+    def done(self) -> None:
+        for key in self.data:
+            if key not in self.seen:
+                self.fail(key, "unknown key")
+
+    def checkName(self, name: str, key: str = "") -> None:
+        if not _NAME.match(name):
+            message = f"expected a name of letters, digits, '_', '.' or '-' (at most 64), got {name!r}"
+            if key:
+                self.fail(key, message)
+            raise ConfigError(self.source, self.path, message)
+
+    def table(self, key: str, required: bool = False) -> _Table:
+        value = self.get(key, None, required)
+        if value is not None and not isinstance(value, dict):
+            self.fail(key, f"expected a table, got {_show(value)}")
+        return _Table(value, self._key(key), self.source)
+
+    def tableAt(self, key: str, index: int, value: Any) -> _Table:
+        path = f"{self._key(key)}[{index}]"
+        if not isinstance(value, dict):
+            raise ConfigError(self.source, path, f"expected a table, got {_show(value)}")
+        return _Table(value, path, self.source)
+
+    def list(self, key: str, required: bool = False) -> list:
+        value = self.get(key, [], required)
+        if not isinstance(value, list):
+            self.fail(key, f"expected an array, got {_show(value)}")
+        return value
+
+    def string(self, key: str, default: Any = None, required: bool = False) -> Any:
+        value = self.get(key, default, required)
+        if value is not default and not isinstance(value, str):
+            self.fail(key, f"expected a string, got {_show(value)}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {_show(value)}")
+        return value
+
+    def integer(self, key: str, low: int, high: int, default: int) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(key, f"expected an integer from {low} to {high}, got {_show(value)}")
+        return value
+
+    def choice(self, key: str, choices, default: str) -> str:
+        value = self.get(key, default)
+        if value not in choices:
+            self.fail(key, f"expected {_oneOf(choices)}, got {_show(value)}")
+        return value
+
+    def duration(self, key: str, default: float) -> float:
+        value = self.get(key, default)
+        expected = 'expected a duration in seconds or a string such as "500ms", "5s", "2m"'
+        if isinstance(value, bool):
+            self.fail(key, f"{expected}, got {_show(value)}")
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.match(value)):
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        else:
+            self.fail(key, f"{expected}, got {_show(value)}")
+        if not 0 < seconds <= 86400 * 7:
+            self.fail(key, f"expected a duration above 0 and at most 7 days, got {_show(value)}")
+        return seconds
+
+    def endpoint(self, key: str, server: bool, required: bool = False) -> str:
+        value = self.string(key, required=required)
+        if server:
+            try:
+                serverFromString(_NullReactor(), value)
+            except Exception as e:
+                self.fail(key, f'expected a server endpoint string such as "tcp:8080:interface=127.0.0.1", got {value!r} ({_reason(e)})')
+            return value
+        value = _hostPort(value)
+        try:
+            clientFromString(_NullReactor(), value)
+        except Exception as e:
+            self.fail(key, f'expected "host:port" or a client endpoint string such as "tcp:host=127.0.0.1:port=8081", got {value!r} ({_reason(e)})')
+        return value
+
+    def networks(self, key: str) -> tuple:
+        value = self.list(key)
+        networks = []
+        for index, item in enumerate(value):
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except (ValueError, TypeError):
+                raise ConfigError(
+                    self.source,
+                    f"{self._key(key)}[{index}]",
+                    f"expected an address or network such as \"127.0.0.1\" or \"10.0.0.0/8\", got {_show(item)}",
+                )
+        return tuple(networks)
+
+    def statusRanges(self, key: str, default) -> tuple:
+        value = self.get(key, None)
+        if value is None:
+            return default
+        expected = 'expected an array of statuses or ranges such as [200, "300-399"]'
+        if not isinstance(value, list) or not value:
+            self.fail(key, f"{expected}, got {_show(value)}")
+        ranges = []
+        for item in value:
+            if isinstance(item, int) and not isinstance(item, bool):
+                low = high = item
+            elif isinstance(item, str) and re.fullmatch(r"\d{3}-\d{3}", item):
+                low, high = map(int, item.split("-"))
+            else:
+                self.fail(key, f"{expected}, got {_show(item)}")
+            if not 100 <= low <= high <= 599:
+                self.fail(key, f"{expected}, got {_show(item)}")
+            ranges.append((low, high))
+        return tuple(ranges)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e) or e.__class__.__name__
+    return text.splitlines()[0]
+
+
+def _hostPort(value: str) -> str:
+    """
+    Turn the shorthand C{host:port} / C{[v6]:port} into a C{tcp:} endpoint
+    string; leave endpoint strings alone.
+    """
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})", value) or re.fullmatch(
+        r"([A-Za-z0-9.-]+):(\d{1,5})", value
+    )
+    if not m or m.group(1) in _ENDPOINT_TYPES:
+        return value
+    host = m.group(1).replace(":", "\\:")
+    return f"tcp:host={host}:port={m.group(2)}"

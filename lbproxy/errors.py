@@ -1,0 +1,49 @@
+"""
+Exceptions with messages an operator can act on.
+"""
+
+
+class ConfigError(Exception):
+    """
+    The configuration is unusable.
+
+    C{str()} is one line: C{FILE: KEY: expected ..., got ...}.
+    """
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source = source
+        self.key = key
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.source, self.key, self.message) if p]
+        return ": ".join(parts)
+
+
+class OptionError(Exception):
+    """
+    A plugin rejected one of its options.
+
+    @ivar key: the option's name (relative to the plugin's options table), or
+        an empty string when the problem is not with one option.
+    @ivar message: what was expected.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class NoServerAvailable(Exception):
+    """
+    No server of the pool can take the flow now (all down, draining, in
+    maintenance or at their maxconn).
+    """
+
+
+class ConnectFailed(Exception):
+    """
+    Every connection attempt to the pool's servers failed.
+    """

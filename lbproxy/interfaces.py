@@ -1,0 +1,127 @@
+"""
+Public interfaces of lbproxy.
+
+Every protocol front (tcp, http, imap, pop3) shares the same path from a
+listener to a backend::
+
+    listener -> pool -> IBackendSelector.pick() -> IServer -> connect -> relay
+
+Selectors are the main extension point: a third party writes an
+L{ISelectorPlugin} and drops it into an ``lbproxy/plugins/`` directory on
+sys.path; the config names it by its C{name}.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IServer(Interface):
+    """
+    One backend server of a pool, as selectors and health checks see it.
+    """
+
+    name = Attribute("Unique name of the server within its pool (str).")
+    address = Attribute("Twisted client endpoint string of the server (str).")
+    weight = Attribute("Relative weight, 0-256 (int); 0 takes no new traffic.")
+    backup = Attribute("True if the server only serves when no primary can.")
+    maxconn = Attribute("Most concurrent connections, 0 for no limit (int).")
+    state = Attribute("Current L{lbproxy.pool.ServerState}.")
+    active = Attribute("Connections currently assigned to the server (int).")
+    full = Attribute("True while the server is at its maxconn.")
+
+    def acquire():
+        """
+        Count one more connection assigned to this server.
+        """
+
+    def release():
+        """
+        Count one connection fewer; the counterpart of L{acquire}.
+        """
+
+
+class ISelectionContext(Interface):
+    """
+    What a selector may know about the connection or request being placed.
+    """
+
+    protocol = Attribute('Transport protocol of the flow: "tcp" (str).')
+    client = Attribute("Client address (L{twisted.internet.interfaces.IAddress}).")
+    local = Attribute("Address the client connected to (IAddress).")
+    excluded = Attribute(
+        "Servers already tried for this flow (a set); a selector must not "
+        "return one of them."
+    )
+
+    def key(spec):
+        """
+        Return the bytes a hashing selector hashes for C{spec}, or None when
+        the flow has no such value (e.g. a missing header).
+
+        @param spec: a key specification such as C{"src"} (client address),
+            C{"5tuple"}; HTTP and mail fronts add their own (C{"uri"},
+            C{"header:NAME"}, C{"user"} ...). See L{lbproxy.context.KEYS}.
+        @rtype: L{bytes} or L{None}
+        """
+
+
+class IBackendSelector(Interface):
+    """
+    Chooses a server for one flow.
+
+    Rules every implementation keeps (the pool also checks them, so a
+    buggy plugin cannot break them):
+      - return one of C{servers}, or None;
+      - never return a server whose C{full} is true, nor one in
+        C{context.excluded}.
+    """
+
+    def pick(servers, context):
+        """
+        Choose a server.
+
+        @param servers: the servers that may serve now, in config order: the
+            healthy primaries, or the healthy backups when no primary is up.
+            The same tuple object is passed for as long as server states do
+            not change, so a selector may cache work keyed on it.
+        @type servers: L{tuple} of L{IServer}
+        @param context: the flow being placed.
+        @type context: L{ISelectionContext}
+        @return: an L{IServer} from C{servers}, or L{None} when none fits.
+        """
+
+
+class ISelectorPlugin(Interface):
+    """
+    A selector factory, discovered with C{getPlugins(ISelectorPlugin,
+    lbproxy.plugins)} and named in the config by C{name}.
+    """
+
+    name = Attribute('Name used in the config, e.g. "roundrobin" (str).')
+    description = Attribute("One line saying what the selector does (str).")
+
+    def build(options):
+        """
+        Build a selector for one pool.
+
+        @param options: the selector's options from the config (a mapping of
+            str to TOML values), without C{name}.
+        @raise lbproxy.errors.OptionError: for an unknown option or a bad
+            value; the config loader turns it into a one-line error naming
+            the file and key.
+        @rtype: L{IBackendSelector}
+        """
+
+
+class IHealthCheck(Interface):
+    """
+    One probe of one server.
+    """
+
+    def check(server):
+        """
+        Probe C{server} once.
+
+        @type server: L{IServer}
+        @return: a L{Deferred} that fires with L{None} when the server is
+            healthy and fails (with a reason worth logging) when it is not.
+        """

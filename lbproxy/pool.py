@@ -1,0 +1,231 @@
+"""
+Pools of backend servers and the state that selectors read.
+
+Health checks (active and passive) and, later, the admin API change a
+server's state; the pool turns states into the tuple of servers a selector
+may choose from, and checks the selector's answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from lbproxy.interfaces import IBackendSelector, IServer, ISelectionContext
+
+
+class ServerState(enum.Enum):
+    """
+    Administrative and health state of a server.
+
+    Only C{UP} servers take new flows. C{DRAIN} and C{MAINT} are set by an
+    operator: a draining server finishes what it has, a server in
+    maintenance is also skipped by health checks.
+    """
+
+    UP = "up"
+    DOWN = "down"
+    DRAIN = "drain"
+    MAINT = "maint"
+
+
+StateObserver = Callable[["Server", ServerState, ServerState, str], None]
+
+
+@implementer(IServer)
+class Server:
+    """
+    One backend server: its configuration and live counters.
+
+    @ivar totalConnections: flows ever assigned to the server.
+    @ivar connectFailures: consecutive failed connection attempts (reset by
+        a successful one).
+    @ivar passiveFall: consecutive failed connection attempts that mark an
+        up server down (passive health check); 0 disables it. Only set when
+        active checks run, since they are what bring the server back.
+    """
+
+    passiveFall = 0
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        weight: int = 1,
+        backup: bool = False,
+        maxconn: int = 0,
+        state: ServerState = ServerState.UP,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.weight = weight
+        self.backup = backup
+        self.maxconn = maxconn
+        self.state = state
+        self.active = 0
+        self.totalConnections = 0
+        self.connectFailures = 0
+        self.pool: Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"<Server {self.name} {self.address} {self.state.value}>"
+
+    @property
+    def full(self) -> bool:
+        return bool(self.maxconn) and self.active >= self.maxconn
+
+    @property
+    def qualifiedName(self) -> str:
+        """
+        C{pool/server}, as log lines name a server.
+        """
+        return f"{self.pool.name}/{self.name}" if self.pool else self.name
+
+    def acquire(self) -> None:
+        self.active += 1
+        self.totalConnections += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+    def connectSucceeded(self) -> None:
+        """
+        A proxied connection to this server was established.
+        """
+        self.connectFailures = 0
+
+    def connectFailed(self, reason: str) -> None:
+        """
+        A proxied connection to this server could not be established.
+        """
+        self.connectFailures += 1
+        if (
+            self.passiveFall
+            and self.connectFailures >= self.passiveFall
+            and self.state is ServerState.UP
+        ):
+            self.setState(
+                ServerState.DOWN,
+                f"{self.connectFailures} consecutive failed connections, "
+                f"last: {reason}",
+            )
+
+    def setState(self, state: ServerState, reason: str = "") -> None:
+        """
+        Change the state and tell the pool (which tells its observers).
+        """
+        old = self.state
+        if old is state:
+            return
+        self.state = state
+        if self.pool is not None:
+            self.pool.serverStateChanged(self, old, reason)
+
+
+class Pool:
+    """
+    A named group of servers sharing a selector.
+
+    @ivar options: the pool's L{lbproxy.config.PoolConfig}; fronts read
+        retries, timeouts and the PROXY protocol setting from it.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        servers: Iterable[Server],
+        selector: IBackendSelector,
+        options=None,
+    ) -> None:
+        self.name = name
+        self.servers = tuple(servers)
+        self.selector = selector
+        self.options = options
+        self._observers: list[StateObserver] = []
+        self._eligible: tuple[Server, ...] | None = None
+        for server in self.servers:
+            server.pool = self
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name} {len(self.servers)} servers>"
+
+    def server(self, name: str) -> Server:
+        for server in self.servers:
+            if server.name == name:
+                return server
+        raise KeyError(name)
+
+    def addObserver(self, observer: StateObserver) -> None:
+        """
+        Call C{observer(server, old, new, reason)} on every state change.
+        """
+        self._observers.append(observer)
+
+    def removeObserver(self, observer: StateObserver) -> None:
+        self._observers.remove(observer)
+
+    def serverStateChanged(
+        self, server: Server, old: ServerState, reason: str
+    ) -> None:
+        self._eligible = None
+        self.log.info(
+            "server {server} is {new} (was {old}){why}",
+            server=server.qualifiedName,
+            new=server.state.value,
+            old=old.value,
+            why=f": {reason}" if reason else "",
+            pool=self.name,
+            serverName=server.name,
+            state=server.state.value,
+            reason=reason,
+        )
+        for observer in list(self._observers):
+            observer(server, old, server.state, reason)
+
+    def eligible(self) -> tuple[Server, ...]:
+        """
+        The servers a selector may choose from: the primaries that are up
+        with a non-zero weight, or, when there is none, such backups.
+
+        The same tuple is returned until a server changes state, so
+        selectors can cache per-tuple work (the Maglev table).
+        """
+        if self._eligible is None:
+            up = [s for s in self.servers if s.state is ServerState.UP and s.weight]
+            primaries = tuple(s for s in up if not s.backup)
+            self._eligible = primaries or tuple(s for s in up if s.backup)
+        return self._eligible
+
+    @property
+    def available(self) -> bool:
+        """
+        True when at least one server could take a new flow now.
+        """
+        return any(not s.full for s in self.eligible())
+
+    def pick(self, context: ISelectionContext) -> Server | None:
+        """
+        Ask the selector for a server for C{context}; None when no server may
+        take the flow.
+        """
+        servers = self.eligible()
+        if not servers:
+            return None
+        server = self.selector.pick(servers, context)
+        if server is None:
+            return None
+        if server not in servers or server.full or server in context.excluded:
+            self.log.error(
+                "selector {selector!r} of pool {pool} returned {server!r}, "
+                "which may not take the flow; ignoring it",
+                selector=self.selector,
+                pool=self.name,
+                server=server,
+            )
+            return None
+        return server

@@ -1,0 +1,36 @@
+"""
+Smooth weighted round-robin (the interleaving nginx uses).
+
+Each pick adds every server's weight to its running score, takes the
+highest score and subtracts the total weight from it. Weights 5, 1, 1 give
+a, a, b, a, c, a, a rather than a burst of five a's.
+"""
+
+from __future__ import annotations
+
+from zope.interface import implementer
+
+from lbproxy.interfaces import IBackendSelector
+from lbproxy.selectors.base import usable
+
+
+@implementer(IBackendSelector)
+class SmoothWeightedRoundRobin:
+    def __init__(self) -> None:
+        self._scores: dict = {}
+
+    def pick(self, servers, context):
+        best = None
+        total = 0
+        scores = self._scores
+        for server in servers:
+            if not usable(server, context):
+                continue
+            score = scores.get(server, 0) + server.weight
+            scores[server] = score
+            total += server.weight
+            if best is None or score > scores[best]:
+                best = server
+        if best is not None:
+            scores[best] -= total
+        return best
