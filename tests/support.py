@@ -1,0 +1,53 @@
+"""
+Shared test helpers.
+
+A test that needs a real external component calls L{requireExecutable} (or
+L{missing}): it skips with a reason when the component is absent, and fails
+instead when LBPROXY_REQUIRE_INTEGRATION=1, so CI cannot pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+
+def integrationRequired() -> bool:
+    return os.environ.get("LBPROXY_REQUIRE_INTEGRATION") == "1"
+
+
+def missing(reason: str):
+    """
+    Skip the running test because of C{reason}, or fail it when
+    integration tests are required.
+    """
+    if integrationRequired():
+        pytest.fail(f"required for integration tests: {reason}")
+    pytest.skip(reason)
+
+
+def requireExecutable(name: str, *alternatives: str) -> str:
+    """
+    Path of the first of C{name}, C{alternatives} found on PATH (or in
+    /usr/sbin, where Debian puts daemons).
+    """
+    for candidate in (name, *alternatives):
+        path = shutil.which(candidate) or shutil.which(
+            candidate, path="/usr/sbin:/usr/local/sbin:/sbin"
+        )
+        if path:
+            return path
+    missing(f"{name} is not installed")
+
+
+def freePort(host: str = "127.0.0.1") -> int:
+    """
+    A TCP port that was free a moment ago on C{host}.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
