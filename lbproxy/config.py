@@ -277,6 +277,8 @@ def _parseHealth(t: _Table) -> HealthConfig:
             c.isspace() for c in kwargs["path"]
         ):
             t.fail("path", f"expected a path starting with /, got {kwargs['path']!r}")
+        if kwargs["host"] is not None and not re.fullmatch(r"[!-~]+", kwargs["host"]):
+            t.fail("host", f'expected a host name such as "www.example.com", got {kwargs["host"]!r}')
     elif kind == "banner":
         kwargs.update(
             expect=t.string("expect", required=True).encode("utf-8"),
