@@ -22,18 +22,37 @@ KEYS: dict[str, frozenset[str]] = {
     "tcp": frozenset({"src", "src_port", "dst", "5tuple"}),
 }
 
+#: Every key specification some listener mode provides, including those the
+#: HTTP and mail fronts add: selector plugins check their C{key} option
+#: against it, and the config loader then checks the key against the modes
+#: of the listeners using the pool (L{keySupported}).
+ALL_KEYS: frozenset[str] = frozenset().union(
+    *KEYS.values(), {"uri", "header:", "user"}
+)
+
 IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+
+
+def _specIn(kinds: frozenset[str], spec: str) -> bool:
+    kind, sep, argument = spec.partition(":")
+    if not sep:
+        return spec in kinds
+    return bool(argument) and (kind + ":") in kinds
 
 
 def keySupported(mode: str, spec: str) -> bool:
     """
     Whether listeners in C{mode} can provide key C{spec}.
     """
-    kinds = KEYS.get(mode, frozenset())
-    if spec in kinds:
-        return True
-    kind, sep, argument = spec.partition(":")
-    return bool(sep and argument) and (kind + ":") in kinds
+    return _specIn(KEYS.get(mode, frozenset()), spec)
+
+
+def keyKnown(spec: str) -> bool:
+    """
+    Whether C{spec} is a well-formed key of any listener mode: a known kind,
+    or C{kind:argument} for a kind that takes an argument.
+    """
+    return _specIn(ALL_KEYS, spec)
 
 
 def addressBytes(address: IAddress) -> bytes:

@@ -4,6 +4,7 @@ Helpers for writing selectors, built-in or third party.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,26 @@ def usable(server, context) -> bool:
     and not already tried for this flow.
     """
     return not server.full and server not in context.excluded
+
+
+def lessLoaded(server, other) -> bool:
+    """
+    Whether C{server} has fewer active connections per unit of weight than
+    C{other}. Compared by cross-multiplying, so there is no division and no
+    rounding; both weights must be positive (the pool only offers such
+    servers).
+    """
+    return server.active * other.weight < other.active * server.weight
+
+
+def stableHash(data: bytes) -> int:
+    """
+    A 64-bit hash of C{data} that is the same in every process and on every
+    node (BLAKE2b). Python's built-in C{hash()} is randomised per process,
+    so two lbproxy nodes, or one node after a restart, would place the same
+    key differently.
+    """
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 @implementer(IPlugin, ISelectorPlugin)

@@ -16,6 +16,15 @@ from lbproxy.selectors.base import usable
 
 @implementer(IBackendSelector)
 class SmoothWeightedRoundRobin:
+    """
+    Weighted round-robin that spreads a heavy server's turns evenly.
+
+    Running scores are kept per server object; a server skipped for a pick
+    (full, or already tried for the flow) keeps its score and catches up
+    when it can take flows again. Also the fallback of the hashing
+    selectors when a flow has no value for their key.
+    """
+
     def __init__(self) -> None:
         self._scores: dict = {}
 
