@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 
 import pytest
 
@@ -51,3 +52,34 @@ def freePort(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+#: The root of the checkout the tests run from.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def twistd() -> str:
+    """
+    The twistd script of the running interpreter's environment (next to
+    C{sys.executable}), whatever PATH holds, so a daemon started by a test
+    has the same packages as the test.
+    """
+    path = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.access(path, os.X_OK):
+        missing(f"there is no twistd next to {sys.executable}")
+    return path
+
+
+def checkoutEnvironment() -> dict[str, str]:
+    """
+    The environment for a subprocess that must run the lbproxy under test:
+    the checkout comes first on PYTHONPATH, as it does for the tests
+    themselves (run as C{python -m pytest} from the checkout). Whether an
+    installed copy works on its own is test_packaging's business.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (CHECKOUT, env.get("PYTHONPATH")) if p
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

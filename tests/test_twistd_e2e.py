@@ -1,0 +1,322 @@
+"""
+End-to-end tests: the real C{twistd -n lbproxy} as a subprocess on
+loopback, talked to with real clients (Python's http.client and curl).
+
+Backends are the demo web servers (L{lbproxy.demo}), each in its own
+process, so a response names the server that produced it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support import checkoutEnvironment, freePort, requireExecutable, twistd
+
+pytestmark = pytest.mark.integration
+
+#: A demo web server in a process of its own: NAME PORT.
+BACKEND = """\
+import sys
+from twisted.internet import reactor
+from lbproxy.demo import DemoService
+
+name, port = sys.argv[1], sys.argv[2]
+service = DemoService(reactor, [(name, f"tcp:{port}:interface=127.0.0.1")], url="")
+service.privilegedStartService()
+service.startService()
+reactor.run()
+"""
+
+CONFIG = """\
+[listeners.front]
+bind = "tcp:{listen}:interface=127.0.0.1"
+pool = "web"
+
+[pools.web]
+selector = "roundrobin"
+servers = [
+    {{ name = "alpha", address = "127.0.0.1:{alpha}" }},
+    {{ name = "beta", address = "127.0.0.1:{beta}" }},
+]
+"""
+
+#: Seconds a process may take to start listening (twistd scans plugins and
+#: imports Twisted on its first run).
+STARTUP = 30.0
+
+
+class Process:
+    """
+    A subprocess whose stdout and stderr go to files, stopped with SIGTERM
+    and, if it lingers, SIGKILL.
+    """
+
+    def __init__(self, argv: list[str], directory: Path, label: str) -> None:
+        self.argv = argv
+        self.stdoutPath = directory / f"{label}.stdout"
+        self.stderrPath = directory / f"{label}.stderr"
+        with open(self.stdoutPath, "wb") as out, open(self.stderrPath, "wb") as err:
+            self.popen = subprocess.Popen(
+                argv,
+                cwd=directory,
+                env=checkoutEnvironment(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    @property
+    def stdout(self) -> str:
+        return self.stdoutPath.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderrPath.read_text(errors="replace")
+
+    def describe(self) -> str:
+        return (
+            f"{' '.join(self.argv)}\n--- stdout ---\n{self.stdout}"
+            f"--- stderr ---\n{self.stderr}"
+        )
+
+    def waitForPort(self, port: int) -> None:
+        """
+        Wait until something accepts connections on 127.0.0.1:C{port}; fail
+        with the process's output if it exits or takes too long.
+        """
+        deadline = time.monotonic() + STARTUP
+        while True:
+            if self.popen.poll() is not None:
+                pytest.fail(f"exited with {self.popen.returncode} before listening on {port}:\n{self.describe()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"not listening on {port} after {STARTUP}s:\n{self.describe()}")
+                time.sleep(0.05)
+
+    def wait(self, timeout: float = STARTUP) -> int:
+        return self.popen.wait(timeout)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """
+    Start processes in C{tmp_path}; all are stopped after the test.
+    """
+    started: list[Process] = []
+
+    def start(argv: list[str], label: str) -> Process:
+        process = Process(argv, tmp_path, label)
+        started.append(process)
+        return process
+
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
+def lbproxyArgv(tmp_path: Path, *options: str) -> list[str]:
+    return [
+        twistd(),
+        "-n",
+        "--pidfile",
+        str(tmp_path / "twistd.pid"),
+        "--logfile",
+        "-",
+        "lbproxy",
+        *options,
+    ]
+
+
+def startBackends(processes, names) -> dict[str, int]:
+    ports = {}
+    started = []
+    for name in names:
+        port = freePort()
+        started.append(processes([sys.executable, "-c", BACKEND, name, str(port)], f"backend-{name}"))
+        ports[name] = port
+    for process, port in zip(started, ports.values()):
+        process.waitForPort(port)
+    return ports
+
+
+def get(port: int) -> dict[str, str]:
+    """
+    GET / through http.client; the demo server's report as a dict.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        assert response.status == 200
+        body = response.read().decode()
+    finally:
+        connection.close()
+    return report(body)
+
+
+def curl(port: int) -> dict[str, str]:
+    result = subprocess.run(
+        [requireExecutable("curl"), "-sS", "--max-time", "10", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return report(result.stdout)
+
+
+def report(body: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in body.splitlines())
+
+
+def assertAlternates(names: list[str], expected: set[str]) -> None:
+    assert set(names) == expected, names
+    assert all(a != b for a, b in zip(names, names[1:])), names
+
+
+@pytest.fixture
+def proxy(tmp_path, processes):
+    """
+    Two backends and lbproxy in front of them: (listener port, process).
+    """
+    requireExecutable("curl")
+    backends = startBackends(processes, ["alpha", "beta"])
+    listen = freePort()
+    config = tmp_path / "lb.toml"
+    config.write_text(CONFIG.format(listen=listen, **backends))
+    process = processes(lbproxyArgv(tmp_path, "--config", str(config)), "lbproxy")
+    process.waitForPort(listen)
+    return listen, process
+
+
+def test_roundRobin(proxy):
+    """
+    Requests alternate between the two backends, with http.client and
+    with curl; a backend sees the proxy's address and, in TCP mode, no
+    X-Forwarded-For.
+    """
+    listen, process = proxy
+    reports = [get(listen), get(listen), curl(listen), curl(listen)]
+    assertAlternates([r["server"] for r in reports], {"alpha", "beta"})
+    for r in reports:
+        assert r["client"].startswith("127.0.0.1:")
+        assert r["x-forwarded-for"] == "(none)"
+    assert process.popen.poll() is None, process.describe()
+
+
+def test_sessionLogLine(proxy):
+    """
+    Every proxied connection is logged when it ends, naming the client and
+    the server that served it.
+    """
+    listen, process = proxy
+    served = get(listen)["server"]
+    deadline = time.monotonic() + 10
+    pattern = re.compile(rf"tcp 127\.0\.0\.1:\d+ front -> web/{served} in=\d+ out=\d+ ")
+    while not any(pattern.search(line) for line in process.stdout.splitlines()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"no session line for web/{served}:\n{process.describe()}")
+        time.sleep(0.1)
+
+
+def test_badConfig(tmp_path, processes):
+    """
+    A bad config stops twistd with status 1 and one line on stderr, and
+    leaves no pidfile.
+    """
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        CONFIG.format(listen=freePort(), alpha=1, beta=2).replace('selector = "roundrobin"', 'selector = "fastest"')
+    )
+    process = processes(lbproxyArgv(tmp_path, "--config", str(config)), "lbproxy")
+    assert process.wait() == 1, process.describe()
+    stderr = process.stderr
+    assert re.fullmatch(
+        rf"lbproxy: {re.escape(str(config))}: pools\.web\.selector: expected a selector "
+        r"\(one of [a-z0-9, ]+\), got 'fastest'\n",
+        stderr,
+    ), process.describe()
+    assert process.stdout == "", process.describe()
+    assert not (tmp_path / "twistd.pid").exists()
+
+
+def test_portTaken(tmp_path, processes):
+    """
+    A listener whose port is in use stops twistd with one clear line, not a
+    traceback, and twistd removes its pidfile.
+    """
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        config = tmp_path / "lb.toml"
+        config.write_text(CONFIG.format(listen=taken, alpha=freePort(), beta=freePort()))
+        process = processes(lbproxyArgv(tmp_path, "--config", str(config)), "lbproxy")
+        assert process.wait() == 1, process.describe()
+    assert process.stderr == (
+        f"lbproxy: cannot start: Couldn't listen on 127.0.0.1:{taken}: "
+        "[Errno 98] Address already in use.\n"
+    ), process.describe()
+    assert "Traceback" not in process.stdout, process.describe()
+    assert f"cannot start: Couldn't listen on 127.0.0.1:{taken}" in process.stdout
+    assert not (tmp_path / "twistd.pid").exists()
+
+
+DEMO_PORTS = (8080, 8081, 8082)
+
+
+def test_embeddedDemo(tmp_path, processes):
+    """
+    C{twistd -n lbproxy} without options runs the tutorial: two requests to
+    127.0.0.1:8080 are answered by the two demo servers in turn.
+    """
+    requireExecutable("curl")
+    for port in DEMO_PORTS:
+        with socket.socket() as probe:
+            # As Twisted's listenTCP does: connections of an earlier user of
+            # the port lingering in TIME_WAIT do not keep it from binding.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as e:
+                pytest.fail(
+                    f"the built-in demo needs 127.0.0.1:{port} free, but it is not ({e.strerror}); "
+                    "stop whatever listens there and run the tests again"
+                )
+    process = processes(lbproxyArgv(tmp_path), "lbproxy")
+    for port in DEMO_PORTS:
+        process.waitForPort(port)
+    first, second = curl(8080), curl(8080)
+    assert {first["server"], second["server"]} == {"web1", "web2"}, (first, second)
+    assert "try: curl http://127.0.0.1:8080/" in process.stdout, process.describe()
+
+
+def test_twistdFromThisEnvironment():
+    """
+    The daemon the tests start is the one installed beside this
+    interpreter, not whatever PATH finds first.
+    """
+    assert os.path.dirname(twistd()) == os.path.dirname(sys.executable)
