@@ -168,7 +168,7 @@ def _parseListener(t: _Table, name: str, pools: dict) -> ListenerConfig:
         t.fail(
             "pool",
             f"pool {pool!r} hashes on key {key!r}, which a {mode} listener "
-            f"cannot provide; expected one of {_oneOf(KEYS.get(mode, ()))}",
+            f"cannot provide; expected {_oneOf(KEYS.get(mode, ()))}",
         )
     timeouts = t.table("timeouts")
     listener = ListenerConfig(
