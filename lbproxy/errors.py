@@ -46,4 +46,12 @@ class NoServerAvailable(Exception):
 class ConnectFailed(Exception):
     """
     Every connection attempt to the pool's servers failed.
+
+    @ivar reason: why the last attempt failed (one line), for logs.
+    @ivar attempts: how many attempts were made.
     """
+
+    def __init__(self, message: str = "", *, reason: str = "", attempts: int = 0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.attempts = attempts

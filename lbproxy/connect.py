@@ -1,0 +1,305 @@
+"""
+Connecting a flow to a backend server, with retries and redispatch.
+
+Every front (TCP, HTTP, mail) places a flow the same way: ask the pool for
+a server, count the flow on it, connect within the pool's connect timeout,
+and on failure tell the server (passive health checking), exclude it and
+try another, up to the pool's C{retries}. The caller gets a
+L{BackendConnection} whose L{Lease} it releases when the flow ends.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.interfaces import IServer, ISelectionContext
+
+
+class Lease:
+    """
+    One flow counted on one server: created by C{server.acquire()}, ended
+    by L{release}, which calls C{server.release()} exactly once however
+    many times it is called (connect failure, cancellation and the end of
+    the flow may all try).
+    """
+
+    __slots__ = ("server", "released")
+
+    def __init__(self, server: IServer) -> None:
+        server.acquire()
+        self.server = server
+        self.released = False
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "held"
+        return f"<Lease {self.server.name} {state}>"
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.server.release()
+
+
+class BackendConnection:
+    """
+    A flow's established connection to a server.
+
+    @ivar server: the server connected to.
+    @ivar protocol: the protocol the caller's factory built for it.
+    @ivar lease: the flow's count on C{server}; call L{release} when the
+        flow ends.
+    @ivar connectTime: seconds from L{BackendConnector.connect} to the
+        established connection, retries included.
+    @ivar attempts: connection attempts made (1 when the first succeeded).
+    """
+
+    __slots__ = ("server", "protocol", "lease", "connectTime", "attempts")
+
+    def __init__(
+        self,
+        server: IServer,
+        protocol: IProtocol,
+        lease: Lease,
+        connectTime: float,
+        attempts: int,
+    ) -> None:
+        self.server = server
+        self.protocol = protocol
+        self.lease = lease
+        self.connectTime = connectTime
+        self.attempts = attempts
+
+    def __iter__(self):
+        """
+        Unpack as C{server, protocol}.
+        """
+        return iter((self.server, self.protocol))
+
+    def release(self) -> None:
+        """
+        The flow ended: stop counting it on the server.
+        """
+        self.lease.release()
+
+
+def describeFailure(reason: Failure) -> str:
+    """
+    One line saying why a connection attempt failed.
+    """
+    text = reason.getErrorMessage().strip().rstrip(".") or reason.type.__name__
+    return text.splitlines()[0]
+
+
+class BackendConnector:
+    """
+    Connects flows of one pool to its servers.
+
+    Endpoints are built once per server address and reused.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool, reactor) -> None:
+        """
+        @param pool: a L{lbproxy.pool.Pool}; its C{options} give C{retries}
+            and C{connectTimeout}.
+        @param reactor: provides C{callLater}, C{seconds} and whatever the
+            servers' endpoint strings need (C{connectTCP}...).
+        """
+        self.pool = pool
+        self._reactor = reactor
+        self._endpoints: dict = {}
+
+    def endpointFor(self, server: IServer):
+        """
+        The client endpoint of C{server}, from its address string.
+        """
+        cached = self._endpoints.get(server)
+        if cached is None or cached[0] != server.address:
+            cached = (server.address, clientFromString(self._reactor, server.address))
+            self._endpoints[server] = cached
+        return cached[1]
+
+    def connect(
+        self, context: ISelectionContext, protocolFactory: IProtocolFactory
+    ) -> Deferred[BackendConnection]:
+        """
+        Connect the flow described by C{context} to a server of the pool.
+
+        @return: a L{Deferred} firing with a L{BackendConnection}, or failing
+            with L{NoServerAvailable} (the selector gave no server before
+            any attempt) or L{ConnectFailed} (attempts exhausted, or no
+            server left after failed attempts). Cancelling it abandons the
+            attempt in progress and releases its server.
+        """
+        options = self.pool.options
+        attempt = _ConnectAttempts(
+            self,
+            context,
+            protocolFactory,
+            attempts=1 + options.retries,
+            timeout=options.connectTimeout,
+        )
+        attempt.next()
+        return attempt.result
+
+
+class _ConnectAttempts:
+    """
+    The attempts of one L{BackendConnector.connect} call.
+    """
+
+    def __init__(
+        self,
+        connector: BackendConnector,
+        context: ISelectionContext,
+        protocolFactory: IProtocolFactory,
+        attempts: int,
+        timeout: float,
+    ) -> None:
+        self.connector = connector
+        self.context = context
+        self.protocolFactory = protocolFactory
+        self.maxAttempts = attempts
+        self.timeout = timeout
+        self.made = 0
+        self.lastReason = ""
+        self.result: Deferred[BackendConnection] = Deferred(self._cancel)
+        self.reactor = connector._reactor
+        self.started = self.reactor.seconds()
+        self.lease: Lease | None = None
+        self.pending: Deferred | None = None
+        self.timer = None
+        self.timedOut = False
+        self.cancelled = False
+
+    def pick(self) -> IServer | None:
+        pool = self.connector.pool
+        server = pool.pick(self.context)
+        if server is None and self.context.excluded:
+            # Every usable server was tried: redispatch over all of them
+            # again while attempts remain.
+            self.context.excluded.clear()
+            server = pool.pick(self.context)
+        return server
+
+    def next(self) -> None:
+        server = self.pick()
+        if server is None:
+            if self.made:
+                self.result.errback(
+                    ConnectFailed(
+                        f"no server left of pool {self.connector.pool.name} after "
+                        f"{self.made} failed attempts, last: {self.lastReason}",
+                        reason=self.lastReason,
+                        attempts=self.made,
+                    )
+                )
+            else:
+                self.result.errback(
+                    NoServerAvailable(
+                        f"no server of pool {self.connector.pool.name} is available"
+                    )
+                )
+            return
+        self.made += 1
+        self.lease = Lease(server)
+        self.timedOut = False
+        try:
+            endpoint = self.connector.endpointFor(server)
+            pending = endpoint.connect(self.protocolFactory)
+        except Exception:
+            pending = fail()
+        self.pending = pending
+        if not pending.called:
+            self.timer = self.reactor.callLater(self.timeout, self._timedOut)
+        pending.addCallbacks(
+            self._connected, self._failed, callbackArgs=(server,), errbackArgs=(server,)
+        )
+
+    def _stopTimer(self) -> None:
+        if self.timer is not None:
+            if self.timer.active():
+                self.timer.cancel()
+            self.timer = None
+
+    def _timedOut(self) -> None:
+        self.timer = None
+        self.timedOut = True
+        self.pending.cancel()
+
+    def _connected(self, protocol: IProtocol, server: IServer) -> None:
+        self._stopTimer()
+        self.pending = None
+        lease, self.lease = self.lease, None
+        if self.cancelled:
+            lease.release()
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+            return
+        server.connectSucceeded()
+        self.result.callback(
+            BackendConnection(
+                server,
+                protocol,
+                lease,
+                self.reactor.seconds() - self.started,
+                self.made,
+            )
+        )
+
+    def _failed(self, reason: Failure, server: IServer) -> None:
+        self._stopTimer()
+        self.pending = None
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        if self.cancelled:
+            return
+        if self.timedOut:
+            text = f"connect timeout after {self.timeout:g}s"
+        else:
+            text = describeFailure(reason)
+        self.lastReason = text
+        server.connectFailed(text)
+        self.context.excluded.add(server)
+        retry = self.made < self.maxAttempts
+        self.connector.log.warn(
+            "connect to {server} failed: {reason}; {action}",
+            server=getattr(server, "qualifiedName", server.name),
+            reason=text,
+            action="retrying" if retry else "giving up",
+            attempt=self.made,
+            attempts=self.maxAttempts,
+        )
+        if retry:
+            self.next()
+        else:
+            self.result.errback(
+                ConnectFailed(
+                    f"{self.made} connection attempts to pool "
+                    f"{self.connector.pool.name} failed, last: {text}",
+                    reason=text,
+                    attempts=self.made,
+                )
+            )
+
+    def _cancel(self, result: Deferred) -> None:
+        """
+        The caller gave up (its client went away): stop the attempt and
+        release the server. The result then fails with L{CancelledError}.
+        """
+        self.cancelled = True
+        self._stopTimer()
+        if self.pending is not None:
+            self.pending.cancel()
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+

@@ -1,0 +1,307 @@
+"""
+Tests for lbproxy.connect: placing a flow on a server, with connect
+timeouts, retries, redispatch, leases and cancellation, on a
+MemoryReactorClock.
+"""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbproxy.config import PoolConfig
+from lbproxy.connect import BackendConnection, BackendConnector, Lease
+from lbproxy.context import FlowContext
+from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
+
+CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
+LOCAL = IPv4Address("TCP", "127.0.0.1", 8080)
+
+
+def makePool(count=2, retries=2, connectTimeout=5.0, **serverOptions):
+    servers = [
+        Server(f"s{i}", f"tcp:host=127.0.0.1:port={8001 + i}", **serverOptions)
+        for i in range(count)
+    ]
+    options = PoolConfig(
+        name="web", servers=(), retries=retries, connectTimeout=connectTimeout
+    )
+    return Pool("web", servers, SmoothWeightedRoundRobin(), options)
+
+
+class ConnectorTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+
+    def connector(self, pool):
+        return BackendConnector(pool, self.reactor)
+
+    def connect(self, connector, context=None):
+        context = context or FlowContext(CLIENT, LOCAL)
+        return connector.connect(context, Factory.forProtocol(Protocol)), context
+
+    def attempt(self, index):
+        """
+        Host, port and wrapping factory of the index-th connection attempt.
+        """
+        host, port, factory, timeout, bindAddress = self.reactor.tcpClients[index]
+        return host, port, factory
+
+    def succeed(self, index):
+        host, port, factory = self.attempt(index)
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        protocol.makeConnection(StringTransport())
+        return protocol
+
+    def refuse(self, index):
+        host, port, factory = self.attempt(index)
+        factory.clientConnectionFailed(
+            self.reactor.connectors[index], Failure(ConnectionRefusedError())
+        )
+
+    def test_connects(self):
+        """
+        The first server picked is connected to; the result names it,
+        carries the protocol, a held lease and the connect time.
+        """
+        pool = makePool()
+        d, context = self.connect(self.connector(pool))
+        self.assertEqual(self.attempt(0)[:2], ("127.0.0.1", 8001))
+        s0 = pool.server("s0")
+        self.assertEqual(s0.active, 1)
+        self.assertNoResult(d)
+        self.reactor.advance(0.25)
+        self.succeed(0)
+        connection = self.successResultOf(d)
+        self.assertIsInstance(connection, BackendConnection)
+        self.assertIs(connection.server, s0)
+        self.assertIsInstance(connection.protocol, Protocol)
+        self.assertEqual(connection.connectTime, 0.25)
+        self.assertEqual(connection.attempts, 1)
+        self.assertFalse(connection.lease.released)
+        server, protocol = connection
+        self.assertIs(server, s0)
+        self.assertIs(protocol, connection.protocol)
+        self.assertEqual(s0.active, 1)
+        connection.release()
+        self.assertEqual(s0.active, 0)
+
+    def test_releaseExactlyOnce(self):
+        server = Server("a", "tcp:host=127.0.0.1:port=1")
+        lease = Lease(server)
+        self.assertEqual((server.active, server.totalConnections), (1, 1))
+        lease.release()
+        lease.release()
+        self.assertEqual(server.active, 0)
+        self.assertTrue(lease.released)
+
+    def test_retriesOnAnotherServer(self):
+        """
+        A refused connection is reported to the server, the server is
+        excluded, and the next attempt goes to another server.
+        """
+        pool = makePool()
+        d, context = self.connect(self.connector(pool))
+        s0, s1 = pool.servers
+        self.refuse(0)
+        self.assertEqual(s0.connectFailures, 1)
+        self.assertEqual(s0.active, 0)
+        self.assertIn(s0, context.excluded)
+        self.assertEqual(self.attempt(1)[:2], ("127.0.0.1", 8002))
+        self.assertEqual(s1.active, 1)
+        self.succeed(1)
+        connection = self.successResultOf(d)
+        self.assertIs(connection.server, s1)
+        self.assertEqual(connection.attempts, 2)
+        self.assertEqual(s1.connectFailures, 0)
+
+    def test_successResetsFailures(self):
+        pool = makePool(count=1)
+        s0 = pool.servers[0]
+        s0.connectFailures = 2
+        d, context = self.connect(self.connector(pool))
+        self.succeed(0)
+        self.successResultOf(d)
+        self.assertEqual(s0.connectFailures, 0)
+
+    def test_attemptsExhausted(self):
+        """
+        After 1 + retries failed attempts the result is ConnectFailed with
+        the last reason; every server is released.
+        """
+        pool = makePool(count=2, retries=1)
+        d, context = self.connect(self.connector(pool))
+        self.refuse(0)
+        self.refuse(1)
+        failure = self.failureResultOf(d, ConnectFailed)
+        self.assertEqual(failure.value.attempts, 2)
+        self.assertIn("refused", failure.value.reason)
+        self.assertIn("refused", str(failure.value))
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual([s.active for s in pool.servers], [0, 0])
+
+    def test_noRetries(self):
+        pool = makePool(count=2, retries=0)
+        d, context = self.connect(self.connector(pool))
+        self.refuse(0)
+        self.failureResultOf(d, ConnectFailed)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_redispatchToSameServers(self):
+        """
+        With every server tried and retries left, the exclusions are
+        cleared and the same servers are tried again.
+        """
+        pool = makePool(count=1, retries=2)
+        d, context = self.connect(self.connector(pool))
+        self.refuse(0)
+        self.refuse(1)
+        self.assertEqual(
+            [c[1] for c in self.reactor.tcpClients], [8001, 8001, 8001]
+        )
+        self.succeed(2)
+        connection = self.successResultOf(d)
+        self.assertEqual(connection.attempts, 3)
+        self.assertEqual(pool.servers[0].active, 1)
+
+    def test_connectTimeout(self):
+        """
+        An attempt still pending after connectTimeout is cancelled and
+        counts as a failure of that server; the next server is tried.
+        """
+        pool = makePool(connectTimeout=3.0)
+        d, context = self.connect(self.connector(pool))
+        self.reactor.advance(2.9)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.reactor.advance(0.1)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        s0 = pool.servers[0]
+        self.assertEqual(s0.connectFailures, 1)
+        self.assertEqual(s0.active, 0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.reactor.advance(3.0)
+        self.reactor.advance(3.0)
+        failure = self.failureResultOf(d, ConnectFailed)
+        self.assertEqual(failure.value.reason, "connect timeout after 3s")
+        self.assertEqual(failure.value.attempts, 3)
+        self.assertEqual([s.active for s in pool.servers], [0, 0])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_timerCancelledOnSuccess(self):
+        pool = makePool()
+        d, context = self.connect(self.connector(pool))
+        self.succeed(0)
+        self.successResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_noServerAvailable(self):
+        pool = makePool()
+        for server in pool.servers:
+            server.setState(ServerState.DOWN)
+        d, context = self.connect(self.connector(pool))
+        self.failureResultOf(d, NoServerAvailable)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_noServerLeftAfterFailures(self):
+        """
+        When the servers tried go down meanwhile (passive checks), the
+        result is ConnectFailed with the last reason rather than
+        NoServerAvailable.
+        """
+        pool = makePool(count=1, retries=3)
+        pool.servers[0].passiveFall = 1
+        d, context = self.connect(self.connector(pool))
+        self.refuse(0)
+        self.assertIs(pool.servers[0].state, ServerState.DOWN)
+        failure = self.failureResultOf(d, ConnectFailed)
+        self.assertEqual(failure.value.attempts, 1)
+        self.assertIn("no server left", str(failure.value))
+
+    def test_passiveFailureMarking(self):
+        """
+        Consecutive failed connections mark a server down (passive health
+        checking), through Server.connectFailed.
+        """
+        pool = makePool(count=2, retries=0)
+        for server in pool.servers:
+            server.passiveFall = 2
+        s0, s1 = pool.servers
+        connector = self.connector(pool)
+        index = 0
+        for _ in range(4):
+            d, context = self.connect(connector)
+            self.refuse(index)
+            index += 1
+            self.failureResultOf(d, ConnectFailed)
+        self.assertIs(s0.state, ServerState.DOWN)
+        self.assertIs(s1.state, ServerState.DOWN)
+
+    def test_cancelWhileConnecting(self):
+        """
+        Cancelling the result (the client went away) stops the attempt,
+        releases the server and does not count against it.
+        """
+        pool = makePool()
+        d, context = self.connect(self.connector(pool))
+        s0 = pool.servers[0]
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(s0.active, 0)
+        self.assertEqual(s0.connectFailures, 0)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_cancelAfterConnectedDoesNothing(self):
+        pool = makePool()
+        d, context = self.connect(self.connector(pool))
+        self.succeed(0)
+        connection = self.successResultOf(d)
+        d.cancel()
+        self.assertEqual(connection.server.active, 1)
+
+    def test_serverMaxconn(self):
+        """
+        A server at its maxconn is not picked; with all full, no server is
+        available. Releasing a lease makes room again.
+        """
+        pool = makePool(count=2, maxconn=1)
+        connector = self.connector(pool)
+        first, _ = self.connect(connector)
+        second, _ = self.connect(connector)
+        self.assertEqual([c[1] for c in self.reactor.tcpClients], [8001, 8002])
+        third, _ = self.connect(connector)
+        self.failureResultOf(third, NoServerAvailable)
+        self.succeed(0)
+        self.successResultOf(first).release()
+        fourth, _ = self.connect(connector)
+        self.assertEqual(self.reactor.tcpClients[-1][1], 8001)
+
+    def test_badEndpointCountsAsFailure(self):
+        """
+        An address the endpoint parser rejects fails that attempt like a
+        refused connection.
+        """
+        pool = makePool(count=2, retries=1)
+        pool.servers[0].address = "nosuchtype:foo"
+        d, context = self.connect(self.connector(pool))
+        self.assertEqual(pool.servers[0].connectFailures, 1)
+        self.assertEqual(pool.servers[0].active, 0)
+        self.succeed(0)
+        self.assertIs(self.successResultOf(d).server, pool.servers[1])
+
+    def test_endpointCachedPerServer(self):
+        pool = makePool(count=1)
+        connector = self.connector(pool)
+        server = pool.servers[0]
+        endpoint = connector.endpointFor(server)
+        self.assertIs(connector.endpointFor(server), endpoint)
+        server.address = "tcp:host=127.0.0.1:port=9999"
+        other = connector.endpointFor(server)
+        self.assertIsNot(other, endpoint)
+        self.assertEqual(other._port, 9999)

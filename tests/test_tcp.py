@@ -1,0 +1,429 @@
+"""
+Tests for lbproxy.tcp, the L4 TCP front, in memory: admission (maxconn),
+PROXY header acceptance, placement on servers, sending PROXY headers, and
+the one log line per session.
+"""
+
+import ipaddress
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.proxyprotocol import buildV1, buildV2
+from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
+from lbproxy.tcp import TCPProxyFactory, TCPProxyProtocol, formatAddress, formatSeconds
+
+from test_relay import FakeTCPTransport
+
+DONE = Failure(ConnectionDone())
+PEER = IPv4Address("TCP", "192.0.2.7", 40000)
+HOST = IPv4Address("TCP", "198.51.100.1", 8080)
+
+
+def makeListener(**kwargs):
+    kwargs.setdefault("name", "web")
+    kwargs.setdefault("bind", "tcp:8080")
+    kwargs.setdefault("pool", "web")
+    return ListenerConfig(**kwargs)
+
+
+def makePool(count=2, sendProxy="none", retries=2, maxconn=0):
+    servers = [
+        Server(f"s{i}", f"tcp:host=127.0.0.1:port={8001 + i}", maxconn=maxconn)
+        for i in range(count)
+    ]
+    options = PoolConfig(
+        name="web",
+        servers=(),
+        retries=retries,
+        connectTimeout=5.0,
+        sendProxy=sendProxy,
+    )
+    return Pool("web", servers, SmoothWeightedRoundRobin(), options)
+
+
+class TCPFrontTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.logs = []
+        self.backends = []
+
+    def makeFactory(self, listener=None, pool=None):
+        self.pool = pool or makePool()
+        self.factory = TCPProxyFactory(listener or makeListener(), self.pool, self.reactor)
+        return self.factory
+
+    def accept(self, peer=PEER):
+        transport = FakeTCPTransport()
+        transport.peerAddr = peer
+        transport.hostAddr = HOST
+        protocol = self.factory.buildProtocol(peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def succeed(self, index=-1):
+        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        transport = FakeTCPTransport()
+        wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
+        wrapper.makeConnection(transport)
+        self.backends.append(wrapper)
+        return wrapper._wrappedProtocol, transport
+
+    def refuse(self, index=-1):
+        factory = self.reactor.tcpClients[index][2]
+        factory.clientConnectionFailed(
+            self.reactor.connectors[index], Failure(ConnectionRefusedError())
+        )
+
+    def sessionLines(self, events):
+        return [
+            formatEvent(e)
+            for e in events
+            if e.get("log_namespace") == "lbproxy.tcp.TCPProxyProtocol"
+        ]
+
+    def test_interfaces(self):
+        self.makeFactory()
+        protocol, transport = self.accept()
+        self.assertIsInstance(protocol, TCPProxyProtocol)
+        verifyObject(IHalfCloseableProtocol, protocol)
+
+    def test_relaysThroughServer(self):
+        """
+        The client is paused until the backend is connected; then each
+        transport is the other's producer and bytes flow both ways.
+        """
+        self.makeFactory()
+        protocol, client = self.accept()
+        self.assertEqual(client.producerState, "paused")
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 8001))
+        leg, backend = self.succeed()
+        self.assertEqual(client.producerState, "producing")
+        self.assertIs(client.producer, backend)
+        self.assertTrue(client.streaming)
+        self.assertIs(backend.producer, client)
+        self.assertTrue(backend.streaming)
+        self.assertTrue(client.noDelay and backend.noDelay)
+        protocol.dataReceived(b"ping")
+        leg.dataReceived(b"pong!")
+        self.assertEqual(backend.value(), b"ping")
+        self.assertEqual(client.value(), b"pong!")
+        self.assertEqual(self.pool.servers[0].active, 1)
+
+    def test_sessionLogLine(self):
+        """
+        One line per finished session with client, listener, server,
+        bytes, connect time, duration and how it ended.
+        """
+        self.makeFactory()
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            self.reactor.advance(0.0004)
+            leg, backend = self.succeed()
+            protocol.dataReceived(b"x" * 78)
+            leg.dataReceived(b"y" * 612)
+            self.reactor.advance(0.0116)
+            protocol.readConnectionLost()
+            leg.readConnectionLost()
+            leg.writeConnectionLost()
+            protocol.writeConnectionLost()
+            self.assertEqual(self.sessionLines(events), [])
+            protocol.connectionLost(DONE)
+            leg.connectionLost(DONE)
+        (line,) = self.sessionLines(events)
+        self.assertEqual(
+            line,
+            "tcp 192.0.2.7:40000 web -> web/s0 in=78 out=612 connect=0.4ms "
+            "duration=12.0ms end=client-closed",
+        )
+        (event,) = [e for e in events if e.get("end")]
+        self.assertEqual(event["clientHost"], "192.0.2.7")
+        self.assertEqual(event["clientPort"], 40000)
+        self.assertEqual(event["listener"], "web")
+        self.assertEqual(event["pool"], "web")
+        self.assertEqual(event["bytesIn"], 78)
+        self.assertEqual(event["bytesOut"], 612)
+        self.assertAlmostEqual(event["connectSeconds"], 0.0004)
+        self.assertEqual(self.pool.servers[0].active, 0)
+        self.assertEqual(self.factory.sessions, set())
+
+    def test_halfCloseThroughFront(self):
+        self.makeFactory()
+        protocol, client = self.accept()
+        leg, backend = self.succeed()
+        protocol.readConnectionLost()
+        self.assertTrue(backend.writeDisconnecting)
+        leg.dataReceived(b"reply")
+        self.assertEqual(client.value(), b"reply")
+        leg.readConnectionLost()
+        self.assertTrue(client.writeDisconnecting)
+
+    def test_retryOnAnotherServer(self):
+        self.makeFactory()
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            self.refuse()
+            self.assertEqual(self.reactor.tcpClients[1][1], 8002)
+            leg, backend = self.succeed()
+            protocol.connectionLost(DONE)
+            leg.connectionLost(DONE)
+        (line,) = self.sessionLines(events)
+        self.assertIn("-> web/s1 ", line)
+        self.assertIn("connect to web/s0 failed", "\n".join(
+            formatEvent(e) for e in events
+        ))
+        self.assertEqual(self.pool.servers[0].connectFailures, 1)
+
+    def test_noServer(self):
+        """
+        With no server available the client is closed cleanly and the
+        session logged as no-server.
+        """
+        self.makeFactory()
+        for server in self.pool.servers:
+            server.setState(ServerState.DOWN)
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            self.assertTrue(client.disconnecting)
+            self.assertFalse(client.disconnected)
+            protocol.connectionLost(DONE)
+        (line,) = self.sessionLines(events)
+        self.assertIn("web -> web/- in=0 out=0 connect=- ", line)
+        self.assertIn("end=no-server", line)
+        self.assertEqual(self.factory.sessions, set())
+
+    def test_connectFailed(self):
+        self.makeFactory(pool=makePool(count=1, retries=1))
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            self.refuse(0)
+            self.refuse(1)
+            self.assertTrue(client.disconnecting)
+            protocol.connectionLost(DONE)
+        (line,) = self.sessionLines(events)
+        self.assertIn("end=connect-failed (2 connection attempts", line)
+        self.assertEqual(self.pool.servers[0].active, 0)
+
+    def test_clientLeavesWhileConnecting(self):
+        """
+        The connection attempt is cancelled and the server released.
+        """
+        self.makeFactory()
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            self.assertEqual(self.pool.servers[0].active, 1)
+            protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(self.reactor.connectors[0].stoppedConnecting)
+        self.assertEqual(self.pool.servers[0].active, 0)
+        self.assertEqual(self.pool.servers[0].connectFailures, 0)
+        (line,) = self.sessionLines(events)
+        self.assertIn("-> web/- ", line)
+        self.assertIn("end=client-reset", line)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_listenerMaxconn(self):
+        """
+        Connections over the listener's maxconn are closed at once and
+        logged; a finished session makes room.
+        """
+        self.makeFactory(listener=makeListener(maxconn=2))
+        with capturedLogs() as events:
+            first, firstTransport = self.accept()
+            second, _ = self.accept()
+            third, thirdTransport = self.accept()
+            self.assertTrue(thirdTransport.disconnecting)
+            third.connectionLost(DONE)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual(self.factory.rejected, 1)
+        (line,) = self.sessionLines(events)
+        self.assertIn("end=maxconn (listener at its maxconn of 2)", line)
+        first.connectionLost(DONE)
+        fourth, fourthTransport = self.accept()
+        self.assertFalse(fourthTransport.disconnecting)
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+
+    def test_serverMaxconn(self):
+        """
+        A server at its maxconn takes no more flows; with every server
+        full there is no server for the flow.
+        """
+        self.makeFactory(pool=makePool(count=1, maxconn=1))
+        with capturedLogs() as events:
+            first, _ = self.accept()
+            self.succeed()
+            second, secondTransport = self.accept()
+            self.assertTrue(secondTransport.disconnecting)
+            second.connectionLost(DONE)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        (line,) = self.sessionLines(events)
+        self.assertIn("end=no-server", line)
+
+    def test_idleTimeout(self):
+        self.makeFactory(listener=makeListener(idleTimeout=30.0))
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            leg, backend = self.succeed()
+            self.reactor.advance(30)
+            self.assertTrue(client.disconnected)
+            self.assertTrue(backend.disconnected)
+            protocol.connectionLost(Failure(ConnectionLost()))
+            leg.connectionLost(Failure(ConnectionLost()))
+        (line,) = self.sessionLines(events)
+        self.assertIn("end=idle-timeout", line)
+
+    def test_sendProxyV1(self):
+        self.makeFactory(pool=makePool(sendProxy="v1"))
+        protocol, client = self.accept()
+        protocol.dataReceived(b"held")
+        leg, backend = self.succeed()
+        self.assertEqual(
+            backend.value(),
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 8080\r\nheld",
+        )
+
+    def test_sendProxyV2(self):
+        self.makeFactory(pool=makePool(sendProxy="v2"))
+        protocol, client = self.accept()
+        leg, backend = self.succeed()
+        self.assertEqual(backend.value(), buildV2(PEER, HOST))
+
+    def trustedListener(self, **kwargs):
+        return makeListener(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),), **kwargs)
+
+    def test_acceptProxyV1FromTrusted(self):
+        """
+        A trusted peer's PROXY header gives the flow's client and local
+        addresses; bytes after it are relayed, the header is not.
+        """
+        self.makeFactory(listener=self.trustedListener(), pool=makePool(sendProxy="v1"))
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            self.assertEqual(client.producerState, "producing")
+            self.assertEqual(self.reactor.tcpClients, [])
+            protocol.dataReceived(b"PROXY TCP4 203.0.113.5 198.51.100.9 5555 ")
+            self.assertEqual(self.reactor.tcpClients, [])
+            protocol.dataReceived(b"443\r\nGET /")
+            self.assertEqual(client.producerState, "paused")
+            self.assertEqual(protocol.client, IPv4Address("TCP", "203.0.113.5", 5555))
+            self.assertEqual(protocol.local, IPv4Address("TCP", "198.51.100.9", 443))
+            leg, backend = self.succeed()
+            self.assertEqual(
+                backend.value(),
+                b"PROXY TCP4 203.0.113.5 198.51.100.9 5555 443\r\nGET /",
+            )
+            protocol.connectionLost(DONE)
+            leg.connectionLost(DONE)
+        (line,) = self.sessionLines(events)
+        self.assertTrue(line.startswith("tcp 203.0.113.5:5555 web -> web/s0 in=5 "))
+        (event,) = [e for e in events if e.get("end")]
+        self.assertEqual(event["peer"], "192.0.2.7:40000")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_acceptProxyV2FromTrusted(self):
+        self.makeFactory(listener=self.trustedListener())
+        protocol, client = self.accept()
+        source = IPv4Address("TCP", "203.0.113.5", 5555)
+        protocol.dataReceived(buildV2(source, HOST) + b"data")
+        self.assertEqual(protocol.client, source)
+        leg, backend = self.succeed()
+        self.assertEqual(backend.value(), b"data")
+
+    def test_acceptProxyLocalKeepsRealAddresses(self):
+        self.makeFactory(listener=self.trustedListener())
+        protocol, client = self.accept()
+        protocol.dataReceived(b"PROXY UNKNOWN\r\n")
+        self.assertEqual(protocol.client, PEER)
+        self.assertEqual(protocol.local, HOST)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_untrustedHeaderPassesThrough(self):
+        """
+        A peer outside accept_proxy is not parsed: its PROXY header is just
+        bytes for the backend.
+        """
+        self.makeFactory(
+            listener=makeListener(acceptProxy=(ipaddress.ip_network("10.0.0.0/8"),))
+        )
+        protocol, client = self.accept()
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        line = buildV1(IPv4Address("TCP", "1.2.3.4", 1), HOST)
+        protocol.dataReceived(line)
+        leg, backend = self.succeed()
+        self.assertEqual(backend.value(), line)
+        self.assertEqual(protocol.client, PEER)
+
+    def test_malformedHeaderFromTrusted(self):
+        self.makeFactory(listener=self.trustedListener())
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+            self.assertTrue(client.disconnecting)
+            protocol.connectionLost(DONE)
+        self.assertEqual(self.reactor.tcpClients, [])
+        (line,) = self.sessionLines(events)
+        self.assertIn("end=bad-proxy-header (not a PROXY protocol header)", line)
+        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_missingHeaderTimesOut(self):
+        self.makeFactory(listener=self.trustedListener())
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            protocol.dataReceived(b"PROXY TCP4 ")
+            self.reactor.advance(4.9)
+            self.assertFalse(client.disconnecting)
+            self.reactor.advance(0.1)
+            self.assertTrue(client.disconnecting)
+            protocol.connectionLost(DONE)
+        (line,) = self.sessionLines(events)
+        self.assertIn("end=bad-proxy-header (no complete PROXY header within 5s)", line)
+
+    def test_closedBeforeHeader(self):
+        """
+        A trusted peer that connects and leaves without a byte (a TCP
+        health check) is a plain client close, not a bad header.
+        """
+        self.makeFactory(listener=self.trustedListener())
+        for fin in (True, False):
+            with capturedLogs() as events:
+                protocol, client = self.accept()
+                if fin:
+                    protocol.readConnectionLost()
+                    self.assertTrue(client.disconnecting)
+                protocol.connectionLost(DONE)
+            (line,) = self.sessionLines(events)
+            self.assertIn("end=client-closed (before sending a PROXY header)", line)
+        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_partialHeaderThenClose(self):
+        self.makeFactory(listener=self.trustedListener())
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            protocol.dataReceived(b"PROXY TCP4 1.2.3.4")
+            protocol.readConnectionLost()
+            self.assertTrue(client.disconnecting)
+            protocol.connectionLost(DONE)
+        (line,) = self.sessionLines(events)
+        self.assertIn(
+            "end=bad-proxy-header (connection closed before a complete PROXY header)",
+            line,
+        )
+
+    def test_formatting(self):
+        self.assertEqual(formatAddress(IPv4Address("TCP", "10.0.0.1", 80)), "10.0.0.1:80")
+        from twisted.internet.address import IPv6Address, UNIXAddress
+
+        self.assertEqual(formatAddress(IPv6Address("TCP", "::1", 80)), "[::1]:80")
+        self.assertEqual(formatAddress(UNIXAddress("/run/a.sock")), "/run/a.sock")
+        self.assertEqual(formatSeconds(None), "-")
+        self.assertEqual(formatSeconds(0.0123), "12.3ms")
+        self.assertEqual(formatSeconds(2.5), "2.500s")
