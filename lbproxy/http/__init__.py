@@ -1,0 +1,7 @@
+"""
+The strict HTTP/1.1 message layer of the L7 proxy.
+
+L{parser} turns bytes into message events, L{message} holds heads and
+header lists, L{serialize} writes heads and chunked framing back out, and
+L{forwarded} adds the X-Forwarded-* and Forwarded headers.
+"""

@@ -1,0 +1,970 @@
+"""
+Strict incremental HTTP/1.1 parsers for requests and responses.
+
+Division of work:
+
+  - The parser frames each header block itself (it ends at the first CRLF
+    CRLF) and feeds those bytes, as they arrive, to llhttp (through
+    httptools) in strict mode. llhttp rejects syntax errors early: bad
+    header names and values, bare CR or LF, obs-fold, a head not ended by
+    CRLF CRLF, unknown methods, bad URL characters, duplicated
+    Content-Length, Content-Length with Transfer-Encoding.
+  - On top of that the parser checks what llhttp lets through: the exact
+    request and status line (single spaces, HTTP/1.0 or HTTP/1.1 only, no
+    fragment, request target form per method), Content-Length digits,
+    Transfer-Encoding other than exactly one final "chunked", HTTP/1.0
+    with Transfer-Encoding, Host (one, valid, matching an absolute
+    target), Upgrade syntax, and the size limits.
+  - Bodies are delimited by the parser, never by llhttp: it knows where each
+    message ends, so pipelined messages, pausing between (or inside)
+    messages and the start of a tunnel need no byte offsets from llhttp,
+    and a response to HEAD is handled (httptools cannot tell llhttp about
+    HEAD). Chunked bodies are decoded by a strict decoder here.
+
+Status choices: every syntax or smuggling problem is 400; a request line
+over the limit 414; a header block (or trailer section) over the size or
+count limit 431; a body over the configured maximum 413; a Transfer-Encoding
+that is well formed and ends with a single "chunked" but applies other
+codings first (e.g. "gzip, chunked"), and a well-formed but unknown method,
+501 (RFC 9112 §6.1, RFC 9110 §9.1). Odd forms (",chunked", "chunked,
+chunked", parameters on chunked, bytes like 0xA0 around the value) are 400,
+as is a final coding other than chunked (RFC 9112 §6.3). Every problem in a
+response is 502.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import httptools
+from zope.interface import implementer
+
+from lbproxy.http.errors import HTTPParseError
+from lbproxy.http.interfaces import IHTTPMessageParser, IHTTPMessageReceiver
+from lbproxy.http.message import (
+    BodyKind,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    persistentConnection,
+)
+from lbproxy.http.syntax import (
+    CHUNK_LINE,
+    CONTENT_LENGTH,
+    FIELD_LINE,
+    REQUEST_LINE,
+    STATUS_LINE,
+    classifyTarget,
+    isToken,
+    parseCoding,
+    parseHostPort,
+    splitList,
+    splitStrictList,
+)
+
+# Parser states; each names the step that runs next.
+_HEAD = "head"
+_LENGTH = "length"
+_CHUNK_LINE = "chunk-line"
+_CHUNK_DATA = "chunk-data"
+_CHUNK_END = "chunk-end"
+_TRAILERS = "trailers"
+_UNTIL_CLOSE = "until-close"
+_COMPLETE = "complete"
+_UPGRADE = "upgrade"
+_TUNNEL = "tunnel"
+_CLOSED = "closed"
+_DETACHED = "detached"
+_FAILED = "failed"
+
+# Fields the framing and routing checks look at.
+_SPECIAL = frozenset(
+    {b"content-length", b"transfer-encoding", b"host", b"connection", b"upgrade"}
+)
+
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+
+class _LLHTTPCallbacks:
+    """
+    The callback object httptools calls; its method names are the ones
+    httptools looks up.
+
+    Only header fields are collected, as they come: the request or status
+    line is parsed from the raw head, so no URL or status callbacks are
+    needed, and the field count is checked once the block is complete (the
+    block's size limit already bounds it while it grows).
+    """
+
+    __slots__ = ("headers", "complete")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+class _Fields:
+    """
+    The header fields of a block as C{(lowercased name, name, value)}, with
+    the values' trailing whitespace removed (llhttp removes the leading
+    whitespace only), and the framing and routing fields picked out, with
+    duplicates refused.
+    """
+
+    __slots__ = (
+        "items",
+        "contentLength",
+        "transferEncoding",
+        "hosts",
+        "host",
+        "connection",
+        "upgrade",
+    )
+
+    def __init__(self, fields: list[tuple[bytes, bytes]], status: int) -> None:
+        contentLength = None
+        transferEncoding = None
+        hosts = 0
+        host = None
+        connection: set[bytes] = set()
+        upgrade = None
+        items = [(name.lower(), name, value.rstrip(b" \t")) for name, value in fields]
+        for lowered, _, value in items:
+            if lowered not in _SPECIAL:
+                continue
+            if lowered == b"content-length":
+                if contentLength is not None:
+                    raise HTTPParseError(status, "several Content-Length fields")
+                if CONTENT_LENGTH.fullmatch(value) is None:
+                    raise HTTPParseError(status, "invalid Content-Length")
+                contentLength = int(value)
+            elif lowered == b"transfer-encoding":
+                if transferEncoding is not None:
+                    raise HTTPParseError(status, "several Transfer-Encoding fields")
+                transferEncoding = value
+            elif lowered == b"host":
+                hosts += 1
+                host = value
+            elif lowered == b"connection":
+                connection.update(token.lower() for token in splitList(value))
+            else:
+                upgrade = value if upgrade is None else upgrade + b", " + value
+        self.items = items
+        self.contentLength = contentLength
+        self.transferEncoding = transferEncoding
+        self.hosts = hosts
+        self.host = host
+        self.connection = frozenset(connection)
+        self.upgrade = upgrade
+
+
+def _checkChunkedOnly(value: bytes, status: int, unsupportedStatus: int) -> None:
+    """
+    Accept a Transfer-Encoding value only when it is exactly one final
+    "chunked" (case-insensitive, surrounding SP/HTAB allowed).
+
+    @param unsupportedStatus: the status for a well-formed list that ends
+        with a single chunked but applies other codings first.
+    """
+    elements = splitStrictList(value)
+    if elements is None:
+        raise HTTPParseError(status, "malformed Transfer-Encoding")
+    codings = []
+    for element in elements:
+        coding = parseCoding(element)
+        if coding is None:
+            raise HTTPParseError(status, "malformed Transfer-Encoding")
+        codings.append(coding)
+    names = [name for name, _ in codings]
+    if names.count(b"chunked") > 1:
+        raise HTTPParseError(status, "chunked applied more than once")
+    if names[-1] != b"chunked":
+        raise HTTPParseError(status, "Transfer-Encoding does not end with chunked")
+    if codings[-1][1]:
+        raise HTTPParseError(status, "parameters on chunked")
+    if len(names) > 1:
+        raise HTTPParseError(unsupportedStatus, "unsupported transfer coding")
+
+
+def _llhttpError(error: httptools.HttpParserError, status: int) -> HTTPParseError:
+    """
+    The L{HTTPParseError} for an error raised by llhttp: ours when one of
+    our callbacks raised it, else llhttp's fixed description.
+    """
+    context = error.__context__
+    if isinstance(context, HTTPParseError):
+        return context
+    description = str(error) or "malformed message"
+    return HTTPParseError(status, f"malformed message: {description}")
+
+
+@implementer(IHTTPMessageParser)
+class _MessageParser:
+    """
+    What request and response parsing share: buffering, pausing, header
+    block framing and limits, body delimiting and chunked decoding.
+
+    Subclasses set C{_parserFactory} and the error statuses, and provide
+    C{_buildHead}; they may extend C{_beginMessage} and C{_afterMessage}.
+
+    @ivar error: the L{HTTPParseError} the parser failed with, if any; it
+        discards everything received afterwards.
+    """
+
+    _errorStatus = 400
+    _lineTooLongStatus = 414
+    _headTooLargeStatus = 431
+    _bodyTooLargeStatus = 413
+    _parserFactory = httptools.HttpRequestParser
+
+    def __init__(
+        self,
+        receiver: IHTTPMessageReceiver,
+        *,
+        maxLineBytes: int,
+        maxHeaderBytes: int,
+        maxHeaders: int,
+        maxBodySize: int | None,
+        maxChunkLineBytes: int,
+        maxBufferedBytes: int,
+    ) -> None:
+        self._receiver = receiver
+        self._maxLineBytes = maxLineBytes
+        self._maxHeaderBytes = maxHeaderBytes
+        self._maxHeaders = maxHeaders
+        self._maxBodySize = maxBodySize
+        self._maxChunkLineBytes = maxChunkLineBytes
+        self._maxBufferedBytes = maxBufferedBytes
+        self._buf = b""
+        self._pos = 0
+        self._pending: list[bytes] = []
+        self._pendingBytes = 0
+        self._state = _HEAD
+        self._inHead = False
+        self._fedBytes = 0
+        self._scanFrom = 0
+        self._lineEnd = -1
+        self._llhttp = None
+        self._callbacks: _LLHTTPCallbacks | None = None
+        self._head: RequestHead | ResponseHead | None = None
+        self._remaining = 0
+        self._bodyBytes = 0
+        self._paused = False
+        self._processing = False
+        self._eof = False
+        self.error: HTTPParseError | None = None
+
+    # -- public interface ---------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def idle(self) -> bool:
+        return self._state == _HEAD and not self._inHead and not self.bufferedBytes
+
+    @property
+    def bufferedBytes(self) -> int:
+        """
+        Bytes received but not parsed yet (while paused, or a partial head or
+        chunk line).
+        """
+        return len(self._buf) - self._pos + self._pendingBytes
+
+    def dataReceived(self, data: bytes) -> None:
+        state = self._state
+        if state == _FAILED or state == _CLOSED or not data:
+            return
+        if state == _DETACHED:
+            raise ValueError("the parser was detached for a tunnel")
+        # Kept aside until a step needs more bytes, so that data piling up
+        # while paused is not copied again with every arrival.
+        self._pending.append(data)
+        self._pendingBytes += len(data)
+        if self._paused:
+            if self.bufferedBytes > self._maxBufferedBytes:
+                self._fail(HTTPParseError(self._errorStatus, "too much data while paused"))
+            return
+        self._process()
+
+    def connectionLost(self) -> None:
+        if self._state in (_FAILED, _CLOSED, _DETACHED):
+            return
+        self._eof = True
+        if not self._paused:
+            self._process()
+
+    def pauseParsing(self) -> None:
+        self._paused = True
+
+    def resumeParsing(self) -> None:
+        if self._state == _TUNNEL:
+            return
+        if self._state == _UPGRADE:
+            if self._head.keepAlive:
+                self._state = _HEAD
+            else:
+                self._closeQuietly()
+        self._paused = False
+        self._process()
+
+    def detachTunnel(self) -> bytes:
+        if self._state not in (_UPGRADE, _TUNNEL):
+            raise ValueError("no tunnel was opened")
+        self._merge()
+        rest = self._buf
+        self._buf = b""
+        self._pos = 0
+        self._state = _DETACHED
+        return rest
+
+    # -- processing loop ----------------------------------------------------
+
+    def _fail(self, error: HTTPParseError) -> None:
+        self.error = error
+        self._state = _FAILED
+        self._discard()
+        self._llhttp = None
+        raise error
+
+    def _discard(self) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._pending = []
+        self._pendingBytes = 0
+
+    def _merge(self) -> None:
+        """
+        Make the unparsed bytes and the pending data one buffer, starting at
+        position 0. Positions kept relative to the start of a header block
+        stay valid, since the block starts at the current position.
+        """
+        pending = self._pending
+        if self._pos < len(self._buf):
+            pending.insert(0, self._buf[self._pos :] if self._pos else self._buf)
+        if len(pending) == 1:
+            self._buf = pending[0]
+        else:
+            self._buf = b"".join(pending)
+        self._pos = 0
+        self._pending = []
+        self._pendingBytes = 0
+
+    def _process(self) -> None:
+        if self._processing:
+            # Called from a receiver callback: the running loop goes on.
+            return
+        self._processing = True
+        steps = self._steps
+        try:
+            while not self._paused:
+                if self._pending:
+                    self._merge()
+                if not steps[self._state](self) and not self._pending:
+                    break
+        except HTTPParseError as error:
+            self._fail(error)
+        finally:
+            self._processing = False
+
+    def _truncated(self, where: str) -> HTTPParseError:
+        return HTTPParseError(self._errorStatus, f"connection closed {where}")
+
+    # -- header block -------------------------------------------------------
+
+    def _stepHead(self) -> bool:
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if not self._inHead:
+            # RFC 9112 §2.2: empty lines before a message are ignored.
+            while buf.startswith(b"\r\n", pos):
+                pos += 2
+            self._pos = pos
+            if pos >= end or (end - pos == 1 and buf[pos] == 13):
+                if self._eof:
+                    if pos < end:
+                        raise self._truncated("before a message")
+                    self._closeQuietly()
+                return False
+            self._beginMessage()
+            self._callbacks = _LLHTTPCallbacks()
+            self._llhttp = self._parserFactory(self._callbacks)
+            self._inHead = True
+            self._fedBytes = 0
+            self._scanFrom = 0
+            self._lineEnd = -1
+        limit = self._maxHeaderBytes
+        crlfcrlf = buf.find(b"\r\n\r\n", pos + self._scanFrom)
+        if crlfcrlf < 0 or crlfcrlf + 4 - pos > limit:
+            available = end - pos
+            if self._lineEnd < 0:
+                maxLine = self._maxLineBytes
+                lineEnd = buf.find(b"\r\n", pos + max(0, self._fedBytes - 1), pos + maxLine + 2)
+                if lineEnd >= 0:
+                    self._lineEnd = lineEnd - pos
+                elif available >= maxLine + 2:
+                    raise HTTPParseError(self._lineTooLongStatus, "start line too long")
+            if crlfcrlf >= 0 or available >= limit:
+                raise HTTPParseError(self._headTooLargeStatus, "header block too large")
+            if self._eof:
+                raise self._truncated("in the header block")
+            # Feed what there is, so that llhttp rejects garbage early.
+            if self._fedBytes or self._readyToFeed(buf, pos, end):
+                self._feed(buf, pos + self._fedBytes, end)
+                self._fedBytes = available
+            self._scanFrom = max(0, available - 3)
+            return False
+        headEnd = crlfcrlf + 4
+        self._feed(buf, pos + self._fedBytes, headEnd)
+        if not self._callbacks.complete:
+            raise HTTPParseError(self._errorStatus, "malformed header block")
+        lineEnd = buf.find(b"\r\n", pos, headEnd)
+        if lineEnd - pos > self._maxLineBytes:
+            raise HTTPParseError(self._lineTooLongStatus, "start line too long")
+        fields = self._callbacks.headers
+        if len(fields) > self._maxHeaders:
+            raise HTTPParseError(self._headTooLargeStatus, "too many header fields")
+        head, state = self._buildHead(buf, pos, lineEnd, _Fields(fields, self._errorStatus))
+        self._pos = headEnd
+        self._inHead = False
+        self._llhttp = None
+        self._callbacks = None
+        self._head = head
+        self._bodyBytes = 0
+        self._state = state
+        self._receiver.headersComplete(head)
+        return True
+
+    def _feed(self, buf: bytes, start: int, end: int) -> None:
+        """
+        Give llhttp the head bytes C{buf[start:end]}.
+        """
+        if start >= end:
+            return
+        data = buf if start == 0 and end == len(buf) else memoryview(buf)[start:end]
+        try:
+            self._llhttp.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # llhttp stops at the end of an upgrade or CONNECT head, which is
+            # where this feed ends anyway; the framing is decided here.
+            pass
+        except httptools.HttpParserInvalidMethodError:
+            raise self._unknownMethod(buf) from None
+        except httptools.HttpParserError as error:
+            raise _llhttpError(error, self._errorStatus) from None
+
+    def _beginMessage(self) -> None:
+        """
+        The first byte of a message arrived. The response parser refuses
+        bytes that answer no request here.
+        """
+
+    def _readyToFeed(self, buf: bytes, pos: int, end: int) -> bool:
+        """
+        Whether a partial head C{buf[pos:end]} may be given to llhttp yet.
+        """
+        return True
+
+    def _unknownMethod(self, buf: bytes) -> HTTPParseError:
+        return HTTPParseError(self._errorStatus, "invalid method")
+
+    def _closeQuietly(self) -> None:
+        self._state = _CLOSED
+        self._discard()
+
+    # -- bodies -------------------------------------------------------------
+
+    def _deliver(self, count: int) -> None:
+        """
+        Pass the next C{count} buffered bytes to the receiver.
+        """
+        buf = self._buf
+        pos = self._pos
+        self._pos = pos + count
+        if pos == 0 and count == len(buf):
+            self._receiver.bodyData(buf)
+        else:
+            self._receiver.bodyData(buf[pos : pos + count])
+
+    def _stepLength(self) -> bool:
+        available = len(self._buf) - self._pos
+        if not available:
+            if self._eof:
+                raise self._truncated("in the body")
+            return False
+        count = min(self._remaining, available)
+        self._remaining -= count
+        if not self._remaining:
+            self._state = _COMPLETE
+        self._deliver(count)
+        return True
+
+    def _stepChunkLine(self) -> bool:
+        buf = self._buf
+        pos = self._pos
+        maxLine = self._maxChunkLineBytes
+        newline = buf.find(b"\n", pos, pos + maxLine + 2)
+        if newline < 0:
+            if len(buf) - pos >= maxLine + 2:
+                raise HTTPParseError(self._errorStatus, "chunk size line too long")
+            if self._eof:
+                raise self._truncated("in a chunk size line")
+            return False
+        if newline == pos or buf[newline - 1] != 13:
+            raise HTTPParseError(self._errorStatus, "chunk size line not ended by CRLF")
+        match = CHUNK_LINE.fullmatch(buf, pos, newline - 1)
+        if match is None:
+            raise HTTPParseError(self._errorStatus, "invalid chunk size line")
+        size = int(match.group(1), 16)
+        self._pos = newline + 1
+        if not size:
+            self._state = _TRAILERS
+            return True
+        self._bodyBytes += size
+        if self._maxBodySize is not None and self._bodyBytes > self._maxBodySize:
+            raise HTTPParseError(self._bodyTooLargeStatus, "body too large")
+        self._remaining = size
+        self._state = _CHUNK_DATA
+        return True
+
+    def _stepChunkData(self) -> bool:
+        available = len(self._buf) - self._pos
+        if not available:
+            if self._eof:
+                raise self._truncated("in chunk data")
+            return False
+        count = min(self._remaining, available)
+        self._remaining -= count
+        if not self._remaining:
+            self._state = _CHUNK_END
+        self._deliver(count)
+        return True
+
+    def _stepChunkEnd(self) -> bool:
+        buf = self._buf
+        pos = self._pos
+        available = len(buf) - pos
+        if available >= 2:
+            if buf[pos] != 13 or buf[pos + 1] != 10:
+                raise HTTPParseError(self._errorStatus, "chunk data not followed by CRLF")
+            self._pos = pos + 2
+            self._state = _CHUNK_LINE
+            return True
+        if available == 1 and buf[pos] != 13:
+            raise HTTPParseError(self._errorStatus, "chunk data not followed by CRLF")
+        if self._eof:
+            raise self._truncated("after chunk data")
+        return False
+
+    def _stepTrailers(self) -> bool:
+        buf = self._buf
+        pos = self._pos
+        available = len(buf) - pos
+        if available >= 2 and buf[pos] == 13 and buf[pos + 1] == 10:
+            self._pos = pos + 2
+            self._state = _COMPLETE
+            return True
+        if available == 1 and buf[pos] == 13:
+            if self._eof:
+                raise self._truncated("in the trailer section")
+            return False
+        blockEnd = buf.find(b"\r\n\r\n", pos)
+        if blockEnd < 0 or blockEnd + 4 - pos > self._maxHeaderBytes:
+            if available >= self._maxHeaderBytes:
+                raise HTTPParseError(self._headTooLargeStatus, "trailer section too large")
+            if self._eof:
+                raise self._truncated("in the trailer section")
+            return False
+        lines = buf[pos:blockEnd].split(b"\r\n")
+        if len(lines) > self._maxHeaders:
+            raise HTTPParseError(self._headTooLargeStatus, "too many trailer fields")
+        items = []
+        for line in lines:
+            match = FIELD_LINE.fullmatch(line)
+            if match is None:
+                raise HTTPParseError(self._errorStatus, "malformed trailer field")
+            name, value = match.groups()
+            items.append((name.lower(), name, value))
+        self._head.trailers = Headers._fromLowered(items)
+        self._pos = blockEnd + 4
+        self._state = _COMPLETE
+        return True
+
+    def _stepUntilClose(self) -> bool:
+        available = len(self._buf) - self._pos
+        if available:
+            self._bodyBytes += available
+            if self._maxBodySize is not None and self._bodyBytes > self._maxBodySize:
+                raise HTTPParseError(self._bodyTooLargeStatus, "body too large")
+            self._deliver(available)
+            return True
+        if self._eof:
+            self._state = _COMPLETE
+            return True
+        return False
+
+    def _stepComplete(self) -> bool:
+        self._afterMessage(self._head)
+        self._receiver.messageComplete()
+        return True
+
+    def _stepStopped(self) -> bool:
+        return False
+
+    def _bodyState(self, bodyKind: BodyKind, contentLength: int | None) -> str:
+        """
+        The state that reads a body of C{bodyKind}, with the size limit
+        checked up front for a known length.
+        """
+        if bodyKind is BodyKind.LENGTH:
+            if self._maxBodySize is not None and contentLength > self._maxBodySize:
+                raise HTTPParseError(self._bodyTooLargeStatus, "body too large")
+            if contentLength:
+                self._remaining = contentLength
+                return _LENGTH
+            return _COMPLETE
+        if bodyKind is BodyKind.CHUNKED:
+            return _CHUNK_LINE
+        if bodyKind is BodyKind.UNTIL_CLOSE:
+            return _UNTIL_CLOSE
+        return _COMPLETE
+
+    def _afterMessage(self, head: RequestHead | ResponseHead) -> None:
+        """
+        Choose what follows a complete message, before the receiver hears of
+        its completion.
+        """
+        if head.keepAlive:
+            self._state = _HEAD
+        else:
+            # Anything after a message that closes the connection is ignored.
+            self._closeQuietly()
+
+    _steps = {
+        _HEAD: _stepHead,
+        _LENGTH: _stepLength,
+        _CHUNK_LINE: _stepChunkLine,
+        _CHUNK_DATA: _stepChunkData,
+        _CHUNK_END: _stepChunkEnd,
+        _TRAILERS: _stepTrailers,
+        _UNTIL_CLOSE: _stepUntilClose,
+        _COMPLETE: _stepComplete,
+        _UPGRADE: _stepStopped,
+        _TUNNEL: _stepStopped,
+        _CLOSED: _stepStopped,
+        _DETACHED: _stepStopped,
+        _FAILED: _stepStopped,
+    }
+
+
+class RequestParser(_MessageParser):
+    """
+    Parses the requests a client sends on one connection.
+
+    Pipelined requests are delivered one after another; the front pauses
+    the parser (C{pauseParsing}) after each request until its response is
+    sent, so later requests wait in the buffer. After a request that asks
+    for an upgrade, or a CONNECT, the parser pauses itself: the front either
+    calls C{detachTunnel} (the backend switched protocols) or
+    C{resumeParsing} (it did not, HTTP goes on). After a request that does
+    not keep the connection alive, later bytes are ignored.
+
+    @param maxRequestLine: longest request line (without CRLF); 414 above.
+    @param maxHeaderBytes: largest header block, request line and final
+        CRLF CRLF included; 431 above. Also bounds a trailer section.
+    @param maxHeaders: most header fields (and trailer fields); 431 above.
+    @param maxBodySize: largest body, or L{None} for no limit; 413 above,
+        before any of the body is delivered when Content-Length says so.
+    @param maxChunkLineBytes: longest chunk size line with extensions.
+    @param maxBufferedBytes: most bytes held while paused; beyond that the
+        owner forgot to pause the transport and the connection fails.
+    """
+
+    _errorStatus = 400
+    _parserFactory = httptools.HttpRequestParser
+
+    def __init__(
+        self,
+        receiver: IHTTPMessageReceiver,
+        *,
+        maxRequestLine: int = 8192,
+        maxHeaderBytes: int = 32768,
+        maxHeaders: int = 100,
+        maxBodySize: int | None = None,
+        maxChunkLineBytes: int = 4096,
+        maxBufferedBytes: int = 262144,
+    ) -> None:
+        super().__init__(
+            receiver,
+            maxLineBytes=maxRequestLine,
+            maxHeaderBytes=maxHeaderBytes,
+            maxHeaders=maxHeaders,
+            maxBodySize=maxBodySize,
+            maxChunkLineBytes=maxChunkLineBytes,
+            maxBufferedBytes=maxBufferedBytes,
+        )
+
+    def _readyToFeed(self, buf: bytes, pos: int, end: int) -> bool:
+        # Hold back a method until it is complete, so that an unknown one
+        # gets the same answer however the bytes were split.
+        if buf.find(b" ", pos, end) >= 0 or end - pos > 64:
+            return True
+        return not isToken(buf[pos:end])
+
+    def _unknownMethod(self, buf: bytes) -> HTTPParseError:
+        # llhttp knows every registered method; a well-formed other token is
+        # a method this server does not implement (RFC 9110 §9.1).
+        space = buf.find(b" ", self._pos, self._pos + 64)
+        if space > self._pos and isToken(buf[self._pos : space]):
+            return HTTPParseError(501, "method not implemented")
+        return HTTPParseError(400, "invalid method")
+
+    def _buildHead(
+        self, buf: bytes, pos: int, lineEnd: int, fields: _Fields
+    ) -> tuple[RequestHead, str]:
+        line = REQUEST_LINE.fullmatch(buf, pos, lineEnd)
+        if line is None:
+            raise HTTPParseError(400, "malformed request line")
+        method, target, major, minor = line.groups()
+        if major != b"1" or minor not in (b"0", b"1"):
+            raise HTTPParseError(400, "unsupported HTTP version")
+        version = (1, int(minor))
+
+        form = classifyTarget(target)
+        if form is None:
+            raise HTTPParseError(400, "invalid request target")
+        targetForm, authority = form
+        if (targetForm == "authority") != (method == b"CONNECT"):
+            raise HTTPParseError(400, "invalid request target for the method")
+        if targetForm == "asterisk" and method != b"OPTIONS":
+            raise HTTPParseError(400, "invalid request target for the method")
+
+        if fields.hosts > 1:
+            raise HTTPParseError(400, "several Host fields")
+        if fields.hosts:
+            hostPort = parseHostPort(fields.host)
+            if hostPort is None or not hostPort[0]:
+                raise HTTPParseError(400, "invalid Host")
+            if targetForm == "absolute" and not _sameAuthority(target, authority, hostPort):
+                raise HTTPParseError(400, "Host does not match the request target")
+        elif version == (1, 1):
+            raise HTTPParseError(400, "missing Host")
+        if authority is None:
+            authority = fields.host
+
+        contentLength = fields.contentLength
+        if fields.transferEncoding is not None:
+            if version == (1, 0):
+                raise HTTPParseError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if contentLength is not None:
+                raise HTTPParseError(400, "both Content-Length and Transfer-Encoding")
+            _checkChunkedOnly(fields.transferEncoding, 400, 501)
+            bodyKind = BodyKind.CHUNKED
+        elif contentLength is not None:
+            bodyKind = BodyKind.LENGTH
+        else:
+            bodyKind = BodyKind.NONE
+
+        upgrade: tuple[bytes, ...] = ()
+        if fields.upgrade is not None and version == (1, 1) and b"upgrade" in fields.connection:
+            protocols = splitList(fields.upgrade)
+            if not protocols or not all(_isProtocol(p) for p in protocols):
+                raise HTTPParseError(400, "malformed Upgrade")
+            upgrade = tuple(p.lower() for p in protocols)
+        hasBody = bodyKind is BodyKind.CHUNKED or bool(contentLength)
+        if hasBody and (upgrade or method == b"CONNECT"):
+            raise HTTPParseError(400, "tunnel request with a body")
+
+        head = RequestHead(
+            method=method,
+            target=target,
+            version=version,
+            headers=Headers._fromLowered(fields.items),
+            bodyKind=bodyKind,
+            contentLength=contentLength,
+            keepAlive=persistentConnection(version, fields.connection),
+            upgrade=upgrade,
+            targetForm=targetForm,
+            authority=authority,
+        )
+        return head, self._bodyState(bodyKind, contentLength)
+
+    def _afterMessage(self, head: RequestHead) -> None:
+        if head.upgrade or head.method == b"CONNECT":
+            self._state = _UPGRADE
+            self._paused = True
+        else:
+            _MessageParser._afterMessage(self, head)
+
+
+def _isProtocol(value: bytes) -> bool:
+    """
+    Whether C{value} is C{protocol-name ["/" protocol-version]} (RFC 9110
+    §7.8).
+    """
+    name, slash, version = value.partition(b"/")
+    return isToken(name) and (not slash or isToken(version))
+
+
+def _sameAuthority(
+    target: bytes, authority: bytes, hostPort: tuple[bytes, int | None]
+) -> bool:
+    """
+    Whether an absolute target's authority and the Host field name the same
+    host and port (default port of the target's scheme when absent).
+    """
+    scheme = target.split(b":", 1)[0].lower()
+    default = _DEFAULT_PORTS[scheme]
+    targetHost, targetPort = parseHostPort(authority)
+    return targetHost.lower() == hostPort[0].lower() and (targetPort or default) == (
+        hostPort[1] or default
+    )
+
+
+class ResponseParser(_MessageParser):
+    """
+    Parses the responses a backend sends on one connection.
+
+    The front announces each request it sends with L{expectResponse}, since
+    the framing of a response depends on it (no body for HEAD, a tunnel
+    after 101 or a 2xx to CONNECT). Bytes that arrive when no response is
+    expected fail with 502. Interim 1xx responses are delivered as messages
+    of their own before the final one. After a tunnel opens the parser
+    pauses and holds what follows for C{detachTunnel}. Every problem is
+    reported with status 502.
+    """
+
+    _errorStatus = 502
+    _lineTooLongStatus = 502
+    _headTooLargeStatus = 502
+    _bodyTooLargeStatus = 502
+    _parserFactory = httptools.HttpResponseParser
+
+    def __init__(
+        self,
+        receiver: IHTTPMessageReceiver,
+        *,
+        maxStatusLine: int = 8192,
+        maxHeaderBytes: int = 65536,
+        maxHeaders: int = 100,
+        maxBodySize: int | None = None,
+        maxChunkLineBytes: int = 4096,
+        maxBufferedBytes: int = 262144,
+    ) -> None:
+        super().__init__(
+            receiver,
+            maxLineBytes=maxStatusLine,
+            maxHeaderBytes=maxHeaderBytes,
+            maxHeaders=maxHeaders,
+            maxBodySize=maxBodySize,
+            maxChunkLineBytes=maxChunkLineBytes,
+            maxBufferedBytes=maxBufferedBytes,
+        )
+        self._expected: deque[tuple[bytes, bool]] = deque()
+
+    def expectResponse(self, method: bytes, upgrade: bool = False) -> None:
+        """
+        A request with C{method} was sent; C{upgrade} when it asked for a
+        protocol switch the front allows (a 101 is refused otherwise).
+        """
+        self._expected.append((method, upgrade))
+
+    @property
+    def expecting(self) -> int:
+        """
+        How many requests still wait for their final response.
+        """
+        return len(self._expected)
+
+    def connectionLost(self) -> None:
+        if self._expected and self.idle:
+            self._fail(HTTPParseError(502, "connection closed before the response"))
+        _MessageParser.connectionLost(self)
+
+    def _beginMessage(self) -> None:
+        if not self._expected:
+            raise HTTPParseError(502, "response without a request")
+
+    def _buildHead(
+        self, buf: bytes, pos: int, lineEnd: int, fields: _Fields
+    ) -> tuple[ResponseHead, str]:
+        line = STATUS_LINE.fullmatch(buf, pos, lineEnd)
+        if line is None:
+            raise HTTPParseError(502, "malformed status line")
+        major, minor, code, reason = line.groups()
+        if major != b"1" or minor not in (b"0", b"1"):
+            raise HTTPParseError(502, "unsupported HTTP version")
+        status = int(code)
+        if status < 100 or status > 599:
+            raise HTTPParseError(502, "invalid status code")
+        version = (1, int(minor))
+        contentLength = fields.contentLength
+        if fields.transferEncoding is not None:
+            if version == (1, 0):
+                raise HTTPParseError(502, "Transfer-Encoding in an HTTP/1.0 response")
+            if contentLength is not None:
+                raise HTTPParseError(502, "both Content-Length and Transfer-Encoding")
+            _checkChunkedOnly(fields.transferEncoding, 502, 502)
+
+        method, upgradeAllowed = self._expected[0]
+        tunnel = False
+        if status < 200:
+            bodyKind = BodyKind.NONE
+            contentLength = None
+            if status == 101:
+                if not upgradeAllowed:
+                    raise HTTPParseError(502, "unexpected 101 Switching Protocols")
+                tunnel = True
+                self._expected.popleft()
+        else:
+            self._expected.popleft()
+            if method == b"CONNECT" and status < 300:
+                tunnel = True
+                bodyKind = BodyKind.NONE
+                contentLength = None
+            elif method == b"HEAD" or status == 304:
+                bodyKind = BodyKind.NONE
+            elif status == 204:
+                bodyKind = BodyKind.NONE
+                contentLength = None
+            elif fields.transferEncoding is not None:
+                bodyKind = BodyKind.CHUNKED
+            elif contentLength is not None:
+                bodyKind = BodyKind.LENGTH
+            else:
+                bodyKind = BodyKind.UNTIL_CLOSE
+
+        keepAlive = bodyKind is not BodyKind.UNTIL_CLOSE and persistentConnection(
+            version, fields.connection
+        )
+        head = ResponseHead(
+            status=status,
+            reason=reason or b"",
+            version=version,
+            headers=Headers._fromLowered(fields.items),
+            bodyKind=bodyKind,
+            contentLength=contentLength,
+            keepAlive=keepAlive,
+            tunnel=tunnel,
+        )
+        return head, self._bodyState(bodyKind, contentLength if bodyKind is BodyKind.LENGTH else None)
+
+    def _afterMessage(self, head: ResponseHead) -> None:
+        if head.tunnel:
+            self._state = _TUNNEL
+            self._paused = True
+        elif head.interim:
+            self._state = _HEAD
+        else:
+            _MessageParser._afterMessage(self, head)
+
+
+__all__ = ["HTTPParseError", "RequestParser", "ResponseParser"]

@@ -1,0 +1,166 @@
+"""
+Writing heads, chunked framing and error responses.
+
+What goes to a peer is always written from parsed values, never copied from
+the bytes received: the proxy speaks HTTP/1.1 on both sides, writes single
+spaces and CRLFs, and derives the framing fields (Content-Length or
+Transfer-Encoding) from the body it is about to send, dropping any the
+caller left in the headers. Names and values are checked before writing, so
+a value with CR or LF (from a careless caller) cannot split a message.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+from lbproxy.http.message import BodyKind, Headers
+from lbproxy.http.syntax import FIELD_VALUE, TOKEN
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+_fieldBlock = re.compile(rb"(?:" + TOKEN + rb": " + FIELD_VALUE + rb"\r\n)*")
+_requestTarget = re.compile(rb"[\x21-\x7e]+")
+_reasonPhrase = re.compile(rb"[\t \x21-\x7e\x80-\xff]*")
+_token = re.compile(TOKEN)
+_nameList = re.compile(rb"(?:" + TOKEN + rb"(?::" + TOKEN + rb")*)?")
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _checkedBlock(names: list[bytes], lines: list[bytes]) -> bytes:
+    """
+    Join field lines, refusing any name that is not a token and any value
+    with CR, LF or another CTL (which could end the line early and inject
+    fields of its own).
+    """
+    block = b"".join(lines)
+    if (
+        _nameList.fullmatch(b":".join(names)) is None
+        or _fieldBlock.fullmatch(block) is None
+        or block.count(b"\n") != len(lines)
+    ):
+        raise ValueError("a header field cannot be written as it is")
+    return block
+
+
+def _fieldLines(headers: Headers, bodyKind: BodyKind, contentLength: int | None) -> bytes:
+    names = []
+    lines = []
+    for lowered, name, value in headers._items:
+        if lowered not in _FRAMING:
+            names.append(name)
+            lines.append(b"%s: %s\r\n" % (name, value))
+    if bodyKind is BodyKind.CHUNKED:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif contentLength is not None and bodyKind is not BodyKind.UNTIL_CLOSE:
+        lines.append(b"Content-Length: %d\r\n" % (contentLength,))
+    return _checkedBlock(names, lines)
+
+
+def requestHeadBytes(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    bodyKind: BodyKind = BodyKind.NONE,
+    contentLength: int | None = None,
+) -> bytes:
+    """
+    An HTTP/1.1 request line and header block.
+
+    @param bodyKind: the framing of the body that follows: C{LENGTH} writes
+        C{Content-Length: contentLength}, C{CHUNKED} writes
+        C{Transfer-Encoding: chunked} (the body must then be framed with
+        L{encodeChunk} and L{lastChunk}), C{NONE} writes neither.
+    @raise ValueError: the method, target or a field cannot be written
+        safely.
+    """
+    if _token.fullmatch(method) is None or _requestTarget.fullmatch(target) is None:
+        raise ValueError("the request line cannot be written as it is")
+    if bodyKind is BodyKind.UNTIL_CLOSE:
+        raise ValueError("a request body cannot be delimited by closing")
+    if bodyKind is BodyKind.LENGTH and contentLength is None:
+        raise ValueError("a length body needs its length")
+    if bodyKind is BodyKind.NONE:
+        contentLength = None
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (
+        method,
+        target,
+        _fieldLines(headers, bodyKind, contentLength),
+    )
+
+
+def responseHeadBytes(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    bodyKind: BodyKind = BodyKind.NONE,
+    contentLength: int | None = None,
+) -> bytes:
+    """
+    An HTTP/1.1 status line and header block.
+
+    Framing as for L{requestHeadBytes}; in addition, with C{NONE} a given
+    C{contentLength} is still written, as the announced length of a
+    response to HEAD or of a 304, and C{UNTIL_CLOSE} writes no framing
+    field (the caller must close the connection after the body).
+
+    @raise ValueError: the status, reason or a field cannot be written.
+    """
+    if not 100 <= status <= 599 or _reasonPhrase.fullmatch(reason) is None:
+        raise ValueError("the status line cannot be written as it is")
+    if bodyKind is BodyKind.LENGTH and contentLength is None:
+        raise ValueError("a length body needs its length")
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (
+        status,
+        reason,
+        _fieldLines(headers, bodyKind, contentLength),
+    )
+
+
+def encodeChunk(data: bytes) -> list[bytes]:
+    """
+    The chunked framing of C{data}, as pieces for C{writeSequence} so the
+    data is not copied. Empty data gives no chunk (a zero-size chunk would
+    end the body).
+    """
+    if not data:
+        return []
+    return [b"%x\r\n" % (len(data),), data, b"\r\n"]
+
+
+def lastChunk(trailers: Headers | None = None) -> bytes:
+    """
+    The end of a chunked body, with an optional trailer section.
+    """
+    if not trailers:
+        return LAST_CHUNK
+    names = [name for name, _ in trailers]
+    block = _checkedBlock(names, [b"%s: %s\r\n" % (name, value) for name, value in trailers])
+    return b"0\r\n%s\r\n" % (block,)
+
+
+def errorResponse(status: int, includeBody: bool = True) -> bytes:
+    """
+    A complete response the proxy sends itself, closing the connection.
+
+    The body is only the status and its standard phrase
+    (C{"400 Bad Request\\n"}): the detailed reason of an
+    L{lbproxy.http.errors.HTTPParseError} goes to the log, not to the peer,
+    so nothing of the offending message is echoed and the parser's
+    internals are not advertised.
+
+    @param includeBody: L{False} for a response to HEAD (the length of the
+        body that would have been sent is still announced).
+    """
+    phrase = HTTPStatus(status).phrase.encode("ascii")
+    body = b"%d %s\n" % (status, phrase)
+    head = (
+        b"HTTP/1.1 %d %s\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n"
+        b"Cache-Control: no-store\r\n"
+        b"Connection: close\r\n"
+        b"\r\n" % (status, phrase, len(body))
+    )
+    return head + body if includeBody else head
