@@ -23,6 +23,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from lbproxy.tcp import formatAddress
+
 #: The demo web servers, as (name, server endpoint string). demo.toml's pool
 #: names the same servers at the same addresses.
 SERVERS = (
@@ -32,15 +34,6 @@ SERVERS = (
 
 #: Where the demo listener in demo.toml accepts clients.
 URL = "http://127.0.0.1:8080/"
-
-
-def _describe(address) -> str:
-    host = getattr(address, "host", None)
-    if host is None:
-        return str(address)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{address.port}"
 
 
 class DemoResource(Resource):
@@ -62,7 +55,7 @@ class DemoResource(Resource):
         forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for")
         body = (
             f"server: {self.name}\n"
-            f"client: {_describe(request.getClientAddress())}\n"
+            f"client: {formatAddress(request.getClientAddress())}\n"
             "x-forwarded-for: "
             + (b", ".join(forwarded).decode("latin-1") if forwarded else "(none)")
             + "\n"
