@@ -417,16 +417,21 @@ class _Table:
     def endpoint(self, key: str, server: bool, required: bool = False) -> str:
         value = self.string(key, required=required)
         if server:
-            try:
-                serverFromString(_NullReactor(), value)
-            except Exception as e:
-                self.fail(key, f'expected a server endpoint string such as "tcp:8080:interface=127.0.0.1", got {value!r} ({_reason(e)})')
-            return value
-        value = _hostPort(value)
+            expected = 'expected a server endpoint string such as "tcp:8080:interface=127.0.0.1"'
+            parse, lowest = serverFromString, 0
+        else:
+            expected = 'expected "host:port" or a client endpoint string such as "tcp:host=127.0.0.1:port=8081"'
+            parse, lowest = clientFromString, 1
+            value = _hostPort(value)
         try:
-            clientFromString(_NullReactor(), value)
+            endpoint = parse(_NullReactor(), value)
         except Exception as e:
-            self.fail(key, f'expected "host:port" or a client endpoint string such as "tcp:host=127.0.0.1:port=8081", got {value!r} ({_reason(e)})')
+            self.fail(key, f"{expected}, got {value!r} ({_reason(e)})")
+        # Endpoint parsers take any integer as a port; the bind or connect
+        # would only fail once the daemon runs.
+        port = getattr(endpoint, "_port", None)
+        if isinstance(port, int) and not lowest <= port <= 65535:
+            self.fail(key, f"{expected}, got {value!r} (port {port} is not from {lowest} to 65535)")
         return value
 
     def networks(self, key: str) -> tuple:
@@ -434,6 +439,8 @@ class _Table:
         networks = []
         for index, item in enumerate(value):
             try:
+                if not isinstance(item, str):
+                    raise TypeError(item)
                 networks.append(ipaddress.ip_network(item, strict=False))
             except (ValueError, TypeError):
                 raise ConfigError(

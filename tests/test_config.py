@@ -375,6 +375,40 @@ def test_invalidServerAddress(address, reason):
     )
 
 
+@pytest.mark.parametrize(
+    "address, value",
+    [
+        ("127.0.0.1:99999", "tcp:host=127.0.0.1:port=99999"),
+        ("tcp:host=127.0.0.1:port=0", "tcp:host=127.0.0.1:port=0"),
+    ],
+)
+def test_serverPortOutOfRange(address, value):
+    text = withServer(f'name = "a", address = "{address}"')
+    port = value.rsplit("=", 1)[1]
+    assert loadError(text) == (
+        f"lb.toml: pools.web.servers[0].address: {EXPECTED_ADDRESS}, got {value!r} "
+        f"(port {port} is not from 1 to 65535)"
+    )
+
+
+def test_bindPortOutOfRange():
+    text = withListener("").replace(
+        'bind = "tcp:8080:interface=127.0.0.1"', 'bind = "tcp:70000:interface=127.0.0.1"'
+    )
+    assert loadError(text) == (
+        f"lb.toml: listeners.web.bind: {EXPECTED_ENDPOINT}, got "
+        "'tcp:70000:interface=127.0.0.1' (port 70000 is not from 0 to 65535)"
+    )
+
+
+def test_acceptProxyNotAString():
+    text = withListener("accept_proxy = [10]\n")
+    assert loadError(text) == (
+        "lb.toml: listeners.web.accept_proxy[0]: expected an address or network "
+        'such as "127.0.0.1" or "10.0.0.0/8", got 10'
+    )
+
+
 def test_invalidAcceptProxyNetwork():
     text = withListener('accept_proxy = ["127.0.0.1", "banana"]\n')
     assert loadError(text) == (
