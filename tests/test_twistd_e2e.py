@@ -61,15 +61,21 @@ class Process:
     and, if it lingers, SIGKILL.
     """
 
-    def __init__(self, argv: list[str], directory: Path, label: str) -> None:
+    def __init__(
+        self, argv: list[str], directory: Path, label: str, extraEnv: dict | None = None
+    ) -> None:
         self.argv = argv
+        env = checkoutEnvironment()
+        for name, value in (extraEnv or {}).items():
+            # PYTHONPATH entries are added after the checkout's.
+            env[name] = os.pathsep.join(filter(None, [env.get(name), value]))
         self.stdoutPath = directory / f"{label}.stdout"
         self.stderrPath = directory / f"{label}.stderr"
         with open(self.stdoutPath, "wb") as out, open(self.stderrPath, "wb") as err:
             self.popen = subprocess.Popen(
                 argv,
                 cwd=directory,
-                env=checkoutEnvironment(),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -127,8 +133,8 @@ def processes(tmp_path):
     """
     started: list[Process] = []
 
-    def start(argv: list[str], label: str) -> Process:
-        process = Process(argv, tmp_path, label)
+    def start(argv: list[str], label: str, extraEnv: dict | None = None) -> Process:
+        process = Process(argv, tmp_path, label, extraEnv)
         started.append(process)
         return process
 
@@ -320,3 +326,60 @@ def test_twistdFromThisEnvironment():
     interpreter, not whatever PATH finds first.
     """
     assert os.path.dirname(twistd()) == os.path.dirname(sys.executable)
+
+
+THIRD_PARTY_SELECTOR = '''\
+from zope.interface import implementer
+
+from lbproxy.interfaces import IBackendSelector
+from lbproxy.selectors.base import SelectorPlugin, usable
+
+
+@implementer(IBackendSelector)
+class Named:
+    """
+    Always the server with the configured name, while it is usable.
+    """
+
+    def __init__(self, server):
+        self.server = server
+
+    def pick(self, servers, context):
+        for server in servers:
+            if server.name == self.server and usable(server, context):
+                return server
+        return None
+
+
+def checkName(value):
+    if not isinstance(value, str):
+        raise ValueError(f"expected a server name, got {value!r}")
+    return value
+
+
+named = SelectorPlugin("named", "always one server", Named, {"server": ("", checkName)})
+'''
+
+
+def test_thirdPartySelector(tmp_path, processes):
+    """
+    A selector shipped in an lbproxy/plugins directory of its own, outside
+    the lbproxy package, is found by the real daemon and places real
+    connections.
+    """
+    plugins = tmp_path / "thirdparty" / "lbproxy" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "namedselector.py").write_text(THIRD_PARTY_SELECTOR)
+    backends = startBackends(processes, ["alpha", "beta"])
+    listen = freePort()
+    config = tmp_path / "lb.toml"
+    config.write_text(
+        CONFIG.format(listen=listen, **backends).replace(
+            'selector = "roundrobin"', 'selector = { name = "named", server = "beta" }'
+        )
+    )
+    argv = lbproxyArgv(tmp_path, "--config", str(config))
+    env = {"PYTHONPATH": str(tmp_path / "thirdparty")}
+    process = processes(argv, "lbproxy", env)
+    process.waitForPort(listen)
+    assert [get(listen)["server"] for _ in range(4)] == ["beta"] * 4
