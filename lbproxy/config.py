@@ -24,11 +24,13 @@ from lbproxy.context import KEYS, keySupported
 from lbproxy.errors import ConfigError, OptionError
 from lbproxy.selectors import findSelector, selectorNames
 
-MODES = ("tcp",)
+MODES = ("tcp", "http")
 PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
 HEALTH_TYPES = ("tcp", "http", "banner")
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_COOKIE_ATTRIBUTE = re.compile(r"[\x21-\x3a\x3c-\x7e]{1,256}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "tls", "unix", "systemd", "tor"}
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -63,6 +65,54 @@ class ServerConfig:
     weight: int = 1
     backup: bool = False
     maxconn: int = 0
+    #: Value of the persistence cookie naming this server (HTTP); the
+    #: server's name unless configured. Never derived from its address.
+    cookie: str = ""
+
+
+@dataclass(frozen=True)
+class CookieConfig:
+    """
+    HTTP persistence by an inserted cookie (HAProxy's C{cookie NAME insert}).
+    """
+
+    name: str
+    indirect: bool = True
+    nocache: bool = True
+    httponly: bool = True
+    secure: bool = False
+    path: str = "/"
+    domain: str | None = None
+    maxidle: float | None = None
+    maxlife: float | None = None
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """
+    One routing rule of an HTTP listener: every condition given must match.
+
+    @ivar host: exact host (lower case, no port) or a C{*.example.com}
+        wildcard matching any subdomain.
+    @ivar header: C{(name, value)}: the request has the header (lower-case
+        name), with exactly this value unless the value is None.
+    """
+
+    pool: str
+    host: str | None = None
+    pathPrefix: str | None = None
+    pathRegex: re.Pattern | None = None
+    header: tuple[bytes, bytes | None] | None = None
+    methods: frozenset[bytes] = frozenset()
+
+
+@dataclass(frozen=True)
+class HTTPLimits:
+    requestLine: int = 8192
+    headerSize: int = 32768
+    headerCount: int = 100
+    #: Largest request body in bytes, 0 for no limit.
+    bodySize: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +125,17 @@ class PoolConfig:
     connectTimeout: float = 5.0
     sendProxy: str = "none"
     health: HealthConfig | None = None
+    # HTTP
+    cookie: CookieConfig | None = None
+    #: Idle keep-alive connections kept per server; 0 disables reuse.
+    reuseMaxIdle: int = 16
+    #: How long an idle backend connection is kept (shorter than the
+    #: backend's own keep-alive timeout).
+    reuseIdleTimeout: float = 15.0
+    #: Time from the request sent to the response head received (504).
+    responseTimeout: float = 30.0
+    #: Longest silence from the server while a response body streams.
+    serverTimeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +147,21 @@ class ListenerConfig:
     maxconn: int = 10000
     idleTimeout: float = 300.0
     acceptProxy: tuple = ()
+    # HTTP
+    routes: tuple[RouteConfig, ...] = ()
+    #: Clients whose X-Forwarded-For / Forwarded values are kept.
+    trustedProxies: tuple = ()
+    #: Also send the RFC 7239 Forwarded header.
+    forwarded: bool = False
+    #: File the access log is appended to; None: the daemon's log.
+    accessLog: str | None = None
+    limits: HTTPLimits = HTTPLimits()
+    #: Time a client has to send a complete request head (408).
+    requestTimeout: float = 10.0
+    #: Idle time allowed between two requests of a keep-alive client.
+    keepaliveTimeout: float = 60.0
+    #: Idle time of an upgraded (WebSocket) tunnel.
+    tunnelTimeout: float = 3600.0
 
     def trustsProxyFrom(self, host: str) -> bool:
         """
@@ -163,15 +239,16 @@ def _parseListener(t: _Table, name: str, pools: dict) -> ListenerConfig:
     pool = t.string("pool", required=True)
     if pool not in pools:
         t.fail("pool", f"expected the name of a pool ({_oneOf(pools)}), got {pool!r}")
-    key = pools[pool].selectorOptions.get("key")
-    if isinstance(key, str) and not keySupported(mode, key):
-        t.fail(
-            "pool",
-            f"pool {pool!r} hashes on key {key!r}, which a {mode} listener "
-            f"cannot provide; expected {_oneOf(KEYS.get(mode, ()))}",
-        )
+    if mode != "http":
+        for key in _HTTP_LISTENER_KEYS:
+            if key in t.data:
+                t.fail(key, 'expected only with mode = "http"')
     timeouts = t.table("timeouts")
-    listener = ListenerConfig(
+    if mode != "http":
+        for key in ("request", "keepalive", "tunnel"):
+            if key in timeouts.data:
+                timeouts.fail(key, 'expected only with mode = "http"')
+    kwargs: dict[str, Any] = dict(
         name=name,
         bind=bind,
         pool=pool,
@@ -180,9 +257,103 @@ def _parseListener(t: _Table, name: str, pools: dict) -> ListenerConfig:
         idleTimeout=timeouts.duration("idle", 300.0),
         acceptProxy=t.networks("accept_proxy"),
     )
+    if mode == "http":
+        limits = t.table("limits")
+        kwargs.update(
+            routes=tuple(
+                _parseRoute(t.tableAt("routes", index, item), pools)
+                for index, item in enumerate(t.list("routes"))
+            ),
+            trustedProxies=t.networks("trusted_proxies"),
+            forwarded=t.boolean("forwarded", False),
+            accessLog=t.string("access_log", default=None),
+            limits=HTTPLimits(
+                requestLine=limits.integer("request_line", 256, 1 << 20, 8192),
+                headerSize=limits.integer("header_size", 1024, 1 << 22, 32768),
+                headerCount=limits.integer("header_count", 8, 10000, 100),
+                bodySize=limits.integer("body_size", 0, 1 << 62, 0),
+            ),
+            requestTimeout=timeouts.duration("request", 10.0),
+            keepaliveTimeout=timeouts.duration("keepalive", 60.0),
+            tunnelTimeout=timeouts.duration("tunnel", 3600.0),
+        )
+        limits.done()
+        if kwargs["accessLog"] is not None and not kwargs["accessLog"]:
+            t.fail("access_log", "expected a file path, got ''")
+    listener = ListenerConfig(**kwargs)
+    for used in {pool} | {route.pool for route in listener.routes}:
+        _checkPoolFits(t, used, pools[used], mode)
     timeouts.done()
     t.done()
     return listener
+
+
+_HTTP_LISTENER_KEYS = ("routes", "trusted_proxies", "forwarded", "access_log", "limits")
+
+
+def _checkPoolFits(t: _Table, name: str, pool: PoolConfig, mode: str) -> None:
+    """
+    Refuse a pool whose settings a listener of C{mode} cannot apply.
+    """
+    key = pool.selectorOptions.get("key")
+    if isinstance(key, str) and not keySupported(mode, key):
+        t.fail(
+            "pool",
+            f"pool {name!r} hashes on key {key!r}, which a {mode} listener "
+            f"cannot provide; expected {_oneOf(KEYS.get(mode, ()))}",
+        )
+    if mode != "http" and pool.cookie is not None:
+        t.fail(
+            "pool",
+            f"pool {name!r} has cookie persistence, which only an HTTP listener "
+            'can apply; expected mode = "http" or a pool without cookie',
+        )
+
+
+def _parseRoute(t: _Table, pools: dict) -> RouteConfig:
+    pool = t.string("pool", required=True)
+    if pool not in pools:
+        t.fail("pool", f"expected the name of a pool ({_oneOf(pools)}), got {pool!r}")
+    host = t.string("host", default=None)
+    if host is not None:
+        host = host.lower()
+        if not re.fullmatch(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
+            t.fail("host", f'expected a host name such as "www.example.com" or "*.example.com", got {host!r}')
+    prefix = t.string("path_prefix", default=None)
+    if prefix is not None and not prefix.startswith("/"):
+        t.fail("path_prefix", f"expected a path starting with /, got {prefix!r}")
+    regex = t.string("path_regex", default=None)
+    pattern = None
+    if regex is not None:
+        try:
+            pattern = re.compile(regex)
+        except re.error as e:
+            t.fail("path_regex", f"expected a regular expression, got {regex!r} ({e})")
+    header = None
+    headerTable = t.table("header")
+    if headerTable.present:
+        headerName = headerTable.string("name", required=True)
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", headerName):
+            headerTable.fail("name", f"expected a header name, got {headerName!r}")
+        value = headerTable.string("value", default=None)
+        header = (headerName.lower().encode("ascii"), value.encode("utf-8") if value is not None else None)
+        headerTable.done()
+    methods = t.list("methods")
+    for index, method in enumerate(methods):
+        if not isinstance(method, str) or not re.fullmatch(r"[A-Z]+", method):
+            raise ConfigError(t.source, f"{t._key('methods')}[{index}]", f'expected a method such as "GET", got {_show(method)}')
+    route = RouteConfig(
+        pool=pool,
+        host=host,
+        pathPrefix=prefix,
+        pathRegex=pattern,
+        header=header,
+        methods=frozenset(m.encode("ascii") for m in methods),
+    )
+    if route == RouteConfig(pool=pool):
+        t.fail("pool", "expected at least one condition (host, path_prefix, path_regex, header, methods) besides pool")
+    t.done()
+    return route
 
 
 def _parsePool(t: _Table, name: str) -> PoolConfig:
@@ -201,7 +372,18 @@ def _parsePool(t: _Table, name: str) -> PoolConfig:
         servers.append(server)
     if not servers:
         t.fail("servers", "expected at least one server")
+    cookies = set()
+    for index, server in enumerate(servers):
+        if server.cookie in cookies:
+            raise ConfigError(
+                t.source,
+                f"{t._key('servers')}[{index}].cookie",
+                f"expected a cookie value unique in the pool, got {server.cookie!r} again",
+            )
+        cookies.add(server.cookie)
     health = t.table("health")
+    cookie = t.table("cookie")
+    reuse = t.table("reuse")
     pool = PoolConfig(
         name=name,
         servers=tuple(servers),
@@ -211,10 +393,41 @@ def _parsePool(t: _Table, name: str) -> PoolConfig:
         connectTimeout=timeouts.duration("connect", 5.0),
         sendProxy=t.choice("send_proxy", PROXY_PROTOCOL_VERSIONS, "none"),
         health=_parseHealth(health) if health.present else None,
+        cookie=_parseCookie(cookie) if cookie.present else None,
+        reuseMaxIdle=reuse.integer("max_idle", 0, 10000, 16),
+        reuseIdleTimeout=reuse.duration("idle_timeout", 15.0),
+        responseTimeout=timeouts.duration("response", 30.0),
+        serverTimeout=timeouts.duration("server", 60.0),
     )
+    reuse.done()
     timeouts.done()
     t.done()
     return pool
+
+
+def _parseCookie(t: _Table) -> CookieConfig:
+    name = t.string("name", required=True)
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}", name):
+        t.fail("name", f"expected a cookie name (letters, digits, and !#$%&'*+.^_`|~-), got {name!r}")
+    path = t.string("path", default="/")
+    if not path.startswith("/") or not _COOKIE_ATTRIBUTE.fullmatch(path):
+        t.fail("path", f"expected a path starting with /, got {path!r}")
+    domain = t.string("domain", default=None)
+    if domain is not None and not re.fullmatch(r"\.?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", domain):
+        t.fail("domain", f'expected a domain such as "example.com", got {domain!r}')
+    cookie = CookieConfig(
+        name=name,
+        indirect=t.boolean("indirect", True),
+        nocache=t.boolean("nocache", True),
+        httponly=t.boolean("httponly", True),
+        secure=t.boolean("secure", False),
+        path=path,
+        domain=domain,
+        maxidle=t.optionalDuration("maxidle"),
+        maxlife=t.optionalDuration("maxlife"),
+    )
+    t.done()
+    return cookie
 
 
 def _parseSelector(t: _Table) -> tuple[str, dict]:
@@ -245,12 +458,16 @@ def _parseSelector(t: _Table) -> tuple[str, dict]:
 def _parseServer(t: _Table) -> ServerConfig:
     name = t.string("name", required=True)
     t.checkName(name, "name")
+    cookie = t.string("cookie", default=name)
+    if not _COOKIE_VALUE.fullmatch(cookie):
+        t.fail("cookie", f"expected a cookie value of letters, digits, '_', '.' or '-' (at most 64), got {cookie!r}")
     server = ServerConfig(
         name=name,
         address=t.endpoint("address", server=False, required=True),
         weight=t.integer("weight", 0, 256, 1),
         backup=t.boolean("backup", False),
         maxconn=t.integer("maxconn", 0, 1_000_000, 0),
+        cookie=cookie,
     )
     t.done()
     return server
@@ -413,6 +630,12 @@ class _Table:
         if not 0 < seconds <= 86400 * 7:
             self.fail(key, f"expected a duration above 0 and at most 7 days, got {_show(value)}")
         return seconds
+
+    def optionalDuration(self, key: str) -> float | None:
+        if key not in self.data:
+            self.seen.add(key)
+            return None
+        return self.duration(key, 0.0)
 
     def endpoint(self, key: str, server: bool, required: bool = False) -> str:
         value = self.string(key, required=required)

@@ -18,8 +18,12 @@ from lbproxy.interfaces import ISelectionContext
 
 #: Key specifications each listener mode provides. A spec ending in ":" takes
 #: an argument (e.g. "header:User-Agent").
+_TCP_KEYS = frozenset({"src", "src_port", "dst", "5tuple"})
 KEYS: dict[str, frozenset[str]] = {
-    "tcp": frozenset({"src", "src_port", "dst", "5tuple"}),
+    "tcp": _TCP_KEYS,
+    # lbproxy.http.context.HTTPFlowContext provides these.
+    "http": _TCP_KEYS
+    | {"uri", "path", "host", "header:", "cookie:", "url_param:"},
 }
 
 #: Every key specification some listener mode provides, including those the

@@ -58,8 +58,11 @@ class Server:
         backup: bool = False,
         maxconn: int = 0,
         state: ServerState = ServerState.UP,
+        cookie: str = "",
     ) -> None:
         self.name = name
+        #: Persistence cookie value naming this server (HTTP).
+        self.cookie = cookie or name
         self.address = address
         self.weight = weight
         self.backup = backup

@@ -25,6 +25,7 @@ def buildPool(config: PoolConfig) -> Pool:
             weight=sc.weight,
             backup=sc.backup,
             maxconn=sc.maxconn,
+            cookie=sc.cookie,
         )
         if config.health is not None:
             server.passiveFall = config.health.passiveFall

@@ -200,7 +200,7 @@ def test_httpKeyInTcpCheck():
         ),
         (
             withListener("mode = 'udp'\n"),
-            "listeners.web.mode: expected one of tcp, got 'udp'",
+            "listeners.web.mode: expected one of http, tcp, got 'udp'",
         ),
         (
             withPool("send_proxy = 'v3'\n"),
@@ -568,6 +568,7 @@ def test_minimalDefaults():
                         weight=1,
                         backup=False,
                         maxconn=0,
+                        cookie="a",
                     ),
                 ),
                 selector="roundrobin",
@@ -640,8 +641,8 @@ expect_status = [204, "300-302"]
     assert config.pools["back"] == PoolConfig(
         name="back",
         servers=(
-            ServerConfig(name="one", address="tcp:host=\\:\\:1:port=9001", weight=3, maxconn=100),
-            ServerConfig(name="two", address="tcp:host=localhost:port=9002", backup=True),
+            ServerConfig(name="one", address="tcp:host=\\:\\:1:port=9001", weight=3, maxconn=100, cookie="one"),
+            ServerConfig(name="two", address="tcp:host=localhost:port=9002", backup=True, cookie="two"),
         ),
         selector="roundrobin",
         selectorOptions={},
