@@ -22,6 +22,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 
 from lbproxy.context import KEYS, keySupported
 from lbproxy.errors import ConfigError, OptionError
+from lbproxy.http.syntax import isFieldValue
 from lbproxy.selectors import findSelector, selectorNames
 
 MODES = ("tcp", "http")
@@ -31,6 +32,8 @@ HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _COOKIE_ATTRIBUTE = re.compile(r"[\x21-\x3a\x3c-\x7e]{1,256}")
+_ROUTE_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
+_ROUTE_PATH = re.compile(r"/[\x21-\x22\x24-\x3e\x40-\x7e]*")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "tls", "unix", "systemd", "tor"}
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -94,6 +97,8 @@ class RouteConfig:
 
     @ivar host: exact host (lower case, no port) or a C{*.example.com}
         wildcard matching any subdomain.
+    @ivar pathRegex: a pattern compiled from bytes, searched in the raw
+        path (see L{lbproxy.http.routing}).
     @ivar header: C{(name, value)}: the request has the header (lower-case
         name), with exactly this value unless the value is None.
     """
@@ -316,19 +321,26 @@ def _parseRoute(t: _Table, pools: dict) -> RouteConfig:
         t.fail("pool", f"expected the name of a pool ({_oneOf(pools)}), got {pool!r}")
     host = t.string("host", default=None)
     if host is not None:
-        host = host.lower()
-        if not re.fullmatch(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
+        if not _ROUTE_HOST.fullmatch(host.lower()):
             t.fail("host", f'expected a host name such as "www.example.com" or "*.example.com", got {host!r}')
+        host = host.lower()
     prefix = t.string("path_prefix", default=None)
-    if prefix is not None and not prefix.startswith("/"):
-        t.fail("path_prefix", f"expected a path starting with /, got {prefix!r}")
+    if prefix is not None and not _ROUTE_PATH.fullmatch(prefix):
+        t.fail(
+            "path_prefix",
+            "expected a path starting with / of visible ASCII characters without ? or # "
+            f"(percent-encode others, as clients send them), got {prefix!r}",
+        )
     regex = t.string("path_regex", default=None)
     pattern = None
     if regex is not None:
+        # Paths are bytes as received (never decoded): compile to match bytes.
         try:
-            pattern = re.compile(regex)
+            pattern = re.compile(regex.encode("utf-8"))
         except re.error as e:
             t.fail("path_regex", f"expected a regular expression, got {regex!r} ({e})")
+        if pattern.search(b"") is not None:
+            t.fail("path_regex", f"expected a regular expression that does not match every path, got {regex!r}")
     header = None
     headerTable = t.table("header")
     if headerTable.present:
@@ -336,12 +348,19 @@ def _parseRoute(t: _Table, pools: dict) -> RouteConfig:
         if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", headerName):
             headerTable.fail("name", f"expected a header name, got {headerName!r}")
         value = headerTable.string("value", default=None)
+        if value is not None and not isFieldValue(value.encode("utf-8")):
+            headerTable.fail(
+                "value",
+                "expected a header value without control characters or surrounding "
+                f"whitespace (it would never match), got {value!r}",
+            )
         header = (headerName.lower().encode("ascii"), value.encode("utf-8") if value is not None else None)
         headerTable.done()
     methods = t.list("methods")
     for index, method in enumerate(methods):
         if not isinstance(method, str) or not re.fullmatch(r"[A-Z]+", method):
             raise ConfigError(t.source, f"{t._key('methods')}[{index}]", f'expected a method such as "GET", got {_show(method)}')
+    t.done()
     route = RouteConfig(
         pool=pool,
         host=host,
@@ -351,8 +370,11 @@ def _parseRoute(t: _Table, pools: dict) -> RouteConfig:
         methods=frozenset(m.encode("ascii") for m in methods),
     )
     if route == RouteConfig(pool=pool):
-        t.fail("pool", "expected at least one condition (host, path_prefix, path_regex, header, methods) besides pool")
-    t.done()
+        raise ConfigError(
+            t.source,
+            t.path,
+            "expected at least one condition (host, path_prefix, path_regex, header, methods) besides pool",
+        )
     return route
 
 
