@@ -233,6 +233,7 @@ def parse(data: dict, source: str) -> Config:
         )
     if not listeners:
         raise ConfigError(source, "listeners", "expected at least one listener")
+    _checkHTTPPoolSettings(source, pools, listeners)
     root.done()
     return Config(source=source, listeners=listeners, pools=pools)
 
@@ -295,6 +296,36 @@ def _parseListener(t: _Table, name: str, pools: dict) -> ListenerConfig:
 
 _HTTP_LISTENER_KEYS = ("routes", "trusted_proxies", "forwarded", "access_log", "limits")
 
+#: Pool settings only the HTTP data path applies: (key path, PoolConfig field).
+_HTTP_POOL_SETTINGS = (
+    ("reuse.max_idle", "reuseMaxIdle"),
+    ("reuse.idle_timeout", "reuseIdleTimeout"),
+    ("timeouts.response", "responseTimeout"),
+    ("timeouts.server", "serverTimeout"),
+)
+
+
+def _checkHTTPPoolSettings(source: str, pools: dict, listeners: dict) -> None:
+    """
+    Refuse HTTP-only settings on a pool that only TCP listeners use, where
+    they would do nothing.
+    """
+    httpPools = set()
+    tcpPools = set()
+    for listener in listeners.values():
+        used = {listener.pool} | {route.pool for route in listener.routes}
+        (httpPools if listener.mode == "http" else tcpPools).update(used)
+    defaults = PoolConfig.__dataclass_fields__
+    for name in sorted(tcpPools - httpPools):
+        for key, attribute in _HTTP_POOL_SETTINGS:
+            if getattr(pools[name], attribute) != defaults[attribute].default:
+                raise ConfigError(
+                    source,
+                    f"pools.{name}.{key}",
+                    'expected only in a pool used by a mode = "http" listener '
+                    "(TCP listeners do not apply it)",
+                )
+
 
 def _checkPoolFits(t: _Table, name: str, pool: PoolConfig, mode: str) -> None:
     """
@@ -306,6 +337,13 @@ def _checkPoolFits(t: _Table, name: str, pool: PoolConfig, mode: str) -> None:
             "pool",
             f"pool {name!r} hashes on key {key!r}, which a {mode} listener "
             f"cannot provide; expected {_oneOf(KEYS.get(mode, ()))}",
+        )
+    if mode == "http" and pool.sendProxy != "none" and pool.reuseMaxIdle:
+        t.fail(
+            "pool",
+            f"pool {name!r} sends the PROXY protocol on reused backend connections, "
+            "which would announce one client's address for another's requests; "
+            "expected reuse.max_idle = 0 or send_proxy = \"none\"",
         )
     if mode != "http" and pool.cookie is not None:
         t.fail(
@@ -421,6 +459,8 @@ def _parsePool(t: _Table, name: str) -> PoolConfig:
         responseTimeout=timeouts.duration("response", 30.0),
         serverTimeout=timeouts.duration("server", 60.0),
     )
+    if "idle_timeout" in reuse.data and not pool.reuseMaxIdle:
+        reuse.fail("idle_timeout", "expected only with max_idle above 0 (no connection is kept idle)")
     reuse.done()
     timeouts.done()
     t.done()
@@ -448,6 +488,10 @@ def _parseCookie(t: _Table) -> CookieConfig:
         maxidle=t.optionalDuration("maxidle"),
         maxlife=t.optionalDuration("maxlife"),
     )
+    for key in ("maxidle", "maxlife"):
+        seconds = getattr(cookie, key)
+        if seconds is not None and seconds < 1:
+            t.fail(key, f"expected at least 1s (cookie dates are whole seconds), got {_show(t.data[key])}")
     t.done()
     return cookie
 
