@@ -27,7 +27,7 @@ Fields:
   - STATUS: the status sent to the client, C{-1} when none was.
   - BYTES_OUT: bytes sent to the client (head and body);
     BYTES_IN: bytes received from the client for this request.
-  - TERMCOOKIE: four characters as in HAProxy's termination state: the
+  - TERMCOOKIE: always four characters, as in HAProxy's termination state: the
     first two say how the transaction ended (first: C{C} client aborted,
     C{S} server aborted or failed, C{P} the proxy refused it, C{R} out of a
     resource, C{c} client timeout, C{s} server timeout, C{-} normal end;
@@ -51,7 +51,7 @@ such bytes.
 With a file path the lines are appended to that file, which is opened once
 (line-buffered); L{AccessLog.reopen} opens it again after log rotation.
 Without one, each line is a twisted.logger event at level info, namespace
-C{lbproxy.http.accesslog}, whose format is L{LINE_FORMAT} and whose keys
+C{lbproxy.http.accesslog.AccessLog}, whose format is L{LINE_FORMAT} and whose keys
 are the fields above (see L{AccessLog.fields}), so JSON log observers get
 them as separate values.
 """
@@ -164,9 +164,12 @@ def _formatClient(client: Any) -> str:
 
 def _code(value: str, width: int) -> str:
     """
-    A fixed-width code field: padded with C{-}, escaped.
+    A fixed-width code field: padded with C{-}, cut to C{width}, any
+    character other than a visible ASCII letter, digit or C{-} shown as
+    C{?}.
     """
-    return escape((value or "").ljust(width, "-")[:width], quoted=False)
+    text = (value or "").ljust(width, "-")[:width]
+    return "".join(c if c.isascii() and (c.isalnum() or c == "-") else "?" for c in text)
 
 
 class AccessLog:
@@ -174,7 +177,7 @@ class AccessLog:
     Writes L{AccessRecord}s as lines to a file, or as twisted.logger events.
     """
 
-    logger = Logger(namespace="lbproxy.http.accesslog")
+    logger = Logger()
 
     def __init__(self, path: str | None, reactor) -> None:
         """
