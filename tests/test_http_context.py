@@ -293,3 +293,9 @@ def test_handBuiltHead():
     assert ctx.key("url_param:k") == b"v"
     assert ctx.key("cookie:s") == b"1"
     assert ctx.key("src") == bytes(15) + b"\x01"
+
+
+def test_nonAsciiArgumentsAreLookedUpAsUtf8():
+    ctx = context(request(b"/?a=1", b"Host: a", b"Cookie: c=1"))
+    for spec in ("header:€", "cookie:€", "url_param:€"):
+        assert ctx.key(spec) is None

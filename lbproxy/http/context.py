@@ -161,11 +161,11 @@ class HTTPFlowContext(FlowContext):
             if not argument:
                 return None
             if kind == "header":
-                return self.head.headers.get(argument.encode("latin-1"))
+                return self.head.headers.get(argument.encode("utf-8"))
             if kind == "cookie":
-                return self.cookies().get(argument.encode("latin-1"))
+                return self.cookies().get(argument.encode("utf-8"))
             if kind == "url_param":
-                return self.queryParameters().get(argument.encode("latin-1"))
+                return self.queryParameters().get(argument.encode("utf-8"))
             return None
         if spec == "uri":
             return requestURI(self.head)
