@@ -126,10 +126,18 @@ class BackendConnector:
         return cached[1]
 
     def connect(
-        self, context: ISelectionContext, protocolFactory: IProtocolFactory
+        self,
+        context: ISelectionContext,
+        protocolFactory: IProtocolFactory,
+        server: IServer | None = None,
     ) -> Deferred[BackendConnection]:
         """
         Connect the flow described by C{context} to a server of the pool.
+
+        @param server: a server of the pool the caller already chose (a
+            persistence pin, or the server it looked for an idle connection
+            to): the first attempt goes there instead of to the selector's
+            pick; retries after a failure are picked (redispatched) as usual.
 
         @return: a L{Deferred} firing with a L{BackendConnection}, or failing
             with L{NoServerAvailable} (the selector gave no server before
@@ -144,6 +152,7 @@ class BackendConnector:
             protocolFactory,
             attempts=1 + options.retries,
             timeout=options.connectTimeout,
+            first=server,
         )
         attempt.next()
         return attempt.result
@@ -161,8 +170,10 @@ class _ConnectAttempts:
         protocolFactory: IProtocolFactory,
         attempts: int,
         timeout: float,
+        first: IServer | None = None,
     ) -> None:
         self.connector = connector
+        self.first = first
         self.context = context
         self.protocolFactory = protocolFactory
         self.maxAttempts = attempts
@@ -179,6 +190,9 @@ class _ConnectAttempts:
         self.cancelled = False
 
     def pick(self) -> IServer | None:
+        if self.first is not None:
+            server, self.first = self.first, None
+            return server
         pool = self.connector.pool
         server = pool.pick(self.context)
         if server is None and self.context.excluded:

@@ -20,14 +20,21 @@ from lbproxy.pool import Pool
 from lbproxy.runtime import Balancer
 
 
-def frontFactory(listener: ListenerConfig, pool: Pool, reactor):
+def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor):
     """
     The protocol factory serving one listener, by its mode.
+
+    @param pools: every live pool by name: an HTTP listener's routes may
+        send requests to pools other than its own.
     """
     if listener.mode == "tcp":
         from lbproxy.tcp import TCPProxyFactory
 
-        return TCPProxyFactory(listener, pool, reactor=reactor)
+        return TCPProxyFactory(listener, pools[listener.pool], reactor=reactor)
+    if listener.mode == "http":
+        from lbproxy.http.front import HTTPProxyFactory
+
+        return HTTPProxyFactory(listener, pools, reactor)
     raise ValueError(f"unknown listener mode {listener.mode!r}")
 
 
@@ -51,9 +58,7 @@ class BalancerService(MultiService):
                 HealthMonitor(pool, reactor=reactor).setServiceParent(health)
         for listener in config.listeners.values():
             endpoint = serverFromString(reactor, listener.bind)
-            factory = frontFactory(
-                listener, self.balancer.pools[listener.pool], reactor
-            )
+            factory = frontFactory(listener, self.balancer.pools, reactor)
             service = StreamServerEndpointService(endpoint, factory)
             # Bind errors (port in use, permission) stop startup with a clear
             # error instead of being logged while the daemon runs without

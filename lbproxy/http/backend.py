@@ -1,0 +1,495 @@
+"""
+The HTTP front's connections to backend servers, and the idle ones kept
+for reuse.
+
+A L{BackendHTTPConnection} parses the responses of one backend connection
+and passes them to its current I{user}, the client connection whose request
+it carries (an L{IBackendUser}). Between requests it waits, without a user,
+in the L{IdleConnections} of its server, most recently used first; it leaves
+that list when a request takes it, when the backend closes it, when the
+list holds more than the pool's C{reuseMaxIdle}, or after
+C{reuseIdleTimeout} seconds unused (which should be shorter than the
+backend's own keep-alive timeout, so the proxy, not the backend, closes it).
+
+One L{BackendPool} per pool gathers what a front needs to reach its servers:
+the L{lbproxy.connect.BackendConnector}, the idle lists and the protocol
+factory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from lbproxy.connect import BackendConnector
+from lbproxy.http.errors import HTTPParseError
+from lbproxy.http.interfaces import IHTTPMessageReceiver
+from lbproxy.http.message import ResponseHead
+from lbproxy.http.parser import ResponseParser
+from lbproxy.relay import setNoDelay
+
+
+class IBackendUser(Interface):
+    """
+    What a L{BackendHTTPConnection} tells the client connection using it.
+    """
+
+    def responseHeadReceived(head):
+        """
+        A response head (interim or final, a L{ResponseHead}) arrived.
+        """
+
+    def responseBodyReceived(data):
+        """
+        The next piece of the response body arrived.
+        """
+
+    def responseCompleted():
+        """
+        The response whose head came last ended (for an interim response:
+        its head was all there was).
+        """
+
+    def backendFailed(connection, error, closed):
+        """
+        The connection broke before the response ended: C{error} is the
+        L{HTTPParseError} (status 502) saying why; C{closed} is true when
+        the backend closed or reset the connection, false when it sent
+        something that is not a valid response.
+        """
+
+    def backendWriteBlocked():
+        """
+        The backend stopped reading: stop reading the request body from the
+        client.
+        """
+
+    def backendWriteUnblocked():
+        """
+        The backend reads again.
+        """
+
+
+@implementer(IHTTPMessageReceiver, IPushProducer, IHalfCloseableProtocol)
+class BackendHTTPConnection(Protocol):
+    """
+    One connection to a backend server.
+
+    The connection registers itself as the streaming producer of its own
+    transport: when the backend stops reading what the proxy writes, its
+    user hears of it (L{IBackendUser.backendWriteBlocked}) and pauses the
+    client.
+
+    @ivar user: the L{IBackendUser} whose request the connection carries,
+        or L{None} while idle.
+    @ivar server: the server connected to (set by whoever connected it).
+    @ivar parser: the L{ResponseParser} of the responses.
+    @ivar bytesReceived: bytes received since the current user took the
+        connection (the keep-alive race: whether anything of a response
+        came before the backend closed).
+    @ivar requests: requests the connection has carried.
+    @ivar lost: the connection is gone.
+    @ivar closing: the backend closed its side, or the proxy is closing
+        the connection: it carries no further request.
+    @ivar idleList: the L{IdleConnections} holding the connection while it
+        is idle.
+    @ivar idleSince: reactor time the connection became idle.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.parser = ResponseParser(self)
+        self.user = None
+        self.server = None
+        self.bytesReceived = 0
+        self.requests = 0
+        self.lost = False
+        self.closing = False
+        self.idleList: IdleConnections | None = None
+        self.idleSince = 0.0
+        self._readingPaused = False
+        self._writeBlocked = False
+        self._leg = None
+
+    def __repr__(self) -> str:
+        name = getattr(self.server, "name", None)
+        return f"<BackendHTTPConnection {name} requests={self.requests}>"
+
+    # -- transport events ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        setNoDelay(self.transport)
+        self.transport.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        leg = self._leg
+        if leg is not None:
+            leg.dataReceived(data)
+            return
+        self.bytesReceived += len(data)
+        try:
+            self.parser.dataReceived(data)
+        except HTTPParseError as error:
+            self._broken(error, closed=False)
+
+    def readConnectionLost(self) -> None:
+        if self._leg is not None:
+            self._leg.readConnectionLost()
+            return
+        # A backend's FIN ends the connection for HTTP: it may end a
+        # read-until-close body, anything else is cut short.
+        self.closing = True
+        if self.idleList is not None:
+            self.idleList.discard(self)
+        self._peerClosed()
+        if not self.lost:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        if self._leg is not None:
+            self._leg.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        self.closing = True
+        if self._leg is not None:
+            self._leg.connectionLost(reason)
+            return
+        if self.idleList is not None:
+            self.idleList.discard(self)
+        self._peerClosed()
+
+    def _peerClosed(self) -> None:
+        """
+        The backend closed: complete a read-until-close response, or tell
+        the user its response was cut short.
+        """
+        if self.user is None:
+            return
+        try:
+            self.parser.connectionLost()
+        except HTTPParseError as error:
+            self._broken(error, closed=True)
+            return
+        if self.user is not None:
+            self._broken(HTTPParseError(502, "connection closed"), closed=True)
+
+    def _broken(self, error: HTTPParseError, closed: bool) -> None:
+        user = self.user
+        self.user = None
+        self.closing = True
+        if self.idleList is not None:
+            self.idleList.discard(self)
+        if not self.lost:
+            self.transport.abortConnection()
+        if user is not None:
+            user.backendFailed(self, error, closed)
+        elif not closed:
+            self.log.debug(
+                "idle connection to {server} sent data answering no request; closed",
+                server=getattr(self.server, "qualifiedName", self.server),
+            )
+
+    # -- IHTTPMessageReceiver (the response parser) -------------------------
+
+    def headersComplete(self, head: ResponseHead) -> None:
+        self.user.responseHeadReceived(head)
+
+    def bodyData(self, data: bytes) -> None:
+        self.user.responseBodyReceived(data)
+
+    def messageComplete(self) -> None:
+        self.user.responseCompleted()
+
+    # -- IPushProducer (the backend's reading of what the proxy writes) ----
+
+    def pauseProducing(self) -> None:
+        self._writeBlocked = True
+        if self.user is not None:
+            self.user.backendWriteBlocked()
+
+    def resumeProducing(self) -> None:
+        self._writeBlocked = False
+        if self.user is not None:
+            self.user.backendWriteUnblocked()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- for the user -------------------------------------------------------
+
+    @property
+    def writeBlocked(self) -> bool:
+        """
+        Whether the backend has stopped reading what the proxy writes.
+        """
+        return self._writeBlocked
+
+    def attach(self, user, method: bytes, upgrade: bool) -> None:
+        """
+        Carry a request of C{user}: its responses go to C{user}.
+
+        @param method: the request's method (framing of the response).
+        @param upgrade: the request asks for a protocol switch the proxy
+            allows.
+        """
+        self.user = user
+        self.bytesReceived = 0
+        self.requests += 1
+        self.parser.expectResponse(method, upgrade)
+
+    @property
+    def reusable(self) -> bool:
+        """
+        Whether the connection can carry another request: still open, the
+        last response let it persist, and nothing more was received.
+        """
+        return not self.closing and self.parser.idle and not self.parser.paused
+
+    def detach(self) -> None:
+        """
+        The user is done with the connection (its response ended or it gave
+        up): events go nowhere until the next L{attach}.
+        """
+        self.user = None
+
+    def pauseReading(self) -> None:
+        """
+        Stop reading the response (the client does not keep up).
+        """
+        if not self._readingPaused and not self.lost:
+            self._readingPaused = True
+            self.transport.pauseProducing()
+
+    def resumeReading(self) -> None:
+        if self._readingPaused and not self.lost:
+            self._readingPaused = False
+            self.transport.resumeProducing()
+
+    def handOver(self, leg) -> bytes:
+        """
+        Leave HTTP for a tunnel: pass every later event to the relay leg
+        C{leg}, and return the bytes received after the response that
+        opened it.
+        """
+        self.user = None
+        self._leg = leg
+        self._readingPaused = False
+        self.transport.unregisterProducer()
+        return self.parser.detachTunnel()
+
+    def close(self) -> None:
+        """
+        Close the connection (after what is buffered for it is sent).
+        """
+        self.user = None
+        self.closing = True
+        if not self.lost:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """
+        Drop the connection now.
+        """
+        self.user = None
+        self.closing = True
+        if not self.lost:
+            self.transport.abortConnection()
+
+
+class BackendProtocolFactory(Factory):
+    """
+    Builds L{BackendHTTPConnection}s for the connector.
+    """
+
+    noisy = False
+    protocol = BackendHTTPConnection
+
+    def buildProtocol(self, addr) -> BackendHTTPConnection:
+        return BackendHTTPConnection()
+
+
+class IdleConnections:
+    """
+    The idle keep-alive connections to one server, most recent last.
+
+    Connections are reused last-in first-out (the most recently used one is
+    the least likely to have been closed by the backend), and expire from
+    the other end: a single timer per list fires when the oldest one has
+    been idle for C{timeout} seconds.
+
+    @ivar server: the server the connections lead to.
+    @ivar maxIdle: most connections kept; when one more becomes idle, the
+        oldest is closed.
+    @ivar timeout: seconds a connection may stay idle.
+    """
+
+    def __init__(self, server, maxIdle: int, timeout: float, reactor) -> None:
+        self.server = server
+        self.maxIdle = maxIdle
+        self.timeout = timeout
+        self._reactor = reactor
+        self._connections: deque[BackendHTTPConnection] = deque()
+        self._timer = None
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def __repr__(self) -> str:
+        return f"<IdleConnections {self.server.name} {len(self._connections)}>"
+
+    def take(self) -> BackendHTTPConnection | None:
+        """
+        The most recently used idle connection, removed from the list, or
+        L{None}.
+        """
+        connections = self._connections
+        while connections:
+            connection = connections.pop()
+            connection.idleList = None
+            if not connection.closing:
+                return connection
+        return None
+
+    def put(self, connection: BackendHTTPConnection) -> bool:
+        """
+        Keep C{connection} for reuse; L{False} (and the caller closes it)
+        when reuse is off.
+        """
+        if self.maxIdle <= 0:
+            return False
+        connection.detach()
+        connection.resumeReading()
+        connection.idleList = self
+        connection.idleSince = self._reactor.seconds()
+        connections = self._connections
+        connections.append(connection)
+        if len(connections) > self.maxIdle:
+            oldest = connections.popleft()
+            oldest.idleList = None
+            oldest.close()
+        if self._timer is None and self.timeout > 0:
+            self._timer = self._reactor.callLater(self.timeout, self._expire)
+        return True
+
+    def discard(self, connection: BackendHTTPConnection) -> None:
+        """
+        Forget C{connection} (the backend closed it).
+        """
+        connection.idleList = None
+        try:
+            self._connections.remove(connection)
+        except ValueError:
+            pass
+
+    def _expire(self) -> None:
+        self._timer = None
+        connections = self._connections
+        limit = self._reactor.seconds() - self.timeout
+        while connections and connections[0].idleSince <= limit:
+            oldest = connections.popleft()
+            oldest.idleList = None
+            oldest.close()
+        if connections:
+            self._timer = self._reactor.callLater(
+                connections[0].idleSince - limit, self._expire
+            )
+
+    def closeAll(self) -> None:
+        """
+        Close every idle connection and stop the timer.
+        """
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        connections = self._connections
+        while connections:
+            connection = connections.popleft()
+            connection.idleList = None
+            connection.close()
+
+
+class BackendPool:
+    """
+    How one HTTP listener reaches the servers of one pool.
+
+    @ivar pool: the L{lbproxy.pool.Pool}.
+    @ivar connector: places new connections (retries, redispatch).
+    @ivar factory: builds the protocol of each new connection.
+    @ivar reuse: whether idle connections are kept (C{reuseMaxIdle} > 0).
+    """
+
+    def __init__(self, pool, reactor) -> None:
+        self.pool = pool
+        self._reactor = reactor
+        self.connector = BackendConnector(pool, reactor)
+        self.factory = BackendProtocolFactory()
+        options = pool.options
+        self.maxIdle = options.reuseMaxIdle if options is not None else 0
+        self.idleTimeout = options.reuseIdleTimeout if options is not None else 0.0
+        self.reuse = self.maxIdle > 0
+        self._idle: dict = {}
+
+    def __repr__(self) -> str:
+        return f"<BackendPool {self.pool.name}>"
+
+    def idleFor(self, server) -> IdleConnections:
+        """
+        The idle list of C{server}.
+        """
+        idle = self._idle.get(server)
+        if idle is None:
+            idle = self._idle[server] = IdleConnections(
+                server, self.maxIdle, self.idleTimeout, self._reactor
+            )
+        return idle
+
+    def takeIdle(self, server) -> BackendHTTPConnection | None:
+        """
+        An idle connection to C{server} to reuse, or L{None}.
+        """
+        idle = self._idle.get(server)
+        if idle is None:
+            return None
+        return idle.take()
+
+    def release(self, connection: BackendHTTPConnection) -> bool:
+        """
+        A request's response ended on C{connection}: keep it for reuse when
+        it can carry another request, else close it. Returns whether it was
+        kept.
+        """
+        if self.reuse and connection.reusable and connection.server is not None:
+            if self.idleFor(connection.server).put(connection):
+                return True
+        connection.close()
+        return False
+
+    def idleCount(self) -> int:
+        """
+        Idle connections over all servers.
+        """
+        return sum(len(idle) for idle in self._idle.values())
+
+    def closeIdle(self) -> None:
+        """
+        Close every idle connection (the listener stops).
+        """
+        for idle in self._idle.values():
+            idle.closeAll()
+
+
+__all__ = [
+    "BackendHTTPConnection",
+    "BackendPool",
+    "BackendProtocolFactory",
+    "IBackendUser",
+    "IdleConnections",
+]

@@ -1,0 +1,193 @@
+"""
+One request's trip through the HTTP front: the state kept while it is
+served, and the access record it ends as.
+
+Termination states (the access log's first two characters, HAProxy's
+meaning) the front sets:
+
+  ====  ==========================================================
+  --    normal end (also a tunnel closed cleanly by either side)
+  CR    the client left, or sent nothing more, before a full head
+  CC    the client left while the proxy was connecting
+  CD    the client left while a body was transferred
+  CH    the client left while the response head was awaited
+  CT    the client reset a tunnel
+  cR    no complete request head within the request timeout (408)
+  cD    the client stalled a body transfer past the idle timeout
+  cT    a tunnel was idle past the tunnel timeout
+  PR    the proxy refused the request head (400, 413, 414, 431, 501)
+  PD    the proxy refused a body (bad chunk, over the body limit)
+  PH    the server's response head was invalid (502)
+  SC    no server could take it (503) or every connect failed (502)
+  sC    the last connect attempt timed out (502)
+  SH    the server closed before a complete response head (502)
+  SD    the server closed in the middle of the response body
+  ST    the server reset a tunnel
+  sH    no response head within the response timeout (504)
+  sD    the server stalled a body transfer past the server timeout
+  RR    the listener was at its connection limit (503)
+  ====  ==========================================================
+"""
+
+from __future__ import annotations
+
+from lbproxy.http.accesslog import AccessRecord
+from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
+
+
+def _ms(start: float | None, end: float | None) -> int:
+    if start is None or end is None:
+        return -1
+    return max(0, int((end - start) * 1000))
+
+
+class Exchange:
+    """
+    The state of one request (and its response) on a client connection.
+
+    @ivar head: the request head, L{None} when none was accepted.
+    @ivar route: the front's per-pool record the request was routed to.
+    @ivar stickiness: what cookie persistence said, or L{None}.
+    @ivar context: the selection context.
+    @ivar server: the server that serves it.
+    @ivar lease: the request counted on C{server}.
+    @ivar backend: the backend connection carrying it.
+    @ivar connecting: the connector's pending L{Deferred}.
+    @ivar reused: C{backend} was an idle connection.
+    @ivar retried: the request was sent again after a reused connection
+        failed.
+    @ivar headBytes: the head as sent to the backend.
+    @ivar chunked: the request body is sent chunked.
+    @ivar upgrade: a websocket upgrade was passed on.
+    @ivar requestComplete: the whole request was received and forwarded.
+    @ivar response: the final response head, once received.
+    @ivar chunkedOut: the response body is chunked toward the client.
+    @ivar closeDelimited: the response body ends when the client connection
+        closes (an HTTP/1.0 client and no known length).
+    @ivar keepAlive: the client connection persists after the response.
+    @ivar bytesIn: request body bytes received from the client.
+    @ivar bytesOut: bytes sent to the client.
+    """
+
+    __slots__ = (
+        "head",
+        "route",
+        "stickiness",
+        "context",
+        "server",
+        "lease",
+        "backend",
+        "connecting",
+        "reused",
+        "retried",
+        "headBytes",
+        "chunked",
+        "hasBody",
+        "upgrade",
+        "xff",
+        "requestComplete",
+        "response",
+        "chunkedOut",
+        "closeDelimited",
+        "keepAlive",
+        "status",
+        "termination",
+        "cookie",
+        "bytesIn",
+        "bytesOut",
+        "acceptTime",
+        "firstByte",
+        "headTime",
+        "connectTime",
+        "sentTime",
+        "responseTime",
+        "relay",
+    )
+
+    def __init__(
+        self,
+        head: RequestHead | None,
+        acceptTime: float,
+        firstByte: float | None,
+        headTime: float | None,
+    ) -> None:
+        self.head = head
+        self.route = None
+        self.stickiness = None
+        self.context = None
+        self.server = None
+        self.lease = None
+        self.backend = None
+        self.connecting = None
+        self.reused = False
+        self.retried = False
+        self.headBytes = b""
+        self.chunked = False
+        self.hasBody = False
+        if head is not None:
+            kind = head.bodyKind
+            self.chunked = kind is BodyKind.CHUNKED
+            self.hasBody = self.chunked or bool(head.contentLength)
+        self.upgrade = False
+        self.xff = None
+        self.requestComplete = False
+        self.response: ResponseHead | None = None
+        self.chunkedOut = False
+        self.closeDelimited = False
+        self.keepAlive = False
+        self.status = -1
+        self.termination = "--"
+        self.cookie = None
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.acceptTime = acceptTime
+        self.firstByte = firstByte
+        self.headTime = headTime
+        #: Seconds spent connecting (0 for a reused connection), or None.
+        self.connectTime: float | None = None
+        self.sentTime: float | None = None
+        self.responseTime: float | None = None
+        self.relay = None
+
+    def __repr__(self) -> str:
+        method = self.head.method if self.head is not None else b"-"
+        return f"<Exchange {method.decode('ascii', 'replace')} status={self.status}>"
+
+    def record(self, client, listener: str, end: float) -> AccessRecord:
+        """
+        The access record of the exchange, ended at C{end}.
+
+        @param client: the client's address.
+        """
+        head = self.head
+        route = self.route
+        server = self.server
+        serverName = server.name if server is not None else "<NOSRV>"
+        if self.stickiness is not None:
+            cookie = self.cookie or self.stickiness.outcome + "-"
+        else:
+            cookie = "--"
+        connectMs = -1
+        if self.connectTime is not None:
+            connectMs = int(self.connectTime * 1000)
+        return AccessRecord(
+            client=(getattr(client, "host", "-"), getattr(client, "port", 0)),
+            listener=listener,
+            pool=route.pool.name if route is not None else "-",
+            server=serverName,
+            acceptTime=self.acceptTime,
+            tr=_ms(self.firstByte, self.headTime),
+            tw=0 if route is not None else -1,
+            tc=connectMs,
+            tr_resp=_ms(self.sentTime, self.responseTime),
+            ta=_ms(self.acceptTime, end),
+            status=self.status,
+            bytesOut=self.bytesOut,
+            bytesIn=self.bytesIn,
+            termination=self.termination,
+            cookie=cookie,
+            xff=self.xff,
+            method=head.method if head is not None else b"",
+            target=head.target if head is not None else b"",
+            version=head.version if head is not None else None,
+        )

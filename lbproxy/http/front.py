@@ -1,0 +1,905 @@
+"""
+The HTTP/1.1 reverse proxy front (C{mode = "http"}).
+
+One L{HTTPProxyProtocol} serves one client connection. Its requests are
+handled one at a time, in order:
+
+  1. The L{RequestParser} delivers a head; the parser is paused (the body
+     and any pipelined requests wait in it, and the client transport is
+     paused while it holds data).
+  2. The request is routed to a pool (L{Router}), pinned by the pool's
+     persistence cookie or placed by the pool's selector, and rewritten
+     for the backend (L{RequestRewriter}).
+  3. An idle keep-alive connection to the chosen server is reused if there
+     is one, else the pool's connector opens one (retries, redispatch).
+     The request is counted on the server (a L{Lease}) until its response
+     ends, so leastconn sees requests in flight.
+  4. The head is sent and the body streamed (re-chunked when chunked); the
+     response is parsed, its head rewritten for the client (hop-by-hop
+     fields, persistence cookie, framing) and its body streamed.
+  5. The backend connection goes back to its idle list when it can carry
+     another request; the parser resumes with the next request, or the
+     client connection closes.
+
+Backpressure: the client protocol is the streaming producer of its own
+transport (a client that does not read pauses the backend connection),
+and each backend connection is the producer of its transport (a backend
+that does not read pauses the client).
+
+Timeouts use one timer per connection that wakes at most every
+L{HTTPProxyFactory.timerStep} seconds and compares the time of the last
+relevant event with the limit of the connection's current phase: nothing
+is rescheduled per request or per chunk.
+
+A reused connection that the backend closed or reset before any byte of
+the response (the keep-alive race) is not an error: an idempotent request
+whose body was not started is sent again on a fresh connection.
+
+After a backend's C{101 Switching Protocols} to a websocket upgrade, both
+connections are handed to a L{Relay} (the listener's C{tunnelTimeout} as
+its idle timeout).
+
+Each request ends with one L{AccessRecord}; its termination states are
+listed in L{lbproxy.http.exchange}. C{bytesIn} counts the request body
+bytes received from the client, C{bytesOut} everything sent to the client
+for the request.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from lbproxy.connect import BackendConnection, Lease
+from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.backend import BackendHTTPConnection, BackendPool, IBackendUser
+from lbproxy.http.context import HTTPFlowContext
+from lbproxy.http.errors import HTTPParseError
+from lbproxy.http.exchange import Exchange
+from lbproxy.http.interfaces import IHTTPMessageReceiver
+from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
+from lbproxy.http.parser import RequestParser
+from lbproxy.http.persistence import CookiePersistence
+from lbproxy.http.rewrite import RequestRewriter, retryable
+from lbproxy.http.routing import Router
+from lbproxy.http.serialize import encodeChunk, errorResponse, lastChunk, responseHeadBytes
+from lbproxy.pool import Pool
+from lbproxy.relay import Relay, RelayResult, setNoDelay
+
+# Phases of a client connection; each has its own timeout.
+_IDLE = 0  # keep-alive, before the first byte of the next request
+_HEAD = 1  # receiving a request head: request timeout (408)
+_CONNECT = 2  # placing the request: the connector's connect timeout
+_BODY = 3  # forwarding the request body: client idle / server timeout
+_WAIT = 4  # request sent, response head awaited: response timeout (504)
+_RESPONSE = 5  # forwarding the response body: server / client timeout
+_TUNNEL = 6  # relayed: the relay's idle timeout
+_CLOSED = 7
+
+_TUNNEL_ENDS = {
+    "client-closed": "--",
+    "server-closed": "--",
+    "client-reset": "CT",
+    "server-reset": "ST",
+    "idle-timeout": "cT",
+}
+
+
+class PoolRoute:
+    """
+    What a listener keeps per pool it routes to.
+
+    @ivar pool: the L{Pool}.
+    @ivar backends: its L{BackendPool} (connector, idle connections).
+    @ivar persistence: its L{CookiePersistence}, or L{None} without cookie.
+    """
+
+    __slots__ = ("pool", "backends", "persistence")
+
+    def __init__(self, pool: Pool, reactor) -> None:
+        self.pool = pool
+        self.backends = BackendPool(pool, reactor)
+        cookie = pool.options.cookie if pool.options is not None else None
+        self.persistence = CookiePersistence(cookie, reactor) if cookie is not None else None
+
+
+@implementer(IHTTPMessageReceiver, IPushProducer, IHalfCloseableProtocol, IBackendUser)
+class HTTPProxyProtocol(Protocol):
+    """
+    One client connection of an HTTP listener.
+
+    @ivar client: the client's address.
+    @ivar local: the address the client connected to.
+    @ivar parser: the L{RequestParser} of the connection.
+    @ivar exchange: the L{Exchange} being served, or L{None} between
+        requests.
+    @ivar requests: requests received so far.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: HTTPProxyFactory, reactor) -> None:
+        self.factory = factory
+        self._reactor = reactor
+        self._seconds = reactor.seconds
+        self.client = None
+        self.local = None
+        self.parser: RequestParser | None = None
+        self.exchange: Exchange | None = None
+        self.requests = 0
+        self._phase = _HEAD
+        self._phaseStart = 0.0
+        self._timer = None
+        self._acceptTime = 0.0
+        self._firstByte: float | None = None
+        self._lastRead = 0.0
+        self._lastServerRead = 0.0
+        self._readPaused = False
+        self._backendFull = False
+        self._backendFullSince = 0.0
+        self._writeBlocked = False
+        self._writeBlockedSince = 0.0
+        self._readClosed = False
+        self._closed = False
+        self._leg = None
+
+    def __repr__(self) -> str:
+        return f"<HTTPProxyProtocol {self.factory.listener.name} requests={self.requests}>"
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        listener = factory.listener
+        transport = self.transport
+        now = self._seconds()
+        self.client = transport.getPeer()
+        self.local = transport.getHost()
+        self._acceptTime = now
+        if listener.maxconn and len(factory.sessions) >= listener.maxconn:
+            factory.rejected += 1
+            self._closed = True
+            self._phase = _CLOSED
+            exchange = Exchange(None, now, None, None)
+            self._sendError(exchange, 503, "RR")
+            return
+        factory.sessions.add(self)
+        setNoDelay(transport)
+        transport.registerProducer(self, True)
+        self.parser = RequestParser(self, **factory.parserLimits)
+        self._phase = _HEAD
+        self._phaseStart = now
+        self._timer = self._reactor.callLater(factory.timerStep, self._checkTimeouts)
+
+    def dataReceived(self, data: bytes) -> None:
+        leg = self._leg
+        if leg is not None:
+            leg.dataReceived(data)
+            return
+        if self._closed:
+            return
+        now = self._lastRead = self._seconds()
+        if self._firstByte is None and self.exchange is None:
+            self._firstByte = now
+            if self._phase == _IDLE:
+                self._phase = _HEAD
+                self._phaseStart = now
+        parser = self.parser
+        try:
+            parser.dataReceived(data)
+        except HTTPParseError as error:
+            self._requestFailed(error)
+            return
+        if parser.paused and not self._readPaused and parser.bufferedBytes:
+            self._updateReading()
+
+    def readConnectionLost(self) -> None:
+        if self._leg is not None:
+            self._leg.readConnectionLost()
+            return
+        if self._closed:
+            return
+        self._readClosed = True
+        exchange = self.exchange
+        try:
+            self.parser.connectionLost()
+        except HTTPParseError:
+            if exchange is None:
+                exchange = Exchange(None, self._acceptTime, self._firstByte, None)
+                self._clientGone("CR", exchange)
+            else:
+                self._clientGone("CD", exchange)
+            self._closeClient()
+            return
+        if self.exchange is None:
+            self._closeClient()
+
+    def writeConnectionLost(self) -> None:
+        if self._leg is not None:
+            self._leg.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._leg is not None:
+            self._leg.connectionLost(reason)
+            return
+        if self._closed:
+            # The proxy closed it, after logging what there was.
+            self.factory.sessions.discard(self)
+            return
+        self._closed = True
+        self._phase = _CLOSED
+        self._stopTimer()
+        self.factory.sessions.discard(self)
+        exchange = self.exchange
+        if exchange is not None:
+            if exchange.response is not None:
+                termination = "CD"
+            elif exchange.connecting is not None:
+                termination = "CC"
+            elif exchange.requestComplete:
+                termination = "CH"
+            else:
+                termination = "CD"
+            self._clientGone(termination, exchange)
+        elif self._firstByte is not None:
+            self._clientGone("CR", Exchange(None, self._acceptTime, self._firstByte, None))
+
+    def _clientGone(self, termination: str, exchange: Exchange) -> None:
+        """
+        The client left (or stopped sending) in the middle of C{exchange}:
+        drop its backend side and log it.
+        """
+        self._abandon(exchange)
+        exchange.termination = termination
+        self._log(exchange)
+
+    def _closeClient(self) -> None:
+        self._phase = _CLOSED
+        self._closed = True
+        self._firstByte = None
+        self._stopTimer()
+        self.transport.loseConnection()
+
+    # -- reading from the client --------------------------------------------
+
+    def _updateReading(self) -> None:
+        """
+        Pause the client transport while the parser holds unparsed data or
+        the backend does not read, resume it otherwise.
+        """
+        if self._closed:
+            return
+        parser = self.parser
+        pause = self._backendFull or (parser.paused and parser.bufferedBytes > 0)
+        if pause != self._readPaused:
+            self._readPaused = pause
+            if pause:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    # -- IPushProducer: the client's reading of what the proxy writes -------
+
+    def pauseProducing(self) -> None:
+        self._writeBlocked = True
+        self._writeBlockedSince = self._seconds()
+        exchange = self.exchange
+        if exchange is not None and exchange.backend is not None:
+            exchange.backend.pauseReading()
+
+    def resumeProducing(self) -> None:
+        self._writeBlocked = False
+        exchange = self.exchange
+        if exchange is not None and exchange.backend is not None:
+            exchange.backend.resumeReading()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- IHTTPMessageReceiver: requests -------------------------------------
+
+    def headersComplete(self, head: RequestHead) -> None:
+        self.parser.pauseParsing()
+        now = self._seconds()
+        exchange = self.exchange = Exchange(
+            head, self._acceptTime, self._firstByte or now, now
+        )
+        self._firstByte = None
+        self.requests += 1
+        if head.method == b"CONNECT":
+            self._sendError(exchange, 501, "PR")
+            return
+        factory = self.factory
+        pool = factory.router.route(head)
+        route = exchange.route = factory.routeFor(pool)
+        server = None
+        persistence = route.persistence
+        if persistence is not None:
+            stickiness = exchange.stickiness = persistence.inspect(head, pool)
+            server = stickiness.server
+        client = self.client
+        local = self.local
+        try:
+            exchange.headBytes, exchange.upgrade, exchange.xff = factory.rewriter.rewrite(
+                head,
+                getattr(client, "host", ""),
+                getattr(client, "port", None),
+                getattr(local, "host", ""),
+                getattr(local, "port", None),
+                closeBackend=not route.backends.reuse,
+            )
+        except ValueError:
+            self._sendError(exchange, 400, "PR")
+            return
+        context = exchange.context = HTTPFlowContext(client, local, head)
+        if server is None:
+            server = pool.pick(context)
+            if server is None:
+                self._sendError(exchange, 503, "SC")
+                return
+        exchange.server = server
+        connection = route.backends.takeIdle(server)
+        if connection is not None:
+            exchange.reused = True
+            exchange.connectTime = 0.0
+            exchange.lease = Lease(server)
+            self._attach(exchange, connection)
+        else:
+            self._connect(exchange, server)
+
+    def bodyData(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or exchange.backend is None:
+            return
+        exchange.bytesIn += len(data)
+        if exchange.chunked:
+            exchange.backend.transport.writeSequence(encodeChunk(data))
+        else:
+            exchange.backend.transport.write(data)
+
+    def messageComplete(self) -> None:
+        self.parser.pauseParsing()
+        exchange = self.exchange
+        if exchange is None:
+            return
+        exchange.requestComplete = True
+        backend = exchange.backend
+        if backend is not None and exchange.chunked:
+            backend.transport.write(lastChunk(exchange.head.trailers))
+        if exchange.response is None:
+            self._phase = _WAIT
+            self._phaseStart = self._seconds()
+
+    def _requestFailed(self, error: HTTPParseError) -> None:
+        """
+        The client sent something the parser refuses.
+        """
+        self.log.debug(
+            "refused a request from {client}: {status} {reason}",
+            client=self.client,
+            status=error.status,
+            reason=error.reason,
+        )
+        exchange = self.exchange
+        status = error.status
+        if exchange is None:
+            exchange = Exchange(None, self._acceptTime, self._firstByte, None)
+            termination = "PR"
+        else:
+            termination = "PD"
+        if self._readClosed and error.reason.startswith("connection closed"):
+            # The client's own close cut its request short.
+            status = None
+            termination = "C" + termination[1]
+        self._sendError(exchange, status, termination)
+
+    # -- placing the request ------------------------------------------------
+
+    def _connect(self, exchange: Exchange, server) -> None:
+        self._phase = _CONNECT
+        route = exchange.route
+        backends = route.backends
+        connecting = exchange.connecting = backends.connector.connect(
+            exchange.context, backends.factory, server
+        )
+        connecting.addCallbacks(self._connected, self._notConnected)
+
+    def _connected(self, connection: BackendConnection) -> None:
+        exchange = self.exchange
+        backend = connection.protocol
+        backend.server = connection.server
+        if exchange is None or exchange.connecting is None:
+            connection.release()
+            backend.abort()
+            return
+        exchange.connecting = None
+        exchange.server = connection.server
+        exchange.lease = connection.lease
+        exchange.connectTime = (exchange.connectTime or 0.0) + connection.connectTime
+        self._attach(exchange, backend)
+
+    def _notConnected(self, reason: Failure) -> None:
+        if reason.check(CancelledError):
+            return
+        exchange = self.exchange
+        if exchange is None:
+            return
+        exchange.connecting = None
+        if reason.check(NoServerAvailable):
+            self._sendError(exchange, 503, "SC")
+        elif reason.check(ConnectFailed):
+            timedOut = reason.value.reason.startswith("connect timeout")
+            self._sendError(exchange, 502, "sC" if timedOut else "SC")
+        else:
+            self.log.failure(
+                "placing a request of listener {listener} failed",
+                reason,
+                listener=self.factory.listener.name,
+            )
+            self._sendError(exchange, 502, "SC")
+
+    def _attach(self, exchange: Exchange, backend: BackendHTTPConnection) -> None:
+        """
+        Send the request of C{exchange} on C{backend} and let its body flow.
+        """
+        exchange.backend = backend
+        backend.attach(self, exchange.head.method, exchange.upgrade)
+        if self._writeBlocked:
+            backend.pauseReading()
+        self._backendFull = backend.writeBlocked
+        now = self._seconds()
+        exchange.sentTime = now
+        self._lastRead = now
+        transport = backend.transport
+        transport.write(exchange.headBytes)
+        if exchange.requestComplete:
+            # Sent again after the keep-alive race: the body was empty.
+            if exchange.chunked:
+                transport.write(lastChunk(exchange.head.trailers))
+            self._phase = _WAIT
+            self._phaseStart = now
+            return
+        self._phase = _BODY
+        self._phaseStart = now
+        try:
+            self.parser.resumeParsing()
+        except HTTPParseError as error:
+            self._requestFailed(error)
+            return
+        self._updateReading()
+
+    # -- IBackendUser: the response -----------------------------------------
+
+    def responseHeadReceived(self, head: ResponseHead) -> None:
+        exchange = self.exchange
+        request = exchange.head
+        headers = head.headers
+        if head.interim:
+            if request.version >= (1, 1):
+                headers.removeHopByHop()
+                self._writeHead(exchange, head, BodyKind.NONE)
+            return
+        now = self._lastServerRead = self._seconds()
+        exchange.response = head
+        exchange.responseTime = now
+        exchange.status = head.status
+        if head.tunnel:
+            headers.removeHopByHop(keepWebSocket=True)
+            self._writeHead(exchange, head, BodyKind.NONE)
+            return
+        self._phase = _RESPONSE
+        self._phaseStart = now
+        headers.removeHopByHop()
+        kind = head.bodyKind
+        if kind is BodyKind.CHUNKED or kind is BodyKind.UNTIL_CLOSE:
+            if request.version >= (1, 1):
+                kind = BodyKind.CHUNKED
+                exchange.chunkedOut = True
+            else:
+                kind = BodyKind.UNTIL_CLOSE
+                exchange.closeDelimited = True
+        keepAlive = exchange.keepAlive = (
+            request.keepAlive
+            and exchange.requestComplete
+            and kind is not BodyKind.UNTIL_CLOSE
+            and not self.factory.stopping
+        )
+        if not keepAlive:
+            headers.add(b"Connection", b"close")
+        elif request.version == (1, 0):
+            headers.add(b"Connection", b"keep-alive")
+        stickiness = exchange.stickiness
+        if stickiness is not None:
+            exchange.cookie = exchange.route.persistence.responseHeaders(
+                headers, exchange.server, stickiness
+            )
+        self._writeHead(exchange, head, kind)
+
+    def _writeHead(self, exchange: Exchange, head: ResponseHead, kind: BodyKind) -> None:
+        try:
+            data = responseHeadBytes(head.status, head.reason, head.headers, kind, head.contentLength)
+        except ValueError:
+            exchange.response = None
+            exchange.status = -1
+            self._backendBroken(exchange, "PH")
+            return
+        exchange.bytesOut += len(data)
+        self.transport.write(data)
+
+    def responseBodyReceived(self, data: bytes) -> None:
+        exchange = self.exchange
+        self._lastServerRead = self._seconds()
+        if exchange.chunkedOut:
+            pieces = encodeChunk(data)
+            exchange.bytesOut += len(data) + len(pieces[0]) + 2
+            self.transport.writeSequence(pieces)
+        else:
+            exchange.bytesOut += len(data)
+            self.transport.write(data)
+
+    def responseCompleted(self) -> None:
+        exchange = self.exchange
+        response = exchange.response
+        if response is None:
+            # The end of an interim response.
+            return
+        if response.tunnel:
+            self._openTunnel(exchange)
+            return
+        if exchange.chunkedOut:
+            try:
+                end = lastChunk(response.trailers)
+            except ValueError:
+                end = lastChunk()
+            exchange.bytesOut += len(end)
+            self.transport.write(end)
+        self._finish(exchange)
+
+    def backendFailed(
+        self, connection: BackendHTTPConnection, error: HTTPParseError, closed: bool
+    ) -> None:
+        exchange = self.exchange
+        if exchange is None or exchange.backend is not connection:
+            return
+        if (
+            closed
+            and exchange.reused
+            and exchange.response is None
+            and not connection.bytesReceived
+            and not exchange.bytesIn
+            and retryable(exchange.head)
+        ):
+            self._retry(exchange)
+            return
+        if exchange.response is None:
+            self._backendBroken(exchange, "SH" if closed else "PH")
+        else:
+            self._backendBroken(exchange, "SD" if closed else "PD")
+
+    def backendWriteBlocked(self) -> None:
+        self._backendFull = True
+        self._backendFullSince = self._seconds()
+        self._updateReading()
+
+    def backendWriteUnblocked(self) -> None:
+        self._backendFull = False
+        self._lastRead = self._seconds()
+        self._updateReading()
+
+    def _retry(self, exchange: Exchange) -> None:
+        """
+        A reused connection was closed under the request before any of the
+        response came: send the request again on a fresh connection.
+        """
+        self.factory.staleRetries += 1
+        exchange.backend = None
+        exchange.reused = False
+        exchange.retried = True
+        if exchange.lease is not None:
+            exchange.lease.release()
+            exchange.lease = None
+        self._backendFull = False
+        self.parser.pauseParsing()
+        self._connect(exchange, exchange.server)
+
+    def _backendBroken(self, exchange: Exchange, termination: str) -> None:
+        """
+        The backend failed the request: a 502 when nothing of the response
+        was sent yet, else the client connection is closed.
+        """
+        self._sendError(exchange, 502, termination)
+
+    # -- ending a request ---------------------------------------------------
+
+    def _finish(self, exchange: Exchange) -> None:
+        """
+        The response was sent completely.
+        """
+        self.exchange = None
+        backend = exchange.backend
+        if backend is not None:
+            exchange.backend = None
+            if exchange.requestComplete:
+                exchange.route.backends.release(backend)
+            else:
+                backend.close()
+        if exchange.lease is not None:
+            exchange.lease.release()
+        self._backendFull = False
+        now = self._log(exchange)
+        self._acceptTime = now
+        if not exchange.keepAlive or self._closed:
+            self._closeClient()
+            return
+        parser = self.parser
+        if parser.bufferedBytes:
+            self._firstByte = now
+            self._phase = _HEAD
+        else:
+            self._phase = _IDLE
+        self._phaseStart = now
+        try:
+            parser.resumeParsing()
+        except HTTPParseError as error:
+            self._requestFailed(error)
+            return
+        if self.exchange is None and self._readClosed:
+            self._closeClient()
+            return
+        self._updateReading()
+
+    def _abandon(self, exchange: Exchange) -> None:
+        """
+        Drop whatever C{exchange} holds on the backend side.
+        """
+        if self.exchange is exchange:
+            self.exchange = None
+        connecting = exchange.connecting
+        if connecting is not None:
+            exchange.connecting = None
+            connecting.cancel()
+        backend = exchange.backend
+        if backend is not None:
+            exchange.backend = None
+            backend.abort()
+        if exchange.lease is not None:
+            exchange.lease.release()
+        self._backendFull = False
+
+    def _sendError(self, exchange: Exchange, status: int | None, termination: str) -> None:
+        """
+        End C{exchange} with an error and close the client connection: the
+        proxy's own response with C{status} when nothing of a response was
+        sent yet (none when C{status} is None), else just the close, so a
+        half-sent body is never taken as complete.
+        """
+        self._abandon(exchange)
+        exchange.termination = termination
+        transport = self.transport
+        if exchange.response is None and exchange.status == -1:
+            if status is not None:
+                head = exchange.head
+                data = errorResponse(status, head is None or head.method != b"HEAD")
+                exchange.status = status
+                exchange.bytesOut += len(data)
+                transport.write(data)
+            self._log(exchange)
+            self._closeClient()
+            return
+        self._log(exchange)
+        if exchange.closeDelimited:
+            # The client cannot tell a cut body from a complete one.
+            self._phase = _CLOSED
+            self._closed = True
+            self._firstByte = None
+            self._stopTimer()
+            transport.abortConnection()
+        else:
+            self._closeClient()
+
+    def _log(self, exchange: Exchange) -> float:
+        now = self._seconds()
+        factory = self.factory
+        factory.accessLog.log(exchange.record(self.client, factory.listener.name, now))
+        return now
+
+    # -- tunnels ------------------------------------------------------------
+
+    def _openTunnel(self, exchange: Exchange) -> None:
+        """
+        The backend switched protocols: relay both connections as they are.
+        """
+        backend = exchange.backend
+        self._phase = _TUNNEL
+        self._stopTimer()
+        relay = exchange.relay = Relay(
+            self._reactor, idleTimeout=self.factory.listener.tunnelTimeout or None
+        )
+        clientRest = self.parser.detachTunnel()
+        self.transport.unregisterProducer()
+        backendRest = backend.handOver(relay.server)
+        self._leg = relay.client
+        self._readPaused = False
+        relay.client.makeConnection(self.transport)
+        relay.server.makeConnection(backend.transport)
+        if clientRest:
+            relay.client.dataReceived(clientRest)
+        if backendRest:
+            relay.server.dataReceived(backendRest)
+        if self._readClosed:
+            relay.client.readConnectionLost()
+        relay.finished.addCallback(self._tunnelFinished)
+        relay.start()
+
+    def _tunnelFinished(self, result: RelayResult) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self._closed = True
+        self.factory.sessions.discard(self)
+        exchange.backend = None
+        if exchange.lease is not None:
+            exchange.lease.release()
+        exchange.bytesIn += result.bytesIn
+        exchange.bytesOut += result.bytesOut
+        exchange.termination = _TUNNEL_ENDS.get(result.end, "PT")
+        self._log(exchange)
+
+    # -- timeouts -----------------------------------------------------------
+
+    def _stopTimer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+
+    def _checkTimeouts(self) -> None:
+        """
+        Act on the current phase's timeout if it passed, and wake again.
+        """
+        self._timer = None
+        phase = self._phase
+        if phase == _CLOSED or phase == _TUNNEL:
+            return
+        factory = self.factory
+        listener = factory.listener
+        exchange = self.exchange
+        limit = since = None
+        if phase == _IDLE:
+            limit, since, expire = listener.keepaliveTimeout, self._phaseStart, self._keepaliveExpired
+        elif phase == _HEAD:
+            limit, since, expire = listener.requestTimeout, self._phaseStart, self._requestTimedOut
+        elif phase == _BODY:
+            if self._backendFull:
+                limit = exchange.route.pool.options.serverTimeout
+                since, expire = self._backendFullSince, self._serverStalled
+            else:
+                limit, since, expire = listener.idleTimeout, self._lastRead, self._clientStalled
+        elif phase == _WAIT:
+            limit = exchange.route.pool.options.responseTimeout
+            since, expire = self._phaseStart, self._responseTimedOut
+        elif phase == _RESPONSE:
+            if self._writeBlocked:
+                limit, since, expire = listener.idleTimeout, self._writeBlockedSince, self._clientStalled
+            else:
+                limit = exchange.route.pool.options.serverTimeout
+                since, expire = self._lastServerRead, self._serverStalled
+        step = factory.timerStep
+        if limit:
+            remaining = since + limit - self._seconds()
+            if remaining <= 0:
+                expire()
+                return
+            if remaining < step:
+                step = remaining
+        self._timer = self._reactor.callLater(step, self._checkTimeouts)
+
+    def _keepaliveExpired(self) -> None:
+        self._closeClient()
+
+    def _requestTimedOut(self) -> None:
+        exchange = Exchange(None, self._acceptTime, self._firstByte, None)
+        self._sendError(exchange, 408, "cR")
+
+    def _clientStalled(self) -> None:
+        self._sendError(self.exchange, None, "cD")
+
+    def _serverStalled(self) -> None:
+        self._sendError(self.exchange, 504, "sD")
+
+    def _responseTimedOut(self) -> None:
+        self._sendError(self.exchange, 504, "sH")
+
+
+class HTTPProxyFactory(ServerFactory):
+    """
+    Serves one HTTP listener.
+
+    @ivar listener: the L{lbproxy.config.ListenerConfig}.
+    @ivar pools: the live pools by name (the listener's and its routes').
+    @ivar router: the listener's L{Router}.
+    @ivar rewriter: the listener's L{RequestRewriter}.
+    @ivar accessLog: the listener's L{AccessLog}.
+    @ivar sessions: the client connections being served (for maxconn).
+    @ivar rejected: connections refused because the listener was full.
+    @ivar staleRetries: requests sent again after the keep-alive race.
+    @ivar stopping: the listener is stopping: responses close their
+        connections.
+    @ivar timerStep: the longest sleep of a connection's timeout timer.
+    """
+
+    protocol = HTTPProxyProtocol
+    noisy = False
+
+    def __init__(self, listener, pools: dict[str, Pool] | Pool, reactor) -> None:
+        if isinstance(pools, Pool):
+            pools = {pools.name: pools}
+        self.listener = listener
+        self.pools = pools
+        self._reactor = reactor
+        self.router = Router(listener, pools)
+        self.rewriter = RequestRewriter(listener)
+        limits = listener.limits
+        self.parserLimits = {
+            "maxRequestLine": limits.requestLine,
+            "maxHeaderBytes": limits.headerSize,
+            "maxHeaders": limits.headerCount,
+            "maxBodySize": limits.bodySize or None,
+        }
+        self._routes: dict[Pool, PoolRoute] = {}
+        used = [pools[listener.pool]] + [pools[route.pool] for route in listener.routes]
+        for pool in used:
+            self.routeFor(pool)
+        timeouts = [
+            listener.requestTimeout,
+            listener.keepaliveTimeout,
+            listener.idleTimeout,
+        ]
+        for route in self._routes.values():
+            options = route.pool.options
+            timeouts += [options.responseTimeout, options.serverTimeout]
+        self.timerStep = min((t for t in timeouts if t and t > 0), default=60.0)
+        self.accessLog = AccessLog(listener.accessLog, reactor)
+        self.sessions: set[HTTPProxyProtocol] = set()
+        self.rejected = 0
+        self.staleRetries = 0
+        self.stopping = False
+
+    def __repr__(self) -> str:
+        return f"<HTTPProxyFactory {self.listener.name}>"
+
+    def routeFor(self, pool: Pool) -> PoolRoute:
+        """
+        The listener's L{PoolRoute} of C{pool}.
+        """
+        route = self._routes.get(pool)
+        if route is None:
+            route = self._routes[pool] = PoolRoute(pool, self._reactor)
+        return route
+
+    @property
+    def routes(self) -> list[PoolRoute]:
+        return list(self._routes.values())
+
+    def buildProtocol(self, addr) -> HTTPProxyProtocol:
+        return self.protocol(self, self._reactor)
+
+    def startFactory(self) -> None:
+        if self.stopping:
+            self.stopping = False
+            self.accessLog = AccessLog(self.listener.accessLog, self._reactor)
+
+    def stopFactory(self) -> None:
+        """
+        The listener stopped: close idle backend connections and the access
+        log (records of requests still in flight are dropped).
+        """
+        self.stopping = True
+        for route in self._routes.values():
+            route.backends.closeIdle()
+        self.accessLog.close()
