@@ -129,6 +129,7 @@ class HTTPProxyProtocol(Protocol):
         self._seconds = reactor.seconds
         self.client = None
         self.local = None
+        self._peer = None
         self.parser: RequestParser | None = None
         self.exchange: Exchange | None = None
         self.requests = 0
@@ -160,6 +161,7 @@ class HTTPProxyProtocol(Protocol):
         now = self._seconds()
         self.client = transport.getPeer()
         self.local = transport.getHost()
+        self._peer = factory.rewriter.peer(self.client, self.local)
         self._acceptTime = now
         if listener.maxconn and len(factory.sessions) >= listener.maxconn:
             factory.rejected += 1
@@ -322,21 +324,14 @@ class HTTPProxyProtocol(Protocol):
         if persistence is not None:
             stickiness = exchange.stickiness = persistence.inspect(head, pool)
             server = stickiness.server
-        client = self.client
-        local = self.local
         try:
             exchange.headBytes, exchange.upgrade, exchange.xff = factory.rewriter.rewrite(
-                head,
-                getattr(client, "host", ""),
-                getattr(client, "port", None),
-                getattr(local, "host", ""),
-                getattr(local, "port", None),
-                closeBackend=not route.backends.reuse,
+                head, self._peer, not route.backends.reuse
             )
         except ValueError:
             self._sendError(exchange, 400, "PR")
             return
-        context = exchange.context = HTTPFlowContext(client, local, head)
+        context = exchange.context = HTTPFlowContext(self.client, self.local, head)
         if server is None:
             server = pool.pick(context)
             if server is None:

@@ -23,14 +23,67 @@ The backend always gets an HTTP/1.1 head written from parsed values:
 from __future__ import annotations
 
 from lbproxy.http.context import requestURI
-from lbproxy.http.forwarded import ForwardingHeaders, TrustedNetworks
-from lbproxy.http.message import RequestHead
+from lbproxy.http.forwarded import ForwardingHeaders, TrustedNetworks, parseAddress
+from lbproxy.http.message import HOP_BY_HOP, Headers, RequestHead
 from lbproxy.http.serialize import requestHeadBytes
 
 #: Methods whose requests may be sent again (RFC 9110 §9.2.2).
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _WEBSOCKET = (b"websocket",)
+
+#: Forwarding fields a client that is not a trusted proxy cannot set.
+_FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"forwarded"}
+)
+#: What the common case removes in one pass.
+_DROPPED = HOP_BY_HOP | _FORWARDING
+_CLOSE = (b"connection", b"Connection", b"close")
+
+
+class Peer:
+    """
+    What the rewriter needs to know about one client connection, worked
+    out once per connection rather than once per request.
+
+    @ivar clientHost: the client's address.
+    @ivar clientPort: the client's port.
+    @ivar localHost: the address the client connected to.
+    @ivar localPort: the port the client connected to.
+    @ivar trusted: the client is a trusted proxy.
+    """
+
+    __slots__ = (
+        "clientHost",
+        "clientPort",
+        "localHost",
+        "localPort",
+        "trusted",
+        "_added",
+        "_hostField",
+    )
+
+    def __init__(self, rewriter: RequestRewriter, client, local) -> None:
+        self.clientHost = getattr(client, "host", "") or ""
+        self.clientPort = getattr(client, "port", None)
+        self.localHost = getattr(local, "host", "") or ""
+        self.localPort = getattr(local, "port", None)
+        self.trusted = self.clientHost in rewriter.forwarding.trusted
+        address = parseAddress(self.clientHost)
+        node = address.compressed.encode("ascii") if address is not None else b"unknown"
+        added = [
+            (b"x-forwarded-for", b"X-Forwarded-For", node),
+            (b"x-forwarded-proto", b"X-Forwarded-Proto", rewriter.proto.encode("ascii")),
+        ]
+        if self.localPort is not None:
+            added.append((b"x-forwarded-port", b"X-Forwarded-Port", b"%d" % (self.localPort,)))
+        self._added = added
+        host = self.localHost
+        if ":" in host:
+            host = f"[{host}]"
+        if self.localPort is not None:
+            host = f"{host}:{self.localPort}"
+        self._hostField = (b"host", b"Host", host.encode("ascii", "replace"))
 
 
 class RequestRewriter:
@@ -53,47 +106,62 @@ class RequestRewriter:
         )
         self.proto = proto
 
+    def peer(self, client, local) -> Peer:
+        """
+        The L{Peer} of a client connection from C{client} to C{local}.
+        """
+        return Peer(self, client, local)
+
     def rewrite(
-        self,
-        head: RequestHead,
-        clientHost: str,
-        clientPort: int | None,
-        localHost: str,
-        localPort: int | None,
-        closeBackend: bool = False,
+        self, head: RequestHead, peer: Peer, closeBackend: bool = False
     ) -> tuple[bytes, bool, bytes | None]:
         """
         The head to send to the backend for C{head} (which is left as it
         is).
 
-        @param clientHost: the client's address (forwarding headers).
-        @param localHost: the address the client connected to, for a
-            missing Host.
-        @param localPort: the port the client connected to
-            (X-Forwarded-Port).
+        @param peer: the client connection's L{Peer}.
         @param closeBackend: ask the backend to close the connection after
             the response.
         @return: the head bytes, whether a websocket upgrade is passed on,
             and the X-Forwarded-For value sent (L{None} if none).
         @raise ValueError: the head cannot be written safely.
         """
-        headers = head.headers.copy()
-        websocket = headers.removeHopByHop(keepWebSocket=head.upgrade == _WEBSOCKET)
-        self.forwarding.apply(
-            headers,
-            clientHost=clientHost,
-            clientPort=clientPort,
-            proto=self.proto,
-            host=head.authority,
-            port=localPort,
-        )
-        if head.authority is None:
-            if ":" in localHost:
-                localHost = f"[{localHost}]"
-            authority = localHost if localPort is None else f"{localHost}:{localPort}"
-            headers.add(b"Host", authority.encode("ascii", "replace"))
-        if closeBackend and not websocket:
-            headers.add(b"Connection", b"close")
+        if peer.trusted or self.forwarding.forwarded or head.upgrade:
+            headers = head.headers.copy()
+            websocket = headers.removeHopByHop(keepWebSocket=head.upgrade == _WEBSOCKET)
+            self.forwarding.apply(
+                headers,
+                clientHost=peer.clientHost,
+                clientPort=peer.clientPort,
+                proto=self.proto,
+                host=head.authority,
+                port=peer.localPort,
+            )
+            if head.authority is None:
+                headers.add(b"Host", peer._hostField[2])
+            if closeBackend and not websocket:
+                headers.add(b"Connection", b"close")
+        else:
+            # The common case in one pass: hop-by-hop and forwarding fields
+            # out, the proxy's forwarding fields in.
+            headers = head.headers
+            items = headers._items
+            dropped = _DROPPED
+            for item in items:
+                if item[0] == b"connection":
+                    dropped = _DROPPED | (headers.connectionTokens() - {b"host"})
+                    break
+            kept = [item for item in items if item[0] not in dropped]
+            kept += peer._added
+            authority = head.authority
+            if authority is None:
+                kept.append(peer._hostField)
+            else:
+                kept.append((b"x-forwarded-host", b"X-Forwarded-Host", authority))
+            if closeBackend:
+                kept.append(_CLOSE)
+            headers = Headers._fromLowered(kept)
+            websocket = False
         target = head.target if head.targetForm == "origin" else requestURI(head)
         if target is None:
             raise ValueError("no origin-form target for the request")
