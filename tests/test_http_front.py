@@ -8,6 +8,10 @@ the access log.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -1369,7 +1373,9 @@ class ListenerTests(ProxyTestCase):
 
 class AccessLogFileTests(ProxyTestCase):
     def test_lineWritten(self):
-        path = self.mktemp()
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "access.log")
         listener = makeListener(accessLog=path)
         self.factory = HTTPProxyFactory(listener, {"web": makePool()}, self.reactor)
         self.pool = self.factory.pools["web"]

@@ -177,7 +177,7 @@ class BackendHTTPConnection(Protocol):
         except HTTPParseError as error:
             self._broken(error, closed=True)
             return
-        if self.user is not None:
+        if self.user is not None and self.parser.expecting:
             self._broken(HTTPParseError(502, "connection closed"), closed=True)
 
     def _broken(self, error: HTTPParseError, closed: bool) -> None:
@@ -223,6 +223,13 @@ class BackendHTTPConnection(Protocol):
         pass
 
     # -- for the user -------------------------------------------------------
+
+    @property
+    def readingPaused(self) -> bool:
+        """
+        Whether reading the response is paused for a slow client.
+        """
+        return self._readingPaused
 
     @property
     def writeBlocked(self) -> bool:
