@@ -58,6 +58,7 @@ them as separate values.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -85,6 +86,11 @@ _BARE[0x20] = "\\x20"
 del _b
 
 
+_PLAIN_QUOTED = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+_PLAIN_BARE = re.compile(rb"[\x21\x23-\x5b\x5d-\x7e]*")
+_PLAIN_CODE = re.compile(r"[A-Za-z0-9-]*")
+
+
 def escape(value: bytes | str, quoted: bool = True) -> str:
     """
     C{value} with every byte outside printable ASCII written as C{\\xHH},
@@ -93,6 +99,10 @@ def escape(value: bytes | str, quoted: bool = True) -> str:
     """
     if isinstance(value, str):
         value = value.encode("utf-8")
+    # Most values need no escaping: one scan instead of a table lookup per
+    # byte (this runs several times per request).
+    if (_PLAIN_QUOTED if quoted else _PLAIN_BARE).fullmatch(value) is not None:
+        return value.decode("ascii")
     table = _QUOTED if quoted else _BARE
     return "".join([table[b] for b in value])
 
@@ -169,6 +179,8 @@ def _code(value: str, width: int) -> str:
     C{?}.
     """
     text = (value or "").ljust(width, "-")[:width]
+    if _PLAIN_CODE.fullmatch(text) is not None:
+        return text
     return "".join(c if c.isascii() and (c.isalnum() or c == "-") else "?" for c in text)
 
 

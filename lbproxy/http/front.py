@@ -296,6 +296,8 @@ class HTTPProxyProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._writeBlocked = False
+        # The backend was paused for the client: its silence did not count.
+        self._lastServerRead = self._seconds()
         exchange = self.exchange
         if exchange is not None and exchange.backend is not None:
             exchange.backend.resumeReading()
