@@ -1,0 +1,806 @@
+"""
+Building blocks for lbproxy's loopback benchmarks.
+
+Each benchmark script (run_tcp.py now; HTTP, TLS and IMAP later) starts its
+backends and proxies as real subprocesses on 127.0.0.1, checks that every
+target answers with the expected bytes, then loads the targets in
+alternating rounds with a bounded load generator and reports medians.
+
+Everything here is bounded: each load run has a fixed duration and a hard
+subprocess timeout, every readiness wait has a deadline, and every process
+started through L{ProcessGroup} is killed (its whole process group) when the
+group closes, when the interpreter exits, or on SIGTERM/SIGINT.
+
+Only the standard library is used, so any Python 3.11+ can run the scripts;
+lbproxy itself runs under whatever interpreter owns the C{twistd} given.
+
+Script modules are named C{run_*.py}: a script's own directory comes first
+on C{sys.path}, so a name such as C{http.py} would shadow the standard
+library module of that name.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Sequence
+
+LOOPBACK = "127.0.0.1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
+
+
+class BenchError(Exception):
+    """
+    A benchmark could not be set up or run; the message says why.
+    """
+
+
+class ProcessGroup:
+    """
+    The subprocesses of one benchmark run.
+
+    Each child starts in its own session, so stopping it also stops anything
+    it forked (nginx's worker). L{close} runs at most once, from a C{with}
+    block, from C{atexit}, or after SIGTERM/SIGINT (turned into
+    C{SystemExit} so C{finally} blocks run).
+    """
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+        self._closed = False
+        atexit.register(self.close)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._onSignal)
+
+    def _onSignal(self, signum: int, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(
+        self, name: str, argv: Sequence[str], env: dict | None = None
+    ) -> subprocess.Popen:
+        """
+        Start C{argv} with its output in C{workdir/NAME.log}.
+        """
+        logPath = os.path.join(self.workdir, f"{name}.log")
+        logFile = open(logPath, "wb")
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=logFile,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            logFile.close()
+        self.processes.append((name, process))
+        return process
+
+    def logTail(self, name: str, lines: int = 20) -> str:
+        """
+        The last C{lines} lines a child wrote, for error messages.
+        """
+        return fileTail(os.path.join(self.workdir, f"{name}.log"), lines)
+
+    def checkAlive(self) -> None:
+        """
+        Raise L{BenchError} naming the first child that has exited.
+        """
+        for name, process in self.processes:
+            if process.poll() is not None:
+                raise BenchError(
+                    f"{name} exited with status {process.returncode}:\n"
+                    + self.logTail(name)
+                )
+
+    def close(self, grace: float = 5.0) -> None:
+        """
+        Stop every child: SIGTERM to its process group, SIGKILL after
+        C{grace} seconds.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for _, process in self.processes:
+            _signalGroup(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _, process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for _, process in self.processes:
+            # The group may hold children that outlived their parent.
+            _signalGroup(process, signal.SIGKILL)
+            try:
+                process.wait(2.0)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def fileTail(path: str, lines: int = 20) -> str:
+    """
+    The last C{lines} lines of the file at C{path}, or a note that there is
+    none.
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return f"({path} cannot be read)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def toolVersion(argv: Sequence[str]) -> str:
+    """
+    The first line C{argv} (a C{--version}-style command) prints on stdout
+    or stderr, or an empty string.
+    """
+    try:
+        result = subprocess.run(list(argv), capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    text = (result.stdout or result.stderr).decode("utf-8", "replace").strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _signalGroup(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def makeWorkdir(prefix: str, keep: bool) -> str:
+    """
+    A fresh temporary directory, removed at exit unless C{keep}.
+    """
+    path = tempfile.mkdtemp(prefix=prefix)
+    # nginx started as root serves files as an unprivileged worker user.
+    os.chmod(path, 0o755)
+    if not keep:
+        atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def findExecutable(name: str, *extraDirs: str) -> str:
+    """
+    The path of C{name} on PATH, in /usr/sbin or in C{extraDirs}.
+    """
+    path = shutil.which(name) or shutil.which(
+        name, path=os.pathsep.join((*extraDirs, "/usr/sbin", "/usr/local/sbin", "/sbin"))
+    )
+    if path is None:
+        raise BenchError(f"{name} not found on PATH")
+    return path
+
+
+def freePort(host: str = LOOPBACK) -> int:
+    """
+    A TCP port that was free a moment ago on C{host}.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def waitForPort(
+    port: int, group: ProcessGroup, timeout: float = 15.0, host: str = LOOPBACK
+) -> None:
+    """
+    Wait until C{host:port} accepts a connection, failing early if a child
+    has died.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        group.checkAlive()
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(f"nothing listens on {host}:{port} after {timeout:g}s")
+        time.sleep(0.05)
+
+
+def pinned(argv: Sequence[str], cpus: str | None) -> list[str]:
+    """
+    C{argv} run under C{taskset -c CPUS}, or unchanged when C{cpus} is None.
+
+    taskset execs the command, so the process id stays the command's own.
+    """
+    if cpus is None:
+        return list(argv)
+    return [findExecutable("taskset"), "-c", cpus, *argv]
+
+
+def cpuSeconds(pid: int) -> tuple[float, float]:
+    """
+    User and system CPU seconds consumed so far by process C{pid} (all of
+    its threads), from /proc.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read().decode()
+    # The command name in parentheses may contain spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+# ---------------------------------------------------------------------------
+# Backends and proxies
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Payload:
+    """
+    One static response body the backend serves at C{path}.
+    """
+
+    name: str
+    path: str
+    body: bytes
+
+
+def makePayload(name: str, size: int) -> Payload:
+    """
+    A deterministic body of C{size} bytes (printable, ends with a newline)
+    served at C{/NAME}.
+    """
+    line = b"lbproxy benchmark payload 0123456789 abcdefghijklmnopqrstuvwxyz\n"
+    body = (line * (size // len(line) + 1))[: size - 1] + b"\n"
+    return Payload(name=name, path=f"/{name}", body=body)
+
+
+class NginxBackends:
+    """
+    One nginx with a single worker process, listening on several loopback
+    ports (the proxies' servers), serving static payloads.
+
+    A single worker keeps the backend's CPU budget identical for every
+    target: the direct path and the proxies all talk to the same process.
+    Keep-alive is unbounded (C{keepalive_requests}) so a load run never
+    reconnects, and there is no access log.
+    """
+
+    def __init__(self, workdir: str, ports: Sequence[int], payloads: Sequence[Payload]):
+        self.prefix = os.path.join(workdir, "nginx")
+        self.ports = list(ports)
+        self.payloads = list(payloads)
+
+    def writeConfig(self) -> str:
+        root = os.path.join(self.prefix, "html")
+        for sub in ("html", "logs", "temp"):
+            os.makedirs(os.path.join(self.prefix, sub), exist_ok=True)
+        for payload in self.payloads:
+            with open(os.path.join(root, payload.name), "wb") as f:
+                f.write(payload.body)
+        temp = os.path.join(self.prefix, "temp")
+        listens = "\n".join(
+            f"        listen {LOOPBACK}:{port} backlog=4096;" for port in self.ports
+        )
+        conf = f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {self.prefix}/nginx.pid;
+error_log {self.prefix}/logs/error.log warn;
+events {{
+    worker_connections 4096;
+    multi_accept on;
+}}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 120s;
+    keepalive_requests 10000000;
+    default_type application/octet-stream;
+    client_body_temp_path {temp}/client;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    server {{
+{listens}
+        root {root};
+        etag off;
+    }}
+}}
+"""
+        path = os.path.join(self.prefix, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        return path
+
+    def argv(self) -> list[str]:
+        conf = self.writeConfig()
+        return [findExecutable("nginx"), "-p", self.prefix + "/", "-c", conf]
+
+
+def haproxyConfig(
+    listenPort: int, servers: Sequence[tuple[str, int]], mode: str = "tcp"
+) -> str:
+    """
+    An HAProxy config with one thread, one frontend on loopback and a
+    round-robin backend over C{servers} (name, port).
+    """
+    serverLines = "\n".join(
+        f"    server {name} {LOOPBACK}:{port}" for name, port in servers
+    )
+    return f"""\
+global
+    nbthread 1
+    maxconn 4000
+    log stderr format raw local0 err
+
+defaults
+    mode {mode}
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+
+frontend bench
+    bind {LOOPBACK}:{listenPort}
+    default_backend servers
+
+backend servers
+    balance roundrobin
+{serverLines}
+"""
+
+
+def lbproxyConfig(
+    listenPort: int, servers: Sequence[tuple[str, int]], mode: str = "tcp"
+) -> str:
+    """
+    An lbproxy TOML config: one listener on loopback, one round-robin pool
+    over C{servers} (name, port).
+    """
+    serverLines = "\n".join(
+        f'    {{ name = "{name}", address = "tcp:{LOOPBACK}:{port}" }},'
+        for name, port in servers
+    )
+    return f"""\
+[listeners.bench]
+bind = "tcp:{listenPort}:interface={LOOPBACK}"
+mode = "{mode}"
+pool = "servers"
+
+[pools.servers]
+selector = "roundrobin"
+servers = [
+{serverLines}
+]
+"""
+
+
+def lbproxyArgv(twistd: str, configPath: str, workdir: str, reactor: str) -> list[str]:
+    """
+    C{twistd -n lbproxy --config FILE} in the foreground with an explicit
+    reactor, pid file and log file under C{workdir}.
+    """
+    return [
+        twistd,
+        "--nodaemon",
+        f"--reactor={reactor}",
+        f"--pidfile={os.path.join(workdir, 'twistd.pid')}",
+        f"--logfile={os.path.join(workdir, 'twistd.log')}",
+        "lbproxy",
+        "--config",
+        configPath,
+    ]
+
+
+def lbproxyEnv(source: str | None) -> dict:
+    """
+    The environment for twistd: C{source} (a checkout) first on
+    PYTHONPATH so its lbproxy package and twisted/plugins entry are used.
+    """
+    env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (source, env.get("PYTHONPATH")) if p
+        )
+    return env
+
+
+# ---------------------------------------------------------------------------
+# Checks and load
+# ---------------------------------------------------------------------------
+
+
+def fetch(url: str, timeout: float = 10.0) -> bytes:
+    """
+    The body curl gets for C{url} on a new connection; BenchError unless
+    the status is 200.
+    """
+    result = subprocess.run(
+        [findExecutable("curl"), "-sS", "--fail", "--max-time", str(timeout), url],
+        capture_output=True,
+        timeout=timeout + 5,
+    )
+    if result.returncode != 0:
+        raise BenchError(
+            f"curl {url} failed ({result.returncode}): "
+            + result.stderr.decode("utf-8", "replace").strip()
+        )
+    return result.stdout
+
+
+def verifyBody(url: str, expected: bytes) -> None:
+    """
+    Fetch C{url} once and raise L{BenchError} unless the body is exactly
+    C{expected}.
+    """
+    body = fetch(url)
+    if body != expected:
+        raise BenchError(
+            f"{url}: expected {len(expected)} bytes "
+            f"(sha256 {hashlib.sha256(expected).hexdigest()[:12]}), got {len(body)} "
+            f"(sha256 {hashlib.sha256(body).hexdigest()[:12]})"
+        )
+
+
+@dataclass
+class WrkResult:
+    """
+    The figures of one wrk run.
+    """
+
+    requestsPerSecond: float
+    bytesPerSecond: float
+    requests: int
+    latencyP50Ms: float | None
+    latencyP99Ms: float | None
+    socketErrors: int
+    non2xx: int
+    proxyCpuPercent: float | None = None
+    proxySystemPercent: float | None = None
+
+
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "b": 1}
+_TIME_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _number(text: str, units: dict) -> float:
+    match = re.fullmatch(r"([\d.]+)([A-Za-z]*)", text)
+    if match is None:
+        raise ValueError(text)
+    return float(match.group(1)) * units[match.group(2).lower()]
+
+
+def parseWrk(output: str) -> WrkResult:
+    """
+    Read requests/s, transfer/s, latency percentiles and errors from wrk's
+    text output (run with C{--latency}).
+    """
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    transfer = re.search(r"^Transfer/sec:\s+(\S+)", output, re.M)
+    total = re.search(r"^\s*(\d+) requests in", output, re.M)
+    if rps is None or transfer is None or total is None:
+        raise BenchError("cannot read wrk output:\n" + output)
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", output, re.M))
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return WrkResult(
+        requestsPerSecond=float(rps.group(1)),
+        bytesPerSecond=_number(transfer.group(1), _UNITS),
+        requests=int(total.group(1)),
+        latencyP50Ms=_number(percentiles["50"], _TIME_UNITS) if "50" in percentiles else None,
+        latencyP99Ms=_number(percentiles["99"], _TIME_UNITS) if "99" in percentiles else None,
+        socketErrors=sum(int(n) for n in errors.groups()) if errors else 0,
+        non2xx=int(non2xx.group(1)) if non2xx else 0,
+    )
+
+
+def runWrk(
+    url: str,
+    duration: float,
+    connections: int,
+    threads: int = 1,
+    cpus: str | None = None,
+    measuredPid: int | None = None,
+) -> WrkResult:
+    """
+    Load C{url} with wrk's keep-alive connections for C{duration} seconds.
+
+    With C{measuredPid}, the CPU share that process used during the run is
+    recorded too (100 = one full core), in total and in the kernel.
+    """
+    argv = pinned(
+        [
+            findExecutable("wrk"),
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration:g}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            url,
+        ],
+        cpus,
+    )
+    cpuBefore = cpuSeconds(measuredPid) if measuredPid else None
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, timeout=duration + 30, start_new_session=True
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk against {url} did not finish in {duration + 30:g}s")
+    elapsed = time.monotonic() - started
+    output = result.stdout.decode("utf-8", "replace")
+    if result.returncode != 0:
+        raise BenchError(
+            f"wrk failed ({result.returncode}): "
+            + result.stderr.decode("utf-8", "replace")
+            + output
+        )
+    parsed = parseWrk(output)
+    if measuredPid:
+        user, system = cpuSeconds(measuredPid)
+        user -= cpuBefore[0]
+        system -= cpuBefore[1]
+        parsed.proxyCpuPercent = 100.0 * (user + system) / elapsed
+        parsed.proxySystemPercent = 100.0 * system / elapsed
+    return parsed
+
+
+def profileWhileLoading(
+    pid: int,
+    url: str,
+    duration: float,
+    connections: int,
+    outPath: str,
+    pySpy: str,
+    loadCpus: str | None = None,
+    native: bool = False,
+) -> WrkResult:
+    """
+    Load C{url} with wrk for C{duration} seconds while py-spy samples
+    process C{pid}, writing collapsed stacks (one C{frame;frame;... count}
+    line per stack, the input of flame graph tools) to C{outPath}.
+
+    Sampling starts one second into the load and stops one second before
+    its end. C{native} adds C frames (syscalls show as libc functions); it
+    stops the process for each sample, so it slows it down more.
+    """
+    if duration < 4:
+        raise BenchError("profiling needs a duration of at least 4 s")
+    argv = [
+        pySpy, "record", "--pid", str(pid), "--rate", "200",
+        "--duration", str(int(duration - 2)), "--format", "raw", "--output", outPath,
+    ]
+    argv.append("--native" if native else "--nonblocking")
+    sampler = []
+
+    def startSampler() -> None:
+        time.sleep(1.0)
+        sampler.append(
+            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        )
+
+    starter = threading.Thread(target=startSampler, daemon=True)
+    starter.start()
+    try:
+        result = runWrk(url, duration, connections, cpus=loadCpus, measuredPid=pid)
+    finally:
+        starter.join()
+        for process in sampler:
+            try:
+                _, err = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise BenchError("py-spy did not finish")
+            if process.returncode != 0:
+                raise BenchError("py-spy failed: " + err.decode("utf-8", "replace"))
+    return result
+
+
+def topFunctions(collapsedPath: str, count: int = 15) -> str:
+    """
+    The functions taking most samples in a collapsed-stacks file, by self
+    time (the innermost frame) and by inclusive time (anywhere on the
+    stack), as percentages of all samples.
+    """
+    selfCounts: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    with open(collapsedPath) as f:
+        for line in f:
+            stack, _, number = line.rstrip("\n").rpartition(" ")
+            if not stack or not number.isdigit():
+                continue
+            samples = int(number)
+            total += samples
+            # "function (file:line)" -> "function (file)"
+            frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+            frames = [_shortPath(frame) for frame in frames]
+            selfCounts[frames[-1]] = selfCounts.get(frames[-1], 0) + samples
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + samples
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples; self time:"]
+    for frame, samples in sorted(selfCounts.items(), key=lambda i: -i[1])[:count]:
+        lines.append(f"  {100 * samples / total:5.1f}%  {frame}")
+    lines.append("inclusive time (frames on 95% of stacks or more, the main loop, left out):")
+    inclusive = {f: n for f, n in inclusive.items() if n < 0.95 * total}
+    for frame, samples in sorted(inclusive.items(), key=lambda i: -i[1])[:count]:
+        lines.append(f"  {100 * samples / total:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+def _shortPath(frame: str) -> str:
+    """
+    C{frame} with its file path cut to the package-relative part for
+    lbproxy and Twisted, to the file name for anything else.
+    """
+    match = re.fullmatch(r"(.*) \((.*)\)", frame)
+    if match is None:
+        return frame
+    function, path = match.groups()
+    package = re.search(r"(?:^|/)((?:lbproxy|twisted)/.*)$", path)
+    return f"{function} ({package.group(1) if package else os.path.basename(path)})"
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    """
+    All measured runs of one target at one payload.
+    """
+
+    target: str
+    payload: str
+    runs: list[WrkResult] = field(default_factory=list)
+
+    def median(self, attribute: str = "requestsPerSecond") -> float | None:
+        values = [getattr(r, attribute) for r in self.runs]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    def spread(self) -> float:
+        """
+        (max - min) / median of requests/s: how noisy the rounds were.
+        """
+        values = [r.requestsPerSecond for r in self.runs]
+        middle = statistics.median(values)
+        return (max(values) - min(values)) / middle if middle else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "target": self.target,
+            "payload": self.payload,
+            "medianRequestsPerSecond": self.median(),
+            "medianBytesPerSecond": self.median("bytesPerSecond"),
+            "medianLatencyP99Ms": self.median("latencyP99Ms"),
+            "medianProxyCpuPercent": self.median("proxyCpuPercent"),
+            "medianProxySystemPercent": self.median("proxySystemPercent"),
+            "spread": self.spread(),
+            "errors": sum(r.socketErrors + r.non2xx for r in self.runs),
+            "runs": [asdict(r) for r in self.runs],
+        }
+
+
+def alternatingRounds(
+    rounds: int,
+    payloads: Iterable[str],
+    targets: Sequence[str],
+    measure: Callable[[str, str], WrkResult],
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict[tuple[str, str], Series]:
+    """
+    Run C{measure(target, payload)} for C{rounds} rounds; within a round,
+    for each payload, the targets take turns, so slow drifts of the
+    machine's load hit every target alike.
+    """
+    payloads = list(payloads)
+    series = {(t, p): Series(t, p) for p in payloads for t in targets}
+    for number in range(1, rounds + 1):
+        for payload in payloads:
+            for target in targets:
+                result = measure(target, payload)
+                series[(target, payload)].runs.append(result)
+                cpu = (
+                    f"  proxy cpu {result.proxyCpuPercent:5.1f}%"
+                    if result.proxyCpuPercent is not None
+                    else ""
+                )
+                errors = result.socketErrors + result.non2xx
+                progress(
+                    f"round {number}/{rounds} {payload:>6} {target:<8} "
+                    f"{result.requestsPerSecond:10.0f} req/s{cpu}"
+                    + (f"  ERRORS {errors}" if errors else "")
+                )
+    return series
+
+
+def formatTable(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """
+    A plain text table, columns right-aligned except the first two.
+    """
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    lines = []
+    for index, row in enumerate([headers, *rows]):
+        cells = [
+            str(c).ljust(w) if i < 2 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def humanBytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def machineInfo() -> dict:
+    """
+    What the numbers were measured on.
+    """
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpuModel": model,
+        "loadAverage": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+def writeJson(path: str, document: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")

@@ -1,0 +1,374 @@
+"""
+TCP (L4) throughput: lbproxy's tcp mode against HAProxy's mode tcp and a
+direct connection, all in front of the same nginx backends on loopback.
+
+Run from the repository root with the interpreter that has Twisted:
+
+    python bench/run_tcp.py                 # 5 rounds of 5 s per target
+    python bench/run_tcp.py --rounds 9 --json tcp.json
+
+See bench/README.rst for what is measured and how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+
+from harness import (
+    LOOPBACK,
+    BenchError,
+    NginxBackends,
+    ProcessGroup,
+    formatTable,
+    fileTail,
+    findExecutable,
+    freePort,
+    haproxyConfig,
+    humanBytes,
+    lbproxyArgv,
+    lbproxyConfig,
+    lbproxyEnv,
+    machineInfo,
+    makePayload,
+    makeWorkdir,
+    pinned,
+    profileWhileLoading,
+    runWrk,
+    topFunctions,
+    alternatingRounds,
+    toolVersion,
+    verifyBody,
+    waitForPort,
+    writeJson,
+)
+
+TARGETS = ("direct", "haproxy", "lbproxy")
+PAYLOADS = (makePayload("100B", 100), makePayload("1MiB", 1024 * 1024))
+# Required lbproxy/HAProxy requests-per-second ratio, by payload.
+GOALS = {"100B": 0.6, "1MiB": 0.8}
+PIN_PRESETS = {
+    # CPU lists for (load generator, proxy, backend).
+    "none": (None, None, None),
+    "split": ("0", "1", "0"),
+}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parseArgs(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Compare lbproxy's TCP mode with HAProxy and a direct "
+        "connection on loopback (wrk against nginx)."
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per wrk run (default 5)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0,
+        help="seconds of unmeasured load per target and payload first (default 2, 0 = none)",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=50, help="wrk keep-alive connections (default 50)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)} (default all)",
+    )
+    parser.add_argument(
+        "--pin", choices=sorted(PIN_PRESETS), default="none",
+        help="CPU pinning with taskset: 'none' lets the scheduler place "
+        "everything; 'split' puts wrk and nginx on CPU 0 and the proxy on "
+        "CPU 1 (default none: steadier here, see bench/README.rst)",
+    )
+    parser.add_argument("--load-cpus", help="taskset CPU list for wrk (overrides --pin)")
+    parser.add_argument("--proxy-cpus", help="taskset CPU list for the proxies (overrides --pin)")
+    parser.add_argument("--backend-cpus", help="taskset CPU list for nginx (overrides --pin)")
+    parser.add_argument(
+        "--twistd", default=None,
+        help="twistd to run lbproxy with (default: next to this Python, else on PATH)",
+    )
+    parser.add_argument(
+        "--lbproxy-source", default=REPO,
+        help="directory put first on twistd's PYTHONPATH (default: this checkout; "
+        "'' to use the installed lbproxy)",
+    )
+    parser.add_argument(
+        "--reactor", default="epoll", help="twistd reactor for lbproxy (default epoll)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    parser.add_argument(
+        "--profile", metavar="DIR",
+        help="after the rounds, load lbproxy once more per payload while py-spy "
+        "samples it; write collapsed stacks to DIR and print the top functions",
+    )
+    parser.add_argument(
+        "--profile-native", action="store_true",
+        help="with --profile: include C frames (syscalls), at a higher sampling cost",
+    )
+    parser.add_argument(
+        "--keep-workdir", action="store_true",
+        help="keep the temporary directory with configs and logs",
+    )
+    args = parser.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        parser.error(f"--targets: expected names from {','.join(TARGETS)}, got {args.targets!r}")
+    args.targets = [t for t in TARGETS if t in targets]
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
+        parser.error("--rounds, --duration and --connections must be positive")
+    if args.profile and "lbproxy" not in args.targets:
+        parser.error("--profile needs the lbproxy target")
+    load, proxy, backend = PIN_PRESETS[args.pin]
+    args.loadCpus = args.load_cpus if args.load_cpus is not None else load
+    args.proxyCpus = args.proxy_cpus if args.proxy_cpus is not None else proxy
+    args.backendCpus = args.backend_cpus if args.backend_cpus is not None else backend
+    return args
+
+
+def besidePython(name: str) -> str:
+    """
+    The executable C{name} installed with this Python, else on PATH.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    return findExecutable(name)
+
+
+def reactorInLog(workdir: str) -> str | None:
+    """
+    The reactor class twistd reported at startup.
+    """
+    try:
+        with open(os.path.join(workdir, "twistd.log")) as f:
+            match = re.search(r"reactor class: (\S+)", f.read())
+    except OSError:
+        return None
+    return match.group(1).rstrip(".") if match else None
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = makeWorkdir("lbproxy-bench-tcp-", args.keep_workdir)
+    with ProcessGroup(workdir) as group:
+        backendPorts = [freePort(), freePort()]
+        servers = [("nginx1", backendPorts[0]), ("nginx2", backendPorts[1])]
+        nginx = NginxBackends(workdir, backendPorts, PAYLOADS)
+        group.start("nginx", pinned(nginx.argv(), args.backendCpus))
+        for port in backendPorts:
+            waitForPort(port, group)
+
+        ports = {"direct": backendPorts[0]}
+        pids: dict[str, int] = {}
+        details: dict[str, str] = {}
+        if "haproxy" in args.targets:
+            ports["haproxy"] = freePort()
+            path = os.path.join(workdir, "haproxy.cfg")
+            with open(path, "w") as f:
+                f.write(haproxyConfig(ports["haproxy"], servers))
+            haproxy = findExecutable("haproxy")
+            pids["haproxy"] = group.start(
+                "haproxy", pinned([haproxy, "-db", "-f", path], args.proxyCpus)
+            ).pid
+            waitForPort(ports["haproxy"], group)
+        if "lbproxy" in args.targets:
+            ports["lbproxy"] = freePort()
+            path = os.path.join(workdir, "lbproxy.toml")
+            with open(path, "w") as f:
+                f.write(lbproxyConfig(ports["lbproxy"], servers))
+            twistd = args.twistd or besidePython("twistd")
+            argv = lbproxyArgv(twistd, path, workdir, args.reactor)
+            pids["lbproxy"] = group.start(
+                "lbproxy", pinned(argv, args.proxyCpus), env=lbproxyEnv(args.lbproxy_source)
+            ).pid
+            try:
+                waitForPort(ports["lbproxy"], group, timeout=30.0)
+            except BenchError as e:
+                raise BenchError(
+                    f"{e}\ntwistd log:\n{fileTail(os.path.join(workdir, 'twistd.log'), 30)}"
+                )
+            details["lbproxyReactor"] = reactorInLog(workdir) or "unknown"
+            if args.lbproxy_source:
+                details["lbproxyRevision"] = toolVersion(
+                    ["git", "-C", args.lbproxy_source, "describe", "--always", "--dirty"]
+                )
+            say(f"lbproxy: {' '.join(argv)}")
+            say(f"lbproxy reactor: {details['lbproxyReactor']}")
+
+        def url(target: str, payload: str, port: int | None = None) -> str:
+            return f"http://{LOOPBACK}:{port or ports[target]}/{payload}"
+
+        # One request per target and payload, on fresh connections; twice
+        # through each proxy so round robin reaches both backends.
+        for payload in PAYLOADS:
+            for port in backendPorts:
+                verifyBody(url("direct", payload.name, port), payload.body)
+            for target in args.targets:
+                if target != "direct":
+                    for _ in servers:
+                        verifyBody(url(target, payload.name), payload.body)
+        say(f"verified: every target returns the expected {', '.join(p.name for p in PAYLOADS)} bodies")
+
+        def measure(target: str, payload: str, duration: float = args.duration):
+            group.checkAlive()
+            return runWrk(
+                url(target, payload),
+                duration,
+                args.connections,
+                threads=args.threads,
+                cpus=args.loadCpus,
+                measuredPid=pids.get(target),
+            )
+
+        if args.warmup:
+            for payload in PAYLOADS:
+                for target in args.targets:
+                    measure(target, payload.name, args.warmup)
+        info = machineInfo()
+        for tool, argv in (
+            ("haproxy", [findExecutable("haproxy"), "-v"]),
+            ("nginx", [findExecutable("nginx"), "-v"]),
+            ("wrk", [findExecutable("wrk"), "--version"]),
+        ):
+            details[f"{tool}Version"] = toolVersion(argv)
+        say("versions: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
+        say(
+            f"load average before: {' '.join(f'{x:.2f}' for x in info['loadAverage'])}; "
+            f"{info['cpus']} CPUs; pinning wrk={args.loadCpus or 'any'} "
+            f"proxy={args.proxyCpus or 'any'} nginx={args.backendCpus or 'any'}"
+        )
+        started = time.monotonic()
+        series = alternatingRounds(
+            args.rounds, [p.name for p in PAYLOADS], args.targets, measure, say
+        )
+        elapsed = time.monotonic() - started
+        loadAfter = os.getloadavg()
+        group.checkAlive()
+        profiles = []
+        if args.profile:
+            profiles = profileLbproxy(args, pids["lbproxy"], url)
+
+    for name, path, result, top in profiles:
+        say(f"\nlbproxy profile, {name} ({result.requestsPerSecond:.0f} req/s while "
+            f"sampled), collapsed stacks in {path}:\n{top}")
+    say("")
+    say(report(series, args))
+    say(f"\n{args.rounds} rounds x {args.duration:g}s in {elapsed:.0f}s; load average after: "
+        + " ".join(f"{x:.2f}" for x in loadAfter))
+    if args.json:
+        writeJson(args.json, {
+            "benchmark": "tcp",
+            "machine": info,
+            "loadAverageAfter": loadAfter,
+            "settings": {
+                "rounds": args.rounds,
+                "duration": args.duration,
+                "warmup": args.warmup,
+                "connections": args.connections,
+                "threads": args.threads,
+                "pin": {"wrk": args.loadCpus, "proxy": args.proxyCpus, "nginx": args.backendCpus},
+                "reactor": args.reactor,
+            },
+            "details": details,
+            "results": [s.summary() for s in series.values()],
+            "ratios": ratios(series),
+        })
+        say(f"JSON written to {args.json}")
+    return 0
+
+
+def profileLbproxy(args: argparse.Namespace, pid: int, url) -> list:
+    """
+    One more load run per payload on lbproxy, sampled by py-spy.
+    """
+    pySpy = besidePython("py-spy")
+    os.makedirs(args.profile, exist_ok=True)
+    profiles = []
+    for payload in PAYLOADS:
+        kind = "native" if args.profile_native else "python"
+        path = os.path.join(args.profile, f"lbproxy-tcp-{payload.name}-{kind}.collapsed")
+        say(f"profiling lbproxy with {payload.name} responses for {args.duration:g}s")
+        result = profileWhileLoading(
+            pid, url("lbproxy", payload.name), args.duration, args.connections,
+            path, pySpy, loadCpus=args.loadCpus, native=args.profile_native,
+        )
+        profiles.append((payload.name, path, result, topFunctions(path)))
+    return profiles
+
+
+def ratios(series) -> dict:
+    """
+    lbproxy/HAProxy median requests/s by payload, with the goal and whether
+    it was met.
+    """
+    out = {}
+    for payload in PAYLOADS:
+        ours = series.get(("lbproxy", payload.name))
+        theirs = series.get(("haproxy", payload.name))
+        if ours is None or theirs is None:
+            continue
+        ratio = ours.median() / theirs.median() if theirs.median() else 0.0
+        goal = GOALS[payload.name]
+        out[payload.name] = {"ratio": ratio, "goal": goal, "met": ratio >= goal}
+    return out
+
+
+def report(series, args) -> str:
+    rows = []
+    for payload in PAYLOADS:
+        for target in args.targets:
+            s = series[(target, payload.name)]
+            cpu = s.median("proxyCpuPercent")
+            system = s.median("proxySystemPercent")
+            p99 = s.median("latencyP99Ms")
+            errors = sum(r.socketErrors + r.non2xx for r in s.runs)
+            rows.append([
+                payload.name,
+                target,
+                f"{s.median():.0f}",
+                f"{min(r.requestsPerSecond for r in s.runs):.0f}",
+                f"{max(r.requestsPerSecond for r in s.runs):.0f}",
+                f"{100 * s.spread():.0f}%",
+                humanBytes(s.median("bytesPerSecond")) + "/s",
+                f"{p99:.2f}" if p99 is not None else "-",
+                f"{cpu:.0f}% ({system:.0f}% sys)" if cpu is not None else "-",
+                str(errors),
+            ])
+    table = formatTable(
+        ["payload", "target", "median req/s", "min", "max", "spread",
+         "throughput", "p99 ms", "proxy CPU", "errors"],
+        rows,
+    )
+    lines = [table]
+    found = ratios(series)
+    if found:
+        lines.append("")
+        for name, r in found.items():
+            verdict = "PASS" if r["met"] else "MISS"
+            lines.append(
+                f"lbproxy/HAProxy {name:>5}: {r['ratio']:.2f}x  "
+                f"(goal >= {r['goal']:.1f}x)  {verdict}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parseArgs(argv)
+    try:
+        return run(args)
+    except BenchError as e:
+        print(f"run_tcp: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,123 @@
+"""
+The benchmark harness in bench/: parsing of wrk and py-spy output, and the
+configs it generates (the lbproxy one through the real config loader, so
+the benchmark follows config changes). The benchmark itself needs nginx,
+HAProxy and wrk and is run by hand (bench/README.rst); nothing here
+asserts on speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from lbproxy.config import loadBytes
+
+HARNESS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "harness.py"
+)
+
+
+def _loadHarness():
+    # Loaded from its file under a distinct name: bench/ is not a package,
+    # and putting it on sys.path would expose a top-level "harness" module
+    # to every other test.
+    spec = importlib.util.spec_from_file_location("lbproxy_bench_harness", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _loadHarness()
+
+WRK_OUTPUT = """\
+Running 5s test @ http://127.0.0.1:40001/100B
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.05ms    0.96ms   7.94ms   90.61%
+    Req/Sec    36.61k     1.26k   40.02k    70.00%
+  Latency Distribution
+     50%  809.00us
+     75%    1.25ms
+     90%    1.94ms
+     99%    5.12ms
+  182272 requests in 5.00s, 57.53MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:  36454.27
+Transfer/sec:     11.51MB
+"""
+
+
+def test_parseWrk():
+    result = harness.parseWrk(WRK_OUTPUT)
+    assert result.requestsPerSecond == pytest.approx(36454.27)
+    assert result.bytesPerSecond == pytest.approx(11.51 * 1024 * 1024)
+    assert result.requests == 182272
+    assert result.latencyP50Ms == pytest.approx(0.809)
+    assert result.latencyP99Ms == pytest.approx(5.12)
+    assert result.socketErrors == 3
+    assert result.non2xx == 4
+
+
+def test_parseWrkRejectsOtherOutput():
+    with pytest.raises(harness.BenchError):
+        harness.parseWrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_lbproxyConfigLoads():
+    """
+    The generated TOML is a valid lbproxy config with one tcp listener
+    and a round-robin pool of the given servers.
+    """
+    text = harness.lbproxyConfig(40000, [("a", 40001), ("b", 40002)])
+    config = loadBytes(text.encode(), "bench.toml")
+    [listener] = config.listeners.values()
+    assert listener.mode == "tcp"
+    assert listener.bind == "tcp:40000:interface=127.0.0.1"
+    pool = config.pools[listener.pool]
+    assert pool.selector == "roundrobin"
+    assert [(s.name, s.address) for s in pool.servers] == [
+        ("a", "tcp:127.0.0.1:40001"),
+        ("b", "tcp:127.0.0.1:40002"),
+    ]
+
+
+def test_haproxyConfig():
+    text = harness.haproxyConfig(40000, [("a", 40001), ("b", 40002)])
+    assert "nbthread 1" in text
+    assert "mode tcp" in text
+    assert "bind 127.0.0.1:40000" in text
+    assert "server b 127.0.0.1:40002" in text
+
+
+def test_makePayload():
+    payload = harness.makePayload("1MiB", 1024 * 1024)
+    assert len(payload.body) == 1024 * 1024
+    assert payload.path == "/1MiB"
+    assert payload.body.endswith(b"\n")
+
+
+def test_topFunctions(tmp_path):
+    path = tmp_path / "stacks.collapsed"
+    path.write_text(
+        "main (/x/twisted/internet/base.py:10);doRead (/x/twisted/internet/tcp.py:5) 3\n"
+        "main (/x/twisted/internet/base.py:10);dataReceived (/y/lbproxy/relay.py:9) 1\n"
+    )
+    text = harness.topFunctions(str(path))
+    assert text.startswith("4 samples; self time:")
+    assert "75.0%  doRead (twisted/internet/tcp.py)" in text
+    assert "25.0%  dataReceived (lbproxy/relay.py)" in text
+
+
+def test_seriesMedianAndSpread():
+    series = harness.Series("haproxy", "100B")
+    for rps in (90.0, 100.0, 110.0):
+        series.runs.append(harness.WrkResult(rps, 0.0, 1, None, None, 0, 0))
+    assert series.median() == 100.0
+    assert series.spread() == pytest.approx(0.2)
