@@ -378,6 +378,17 @@ class RewriteTests(SynchronousTestCase):
         data, _, xff = rewriter.rewrite(head, rewriter.peer(UNIXAddress(None), UNIXAddress(b"/s")))
         self.assertEqual(xff, b"unknown")
 
+    def test_tlsListenerIsHttps(self):
+        config = ListenerConfig(
+            name="web", bind="ssl:8443:privateKey=k.pem", pool="web", mode="http"
+        )
+        rewriter = RequestRewriter(config)
+        self.assertEqual(rewriter.proto, "https")
+        head = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data, _, _ = rewriter.rewrite(head, rewriter.peer(CLIENT, LOCAL))
+        self.assertIn(b"X-Forwarded-Proto: https\r\n", data)
+        self.assertEqual(self.rewriter().proto, "http")
+
     def test_retryable(self):
         for method, expected in [(b"GET", True), (b"PUT", True), (b"POST", False), (b"PATCH", False)]:
             head = RequestHead(method=method, target=b"/", version=(1, 1), headers=Headers())

@@ -1282,6 +1282,15 @@ class PersistenceTests(ProxyTestCase):
         self.assertNotIn(b"Set-Cookie", other.received())
         self.assertLastRecord(cookie="VN", server="s1")
 
+    def test_tlsListenerSetsSecureCookie(self):
+        self.makeFactory(
+            makeListener(bind="ssl:8443:privateKey=key.pem"), cookie=CookieConfig(name="SRV")
+        )
+        client = self.connectClient()
+        backend = self.exchange(client, GET)
+        self.assertIn(b"X-Forwarded-Proto: https\r\n", backend.received())
+        self.assertIn(b"Set-Cookie: SRV=s0; Path=/; HttpOnly; Secure\r\n", client.received())
+
     def test_indirectCookieRemovedBeforeBackend(self):
         self.makeCookieFactory(indirect=True)
         client = self.connectClient()

@@ -65,7 +65,7 @@ from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
 from lbproxy.http.parser import RequestParser
 from lbproxy.http.persistence import CookiePersistence
-from lbproxy.http.rewrite import RequestRewriter, retryable
+from lbproxy.http.rewrite import RequestRewriter, retryable, stripHopByHop
 from lbproxy.http.routing import Router
 from lbproxy.http.serialize import encodeChunk, errorResponse, lastChunk, responseHeadBytes
 from lbproxy.pool import Pool
@@ -478,7 +478,7 @@ class HTTPProxyProtocol(Protocol):
         headers = head.headers
         if head.interim:
             if request.version >= (1, 1):
-                headers.removeHopByHop()
+                stripHopByHop(headers)
                 self._writeHead(exchange, head, BodyKind.NONE)
             return
         now = self._lastServerRead = self._seconds()
@@ -491,7 +491,7 @@ class HTTPProxyProtocol(Protocol):
             return
         self._phase = _RESPONSE
         self._phaseStart = now
-        headers.removeHopByHop()
+        stripHopByHop(headers)
         kind = head.bodyKind
         if kind is BodyKind.CHUNKED or kind is BodyKind.UNTIL_CLOSE:
             if request.version >= (1, 1):
@@ -513,7 +513,7 @@ class HTTPProxyProtocol(Protocol):
         stickiness = exchange.stickiness
         if stickiness is not None:
             exchange.cookie = exchange.route.persistence.responseHeaders(
-                headers, exchange.server, stickiness
+                headers, exchange.server, stickiness, secure=self.factory.secure
             )
         self._writeHead(exchange, head, kind)
 
@@ -821,6 +821,8 @@ class HTTPProxyFactory(ServerFactory):
     @ivar pools: the live pools by name (the listener's and its routes').
     @ivar router: the listener's L{Router}.
     @ivar rewriter: the listener's L{RequestRewriter}.
+    @ivar secure: clients connect with TLS (X-Forwarded-Proto https, Secure
+        persistence cookies).
     @ivar accessLog: the listener's L{AccessLog}.
     @ivar sessions: the client connections being served (for maxconn).
     @ivar rejected: connections refused because the listener was full.
@@ -841,6 +843,7 @@ class HTTPProxyFactory(ServerFactory):
         self._reactor = reactor
         self.router = Router(listener, pools)
         self.rewriter = RequestRewriter(listener)
+        self.secure = self.rewriter.proto == "https"
         limits = listener.limits
         self.parserLimits = {
             "maxRequestLine": limits.requestLine,

@@ -41,6 +41,17 @@ _DROPPED = HOP_BY_HOP | _FORWARDING
 _CLOSE = (b"connection", b"Connection", b"close")
 
 
+#: Server endpoint types whose clients speak TLS.
+_TLS_ENDPOINTS = frozenset({"ssl", "tls"})
+
+
+def listenerIsTLS(listener) -> bool:
+    """
+    Whether C{listener} accepts TLS connections (its endpoint type).
+    """
+    return listener.bind.split(":", 1)[0].strip().lower() in _TLS_ENDPOINTS
+
+
 class Peer:
     """
     What the rewriter needs to know about one client connection, worked
@@ -95,11 +106,16 @@ class RequestRewriter:
         listener (X-Forwarded-Proto).
     """
 
-    def __init__(self, listener, proto: str = "http") -> None:
+    def __init__(self, listener, proto: str | None = None) -> None:
         """
         @param listener: a L{lbproxy.config.ListenerConfig}; its
             C{trustedProxies} and C{forwarded} are used.
+        @param proto: the scheme clients use; by default C{"https"} for a
+            listener bound with a TLS endpoint (C{ssl:}, C{tls:}), else
+            C{"http"}.
         """
+        if proto is None:
+            proto = "https" if listenerIsTLS(listener) else "http"
         self.forwarding = ForwardingHeaders(
             TrustedNetworks(str(network) for network in listener.trustedProxies),
             forwarded=listener.forwarded,
@@ -169,6 +185,21 @@ class RequestRewriter:
             head.method, target, headers, head.bodyKind, head.contentLength
         )
         return data, websocket, headers.get(b"x-forwarded-for")
+
+
+def stripHopByHop(headers: Headers) -> None:
+    """
+    Remove the hop-by-hop fields of a message that opens no tunnel, as
+    L{Headers.removeHopByHop} does, in one pass unless a Connection field
+    names others.
+    """
+    items = headers._items
+    dropped = HOP_BY_HOP
+    for item in items:
+        if item[0] == b"connection":
+            dropped = HOP_BY_HOP | (headers.connectionTokens() - {b"host"})
+            break
+    headers._items = [item for item in items if item[0] not in dropped]
 
 
 def retryable(head: RequestHead) -> bool:
