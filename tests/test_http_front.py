@@ -1094,7 +1094,7 @@ class ServerErrorTests(ProxyTestCase):
         self.assertEqual(self.pool.servers[0].connectFailures, 1)
 
     def test_closedBeforeResponse502(self):
-        self.makeFactory()
+        self.makeFactory(retries=0)
         client = self.connectClient()
         client.send(GET)
         backend = self.connectBackend()
@@ -1252,12 +1252,40 @@ class KeepAliveRaceTests(ProxyTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
 
-    def test_freshConnectionNotRetried(self):
-        self.makeFactory(count=1)
+    def test_crashedServerRedispatched(self):
+        """
+        A fresh connection closed before any of the response (the server
+        died): an idempotent request goes to another server.
+        """
+        self.makeFactory()
         client = self.connectClient()
         client.send(GET)
-        backend = self.connectBackend()
-        backend.close(RESET)
+        dead = self.connectBackend()
+        dead.close(RESET)
+        self.assertEqual(self.attemptPort(), 8002)
+        other = self.connectBackend()
+        self.assertTrue(other.received().startswith(b"GET /x HTTP/1.1\r\n"))
+        other.send(OK)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual(self.factory.redispatched, 1)
+        self.assertLastRecord(server="s1", status=200)
+        self.assertEqual([s.active for s in self.pool.servers], [0, 0])
+
+    def test_redispatchBoundedByRetries(self):
+        self.makeFactory(retries=1)
+        client = self.connectClient()
+        client.send(GET)
+        self.connectBackend().close(RESET)
+        self.connectBackend().close(RESET)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
+        self.assertLastRecord(termination="SH")
+
+    def test_crashDuringPostNotRedispatched(self):
+        self.makeFactory()
+        client = self.connectClient()
+        client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        self.connectBackend().close(RESET)
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
 

@@ -11,7 +11,7 @@ import hashlib
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
@@ -88,11 +88,23 @@ class BackendResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, delay: float = 0.0) -> None:
         super().__init__()
         self.name = name
+        self.delay = delay
 
     def render(self, request):
+        if self.delay:
+            reactor.callLater(self.delay, self._late, request)
+            return server.NOT_DONE_YET
+        return self._answer(request)
+
+    def _late(self, request):
+        if not request.finished and not request._disconnected:
+            request.write(self._answer(request))
+            request.finish()
+
+    def _answer(self, request):
         path = request.path
         if path == b"/big":
             size = int(request.args[b"n"][0])
@@ -107,18 +119,29 @@ class BackendResource(resource.Resource):
 
 class CountingSite(server.Site):
     """
-    A twisted.web site that counts the connections it accepts.
+    A twisted.web site that counts the connections it accepts, and can
+    drop them all at once (a killed server).
     """
 
     noisy = False
 
-    def __init__(self, name: str) -> None:
-        super().__init__(BackendResource(name))
+    def __init__(self, name: str, delay: float = 0.0) -> None:
+        super().__init__(BackendResource(name, delay))
         self.accepted = 0
+        self.connections = []
 
     def buildProtocol(self, addr):
         self.accepted += 1
-        return super().buildProtocol(addr)
+        protocol = super().buildProtocol(addr)
+        self.connections.append(protocol)
+        return protocol
+
+    def kill(self) -> None:
+        for protocol in self.connections:
+            channel = getattr(protocol, "_channel", protocol)
+            transport = getattr(channel, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
 
 
 class OneRequestPerConnection(Protocol):
@@ -380,6 +403,47 @@ class HTTPLoopbackTests(TestCase):
         self.assertEqual(factory.staleRetries, 5)
         self.assertEqual(backendFactory.accepted, 6)
         self.assertEqual([r.status for r in factory.accessLog.records], [200] * 6)
+
+    @inlineCallbacks
+    def test_serverKilledDuringLoad(self):
+        """
+        Killing one of two servers while clients keep sending GETs on
+        keep-alive connections costs no client an error.
+        """
+        sites = [CountingSite("b1", delay=0.002), CountingSite("b2")]
+        ports = [reactor.listenTCP(0, site, interface="127.0.0.1") for site in sites]
+        self.ports.append(ports[1])
+        factory = self.proxy([(name, port.getHost().port) for name, port in zip(("b1", "b2"), ports)])
+        statuses = []
+
+        @inlineCallbacks
+        def load(count):
+            client = RawClient([b"GET"], 1)
+            self.clients.append(client)
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxyPort), client)
+            for n in range(count):
+                done = client.done = Deferred()
+                client.count = n + 1
+                if n:
+                    client.parser.expectResponse(b"GET")
+                client.transport.write(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % n)
+                yield done
+                statuses.append(client.responses.items[-1][0].status)
+
+        @inlineCallbacks
+        def kill():
+            while len(statuses) < 60:
+                yield deferLater(reactor, 0.001, lambda: None)
+            yield ports[0].stopListening()
+            sites[0].kill()
+
+        yield gatherResults([load(60) for _ in range(4)] + [kill()])
+        self.assertEqual(statuses, [200] * 240)
+        self.assertEqual([r.status for r in factory.accessLog.records], [200] * 240)
+        servers = [r.server for r in factory.accessLog.records]
+        self.assertIn("b1", servers[:60])
+        self.assertEqual(set(servers[-60:]), {"b2"})
+        self.assertGreater(factory.redispatched + factory.staleRetries, 0)
 
     @inlineCallbacks
     def test_websocketTunnel(self):

@@ -54,8 +54,8 @@ class Exchange:
     @ivar backend: the backend connection carrying it.
     @ivar connecting: the connector's pending L{Deferred}.
     @ivar reused: C{backend} was an idle connection.
-    @ivar retried: the request was sent again after a reused connection
-        failed.
+    @ivar resends: times the request was sent again after its connection
+        closed before any of the response.
     @ivar headBytes: the head as sent to the backend.
     @ivar chunked: the request body is sent chunked.
     @ivar upgrade: a websocket upgrade was passed on.
@@ -79,10 +79,9 @@ class Exchange:
         "backend",
         "connecting",
         "reused",
-        "retried",
+        "resends",
         "headBytes",
         "chunked",
-        "hasBody",
         "upgrade",
         "xff",
         "requestComplete",
@@ -120,14 +119,9 @@ class Exchange:
         self.backend = None
         self.connecting = None
         self.reused = False
-        self.retried = False
+        self.resends = 0
         self.headBytes = b""
-        self.chunked = False
-        self.hasBody = False
-        if head is not None:
-            kind = head.bodyKind
-            self.chunked = kind is BodyKind.CHUNKED
-            self.hasBody = self.chunked or bool(head.contentLength)
+        self.chunked = head is not None and head.bodyKind is BodyKind.CHUNKED
         self.upgrade = False
         self.xff = None
         self.requestComplete = False

@@ -33,7 +33,9 @@ is rescheduled per request or per chunk.
 
 A reused connection that the backend closed or reset before any byte of
 the response (the keep-alive race) is not an error: an idempotent request
-whose body was not started is sent again on a fresh connection.
+whose body was not started is sent again on a fresh connection to the same
+server. When a fresh connection dies that way (the server crashed), such a
+request goes to another server, up to the pool's C{retries} times.
 
 After a backend's C{101 Switching Protocols} to a websocket upgrade, both
 connections are handed to a L{Relay} (the listener's C{tunnelTimeout} as
@@ -565,14 +567,24 @@ class HTTPProxyProtocol(Protocol):
             return
         if (
             closed
-            and exchange.reused
             and exchange.response is None
             and not connection.bytesReceived
             and not exchange.bytesIn
             and retryable(exchange.head)
         ):
-            self._retry(exchange)
-            return
+            if exchange.reused:
+                # The keep-alive race: the server is fine, the idle
+                # connection was not.
+                self.factory.staleRetries += 1
+                self._resend(exchange, exchange.server)
+                return
+            if exchange.resends < exchange.route.pool.options.retries:
+                # A fresh connection died under the request (the server
+                # crashed or was killed): another server gets it.
+                self.factory.redispatched += 1
+                exchange.context.excluded.add(exchange.server)
+                self._resend(exchange, None)
+                return
         if exchange.response is None:
             self._backendBroken(exchange, "SH" if closed else "PH")
         else:
@@ -588,21 +600,22 @@ class HTTPProxyProtocol(Protocol):
         self._lastRead = self._seconds()
         self._updateReading()
 
-    def _retry(self, exchange: Exchange) -> None:
+    def _resend(self, exchange: Exchange, server) -> None:
         """
-        A reused connection was closed under the request before any of the
-        response came: send the request again on a fresh connection.
+        The connection carrying an idempotent request closed before any of
+        the response came and before any of its body was sent: send it
+        again on a fresh connection, to C{server} or, if L{None}, to one
+        the pool's selector picks.
         """
-        self.factory.staleRetries += 1
         exchange.backend = None
         exchange.reused = False
-        exchange.retried = True
+        exchange.resends += 1
         if exchange.lease is not None:
             exchange.lease.release()
             exchange.lease = None
         self._backendFull = False
         self.parser.pauseParsing()
-        self._connect(exchange, exchange.server)
+        self._connect(exchange, server)
 
     def _backendBroken(self, exchange: Exchange, termination: str) -> None:
         """
@@ -827,6 +840,8 @@ class HTTPProxyFactory(ServerFactory):
     @ivar sessions: the client connections being served (for maxconn).
     @ivar rejected: connections refused because the listener was full.
     @ivar staleRetries: requests sent again after the keep-alive race.
+    @ivar redispatched: requests sent again to another server after a fresh
+        connection closed under them.
     @ivar stopping: the listener is stopping: responses close their
         connections.
     @ivar timerStep: the longest sleep of a connection's timeout timer.
@@ -868,6 +883,7 @@ class HTTPProxyFactory(ServerFactory):
         self.sessions: set[HTTPProxyProtocol] = set()
         self.rejected = 0
         self.staleRetries = 0
+        self.redispatched = 0
         self.stopping = False
 
     def __repr__(self) -> str:
