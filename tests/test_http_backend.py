@@ -122,6 +122,19 @@ class BackendConnectionTests(SynchronousTestCase):
         self.assertEqual(user.events, [("failed", 502, False)])
         self.assertTrue(transport.disconnected)
 
+    def test_userGivingUpStopsEvents(self):
+        """
+        A user that gives the connection up on the head hears nothing of
+        the rest of the same read.
+        """
+        connection, transport = connected()
+        user = RecordingUser()
+        user.responseHeadReceived = lambda head: (user.events.append("head"), connection.abort())
+        connection.attach(user, b"GET", False)
+        connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+        self.assertEqual(user.events, ["head"])
+        self.assertTrue(transport.disconnected)
+
     def test_writeBlockedReported(self):
         connection, transport = connected()
         user = RecordingUser()

@@ -1430,3 +1430,41 @@ class AccessLogFileTests(ProxyTestCase):
             r'^192\.0\.2\.7:40000 \[\S+\] web web/s0 0/0/2/3/5 200 40 0 ---- '
             r'"192\.0\.2\.7" "GET /x HTTP/1\.1"$',
         )
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_frontFactoryHttpBranch(self):
+        """
+        service.frontFactory builds the HTTP front for mode = "http" with
+        every pool, so routes reach pools other than the listener's.
+        """
+        from lbproxy.config import loadBytes
+        from lbproxy.runtime import Balancer
+        from lbproxy.service import frontFactory
+
+        config = loadBytes(
+            b"""
+[listeners.web]
+bind = "tcp:8080"
+pool = "web"
+mode = "http"
+routes = [ { pool = "api", path_prefix = "/api/" } ]
+
+[pools.web]
+servers = [ { name = "w1", address = "127.0.0.1:8001" } ]
+
+[pools.api]
+servers = [ { name = "a1", address = "127.0.0.1:9001" } ]
+""",
+            "test.toml",
+        )
+        reactor = MemoryReactorClock()
+        pools = Balancer(config).pools
+        factory = frontFactory(config.listeners["web"], pools, reactor)
+        self.assertIsInstance(factory, HTTPProxyFactory)
+        self.assertEqual(
+            sorted(route.pool.name for route in factory.routes), ["api", "web"]
+        )
+        factory.doStart()
+        factory.doStop()
+        self.assertTrue(factory.stopping)

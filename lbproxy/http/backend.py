@@ -198,14 +198,23 @@ class BackendHTTPConnection(Protocol):
 
     # -- IHTTPMessageReceiver (the response parser) -------------------------
 
+    # The user may give the connection up from any of these (an error
+    # response, the client gone): later events of the same read go nowhere.
+
     def headersComplete(self, head: ResponseHead) -> None:
-        self.user.responseHeadReceived(head)
+        user = self.user
+        if user is not None:
+            user.responseHeadReceived(head)
 
     def bodyData(self, data: bytes) -> None:
-        self.user.responseBodyReceived(data)
+        user = self.user
+        if user is not None:
+            user.responseBodyReceived(data)
 
     def messageComplete(self) -> None:
-        self.user.responseCompleted()
+        user = self.user
+        if user is not None:
+            user.responseCompleted()
 
     # -- IPushProducer (the backend's reading of what the proxy writes) ----
 
@@ -297,6 +306,7 @@ class BackendHTTPConnection(Protocol):
         """
         self.user = None
         self.closing = True
+        self.parser.pauseParsing()
         if not self.lost:
             self.transport.loseConnection()
 
@@ -306,6 +316,7 @@ class BackendHTTPConnection(Protocol):
         """
         self.user = None
         self.closing = True
+        self.parser.pauseParsing()
         if not self.lost:
             self.transport.abortConnection()
 

@@ -262,12 +262,23 @@ class HTTPProxyProtocol(Protocol):
         exchange.termination = termination
         self._log(exchange)
 
-    def _closeClient(self) -> None:
+    def _closeClient(self, abort: bool = False) -> None:
+        """
+        Close the client connection after what is buffered for it, or, with
+        C{abort}, drop it (a close-delimited body was cut short: the client
+        could not tell it from a complete one).
+        """
         self._phase = _CLOSED
         self._closed = True
         self._firstByte = None
         self._stopTimer()
-        self.transport.loseConnection()
+        if self.parser is not None:
+            # Nothing more of what the client sent is looked at.
+            self.parser.pauseParsing()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     # -- reading from the client --------------------------------------------
 
@@ -702,15 +713,7 @@ class HTTPProxyProtocol(Protocol):
             self._closeClient()
             return
         self._log(exchange)
-        if exchange.closeDelimited:
-            # The client cannot tell a cut body from a complete one.
-            self._phase = _CLOSED
-            self._closed = True
-            self._firstByte = None
-            self._stopTimer()
-            transport.abortConnection()
-        else:
-            self._closeClient()
+        self._closeClient(abort=exchange.closeDelimited)
 
     def _log(self, exchange: Exchange) -> float:
         now = self._seconds()
