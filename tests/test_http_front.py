@@ -1408,6 +1408,60 @@ class ListenerTests(ProxyTestCase):
         self.assertTrue(self.log.closed)
 
 
+class ProxyProtocolTests(ProxyTestCase):
+    def test_acceptProxyFromTrustedPeer(self):
+        """
+        A trusted proxy's PROXY header comes first; its source is the
+        client the backend hears of.
+        """
+        import ipaddress
+
+        self.makeFactory(makeListener(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),)))
+        client = self.connectClient()
+        client.send(b"PROXY TCP4 203.0.113.9 198.51.100.1 5555 80\r\nGET / HT")
+        client.send(b"TP/1.1\r\nHost: a\r\n\r\n")
+        backend = self.connectBackend()
+        fields = dict(requestHead(backend.received())[1])
+        self.assertEqual(fields[b"X-Forwarded-For"], b"203.0.113.9")
+        self.assertEqual(fields[b"X-Forwarded-Port"], b"80")
+        backend.send(OK)
+        self.assertLastRecord(client=("203.0.113.9", 5555), status=200)
+
+    def test_badProxyHeader(self):
+        import ipaddress
+
+        self.makeFactory(makeListener(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),)))
+        client = self.connectClient()
+        client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(len(self.reactor.tcpClients), 0)
+
+    def test_untrustedPeerSendsNoProxyHeader(self):
+        import ipaddress
+
+        self.makeFactory(makeListener(acceptProxy=(ipaddress.ip_network("10.0.0.0/8"),)))
+        client = self.connectClient()
+        client.send(b"PROXY TCP4 203.0.113.9 198.51.100.1 5555 80\r\n")
+        # To the HTTP parser it is a request line with an unknown method.
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 501 "))
+        self.assertEqual(len(self.reactor.tcpClients), 0)
+
+    def test_sendProxyOnEachConnection(self):
+        self.makeFactory(count=1, sendProxy="v1", reuseMaxIdle=0)
+        client = self.connectClient()
+        first = self.exchange(client, GET)
+        self.assertTrue(
+            first.received().startswith(
+                b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 8080\r\nGET /x HTTP/1.1\r\n"
+            )
+        )
+        self.assertIn(b"Connection: close\r\n", first.received())
+        self.assertTrue(first.transport.disconnecting)
+        second = self.exchange(client, GET)
+        self.assertIsNot(first, second)
+        self.assertTrue(second.received().startswith(b"PROXY TCP4 192.0.2.7 "))
+
+
 class AccessLogFileTests(ProxyTestCase):
     def test_lineWritten(self):
         directory = tempfile.mkdtemp()

@@ -441,7 +441,10 @@ class BackendPool:
     @ivar pool: the L{lbproxy.pool.Pool}.
     @ivar connector: places new connections (retries, redispatch).
     @ivar factory: builds the protocol of each new connection.
-    @ivar reuse: whether idle connections are kept (C{reuseMaxIdle} > 0).
+    @ivar sendProxy: the PROXY protocol version written at the start of
+        each new connection (C{"none"}, C{"v1"}, C{"v2"}).
+    @ivar reuse: whether idle connections are kept (C{reuseMaxIdle} > 0 and
+        no PROXY protocol).
     """
 
     def __init__(self, pool, reactor) -> None:
@@ -452,7 +455,10 @@ class BackendPool:
         options = pool.options
         self.maxIdle = options.reuseMaxIdle if options is not None else 0
         self.idleTimeout = options.reuseIdleTimeout if options is not None else 0.0
-        self.reuse = self.maxIdle > 0
+        self.sendProxy = options.sendProxy if options is not None else "none"
+        # A PROXY header names one client: such a connection is never
+        # handed to another (the config refuses reuse with send_proxy).
+        self.reuse = self.maxIdle > 0 and self.sendProxy == "none"
         self._idle: dict = {}
 
     def __repr__(self) -> str:

@@ -71,6 +71,7 @@ from lbproxy.http.rewrite import RequestRewriter, retryable, stripHopByHop
 from lbproxy.http.routing import Router
 from lbproxy.http.serialize import encodeChunk, errorResponse, lastChunk, responseHeadBytes
 from lbproxy.pool import Pool
+from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError, buildHeader
 from lbproxy.relay import Relay, RelayResult, setNoDelay
 
 # Phases of a client connection; each has its own timeout.
@@ -150,6 +151,7 @@ class HTTPProxyProtocol(Protocol):
         self._readClosed = False
         self._closed = False
         self._leg = None
+        self._proxyHeader: ProxyHeaderParser | None = None
 
     def __repr__(self) -> str:
         return f"<HTTPProxyProtocol {self.factory.listener.name} requests={self.requests}>"
@@ -176,6 +178,10 @@ class HTTPProxyProtocol(Protocol):
         setNoDelay(transport)
         transport.registerProducer(self, True)
         self.parser = RequestParser(self, **factory.parserLimits)
+        if listener.acceptProxy and listener.trustsProxyFrom(getattr(self.client, "host", "")):
+            # A trusted proxy in front: its PROXY header comes first, within
+            # the request timeout.
+            self._proxyHeader = ProxyHeaderParser()
         self._phase = _HEAD
         self._phaseStart = now
         self._timer = self._reactor.callLater(factory.timerStep, self._checkTimeouts)
@@ -187,6 +193,10 @@ class HTTPProxyProtocol(Protocol):
             return
         if self._closed:
             return
+        if self._proxyHeader is not None:
+            data = self._proxyHeaderReceived(data)
+            if not data:
+                return
         now = self._lastRead = self._seconds()
         if self._firstByte is None and self.exchange is None:
             self._firstByte = now
@@ -201,6 +211,28 @@ class HTTPProxyProtocol(Protocol):
             return
         if parser.paused and not self._readPaused and parser.bufferedBytes:
             self._updateReading()
+
+    def _proxyHeaderReceived(self, data: bytes) -> bytes:
+        """
+        Feed the trusted peer's PROXY header; return what follows it once
+        it is complete. The header's source becomes the client.
+        """
+        if self._firstByte is None:
+            self._firstByte = self._seconds()
+        try:
+            parsed = self._proxyHeader.feed(data)
+        except ProxyProtocolError as error:
+            self._proxyHeader = None
+            self._requestFailed(HTTPParseError(400, f"invalid PROXY header: {error}"))
+            return b""
+        if parsed is None:
+            return b""
+        header, rest = parsed
+        self._proxyHeader = None
+        if header.source is not None:
+            self.client, self.local = header.source, header.destination
+            self._peer = self.factory.rewriter.peer(self.client, self.local)
+        return rest
 
     def readConnectionLost(self) -> None:
         if self._leg is not None:
@@ -466,6 +498,11 @@ class HTTPProxyProtocol(Protocol):
         exchange.sentTime = now
         self._lastRead = now
         transport = backend.transport
+        if not exchange.reused:
+            # A pool that sends the PROXY protocol reuses no connection.
+            preamble = buildHeader(exchange.route.backends.sendProxy, self.client, self.local)
+            if preamble:
+                transport.write(preamble)
         transport.write(exchange.headBytes)
         if exchange.requestComplete:
             # Sent again after the keep-alive race: the body was empty.
