@@ -354,12 +354,20 @@ class HTTPLoopbackTests(TestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxyPort), client)
         client.transport.pauseProducing()
         client.transport.write(b"GET /big?n=%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
-        yield deferLater(reactor, 0.5, lambda: None)
-        (session,) = factory.sessions
+        session = None
+        for _ in range(1000):
+            yield deferLater(reactor, 0.01, lambda: None)
+            if factory.sessions:
+                (session,) = factory.sessions
+                exchange = session.exchange
+                if exchange is not None and exchange.backend is not None:
+                    if exchange.backend.readingPaused:
+                        break
+        self.assertTrue(session.exchange.backend.readingPaused)
+        yield deferLater(reactor, 0.1, lambda: None)
         transport = session.transport
         buffered = transport._tempDataLen + len(transport.dataBuffer) - transport.offset
         self.assertLess(buffered, 1024 * 1024)
-        self.assertTrue(session.exchange.backend.readingPaused)
         client.transport.resumeProducing()
         yield client.done
         (body,) = client.bodies()
