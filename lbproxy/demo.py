@@ -1,12 +1,12 @@
 """
 The built-in demo: two small web servers for lbproxy to balance between.
 
-C{twistd -n lbproxy} without C{--config} loads C{demo.toml} (a listener on
-127.0.0.1:8080, round-robin over web1 and web2) and starts these servers
-beside it. Each answers every request with its name, the client address it
-saw and the X-Forwarded-For header it received, so two requests through the
-proxy show which backend served them and what the backend learned about
-the client.
+C{twistd -n lbproxy} without C{--config} loads C{demo.toml} (an HTTP
+listener on 127.0.0.1:8080, round-robin over web1 and web2, with cookie
+persistence) and starts these servers beside it. Each answers every
+request with its name, the client address it saw and the X-Forwarded-For
+header it received, so requests through the proxy show which backend
+served them and what the backend learned about the client.
 
 The demo servers are not part of the data path; they only give the
 tutorial something to talk to.
@@ -69,7 +69,7 @@ class DemoSite(Site):
     """
     The HTTP factory of one demo server.
 
-    It writes no access log: the proxy's session lines already show each
+    It writes no access log: the proxy's access log already shows each
     request, and the HTTP health check's probes (one per server every
     interval) would bury them.
     """
@@ -120,7 +120,8 @@ class DemoService(MultiService):
         super().startService()
         self.log.info(
             "demo: web servers {names} are running behind the proxy; "
-            "try: curl {url} (twice: the answers alternate)",
+            "try: curl {url} (twice: the answers alternate), "
+            "then curl -b jar -c jar {url} (with a cookie jar they stick to one server)",
             names=", ".join(name for name, _ in self.servers),
             url=self.url,
         )

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from lbproxy.demo import SERVERS, URL, DemoResource, DemoService
+from lbproxy.tap import demoConfig
 from support import freePort
 
 
@@ -70,6 +71,51 @@ class DemoResourceTests(SynchronousTestCase):
             (("web1", "tcp:8081:interface=127.0.0.1"), ("web2", "tcp:8082:interface=127.0.0.1")),
         )
         self.assertEqual(URL, "http://127.0.0.1:8080/")
+
+
+class DemoConfigTests(SynchronousTestCase):
+    """
+    demo.toml: the tutorial's HTTP balancer in front of the demo servers.
+    """
+
+    def test_httpListener(self):
+        """
+        The demo listener speaks HTTP on the address the hint names and
+        logs through the daemon's log.
+        """
+        config = demoConfig()
+        [listener] = config.listeners.values()
+        self.assertEqual(listener.mode, "http")
+        self.assertEqual(listener.bind, "tcp:8080:interface=127.0.0.1")
+        self.assertIsNone(listener.accessLog)
+        self.assertEqual(listener.trustedProxies, ())
+
+    def test_poolMatchesServers(self):
+        """
+        The pool balances round-robin over the demo servers, at the
+        addresses they listen on, checked over HTTP.
+        """
+        pool = demoConfig().pools["demo"]
+        self.assertEqual(pool.selector, "roundrobin")
+        self.assertEqual(
+            [(s.name, s.address) for s in pool.servers],
+            [
+                (name, "tcp:host=127.0.0.1:port=" + bind.split(":")[1])
+                for name, bind in SERVERS
+            ],
+        )
+        self.assertEqual(pool.health.type, "http")
+
+    def test_cookiePersistence(self):
+        """
+        The pool pins clients with the LBSRV cookie, whose value is the
+        server's name, kept away from the servers.
+        """
+        pool = demoConfig().pools["demo"]
+        self.assertEqual(pool.cookie.name, "LBSRV")
+        self.assertTrue(pool.cookie.indirect)
+        self.assertTrue(pool.cookie.nocache)
+        self.assertEqual([s.cookie for s in pool.servers], ["web1", "web2"])
 
 
 class _WholeResponse(Protocol):
@@ -137,4 +183,5 @@ class DemoServiceTests(TestCase):
         self.assertEqual(len(hints), 1)
         self.assertEqual(hints[0]["log_level"], LogLevel.info)
         self.assertIn("try: curl {url}", hints[0]["log_format"])
+        self.assertIn("curl -b jar -c jar {url}", hints[0]["log_format"])
         self.assertEqual(hints[0]["names"], "alpha, beta")

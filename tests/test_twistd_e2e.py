@@ -11,16 +11,15 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from support import checkoutEnvironment, freePort, requireExecutable, twistd
+from processes import lbproxyArgv, processes, waitUntil  # noqa: F401 (a fixture; other modules import both from here)
+from support import freePort, requireExecutable, twistd
 
 pytestmark = pytest.mark.integration
 
@@ -50,111 +49,6 @@ servers = [
 ]
 """
 
-#: Seconds a process may take to start listening (twistd scans plugins and
-#: imports Twisted on its first run).
-STARTUP = 30.0
-
-
-class Process:
-    """
-    A subprocess whose stdout and stderr go to files, stopped with SIGTERM
-    and, if it lingers, SIGKILL.
-    """
-
-    def __init__(
-        self, argv: list[str], directory: Path, label: str, extraEnv: dict | None = None
-    ) -> None:
-        self.argv = argv
-        env = checkoutEnvironment()
-        for name, value in (extraEnv or {}).items():
-            # PYTHONPATH entries are added after the checkout's.
-            env[name] = os.pathsep.join(filter(None, [env.get(name), value]))
-        self.stdoutPath = directory / f"{label}.stdout"
-        self.stderrPath = directory / f"{label}.stderr"
-        with open(self.stdoutPath, "wb") as out, open(self.stderrPath, "wb") as err:
-            self.popen = subprocess.Popen(
-                argv,
-                cwd=directory,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-
-    @property
-    def stdout(self) -> str:
-        return self.stdoutPath.read_text(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.stderrPath.read_text(errors="replace")
-
-    def describe(self) -> str:
-        return (
-            f"{' '.join(self.argv)}\n--- stdout ---\n{self.stdout}"
-            f"--- stderr ---\n{self.stderr}"
-        )
-
-    def waitForPort(self, port: int) -> None:
-        """
-        Wait until something accepts connections on 127.0.0.1:C{port}; fail
-        with the process's output if it exits or takes too long.
-        """
-        deadline = time.monotonic() + STARTUP
-        while True:
-            if self.popen.poll() is not None:
-                pytest.fail(f"exited with {self.popen.returncode} before listening on {port}:\n{self.describe()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"not listening on {port} after {STARTUP}s:\n{self.describe()}")
-                time.sleep(0.05)
-
-    def wait(self, timeout: float = STARTUP) -> int:
-        return self.popen.wait(timeout)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-
-
-@pytest.fixture
-def processes(tmp_path):
-    """
-    Start processes in C{tmp_path}; all are stopped after the test.
-    """
-    started: list[Process] = []
-
-    def start(argv: list[str], label: str, extraEnv: dict | None = None) -> Process:
-        process = Process(argv, tmp_path, label, extraEnv)
-        started.append(process)
-        return process
-
-    yield start
-    for process in reversed(started):
-        process.stop()
-
-
-def lbproxyArgv(tmp_path: Path, *options: str) -> list[str]:
-    return [
-        twistd(),
-        "-n",
-        "--pidfile",
-        str(tmp_path / "twistd.pid"),
-        "--logfile",
-        "-",
-        "lbproxy",
-        *options,
-    ]
-
 
 def startBackends(processes, names) -> dict[str, int]:
     ports = {}
@@ -183,9 +77,12 @@ def get(port: int) -> dict[str, str]:
     return report(body)
 
 
-def curl(port: int) -> dict[str, str]:
+def curl(port: int, *options: str) -> dict[str, str]:
+    """
+    GET / with curl and C{options}; the demo server's report as a dict.
+    """
     result = subprocess.run(
-        [requireExecutable("curl"), "-sS", "--max-time", "10", f"http://127.0.0.1:{port}/"],
+        [requireExecutable("curl"), "-sS", "--max-time", "10", *options, f"http://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -296,8 +193,11 @@ DEMO_PORTS = (8080, 8081, 8082)
 
 def test_embeddedDemo(tmp_path, processes):
     """
-    C{twistd -n lbproxy} without options runs the tutorial: two requests to
-    127.0.0.1:8080 are answered by the two demo servers in turn.
+    C{twistd -n lbproxy} without options runs the tutorial, an HTTP proxy on
+    127.0.0.1:8080: plain curl alternates between the two demo servers,
+    curl with a cookie jar sticks to one, every server sees the client in
+    X-Forwarded-For, and the proxy logs an access line per request with
+    that X-Forwarded-For value.
     """
     requireExecutable("curl")
     for port in DEMO_PORTS:
@@ -315,9 +215,34 @@ def test_embeddedDemo(tmp_path, processes):
     process = processes(lbproxyArgv(tmp_path), "lbproxy")
     for port in DEMO_PORTS:
         process.waitForPort(port)
-    first, second = curl(8080), curl(8080)
-    assert {first["server"], second["server"]} == {"web1", "web2"}, (first, second)
     assert "try: curl http://127.0.0.1:8080/" in process.stdout, process.describe()
+    assert "curl -b jar -c jar http://127.0.0.1:8080/" in process.stdout, process.describe()
+
+    plain = [curl(8080) for _ in range(4)]
+    assertAlternates([r["server"] for r in plain], {"web1", "web2"})
+
+    jar = str(tmp_path / "jar")
+    sticky = [curl(8080, "-b", jar, "-c", jar) for _ in range(4)]
+    assert len({r["server"] for r in sticky}) == 1, sticky
+    cookies = [line.split("\t") for line in open(jar) if "LBSRV" in line]
+    assert [c[-2:] for c in cookies] == [["LBSRV", sticky[0]["server"] + "\n"]], open(jar).read()
+
+    for r in plain + sticky:
+        assert r["x-forwarded-for"] == "127.0.0.1", r
+    # The access log goes to the daemon's log (stdout): one line per
+    # request, with the X-Forwarded-For value sent and the request line.
+    line = re.compile(
+        r"127\.0\.0\.1:\d+ \[[^]]+\] demo demo/(web[12]) [-\d/]+ 200 \d+ 0 --(..) "
+        r'"127\.0\.0\.1" "GET / HTTP/1\.1"$'
+    )
+
+    def logged():
+        return [m.groups() for m in map(line.search, process.stdout.splitlines()) if m]
+
+    waitUntil(lambda: len(logged()) >= 8, "8 access log lines")
+    assert logged() == [(r["server"], "NI") for r in plain] + [
+        (sticky[0]["server"], "NI")
+    ] + [(sticky[0]["server"], "VN")] * 3, process.describe()
 
 
 def test_twistdFromThisEnvironment():
