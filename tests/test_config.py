@@ -690,11 +690,21 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 #: Every key the loader accepts, by table kind.
 EVERY_KEY = {
-    "listener": {"bind", "pool", "mode", "maxconn", "accept_proxy", "timeouts"},
-    "listener timeouts": {"idle"},
-    "pool": {"selector", "retries", "send_proxy", "servers", "timeouts", "health"},
-    "pool timeouts": {"connect"},
-    "server": {"name", "address", "weight", "backup", "maxconn"},
+    "listener": {
+        "bind", "pool", "mode", "maxconn", "accept_proxy", "timeouts",
+        "routes", "trusted_proxies", "forwarded", "access_log", "limits",
+    },
+    "listener timeouts": {"idle", "request", "keepalive", "tunnel"},
+    "listener limits": {"request_line", "header_size", "header_count", "body_size"},
+    "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods"},
+    "route header": {"name", "value"},
+    "pool": {"selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse"},
+    "pool timeouts": {"connect", "response", "server"},
+    "pool cookie": {
+        "name", "indirect", "nocache", "httponly", "secure", "path", "domain", "maxidle", "maxlife",
+    },
+    "pool reuse": {"max_idle", "idle_timeout"},
+    "server": {"name", "address", "weight", "backup", "maxconn", "cookie"},
     "health": {
         "type", "interval", "timeout", "rise", "fall", "passive_fall",
         "method", "path", "host", "expect_status", "expect", "send",
@@ -707,6 +717,7 @@ def test_examplesPresent():
         "lbproxy.toml",
         "tcp-imap.toml",
         "maglev.toml",
+        "http.toml",
     }
 
 
@@ -726,9 +737,15 @@ def test_referenceUsesEveryKey():
     for listener in data["listeners"].values():
         used["listener"] |= set(listener)
         used["listener timeouts"] |= set(listener.get("timeouts", {}))
+        used["listener limits"] |= set(listener.get("limits", {}))
+        for route in listener.get("routes", []):
+            used["route"] |= set(route)
+            used["route header"] |= set(route.get("header", {}))
     for pool in data["pools"].values():
         used["pool"] |= set(pool)
         used["pool timeouts"] |= set(pool.get("timeouts", {}))
+        used["pool cookie"] |= set(pool.get("cookie", {}))
+        used["pool reuse"] |= set(pool.get("reuse", {}))
         used["health"] |= set(pool.get("health", {}))
         for server in pool["servers"]:
             used["server"] |= set(server)
