@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from lbproxy.http.accesslog import (
+    FLUSH_INTERVAL,
     LINE_FORMAT,
     AccessLog,
     AccessRecord,
@@ -218,12 +219,18 @@ def test_textMethodAndTarget():
 def test_fileAppendsLines(tmp_path):
     path = tmp_path / "access.log"
     path.write_text("earlier line\n")
-    log = AccessLog(str(path), Clock())
+    clock = Clock()
+    log = AccessLog(str(path), clock)
     log.log(record())
-    # Line-buffered: the line is in the file before close.
+    # Buffered, but in the file within FLUSH_INTERVAL.
+    assert path.read_text().splitlines() == ["earlier line"]
+    clock.advance(FLUSH_INTERVAL)
     assert path.read_text().splitlines()[1].startswith("127.0.0.1:53210 ")
+    assert clock.getDelayedCalls() == []
     log.log(record(status=404))
+    assert len(clock.getDelayedCalls()) == 1
     log.close()
+    assert clock.getDelayedCalls() == []
     lines = path.read_text().splitlines()
     assert lines[0] == "earlier line"
     assert [LINE.fullmatch(l)["status"] for l in lines[1:]] == ["200", "404"]

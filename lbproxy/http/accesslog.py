@@ -65,6 +65,12 @@ from typing import Any, TextIO
 
 from twisted.logger import Logger
 
+#: Lines written to a file are buffered (one write system call per request
+#: costs more than formatting the line) and reach the file at the latest
+#: FLUSH_INTERVAL seconds later, when the buffer fills, or on close/reopen.
+FILE_BUFFER = 65536
+FLUSH_INTERVAL = 1.0
+
 #: The line, as a format string over the keys of L{AccessLog.fields}.
 LINE_FORMAT = (
     "{client} [{acceptDate}] {listener} {pool}/{server} "
@@ -203,9 +209,19 @@ class AccessLog:
         self._reactor = reactor
         self._file: TextIO | None = self._open() if path is not None else None
         self._closed = False
+        self._flushCall = None
 
     def _open(self) -> TextIO:
-        return open(self.path, "a", buffering=1, encoding="ascii", errors="backslashreplace")
+        return open(
+            self.path, "a", buffering=FILE_BUFFER, encoding="ascii", errors="backslashreplace"
+        )
+
+    def _flush(self) -> None:
+        self._flushCall = None
+        try:
+            self._file.flush()
+        except OSError:
+            self.logger.failure("cannot write to access log {path}", path=self.path)
 
     def fields(self, record: AccessRecord) -> dict[str, Any]:
         """
@@ -267,6 +283,8 @@ class AccessLog:
             self._file.write(LINE_FORMAT.format(**fields) + "\n")
         except OSError:
             self.logger.failure("cannot write to access log {path}", path=self.path)
+        if self._flushCall is None:
+            self._flushCall = self._reactor.callLater(FLUSH_INTERVAL, self._flush)
 
     def reopen(self) -> None:
         """
@@ -282,13 +300,22 @@ class AccessLog:
             return
         old, self._file = self._file, new
         if old is not None:
-            old.close()
+            self._closeFile(old)
 
     def close(self) -> None:
         """
         Close the file; later records are dropped.
         """
         self._closed = True
+        if self._flushCall is not None:
+            self._flushCall.cancel()
+            self._flushCall = None
         if self._file is not None:
-            self._file.close()
+            self._closeFile(self._file)
             self._file = None
+
+    def _closeFile(self, file: TextIO) -> None:
+        try:
+            file.close()
+        except OSError:
+            self.logger.failure("cannot write to access log {path}", path=self.path)
