@@ -24,7 +24,7 @@ import pytest
 
 from httpsink import BLOCK, patternDigest
 from peers import startSink
-from processes import memoryStatus, processes, resetPeakMemory, startLbproxy  # noqa: F401
+from processes import memoryStatus, processes, resetPeakMemory, startLbproxy, waitUntil  # noqa: F401
 from support import freePort
 
 pytestmark = pytest.mark.integration
@@ -179,6 +179,11 @@ def test_gibibyteBothWaysBoundedMemory(processes, tmp_path):
     # The access log counts every byte: the download's head and body sent,
     # the uploads' bodies received.
     fields = re.compile(r' 200 (\d+) (\d+) ---- "127\.0\.0\.1" "(\w+ \S+) HTTP/1\.1"$')
+    # The access log is flushed within a second of the last request.
+    waitUntil(
+        lambda: accessLog.exists() and accessLog.read_text().count("PUT /pause/1000") == 2,
+        "the access log lines of the transfers",
+    )
     logged = [fields.search(line).groups() for line in accessLog.read_text().splitlines()[-3:]]
     (downOut, downIn, down), (upOut, upIn, up), (chunkOut, chunkIn, chunk) = logged
     assert down == f"GET /bytes/{SIZE}" and SIZE < int(downOut) < SIZE + 1000 and downIn == "0"
