@@ -42,8 +42,10 @@ drained the proxy's buffer (64 KiB for a TCP transport).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -103,6 +105,52 @@ def setNoDelay(transport) -> None:
             tcp.setTcpNoDelay(True)
         except OSError:
             pass
+
+
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
+def directWriter(transport) -> Callable[[bytes], None]:
+    """
+    A write function for C{transport} that sends at once when nothing is
+    queued.
+
+    Twisted's C{write} queues the bytes, registers the socket for
+    writability, sends on the next reactor iteration and unregisters: two
+    C{epoll_ctl} calls and one more pass of the loop per relayed chunk.
+    When the transport has nothing queued, sending straight away puts the
+    same bytes on the wire in the same order for less; whatever the kernel
+    does not take goes through C{transport.write}, which keeps the
+    producer accounting (pausing the peer above C{bufferSize}) as it was.
+
+    Only plain TCP connections get this; any other transport (TLS, UNIX,
+    test transports) gets its own C{write}.
+    """
+    write = transport.write
+    if type(transport) not in _PLAIN_TCP:
+        return write
+    send = transport.socket.send
+
+    def directWrite(data: bytes) -> None:
+        if (
+            transport._tempDataLen
+            or transport.dataBuffer
+            or transport.disconnecting
+            or transport.TLS
+            or not transport.connected
+        ):
+            write(data)
+            return
+        try:
+            sent = send(data)
+        except OSError:
+            # EAGAIN, or an error Twisted reports on its own attempt.
+            write(data)
+            return
+        if sent < len(data):
+            write(data[sent:])
+
+    return directWrite
 
 
 def _discard(data: bytes) -> None:
@@ -290,8 +338,8 @@ class Relay:
         if not server.readClosed:
             clientTransport.registerProducer(serverTransport, True)
             server.producing = True
-        client._write = serverTransport.write
-        server._write = clientTransport.write
+        client._write = directWriter(serverTransport)
+        server._write = directWriter(clientTransport)
         if preamble:
             serverTransport.write(preamble)
         for leg in (client, server):

@@ -394,3 +394,15 @@ class RelayTests(SynchronousTestCase):
         self.assertIs(factory.buildProtocol(None), self.relay.server)
         self.assertIsNone(factory.buildProtocol(None))
         self.assertIsInstance(self.relay.server, RelayLeg)
+
+
+def test_directWriterOnlyForPlainTCP():
+    """
+    Transports other than plain TCP connections keep their own write.
+    """
+    from twisted.internet.testing import StringTransport
+
+    from lbproxy.relay import directWriter
+
+    transport = StringTransport()
+    assert directWriter(transport) == transport.write
