@@ -121,6 +121,11 @@ def makeService(options: Options):
     The service tree for the validated configuration; with the built-in
     demo, also the demo web servers.
     """
+    if "twisted.internet.reactor" not in sys.modules and sys.platform == "linux":
+        # No --reactor given: run on lbproxy's epoll reactor.
+        from lbproxy.reactor import install
+
+        install()
     from twisted.internet import reactor
 
     from lbproxy.service import BalancerService
