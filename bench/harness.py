@@ -291,8 +291,14 @@ class NginxBackends:
     reconnects, and there is no access log.
     """
 
-    def __init__(self, workdir: str, ports: Sequence[int], payloads: Sequence[Payload]):
-        self.prefix = os.path.join(workdir, "nginx")
+    def __init__(
+        self,
+        workdir: str,
+        ports: Sequence[int],
+        payloads: Sequence[Payload],
+        name: str = "nginx",
+    ):
+        self.prefix = os.path.join(workdir, name)
         self.ports = list(ports)
         self.payloads = list(payloads)
 
@@ -353,10 +359,18 @@ def haproxyConfig(
     """
     An HAProxy config with one thread, one frontend on loopback and a
     round-robin backend over C{servers} (name, port).
+
+    With C{mode="http"}, client connections are kept alive and idle server
+    connections are shared between client connections (C{http-reuse
+    always}). Nothing is logged per request either way.
     """
     serverLines = "\n".join(
         f"    server {name} {LOOPBACK}:{port}" for name, port in servers
     )
+    httpDefaults = httpBackend = ""
+    if mode == "http":
+        httpDefaults = "    timeout http-keep-alive 300s\n    timeout http-request 30s\n"
+        httpBackend = "    http-reuse always\n"
     return f"""\
 global
     nbthread 1
@@ -368,53 +382,170 @@ defaults
     timeout connect 5s
     timeout client 300s
     timeout server 300s
-
+{httpDefaults}
 frontend bench
     bind {LOOPBACK}:{listenPort}
     default_backend servers
 
 backend servers
     balance roundrobin
-{serverLines}
+{httpBackend}{serverLines}
 """
 
 
+class NginxProxy:
+    """
+    nginx as an HTTP reverse proxy: one worker process, a round-robin
+    upstream over loopback servers with idle keep-alive connections kept
+    for reuse, HTTP/1.1 to the servers, no access log.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        listenPort: int,
+        servers: Sequence[tuple[str, int]],
+        keepalive: int = 64,
+        name: str = "nginx-proxy",
+    ):
+        self.prefix = os.path.join(workdir, name)
+        self.listenPort = listenPort
+        self.servers = list(servers)
+        self.keepalive = keepalive
+
+    def writeConfig(self) -> str:
+        for sub in ("logs", "temp"):
+            os.makedirs(os.path.join(self.prefix, sub), exist_ok=True)
+        temp = os.path.join(self.prefix, "temp")
+        upstream = "\n".join(
+            f"        server {LOOPBACK}:{port};" for _, port in self.servers
+        )
+        conf = f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {self.prefix}/nginx.pid;
+error_log {self.prefix}/logs/error.log warn;
+events {{
+    worker_connections 4096;
+    multi_accept on;
+}}
+http {{
+    access_log off;
+    tcp_nodelay on;
+    keepalive_timeout 120s;
+    keepalive_requests 10000000;
+    client_body_temp_path {temp}/client;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    upstream servers {{
+{upstream}
+        keepalive {self.keepalive};
+        keepalive_requests 10000000;
+        keepalive_timeout 120s;
+    }}
+    server {{
+        listen {LOOPBACK}:{self.listenPort} backlog=4096;
+        location / {{
+            proxy_pass http://servers;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+        path = os.path.join(self.prefix, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        return path
+
+    def argv(self) -> list[str]:
+        conf = self.writeConfig()
+        return [findExecutable("nginx"), "-p", self.prefix + "/", "-c", conf]
+
+
+def childPids(pid: int) -> list[int]:
+    """
+    The process ids of the children of process C{pid} (from /proc).
+    """
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def waitForChild(pid: int, group: ProcessGroup, timeout: float = 15.0) -> int:
+    """
+    The first child of process C{pid} (nginx's worker), once it exists.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        group.checkAlive()
+        children = childPids(pid)
+        if children:
+            return children[0]
+        if time.monotonic() > deadline:
+            raise BenchError(f"process {pid} started no child in {timeout:g}s")
+        time.sleep(0.05)
+
+
 def lbproxyConfig(
-    listenPort: int, servers: Sequence[tuple[str, int]], mode: str = "tcp"
+    listenPort: int,
+    servers: Sequence[tuple[str, int]],
+    mode: str = "tcp",
+    accessLog: str | None = None,
+    reuseMaxIdle: int | None = None,
 ) -> str:
     """
     An lbproxy TOML config: one listener on loopback, one round-robin pool
     over C{servers} (name, port).
+
+    @param accessLog: for an HTTP listener, the file its access log lines
+        are appended to (buffered), instead of the daemon's log.
+    @param reuseMaxIdle: for an HTTP listener's pool, idle connections kept
+        per server (lbproxy's default otherwise).
     """
     serverLines = "\n".join(
         f'    {{ name = "{name}", address = "tcp:{LOOPBACK}:{port}" }},'
         for name, port in servers
+    )
+    listenerExtra = f'access_log = "{accessLog}"\n' if accessLog is not None else ""
+    poolExtra = (
+        f"\n[pools.servers.reuse]\nmax_idle = {reuseMaxIdle}\n"
+        if reuseMaxIdle is not None
+        else ""
     )
     return f"""\
 [listeners.bench]
 bind = "tcp:{listenPort}:interface={LOOPBACK}"
 mode = "{mode}"
 pool = "servers"
-
+{listenerExtra}
 [pools.servers]
 selector = "roundrobin"
 servers = [
 {serverLines}
 ]
-"""
+{poolExtra}"""
 
 
-def lbproxyArgv(twistd: str, configPath: str, workdir: str, reactor: str) -> list[str]:
+def lbproxyArgv(
+    twistd: str, configPath: str, workdir: str, reactor: str, name: str = "twistd"
+) -> list[str]:
     """
     C{twistd -n lbproxy --config FILE} in the foreground with an explicit
-    reactor, pid file and log file under C{workdir}.
+    reactor, pid file and log file (C{NAME.pid}, C{NAME.log}) under
+    C{workdir}.
     """
     return [
         twistd,
         "--nodaemon",
         f"--reactor={reactor}",
-        f"--pidfile={os.path.join(workdir, 'twistd.pid')}",
-        f"--logfile={os.path.join(workdir, 'twistd.log')}",
+        f"--pidfile={os.path.join(workdir, name + '.pid')}",
+        f"--logfile={os.path.join(workdir, name + '.log')}",
         "lbproxy",
         "--config",
         configPath,
@@ -432,6 +563,28 @@ def lbproxyEnv(source: str | None) -> dict:
             p for p in (source, env.get("PYTHONPATH")) if p
         )
     return env
+
+
+def besidePython(name: str) -> str:
+    """
+    The executable C{name} installed with this Python, else on PATH.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    return findExecutable(name)
+
+
+def reactorInLog(workdir: str, name: str = "twistd") -> str | None:
+    """
+    The reactor class twistd reported at startup in C{workdir/NAME.log}.
+    """
+    try:
+        with open(os.path.join(workdir, name + ".log")) as f:
+            match = re.search(r"reactor class: (\S+)", f.read())
+    except OSError:
+        return None
+    return match.group(1).rstrip(".") if match else None
 
 
 # ---------------------------------------------------------------------------
@@ -532,13 +685,17 @@ def runWrk(
     threads: int = 1,
     cpus: str | None = None,
     measuredPid: int | None = None,
+    headers: Sequence[str] = (),
 ) -> WrkResult:
     """
     Load C{url} with wrk's keep-alive connections for C{duration} seconds.
 
     With C{measuredPid}, the CPU share that process used during the run is
     recorded too (100 = one full core), in total and in the kernel.
+    C{headers} (C{"Name: value"}) are added to every request; with
+    C{"Connection: close"} wrk opens a new connection for each request.
     """
+    headerArgs = [arg for header in headers for arg in ("-H", header)]
     argv = pinned(
         [
             findExecutable("wrk"),
@@ -548,6 +705,7 @@ def runWrk(
             "--timeout",
             "10s",
             "--latency",
+            *headerArgs,
             url,
         ],
         cpus,
@@ -587,6 +745,7 @@ def profileWhileLoading(
     pySpy: str,
     loadCpus: str | None = None,
     native: bool = False,
+    headers: Sequence[str] = (),
 ) -> WrkResult:
     """
     Load C{url} with wrk for C{duration} seconds while py-spy samples
@@ -615,7 +774,9 @@ def profileWhileLoading(
     starter = threading.Thread(target=startSampler, daemon=True)
     starter.start()
     try:
-        result = runWrk(url, duration, connections, cpus=loadCpus, measuredPid=pid)
+        result = runWrk(
+            url, duration, connections, cpus=loadCpus, measuredPid=pid, headers=headers
+        )
     finally:
         starter.join()
         for process in sampler:
@@ -726,17 +887,22 @@ def alternatingRounds(
     targets: Sequence[str],
     measure: Callable[[str, str], WrkResult],
     progress: Callable[[str], None] = lambda line: None,
+    targetsByPayload: dict[str, Sequence[str]] | None = None,
 ) -> dict[tuple[str, str], Series]:
     """
     Run C{measure(target, payload)} for C{rounds} rounds; within a round,
     for each payload, the targets take turns, so slow drifts of the
     machine's load hit every target alike.
+
+    C{targetsByPayload} gives some payloads (or scenarios) their own list
+    of targets instead of C{targets}.
     """
     payloads = list(payloads)
-    series = {(t, p): Series(t, p) for p in payloads for t in targets}
+    byPayload = {p: list((targetsByPayload or {}).get(p, targets)) for p in payloads}
+    series = {(t, p): Series(t, p) for p in payloads for t in byPayload[p]}
     for number in range(1, rounds + 1):
         for payload in payloads:
-            for target in targets:
+            for target in byPayload[payload]:
                 result = measure(target, payload)
                 series[(target, payload)].runs.append(result)
                 cpu = (

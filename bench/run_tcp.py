@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 
@@ -37,9 +36,11 @@ from harness import (
     makeWorkdir,
     pinned,
     profileWhileLoading,
+    reactorInLog,
     runWrk,
     topFunctions,
     alternatingRounds,
+    besidePython,
     toolVersion,
     verifyBody,
     waitForPort,
@@ -131,28 +132,6 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def besidePython(name: str) -> str:
-    """
-    The executable C{name} installed with this Python, else on PATH.
-    """
-    beside = os.path.join(os.path.dirname(sys.executable), name)
-    if os.access(beside, os.X_OK):
-        return beside
-    return findExecutable(name)
-
-
-def reactorInLog(workdir: str) -> str | None:
-    """
-    The reactor class twistd reported at startup.
-    """
-    try:
-        with open(os.path.join(workdir, "twistd.log")) as f:
-            match = re.search(r"reactor class: (\S+)", f.read())
-    except OSError:
-        return None
-    return match.group(1).rstrip(".") if match else None
-
-
 def say(line: str) -> None:
     print(line, flush=True)
 
@@ -240,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             ("wrk", [findExecutable("wrk"), "--version"]),
         ):
             details[f"{tool}Version"] = toolVersion(argv)
-        say("versions: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
+        say("details: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
         say(
             f"load average before: {' '.join(f'{x:.2f}' for x in info['loadAverage'])}; "
             f"{info['cpus']} CPUs; pinning wrk={args.loadCpus or 'any'} "

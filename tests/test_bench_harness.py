@@ -121,3 +121,68 @@ def test_seriesMedianAndSpread():
         series.runs.append(harness.WrkResult(rps, 0.0, 1, None, None, 0, 0))
     assert series.median() == 100.0
     assert series.spread() == pytest.approx(0.2)
+
+
+def test_haproxyConfigHttp():
+    """
+    In http mode, HAProxy shares idle server connections between clients.
+    """
+    text = harness.haproxyConfig(40000, [("a", 40001), ("b", 40002)], mode="http")
+    assert "nbthread 1" in text
+    assert "mode http" in text
+    assert "http-reuse always" in text
+    assert "server a 127.0.0.1:40001" in text
+    assert "httplog" not in text
+
+
+def test_lbproxyHttpConfigLoads():
+    """
+    The HTTP config an operator would use for speed passes the loader:
+    access log to a file, more idle connections kept per server.
+    """
+    text = harness.lbproxyConfig(
+        40000, [("a", 40001), ("b", 40002)], mode="http",
+        accessLog="/var/log/lbproxy/access.log", reuseMaxIdle=64,
+    )
+    config = loadBytes(text.encode(), "bench.toml")
+    [listener] = config.listeners.values()
+    assert listener.mode == "http"
+    assert listener.accessLog == "/var/log/lbproxy/access.log"
+    pool = config.pools[listener.pool]
+    assert pool.reuseMaxIdle == 64
+    assert pool.health is None
+
+
+def test_nginxProxyConfig(tmp_path):
+    proxy = harness.NginxProxy(str(tmp_path), 40000, [("a", 40001), ("b", 40002)])
+    text = open(proxy.writeConfig()).read()
+    assert "worker_processes 1;" in text
+    assert "listen 127.0.0.1:40000" in text
+    assert "server 127.0.0.1:40002;" in text
+    assert "keepalive 64;" in text
+    assert "proxy_http_version 1.1;" in text
+    assert "access_log off;" in text
+
+
+def test_alternatingRoundsTargetsByPayload():
+    """
+    Each payload (or scenario) can have its own targets; they still take
+    turns within each round.
+    """
+    calls = []
+
+    def measure(target, payload):
+        calls.append((target, payload))
+        return harness.WrkResult(1.0, 0.0, 1, None, None, 0, 0)
+
+    series = harness.alternatingRounds(
+        2, ["keepalive", "close"], ["a", "b", "c"], measure,
+        targetsByPayload={"close": ["c", "a"]},
+    )
+    assert calls == [
+        ("a", "keepalive"), ("b", "keepalive"), ("c", "keepalive"),
+        ("c", "close"), ("a", "close"),
+    ] * 2
+    assert sorted(series) == sorted(
+        [("a", "keepalive"), ("b", "keepalive"), ("c", "keepalive"), ("c", "close"), ("a", "close")]
+    )

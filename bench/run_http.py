@@ -1,0 +1,456 @@
+"""
+HTTP (L7) throughput: lbproxy's http mode against HAProxy's mode http,
+nginx as a reverse proxy and Twisted's ReverseProxyResource, all in front
+of the same two nginx backends on loopback; and, with clients that close
+every connection, lbproxy's http mode against its own tcp mode.
+
+Run from the repository root with the interpreter that has Twisted:
+
+    python bench/run_http.py                 # 5 rounds of 5 s per target
+    python bench/run_http.py --rounds 9 --json http.json
+
+See bench/README.rst for what is measured and how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from harness import (
+    LOOPBACK,
+    BenchError,
+    NginxBackends,
+    NginxProxy,
+    ProcessGroup,
+    alternatingRounds,
+    besidePython,
+    fileTail,
+    findExecutable,
+    formatTable,
+    freePort,
+    haproxyConfig,
+    lbproxyArgv,
+    lbproxyConfig,
+    lbproxyEnv,
+    machineInfo,
+    makePayload,
+    makeWorkdir,
+    pinned,
+    profileWhileLoading,
+    reactorInLog,
+    runWrk,
+    toolVersion,
+    topFunctions,
+    verifyBody,
+    waitForChild,
+    waitForPort,
+    writeJson,
+)
+
+TARGETS = ("direct", "haproxy", "nginx", "twisted-web", "lbproxy", "lbproxy-tcp")
+PAYLOAD = makePayload("100B", 100)
+# Scenario name -> (extra wrk headers, targets in turn order).
+SCENARIOS = {
+    "keepalive": ((), TARGETS),
+    "close": (("Connection: close",), ("direct", "haproxy", "nginx", "lbproxy", "lbproxy-tcp")),
+}
+# (scenario, ours, theirs, goal, strictly above): ours/theirs must reach goal.
+GOALS = (
+    ("keepalive", "lbproxy", "haproxy", 0.5, False),
+    ("keepalive", "lbproxy", "twisted-web", 10.0, False),
+    ("close", "lbproxy", "lbproxy-tcp", 1.0, True),
+)
+# Idle connections lbproxy keeps per server: more than wrk's connections,
+# as HAProxy (http-reuse always) and nginx (keepalive 64) keep.
+REUSE_MAX_IDLE = 64
+PIN_PRESETS = {
+    # CPU lists for (load generator, proxy, backend).
+    "none": (None, None, None),
+    "split": ("0", "1", "0"),
+}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parseArgs(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Compare lbproxy's HTTP mode with HAProxy, nginx and "
+        "Twisted's ReverseProxyResource on loopback (wrk against nginx)."
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per wrk run (default 5)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0,
+        help="seconds of unmeasured load per target and scenario first (default 2, 0 = none)",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=50, help="wrk connections (default 50)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)} (default all)",
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default all)",
+    )
+    parser.add_argument(
+        "--pin", choices=sorted(PIN_PRESETS), default="none",
+        help="CPU pinning with taskset, as for run_tcp.py (default none)",
+    )
+    parser.add_argument("--load-cpus", help="taskset CPU list for wrk (overrides --pin)")
+    parser.add_argument("--proxy-cpus", help="taskset CPU list for the proxies (overrides --pin)")
+    parser.add_argument("--backend-cpus", help="taskset CPU list for nginx (overrides --pin)")
+    parser.add_argument(
+        "--twistd", default=None,
+        help="twistd to run lbproxy with (default: next to this Python, else on PATH)",
+    )
+    parser.add_argument(
+        "--python", default=None,
+        help="Python with Twisted for the ReverseProxyResource target "
+        "(default: the one next to twistd)",
+    )
+    parser.add_argument(
+        "--lbproxy-source", default=REPO,
+        help="directory put first on twistd's PYTHONPATH (default: this checkout; "
+        "'' to use the installed lbproxy)",
+    )
+    parser.add_argument(
+        "--reactor", default="epoll", help="twistd reactor for lbproxy (default epoll)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    parser.add_argument(
+        "--profile", metavar="DIR",
+        help="after the rounds, load lbproxy's HTTP mode once more per scenario while "
+        "py-spy samples it; write collapsed stacks to DIR and print the top functions",
+    )
+    parser.add_argument(
+        "--profile-native", action="store_true",
+        help="with --profile: include C frames (syscalls), at a higher sampling cost",
+    )
+    parser.add_argument(
+        "--keep-workdir", action="store_true",
+        help="keep the temporary directory with configs and logs",
+    )
+    args = parser.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        parser.error(f"--targets: expected names from {','.join(TARGETS)}, got {args.targets!r}")
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if not scenarios or any(s not in SCENARIOS for s in scenarios):
+        parser.error(
+            f"--scenarios: expected names from {','.join(SCENARIOS)}, got {args.scenarios!r}"
+        )
+    args.scenarios = [s for s in SCENARIOS if s in scenarios]
+    args.targetsByScenario = {
+        s: [t for t in SCENARIOS[s][1] if t in targets] for s in args.scenarios
+    }
+    if not any(args.targetsByScenario.values()):
+        parser.error("--targets and --scenarios leave nothing to measure")
+    args.targets = [t for t in TARGETS if any(t in ts for ts in args.targetsByScenario.values())]
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
+        parser.error("--rounds, --duration and --connections must be positive")
+    if args.profile and "lbproxy" not in args.targets:
+        parser.error("--profile needs the lbproxy target")
+    load, proxy, backend = PIN_PRESETS[args.pin]
+    args.loadCpus = args.load_cpus if args.load_cpus is not None else load
+    args.proxyCpus = args.proxy_cpus if args.proxy_cpus is not None else proxy
+    args.backendCpus = args.backend_cpus if args.backend_cpus is not None else backend
+    return args
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def startLbproxy(
+    args, group: ProcessGroup, workdir: str, name: str, config: str, port: int
+) -> tuple[int, str]:
+    """
+    Start twistd with C{config} as C{NAME}; its pid and reactor class.
+    """
+    path = os.path.join(workdir, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(config)
+    twistd = args.twistd or besidePython("twistd")
+    argv = lbproxyArgv(twistd, path, workdir, args.reactor, name=name)
+    pid = group.start(
+        name, pinned(argv, args.proxyCpus), env=lbproxyEnv(args.lbproxy_source)
+    ).pid
+    try:
+        waitForPort(port, group, timeout=30.0)
+    except BenchError as e:
+        raise BenchError(f"{e}\ntwistd log:\n{fileTail(os.path.join(workdir, name + '.log'), 30)}")
+    reactor = reactorInLog(workdir, name) or "unknown"
+    say(f"{name}: {' '.join(argv)}")
+    say(f"{name} reactor: {reactor}")
+    return pid, reactor
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = makeWorkdir("lbproxy-bench-http-", args.keep_workdir)
+    accessLog = os.path.join(workdir, "access.log")
+    with ProcessGroup(workdir) as group:
+        backendPorts = [freePort(), freePort()]
+        servers = [("nginx1", backendPorts[0]), ("nginx2", backendPorts[1])]
+        for index, port in enumerate(backendPorts, 1):
+            backend = NginxBackends(workdir, [port], [PAYLOAD], name=f"nginx{index}")
+            group.start(f"nginx{index}", pinned(backend.argv(), args.backendCpus))
+        for port in backendPorts:
+            waitForPort(port, group)
+
+        ports = {"direct": backendPorts[0]}
+        pids: dict[str, int] = {}
+        details: dict[str, str] = {}
+        if "haproxy" in args.targets:
+            ports["haproxy"] = freePort()
+            path = os.path.join(workdir, "haproxy.cfg")
+            with open(path, "w") as f:
+                f.write(haproxyConfig(ports["haproxy"], servers, mode="http"))
+            pids["haproxy"] = group.start(
+                "haproxy",
+                pinned([findExecutable("haproxy"), "-db", "-f", path], args.proxyCpus),
+            ).pid
+            waitForPort(ports["haproxy"], group)
+        if "nginx" in args.targets:
+            ports["nginx"] = freePort()
+            proxy = NginxProxy(workdir, ports["nginx"], servers)
+            master = group.start("nginx-proxy", pinned(proxy.argv(), args.proxyCpus)).pid
+            waitForPort(ports["nginx"], group)
+            # The worker does the proxying; the master only watches it.
+            pids["nginx"] = waitForChild(master, group)
+        if "twisted-web" in args.targets:
+            ports["twisted-web"] = freePort()
+            twistd = args.twistd or besidePython("twistd")
+            python = args.python or os.path.join(os.path.dirname(twistd), "python")
+            argv = [python, os.path.join(HERE, "reverse_proxy_resource.py"),
+                    "--port", str(ports["twisted-web"])]
+            for _, port in servers:
+                argv += ["--backend", f"{LOOPBACK}:{port}"]
+            pids["twisted-web"] = group.start("twisted-web", pinned(argv, args.proxyCpus)).pid
+            waitForPort(ports["twisted-web"], group)
+        if "lbproxy" in args.targets:
+            ports["lbproxy"] = freePort()
+            config = lbproxyConfig(
+                ports["lbproxy"], servers, mode="http",
+                accessLog=accessLog, reuseMaxIdle=REUSE_MAX_IDLE,
+            )
+            pids["lbproxy"], details["lbproxyReactor"] = startLbproxy(
+                args, group, workdir, "lbproxy", config, ports["lbproxy"]
+            )
+        if "lbproxy-tcp" in args.targets:
+            ports["lbproxy-tcp"] = freePort()
+            config = lbproxyConfig(ports["lbproxy-tcp"], servers, mode="tcp")
+            pids["lbproxy-tcp"], details["lbproxyTcpReactor"] = startLbproxy(
+                args, group, workdir, "lbproxy-tcp", config, ports["lbproxy-tcp"]
+            )
+        if args.lbproxy_source and ("lbproxy" in pids or "lbproxy-tcp" in pids):
+            details["lbproxyRevision"] = toolVersion(
+                ["git", "-C", args.lbproxy_source, "describe", "--always", "--dirty"]
+            )
+
+        def url(target: str, port: int | None = None) -> str:
+            return f"http://{LOOPBACK}:{port or ports[target]}{PAYLOAD.path}"
+
+        # One request per target on fresh connections; twice through each
+        # proxy so round robin reaches both backends.
+        for port in backendPorts:
+            verifyBody(url("direct", port), PAYLOAD.body)
+        for target in args.targets:
+            if target != "direct":
+                for _ in servers:
+                    verifyBody(url(target), PAYLOAD.body)
+        say(f"verified: every target returns the expected {PAYLOAD.name} body")
+
+        def measure(target: str, scenario: str, duration: float = args.duration):
+            group.checkAlive()
+            return runWrk(
+                url(target),
+                duration,
+                args.connections,
+                threads=args.threads,
+                cpus=args.loadCpus,
+                measuredPid=pids.get(target),
+                headers=SCENARIOS[scenario][0],
+            )
+
+        if args.warmup:
+            for scenario in args.scenarios:
+                for target in args.targetsByScenario[scenario]:
+                    measure(target, scenario, args.warmup)
+        info = machineInfo()
+        for tool, argv in (
+            ("haproxy", [findExecutable("haproxy"), "-v"]),
+            ("nginx", [findExecutable("nginx"), "-v"]),
+            ("wrk", [findExecutable("wrk"), "--version"]),
+        ):
+            details[f"{tool}Version"] = toolVersion(argv)
+        say("versions: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
+        say(
+            f"load average before: {' '.join(f'{x:.2f}' for x in info['loadAverage'])}; "
+            f"{info['cpus']} CPUs; pinning wrk={args.loadCpus or 'any'} "
+            f"proxy={args.proxyCpus or 'any'} nginx={args.backendCpus or 'any'}"
+        )
+        started = time.monotonic()
+        series = alternatingRounds(
+            args.rounds, args.scenarios, args.targets, measure, say,
+            targetsByPayload=args.targetsByScenario,
+        )
+        elapsed = time.monotonic() - started
+        loadAfter = os.getloadavg()
+        group.checkAlive()
+        profiles = []
+        if args.profile:
+            profiles = profileLbproxy(args, pids["lbproxy"], url)
+        logLines = countLines(accessLog) if "lbproxy" in pids else None
+
+    for name, path, result, top in profiles:
+        say(f"\nlbproxy profile, {name} ({result.requestsPerSecond:.0f} req/s while "
+            f"sampled), collapsed stacks in {path}:\n{top}")
+    say("")
+    say(report(series, args))
+    if logLines is not None:
+        say(f"\nlbproxy access log: {logLines} lines written")
+    say(f"\n{args.rounds} rounds x {args.duration:g}s in {elapsed:.0f}s; load average after: "
+        + " ".join(f"{x:.2f}" for x in loadAfter))
+    if args.json:
+        writeJson(args.json, {
+            "benchmark": "http",
+            "machine": info,
+            "loadAverageAfter": loadAfter,
+            "settings": {
+                "rounds": args.rounds,
+                "duration": args.duration,
+                "warmup": args.warmup,
+                "connections": args.connections,
+                "threads": args.threads,
+                "payload": PAYLOAD.name,
+                "scenarios": {s: SCENARIOS[s][0] for s in args.scenarios},
+                "pin": {"wrk": args.loadCpus, "proxy": args.proxyCpus, "nginx": args.backendCpus},
+                "reactor": args.reactor,
+                "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
+            },
+            "details": details,
+            "results": [s.summary() for s in series.values()],
+            "ratios": ratios(series),
+            "accessLogLines": logLines,
+        })
+        say(f"JSON written to {args.json}")
+    return 0
+
+
+def countLines(path: str) -> int:
+    """
+    Lines in the file at C{path} (0 if there is none), after a pause for
+    lbproxy's access log buffer, which is flushed at least once a second.
+    """
+    time.sleep(1.5)
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def profileLbproxy(args: argparse.Namespace, pid: int, url) -> list:
+    """
+    One more load run per scenario on lbproxy's HTTP mode, sampled by py-spy.
+    """
+    pySpy = besidePython("py-spy")
+    os.makedirs(args.profile, exist_ok=True)
+    profiles = []
+    for scenario in args.scenarios:
+        if "lbproxy" not in args.targetsByScenario[scenario]:
+            continue
+        kind = "native" if args.profile_native else "python"
+        path = os.path.join(args.profile, f"lbproxy-http-{scenario}-{kind}.collapsed")
+        say(f"profiling lbproxy, {scenario}, for {args.duration:g}s")
+        result = profileWhileLoading(
+            pid, url("lbproxy"), args.duration, args.connections,
+            path, pySpy, loadCpus=args.loadCpus, native=args.profile_native,
+            headers=SCENARIOS[scenario][0],
+        )
+        profiles.append((scenario, path, result, topFunctions(path)))
+    return profiles
+
+
+def ratios(series) -> list[dict]:
+    """
+    The goals' ratios of median requests/s, with whether each was met.
+    """
+    out = []
+    for scenario, ours, theirs, goal, strict in GOALS:
+        a = series.get((ours, scenario))
+        b = series.get((theirs, scenario))
+        if a is None or b is None:
+            continue
+        ratio = a.median() / b.median() if b.median() else 0.0
+        out.append({
+            "scenario": scenario,
+            "ours": ours,
+            "theirs": theirs,
+            "ratio": ratio,
+            "goal": goal,
+            "strict": strict,
+            "met": ratio > goal if strict else ratio >= goal,
+        })
+    return out
+
+
+def report(series, args) -> str:
+    rows = []
+    for scenario in args.scenarios:
+        for target in args.targetsByScenario[scenario]:
+            s = series[(target, scenario)]
+            cpu = s.median("proxyCpuPercent")
+            system = s.median("proxySystemPercent")
+            p99 = s.median("latencyP99Ms")
+            errors = sum(r.socketErrors + r.non2xx for r in s.runs)
+            rows.append([
+                scenario,
+                target,
+                f"{s.median():.0f}",
+                f"{min(r.requestsPerSecond for r in s.runs):.0f}",
+                f"{max(r.requestsPerSecond for r in s.runs):.0f}",
+                f"{100 * s.spread():.0f}%",
+                f"{p99:.2f}" if p99 is not None else "-",
+                f"{cpu:.0f}% ({system:.0f}% sys)" if cpu is not None else "-",
+                str(errors),
+            ])
+    table = formatTable(
+        ["scenario", "target", "median req/s", "min", "max", "spread",
+         "p99 ms", "proxy CPU", "errors"],
+        rows,
+    )
+    lines = [table]
+    found = ratios(series)
+    if found:
+        lines.append("")
+        for r in found:
+            verdict = "PASS" if r["met"] else "MISS"
+            relation = ">" if r["strict"] else ">="
+            lines.append(
+                f"{r['scenario']:<9} {r['ours']}/{r['theirs']}: {r['ratio']:.2f}x  "
+                f"(goal {relation} {r['goal']:g}x)  {verdict}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parseArgs(argv)
+    try:
+        return run(args)
+    except BenchError as e:
+        print(f"run_http: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
