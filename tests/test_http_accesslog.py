@@ -314,3 +314,32 @@ def test_closeWithoutPath():
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert [e for e in events if e.get("log_namespace") == "lbproxy.http.accesslog.AccessLog"] == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"client": ("::1", 1), "acceptTime": None},
+        {"client": ("host with space", 7), "listener": "l\x00", "pool": 'p"', "server": "s\\"},
+        {"termination": "", "cookie": "TOOLONG"},
+        {"termination": "é!", "cookie": None},
+        {"xff": None, "method": b"", "target": b""},
+        {"xff": "-", "method": "PUT", "target": "/é", "version": (1, 0)},
+        {"xff": b'1.2.3.4, "x"\r\n', "target": b"/\x7f\xff"},
+        {"tr": 1.9, "ta": -1, "status": -1, "bytesOut": 0, "bytesIn": 10**12},
+        {"acceptTime": 1795835520.9999},
+    ],
+)
+def test_lineIsTheDocumentedFormat(overrides):
+    """
+    The line written for a record is L{LINE_FORMAT} filled with the
+    record's L{AccessLog.fields}, whatever the values, and stays so when the
+    same names and clients come back.
+    """
+    clock = Clock()
+    clock.advance(ACCEPT + 5)
+    log = AccessLog(None, clock)
+    for _ in range(2):
+        expected = LINE_FORMAT.format(**log.fields(record(**overrides)))
+        assert log.format(record(**overrides)) == expected
