@@ -84,6 +84,8 @@ _SPECIAL = frozenset(
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
+_NO_OPTIONS: frozenset[bytes] = frozenset()
+
 
 class _LLHTTPCallbacks:
     """
@@ -94,16 +96,27 @@ class _LLHTTPCallbacks:
     line is parsed from the raw head, so no URL or status callbacks are
     needed, and the field count is checked once the block is complete (the
     block's size limit already bounds it while it grows).
+
+    @ivar items: the fields as C{(lowercased name, name, value)}, with the
+        values' trailing whitespace removed (llhttp removes the leading
+        whitespace only).
+    @ivar special: those of L{items} that the framing and routing checks
+        look at, so that they need not go over every field again.
     """
 
-    __slots__ = ("headers", "complete")
+    __slots__ = ("items", "special", "complete")
 
     def __init__(self) -> None:
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.items: list[tuple[bytes, bytes, bytes]] = []
+        self.special: list[tuple[bytes, bytes, bytes]] = []
         self.complete = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        lowered = name.lower()
+        item = (lowered, name, value.rstrip(b" \t"))
+        self.items.append(item)
+        if lowered in _SPECIAL:
+            self.special.append(item)
 
     def on_headers_complete(self) -> None:
         self.complete = True
@@ -127,17 +140,14 @@ class _Fields:
         "upgrade",
     )
 
-    def __init__(self, fields: list[tuple[bytes, bytes]], status: int) -> None:
+    def __init__(self, callbacks: _LLHTTPCallbacks, status: int) -> None:
         contentLength = None
         transferEncoding = None
         hosts = 0
         host = None
         connection: set[bytes] = set()
         upgrade = None
-        items = [(name.lower(), name, value.rstrip(b" \t")) for name, value in fields]
-        for lowered, _, value in items:
-            if lowered not in _SPECIAL:
-                continue
+        for lowered, _, value in callbacks.special:
             if lowered == b"content-length":
                 if contentLength is not None:
                     raise HTTPParseError(status, "several Content-Length fields")
@@ -152,15 +162,19 @@ class _Fields:
                 hosts += 1
                 host = value
             elif lowered == b"connection":
-                connection.update(token.lower() for token in splitList(value))
+                if b"," in value:
+                    connection.update(token.lower() for token in splitList(value))
+                elif value:
+                    # A single option, already without surrounding whitespace.
+                    connection.add(value.lower())
             else:
                 upgrade = value if upgrade is None else upgrade + b", " + value
-        self.items = items
+        self.items = callbacks.items
         self.contentLength = contentLength
         self.transferEncoding = transferEncoding
         self.hosts = hosts
         self.host = host
-        self.connection = frozenset(connection)
+        self.connection = frozenset(connection) if connection else _NO_OPTIONS
         self.upgrade = upgrade
 
 
@@ -284,14 +298,21 @@ class _MessageParser:
             return
         if state == _DETACHED:
             raise ValueError("the parser was detached for a tunnel")
-        # Kept aside until a step needs more bytes, so that data piling up
-        # while paused is not copied again with every arrival.
-        self._pending.append(data)
-        self._pendingBytes += len(data)
         if self._paused:
+            # Kept aside until a step needs more bytes, so that data piling
+            # up while paused is not copied again with every arrival.
+            self._pending.append(data)
+            self._pendingBytes += len(data)
             if self.bufferedBytes > self._maxBufferedBytes:
                 self._fail(HTTPParseError(self._errorStatus, "too much data while paused"))
             return
+        if self._pos >= len(self._buf) and not self._pending and not self._processing:
+            # Everything before was parsed: the data is the buffer.
+            self._buf = data
+            self._pos = 0
+        else:
+            self._pending.append(data)
+            self._pendingBytes += len(data)
         self._process()
 
     def connectionLost(self) -> None:
@@ -395,8 +416,14 @@ class _MessageParser:
                     self._closeQuietly()
                 return False
             self._beginMessage()
-            self._callbacks = _LLHTTPCallbacks()
-            self._llhttp = self._parserFactory(self._callbacks)
+            callbacks = _LLHTTPCallbacks()
+            llhttp = self._parserFactory(callbacks)
+            crlfcrlf = buf.find(b"\r\n\r\n", pos)
+            if crlfcrlf >= 0 and crlfcrlf + 4 - pos <= self._maxHeaderBytes:
+                # The whole head arrived at once (the common case).
+                return self._headReceived(buf, pos, crlfcrlf + 4, llhttp, callbacks, 0)
+            self._callbacks = callbacks
+            self._llhttp = llhttp
             self._inHead = True
             self._fedBytes = 0
             self._scanFrom = 0
@@ -418,40 +445,56 @@ class _MessageParser:
                 raise self._truncated("in the header block")
             # Feed what there is, so that llhttp rejects garbage early.
             if self._fedBytes or self._readyToFeed(buf, pos, end):
-                self._feed(buf, pos + self._fedBytes, end)
+                self._feed(self._llhttp, buf, pos + self._fedBytes, end)
                 self._fedBytes = available
             self._scanFrom = max(0, available - 3)
             return False
-        headEnd = crlfcrlf + 4
-        self._feed(buf, pos + self._fedBytes, headEnd)
-        if not self._callbacks.complete:
+        llhttp = self._llhttp
+        callbacks = self._callbacks
+        self._inHead = False
+        self._llhttp = None
+        self._callbacks = None
+        return self._headReceived(buf, pos, crlfcrlf + 4, llhttp, callbacks, self._fedBytes)
+
+    def _headReceived(
+        self,
+        buf: bytes,
+        pos: int,
+        headEnd: int,
+        llhttp,
+        callbacks: _LLHTTPCallbacks,
+        fedBytes: int,
+    ) -> bool:
+        """
+        The header block C{buf[pos:headEnd]} is complete, its first
+        C{fedBytes} bytes already given to C{llhttp}: check it, build the
+        head and hand it to the receiver.
+        """
+        self._feed(llhttp, buf, pos + fedBytes, headEnd)
+        if not callbacks.complete:
             raise HTTPParseError(self._errorStatus, "malformed header block")
         lineEnd = buf.find(b"\r\n", pos, headEnd)
         if lineEnd - pos > self._maxLineBytes:
             raise HTTPParseError(self._lineTooLongStatus, "start line too long")
-        fields = self._callbacks.headers
-        if len(fields) > self._maxHeaders:
+        if len(callbacks.items) > self._maxHeaders:
             raise HTTPParseError(self._headTooLargeStatus, "too many header fields")
-        head, state = self._buildHead(buf, pos, lineEnd, _Fields(fields, self._errorStatus))
+        head, state = self._buildHead(buf, pos, lineEnd, _Fields(callbacks, self._errorStatus))
         self._pos = headEnd
-        self._inHead = False
-        self._llhttp = None
-        self._callbacks = None
         self._head = head
         self._bodyBytes = 0
         self._state = state
         self._receiver.headersComplete(head)
         return True
 
-    def _feed(self, buf: bytes, start: int, end: int) -> None:
+    def _feed(self, llhttp, buf: bytes, start: int, end: int) -> None:
         """
-        Give llhttp the head bytes C{buf[start:end]}.
+        Give C{llhttp} the head bytes C{buf[start:end]}.
         """
         if start >= end:
             return
         data = buf if start == 0 and end == len(buf) else memoryview(buf)[start:end]
         try:
-            self._llhttp.feed_data(data)
+            llhttp.feed_data(data)
         except httptools.HttpParserUpgrade:
             # llhttp stops at the end of an upgrade or CONNECT head, which is
             # where this feed ends anyway; the framing is decided here.
@@ -783,17 +826,18 @@ class RequestParser(_MessageParser):
         if hasBody and (upgrade or method == b"CONNECT"):
             raise HTTPParseError(400, "tunnel request with a body")
 
+        # Positional: the fields of RequestHead in order (faster than keywords).
         head = RequestHead(
-            method=method,
-            target=target,
-            version=version,
-            headers=Headers._fromLowered(fields.items),
-            bodyKind=bodyKind,
-            contentLength=contentLength,
-            keepAlive=persistentConnection(version, fields.connection),
-            upgrade=upgrade,
-            targetForm=targetForm,
-            authority=authority,
+            method,
+            target,
+            version,
+            Headers._fromLowered(fields.items),
+            bodyKind,
+            contentLength,
+            persistentConnection(version, fields.connection),
+            upgrade,
+            targetForm,
+            authority,
         )
         return head, self._bodyState(bodyKind, contentLength)
 
@@ -945,15 +989,16 @@ class ResponseParser(_MessageParser):
         keepAlive = bodyKind is not BodyKind.UNTIL_CLOSE and persistentConnection(
             version, fields.connection
         )
+        # Positional: the fields of ResponseHead in order.
         head = ResponseHead(
-            status=status,
-            reason=reason or b"",
-            version=version,
-            headers=Headers._fromLowered(fields.items),
-            bodyKind=bodyKind,
-            contentLength=contentLength,
-            keepAlive=keepAlive,
-            tunnel=tunnel,
+            status,
+            reason or b"",
+            version,
+            Headers._fromLowered(fields.items),
+            bodyKind,
+            contentLength,
+            keepAlive,
+            tunnel,
         )
         return head, self._bodyState(bodyKind, contentLength if bodyKind is BodyKind.LENGTH else None)
 

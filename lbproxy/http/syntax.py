@@ -43,8 +43,13 @@ CHUNK_LINE = re.compile(
 #: Content-Length: digits only, bounded so the value fits 63 bits.
 CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
 
-_REG_NAME = rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
-_HOST_PORT = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|" + _REG_NAME + rb")(?::([0-9]{0,5}))?")
+# reg-name (RFC 3986 §3.2.2) is matched in two steps, which is faster than
+# one alternation per byte: its characters with "%" anywhere first, then,
+# only for a name that has a "%", that each is followed by two hex digits.
+_HOST_PORT = re.compile(
+    rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]{0,5}))?"
+)
+_PERCENT_ENCODED = re.compile(rb"(?:[^%]|%[0-9A-Fa-f]{2})*")
 _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)([/?][^#]*)?")
 _ORIGIN = re.compile(rb"/[^#]*")
 
@@ -112,13 +117,15 @@ def parseHostPort(value: bytes) -> tuple[bytes, int | None] | None:
     match = _HOST_PORT.fullmatch(value)
     if match is None:
         return None
-    host, port = match.group(1), match.group(2)
-    if host.startswith(b"["):
+    host, port = match.groups()
+    if host[:1] == b"[":
         try:
             ipaddress.IPv6Address(host[1:-1].decode("ascii"))
         except ValueError:
             return None
-    if port is None or port == b"":
+    elif b"%" in host and _PERCENT_ENCODED.fullmatch(host) is None:
+        return None
+    if not port:
         return host, None
     number = int(port)
     if number > 65535:
