@@ -141,6 +141,30 @@ def test_unsafeFieldsRefused(name: bytes, value: bytes) -> None:
         lastChunk(Headers([(name, value)]))
 
 
+@pytest.mark.parametrize(
+    "safe, unsafe",
+    [
+        # The same line from a name that is not a token.
+        ((b"X", b"y: v"), (b"X: y", b"v")),
+        # A known field followed by a line of its own.
+        ((b"X", b"a"), (b"X", b"a\r\nX: a")),
+        ((b"Y", b"b"), (b"Y", b"b\r\n")),
+    ],
+)
+def test_unsafeFieldsRefusedAfterSafeOnes(safe, unsafe) -> None:
+    """
+    Fields that were written once are remembered; what is refused stays
+    refused, even when its line looks like one written before.
+    """
+    for _ in range(2):
+        written = requestHeadBytes(b"GET", b"/", Headers([safe]))
+        assert written == b"GET / HTTP/1.1\r\n%s: %s\r\n\r\n" % safe
+        with pytest.raises(ValueError):
+            requestHeadBytes(b"GET", b"/", Headers([safe, unsafe]))
+        with pytest.raises(ValueError):
+            responseHeadBytes(200, b"OK", Headers([unsafe, safe]))
+
+
 @pytest.mark.parametrize("method, target", [(b"G T", b"/"), (b"GET", b"/a b"), (b"GET", b"/\r\n")])
 def test_unsafeRequestLineRefused(method: bytes, target: bytes) -> None:
     with pytest.raises(ValueError):
