@@ -73,6 +73,7 @@ from lbproxy.http.serialize import encodeChunk, errorResponse, lastChunk, respon
 from lbproxy.pool import Pool
 from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError, buildHeader
 from lbproxy.relay import Relay, RelayResult, setNoDelay
+from lbproxy.writebatch import WriteBatch
 
 # Phases of a client connection; each has its own timeout.
 _IDLE = 0  # keep-alive, before the first byte of the next request
@@ -130,6 +131,7 @@ class HTTPProxyProtocol(Protocol):
         self.factory = factory
         self._reactor = reactor
         self._seconds = reactor.seconds
+        self._writes = factory.writes
         self.client = None
         self.local = None
         self._peer = None
@@ -400,9 +402,9 @@ class HTTPProxyProtocol(Protocol):
             return
         exchange.bytesIn += len(data)
         if exchange.chunked:
-            exchange.backend.transport.writeSequence(encodeChunk(data))
+            self._writes.writeSequence(exchange.backend.transport, encodeChunk(data))
         else:
-            exchange.backend.transport.write(data)
+            self._writes.write(exchange.backend.transport, data)
 
     def messageComplete(self) -> None:
         self.parser.pauseParsing()
@@ -412,7 +414,7 @@ class HTTPProxyProtocol(Protocol):
         exchange.requestComplete = True
         backend = exchange.backend
         if backend is not None and exchange.chunked:
-            backend.transport.write(lastChunk(exchange.head.trailers))
+            self._writes.write(backend.transport, lastChunk(exchange.head.trailers))
         if exchange.response is None:
             self._phase = _WAIT
             self._phaseStart = self._seconds()
@@ -502,12 +504,12 @@ class HTTPProxyProtocol(Protocol):
             # A pool that sends the PROXY protocol reuses no connection.
             preamble = buildHeader(exchange.route.backends.sendProxy, self.client, self.local)
             if preamble:
-                transport.write(preamble)
-        transport.write(exchange.headBytes)
+                self._writes.write(transport, preamble)
+        self._writes.write(transport, exchange.headBytes)
         if exchange.requestComplete:
             # Sent again after the keep-alive race: the body was empty.
             if exchange.chunked:
-                transport.write(lastChunk(exchange.head.trailers))
+                self._writes.write(transport, lastChunk(exchange.head.trailers))
             self._phase = _WAIT
             self._phaseStart = now
             return
@@ -576,7 +578,7 @@ class HTTPProxyProtocol(Protocol):
             self._backendBroken(exchange, "PH")
             return
         exchange.bytesOut += len(data)
-        self.transport.write(data)
+        self._writes.write(self.transport, data)
 
     def responseBodyReceived(self, data: bytes) -> None:
         exchange = self.exchange
@@ -584,10 +586,10 @@ class HTTPProxyProtocol(Protocol):
         if exchange.chunkedOut:
             pieces = encodeChunk(data)
             exchange.bytesOut += len(data) + len(pieces[0]) + 2
-            self.transport.writeSequence(pieces)
+            self._writes.writeSequence(self.transport, pieces)
         else:
             exchange.bytesOut += len(data)
-            self.transport.write(data)
+            self._writes.write(self.transport, data)
 
     def responseCompleted(self) -> None:
         exchange = self.exchange
@@ -604,7 +606,7 @@ class HTTPProxyProtocol(Protocol):
             except ValueError:
                 end = lastChunk()
             exchange.bytesOut += len(end)
-            self.transport.write(end)
+            self._writes.write(self.transport, end)
         self._finish(exchange)
 
     def backendFailed(
@@ -920,6 +922,7 @@ class HTTPProxyFactory(ServerFactory):
             timeouts += [options.responseTimeout, options.serverTimeout]
         self.timerStep = min((t for t in timeouts if t and t > 0), default=60.0)
         self.accessLog = AccessLog(listener.accessLog, reactor)
+        self.writes = WriteBatch(reactor)
         self.sessions: set[HTTPProxyProtocol] = set()
         self.rejected = 0
         self.staleRetries = 0

@@ -1,0 +1,96 @@
+"""
+Writes to TCP connections sent together after the reactor has handled the
+events it woke up for.
+
+C{transport.write} buffers the data and registers the connection for
+writability (an C{epoll_ctl}); on its next iteration the reactor wakes up
+for it, sends, and unregisters it (another C{epoll_ctl}). A proxy answering
+every small read with one small write on another connection pays that round
+trip, and the reactor's per-event dispatch, for each of them. L{WriteBatch}
+puts the data in the same buffer without registering the connection, and
+once the events of the current iteration are handled (a C{callLater(0)},
+run before the reactor polls again) sends what every such connection holds,
+registering only those the kernel could not take everything from. Sends
+still happen once per connection per iteration, as with
+C{transport.write}, so the peers keep getting their data in batches.
+
+Because the data is in the transport's own buffer, everything else behaves
+as with C{transport.write}: later writes queue behind it, C{loseConnection}
+sends it before closing, C{abortConnection} drops it, and the transport
+pauses its producer when too much is buffered. Transports other than plain
+TCP connections (TLS, UNIX sockets, test transports) get a plain
+C{transport.write}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet import tcp
+
+# Only the exact plain TCP transport classes, whose buffering this relies
+# on; subclasses may send differently (UNIX ones pass descriptors along).
+_PLAIN = frozenset({tcp.Server, tcp.Client})
+
+
+class WriteBatch:
+    """
+    Data for several TCP connections, sent at the end of the reactor
+    iteration.
+    """
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+        self._pending: dict = {}
+        self._call = None
+
+    def write(self, transport, data: bytes) -> None:
+        """
+        Write C{data} to C{transport}.
+        """
+        if type(transport) not in _PLAIN or transport.TLS:
+            transport.write(data)
+            return
+        if not data or not transport.connected or transport._writeDisconnected:
+            # What FileDescriptor.write ignores.
+            return
+        transport._tempDataBuffer.append(data)
+        transport._tempDataLen += len(data)
+        transport._maybePauseProducer()
+        self._pending[transport] = None
+        if self._call is None:
+            self._call = self._reactor.callLater(0, self.flush)
+
+    def writeSequence(self, transport, pieces: Sequence[bytes]) -> None:
+        """
+        Write each of C{pieces} to C{transport}, in order.
+        """
+        for piece in pieces:
+            self.write(transport, piece)
+
+    def flush(self) -> None:
+        """
+        Send what the connections written to hold; leave what the kernel
+        does not take, and connections that are closing, to the reactor.
+        """
+        call = self._call
+        if call is not None:
+            self._call = None
+            if call.active():
+                call.cancel()
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = {}
+        for transport in pending:
+            if not transport.connected:
+                continue
+            if transport.disconnecting or transport._writeDisconnecting:
+                # Registered for writing when it began to close.
+                continue
+            if transport.doWrite() is not None or (
+                transport.dataBuffer or transport._tempDataBuffer
+            ):
+                # Broken, or the kernel's buffer is full: the reactor sends
+                # the rest, or finds the error, as for any write.
+                transport.startWriting()

@@ -1,0 +1,191 @@
+"""
+Tests for lbproxy.writebatch: writes to TCP connections sent at the end of
+the reactor iteration, on loopback sockets with the real reactor, and the
+plain write for other transports.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from lbproxy.writebatch import WriteBatch
+
+pytestmark = pytest.mark.integration
+
+
+class Collector(Protocol):
+    """
+    The receiving end: keeps what arrives, fires C{closed} with it when the
+    connection ends.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.closed: Deferred = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(b"".join(self.received))
+
+
+@implementer(IPushProducer)
+class Sender(Protocol):
+    """
+    The writing end, producer of its own transport so that pauses show.
+    """
+
+    def __init__(self) -> None:
+        self.pauses = 0
+        self.resumes = 0
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.resumes += 1
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class WriteBatchLoopbackTests(TestCase):
+    async def connect(self) -> tuple[Sender, Collector]:
+        receivers: list[Collector] = []
+
+        class ReceiverFactory(Factory):
+            def buildProtocol(self, addr):
+                receivers.append(Collector())
+                return receivers[-1]
+
+        port = reactor.listenTCP(0, ReceiverFactory(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        sender = await connectProtocol(endpoint, Sender())
+        self.addCleanup(sender.transport.abortConnection)
+        while not receivers:
+            await deferLater(reactor, 0.01)
+        return sender, receivers[0]
+
+    async def test_inOrderWithPlainWrites(self):
+        """
+        Batched data is sent in the order of the calls, plain writes
+        included, and C{loseConnection} sends everything before closing
+        (what is written while it closes too, as with C{transport.write}).
+        """
+        sender, receiver = await self.connect()
+        batch = WriteBatch(reactor)
+        transport = sender.transport
+        batch.write(transport, b"one ")
+        transport.write(b"two ")
+        batch.writeSequence(transport, [b"three ", b"", b"four "])
+        self.assertEqual(transport._tempDataLen, len(b"one two three four "))
+        await deferLater(reactor, 0)
+        batch.write(transport, b"five")
+        transport.loseConnection()
+        batch.write(transport, b" six")
+        self.assertEqual(await receiver.closed, b"one two three four five six")
+
+    async def test_sentAtTheEndOfTheIteration(self):
+        """
+        Nothing is sent during the call; once the reactor has run the batch,
+        the transport holds nothing and is not waiting to write.
+        """
+        sender, receiver = await self.connect()
+        batch = WriteBatch(reactor)
+        transport = sender.transport
+        batch.write(transport, b"x" * 100)
+        self.assertNotIn(transport, reactor.getWriters())
+        await deferLater(reactor, 0)
+        self.assertEqual((transport.dataBuffer, transport._tempDataBuffer), (b"", []))
+        self.assertNotIn(transport, reactor.getWriters())
+        while not receiver.received:
+            await deferLater(reactor, 0.01)
+        self.assertEqual(b"".join(receiver.received), b"x" * 100)
+
+    async def test_moreThanTheKernelTakes(self):
+        """
+        What the kernel does not take stays buffered and the reactor sends
+        it later; the transport pauses its producer, then resumes it.
+        """
+        sender, receiver = await self.connect()
+        receiver.transport.pauseProducing()
+        batch = WriteBatch(reactor)
+        transport = sender.transport
+        chunk = bytes(range(256)) * 256
+        for _ in range(64):
+            batch.write(transport, chunk)
+        self.assertTrue(sender.pauses)
+        self.assertTrue(transport.producerPaused)
+        await deferLater(reactor, 0)
+        self.assertTrue(transport.dataBuffer or transport._tempDataBuffer)
+        self.assertIn(transport, reactor.getWriters())
+        receiver.transport.resumeProducing()
+        for _ in range(500):
+            if not transport.producerPaused:
+                break
+            await deferLater(reactor, 0.01)
+        self.assertEqual(sender.resumes, 1)
+        self.assertNotIn(transport, reactor.getWriters())
+        transport.unregisterProducer()
+        transport.loseConnection()
+        self.assertEqual(await receiver.closed, chunk * 64)
+
+    async def test_flushNow(self):
+        """
+        L{WriteBatch.flush} sends at once and cancels the pending call.
+        """
+        sender, receiver = await self.connect()
+        clock = Clock()
+        batch = WriteBatch(clock)
+        batch.write(sender.transport, b"now")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        batch.flush()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(sender.transport._tempDataBuffer, [])
+        sender.transport.loseConnection()
+        self.assertEqual(await receiver.closed, b"now")
+
+    async def test_closedTransport(self):
+        """
+        Writes after the connection is gone are dropped, as
+        C{transport.write} drops them.
+        """
+        sender, receiver = await self.connect()
+        batch = WriteBatch(reactor)
+        batch.write(sender.transport, b"before")
+        sender.transport.loseConnection()
+        await receiver.closed
+        while sender.transport.connected:
+            await deferLater(reactor, 0.01)
+        batch.write(sender.transport, b"after")
+        self.assertEqual(sender.transport._tempDataBuffer, [])
+
+
+class WriteBatchOtherTransportTests(SynchronousTestCase):
+    def test_plainWrite(self):
+        """
+        A transport that is not a plain TCP connection gets the data from
+        its own C{write} at once, and nothing is scheduled.
+        """
+        clock = Clock()
+        batch = WriteBatch(clock)
+        transport = StringTransport()
+        batch.write(transport, b"a")
+        batch.writeSequence(transport, [b"b", b"c"])
+        self.assertEqual(transport.value(), b"abc")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        batch.flush()
