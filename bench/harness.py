@@ -533,17 +533,22 @@ servers = [
 
 
 def lbproxyArgv(
-    twistd: str, configPath: str, workdir: str, reactor: str, name: str = "twistd"
+    twistd: str,
+    configPath: str,
+    workdir: str,
+    reactor: str | None,
+    name: str = "twistd",
 ) -> list[str]:
     """
-    C{twistd -n lbproxy --config FILE} in the foreground with an explicit
-    reactor, pid file and log file (C{NAME.pid}, C{NAME.log}) under
-    C{workdir}.
+    C{twistd -n lbproxy --config FILE} in the foreground with its pid file
+    and log file (C{NAME.pid}, C{NAME.log}) under C{workdir}, on the twistd
+    reactor named C{reactor}, or with None on the one lbproxy installs
+    itself.
     """
     return [
         twistd,
         "--nodaemon",
-        f"--reactor={reactor}",
+        *([f"--reactor={reactor}"] if reactor else []),
         f"--pidfile={os.path.join(workdir, name + '.pid')}",
         f"--logfile={os.path.join(workdir, name + '.log')}",
         "lbproxy",

@@ -186,3 +186,14 @@ def test_alternatingRoundsTargetsByPayload():
     assert sorted(series) == sorted(
         [("a", "keepalive"), ("b", "keepalive"), ("c", "keepalive"), ("c", "close"), ("a", "close")]
     )
+
+
+def test_lbproxyArgvReactor():
+    """
+    Without a reactor name twistd gets no --reactor, so lbproxy installs
+    its own; with one, twistd is told to use it.
+    """
+    own = harness.lbproxyArgv("twistd", "lb.toml", "/w", None)
+    assert not any(a.startswith("--reactor") for a in own)
+    assert own[-3:] == ["lbproxy", "--config", "lb.toml"]
+    assert "--reactor=epoll" in harness.lbproxyArgv("twistd", "lb.toml", "/w", "epoll")
