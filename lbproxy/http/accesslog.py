@@ -130,7 +130,7 @@ def formatAcceptTime(epoch: float) -> str:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class AccessRecord:
     """
     What the access log says about one request (see the module docstring

@@ -156,32 +156,32 @@ class Exchange:
         head = self.head
         route = self.route
         server = self.server
-        serverName = server.name if server is not None else "<NOSRV>"
         if self.stickiness is not None:
             cookie = self.cookie or self.stickiness.outcome + "-"
         else:
             cookie = "--"
-        connectMs = -1
-        if self.connectTime is not None:
-            connectMs = int(self.connectTime * 1000)
+        connectTime = self.connectTime
+        acceptTime = self.acceptTime
+        # Positional: the fields of AccessRecord in order (this runs once
+        # per request, and keywords cost more).
         return AccessRecord(
-            client=(getattr(client, "host", "-"), getattr(client, "port", 0)),
-            listener=listener,
-            pool=route.pool.name if route is not None else "-",
-            server=serverName,
-            acceptTime=self.acceptTime,
-            tr=_ms(self.firstByte, self.headTime),
-            tw=0 if route is not None else -1,
-            tc=connectMs,
-            tr_resp=_ms(self.sentTime, self.responseTime),
-            ta=_ms(self.acceptTime, end),
-            status=self.status,
-            bytesOut=self.bytesOut,
-            bytesIn=self.bytesIn,
-            termination=self.termination,
-            cookie=cookie,
-            xff=self.xff,
-            method=head.method if head is not None else b"",
-            target=head.target if head is not None else b"",
-            version=head.version if head is not None else None,
+            (getattr(client, "host", "-"), getattr(client, "port", 0)),
+            listener,
+            route.pool.name if route is not None else "-",
+            server.name if server is not None else "<NOSRV>",
+            acceptTime,
+            _ms(self.firstByte, self.headTime),
+            0 if route is not None else -1,
+            int(connectTime * 1000) if connectTime is not None else -1,
+            _ms(self.sentTime, self.responseTime),
+            _ms(acceptTime, end),
+            self.status,
+            self.bytesOut,
+            self.bytesIn,
+            self.termination,
+            cookie,
+            self.xff,
+            head.method if head is not None else b"",
+            head.target if head is not None else b"",
+            head.version if head is not None else None,
         )

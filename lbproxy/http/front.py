@@ -530,7 +530,7 @@ class HTTPProxyProtocol(Protocol):
         headers = head.headers
         if head.interim:
             if request.version >= (1, 1):
-                stripHopByHop(headers)
+                stripHopByHop(headers, head.connection)
                 self._writeHead(exchange, head, BodyKind.NONE)
             return
         now = self._lastServerRead = self._seconds()
@@ -543,7 +543,7 @@ class HTTPProxyProtocol(Protocol):
             return
         self._phase = _RESPONSE
         self._phaseStart = now
-        stripHopByHop(headers)
+        stripHopByHop(headers, head.connection)
         kind = head.bodyKind
         if kind is BodyKind.CHUNKED or kind is BodyKind.UNTIL_CLOSE:
             if request.version >= (1, 1):

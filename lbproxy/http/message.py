@@ -229,6 +229,9 @@ class RequestHead:
         forms, else the Host value (L{None} without Host on HTTP/1.0).
     @ivar trailers: the trailer section of a chunked body, once the message
         is complete; L{None} before that or without one.
+    @ivar connection: the options of the Connection fields (lowercased) as
+        the parser found them, so that hop-by-hop removal need not look for
+        them again; L{None} for a head not built by the parser.
     """
 
     method: bytes
@@ -242,6 +245,7 @@ class RequestHead:
     targetForm: str = "origin"
     authority: bytes | None = None
     trailers: Headers | None = field(default=None, compare=False)
+    connection: frozenset[bytes] | None = field(default=None, compare=False)
 
     @property
     def isConnect(self) -> bool:
@@ -274,6 +278,7 @@ class ResponseHead:
     @ivar tunnel: the response opens a tunnel (C{101} to an upgrade, C{2xx}
         to CONNECT): what follows the head is no longer HTTP.
     @ivar trailers: as for L{RequestHead.trailers}.
+    @ivar connection: as for L{RequestHead.connection}.
     """
 
     status: int
@@ -285,6 +290,7 @@ class ResponseHead:
     keepAlive: bool = True
     tunnel: bool = False
     trailers: Headers | None = field(default=None, compare=False)
+    connection: frozenset[bytes] | None = field(default=None, compare=False)
 
     @property
     def interim(self) -> bool:

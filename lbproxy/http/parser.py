@@ -269,16 +269,14 @@ class _MessageParser:
         self._head: RequestHead | ResponseHead | None = None
         self._remaining = 0
         self._bodyBytes = 0
-        self._paused = False
+        #: Whether delivery of events is suspended (a plain attribute: the
+        #: front reads it after every chunk).
+        self.paused = False
         self._processing = False
         self._eof = False
         self.error: HTTPParseError | None = None
 
     # -- public interface ---------------------------------------------------
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
 
     @property
     def idle(self) -> bool:
@@ -298,7 +296,7 @@ class _MessageParser:
             return
         if state == _DETACHED:
             raise ValueError("the parser was detached for a tunnel")
-        if self._paused:
+        if self.paused:
             # Kept aside until a step needs more bytes, so that data piling
             # up while paused is not copied again with every arrival.
             self._pending.append(data)
@@ -319,11 +317,11 @@ class _MessageParser:
         if self._state in (_FAILED, _CLOSED, _DETACHED):
             return
         self._eof = True
-        if not self._paused:
+        if not self.paused:
             self._process()
 
     def pauseParsing(self) -> None:
-        self._paused = True
+        self.paused = True
 
     def resumeParsing(self) -> None:
         if self._state == _TUNNEL:
@@ -333,7 +331,7 @@ class _MessageParser:
                 self._state = _HEAD
             else:
                 self._closeQuietly()
-        self._paused = False
+        self.paused = False
         self._process()
 
     def detachTunnel(self) -> bytes:
@@ -385,7 +383,7 @@ class _MessageParser:
         self._processing = True
         steps = self._steps
         try:
-            while not self._paused:
+            while not self.paused:
                 if self._pending:
                     self._merge()
                 if not steps[self._state](self) and not self._pending:
@@ -838,13 +836,15 @@ class RequestParser(_MessageParser):
             upgrade,
             targetForm,
             authority,
+            None,
+            fields.connection,
         )
         return head, self._bodyState(bodyKind, contentLength)
 
     def _afterMessage(self, head: RequestHead) -> None:
         if head.upgrade or head.method == b"CONNECT":
             self._state = _UPGRADE
-            self._paused = True
+            self.paused = True
         else:
             _MessageParser._afterMessage(self, head)
 
@@ -999,13 +999,15 @@ class ResponseParser(_MessageParser):
             contentLength,
             keepAlive,
             tunnel,
+            None,
+            fields.connection,
         )
         return head, self._bodyState(bodyKind, contentLength if bodyKind is BodyKind.LENGTH else None)
 
     def _afterMessage(self, head: ResponseHead) -> None:
         if head.tunnel:
             self._state = _TUNNEL
-            self._paused = True
+            self.paused = True
         elif head.interim:
             self._state = _HEAD
         else:

@@ -39,6 +39,11 @@ _FORWARDING = frozenset(
 #: What the common case removes in one pass.
 _DROPPED = HOP_BY_HOP | _FORWARDING
 _CLOSE = (b"connection", b"Connection", b"close")
+#: What Connection cannot make the proxy drop (see L{Headers.removeHopByHop}).
+_PROTECTED = frozenset({b"host"})
+#: Hop-by-hop fields plus those a Connection field names, by the options it
+#: names; few different option sets come back again and again.
+_dropSets: dict[frozenset[bytes], frozenset[bytes]] = {}
 
 
 #: Server endpoint types whose clients speak TLS.
@@ -82,6 +87,7 @@ class Peer:
         self.trusted = self.clientHost in rewriter.forwarding.trusted
         address = parseAddress(self.clientHost)
         node = address.compressed.encode("ascii") if address is not None else b"unknown"
+        # X-Forwarded-For first: the rewriter reads its value from here.
         added = [
             (b"x-forwarded-for", b"X-Forwarded-For", node),
             (b"x-forwarded-proto", b"X-Forwarded-Proto", rewriter.proto.encode("ascii")),
@@ -157,16 +163,21 @@ class RequestRewriter:
                 headers.add(b"Host", peer._hostField[2])
             if closeBackend and not websocket:
                 headers.add(b"Connection", b"close")
+            xff = headers.get(b"x-forwarded-for")
         else:
             # The common case in one pass: hop-by-hop and forwarding fields
             # out, the proxy's forwarding fields in.
             headers = head.headers
             items = headers._items
             dropped = _DROPPED
-            for item in items:
-                if item[0] == b"connection":
-                    dropped = _DROPPED | (headers.connectionTokens() - {b"host"})
-                    break
+            connection = head.connection
+            if connection is None:
+                for item in items:
+                    if item[0] == b"connection":
+                        dropped = _DROPPED | (headers.connectionTokens() - _PROTECTED)
+                        break
+            elif connection:
+                dropped = _DROPPED | (connection - _PROTECTED)
             kept = [item for item in items if item[0] not in dropped]
             kept += peer._added
             authority = head.authority
@@ -178,27 +189,40 @@ class RequestRewriter:
                 kept.append(_CLOSE)
             headers = Headers._fromLowered(kept)
             websocket = False
+            # The proxy's own, the only one left.
+            xff = peer._added[0][2]
         target = head.target if head.targetForm == "origin" else requestURI(head)
         if target is None:
             raise ValueError("no origin-form target for the request")
         data = requestHeadBytes(
             head.method, target, headers, head.bodyKind, head.contentLength
         )
-        return data, websocket, headers.get(b"x-forwarded-for")
+        return data, websocket, xff
 
 
-def stripHopByHop(headers: Headers) -> None:
+def stripHopByHop(headers: Headers, connection: frozenset[bytes] | None = None) -> None:
     """
     Remove the hop-by-hop fields of a message that opens no tunnel, as
     L{Headers.removeHopByHop} does, in one pass unless a Connection field
     names others.
+
+    @param connection: the options of the Connection fields of C{headers}
+        when the caller knows them (L{ResponseHead.connection}); by default
+        they are looked for.
     """
     items = headers._items
     dropped = HOP_BY_HOP
-    for item in items:
-        if item[0] == b"connection":
-            dropped = HOP_BY_HOP | (headers.connectionTokens() - {b"host"})
-            break
+    if connection is None:
+        for item in items:
+            if item[0] == b"connection":
+                dropped = HOP_BY_HOP | (headers.connectionTokens() - _PROTECTED)
+                break
+    elif connection:
+        dropped = _dropSets.get(connection)
+        if dropped is None:
+            if len(_dropSets) >= 256:
+                _dropSets.clear()
+            dropped = _dropSets[connection] = HOP_BY_HOP | (connection - _PROTECTED)
     headers._items = [item for item in items if item[0] not in dropped]
 
 
