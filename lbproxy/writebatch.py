@@ -9,8 +9,9 @@ every small read with one small write on another connection pays that round
 trip, and the reactor's per-event dispatch, for each of them. L{WriteBatch}
 puts the data in the same buffer without registering the connection, and
 once the events of the current iteration are handled (a C{callLater(0)},
-run before the reactor polls again) sends what every such connection holds,
-registering only those the kernel could not take everything from. Sends
+run before the reactor polls again) sends what every such connection holds
+with one C{send} each, registering only those the kernel could not take
+everything from, as C{FileDescriptor.doWrite} leaves its buffers. Sends
 still happen once per connection per iteration, as with
 C{transport.write}, so the peers keep getting their data in batches.
 
@@ -25,12 +26,16 @@ C{transport.write}.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from errno import ENOBUFS, EWOULDBLOCK
 
 from twisted.internet import tcp
 
 # Only the exact plain TCP transport classes, whose buffering this relies
 # on; subclasses may send differently (UNIX ones pass descriptors along).
 _PLAIN = frozenset({tcp.Server, tcp.Client})
+
+# Errors of send() that only mean "not now" (as for tcp.Connection).
+_TRY_LATER = frozenset({EWOULDBLOCK, ENOBUFS})
 
 
 class WriteBatch:
@@ -83,14 +88,37 @@ class WriteBatch:
             return
         self._pending = {}
         for transport in pending:
-            if not transport.connected:
-                continue
-            if transport.disconnecting or transport._writeDisconnecting:
-                # Registered for writing when it began to close.
-                continue
-            if transport.doWrite() is not None or (
-                transport.dataBuffer or transport._tempDataBuffer
+            if (
+                not transport.connected
+                or transport.disconnecting
+                or transport._writeDisconnecting
+                or transport.dataBuffer
             ):
-                # Broken, or the kernel's buffer is full: the reactor sends
-                # the rest, or finds the error, as for any write.
+                # Gone; or registered for writing when it began to close,
+                # or since the kernel last took only part of its data: the
+                # reactor sends it.
+                continue
+            buffered = transport._tempDataBuffer
+            if not buffered:
+                continue
+            data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
+            try:
+                sent = transport.socket.send(data)
+            except OSError as error:
+                if error.errno not in _TRY_LATER:
+                    # Broken: the reactor's write finds out and reports it.
+                    transport.startWriting()
+                    continue
+                sent = 0
+            # What FileDescriptor.doWrite does with its buffers.
+            transport._tempDataBuffer = []
+            transport._tempDataLen = 0
+            if sent < len(data):
+                transport.dataBuffer = data
+                transport.offset = sent
                 transport.startWriting()
+            elif transport.producer is not None and (
+                not transport.streamingProducer or transport.producerPaused
+            ):
+                transport.producerPaused = False
+                transport.producer.resumeProducing()

@@ -144,6 +144,26 @@ class WriteBatchLoopbackTests(TestCase):
         transport.loseConnection()
         self.assertEqual(await receiver.closed, chunk * 64)
 
+    async def test_producerResumedWhenAllIsSent(self):
+        """
+        More than the transport's buffer size pauses its producer; when the
+        batch sends it all, the producer is resumed, as after a write the
+        reactor completed.
+        """
+        sender, receiver = await self.connect()
+        batch = WriteBatch(reactor)
+        transport = sender.transport
+        data = b"y" * (transport.bufferSize + 1)
+        batch.write(transport, data)
+        self.assertTrue(transport.producerPaused)
+        await deferLater(reactor, 0)
+        self.assertEqual((transport.dataBuffer, transport._tempDataBuffer), (b"", []))
+        self.assertFalse(transport.producerPaused)
+        self.assertEqual((sender.pauses, sender.resumes), (1, 1))
+        transport.unregisterProducer()
+        transport.loseConnection()
+        self.assertEqual(await receiver.closed, data)
+
     async def test_flushNow(self):
         """
         L{WriteBatch.flush} sends at once and cancels the pending call.
