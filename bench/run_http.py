@@ -122,7 +122,9 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         "'' to use the installed lbproxy)",
     )
     parser.add_argument(
-        "--reactor", default="epoll", help="twistd reactor for lbproxy (default epoll)"
+        "--reactor", default=None,
+        help="twistd reactor name for lbproxy, e.g. 'epoll' for Twisted's own "
+        "(default: none given, so lbproxy runs on the reactor it installs itself)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     parser.add_argument(
