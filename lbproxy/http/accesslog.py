@@ -175,6 +175,17 @@ def _formatClient(client: Any) -> str:
     return f"{_formatHost(host)}:{port}"
 
 
+def _formatRequest(request: tuple) -> str:
+    """
+    The escaped request line of C{(method, target, version)}.
+    """
+    method, target, version = request
+    version = version or (1, 1)
+    return escape(
+        _asBytes(method) + b" " + _asBytes(target) + b" HTTP/%d.%d" % (version[0], version[1])
+    )
+
+
 def _formatHost(host: Any) -> str:
     host = escape(str(host), quoted=False)
     if ":" in host:
@@ -202,6 +213,9 @@ _LINE_PERCENT = '%s:%s [%s] %s %s/%s %d/%d/%d/%d/%d %d %d %d %s%s "%s" "%s"\n'
 #: client hosts, names and codes repeat from one request to the next,
 #: but there is no bound on how many different ones a listener sees.
 _MEMO_SIZE = 4096
+#: Longer values (request targets, X-Forwarded-For) are escaped each time
+#: rather than kept.
+_MEMO_VALUE_SIZE = 256
 
 
 class _Memo(dict):
@@ -247,6 +261,8 @@ class AccessLog:
         self._secondText = ""
         self._bare = _Memo(lambda value: escape(value, quoted=False))
         self._hosts = _Memo(_formatHost)
+        self._quoted = _Memo(escape)
+        self._requests = _Memo(_formatRequest)
         self._codes = _Memo(lambda value: _code(value, 2))
 
     def _open(self) -> TextIO:
@@ -312,7 +328,8 @@ class AccessLog:
         The log line of C{record} with its line end: L{LINE_FORMAT} filled
         with L{fields}, built in fewer steps since this runs once per
         request. The date is formatted once per second; names, client
-        hosts and codes are escaped once each and remembered.
+        hosts, codes and short request lines and X-Forwarded-For values are
+        escaped once each and remembered.
         """
         acceptTime = record.acceptTime
         if acceptTime is None:
@@ -323,16 +340,20 @@ class AccessLog:
             self._secondText = formatAcceptTime(second)[:-4]
             self._second = second
         if record.method:
-            version = record.version or (1, 1)
-            request = escape(
-                _asBytes(record.method)
-                + b" "
-                + _asBytes(record.target)
-                + b" HTTP/%d.%d" % (version[0], version[1])
-            )
+            target = record.target
+            if len(target) <= _MEMO_VALUE_SIZE:
+                request = self._requests[(record.method, target, record.version)]
+            else:
+                request = _formatRequest((record.method, target, record.version))
         else:
             request = "<BADREQ>"
         xff = record.xff
+        if xff is None or xff in ("-", b"-", b"", ""):
+            xff = "-"
+        elif len(xff) <= _MEMO_VALUE_SIZE:
+            xff = self._quoted[xff]
+        else:
+            xff = escape(xff)
         bare = self._bare
         codes = self._codes
         host, port = record.client
@@ -353,7 +374,7 @@ class AccessLog:
             record.bytesIn,
             codes[record.termination],
             codes[record.cookie],
-            "-" if xff is None or xff in ("-", b"-", b"", "") else escape(xff),
+            xff,
             request,
         )
 

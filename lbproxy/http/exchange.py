@@ -35,12 +35,6 @@ from lbproxy.http.accesslog import AccessRecord
 from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
 
 
-def _ms(start: float | None, end: float | None) -> int:
-    if start is None or end is None:
-        return -1
-    return max(0, int((end - start) * 1000))
-
-
 class Exchange:
     """
     The state of one request (and its response) on a client connection.
@@ -160,21 +154,35 @@ class Exchange:
             cookie = self.cookie or self.stickiness.outcome + "-"
         else:
             cookie = "--"
-        connectTime = self.connectTime
         acceptTime = self.acceptTime
-        # Positional: the fields of AccessRecord in order (this runs once
-        # per request, and keywords cost more).
+        firstByte = self.firstByte
+        headTime = self.headTime
+        sentTime = self.sentTime
+        responseTime = self.responseTime
+        connectTime = self.connectTime
+        # Each timer in milliseconds, -1 for a phase not reached; written
+        # out rather than through a helper, as this runs once per request.
+        tr = tc = trResp = ta = -1
+        if firstByte is not None and headTime is not None:
+            tr = max(0, int((headTime - firstByte) * 1000))
+        if connectTime is not None:
+            tc = int(connectTime * 1000)
+        if sentTime is not None and responseTime is not None:
+            trResp = max(0, int((responseTime - sentTime) * 1000))
+        if acceptTime is not None and end is not None:
+            ta = max(0, int((end - acceptTime) * 1000))
+        # Positional: the fields of AccessRecord in order.
         return AccessRecord(
             (getattr(client, "host", "-"), getattr(client, "port", 0)),
             listener,
             route.pool.name if route is not None else "-",
             server.name if server is not None else "<NOSRV>",
             acceptTime,
-            _ms(self.firstByte, self.headTime),
+            tr,
             0 if route is not None else -1,
-            int(connectTime * 1000) if connectTime is not None else -1,
-            _ms(self.sentTime, self.responseTime),
-            _ms(acceptTime, end),
+            tc,
+            trResp,
+            ta,
             self.status,
             self.bytesOut,
             self.bytesIn,

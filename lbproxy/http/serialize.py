@@ -27,8 +27,8 @@ _nameList = re.compile(rb"(?:" + TOKEN + rb"(?::" + TOKEN + rb")*)?")
 
 LAST_CHUNK = b"0\r\n\r\n"
 
-#: Names and whole field lines that passed the check of L{_checkedBlock}
-#: already. The same ones come back message after message (Server,
+#: Names (of fields, and methods: tokens too) and whole field lines that
+#: passed the check of L{_checkedBlock} already. The same ones come back message after message (Server,
 #: Content-Type, the forwarding fields of a client...): a set lookup is
 #: cheaper than checking them byte by byte again. Emptied when they hold
 #: more than L{_KNOWN_LIMIT}, since values (dates, addresses) keep changing.
@@ -94,7 +94,11 @@ def requestHeadBytes(
     @raise ValueError: the method, target or a field cannot be written
         safely.
     """
-    if _token.fullmatch(method) is None or _requestTarget.fullmatch(target) is None:
+    if method not in _knownNames:
+        if _token.fullmatch(method) is None:
+            raise ValueError("the request line cannot be written as it is")
+        _knownNames.add(method)
+    if _requestTarget.fullmatch(target) is None:
         raise ValueError("the request line cannot be written as it is")
     if bodyKind is BodyKind.UNTIL_CLOSE:
         raise ValueError("a request body cannot be delimited by closing")

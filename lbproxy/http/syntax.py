@@ -51,7 +51,7 @@ _HOST_PORT = re.compile(
 )
 _PERCENT_ENCODED = re.compile(rb"(?:[^%]|%[0-9A-Fa-f]{2})*")
 _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)([/?][^#]*)?")
-_ORIGIN = re.compile(rb"/[^#]*")
+_ORIGIN_FORM = ("origin", None)
 
 # Parameters after a transfer coding name (RFC 9110 §5.6.6).
 _PARAMETERS = re.compile(
@@ -108,12 +108,29 @@ def parseCoding(element: bytes) -> tuple[bytes, bool] | None:
     return match.group(1).lower(), bool(match.group(2))
 
 
+#: Results of L{parseHostPort} by value: the same few Host values come with
+#: request after request. Emptied when it holds L{_HOST_PORTS_LIMIT}.
+_hostPorts: dict[bytes, tuple[bytes, int | None] | None] = {}
+_HOST_PORTS_LIMIT = 4096
+
+
 def parseHostPort(value: bytes) -> tuple[bytes, int | None] | None:
     """
     Split a Host value or an authority (C{uri-host [ ":" port ]}, RFC 9110
     §7.2) into host and port, or L{None} when it is malformed. IP literals
     must be valid IPv6 addresses; userinfo is refused.
     """
+    try:
+        return _hostPorts[value]
+    except KeyError:
+        pass
+    if len(_hostPorts) >= _HOST_PORTS_LIMIT:
+        _hostPorts.clear()
+    parsed = _hostPorts[value] = _parseHostPort(value)
+    return parsed
+
+
+def _parseHostPort(value: bytes) -> tuple[bytes, int | None] | None:
     match = _HOST_PORT.fullmatch(value)
     if match is None:
         return None
@@ -144,7 +161,8 @@ def classifyTarget(target: bytes) -> tuple[str, bytes | None] | None:
         empty hosts, authority without a port).
     """
     if target[:1] == b"/":
-        return ("origin", None) if _ORIGIN.fullmatch(target) else None
+        # origin-form: a path and query, without a fragment.
+        return None if b"#" in target else _ORIGIN_FORM
     if target == b"*":
         return "asterisk", None
     match = _ABSOLUTE.fullmatch(target)
