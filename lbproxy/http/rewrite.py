@@ -46,6 +46,10 @@ _PROTECTED = frozenset({b"host"})
 _dropSets: dict[frozenset[bytes], frozenset[bytes]] = {}
 
 
+#: Addresses whose rewriting facts a rewriter keeps (see
+#: L{RequestRewriter._clientFacts}) before it starts afresh.
+_FACTS_LIMIT = 4096
+
 #: Server endpoint types whose clients speak TLS.
 _TLS_ENDPOINTS = frozenset({"ssl", "tls"})
 
@@ -84,23 +88,10 @@ class Peer:
         self.clientPort = getattr(client, "port", None)
         self.localHost = getattr(local, "host", "") or ""
         self.localPort = getattr(local, "port", None)
-        self.trusted = self.clientHost in rewriter.forwarding.trusted
-        address = parseAddress(self.clientHost)
-        node = address.compressed.encode("ascii") if address is not None else b"unknown"
+        self.trusted, forwardedFor = rewriter._clientFacts(self.clientHost)
+        proto, port, self._hostField = rewriter._localFacts(self.localHost, self.localPort)
         # X-Forwarded-For first: the rewriter reads its value from here.
-        added = [
-            (b"x-forwarded-for", b"X-Forwarded-For", node),
-            (b"x-forwarded-proto", b"X-Forwarded-Proto", rewriter.proto.encode("ascii")),
-        ]
-        if self.localPort is not None:
-            added.append((b"x-forwarded-port", b"X-Forwarded-Port", b"%d" % (self.localPort,)))
-        self._added = added
-        host = self.localHost
-        if ":" in host:
-            host = f"[{host}]"
-        if self.localPort is not None:
-            host = f"{host}:{self.localPort}"
-        self._hostField = (b"host", b"Host", host.encode("ascii", "replace"))
+        self._added = [forwardedFor, proto, port] if port is not None else [forwardedFor, proto]
 
 
 class RequestRewriter:
@@ -127,12 +118,56 @@ class RequestRewriter:
             forwarded=listener.forwarded,
         )
         self.proto = proto
+        self._clients: dict[str, tuple[bool, tuple[bytes, bytes, bytes]]] = {}
+        self._locals: dict[tuple[str, int | None], tuple] = {}
 
     def peer(self, client, local) -> Peer:
         """
         The L{Peer} of a client connection from C{client} to C{local}.
         """
         return Peer(self, client, local)
+
+    def _clientFacts(self, host: str) -> tuple[bool, tuple[bytes, bytes, bytes]]:
+        """
+        Whether a client at C{host} is a trusted proxy, and the
+        X-Forwarded-For field naming it; worked out once per address (the
+        same clients connect again and again) and kept in a bounded table.
+        """
+        facts = self._clients.get(host)
+        if facts is None:
+            address = parseAddress(host)
+            node = address.compressed.encode("ascii") if address is not None else b"unknown"
+            forwardedFor = (b"x-forwarded-for", b"X-Forwarded-For", node)
+            facts = (host in self.forwarding.trusted, forwardedFor)
+            if len(self._clients) >= _FACTS_LIMIT:
+                self._clients.clear()
+            self._clients[host] = facts
+        return facts
+
+    def _localFacts(self, host: str, port: int | None) -> tuple:
+        """
+        The X-Forwarded-Proto field, the X-Forwarded-Port field (L{None}
+        without a port) and the Host field naming the local address C{host}
+        and C{port}, once per address.
+        """
+        key = (host, port)
+        facts = self._locals.get(key)
+        if facts is None:
+            value = f"[{host}]" if ":" in host else host
+            if port is not None:
+                value = f"{value}:{port}"
+            portField = None
+            if port is not None:
+                portField = (b"x-forwarded-port", b"X-Forwarded-Port", b"%d" % (port,))
+            facts = (
+                (b"x-forwarded-proto", b"X-Forwarded-Proto", self.proto.encode("ascii")),
+                portField,
+                (b"host", b"Host", value.encode("ascii", "replace")),
+            )
+            if len(self._locals) >= _FACTS_LIMIT:
+                self._locals.clear()
+            self._locals[key] = facts
+        return facts
 
     def rewrite(
         self, head: RequestHead, peer: Peer, closeBackend: bool = False
