@@ -88,15 +88,14 @@ class WriteBatch:
             return
         self._pending = {}
         for transport in pending:
-            if (
-                not transport.connected
-                or transport.disconnecting
-                or transport._writeDisconnecting
-                or transport.dataBuffer
-            ):
-                # Gone; or registered for writing when it began to close,
-                # or since the kernel last took only part of its data: the
-                # reactor sends it.
+            if transport._aborting or not transport.connected:
+                # Dropped with the connection, as abortConnection drops the
+                # transport's buffer.
+                continue
+            if transport.disconnecting or transport._writeDisconnecting or transport.dataBuffer:
+                # Registered for writing when it began to close, or since
+                # the kernel last took only part of its data: the reactor
+                # sends it.
                 continue
             buffered = transport._tempDataBuffer
             if not buffered:

@@ -164,6 +164,20 @@ class WriteBatchLoopbackTests(TestCase):
         transport.loseConnection()
         self.assertEqual(await receiver.closed, data)
 
+    async def test_abortDropsTheBatch(self):
+        """
+        Data still in the batch when the connection is aborted is dropped,
+        as abortConnection drops the transport's buffer.
+        """
+        sender, receiver = await self.connect()
+        batch = WriteBatch(reactor)
+        batch.write(sender.transport, b"sent")
+        while not receiver.received:
+            await deferLater(reactor, 0.01)
+        batch.write(sender.transport, b"dropped")
+        sender.transport.abortConnection()
+        self.assertEqual(await receiver.closed, b"sent")
+
     async def test_flushNow(self):
         """
         L{WriteBatch.flush} sends at once and cancels the pending call.
