@@ -42,8 +42,10 @@ _CLOSE = (b"connection", b"Connection", b"close")
 #: What Connection cannot make the proxy drop (see L{Headers.removeHopByHop}).
 _PROTECTED = frozenset({b"host"})
 #: Hop-by-hop fields plus those a Connection field names, by the options it
-#: names; few different option sets come back again and again.
+#: names; few different option sets come back again and again. Only sets of
+#: up to L{_DROP_SET_SIZE} options are kept, at most 256 of them.
 _dropSets: dict[frozenset[bytes], frozenset[bytes]] = {}
+_DROP_SET_SIZE = 4
 
 
 #: Addresses whose rewriting facts a rewriter keeps (see
@@ -255,9 +257,11 @@ def stripHopByHop(headers: Headers, connection: frozenset[bytes] | None = None) 
     elif connection:
         dropped = _dropSets.get(connection)
         if dropped is None:
-            if len(_dropSets) >= 256:
-                _dropSets.clear()
-            dropped = _dropSets[connection] = HOP_BY_HOP | (connection - _PROTECTED)
+            dropped = HOP_BY_HOP | (connection - _PROTECTED)
+            if len(connection) <= _DROP_SET_SIZE:
+                if len(_dropSets) >= 256:
+                    _dropSets.clear()
+                _dropSets[connection] = dropped
     headers._items = [item for item in items if item[0] not in dropped]
 
 

@@ -31,10 +31,12 @@ LAST_CHUNK = b"0\r\n\r\n"
 #: passed the check of L{_checkedBlock} already. The same ones come back message after message (Server,
 #: Content-Type, the forwarding fields of a client...): a set lookup is
 #: cheaper than checking them byte by byte again. Emptied when they hold
-#: more than L{_KNOWN_LIMIT}, since values (dates, addresses) keep changing.
+#: more than L{_KNOWN_LIMIT}, since values (dates, addresses) keep changing;
+#: only what is at most L{_KNOWN_SIZE} bytes long is kept.
 _knownNames: set[bytes] = set()
 _knownLines: set[bytes] = set()
 _KNOWN_LIMIT = 8192
+_KNOWN_SIZE = 256
 
 
 def _checkedBlock(names: list[bytes], lines: list[bytes]) -> bytes:
@@ -58,8 +60,8 @@ def _checkedBlock(names: list[bytes], lines: list[bytes]) -> bytes:
     if len(_knownLines) > _KNOWN_LIMIT or len(_knownNames) > _KNOWN_LIMIT:
         _knownLines.clear()
         _knownNames.clear()
-    _knownNames.update(names)
-    _knownLines.update(lines)
+    _knownNames.update(name for name in names if len(name) <= _KNOWN_SIZE)
+    _knownLines.update(line for line in lines if len(line) <= _KNOWN_SIZE)
     return block
 
 
@@ -97,7 +99,8 @@ def requestHeadBytes(
     if method not in _knownNames:
         if _token.fullmatch(method) is None:
             raise ValueError("the request line cannot be written as it is")
-        _knownNames.add(method)
+        if len(method) <= _KNOWN_SIZE:
+            _knownNames.add(method)
     if _requestTarget.fullmatch(target) is None:
         raise ValueError("the request line cannot be written as it is")
     if bodyKind is BodyKind.UNTIL_CLOSE:

@@ -109,9 +109,11 @@ def parseCoding(element: bytes) -> tuple[bytes, bool] | None:
 
 
 #: Results of L{parseHostPort} by value: the same few Host values come with
-#: request after request. Emptied when it holds L{_HOST_PORTS_LIMIT}.
+#: request after request. Emptied when it holds L{_HOST_PORTS_LIMIT};
+#: values longer than L{_HOST_PORT_SIZE} bytes are not kept.
 _hostPorts: dict[bytes, tuple[bytes, int | None] | None] = {}
 _HOST_PORTS_LIMIT = 4096
+_HOST_PORT_SIZE = 256
 
 
 def parseHostPort(value: bytes) -> tuple[bytes, int | None] | None:
@@ -124,9 +126,11 @@ def parseHostPort(value: bytes) -> tuple[bytes, int | None] | None:
         return _hostPorts[value]
     except KeyError:
         pass
-    if len(_hostPorts) >= _HOST_PORTS_LIMIT:
-        _hostPorts.clear()
-    parsed = _hostPorts[value] = _parseHostPort(value)
+    parsed = _parseHostPort(value)
+    if len(value) <= _HOST_PORT_SIZE:
+        if len(_hostPorts) >= _HOST_PORTS_LIMIT:
+            _hostPorts.clear()
+        _hostPorts[value] = parsed
     return parsed
 
 
