@@ -21,6 +21,8 @@ library module of that name.
 
 from __future__ import annotations
 
+import argparse
+
 import atexit
 import hashlib
 import json
@@ -37,6 +39,59 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Sequence
+
+#: CPU lists for (load generator, proxy, backend) by --pin preset.
+PIN_PRESETS = {
+    "none": (None, None, None),
+    "split": ("0", "1", "0"),
+}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def addCommonArguments(parser: argparse.ArgumentParser, profiled: str) -> None:
+    """
+    The options every benchmark script takes: CPU pinning, which lbproxy to
+    run and how, JSON output, profiling (of C{profiled}, e.g. "per payload")
+    and keeping the work directory.
+    """
+    parser.add_argument(
+        "--pin", choices=sorted(PIN_PRESETS), default="none",
+        help="CPU pinning with taskset: 'none' lets the scheduler place "
+        "everything; 'split' puts wrk and nginx on CPU 0 and the proxy on "
+        "CPU 1 (default none: steadier here, see bench/README.rst)",
+    )
+    parser.add_argument("--load-cpus", help="taskset CPU list for wrk (overrides --pin)")
+    parser.add_argument("--proxy-cpus", help="taskset CPU list for the proxies (overrides --pin)")
+    parser.add_argument("--backend-cpus", help="taskset CPU list for nginx (overrides --pin)")
+    parser.add_argument(
+        "--twistd", default=None,
+        help="twistd to run lbproxy with (default: next to this Python, else on PATH)",
+    )
+    parser.add_argument(
+        "--lbproxy-source", default=REPO,
+        help="directory put first on twistd's PYTHONPATH (default: this checkout; "
+        "'' to use the installed lbproxy)",
+    )
+    parser.add_argument(
+        "--reactor", default=None,
+        help="twistd reactor name for lbproxy, e.g. 'epoll' for Twisted's own "
+        "(default: none given, so lbproxy runs on the reactor it installs itself)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    parser.add_argument(
+        "--profile", metavar="DIR",
+        help=f"after the rounds, load lbproxy once more {profiled} while py-spy "
+        "samples it; write collapsed stacks to DIR and print the top functions",
+    )
+    parser.add_argument(
+        "--profile-native", action="store_true",
+        help="with --profile: include C frames (syscalls), at a higher sampling cost",
+    )
+    parser.add_argument(
+        "--keep-workdir", action="store_true",
+        help="keep the temporary directory with configs and logs",
+    )
+
 
 LOOPBACK = "127.0.0.1"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

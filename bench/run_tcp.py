@@ -18,6 +18,8 @@ import sys
 import time
 
 from harness import (
+    PIN_PRESETS,
+    addCommonArguments,
     LOOPBACK,
     BenchError,
     NginxBackends,
@@ -51,12 +53,6 @@ TARGETS = ("direct", "haproxy", "lbproxy")
 PAYLOADS = (makePayload("100B", 100), makePayload("1MiB", 1024 * 1024))
 # Required lbproxy/HAProxy requests-per-second ratio, by payload.
 GOALS = {"100B": 0.6, "1MiB": 0.8}
-PIN_PRESETS = {
-    # CPU lists for (load generator, proxy, backend).
-    "none": (None, None, None),
-    "split": ("0", "1", "0"),
-}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parseArgs(argv: list[str]) -> argparse.Namespace:
@@ -80,43 +76,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         "--targets", default=",".join(TARGETS),
         help=f"comma-separated subset of {','.join(TARGETS)} (default all)",
     )
-    parser.add_argument(
-        "--pin", choices=sorted(PIN_PRESETS), default="none",
-        help="CPU pinning with taskset: 'none' lets the scheduler place "
-        "everything; 'split' puts wrk and nginx on CPU 0 and the proxy on "
-        "CPU 1 (default none: steadier here, see bench/README.rst)",
-    )
-    parser.add_argument("--load-cpus", help="taskset CPU list for wrk (overrides --pin)")
-    parser.add_argument("--proxy-cpus", help="taskset CPU list for the proxies (overrides --pin)")
-    parser.add_argument("--backend-cpus", help="taskset CPU list for nginx (overrides --pin)")
-    parser.add_argument(
-        "--twistd", default=None,
-        help="twistd to run lbproxy with (default: next to this Python, else on PATH)",
-    )
-    parser.add_argument(
-        "--lbproxy-source", default=REPO,
-        help="directory put first on twistd's PYTHONPATH (default: this checkout; "
-        "'' to use the installed lbproxy)",
-    )
-    parser.add_argument(
-        "--reactor", default=None,
-        help="twistd reactor name for lbproxy, e.g. 'epoll' for Twisted's own "
-        "(default: none given, so lbproxy runs on the reactor it installs itself)",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
-    parser.add_argument(
-        "--profile", metavar="DIR",
-        help="after the rounds, load lbproxy once more per payload while py-spy "
-        "samples it; write collapsed stacks to DIR and print the top functions",
-    )
-    parser.add_argument(
-        "--profile-native", action="store_true",
-        help="with --profile: include C frames (syscalls), at a higher sampling cost",
-    )
-    parser.add_argument(
-        "--keep-workdir", action="store_true",
-        help="keep the temporary directory with configs and logs",
-    )
+    addCommonArguments(parser, "per payload")
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
