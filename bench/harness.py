@@ -325,6 +325,42 @@ class Payload:
     body: bytes
 
 
+
+def nginxPreamble(prefix: str) -> str:
+    """
+    The start of a one-worker nginx config kept under C{prefix}, up to and
+    including the opening of its C{http} block (with access logging off).
+    """
+    return f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{
+    worker_connections 4096;
+    multi_accept on;
+}}
+http {{
+    access_log off;
+"""
+
+
+def nginxTempPaths(temp: str) -> str:
+    """
+    The C{http}-block lines keeping nginx's temporary files under C{temp}.
+    """
+    return "".join(
+        f"    {kind}_temp_path {temp}/{name};\n"
+        for kind, name in (
+            ("client_body", "client"),
+            ("proxy", "proxy"),
+            ("fastcgi", "fastcgi"),
+            ("uwsgi", "uwsgi"),
+            ("scgi", "scgi"),
+        )
+    )
+
 def makePayload(name: str, size: int) -> Payload:
     """
     A deterministic body of C{size} bytes (printable, ends with a newline)
@@ -369,29 +405,13 @@ class NginxBackends:
             f"        listen {LOOPBACK}:{port} backlog=4096;" for port in self.ports
         )
         conf = f"""\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {self.prefix}/nginx.pid;
-error_log {self.prefix}/logs/error.log warn;
-events {{
-    worker_connections 4096;
-    multi_accept on;
-}}
-http {{
-    access_log off;
-    sendfile on;
+{nginxPreamble(self.prefix)}    sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_timeout 120s;
     keepalive_requests 10000000;
     default_type application/octet-stream;
-    client_body_temp_path {temp}/client;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    server {{
+{nginxTempPaths(temp)}    server {{
 {listens}
         root {root};
         etag off;
@@ -476,26 +496,10 @@ class NginxProxy:
             f"        server {LOOPBACK}:{port};" for _, port in self.servers
         )
         conf = f"""\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {self.prefix}/nginx.pid;
-error_log {self.prefix}/logs/error.log warn;
-events {{
-    worker_connections 4096;
-    multi_accept on;
-}}
-http {{
-    access_log off;
-    tcp_nodelay on;
+{nginxPreamble(self.prefix)}    tcp_nodelay on;
     keepalive_timeout 120s;
     keepalive_requests 10000000;
-    client_body_temp_path {temp}/client;
-    proxy_temp_path {temp}/proxy;
-    fastcgi_temp_path {temp}/fastcgi;
-    uwsgi_temp_path {temp}/uwsgi;
-    scgi_temp_path {temp}/scgi;
-    upstream servers {{
+{nginxTempPaths(temp)}    upstream servers {{
 {upstream}
         keepalive {self.keepalive};
         keepalive_requests 10000000;
