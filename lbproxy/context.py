@@ -24,6 +24,10 @@ KEYS: dict[str, frozenset[str]] = {
     # lbproxy.http.context.HTTPFlowContext provides these.
     "http": _TCP_KEYS
     | {"uri", "path", "host", "header:", "cookie:", "url_param:"},
+    # The mail fronts place a session once the user has logged in: "user"
+    # is the normalised user name (lbproxy.mail).
+    "imap": _TCP_KEYS | {"user"},
+    "pop3": _TCP_KEYS | {"user"},
 }
 
 #: Every key specification some listener mode provides, including those the

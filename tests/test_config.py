@@ -200,7 +200,7 @@ def test_httpKeyInTcpCheck():
         ),
         (
             withListener("mode = 'udp'\n"),
-            "listeners.web.mode: expected one of http, tcp, got 'udp'",
+            "listeners.web.mode: expected one of http, imap, pop3, tcp, got 'udp'",
         ),
         (
             withPool("send_proxy = 'v3'\n"),

@@ -277,15 +277,27 @@ def test_httpKeyOnHttpListenerPoolFits():
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("routes", '[{ pool = "api", path_prefix = "/a" }]'),
         ("trusted_proxies", '["127.0.0.1"]'),
         ("forwarded", "true"),
         ("access_log", '"a.log"'),
-        ("limits", "{ body_size = 10 }"),
+        ("redirect_https", "443"),
     ],
 )
 def test_httpListenerKeyOnTcpListener(key, value):
     assert loadError(listener(f"{key} = {value}\n", base=TCP)) == f"listeners.web.{key}: {ONLY_HTTP}"
+
+
+def test_httpLimitsOnTcpListener():
+    text = listener("limits = { body_size = 10 }\n", base=TCP)
+    assert loadError(text) == 'listeners.web.limits: expected only with mode = "http" or "imap" or "pop3"'
+
+
+def test_httpRouteOnTcpListener():
+    text = listener('routes = [{ pool = "api", path_prefix = "/a" }]\n', base=TCP)
+    assert loadError(text) == (
+        'listeners.web.routes[0].path_prefix: expected only in routes of a mode = "http" '
+        "listener (TCP routes match sni)"
+    )
 
 
 @pytest.mark.parametrize("key", ["request", "keepalive", "tunnel"])

@@ -18,25 +18,34 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.endpoints import clientFromString, serverFromString
-
 from lbproxy.context import KEYS, keySupported
 from lbproxy.errors import ConfigError, OptionError
 from lbproxy.http.syntax import isFieldValue
 from lbproxy.selectors import findSelector, selectorNames
+from lbproxy.config.mail import (
+    CLIENT_ADDRESS,
+    MAIL_IDLE_TIMEOUT,
+    MAIL_MODES,
+    MailListenerConfig,
+    parseMailListener,
+)
+from lbproxy.config.table import Table, oneOf, show
+from lbproxy.config.tls import (
+    BackendTLSConfig,
+    ListenerTLSConfig,
+    parseBackendTLS,
+    parseListenerTLS,
+)
 
-MODES = ("tcp", "http")
+MODES = ("tcp", "http", "imap", "pop3")
+SNI_FALLBACK = ("default", "reject")
 PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
 HEALTH_TYPES = ("tcp", "http", "banner")
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _COOKIE_ATTRIBUTE = re.compile(r"[\x21-\x3a\x3c-\x7e]{1,256}")
 _ROUTE_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _ROUTE_PATH = re.compile(r"/[\x21-\x22\x24-\x3e\x40-\x7e]*")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "tls", "unix", "systemd", "tor"}
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,9 @@ class HealthConfig:
     # banner
     expect: bytes = b""
     send: bytes = b""
+    #: Check over TLS with the pool's [tls] settings (the default for a
+    #: pool with TLS).
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,10 @@ class RouteConfig:
     pathRegex: re.Pattern | None = None
     header: tuple[bytes, bytes | None] | None = None
     methods: frozenset[bytes] = frozenset()
+    #: TCP listeners: server names (exact or C{*.example.com}, lower case)
+    #: matched against the SNI of the client's TLS ClientHello, read
+    #: without terminating TLS.
+    sni: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,11 @@ class PoolConfig:
     responseTimeout: float = 30.0
     #: Longest silence from the server while a response body streams.
     serverTimeout: float = 60.0
+    #: TLS to the servers; None: plaintext.
+    tls: BackendTLSConfig | None = None
+    #: Mail: how servers learn the client's address ("none", IMAP "id",
+    #: POP3 "xclient"); the PROXY protocol is C{sendProxy}.
+    clientAddress: str = "none"
 
 
 @dataclass(frozen=True)
@@ -167,6 +188,31 @@ class ListenerConfig:
     keepaliveTimeout: float = 60.0
     #: Idle time of an upgraded (WebSocket) tunnel.
     tunnelTimeout: float = 3600.0
+    #: TLS termination; None: plaintext (or, for TCP listeners with SNI
+    #: routes, TLS passed through untouched).
+    tls: ListenerTLSConfig | None = None
+    #: HTTP: answer every request with a redirect to https on this port
+    #: instead of proxying it (the listener has no pool then).
+    redirectHttps: int | None = None
+    #: TCP with SNI routes: what a connection whose ClientHello is
+    #: malformed or carries no server name gets: "default" (the listener's
+    #: pool) or "reject" (closed).
+    sniFallback: str = "default"
+    #: TCP with SNI routes: time a client has to send its ClientHello.
+    helloTimeout: float = 5.0
+    #: IMAP and POP3 listeners only.
+    mail: MailListenerConfig | None = None
+
+    def poolsUsed(self) -> set[str]:
+        """
+        The names of every pool this listener can send flows to.
+        """
+        used = {route.pool for route in self.routes}
+        if self.pool:
+            used.add(self.pool)
+        if self.mail is not None:
+            used.update(pool for _, pool in self.mail.userPools)
+        return used
 
     def trustsProxyFrom(self, host: str) -> bool:
         """
@@ -218,7 +264,7 @@ def parse(data: dict, source: str) -> Config:
     """
     Validate an already-decoded TOML document.
     """
-    root = _Table(data, "", source)
+    root = Table(data, "", source)
     poolsTable = root.table("pools", required=True)
     pools = {}
     for name in poolsTable.keys():
@@ -238,38 +284,81 @@ def parse(data: dict, source: str) -> Config:
     return Config(source=source, listeners=listeners, pools=pools)
 
 
-def _parseListener(t: _Table, name: str, pools: dict) -> ListenerConfig:
+#: Listener keys each mode takes beyond bind, pool, mode, maxconn,
+#: accept_proxy, tls and timeouts.idle.
+_MODE_KEYS = {
+    "tcp": ("routes", "sni_fallback"),
+    "http": ("routes", "trusted_proxies", "forwarded", "access_log", "limits", "redirect_https"),
+    "imap": ("tls_required", "user_pools", "user_domain", "limits", "auth"),
+    "pop3": ("tls_required", "user_pools", "user_domain", "limits", "auth"),
+}
+_MODE_TIMEOUTS = {
+    "tcp": ("hello",),
+    "http": ("request", "keepalive", "tunnel"),
+    "imap": ("login",),
+    "pop3": ("login",),
+}
+
+
+def _modesTaking(key: str, table: dict) -> str:
+    modes = [f'"{mode}"' for mode in MODES if key in table[mode]]
+    return " or ".join(modes)
+
+
+def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
     t.checkName(name)
     bind = t.endpoint("bind", server=True, required=True)
     mode = t.choice("mode", MODES, "tcp")
-    pool = t.string("pool", required=True)
-    if pool not in pools:
-        t.fail("pool", f"expected the name of a pool ({_oneOf(pools)}), got {pool!r}")
-    if mode != "http":
-        for key in _HTTP_LISTENER_KEYS:
-            if key in t.data:
-                t.fail(key, 'expected only with mode = "http"')
+    for key in sorted(set().union(*_MODE_KEYS.values()) - set(_MODE_KEYS[mode])):
+        if key in t.data:
+            t.fail(key, f"expected only with mode = {_modesTaking(key, _MODE_KEYS)}")
     timeouts = t.table("timeouts")
-    if mode != "http":
-        for key in ("request", "keepalive", "tunnel"):
-            if key in timeouts.data:
-                timeouts.fail(key, 'expected only with mode = "http"')
+    for key in sorted(set().union(*_MODE_TIMEOUTS.values()) - set(_MODE_TIMEOUTS[mode])):
+        if key in timeouts.data:
+            timeouts.fail(key, f"expected only with mode = {_modesTaking(key, _MODE_TIMEOUTS)}")
+    redirect = None
+    if "redirect_https" in t.data:
+        redirect = t.integer("redirect_https", 1, 65535, 443)
+        for key in ("pool", "routes", "tls"):
+            if key in t.data:
+                t.fail(key, "expected no pool, routes or tls with redirect_https (every request is redirected)")
+        pool = ""
+    else:
+        pool = t.string("pool", required=True)
+        if pool not in pools:
+            t.fail("pool", f"expected the name of a pool ({oneOf(pools)}), got {pool!r}")
+    tlsTable = t.table("tls")
+    tls = parseListenerTLS(tlsTable, mode) if tlsTable.present else None
     kwargs: dict[str, Any] = dict(
         name=name,
         bind=bind,
         pool=pool,
         mode=mode,
         maxconn=t.integer("maxconn", 0, 1_000_000, 10000),
-        idleTimeout=timeouts.duration("idle", 300.0),
+        idleTimeout=timeouts.duration("idle", MAIL_IDLE_TIMEOUT if mode in MAIL_MODES else 300.0),
         acceptProxy=t.networks("accept_proxy"),
+        tls=tls,
+        redirectHttps=redirect,
     )
-    if mode == "http":
+    if mode in ("tcp", "http"):
+        kwargs["routes"] = tuple(
+            _parseRoute(t.tableAt("routes", index, item), pools, mode)
+            for index, item in enumerate(t.list("routes"))
+        )
+    if mode == "tcp":
+        if kwargs["routes"] and tls is not None:
+            t.fail("routes", "expected either SNI routes (TLS passed through) or a [tls] table (TLS terminated), not both")
+        if "sni_fallback" in t.data and not kwargs["routes"]:
+            t.fail("sni_fallback", "expected only with SNI routes")
+        if "hello" in timeouts.data and not kwargs["routes"]:
+            timeouts.fail("hello", "expected only with SNI routes")
+        kwargs.update(
+            sniFallback=t.choice("sni_fallback", SNI_FALLBACK, "default"),
+            helloTimeout=timeouts.duration("hello", 5.0),
+        )
+    elif mode == "http":
         limits = t.table("limits")
         kwargs.update(
-            routes=tuple(
-                _parseRoute(t.tableAt("routes", index, item), pools)
-                for index, item in enumerate(t.list("routes"))
-            ),
             trustedProxies=t.networks("trusted_proxies"),
             forwarded=t.boolean("forwarded", False),
             accessLog=t.string("access_log", default=None),
@@ -286,15 +375,17 @@ def _parseListener(t: _Table, name: str, pools: dict) -> ListenerConfig:
         limits.done()
         if kwargs["accessLog"] is not None and not kwargs["accessLog"]:
             t.fail("access_log", "expected a file path, got ''")
+    else:
+        kwargs["mail"] = parseMailListener(
+            t, timeouts, pools, None if tls is None else tls.starttls
+        )
     listener = ListenerConfig(**kwargs)
-    for used in {pool} | {route.pool for route in listener.routes}:
+    for used in sorted(listener.poolsUsed()):
         _checkPoolFits(t, used, pools[used], mode)
     timeouts.done()
     t.done()
     return listener
 
-
-_HTTP_LISTENER_KEYS = ("routes", "trusted_proxies", "forwarded", "access_log", "limits")
 
 #: Pool settings only the HTTP data path applies: (key path, PoolConfig field).
 _HTTP_POOL_SETTINGS = (
@@ -313,7 +404,7 @@ def _checkHTTPPoolSettings(source: str, pools: dict, listeners: dict) -> None:
     httpPools = set()
     tcpPools = set()
     for listener in listeners.values():
-        used = {listener.pool} | {route.pool for route in listener.routes}
+        used = listener.poolsUsed()
         (httpPools if listener.mode == "http" else tcpPools).update(used)
     defaults = PoolConfig.__dataclass_fields__
     for name in sorted(tcpPools - httpPools):
@@ -327,7 +418,7 @@ def _checkHTTPPoolSettings(source: str, pools: dict, listeners: dict) -> None:
                 )
 
 
-def _checkPoolFits(t: _Table, name: str, pool: PoolConfig, mode: str) -> None:
+def _checkPoolFits(t: Table, name: str, pool: PoolConfig, mode: str) -> None:
     """
     Refuse a pool whose settings a listener of C{mode} cannot apply.
     """
@@ -336,7 +427,7 @@ def _checkPoolFits(t: _Table, name: str, pool: PoolConfig, mode: str) -> None:
         t.fail(
             "pool",
             f"pool {name!r} hashes on key {key!r}, which a {mode} listener "
-            f"cannot provide; expected {_oneOf(KEYS.get(mode, ()))}",
+            f"cannot provide; expected {oneOf(KEYS.get(mode, ()))}",
         )
     if mode == "http" and pool.sendProxy != "none" and pool.reuseMaxIdle:
         t.fail(
@@ -344,6 +435,19 @@ def _checkPoolFits(t: _Table, name: str, pool: PoolConfig, mode: str) -> None:
             f"pool {name!r} sends the PROXY protocol on reused backend connections, "
             "which would announce one client's address for another's requests; "
             "expected reuse.max_idle = 0 or send_proxy = \"none\"",
+        )
+    if pool.tls is not None and pool.tls.starttls and mode not in MAIL_MODES:
+        t.fail(
+            "pool",
+            f"pool {name!r} upgrades server connections with STARTTLS, which only "
+            'IMAP and POP3 listeners do; expected mode = "imap" or "pop3"',
+        )
+    if pool.clientAddress not in CLIENT_ADDRESS.get(mode, ("none",)):
+        t.fail(
+            "pool",
+            f"pool {name!r} passes the client address with {pool.clientAddress!r}, "
+            f"which a {mode} listener cannot send; expected "
+            + oneOf(CLIENT_ADDRESS.get(mode, ("none",))),
         )
     if mode != "http" and pool.cookie is not None:
         t.fail(
@@ -353,10 +457,14 @@ def _checkPoolFits(t: _Table, name: str, pool: PoolConfig, mode: str) -> None:
         )
 
 
-def _parseRoute(t: _Table, pools: dict) -> RouteConfig:
+def _parseRoute(t: Table, pools: dict, mode: str) -> RouteConfig:
     pool = t.string("pool", required=True)
     if pool not in pools:
-        t.fail("pool", f"expected the name of a pool ({_oneOf(pools)}), got {pool!r}")
+        t.fail("pool", f"expected the name of a pool ({oneOf(pools)}), got {pool!r}")
+    if mode == "tcp":
+        return _parseSNIRoute(t, pool)
+    if "sni" in t.data:
+        t.fail("sni", 'expected only in routes of a mode = "tcp" listener (HTTP routes match host)')
     host = t.string("host", default=None)
     if host is not None:
         if not _ROUTE_HOST.fullmatch(host.lower()):
@@ -397,7 +505,7 @@ def _parseRoute(t: _Table, pools: dict) -> RouteConfig:
     methods = t.list("methods")
     for index, method in enumerate(methods):
         if not isinstance(method, str) or not re.fullmatch(r"[A-Z]+", method):
-            raise ConfigError(t.source, f"{t._key('methods')}[{index}]", f'expected a method such as "GET", got {_show(method)}')
+            raise ConfigError(t.source, f"{t._key('methods')}[{index}]", f'expected a method such as "GET", got {show(method)}')
     t.done()
     route = RouteConfig(
         pool=pool,
@@ -416,7 +524,22 @@ def _parseRoute(t: _Table, pools: dict) -> RouteConfig:
     return route
 
 
-def _parsePool(t: _Table, name: str) -> PoolConfig:
+def _parseSNIRoute(t: Table, pool: str) -> RouteConfig:
+    for key in ("host", "path_prefix", "path_regex", "header", "methods"):
+        if key in t.data:
+            t.fail(key, 'expected only in routes of a mode = "http" listener (TCP routes match sni)')
+    value = t.get("sni", required=True)
+    names = value if isinstance(value, list) else [value]
+    if not names:
+        t.fail("sni", "expected at least one server name")
+    for name in names:
+        if not isinstance(name, str) or not _ROUTE_HOST.fullmatch(name.lower()):
+            t.fail("sni", f'expected a server name such as "www.example.com" or "*.example.com", or an array of them, got {show(name)}')
+    t.done()
+    return RouteConfig(pool=pool, sni=tuple(name.lower() for name in names))
+
+
+def _parsePool(t: Table, name: str) -> PoolConfig:
     t.checkName(name)
     selectorName, selectorOptions = _parseSelector(t)
     timeouts = t.table("timeouts")
@@ -444,6 +567,8 @@ def _parsePool(t: _Table, name: str) -> PoolConfig:
     health = t.table("health")
     cookie = t.table("cookie")
     reuse = t.table("reuse")
+    tls = t.table("tls")
+    backendTLS = parseBackendTLS(tls) if tls.present else None
     pool = PoolConfig(
         name=name,
         servers=tuple(servers),
@@ -452,12 +577,14 @@ def _parsePool(t: _Table, name: str) -> PoolConfig:
         retries=t.integer("retries", 0, 100, 2),
         connectTimeout=timeouts.duration("connect", 5.0),
         sendProxy=t.choice("send_proxy", PROXY_PROTOCOL_VERSIONS, "none"),
-        health=_parseHealth(health) if health.present else None,
+        health=_parseHealth(health, backendTLS is not None) if health.present else None,
         cookie=_parseCookie(cookie) if cookie.present else None,
         reuseMaxIdle=reuse.integer("max_idle", 0, 10000, 16),
         reuseIdleTimeout=reuse.duration("idle_timeout", 15.0),
         responseTimeout=timeouts.duration("response", 30.0),
         serverTimeout=timeouts.duration("server", 60.0),
+        tls=backendTLS,
+        clientAddress=t.choice("client_address", ("none", "id", "xclient"), "none"),
     )
     if "idle_timeout" in reuse.data and not pool.reuseMaxIdle:
         reuse.fail("idle_timeout", "expected only with max_idle above 0 (no connection is kept idle)")
@@ -467,7 +594,7 @@ def _parsePool(t: _Table, name: str) -> PoolConfig:
     return pool
 
 
-def _parseCookie(t: _Table) -> CookieConfig:
+def _parseCookie(t: Table) -> CookieConfig:
     name = t.string("name", required=True)
     if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}", name):
         t.fail("name", f"expected a cookie name (letters, digits, and !#$%&'*+.^_`|~-), got {name!r}")
@@ -491,12 +618,12 @@ def _parseCookie(t: _Table) -> CookieConfig:
     for key in ("maxidle", "maxlife"):
         seconds = getattr(cookie, key)
         if seconds is not None and seconds < 1:
-            t.fail(key, f"expected at least 1s (cookie dates are whole seconds), got {_show(t.data[key])}")
+            t.fail(key, f"expected at least 1s (cookie dates are whole seconds), got {show(t.data[key])}")
     t.done()
     return cookie
 
 
-def _parseSelector(t: _Table) -> tuple[str, dict]:
+def _parseSelector(t: Table) -> tuple[str, dict]:
     value = t.get("selector", "roundrobin")
     if isinstance(value, str):
         selectorName, options, keyPath = value, {}, "selector"
@@ -505,14 +632,14 @@ def _parseSelector(t: _Table) -> tuple[str, dict]:
         selectorName = options.pop("name", None)
         keyPath = "selector.name"
         if not isinstance(selectorName, str):
-            t.fail(keyPath, f"expected a selector name, got {_show(selectorName)}")
+            t.fail(keyPath, f"expected a selector name, got {show(selectorName)}")
     else:
-        t.fail("selector", f"expected a selector name or table, got {_show(value)}")
+        t.fail("selector", f"expected a selector name or table, got {show(value)}")
     plugin = findSelector(selectorName)
     if plugin is None:
         t.fail(
             keyPath,
-            f"expected a selector ({_oneOf(selectorNames())}), got {selectorName!r}",
+            f"expected a selector ({oneOf(selectorNames())}), got {selectorName!r}",
         )
     try:
         plugin.build(options)
@@ -521,7 +648,7 @@ def _parseSelector(t: _Table) -> tuple[str, dict]:
     return selectorName, options
 
 
-def _parseServer(t: _Table) -> ServerConfig:
+def _parseServer(t: Table) -> ServerConfig:
     name = t.string("name", required=True)
     t.checkName(name, "name")
     cookie = t.string("cookie", default=name)
@@ -539,10 +666,14 @@ def _parseServer(t: _Table) -> ServerConfig:
     return server
 
 
-def _parseHealth(t: _Table) -> HealthConfig:
+def _parseHealth(t: Table, poolTLS: bool) -> HealthConfig:
     kind = t.choice("type", HEALTH_TYPES, "tcp")
+    tls = t.boolean("tls", poolTLS)
+    if tls and not poolTLS:
+        t.fail("tls", "expected false in a pool without a [tls] table (there are no TLS settings to check with)")
     kwargs: dict[str, Any] = dict(
         type=kind,
+        tls=tls,
         interval=t.duration("interval", 2.0),
         timeout=t.duration("timeout", 1.0),
         rise=t.integer("rise", 1, 100, 2),
@@ -574,206 +705,3 @@ def _parseHealth(t: _Table) -> HealthConfig:
     return health
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
-    return str(value)
-
-
-def _oneOf(names) -> str:
-    names = sorted(names)
-    return "one of " + ", ".join(names) if names else "none defined"
-
-
-class _NullReactor:
-    """
-    Stands in for the reactor while endpoint strings are parsed for
-    validation; parsing never needs it.
-    """
-
-
-class _Table:
-    """
-    A TOML table being validated: typed getters that raise L{ConfigError}
-    with the full key path, and a check for unknown keys.
-    """
-
-    def __init__(self, data: dict | None, path: str, source: str) -> None:
-        self.present = data is not None
-        self.data = data if data is not None else {}
-        self.path = path
-        self.source = source
-        self.seen: set[str] = set()
-
-    def _key(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def fail(self, key: str, message: str):
-        raise ConfigError(self.source, self._key(key), message)
-
-    def keys(self) -> list[str]:
-        return list(self.data)
-
-    def get(self, key: str, default: Any = None, required: bool = False) -> Any:
-        self.seen.add(key)
-        if key not in self.data:
-            if required:
-                self.fail(key, "required key is missing")
-            return default
-        return self.data[key]
-
-    def done(self) -> None:
-        for key in self.data:
-            if key not in self.seen:
-                self.fail(key, "unknown key")
-
-    def checkName(self, name: str, key: str = "") -> None:
-        if not _NAME.match(name):
-            message = f"expected a name of letters, digits, '_', '.' or '-' (at most 64), got {name!r}"
-            if key:
-                self.fail(key, message)
-            raise ConfigError(self.source, self.path, message)
-
-    def table(self, key: str, required: bool = False) -> _Table:
-        value = self.get(key, None, required)
-        if value is not None and not isinstance(value, dict):
-            self.fail(key, f"expected a table, got {_show(value)}")
-        return _Table(value, self._key(key), self.source)
-
-    def tableAt(self, key: str, index: int, value: Any) -> _Table:
-        path = f"{self._key(key)}[{index}]"
-        if not isinstance(value, dict):
-            raise ConfigError(self.source, path, f"expected a table, got {_show(value)}")
-        return _Table(value, path, self.source)
-
-    def list(self, key: str, required: bool = False) -> list:
-        value = self.get(key, [], required)
-        if not isinstance(value, list):
-            self.fail(key, f"expected an array, got {_show(value)}")
-        return value
-
-    def string(self, key: str, default: Any = None, required: bool = False) -> Any:
-        value = self.get(key, default, required)
-        if value is not default and not isinstance(value, str):
-            self.fail(key, f"expected a string, got {_show(value)}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            self.fail(key, f"expected true or false, got {_show(value)}")
-        return value
-
-    def integer(self, key: str, low: int, high: int, default: int) -> int:
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            self.fail(key, f"expected an integer from {low} to {high}, got {_show(value)}")
-        return value
-
-    def choice(self, key: str, choices, default: str) -> str:
-        value = self.get(key, default)
-        if value not in choices:
-            self.fail(key, f"expected {_oneOf(choices)}, got {_show(value)}")
-        return value
-
-    def duration(self, key: str, default: float) -> float:
-        value = self.get(key, default)
-        expected = 'expected a duration in seconds or a string such as "500ms", "5s", "2m"'
-        if isinstance(value, bool):
-            self.fail(key, f"{expected}, got {_show(value)}")
-        if isinstance(value, (int, float)):
-            seconds = float(value)
-        elif isinstance(value, str) and (m := _DURATION.match(value)):
-            seconds = float(m.group(1)) * _UNITS[m.group(2)]
-        else:
-            self.fail(key, f"{expected}, got {_show(value)}")
-        if not 0 < seconds <= 86400 * 7:
-            self.fail(key, f"expected a duration above 0 and at most 7 days, got {_show(value)}")
-        return seconds
-
-    def optionalDuration(self, key: str) -> float | None:
-        if key not in self.data:
-            self.seen.add(key)
-            return None
-        return self.duration(key, 0.0)
-
-    def endpoint(self, key: str, server: bool, required: bool = False) -> str:
-        value = self.string(key, required=required)
-        if server:
-            expected = 'expected a server endpoint string such as "tcp:8080:interface=127.0.0.1"'
-            parse, lowest = serverFromString, 0
-        else:
-            expected = 'expected "host:port" or a client endpoint string such as "tcp:host=127.0.0.1:port=8081"'
-            parse, lowest = clientFromString, 1
-            value = _hostPort(value)
-        try:
-            endpoint = parse(_NullReactor(), value)
-        except Exception as e:
-            self.fail(key, f"{expected}, got {value!r} ({_reason(e)})")
-        # Endpoint parsers take any integer as a port; the bind or connect
-        # would only fail once the daemon runs.
-        port = getattr(endpoint, "_port", None)
-        if isinstance(port, int) and not lowest <= port <= 65535:
-            self.fail(key, f"{expected}, got {value!r} (port {port} is not from {lowest} to 65535)")
-        return value
-
-    def networks(self, key: str) -> tuple:
-        value = self.list(key)
-        networks = []
-        for index, item in enumerate(value):
-            try:
-                if not isinstance(item, str):
-                    raise TypeError(item)
-                networks.append(ipaddress.ip_network(item, strict=False))
-            except (ValueError, TypeError):
-                raise ConfigError(
-                    self.source,
-                    f"{self._key(key)}[{index}]",
-                    f"expected an address or network such as \"127.0.0.1\" or \"10.0.0.0/8\", got {_show(item)}",
-                )
-        return tuple(networks)
-
-    def statusRanges(self, key: str, default) -> tuple:
-        value = self.get(key, None)
-        if value is None:
-            return default
-        expected = 'expected an array of statuses or ranges such as [200, "300-399"]'
-        if not isinstance(value, list) or not value:
-            self.fail(key, f"{expected}, got {_show(value)}")
-        ranges = []
-        for item in value:
-            if isinstance(item, int) and not isinstance(item, bool):
-                low = high = item
-            elif isinstance(item, str) and re.fullmatch(r"\d{3}-\d{3}", item):
-                low, high = map(int, item.split("-"))
-            else:
-                self.fail(key, f"{expected}, got {_show(item)}")
-            if not 100 <= low <= high <= 599:
-                self.fail(key, f"{expected}, got {_show(item)}")
-            ranges.append((low, high))
-        return tuple(ranges)
-
-
-def _reason(e: Exception) -> str:
-    text = str(e) or e.__class__.__name__
-    return text.splitlines()[0]
-
-
-def _hostPort(value: str) -> str:
-    """
-    Turn the shorthand C{host:port} / C{[v6]:port} into a C{tcp:} endpoint
-    string; leave endpoint strings alone.
-    """
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})", value) or re.fullmatch(
-        r"([A-Za-z0-9.-]+):(\d{1,5})", value
-    )
-    if not m or m.group(1) in _ENDPOINT_TYPES:
-        return value
-    host = m.group(1).replace(":", "\\:")
-    return f"tcp:host={host}:port={m.group(2)}"

@@ -1,0 +1,130 @@
+"""
+Settings of IMAP and POP3 listeners (C{mode = "imap"} / C{"pop3"}).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lbproxy.config.table import Table, oneOf, show
+
+MAIL_MODES = ("imap", "pop3")
+
+#: How a pool's servers learn the client's address, by listener mode (the
+#: PROXY protocol, C{send_proxy}, works for both).
+CLIENT_ADDRESS = {"imap": ("none", "id"), "pop3": ("none", "xclient")}
+
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+
+
+@dataclass(frozen=True)
+class MailLimits:
+    #: Longest command line accepted before login, CRLF included.
+    line: int = 8192
+    #: Longest IMAP literal accepted before login.
+    literal: int = 8192
+
+
+@dataclass(frozen=True)
+class MailListenerConfig:
+    """
+    What an IMAP or POP3 listener adds to a listener.
+
+    @ivar tlsRequired: refuse LOGIN/USER/PASS/AUTHENTICATE until the
+        connection is encrypted (and advertise LOGINDISABLED, hide
+        USER/SASL). Defaults to true on a STARTTLS listener; it cannot be
+        set without TLS.
+    @ivar userPools: normalised user name -> pool name; users not listed
+        go to the listener's pool.
+    @ivar userDomain: appended as C{@domain} to user names without one
+        before they are normalised, so C{alice} and C{alice@example.com}
+        are the same user.
+    @ivar loginTimeout: time a client has to log in (and between two of its
+        commands before login).
+    @ivar maxAuthFailures: failed logins after which the connection is
+        closed.
+    @ivar authFailureDelay: wait before answering a failed login.
+    """
+
+    tlsRequired: bool = False
+    userPools: tuple[tuple[str, str], ...] = ()
+    userDomain: str | None = None
+    limits: MailLimits = MailLimits()
+    loginTimeout: float = 60.0
+    maxAuthFailures: int = 3
+    authFailureDelay: float = 2.0
+
+    def poolFor(self, user: str, default: str) -> str:
+        """
+        The pool serving normalised user C{user}.
+        """
+        for name, pool in self.userPools:
+            if name == user:
+                return pool
+        return default
+
+
+#: Default idle timeout of a mail session after login: IMAP IDLE clients
+#: re-issue their command every 29 minutes at most.
+MAIL_IDLE_TIMEOUT = 1800.0
+
+
+def normaliseUser(user: str, domain: str | None) -> str:
+    """
+    The form of a user name that routing compares and hashes: lower case,
+    with C{@domain} when it has no domain of its own.
+    """
+    user = user.strip().lower()
+    if domain and "@" not in user:
+        user = f"{user}@{domain}"
+    return user
+
+
+def parseMailListener(t: Table, timeouts: Table, pools: dict, tlsStartTLS: bool | None) -> MailListenerConfig:
+    """
+    Validate the mail keys of a listener table.
+
+    @param tlsStartTLS: None when the listener has no TLS, else whether it
+        uses STARTTLS (False: implicit TLS).
+    """
+    domain = t.string("user_domain", default=None)
+    if domain is not None:
+        if not _DOMAIN.fullmatch(domain.lower()):
+            t.fail("user_domain", f'expected a domain such as "example.com", got {domain!r}')
+        domain = domain.lower()
+    usersTable = t.table("user_pools")
+    userPools = []
+    for user in usersTable.keys():
+        pool = usersTable.string(user, required=True)
+        if pool not in pools:
+            usersTable.fail(user, f"expected the name of a pool ({oneOf(pools)}), got {pool!r}")
+        userPools.append((normaliseUser(user, domain), pool))
+    usersTable.done()
+    seen = set()
+    for user, _ in userPools:
+        if user in seen:
+            t.fail("user_pools", f"expected each user once, got {user!r} twice (after normalising)")
+        seen.add(user)
+    required = t.get("tls_required", tlsStartTLS is True)
+    if not isinstance(required, bool):
+        t.fail("tls_required", f"expected true or false, got {show(required)}")
+    if required and tlsStartTLS is None:
+        t.fail("tls_required", "expected false without a [tls] table (the listener cannot encrypt)")
+    limits = t.table("limits")
+    auth = t.table("auth")
+    config = MailListenerConfig(
+        tlsRequired=required,
+        userPools=tuple(userPools),
+        userDomain=domain,
+        limits=MailLimits(
+            line=limits.integer("line", 512, 65536, 8192),
+            literal=limits.integer("literal", 256, 65536, 8192),
+        ),
+        loginTimeout=timeouts.duration("login", 60.0),
+        maxAuthFailures=auth.integer("max_failures", 1, 100, 3),
+        authFailureDelay=auth.duration("failure_delay", 2.0),
+    )
+    limits.done()
+    auth.done()
+    return config
