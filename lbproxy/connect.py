@@ -114,14 +114,25 @@ class BackendConnector:
         self.pool = pool
         self._reactor = reactor
         self._endpoints: dict = {}
+        tls = getattr(pool, "tls", None)
+        #: The pool's L{lbproxy.tls.client.BackendTLS} when connections
+        #: start with TLS (implicit TLS); None for plaintext and for pools
+        #: upgraded with STARTTLS by their mail front.
+        self.tls = tls if tls is not None and not tls.config.starttls else None
 
     def endpointFor(self, server: IServer):
         """
-        The client endpoint of C{server}, from its address string.
+        The client endpoint of C{server}, from its address string, with
+        TLS on top when the pool has it: the endpoint's connection is then
+        established once the handshake succeeded, so a certificate that
+        does not verify fails the attempt like a refused connection.
         """
         cached = self._endpoints.get(server)
         if cached is None or cached[0] != server.address:
-            cached = (server.address, clientFromString(self._reactor, server.address))
+            endpoint = clientFromString(self._reactor, server.address)
+            if self.tls is not None:
+                endpoint = self.tls.wrapEndpoint(endpoint, server, self._reactor)
+            cached = (server.address, endpoint)
             self._endpoints[server] = cached
         return cached[1]
 

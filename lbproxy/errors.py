@@ -55,3 +55,12 @@ class ConnectFailed(Exception):
         super().__init__(message)
         self.reason = reason
         self.attempts = attempts
+
+
+class TLSHandshakeFailed(Exception):
+    """
+    The TLS handshake with a server failed (its certificate did not verify,
+    it refused ours, no common version...); C{str()} is the one-line
+    reason, such as C{TLS: certificate verify failed (unable to get local
+    issuer certificate)}.
+    """

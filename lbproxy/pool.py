@@ -134,9 +134,13 @@ class Pool:
 
     @ivar options: the pool's L{lbproxy.config.PoolConfig}; fronts read
         retries, timeouts and the PROXY protocol setting from it.
+    @ivar tls: the pool's loaded L{lbproxy.tls.client.BackendTLS} when it
+        has C{[tls]} (set by L{lbproxy.runtime.buildPool}), else None: the
+        connector, health checks and mail fronts all take it from here.
     """
 
     log = Logger()
+    tls = None
 
     def __init__(
         self,

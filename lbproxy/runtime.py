@@ -11,9 +11,17 @@ from __future__ import annotations
 from lbproxy.config import Config, PoolConfig
 from lbproxy.pool import Pool, Server
 from lbproxy.selectors import findSelector
+from lbproxy.tls.client import BackendTLS
 
 
-def buildPool(config: PoolConfig) -> Pool:
+def buildPool(config: PoolConfig, source: str = "") -> Pool:
+    """
+    The live pool of C{config}, with its TLS files loaded when it has
+    C{[tls]}.
+
+    @param source: the config file, named by errors.
+    @raise ConfigError: a TLS file of the pool is unusable.
+    """
     plugin = findSelector(config.selector)
     if plugin is None:
         raise KeyError(f"selector {config.selector!r} is no longer installed")
@@ -30,7 +38,13 @@ def buildPool(config: PoolConfig) -> Pool:
         if config.health is not None:
             server.passiveFall = config.health.passiveFall
         servers.append(server)
-    return Pool(config.name, servers, plugin.build(config.selectorOptions), config)
+    pool = Pool(config.name, servers, plugin.build(config.selectorOptions), config)
+    if config.tls is not None:
+        # One BackendTLS per pool, shared by its connectors (one per
+        # front), its health checks and the mail fronts' STARTTLS.
+        pool.tls = BackendTLS(config.name, config.tls, source)
+        pool.tls.load(pool.servers)
+    return pool
 
 
 class Balancer:
@@ -40,4 +54,6 @@ class Balancer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.pools = {name: buildPool(pc) for name, pc in config.pools.items()}
+        self.pools = {
+            name: buildPool(pc, config.source) for name, pc in config.pools.items()
+        }

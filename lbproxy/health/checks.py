@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.config import HealthConfig
+from lbproxy.errors import TLSHandshakeFailed
 from lbproxy.interfaces import IHealthCheck, IServer
 
 #: Most bytes an HTTP check reads before it has the final status line
@@ -58,6 +59,8 @@ def connectFailureReason(reason: Failure) -> str:
     A short reason for a failed connection attempt.
     """
     e = reason.value
+    if isinstance(e, TLSHandshakeFailed):
+        return str(e)
     if isinstance(e, error.ConnectionRefusedError):
         return "connection refused"
     if isinstance(e, error.TimeoutError):
@@ -69,7 +72,7 @@ def connectFailureReason(reason: Failure) -> str:
     return f"connect failed: {_short(e)}"
 
 
-def _endpointArguments(address: str) -> tuple[str, list[str], dict[str, str]]:
+def endpointArguments(address: str) -> tuple[str, list[str], dict[str, str]]:
     """
     Split a client endpoint string into its type, positional and keyword
     arguments, honouring backslash escapes as Twisted's parser does.
@@ -105,7 +108,7 @@ def hostHeader(address: str) -> str:
     string C{address}: its host, with the port when it is not the scheme's
     default; C{localhost} for endpoints without a host (UNIX sockets).
     """
-    kind, args, kwargs = _endpointArguments(address)
+    kind, args, kwargs = endpointArguments(address)
     host = kwargs.get("host")
     port = kwargs.get("port")
     if kind in _DEFAULT_PORTS:
@@ -263,13 +266,38 @@ class _ConnectingCheck:
     run one probe protocol, which subclasses make in C{buildProtocol(server)}.
     """
 
-    def __init__(self, reactor, config: HealthConfig) -> None:
+    def __init__(self, reactor, config: HealthConfig, tls=None) -> None:
+        """
+        @param tls: the L{lbproxy.tls.client.BackendTLS} to check over;
+            by default, when C{config.tls} is set, that of the server's
+            pool (unless the pool upgrades with STARTTLS).
+        """
         self._reactor = reactor
         self.config = config
+        self.tls = tls
+
+    def tlsFor(self, server: IServer):
+        """
+        The L{lbproxy.tls.client.BackendTLS} a probe of C{server} starts
+        TLS with, or None for plaintext.
+        """
+        if self.tls is not None:
+            return self.tls
+        if not self.config.tls:
+            return None
+        tls = getattr(getattr(server, "pool", None), "tls", None)
+        if tls is None or tls.config.starttls:
+            return None
+        return tls
 
     def check(self, server: IServer) -> Deferred[None]:
         try:
             endpoint = clientFromString(self._reactor, server.address)
+            tls = self.tlsFor(server)
+            if tls is not None:
+                # The probe's protocol starts once the handshake succeeded;
+                # a failed one fails the probe with its reason.
+                endpoint = tls.wrapEndpoint(endpoint, server, self._reactor)
         except Exception as e:
             return fail(HealthCheckFailed(f"bad address: {_short(e)}"))
         probe = _Probe(
@@ -287,8 +315,10 @@ class _ConnectProtocol(_ProbeProtocol):
 class TCPCheck(_ConnectingCheck):
     """
     Healthy when a connection to the server's endpoint can be established
-    within the timeout. Over a TLS endpoint that is the TCP connection; the
-    handshake is not waited for.
+    within the timeout: with the pool's TLS (C{health.tls}), a connection
+    whose handshake succeeded, certificate verified. Over a C{tls:}/C{ssl:}
+    endpoint string it is the TCP connection; that handshake is not waited
+    for.
     """
 
     def buildProtocol(self, server: IServer) -> _ProbeProtocol:
@@ -355,8 +385,8 @@ class HTTPCheck(_ConnectingCheck):
     configured C{expectStatus} ranges. Only the status line is read.
     """
 
-    def __init__(self, reactor, config: HealthConfig) -> None:
-        super().__init__(reactor, config)
+    def __init__(self, reactor, config: HealthConfig, tls=None) -> None:
+        super().__init__(reactor, config, tls)
         if config.host is not None and not re.fullmatch(r"[!-~]+", config.host):
             raise ValueError(f"health check host {config.host!r} is not a valid Host header")
 
@@ -437,8 +467,11 @@ CHECKS: dict[str, type[_ConnectingCheck]] = {
 }
 
 
-def buildCheck(reactor, config: HealthConfig) -> IHealthCheck:
+def buildCheck(reactor, config: HealthConfig, tls=None) -> IHealthCheck:
     """
     The check named by C{config.type}.
+
+    @param tls: the L{lbproxy.tls.client.BackendTLS} to check over, instead
+        of that of each server's pool (with C{config.tls}).
     """
-    return CHECKS[config.type](reactor, config)
+    return CHECKS[config.type](reactor, config, tls)
