@@ -1,0 +1,33 @@
+"""
+IMAP and POP3 fronts: proxies that route each mail session by its user.
+
+A mail session flows in four steps:
+
+  1. B{Pre-login}: lbproxy answers the client itself (greeting,
+     capabilities, STARTTLS/STLS, ID...) until the client sends its
+     credentials. Limits, the login timeout, the TLS policy and the
+     CVE-2011-0411 rule (nothing pipelined after STARTTLS) apply here.
+  2. B{Placement}: the user name, normalised
+     (L{lbproxy.config.mail.normaliseUser}), picks the pool (the listener's
+     C{user_pools}, else its pool) and is the selector's C{"user"} key
+     (L{lbproxy.mail.context.MailFlowContext}), so every session of one
+     user reaches the same server; L{lbproxy.connect.BackendConnector}
+     connects, redispatching to the selector's next choice when a server
+     is down.
+  3. B{Hand-off}: a backend dialog (L{lbproxy.mail.session.BackendDialog})
+     reads the server's greeting, upgrades with STARTTLS/STLS when the pool
+     asks for it, tells the server the client's address, replays the login
+     and returns the server's answer, which the client gets as if the
+     server had answered it. A refused login may be retried by the client;
+     each attempt uses a new backend connection.
+  4. B{Relay}: after a successful login, L{lbproxy.relay.Relay} moves bytes
+     untouched both ways (IDLE, COMPRESS...), with backpressure and the
+     listener's idle timeout.
+
+Every session ends with one log line (user, client, server, TLS on each
+leg, result, bytes, duration, how it ended). Passwords and literal contents
+are never logged.
+
+Modules: L{session} (what both fronts share), L{sasl} (credentials, SASL
+PLAIN), L{context}, L{imap}, L{pop3}.
+"""

@@ -1,0 +1,965 @@
+"""
+What the IMAP and POP3 fronts share: the pre-login session with its limits,
+timers and TLS policy, placement on a backend, the backend dialog and the
+hand-off to the relay.
+
+A front subclasses L{MailFrontProtocol} (the client side) and
+L{BackendDialog} (the server side before relaying), and serves a listener
+with a L{MailProxyFactory} subclass naming both. The base classes do the
+protocol-independent work; the subclasses parse and answer commands.
+
+The client side, L{MailFrontProtocol}, calls these hooks of its subclass:
+
+  - C{greet()}: the connection is accepted; write the greeting.
+  - C{lineReceived(line)}: one pre-login line, CRLF (or LF) removed. Lines
+    are delivered one at a time, and none while a login is in progress
+    (the rest stays buffered: pipelined commands are answered, or relayed
+    after a successful login, in order).
+  - C{lineTooLong()}: a line exceeded C{limits.line}; write the protocol's
+    error. The base class closes the connection afterwards.
+  - C{loginTimedOut()}: C{timeouts.login} passed; write a goodbye. The
+    base class closes afterwards.
+  - C{makeDialog(credentials)}: a new L{BackendDialog} for one backend
+    connection attempt of the login being placed.
+  - C{loginUnavailable(detail)}: no server could take the login; write
+    the protocol's temporary-failure answer (IMAP C{NO [UNAVAILABLE]},
+    POP3 C{-ERR [SYS/TEMP]}).
+  - C{tooManyFailures()}: the connection reached C{auth.max_failures};
+    write a goodbye if the protocol has one. The base class closes.
+  - C{tlsStarted()} (optional): STARTTLS/STLS switched the connection to
+    TLS; forget whatever the plaintext session established.
+
+and offers these to it: L{send}, L{readBytes}, L{startTLS}, L{login},
+L{rejectLogin}, L{close}, and the policy properties L{tlsActive},
+L{loginAllowed} and L{startTLSOffered}.
+
+The server side, L{BackendDialog}, calls C{start()} of its subclass once
+the backend connection is placed (after any PROXY header was sent) and
+C{lineReceived(line)} for each line the server sends; the subclass ends
+the dialog with L{BackendDialog.accept}, L{BackendDialog.refuse} or
+L{BackendDialog.fail}, and may call L{BackendDialog.startTLS} after the
+server's STARTTLS/STLS go-ahead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from lbproxy.config.mail import normaliseUser
+from lbproxy.connect import BackendConnection, BackendConnector
+from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.mail.context import MailFlowContext
+from lbproxy.mail.sasl import Credentials
+from lbproxy.proxyprotocol import buildHeader
+from lbproxy.relay import Relay, RelayResult
+from lbproxy.tcp import formatAddress, formatSeconds
+
+SESSION_FORMAT = (
+    "{protocol} {client} {listener} -> {server} user={user} tls={clientTLS} "
+    "server_tls={serverTLS} result={result} in={bytesIn} out={bytesOut} "
+    "duration={duration} end={end}{details}"
+)
+
+# How the client leg is encrypted.
+TLS_NONE = "none"
+TLS_STARTTLS = "starttls"
+TLS_IMPLICIT = "implicit"
+
+
+def printable(text: str, limit: int = 256) -> str:
+    """
+    C{text} safe for one log line: control characters, spaces and
+    backslashes escaped, cut at C{limit} characters.
+    """
+    out = []
+    for ch in text[:limit]:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable() and ch != " ":
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+    if len(text) > limit:
+        out.append("...")
+    return "".join(out)
+
+
+def tlsVersion(transport) -> str | None:
+    """
+    The negotiated TLS version of C{transport} (e.g. C{"TLSv1.3"}), or
+    None when it is not a TLS transport or the handshake is not done.
+    """
+    if not ISSLTransport.providedBy(transport):
+        return None
+    try:
+        version = transport.getHandle().get_protocol_version_name()
+    except Exception:
+        return None
+    if not version or version == "Unknown":
+        return None
+    return version
+
+
+class _LineBuffer:
+    """
+    Line and byte-count reading over a buffer, for both sides of the
+    pre-relay session.
+
+    Subclasses define C{lineReceived(line)} and C{_lineOverflow()}, and set
+    C{maxLine} (CRLF included) before data arrives. Delivery stops while
+    C{_holding} is true and resumes with L{_deliver}.
+    """
+
+    maxLine = 8192
+
+    def _initBuffer(self) -> None:
+        self._buffer = b""
+        self._want: int | None = None
+        self._wantCallback = None
+        self._holding = False
+        self._delivering = False
+        self._stopped = False
+
+    def readBytes(self, count: int, callback) -> None:
+        """
+        Deliver the next C{count} bytes to C{callback} (one call, with all
+        of them) instead of as lines: an IMAP literal.
+        """
+        self._want = count
+        self._wantCallback = callback
+
+    def _feed(self, data: bytes) -> None:
+        self._buffer += data
+        self._deliver()
+
+    def _deliver(self) -> None:
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while not (self._holding or self._stopped) and self._buffer:
+                want = self._want
+                if want is not None:
+                    if len(self._buffer) < want:
+                        return
+                    chunk = self._buffer[:want]
+                    self._buffer = self._buffer[want:]
+                    callback = self._wantCallback
+                    self._want = self._wantCallback = None
+                    callback(chunk)
+                    continue
+                end = self._buffer.find(b"\n", 0, self.maxLine)
+                if end < 0:
+                    if len(self._buffer) >= self.maxLine:
+                        self._stopped = True
+                        self._lineOverflow()
+                    return
+                line = self._buffer[:end]
+                self._buffer = self._buffer[end + 1 :]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                self.lineReceived(line)
+        finally:
+            self._delivering = False
+
+    def _takeBuffer(self) -> bytes:
+        """
+        Remove and return what is buffered but not delivered.
+        """
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+
+@dataclass(frozen=True)
+class DialogResult:
+    """
+    How a server answered a replayed login.
+
+    @ivar accepted: the server accepted the login; the session is handed
+        off to the relay.
+    @ivar reply: the bytes the client gets as the answer to its login
+        command (IMAP: the server's untagged responses and its tagged
+        answer, under the client's tag).
+    @ivar rest: bytes the server sent after its answer, relayed to the
+        client after C{reply}.
+    """
+
+    accepted: bool
+    reply: bytes
+    rest: bytes = b""
+
+
+class DialogFailed(Exception):
+    """
+    The server could not be used: no or a bad greeting, STARTTLS refused
+    or attacked, a TLS failure, the connection lost.
+
+    @ivar detail: one line for the session log.
+    @ivar retryable: nothing of the login was sent yet, so the selector's
+        next server may be tried.
+    """
+
+    def __init__(self, detail: str, retryable: bool = True) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retryable = retryable
+
+
+@implementer(IHalfCloseableProtocol)
+class BackendDialog(Protocol, _LineBuffer):
+    """
+    The backend connection of one login attempt, before relaying: read the
+    greeting, optionally STARTTLS, tell the client's address, replay the
+    login, and report the server's answer on L{result}.
+
+    After an accepted login the dialog stays the connection's protocol and
+    passes every event on to the relay's server leg (L{attach}).
+
+    @ivar front: the L{MailFrontProtocol} the login came from.
+    @ivar credentials: the L{Credentials} to replay.
+    @ivar server: the server connected to (set by L{begin}).
+    @ivar pool: the L{lbproxy.pool.Pool} of C{server}.
+    @ivar result: fires with a L{DialogResult}, or fails with
+        L{DialogFailed}.
+    @ivar loginSent: the credentials were sent (a failure after that is
+        not retried on another server).
+    @ivar tls: C{"none"}, C{"starttls"} or C{"implicit"}, for the log.
+    """
+
+    log = Logger()
+
+    #: Longest line accepted from a server before the relay starts.
+    maxLine = 65536
+
+    def __init__(self, front: MailFrontProtocol, credentials: Credentials) -> None:
+        self.front = front
+        self.credentials = credentials
+        self.server = None
+        self.pool = None
+        self.result: Deferred[DialogResult] = Deferred()
+        self.loginSent = False
+        self.tls = TLS_NONE
+        self._leg = None
+        self._done = False
+        self._greetingTimer = None
+        self._initBuffer()
+
+    # What the session calls.
+
+    def begin(self, server, pool) -> None:
+        """
+        The connection to C{server} of C{pool} is placed: send the pool's
+        PROXY header, start the greeting timer (the pool's connect
+        timeout) and hand over to the subclass's C{start}.
+        """
+        self.server = server
+        self.pool = pool
+        options = pool.options
+        if options.tls is not None and not options.tls.starttls:
+            self.tls = TLS_IMPLICIT
+        preamble = buildHeader(options.sendProxy, self.front.client, self.front.local)
+        if preamble:
+            self.transport.write(preamble)
+        reactor = self.front._reactor
+        self._greetingTimer = reactor.callLater(options.connectTimeout, self._greetingTimedOut)
+        self.start()
+        self._deliver()
+
+    def attach(self, leg) -> None:
+        """
+        Pass this connection to C{leg} (the relay's server leg): from now
+        on every event of the connection goes to it.
+        """
+        self._leg = leg
+        leg.makeConnection(self.transport)
+
+    def abandon(self) -> None:
+        """
+        The session no longer needs this connection: close it.
+        """
+        self._finish()
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # What the subclass calls.
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def greetingReceived(self) -> None:
+        """
+        The server's greeting arrived: stop the greeting timer.
+        """
+        if self._greetingTimer is not None:
+            if self._greetingTimer.active():
+                self._greetingTimer.cancel()
+            self._greetingTimer = None
+
+    def startTLS(self) -> None:
+        """
+        The server said go ahead to STARTTLS/STLS: switch to TLS with the
+        pool's settings. Bytes the server sent after its go-ahead would be
+        taken as if they came over TLS (the curl CVE-2021-22947 class):
+        they fail the dialog instead.
+        """
+        if self._buffer:
+            count = len(self._buffer)
+            self._takeBuffer()
+            self.log.warn(
+                "server {server} sent {count} bytes after its STARTTLS answer, "
+                "before TLS; closing",
+                server=self.server.qualifiedName,
+                count=count,
+            )
+            self.fail(f"{count} bytes after the server's STARTTLS answer")
+            self.transport.abortConnection()
+            return
+        tls = self.front.factory.backendTLSFor(self.pool.name)
+        if tls is None:
+            self.fail("the pool has no TLS settings for STARTTLS")
+            self.transport.abortConnection()
+            return
+        self.tls = TLS_STARTTLS
+        self.transport.startTLS(tls.creatorFor(self.server))
+
+    def accept(self, reply: bytes) -> None:
+        """
+        The server accepted the login; C{reply} goes to the client. What
+        is still buffered is relayed to the client after it.
+        """
+        if self._done:
+            return
+        self._finish()
+        self._stopped = True
+        self.result.callback(DialogResult(True, reply, self._takeBuffer()))
+
+    def refuse(self, reply: bytes) -> None:
+        """
+        The server refused the login; C{reply} goes to the client (after
+        the failure delay). The session closes this connection.
+        """
+        if self._done:
+            return
+        self._finish()
+        self._stopped = True
+        self.result.callback(DialogResult(False, reply))
+
+    def fail(self, detail: str) -> None:
+        """
+        The server cannot be used; C{detail} is one line for the log.
+        """
+        if self._done:
+            return
+        self._finish()
+        self._stopped = True
+        self.result.errback(DialogFailed(detail, retryable=not self.loginSent))
+
+    # Protocol events.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._leg is not None:
+            self._leg.dataReceived(data)
+        elif not self._done:
+            if self.server is None:
+                self._buffer += data
+            else:
+                self._feed(data)
+
+    def readConnectionLost(self) -> None:
+        if self._leg is not None:
+            self._leg.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        if self._leg is not None:
+            self._leg.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._leg is not None:
+            self._leg.connectionLost(reason)
+            return
+        if not self._done:
+            self.fail(describeLost(reason))
+
+    def _lineOverflow(self) -> None:
+        self.fail(f"server sent a line longer than {self.maxLine} bytes")
+        self.transport.abortConnection()
+
+    def _greetingTimedOut(self) -> None:
+        self._greetingTimer = None
+        self.fail(f"no greeting within {self.pool.options.connectTimeout:g}s")
+        self.transport.abortConnection()
+
+    def _finish(self) -> None:
+        self._done = True
+        self.greetingReceived()
+
+
+def describeLost(reason: Failure) -> str:
+    """
+    One line saying why a backend connection was lost before the relay,
+    with the TLS helper's wording for certificate failures when it is
+    installed.
+    """
+    try:
+        from lbproxy.tls.client import describeVerifyFailure
+    except ImportError:
+        describeVerifyFailure = None
+    if describeVerifyFailure is not None:
+        try:
+            text = describeVerifyFailure(reason)
+        except Exception:
+            text = None
+        if text:
+            return text
+    message = reason.getErrorMessage().strip().rstrip(".") or reason.type.__name__
+    return "connection lost: " + message.splitlines()[0]
+
+
+class _DialogFactory(Factory):
+    """
+    Builds one L{BackendDialog} per connection attempt of a login.
+    """
+
+    noisy = False
+
+    def __init__(self, front: MailFrontProtocol, credentials: Credentials) -> None:
+        self.front = front
+        self.credentials = credentials
+
+    def buildProtocol(self, addr):
+        return self.front.makeDialog(self.credentials)
+
+
+# Session states.
+_PRELOGIN = "prelogin"
+_PLACING = "placing"
+_DELAYING = "delaying"
+_RELAYING = "relaying"
+_CLOSED = "closed"
+
+
+@implementer(IHalfCloseableProtocol)
+class MailFrontProtocol(Protocol, _LineBuffer):
+    """
+    One client connection of an IMAP or POP3 listener (see the module
+    docstring for the hooks a subclass implements).
+
+    @cvar protocolName: C{"imap"} or C{"pop3"}, first word of the log line.
+    @ivar factory: the L{MailProxyFactory}.
+    @ivar client: the client's address.
+    @ivar local: the address the client connected to.
+    @ivar clientTLS: C{"none"}, C{"starttls"} or C{"implicit"}.
+    @ivar user: the normalised user of the last login attempt, or None.
+    @ivar failures: failed logins on this connection.
+    @ivar relay: the L{Relay} after a successful login, else None.
+    @ivar connection: the L{BackendConnection} being used, else None.
+    @ivar result: how the login went, for the log: C{"none"} (no
+        attempt), C{"failed"}, C{"unavailable"} or C{"ok"}.
+    """
+
+    protocolName = "mail"
+    log = Logger()
+
+    def __init__(self, factory: MailProxyFactory, reactor) -> None:
+        self.factory = factory
+        self._reactor = reactor
+        listener = factory.listener
+        self.listener = listener
+        self.mail = listener.mail
+        self.maxLine = self.mail.limits.line
+        self.client: IAddress | None = None
+        self.local: IAddress | None = None
+        self.clientTLS = TLS_NONE
+        self.user: str | None = None
+        self.failures = 0
+        self.relay: Relay | None = None
+        self.connection: BackendConnection | None = None
+        self.dialog: BackendDialog | None = None
+        self.result = "none"
+        self.state = _PRELOGIN
+        self._leg = None
+        self._started = 0.0
+        self._bytesIn = 0
+        self._bytesOut = 0
+        self._loginTimer = None
+        self._delayTimer = None
+        self._connecting: Deferred | None = None
+        self._placement = None
+        self._lastServer: str | None = None
+        self.lastDetail = ""
+        self._logged = False
+        self._initBuffer()
+
+    # Policy.
+
+    @property
+    def tlsActive(self) -> bool:
+        """
+        The client connection is encrypted.
+        """
+        return self.clientTLS != TLS_NONE
+
+    @property
+    def loginAllowed(self) -> bool:
+        """
+        Credentials may be sent now: TLS is not required, or active.
+        """
+        return self.tlsActive or not self.mail.tlsRequired
+
+    @property
+    def startTLSOffered(self) -> bool:
+        """
+        STARTTLS/STLS can be used now: the listener offers it and the
+        connection is not encrypted yet.
+        """
+        tls = self.listener.tls
+        return (
+            tls is not None
+            and tls.starttls
+            and not self.tlsActive
+            and self.factory.serverTLS is not None
+        )
+
+    # Connection events.
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        transport = self.transport
+        self._started = self._reactor.seconds()
+        self.client = transport.getPeer()
+        self.local = transport.getHost()
+        tls = self.listener.tls
+        if tls is not None and not tls.starttls:
+            self.clientTLS = TLS_IMPLICIT
+        maxconn = self.listener.maxconn
+        if maxconn and len(factory.sessions) >= maxconn:
+            factory.rejected += 1
+            self.state = _CLOSED
+            self._finish("maxconn", f"listener at its maxconn of {maxconn}")
+            transport.loseConnection()
+            return
+        factory.sessions.add(self)
+        self._loginTimer = self._reactor.callLater(self.mail.loginTimeout, self._loginTimedOut)
+        self.greet()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._leg is not None:
+            self._leg.dataReceived(data)
+            return
+        if self.state == _CLOSED:
+            return
+        self._bytesIn += len(data)
+        self._feed(data)
+
+    def readConnectionLost(self) -> None:
+        if self._leg is not None:
+            self._leg.readConnectionLost()
+        elif self.state != _CLOSED:
+            self.close("client-closed")
+
+    def writeConnectionLost(self) -> None:
+        if self._leg is not None:
+            self._leg.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._leg is not None:
+            self._leg.connectionLost(reason)
+            return
+        if self.state != _CLOSED:
+            self.state = _CLOSED
+            end = "client-closed" if reason.check(ConnectionDone) else "client-reset"
+            self._teardown()
+            self._finish(end, "" if end == "client-closed" else reason.getErrorMessage())
+        else:
+            self._teardown()
+
+    # Offered to the subclass.
+
+    def send(self, data: bytes) -> None:
+        """
+        Write C{data} to the client (counted for the log).
+        """
+        self._bytesOut += len(data)
+        self.transport.write(data)
+
+    def close(self, end: str, detail: str = "") -> None:
+        """
+        End the session before any relay: send what is queued, close, and
+        log with C{end}.
+        """
+        if self.state == _CLOSED:
+            return
+        self.state = _CLOSED
+        self._stopped = True
+        self._teardown()
+        self._finish(end, detail)
+        self.transport.loseConnection()
+
+    def startTLS(self, reply: bytes) -> None:
+        """
+        The client asked for STARTTLS/STLS and may have it: unless it
+        pipelined bytes after the command (CVE-2011-0411: they would be
+        taken as sent over TLS), send C{reply} and switch to TLS.
+        Pipelined bytes are discarded and the connection closed, logged
+        with end C{starttls-injection}.
+        """
+        if self._buffer:
+            count = len(self._takeBuffer())
+            self.log.warn(
+                "{protocol} client {client} of listener {listener} sent {count} bytes "
+                "after STARTTLS in plaintext; discarded, closing",
+                protocol=self.protocolName,
+                client=formatAddress(self.client),
+                listener=self.listener.name,
+                count=count,
+            )
+            self.close("starttls-injection", f"{count} bytes pipelined after STARTTLS")
+            return
+        self.send(reply)
+        self.transport.startTLS(self.factory.serverTLS.creator)
+        self.clientTLS = TLS_STARTTLS
+        self.tlsStarted()
+
+    def tlsStarted(self) -> None:
+        """
+        Hook: the connection switched to TLS.
+        """
+
+    def login(self, credentials: Credentials) -> None:
+        """
+        Place the login: pick the user's pool and a server, run the
+        backend dialog, and then hand off (accepted), answer after the
+        failure delay (refused) or answer with C{loginUnavailable}.
+        No line is delivered meanwhile.
+        """
+        try:
+            name = credentials.user.decode("utf-8")
+        except UnicodeDecodeError:
+            name = credentials.user.decode("latin-1")
+        self.user = user = normaliseUser(name, self.mail.userDomain)
+        poolName = self.mail.poolFor(user, self.listener.pool)
+        pool = self.factory.pools[poolName]
+        self.state = _PLACING
+        self._holding = True
+        self.transport.pauseProducing()
+        self._placement = _Placement(
+            pool, MailFlowContext(self.client, self.local, user), credentials, 1 + pool.options.retries
+        )
+        self._connect()
+
+    def rejectLogin(self, reply: bytes) -> None:
+        """
+        Count a failed login and send C{reply} after the failure delay
+        (closing after C{tooManyFailures} when the cap is reached). Used
+        for refusals by the server and by the proxy alike, so a client
+        cannot tell them apart by timing.
+        """
+        self.failures += 1
+        self.result = "failed"
+        self.state = _DELAYING
+        self._holding = True
+        self.transport.pauseProducing()
+        self._delayTimer = self._reactor.callLater(
+            self.mail.authFailureDelay, self._delayOver, reply
+        )
+
+    # Placement.
+
+    def _connect(self) -> None:
+        placement = self._placement
+        connector = self.factory.connectorFor(placement.pool.name)
+        connecting = self._connecting = connector.connect(
+            placement.context, _DialogFactory(self, placement.credentials)
+        )
+        connecting.addCallbacks(self._connected, self._notConnected)
+
+    def _connected(self, connection: BackendConnection) -> None:
+        self._connecting = None
+        if self.state != _PLACING:
+            connection.release()
+            connection.protocol.abandon()
+            return
+        self.connection = connection
+        self._placement.attempts += connection.attempts
+        self._lastServer = connection.server.qualifiedName
+        dialog = self.dialog = connection.protocol
+        dialog.result.addCallbacks(self._answered, self._dialogFailed)
+        dialog.begin(connection.server, self._placement.pool)
+
+    def _notConnected(self, reason: Failure) -> None:
+        self._connecting = None
+        if reason.check(CancelledError) or self.state != _PLACING:
+            return
+        if reason.check(NoServerAvailable, ConnectFailed):
+            detail = str(reason.value)
+        else:
+            self.log.failure(
+                "placing a login of listener {listener} failed",
+                reason,
+                listener=self.listener.name,
+            )
+            detail = reason.getErrorMessage()
+        self._unavailable(detail)
+
+    def _dialogFailed(self, reason: Failure) -> None:
+        connection, self.connection = self.connection, None
+        dialog, self.dialog = self.dialog, None
+        if connection is not None:
+            connection.release()
+        if dialog is not None:
+            dialog.abandon()
+        if self.state != _PLACING:
+            return
+        failure = reason.value
+        if not reason.check(DialogFailed):
+            self.log.failure("backend dialog failed", reason)
+            self._unavailable(reason.getErrorMessage())
+            return
+        placement = self._placement
+        server = connection.server if connection is not None else None
+        self.log.warn(
+            "{protocol} server {server} unusable for a login: {detail}",
+            protocol=self.protocolName,
+            server=getattr(server, "qualifiedName", "-"),
+            detail=failure.detail,
+        )
+        if server is not None:
+            server.connectFailed(failure.detail)
+            placement.context.excluded.add(server)
+        placement.lastDetail = failure.detail
+        if failure.retryable and placement.attempts < placement.maxAttempts:
+            self._connect()
+        else:
+            self._unavailable(failure.detail)
+
+    def _unavailable(self, detail: str) -> None:
+        self._placement = None
+        self.result = "unavailable"
+        self.lastDetail = detail
+        self.state = _PRELOGIN
+        self.loginUnavailable(detail)
+        self._resume()
+
+    def _answered(self, answer: DialogResult) -> None:
+        if self.state != _PLACING:
+            return
+        self._placement = None
+        if answer.accepted:
+            self._handOff(answer)
+            return
+        connection, self.connection = self.connection, None
+        dialog, self.dialog = self.dialog, None
+        connection.release()
+        dialog.abandon()
+        self.rejectLogin(answer.reply)
+
+    def _delayOver(self, reply: bytes) -> None:
+        self._delayTimer = None
+        if self.state != _DELAYING:
+            return
+        self.send(reply)
+        if self.failures >= self.mail.maxAuthFailures:
+            self.tooManyFailures()
+            self.close("too-many-failures", f"{self.failures} failed logins")
+            return
+        self.state = _PRELOGIN
+        self._resume()
+
+    def _resume(self) -> None:
+        if self.state != _PRELOGIN:
+            return
+        self._holding = False
+        self.transport.resumeProducing()
+        self._deliver()
+
+    # Hand-off.
+
+    def _handOff(self, answer: DialogResult) -> None:
+        self.state = _RELAYING
+        self.result = "ok"
+        self._stopLoginTimer()
+        self._stopped = True
+        self.send(answer.reply)
+        relay = self.relay = Relay(self._reactor, idleTimeout=self.listener.idleTimeout)
+        self._leg = relay.client
+        relay.client.makeConnection(self.transport)
+        self.dialog.attach(relay.server)
+        pipelined = self._takeBuffer()
+        if pipelined:
+            relay.client.dataReceived(pipelined)
+        if answer.rest:
+            relay.server.dataReceived(answer.rest)
+        relay.finished.addCallback(self._relayFinished)
+        relay.start()
+
+    def _relayFinished(self, result: RelayResult) -> None:
+        self._finish(
+            result.end,
+            result.detail,
+            self._bytesIn + result.bytesIn,
+            self._bytesOut + result.bytesOut,
+        )
+
+    # Timers and the end.
+
+    def _loginTimedOut(self) -> None:
+        self._loginTimer = None
+        if self.state in (_RELAYING, _CLOSED):
+            return
+        self.loginTimedOut()
+        self.close("login-timeout", f"no login within {self.mail.loginTimeout:g}s")
+
+    def _lineOverflow(self) -> None:
+        self.lineTooLong()
+        self.close("line-too-long", f"a line longer than {self.maxLine} bytes")
+
+    def _stopLoginTimer(self) -> None:
+        if self._loginTimer is not None:
+            if self._loginTimer.active():
+                self._loginTimer.cancel()
+            self._loginTimer = None
+
+    def _teardown(self) -> None:
+        """
+        Stop timers and drop any backend work in progress.
+        """
+        self._stopLoginTimer()
+        if self._delayTimer is not None:
+            if self._delayTimer.active():
+                self._delayTimer.cancel()
+            self._delayTimer = None
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+        if self.dialog is not None:
+            dialog, self.dialog = self.dialog, None
+            dialog.abandon()
+        if self.connection is not None:
+            connection, self.connection = self.connection, None
+            connection.release()
+
+    def _finish(self, end: str, detail: str = "", bytesIn=None, bytesOut=None) -> None:
+        """
+        The session is over: free its slots and log its one line.
+        """
+        if self._logged:
+            return
+        self._logged = True
+        factory = self.factory
+        factory.sessions.discard(self)
+        connection = self.connection
+        server = self._lastServer or f"{self.listener.pool}/-"
+        serverTLS = "-"
+        if self.relay is not None and connection is not None:
+            connection.release()
+            server = connection.server.qualifiedName
+            serverTLS = self.dialog.tls
+        clientTLS = self.clientTLS
+        version = tlsVersion(self.transport)
+        if version is not None:
+            clientTLS = f"{clientTLS}/{version}"
+        if detail == "" and self.result == "unavailable":
+            detail = self.lastDetail
+        durationSeconds = self._reactor.seconds() - self._started
+        self.log.info(
+            SESSION_FORMAT,
+            protocol=self.protocolName,
+            client=formatAddress(self.client),
+            listener=self.listener.name,
+            server=server,
+            user=printable(self.user) if self.user is not None else "-",
+            clientTLS=clientTLS,
+            serverTLS=serverTLS,
+            result=self.result,
+            failures=self.failures,
+            bytesIn=self._bytesIn if bytesIn is None else bytesIn,
+            bytesOut=self._bytesOut if bytesOut is None else bytesOut,
+            duration=formatSeconds(durationSeconds),
+            durationSeconds=durationSeconds,
+            end=end,
+            detail=detail,
+            details=f" ({detail})" if detail else "",
+        )
+
+
+class _Placement:
+    """
+    One login being placed: its pool, context (with the servers excluded
+    after failed dialogs) and the connection attempts made. A server that
+    connects but cannot be used counts as one attempt of the pool's
+    C{1 + retries}; while attempts remain, the login is placed again
+    without it (and that placement may itself retry refused connections
+    up to the pool's C{retries}).
+    """
+
+    def __init__(self, pool, context: MailFlowContext, credentials: Credentials, maxAttempts: int) -> None:
+        self.pool = pool
+        self.context = context
+        self.credentials = credentials
+        self.maxAttempts = maxAttempts
+        self.attempts = 0
+        self.lastDetail = ""
+
+
+class MailProxyFactory(ServerFactory):
+    """
+    Serves one IMAP or POP3 listener.
+
+    Subclasses set C{protocol} to their L{MailFrontProtocol}.
+
+    @ivar listener: the L{lbproxy.config.ListenerConfig} (with C{mail}).
+    @ivar pools: every live pool by name (C{user_pools} may name several).
+    @ivar serverTLS: the listener's TLS (an object with C{creator}, for
+        STARTTLS), or None.
+    @ivar sessions: the connections being served (counted for maxconn).
+    @ivar rejected: connections closed because the listener was full.
+    """
+
+    protocol = MailFrontProtocol
+
+    def __init__(self, listener, pools: dict, reactor, serverTLS=None, backendTLS: dict | None = None) -> None:
+        """
+        @param backendTLS: pool name -> that pool's backend TLS (an object
+            with C{creatorFor(server)}), for pools upgraded with STARTTLS.
+        """
+        self.listener = listener
+        self.pools = pools
+        self._reactor = reactor
+        self.serverTLS = serverTLS
+        self.backendTLS = dict(backendTLS or {})
+        self.connectors: dict[str, BackendConnector] = {}
+        self.sessions: set[MailFrontProtocol] = set()
+        self.rejected = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.listener.name} -> {self.listener.pool}>"
+
+    def connectorFor(self, poolName: str) -> BackendConnector:
+        """
+        The connector placing flows on pool C{poolName}, made once.
+        """
+        connector = self.connectors.get(poolName)
+        if connector is None:
+            connector = self.connectors[poolName] = BackendConnector(
+                self.pools[poolName], self._reactor
+            )
+        return connector
+
+    def backendTLSFor(self, poolName: str):
+        """
+        The backend TLS of pool C{poolName}, or None.
+        """
+        return self.backendTLS.get(poolName)
+
+    def buildProtocol(self, addr: IAddress) -> MailFrontProtocol:
+        return self.protocol(self, self._reactor)

@@ -1,0 +1,446 @@
+"""
+Tests for lbproxy.mail.session, lbproxy.mail.sasl and lbproxy.mail.context
+in memory, with a toy line protocol standing in for IMAP and POP3: line
+and time limits, failed-login delay and cap, placement and redispatch,
+the hand-off to the relay (pipelined bytes in order), STARTTLS injection
+on both legs, and the session log line.
+"""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config.mail import MailLimits, MailListenerConfig
+from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
+from lbproxy.interfaces import ISelectionContext
+from lbproxy.mail.context import MailFlowContext
+from lbproxy.mail.sasl import Credentials, SASLError, decodePlain, encodePlain
+from lbproxy.mail.session import (
+    BackendDialog,
+    MailFrontProtocol,
+    SESSION_FORMAT,
+    MailProxyFactory,
+    printable,
+)
+from lbproxy.pool import Pool, Server
+from lbproxy.selectors.keyhash import KeyHash
+from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
+
+from test_relay import FakeTCPTransport
+
+PEER = IPv4Address("TCP", "192.0.2.7", 40000)
+HOST = IPv4Address("TCP", "198.51.100.1", 143)
+DONE = Failure(ConnectionDone())
+
+
+class TLSFakeTransport(FakeTCPTransport):
+    """
+    A transport that records C{startTLS} instead of doing it.
+    """
+
+    tlsStarted = None
+
+    def startTLS(self, creator):
+        self.tlsStarted = creator
+
+
+class ToyDialog(BackendDialog):
+    """
+    Server side of the toy protocol: greeting C{OK}, then C{LOGIN u p}
+    answered by C{OK} or C{NO}; C{TLS} in the greeting asks for STARTTLS.
+    """
+
+    def start(self):
+        self.stage = "greeting"
+
+    def lineReceived(self, line):
+        if self.stage == "greeting":
+            if not line.startswith(b"OK"):
+                self.fail("bad greeting")
+                return
+            self.greetingReceived()
+            if line == b"OK TLS":
+                self.stage = "tls"
+                self.send(b"STARTTLS\r\n")
+                return
+            self._login()
+        elif self.stage == "tls":
+            self.startTLS()
+            if not self._done:
+                self._login()
+        elif line.startswith(b"OK"):
+            self.accept(b"welcome\r\n")
+        else:
+            self.refuse(b"denied\r\n")
+
+    def _login(self):
+        self.stage = "login"
+        self.loginSent = True
+        self.send(b"LOGIN " + self.credentials.user + b" " + self.credentials.password + b"\r\n")
+
+
+class ToyFront(MailFrontProtocol):
+    protocolName = "toy"
+
+    def greet(self):
+        self.send(b"hello\r\n")
+
+    def lineReceived(self, line):
+        if line.startswith(b"LOGIN "):
+            _, user, password = line.split(b" ")
+            if not self.loginAllowed:
+                self.send(b"no-plaintext\r\n")
+                return
+            self.login(Credentials(user, password))
+        elif line == b"STARTTLS" and self.startTLSOffered:
+            self.startTLS(b"go\r\n")
+        elif line == b"BADLOGIN":
+            self.rejectLogin(b"denied-locally\r\n")
+        else:
+            self.send(b"? " + line + b"\r\n")
+
+    def lineTooLong(self):
+        self.send(b"too long\r\n")
+
+    def loginTimedOut(self):
+        self.send(b"bye\r\n")
+
+    def makeDialog(self, credentials):
+        return ToyDialog(self, credentials)
+
+    def loginUnavailable(self, detail):
+        self.send(b"try later\r\n")
+
+    def tooManyFailures(self):
+        self.send(b"bye\r\n")
+
+
+class ToyFactory(MailProxyFactory):
+    protocol = ToyFront
+
+
+class FakeServerTLS:
+    creator = object()
+
+
+class FakeBackendTLS:
+    def creatorFor(self, server):
+        return ("creator", server.name)
+
+
+def makeListener(mail=None, tls=None, **kwargs):
+    return ListenerConfig(
+        name="toy",
+        bind="tcp:143",
+        pool="store",
+        mode="imap",
+        tls=tls,
+        mail=mail or MailListenerConfig(authFailureDelay=2.0, loginTimeout=60.0),
+        **kwargs,
+    )
+
+
+def makePool(name="store", count=2, retries=2, selector=None, **options):
+    servers = [Server(f"s{i}", f"tcp:host=127.0.0.1:port={9001 + i}") for i in range(count)]
+    config = PoolConfig(name=name, servers=(), retries=retries, connectTimeout=5.0, **options)
+    return Pool(name, servers, selector or SmoothWeightedRoundRobin(), config)
+
+
+STARTTLS = ListenerTLSConfig(certificates=(CertificateConfig("c.pem", "c.pem"),), starttls=True)
+
+
+class MailSessionTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+
+    def makeFactory(self, listener=None, pools=None, **kwargs):
+        self.pools = pools or {"store": makePool()}
+        self.factory = ToyFactory(listener or makeListener(), self.pools, self.reactor, **kwargs)
+        return self.factory
+
+    def accept(self):
+        transport = TLSFakeTransport()
+        transport.peerAddr = PEER
+        transport.hostAddr = HOST
+        protocol = self.factory.buildProtocol(PEER)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def backend(self, index=-1):
+        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        transport = TLSFakeTransport()
+        wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
+        wrapper.makeConnection(transport)
+        return wrapper._wrappedProtocol, transport
+
+    def refuse(self, index=-1):
+        factory = self.reactor.tcpClients[index][2]
+        factory.clientConnectionFailed(
+            self.reactor.connectors[index], Failure(ConnectionRefusedError())
+        )
+
+    def sessionLines(self, events):
+        return [
+            formatEvent(e)
+            for e in events
+            if e.get("log_format") == SESSION_FORMAT
+        ]
+
+    def test_interfaces(self):
+        self.makeFactory()
+        front, _ = self.accept()
+        verifyObject(IHalfCloseableProtocol, front)
+        verifyObject(IHalfCloseableProtocol, ToyDialog(front, Credentials(b"u", b"p")))
+        verifyObject(ISelectionContext, MailFlowContext(PEER, HOST, "alice"))
+
+    def test_greeting(self):
+        self.makeFactory()
+        front, client = self.accept()
+        self.assertEqual(client.value(), b"hello\r\n")
+        front.dataReceived(b"NOOP\r\nNOOP\n")
+        self.assertEqual(client.value(), b"hello\r\n? NOOP\r\n? NOOP\r\n")
+
+    def test_lineTooLong(self):
+        """
+        A line over limits.line, even without its LF yet, gets the
+        protocol error and the connection is closed.
+        """
+        mail = MailListenerConfig(limits=MailLimits(line=512))
+        self.makeFactory(makeListener(mail))
+        front, client = self.accept()
+        front.dataReceived(b"x" * 510 + b"\r\n")
+        self.assertFalse(client.disconnecting)
+        with capturedLogs() as events:
+            front.dataReceived(b"y" * 600)
+        self.assertTrue(client.value().endswith(b"too long\r\n"))
+        self.assertTrue(client.disconnecting)
+        self.assertIn("end=line-too-long", self.sessionLines(events)[0])
+
+    def test_loginTimeout(self):
+        self.makeFactory()
+        front, client = self.accept()
+        with capturedLogs() as events:
+            self.reactor.advance(60)
+        self.assertTrue(client.value().endswith(b"bye\r\n"))
+        self.assertTrue(client.disconnecting)
+        self.assertIn("end=login-timeout", self.sessionLines(events)[0])
+
+    def test_handOff(self):
+        """
+        An accepted login: the client gets the reply, then what the server
+        sent after it; bytes the client pipelined after its login reach the
+        server after the login, in order; then bytes are relayed.
+        """
+        self.makeFactory()
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice secret\r\nSELECT inbox\r\n")
+        self.assertEqual(client.producerState, "paused")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        dialog, server = self.backend()
+        dialog.dataReceived(b"OK ready\r\n")
+        self.assertEqual(server.value(), b"LOGIN alice secret\r\n")
+        dialog.dataReceived(b"OK logged in\r\n* 1 EXISTS\r\n")
+        self.assertEqual(client.value(), b"hello\r\nwelcome\r\n* 1 EXISTS\r\n")
+        self.assertEqual(server.value(), b"LOGIN alice secret\r\nSELECT inbox\r\n")
+        self.assertEqual(client.producerState, "producing")
+        self.assertIs(client.producer, server)
+        front.dataReceived(b"IDLE\r\n")
+        dialog.dataReceived(b"+ idling\r\n")
+        self.assertTrue(server.value().endswith(b"IDLE\r\n"))
+        self.assertTrue(client.value().endswith(b"+ idling\r\n"))
+        self.assertEqual(self.pools["store"].servers[0].active, 1)
+        with capturedLogs() as events:
+            front.connectionLost(DONE)
+            dialog.connectionLost(DONE)
+        [line] = self.sessionLines(events)
+        self.assertIn("toy 192.0.2.7:40000 toy -> store/s0 user=alice ", line)
+        self.assertIn("result=ok", line)
+        self.assertIn("tls=none server_tls=none", line)
+        self.assertNotIn("secret", line)
+        self.assertEqual(self.pools["store"].servers[0].active, 0)
+
+    def test_userKeyAndUserPools(self):
+        """
+        The normalised user is the selector's "user" key, and user_pools
+        sends listed users to their own pool.
+        """
+        mail = MailListenerConfig(userDomain="example.com", userPools=(("bob@example.com", "other"),))
+        pools = {
+            "store": makePool(selector=KeyHash(key="user")),
+            "other": makePool("other", count=1),
+        }
+        self.makeFactory(makeListener(mail), pools)
+        picked = set()
+        for user in (b"Alice", b"alice@EXAMPLE.com", b"alice@example.com"):
+            front, client = self.accept()
+            front.dataReceived(b"LOGIN " + user + b" pw\r\n")
+            picked.add(self.reactor.tcpClients[-1][1])
+        self.assertEqual(len(picked), 1)
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN BOB pw\r\n")
+        self.assertEqual(self.reactor.tcpClients[-1][1], 9001)
+        self.assertEqual(front.user, "bob@example.com")
+        self.assertIs(self.factory.connectors["other"].pool, pools["other"])
+
+    def test_refusedDelayedAndCapped(self):
+        """
+        A refused login is answered after the failure delay, pipelined
+        commands wait for it, and the cap closes the connection.
+        """
+        mail = MailListenerConfig(authFailureDelay=2.0, maxAuthFailures=2)
+        self.makeFactory(makeListener(mail))
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice wrong\r\nNOOP\r\n")
+        dialog, server = self.backend()
+        dialog.dataReceived(b"OK ready\r\nNO\r\n")
+        self.assertTrue(server.disconnecting or server.disconnected)
+        self.assertEqual(client.value(), b"hello\r\n")
+        self.reactor.advance(1.9)
+        self.assertEqual(client.value(), b"hello\r\n")
+        self.reactor.advance(0.1)
+        self.assertEqual(client.value(), b"hello\r\ndenied\r\n? NOOP\r\n")
+        self.assertEqual(self.pools["store"].servers[0].active, 0)
+        with capturedLogs() as events:
+            front.dataReceived(b"BADLOGIN\r\n")
+            self.reactor.advance(2.0)
+        self.assertTrue(client.value().endswith(b"denied-locally\r\nbye\r\n"))
+        self.assertTrue(client.disconnecting)
+        [line] = self.sessionLines(events)
+        self.assertIn("result=failed", line)
+        self.assertIn("end=too-many-failures", line)
+
+    def test_serverDownNext(self):
+        """
+        A server refusing connections is skipped for the next; a server
+        with a bad greeting too; with none left the client gets the
+        temporary-failure answer and may go on.
+        """
+        self.makeFactory(pools={"store": makePool(retries=2)})
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        self.refuse()
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        dialog, server = self.backend()
+        dialog.dataReceived(b"garbage\r\n")
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+        for _ in range(3):
+            self.refuse()
+        self.assertEqual(len(self.reactor.tcpClients), 5)
+        self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+        self.assertEqual(front.result, "unavailable")
+        front.dataReceived(b"NOOP\r\n")
+        self.assertTrue(client.value().endswith(b"? NOOP\r\n"))
+        self.assertEqual([s.active for s in self.pools["store"].servers], [0, 0])
+
+    def test_greetingTimeout(self):
+        self.makeFactory(pools={"store": makePool(count=1, retries=0)})
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        self.reactor.advance(5.0)
+        self.assertTrue(server.disconnected)
+        self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+
+    def test_clientLeavesWhilePlacing(self):
+        self.makeFactory()
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        front.connectionLost(DONE)
+        self.assertTrue(server.disconnected)
+        self.assertEqual(self.pools["store"].servers[0].active, 0)
+        self.assertEqual(self.factory.sessions, set())
+
+    def test_tlsRequired(self):
+        mail = MailListenerConfig(tlsRequired=True)
+        self.makeFactory(makeListener(mail, tls=STARTTLS), serverTLS=FakeServerTLS())
+        front, client = self.accept()
+        self.assertFalse(front.loginAllowed)
+        self.assertTrue(front.startTLSOffered)
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        self.assertTrue(client.value().endswith(b"no-plaintext\r\n"))
+        front.dataReceived(b"STARTTLS\r\n")
+        self.assertIs(client.tlsStarted, FakeServerTLS.creator)
+        self.assertTrue(client.value().endswith(b"go\r\n"))
+        self.assertTrue(front.loginAllowed)
+        self.assertFalse(front.startTLSOffered)
+
+    def test_startTLSInjection(self):
+        """
+        Bytes pipelined after STARTTLS are discarded and the connection is
+        closed without switching to TLS (CVE-2011-0411).
+        """
+        self.makeFactory(makeListener(tls=STARTTLS), serverTLS=FakeServerTLS())
+        front, client = self.accept()
+        with capturedLogs() as events:
+            front.dataReceived(b"STARTTLS\r\nLOGIN alice pw\r\n")
+        self.assertIsNone(client.tlsStarted)
+        self.assertEqual(client.value(), b"hello\r\n")
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertIn("end=starttls-injection", self.sessionLines(events)[0])
+
+    def test_backendStartTLS(self):
+        pools = {"store": makePool(count=1)}
+        self.makeFactory(pools=pools, backendTLS={"store": FakeBackendTLS()})
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        dialog.dataReceived(b"OK TLS\r\n")
+        self.assertEqual(server.value(), b"STARTTLS\r\n")
+        dialog.dataReceived(b"OK go\r\n")
+        self.assertEqual(server.tlsStarted, ("creator", "s0"))
+        self.assertEqual(dialog.tls, "starttls")
+        self.assertTrue(server.value().endswith(b"LOGIN alice pw\r\n"))
+
+    def test_backendStartTLSExtraBytes(self):
+        """
+        A server sending bytes after its STARTTLS answer, before TLS, is
+        treated as an attack: the dialog fails, nothing is sent.
+        """
+        pools = {"store": makePool(count=1, retries=0)}
+        self.makeFactory(pools=pools, backendTLS={"store": FakeBackendTLS()})
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        dialog.dataReceived(b"OK TLS\r\n")
+        dialog.dataReceived(b"OK go\r\nOK injected\r\n")
+        self.assertIsNone(server.tlsStarted)
+        self.assertTrue(server.disconnected)
+        self.assertEqual(server.value(), b"STARTTLS\r\n")
+        self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+
+    def test_maxconn(self):
+        self.makeFactory(makeListener(maxconn=1))
+        self.accept()
+        front, client = self.accept()
+        self.assertTrue(client.disconnecting)
+        self.assertEqual(self.factory.rejected, 1)
+
+    def test_printable(self):
+        self.assertEqual(printable("a b\x00\\"), "a\\x20b\\x00\\\\")
+        self.assertEqual(printable("x" * 300, 4), "xxxx...")
+
+
+class SASLTests(SynchronousTestCase):
+    def test_plain(self):
+        creds = decodePlain(encodePlain(b"", b"alice", b"s3cret"))
+        self.assertEqual((creds.authzid, creds.user, creds.password), (b"", b"alice", b"s3cret"))
+        self.assertEqual(creds.mechanism, "PLAIN")
+        self.assertNotIn("s3cret", repr(creds))
+        self.assertEqual(decodePlain(creds.plainResponse()), creds)
+
+    def test_plainErrors(self):
+        for bad in (b"=", b"not base64!", b"YWxpY2U=", encodePlain(b"", b"", b"pw"), b"AGFsaWNlAP8="):
+            self.assertRaises(SASLError, decodePlain, bad)
+
+    def test_context(self):
+        context = MailFlowContext(PEER, HOST, "alice@example.com")
+        self.assertEqual(context.key("user"), b"alice@example.com")
+        self.assertEqual(context.key("src"), bytes([192, 0, 2, 7]))
