@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.config import ListenerConfig, PoolConfig
 from lbproxy.config.mail import MailLimits, MailListenerConfig
-from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
+from lbproxy.config.tls import BackendTLSConfig, CertificateConfig, ListenerTLSConfig
 from lbproxy.interfaces import ISelectionContext
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain, encodePlain
@@ -130,6 +130,8 @@ class FakeServerTLS:
 
 
 class FakeBackendTLS:
+    config = BackendTLSConfig(starttls=True)
+
     def creatorFor(self, server):
         return ("creator", server.name)
 
@@ -388,7 +390,8 @@ class MailSessionTests(SynchronousTestCase):
 
     def test_backendStartTLS(self):
         pools = {"store": makePool(count=1)}
-        self.makeFactory(pools=pools, backendTLS={"store": FakeBackendTLS()})
+        pools["store"].tls = FakeBackendTLS()
+        self.makeFactory(pools=pools)
         front, client = self.accept()
         front.dataReceived(b"LOGIN alice pw\r\n")
         dialog, server = self.backend()
@@ -405,7 +408,8 @@ class MailSessionTests(SynchronousTestCase):
         treated as an attack: the dialog fails, nothing is sent.
         """
         pools = {"store": makePool(count=1, retries=0)}
-        self.makeFactory(pools=pools, backendTLS={"store": FakeBackendTLS()})
+        pools["store"].tls = FakeBackendTLS()
+        self.makeFactory(pools=pools)
         front, client = self.accept()
         front.dataReceived(b"LOGIN alice pw\r\n")
         dialog, server = self.backend()

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, ISSLTransport
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -61,6 +61,8 @@ from lbproxy.mail.sasl import Credentials
 from lbproxy.proxyprotocol import buildHeader
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tcp import formatAddress, formatSeconds
+from lbproxy.tls.client import describeVerifyFailure
+from lbproxy.tls.server import describeTLS
 
 SESSION_FORMAT = (
     "{protocol} {client} {listener} -> {server} user={user} tls={clientTLS} "
@@ -97,12 +99,10 @@ def tlsVersion(transport) -> str | None:
     The negotiated TLS version of C{transport} (e.g. C{"TLSv1.3"}), or
     None when it is not a TLS transport or the handshake is not done.
     """
-    if not ISSLTransport.providedBy(transport):
+    described = describeTLS(transport)
+    if described is None:
         return None
-    try:
-        version = transport.getHandle().get_protocol_version_name()
-    except Exception:
-        return None
+    version = described["version"]
     if not version or version == "Unknown":
         return None
     return version
@@ -388,7 +388,7 @@ class BackendDialog(Protocol, _LineBuffer):
             self._leg.connectionLost(reason)
             return
         if not self._done:
-            self.fail(describeLost(reason))
+            self.fail(describeLost(reason, self.tls))
 
     def _lineOverflow(self) -> None:
         self.fail(f"server sent a line longer than {self.maxLine} bytes")
@@ -404,23 +404,14 @@ class BackendDialog(Protocol, _LineBuffer):
         self.greetingReceived()
 
 
-def describeLost(reason: Failure) -> str:
+def describeLost(reason: Failure, tls: str = TLS_NONE) -> str:
     """
-    One line saying why a backend connection was lost before the relay,
-    with the TLS helper's wording for certificate failures when it is
-    installed.
+    One line saying why a backend connection was lost before the relay
+    (on a TLS connection, such as a certificate that does not verify
+    after STARTTLS, in L{describeVerifyFailure}'s words).
     """
-    try:
-        from lbproxy.tls.client import describeVerifyFailure
-    except ImportError:
-        describeVerifyFailure = None
-    if describeVerifyFailure is not None:
-        try:
-            text = describeVerifyFailure(reason)
-        except Exception:
-            text = None
-        if text:
-            return text
+    if tls != TLS_NONE:
+        return describeVerifyFailure(reason)
     message = reason.getErrorMessage().strip().rstrip(".") or reason.type.__name__
     return "connection lost: " + message.splitlines()[0]
 
@@ -919,24 +910,19 @@ class MailProxyFactory(ServerFactory):
 
     @ivar listener: the L{lbproxy.config.ListenerConfig} (with C{mail}).
     @ivar pools: every live pool by name (C{user_pools} may name several).
-    @ivar serverTLS: the listener's TLS (an object with C{creator}, for
-        STARTTLS), or None.
+    @ivar serverTLS: the listener's L{lbproxy.tls.server.ServerTLS} (its
+        C{creator} is used for STARTTLS), or None.
     @ivar sessions: the connections being served (counted for maxconn).
     @ivar rejected: connections closed because the listener was full.
     """
 
     protocol = MailFrontProtocol
 
-    def __init__(self, listener, pools: dict, reactor, serverTLS=None, backendTLS: dict | None = None) -> None:
-        """
-        @param backendTLS: pool name -> that pool's backend TLS (an object
-            with C{creatorFor(server)}), for pools upgraded with STARTTLS.
-        """
+    def __init__(self, listener, pools: dict, reactor, serverTLS=None) -> None:
         self.listener = listener
         self.pools = pools
         self._reactor = reactor
         self.serverTLS = serverTLS
-        self.backendTLS = dict(backendTLS or {})
         self.connectors: dict[str, BackendConnector] = {}
         self.sessions: set[MailFrontProtocol] = set()
         self.rejected = 0
@@ -957,9 +943,10 @@ class MailProxyFactory(ServerFactory):
 
     def backendTLSFor(self, poolName: str):
         """
-        The backend TLS of pool C{poolName}, or None.
+        The L{lbproxy.tls.client.BackendTLS} of pool C{poolName} (its
+        C{creatorFor(server)} upgrades STARTTLS connections), or None.
         """
-        return self.backendTLS.get(poolName)
+        return self.pools[poolName].tls
 
     def buildProtocol(self, addr: IAddress) -> MailFrontProtocol:
         return self.protocol(self, self._reactor)
