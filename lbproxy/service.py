@@ -30,7 +30,7 @@ def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor):
     if listener.mode == "tcp":
         from lbproxy.tcp import TCPProxyFactory
 
-        return TCPProxyFactory(listener, pools[listener.pool], reactor=reactor)
+        return TCPProxyFactory(listener, pools[listener.pool], reactor=reactor, pools=pools)
     if listener.mode == "http":
         from lbproxy.http.front import HTTPProxyFactory
 

@@ -3,12 +3,17 @@ The L4 TCP front: one listener relaying each connection to a server of its
 pool.
 
 Per connection: enforce the listener's C{maxconn}; read a PROXY header
-first when the peer is a trusted proxy (C{accept_proxy}); pick and connect
-a server (L{lbproxy.connect}); send the pool's PROXY header (C{send_proxy})
-to it; then relay bytes both ways (L{lbproxy.relay}). Every connection ends
-with one log line::
+first when the peer is a trusted proxy (C{accept_proxy}); on a listener
+with SNI routes, read the client's TLS ClientHello (without terminating
+TLS) and choose the pool by its server name; pick and connect a server
+(L{lbproxy.connect}); send the pool's PROXY header (C{send_proxy}) to it;
+then relay bytes both ways (L{lbproxy.relay}), starting with the bytes
+read so far, untouched. Every connection ends with one log line::
 
     tcp 127.0.0.1:53210 web -> web/web1 in=78 out=612 connect=0.4ms duration=12.0ms end=client-closed
+
+with C{sni=NAME} (C{sni=-} without one) after the server on a listener
+with SNI routes.
 """
 
 from __future__ import annotations
@@ -25,15 +30,55 @@ from lbproxy.context import FlowContext
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError, buildHeader
 from lbproxy.relay import Relay, RelayResult
+from lbproxy.tls.clienthello import ClientHelloError, ClientHelloReader
 
 #: Seconds a trusted proxy has to send its PROXY header (the specification
 #: asks for at least 3, to cover one TCP retransmission).
 PROXY_HEADER_TIMEOUT = 5.0
 
 SESSION_FORMAT = (
-    "tcp {client} {listener} -> {server} in={bytesIn} out={bytesOut} "
+    "tcp {client} {listener} -> {server}{sniField} in={bytesIn} out={bytesOut} "
     "connect={connect} duration={duration} end={end}{details}"
 )
+
+
+class SNIRoutes:
+    """
+    The SNI routes of a TCP listener: server name to pool.
+
+    An exact name wins; then the most specific C{*.example.com} wildcard
+    whose suffix ends the name (any depth below it, not C{example.com}
+    itself); among routes naming the same name, the first.
+    """
+
+    def __init__(self, routes, pools: dict) -> None:
+        self.exact: dict[str, object] = {}
+        self.wildcards: dict[str, object] = {}
+        for route in routes:
+            pool = pools[route.pool]
+            for name in route.sni:
+                if name.startswith("*."):
+                    self.wildcards.setdefault(name[1:], pool)
+                else:
+                    self.exact.setdefault(name, pool)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.wildcards)
+
+    def poolFor(self, name: str):
+        """
+        The pool routed to for server name C{name} (lower case), or None.
+        """
+        pool = self.exact.get(name)
+        if pool is not None or not self.wildcards:
+            return pool
+        dot = name.find(".")
+        while dot >= 0:
+            pool = self.wildcards.get(name[dot:])
+            if pool is not None:
+                return pool
+            dot = name.find(".", dot + 1)
+        return None
 
 
 def formatAddress(address: IAddress) -> str:
@@ -76,6 +121,10 @@ class TCPProxyProtocol(Protocol):
     @ivar local: the address the client connected to, likewise.
     @ivar relay: the L{Relay} once the flow is being placed, else None.
     @ivar connection: the L{BackendConnection} once connected, else None.
+    @ivar pool: the pool the flow goes to: the listener's, or the one its
+        SNI routes chose.
+    @ivar sni: the server name of the client's ClientHello (listeners with
+        SNI routes), else None.
     """
 
     log = Logger()
@@ -88,6 +137,10 @@ class TCPProxyProtocol(Protocol):
         self.local: IAddress | None = None
         self.relay: Relay | None = None
         self.connection: BackendConnection | None = None
+        self.pool = factory.pool
+        self.sni: str | None = None
+        self._hello: ClientHelloReader | None = None
+        self._helloTimer = None
         self._leg = None
         self._parser: ProxyHeaderParser | None = None
         self._headerBytes = 0
@@ -117,7 +170,7 @@ class TCPProxyProtocol(Protocol):
             )
             transport.resumeProducing()
         else:
-            self._beginFlow(b"")
+            self._afterHeader(b"")
 
     # Events of the client connection: to the relay once the flow is being
     # placed, to the PROXY header parser before.
@@ -126,12 +179,17 @@ class TCPProxyProtocol(Protocol):
         leg = self._leg
         if leg is not None:
             leg.dataReceived(data)
+        elif self._hello is not None:
+            self._helloReceived(data)
         elif self._parser is not None:
             self._headerReceived(data)
 
     def readConnectionLost(self) -> None:
         if self._leg is not None:
             self._leg.readConnectionLost()
+        elif self._hello is not None:
+            self._helloAbandoned("connection closed")
+            self.transport.loseConnection()
         elif self._parser is not None:
             self._headerAbandoned("connection closed")
             self.transport.loseConnection()
@@ -143,6 +201,8 @@ class TCPProxyProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._leg is not None:
             self._leg.connectionLost(reason)
+        elif self._hello is not None:
+            self._helloAbandoned("connection lost")
         elif not self._logged:
             self._headerAbandoned("connection lost")
 
@@ -175,7 +235,7 @@ class TCPProxyProtocol(Protocol):
         if header.source is not None:
             self.client, self.local = header.source, header.destination
         self.transport.pauseProducing()
-        self._beginFlow(rest)
+        self._afterHeader(rest)
 
     def _headerTimedOut(self) -> None:
         self._headerTimer = None
@@ -195,6 +255,93 @@ class TCPProxyProtocol(Protocol):
         self._finish("bad-proxy-header", detail=detail)
         self.transport.loseConnection()
 
+    # The ClientHello, on a listener with SNI routes.
+
+    def _afterHeader(self, held: bytes) -> None:
+        """
+        The connection is admitted and any PROXY header read: read the
+        ClientHello when the listener routes by SNI, else place the flow.
+        """
+        if not self.factory.sniRoutes:
+            self._beginFlow(held)
+            return
+        self._hello = ClientHelloReader()
+        self._helloTimer = self._reactor.callLater(
+            self.factory.listener.helloTimeout, self._helloTimedOut
+        )
+        self.transport.resumeProducing()
+        if held:
+            self._helloReceived(held)
+
+    def _helloReceived(self, data: bytes) -> None:
+        reader = self._hello
+        try:
+            hello = reader.feed(data)
+        except ClientHelloError as e:
+            self._helloFailed("bad-clienthello", str(e))
+            return
+        if hello is None:
+            return
+        self._stopHelloTimer()
+        self._hello = None
+        self.sni = hello.serverName
+        if hello.serverName is None:
+            self._fallBack("no-sni", "ClientHello without a server name", reader.received)
+            return
+        pool = self.factory.sniRoutes.poolFor(hello.serverName)
+        if pool is not None:
+            self.pool = pool
+        self.transport.pauseProducing()
+        self._beginFlow(reader.received)
+
+    def _helloTimedOut(self) -> None:
+        self._helloTimer = None
+        reader = self._hello
+        detail = f"no complete ClientHello within {self.factory.listener.helloTimeout:g}s"
+        if reader.size:
+            detail += f" ({reader.size} bytes received)"
+        self._helloFailed("bad-clienthello", detail)
+
+    def _helloFailed(self, end: str, detail: str) -> None:
+        reader, self._hello = self._hello, None
+        self._stopHelloTimer()
+        self._fallBack(end, detail, reader.received)
+
+    def _fallBack(self, end: str, detail: str, held: bytes) -> None:
+        """
+        No server name to route by: the listener's pool gets the flow
+        (C{sni_fallback = "default"}), or the connection is closed.
+        """
+        if self.factory.listener.sniFallback == "reject":
+            self._finish(end, detail=detail)
+            self.transport.loseConnection()
+            return
+        self.log.debug(
+            "listener {listener}: {detail}; to its pool {pool}",
+            listener=self.factory.listener.name,
+            detail=detail,
+            pool=self.pool.name,
+        )
+        self.transport.pauseProducing()
+        self._beginFlow(held)
+
+    def _helloAbandoned(self, how: str) -> None:
+        """
+        The client left before its ClientHello was complete.
+        """
+        reader, self._hello = self._hello, None
+        self._stopHelloTimer()
+        if reader.size:
+            self._finish("bad-clienthello", detail=f"{how} before a complete ClientHello ({reader.size} bytes)")
+        else:
+            self._finish("client-closed", detail="before sending a ClientHello")
+
+    def _stopHelloTimer(self) -> None:
+        if self._helloTimer is not None:
+            if self._helloTimer.active():
+                self._helloTimer.cancel()
+            self._helloTimer = None
+
     # Placing the flow.
 
     def _beginFlow(self, held: bytes) -> None:
@@ -206,7 +353,7 @@ class TCPProxyProtocol(Protocol):
             relay.client.dataReceived(held)
         relay.finished.addCallback(self._relayFinished)
         context = FlowContext(self.client, self.local)
-        connecting = self._connecting = factory.connector.connect(
+        connecting = self._connecting = factory.connectorFor(self.pool).connect(
             context, relay.serverFactory()
         )
         connecting.addCallbacks(self._connected, self._notConnected)
@@ -214,7 +361,7 @@ class TCPProxyProtocol(Protocol):
     def _connected(self, connection: BackendConnection) -> None:
         self._connecting = None
         self.connection = connection
-        preamble = buildHeader(self.factory.pool.options.sendProxy, self.client, self.local)
+        preamble = buildHeader(self.pool.options.sendProxy, self.client, self.local)
         self.relay.start(preamble)
 
     def _notConnected(self, reason: Failure) -> None:
@@ -257,7 +404,7 @@ class TCPProxyProtocol(Protocol):
             server = connection.server.qualifiedName
             connectSeconds = connection.connectTime
         else:
-            server = f"{factory.pool.name}/-"
+            server = f"{self.pool.name}/-"
             connectSeconds = None
         durationSeconds = self._reactor.seconds() - self._started
         self.log.info(
@@ -267,8 +414,10 @@ class TCPProxyProtocol(Protocol):
             clientPort=getattr(self.client, "port", None),
             peer=formatAddress(self.peer),
             listener=factory.listener.name,
-            pool=factory.pool.name,
+            pool=self.pool.name,
             server=server,
+            sni=self.sni,
+            sniField=(f" sni={self.sni or '-'}" if factory.sniRoutes else ""),
             bytesIn=bytesIn,
             bytesOut=bytesOut,
             connect=formatSeconds(connectSeconds),
@@ -283,12 +432,14 @@ class TCPProxyProtocol(Protocol):
 
 class TCPProxyFactory(ServerFactory):
     """
-    Serves one TCP listener: relays its connections to servers of a pool.
+    Serves one TCP listener: relays its connections to servers of a pool,
+    or, with SNI routes, of the pool the client's server name chooses.
 
     @ivar listener: the L{lbproxy.config.ListenerConfig}; C{maxconn} 0
         means no limit.
-    @ivar pool: the L{lbproxy.pool.Pool}.
+    @ivar pool: the listener's L{lbproxy.pool.Pool}.
     @ivar connector: the L{BackendConnector} placing flows on the pool.
+    @ivar sniRoutes: the listener's L{SNIRoutes} (empty without routes).
     @ivar sessions: the connections being served (counted for maxconn).
     @ivar rejected: connections closed because the listener was full.
     """
@@ -296,16 +447,31 @@ class TCPProxyFactory(ServerFactory):
     protocol = TCPProxyProtocol
     proxyHeaderTimeout = PROXY_HEADER_TIMEOUT
 
-    def __init__(self, listener, pool, reactor) -> None:
+    def __init__(self, listener, pool, reactor, pools: dict | None = None) -> None:
+        """
+        @param pools: every live pool by name, for the listener's SNI
+            routes (needed only when it has routes).
+        """
         self.listener = listener
         self.pool = pool
         self._reactor = reactor
         self.connector = BackendConnector(pool, reactor)
+        self.sniRoutes = SNIRoutes(listener.routes, pools or {pool.name: pool})
+        self._connectors = {pool: self.connector}
+        for routed in (*self.sniRoutes.exact.values(), *self.sniRoutes.wildcards.values()):
+            if routed not in self._connectors:
+                self._connectors[routed] = BackendConnector(routed, reactor)
         self.sessions: set[TCPProxyProtocol] = set()
         self.rejected = 0
 
     def __repr__(self) -> str:
         return f"<TCPProxyFactory {self.listener.name} -> {self.pool.name}>"
+
+    def connectorFor(self, pool) -> BackendConnector:
+        """
+        The connector placing flows on C{pool}, one of the listener's.
+        """
+        return self._connectors[pool]
 
     def buildProtocol(self, addr: IAddress) -> TCPProxyProtocol:
         return self.protocol(self, self._reactor)
