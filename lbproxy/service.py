@@ -5,6 +5,11 @@ The service tree of a running lbproxy::
       health        MultiService, one HealthMonitor per checked pool
       listener:NAME StreamServerEndpointService, one per listener
 
+A listener with C{[tls]} (and no STARTTLS) gets its front's factory
+wrapped in TLS termination (L{lbproxy.tls.server.wrapFactory}); its
+L{ServerTLS} is kept in L{BalancerService.serverTLS} so that
+L{BalancerService.reloadTLS} can read the certificates again.
+
 Later packages (admin, ha) add their services beside these.
 """
 
@@ -13,11 +18,30 @@ from __future__ import annotations
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 
 from lbproxy.config import Config, ListenerConfig
+from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.pool import Pool
 from lbproxy.runtime import Balancer
+from lbproxy.tls.server import ServerTLS, wrapFactory
+
+
+def loadListenerTLS(config: Config) -> dict[str, ServerTLS]:
+    """
+    The loaded L{ServerTLS} of every listener with C{[tls]}, by listener
+    name.
+
+    @raise ConfigError: a certificate, key or CA file is unusable.
+    """
+    loaded = {}
+    for listener in config.listeners.values():
+        if listener.tls is not None:
+            serverTLS = ServerTLS(listener.name, listener.tls, config.source)
+            serverTLS.load()
+            loaded[listener.name] = serverTLS
+    return loaded
 
 
 def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor):
@@ -31,6 +55,10 @@ def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor):
         from lbproxy.tcp import TCPProxyFactory
 
         return TCPProxyFactory(listener, pools[listener.pool], reactor=reactor, pools=pools)
+    if listener.mode == "http" and listener.redirectHttps is not None:
+        from lbproxy.http.redirect import RedirectFactory
+
+        return RedirectFactory(listener, reactor)
     if listener.mode == "http":
         from lbproxy.http.front import HTTPProxyFactory
 
@@ -43,13 +71,30 @@ class BalancerService(MultiService):
     Everything one config runs: health monitors and listeners.
 
     @ivar balancer: the live pools, shared by all fronts.
+    @ivar serverTLS: the L{ServerTLS} of each listener with C{[tls]}, by
+        listener name.
     """
 
-    def __init__(self, config: Config, reactor) -> None:
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor,
+        serverTLS: dict[str, ServerTLS] | None = None,
+        balancer: Balancer | None = None,
+    ) -> None:
+        """
+        @param serverTLS: the listeners' certificates and C{balancer} the
+            pools, already loaded (by the command line's checks); by
+            default both are built here.
+        @raise ConfigError: a TLS file is unusable.
+        """
         super().__init__()
         self._reactor = reactor
         self.config = config
-        self.balancer = Balancer(config)
+        self.balancer = Balancer(config) if balancer is None else balancer
+        self.serverTLS = loadListenerTLS(config) if serverTLS is None else serverTLS
         health = MultiService()
         health.setName("health")
         health.setServiceParent(self)
@@ -59,6 +104,8 @@ class BalancerService(MultiService):
         for listener in config.listeners.values():
             endpoint = serverFromString(reactor, listener.bind)
             factory = frontFactory(listener, self.balancer.pools, reactor)
+            if listener.tls is not None and not listener.tls.starttls:
+                factory = wrapFactory(self.serverTLS[listener.name], factory, reactor)
             service = StreamServerEndpointService(endpoint, factory)
             # Bind errors (port in use, permission) stop startup with a clear
             # error instead of being logged while the daemon runs without
@@ -66,3 +113,43 @@ class BalancerService(MultiService):
             service._raiseSynchronously = True
             service.setName(f"listener:{listener.name}")
             service.setServiceParent(self)
+
+    def reloadTLS(self) -> dict[str, str | None]:
+        """
+        Read the certificates of every TLS listener and every pool with
+        TLS again. Each one that loads serves new connections from now on;
+        one that fails is logged in one line naming the file and keeps
+        serving what it had. Established connections are not touched.
+
+        @return: by C{listener:NAME} / C{pool:NAME}, L{None} for a success
+            or the error's line.
+        """
+        results: dict[str, str | None] = {}
+        targets = [("listener", name, serverTLS) for name, serverTLS in self.serverTLS.items()]
+        for pool in self.balancer.pools.values():
+            tls = getattr(pool, "tls", None)
+            if tls is not None:
+                targets.append(("pool", pool.name, tls))
+        for kind, name, tls in targets:
+            key = f"{kind}:{name}"
+            try:
+                tls.reload()
+            except ConfigError as error:
+                results[key] = str(error)
+                self.log.error(
+                    "TLS reload of {kind} {name} failed, the previous certificates keep serving: {error}",
+                    kind=kind,
+                    name=name,
+                    error=str(error),
+                )
+            except Exception as error:
+                results[key] = f"{type(error).__name__}: {error}"
+                self.log.failure(
+                    "TLS reload of {kind} {name} failed, the previous certificates keep serving",
+                    kind=kind,
+                    name=name,
+                )
+            else:
+                results[key] = None
+                self.log.info("TLS reload of {kind} {name}: certificates loaded", kind=kind, name=name)
+        return results

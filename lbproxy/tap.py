@@ -5,7 +5,9 @@ Without C{--config} lbproxy runs its built-in demo (L{lbproxy.demo}): a
 listener on 127.0.0.1:8080 in front of two small web servers it starts on
 127.0.0.1:8081 and :8082.
 
-This is the only module that imports the global reactor.
+This is the only module that imports the global reactor, and the only
+one that installs a signal handler: C{SIGHUP} reloads the TLS
+certificates (L{BalancerService.reloadTLS}) without a restart.
 
 Errors an operator makes are reported as one line, without a traceback:
 
@@ -13,6 +15,8 @@ Errors an operator makes are reported as one line, without a traceback:
     twistd does anything else: the loader's one-line L{ConfigError} goes to
     stderr and the process exits with status 1. (A L{usage.UsageError}
     would make twistd print its whole usage text in front of the line.)
+    This includes the TLS files (certificates, keys, CAs of listeners and
+    pools), which are read and checked then, by C{--check} too.
 
   - a port that cannot be bound is only found when twistd starts the
     service (L{StreamServerEndpointService.privilegedStartService}, before
@@ -24,10 +28,12 @@ Errors an operator makes are reported as one line, without a traceback:
 
 from __future__ import annotations
 
+import signal
 import sys
 from importlib import resources
 from typing import TextIO
 
+from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
@@ -79,11 +85,14 @@ class Options(usage.Options):
         self.stderr: TextIO = sys.stderr
         self.config: Config | None = None
         self.demo = False
+        self.serverTLS = None
+        self.balancer = None
 
     def postOptions(self) -> None:
         self.demo = self["config"] is None
         try:
             self.config = demoConfig() if self.demo else loadFile(self["config"])
+            self._loadTLS()
         except ConfigError as e:
             self.stderr.write(f"lbproxy: {e}\n")
             self.stderr.flush()
@@ -92,6 +101,44 @@ class Options(usage.Options):
             self.stdout.write(f"{self.config.source}: configuration OK\n")
             self.stdout.flush()
             raise SystemExit(0)
+
+
+    def _loadTLS(self) -> None:
+        """
+        Read and check every TLS file of the configuration: the listeners'
+        certificates and the pools' (loaded with the pools).
+        """
+        from lbproxy.runtime import Balancer
+        from lbproxy.service import loadListenerTLS
+
+        self.serverTLS = loadListenerTLS(self.config)
+        self.balancer = Balancer(self.config)
+
+
+class ReloadOnHangup(Service):
+    """
+    While running, C{SIGHUP} makes C{target.reloadTLS()} run in the
+    reactor thread (the handler only schedules it: a signal can arrive
+    in the middle of anything). Stopping puts the previous handler back.
+    """
+
+    def __init__(self, target, reactor) -> None:
+        self.target = target
+        self._reactor = reactor
+        self._previous = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+    def _hangup(self, number, frame) -> None:
+        self._reactor.callFromThread(self.target.reloadTLS)
 
 
 class _BriefListenErrors:
@@ -130,7 +177,10 @@ def makeService(options: Options):
 
     from lbproxy.service import BalancerService
 
-    service = BalancerService(options.config, reactor)
+    service = BalancerService(options.config, reactor, options.serverTLS, options.balancer)
+    reload = ReloadOnHangup(service, reactor)
+    reload.setName("reload-on-hangup")
+    reload.setServiceParent(service)
     if options.demo:
         from lbproxy.demo import DemoService
 

@@ -201,7 +201,7 @@ def test_makeServiceTree(good, keepExcepthook):
     service = tap.makeService(options)
     assert isinstance(service, BalancerService)
     assert IService.providedBy(service)
-    assert childNames(service) == ["health", "listener:admin", "listener:web"]
+    assert childNames(service) == ["health", "listener:admin", "listener:web", "reload-on-hangup"]
     health = service.getServiceNamed("health")
     assert [m.pool.name for m in health] == ["web"]
     for name in ("listener:admin", "listener:web"):
@@ -219,7 +219,7 @@ def test_makeServiceDemo(keepExcepthook):
     """
     options, _, _ = parse()
     service = tap.makeService(options)
-    assert childNames(service) == ["demo", "health", "listener:demo"]
+    assert childNames(service) == ["demo", "health", "listener:demo", "reload-on-hangup"]
     demoService = service.getServiceNamed("demo")
     assert isinstance(demoService, demo.DemoService)
     assert childNames(demoService) == ["demo:web1", "demo:web2"]

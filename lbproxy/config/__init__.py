@@ -322,6 +322,11 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
         for key in ("pool", "routes", "tls"):
             if key in t.data:
                 t.fail(key, "expected no pool, routes or tls with redirect_https (every request is redirected)")
+        for key in ("trusted_proxies", "forwarded", "accept_proxy"):
+            if key in t.data:
+                t.fail(key, "expected no forwarding settings with redirect_https (no request is forwarded)")
+        if "tunnel" in timeouts.data:
+            timeouts.fail("tunnel", "expected no tunnel timeout with redirect_https (no request is forwarded)")
         pool = ""
     else:
         pool = t.string("pool", required=True)

@@ -208,4 +208,4 @@ def _hostPattern(name: str) -> bool:
     name = name.lower()
     if name.startswith("*."):
         name = name[2:]
-    return bool(_SERVER_NAME.fullmatch(name))
+    return bool(_SERVER_NAME.fullmatch(name)) and ".." not in name

@@ -167,7 +167,7 @@ class HTTPProxyProtocol(Protocol):
         now = self._seconds()
         self.client = transport.getPeer()
         self.local = transport.getHost()
-        self._peer = factory.rewriter.peer(self.client, self.local)
+        self._peer = factory.rewriter.peer(self.client, self.local, transport)
         self._acceptTime = now
         if listener.maxconn and len(factory.sessions) >= listener.maxconn:
             factory.rejected += 1
@@ -233,7 +233,7 @@ class HTTPProxyProtocol(Protocol):
         self._proxyHeader = None
         if header.source is not None:
             self.client, self.local = header.source, header.destination
-            self._peer = self.factory.rewriter.peer(self.client, self.local)
+            self._peer = self.factory.rewriter.peer(self.client, self.local, self.transport)
         return rest
 
     def readConnectionLost(self) -> None:

@@ -12,6 +12,10 @@ The backend always gets an HTTP/1.1 head written from parsed values:
   - the forwarding fields of L{lbproxy.http.forwarded}: X-Forwarded-For
     (incoming values kept only from trusted proxies), -Proto, -Host, -Port,
     and RFC 7239 Forwarded when the listener asks for it;
+  - the client-subject field (C{X-Client-Subject} unless the listener's
+    C{[tls]} names another) removed from what the client sent, always,
+    and set to the subject of the client certificate the TLS handshake
+    verified, when there is one;
   - C{Host} from the local address when an HTTP/1.0 client sent none
     (HTTP/1.1 requires it);
   - C{Connection: close} when the pool keeps no idle connections, so the
@@ -26,6 +30,7 @@ from lbproxy.http.context import requestURI
 from lbproxy.http.forwarded import ForwardingHeaders, TrustedNetworks, parseAddress
 from lbproxy.http.message import HOP_BY_HOP, Headers, RequestHead
 from lbproxy.http.serialize import requestHeadBytes
+from lbproxy.tls.server import clientSubject
 
 #: Methods whose requests may be sent again (RFC 9110 §9.2.2).
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -55,11 +60,22 @@ _FACTS_LIMIT = 4096
 #: Server endpoint types whose clients speak TLS.
 _TLS_ENDPOINTS = frozenset({"ssl", "tls"})
 
+#: The client-subject field of listeners without C{[tls]}: removed from
+#: requests all the same, so no client can pose as a verified one.
+DEFAULT_SUBJECT_HEADER = "X-Client-Subject"
+
+#: A connection's subject field before its first request looked it up.
+_UNKNOWN = object()
+
 
 def listenerIsTLS(listener) -> bool:
     """
-    Whether C{listener} accepts TLS connections (its endpoint type).
+    Whether C{listener} accepts TLS connections: it terminates TLS itself
+    (its C{[tls]} table) or is bound with a TLS endpoint type.
     """
+    tls = getattr(listener, "tls", None)
+    if tls is not None and not tls.starttls:
+        return True
     return listener.bind.split(":", 1)[0].strip().lower() in _TLS_ENDPOINTS
 
 
@@ -73,6 +89,8 @@ class Peer:
     @ivar localHost: the address the client connected to.
     @ivar localPort: the port the client connected to.
     @ivar trusted: the client is a trusted proxy.
+    @ivar transport: the client's transport, whose TLS connection tells
+        the verified client certificate (L{None} when not known).
     """
 
     __slots__ = (
@@ -81,11 +99,13 @@ class Peer:
         "localHost",
         "localPort",
         "trusted",
+        "transport",
         "_added",
         "_hostField",
+        "_subject",
     )
 
-    def __init__(self, rewriter: RequestRewriter, client, local) -> None:
+    def __init__(self, rewriter: RequestRewriter, client, local, transport=None) -> None:
         self.clientHost = getattr(client, "host", "") or ""
         self.clientPort = getattr(client, "port", None)
         self.localHost = getattr(local, "host", "") or ""
@@ -94,6 +114,11 @@ class Peer:
         proto, port, self._hostField = rewriter._localFacts(self.localHost, self.localPort)
         # X-Forwarded-For first: the rewriter reads its value from here.
         self._added = [forwardedFor, proto, port] if port is not None else [forwardedFor, proto]
+        self.transport = transport
+        # Looked up by the first request: the TLS handshake is over by then
+        # (no request arrives before it), and cannot change afterwards
+        # (renegotiation is refused).
+        self._subject = _UNKNOWN
 
 
 class RequestRewriter:
@@ -120,14 +145,34 @@ class RequestRewriter:
             forwarded=listener.forwarded,
         )
         self.proto = proto
+        tls = getattr(listener, "tls", None)
+        name = tls.clientSubjectHeader if tls is not None else DEFAULT_SUBJECT_HEADER
+        self.subjectHeader = name.encode("ascii")
+        self._subjectKey = self.subjectHeader.lower()
+        self._dropped = _DROPPED | {self._subjectKey}
         self._clients: dict[str, tuple[bool, tuple[bytes, bytes, bytes]]] = {}
         self._locals: dict[tuple[str, int | None], tuple] = {}
 
-    def peer(self, client, local) -> Peer:
+    def peer(self, client, local, transport=None) -> Peer:
         """
-        The L{Peer} of a client connection from C{client} to C{local}.
+        The L{Peer} of a client connection from C{client} to C{local} over
+        C{transport}.
         """
-        return Peer(self, client, local)
+        return Peer(self, client, local, transport)
+
+    def _subjectField(self, peer: Peer):
+        """
+        The client-subject field for requests of C{peer}'s connection, or
+        L{None} without a verified client certificate.
+        """
+        field = peer._subject
+        if field is _UNKNOWN:
+            subject = clientSubject(peer.transport)
+            field = None
+            if subject is not None:
+                field = (self._subjectKey, self.subjectHeader, subject.encode("ascii"))
+            peer._subject = field
+        return field
 
     def _clientFacts(self, host: str) -> tuple[bool, tuple[bytes, bytes, bytes]]:
         """
@@ -185,9 +230,13 @@ class RequestRewriter:
             and the X-Forwarded-For value sent (L{None} if none).
         @raise ValueError: the head cannot be written safely.
         """
+        subject = self._subjectField(peer)
         if peer.trusted or self.forwarding.forwarded or head.upgrade:
             headers = head.headers.copy()
             websocket = headers.removeHopByHop(keepWebSocket=head.upgrade == _WEBSOCKET)
+            headers.remove(self._subjectKey)
+            if subject is not None:
+                headers.add(subject[1], subject[2])
             self.forwarding.apply(
                 headers,
                 clientHost=peer.clientHost,
@@ -206,17 +255,19 @@ class RequestRewriter:
             # out, the proxy's forwarding fields in.
             headers = head.headers
             items = headers._items
-            dropped = _DROPPED
+            dropped = self._dropped
             connection = head.connection
             if connection is None:
                 for item in items:
                     if item[0] == b"connection":
-                        dropped = _DROPPED | (headers.connectionTokens() - _PROTECTED)
+                        dropped = dropped | (headers.connectionTokens() - _PROTECTED)
                         break
             elif connection:
-                dropped = _DROPPED | (connection - _PROTECTED)
+                dropped = dropped | (connection - _PROTECTED)
             kept = [item for item in items if item[0] not in dropped]
             kept += peer._added
+            if subject is not None:
+                kept.append(subject)
             authority = head.authority
             if authority is None:
                 kept.append(peer._hostField)

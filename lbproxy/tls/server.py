@@ -113,7 +113,7 @@ def _connection(transport) -> SSL.Connection | None:
 
 def clientSubject(transport) -> str | None:
     """
-    The subject (RFC 4514) of the client certificate C{transport}'s TLS
+    The subject (RFC 4514, printable ASCII) of the client certificate C{transport}'s TLS
     connection verified, or L{None}: no TLS, no certificate, or the
     handshake is not done. A certificate that failed verification ends
     the handshake, so any certificate found here was verified.
@@ -124,7 +124,24 @@ def clientSubject(transport) -> str | None:
     certificate = connection.get_peer_certificate(as_cryptography=True)
     if certificate is None:
         return None
-    return certificate.subject.rfc4514_string()
+    return _printable(certificate.subject.rfc4514_string())
+
+
+def _printable(text: str) -> str:
+    """
+    C{text} in printable ASCII, any other character written as RFC 4514
+    hex pairs of its UTF-8 bytes (C{\\0a}): safe in a header field and a
+    log line, whatever a certificate's subject holds.
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    out = []
+    for character in text:
+        if " " <= character <= "~":
+            out.append(character)
+        else:
+            out.extend(f"\\{byte:02x}" for byte in character.encode("utf-8"))
+    return "".join(out)
 
 
 def describeTLS(transport) -> dict | None:
