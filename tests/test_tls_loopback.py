@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import ssl
+import tempfile
 from http.client import HTTPSConnection
 
 from twisted.internet import reactor
@@ -120,8 +122,8 @@ class TLSLoopbackTests(TestCase):
     timeout = 60
 
     def setUp(self):
-        directory = self.mktemp()
-        os.makedirs(directory)
+        directory = tempfile.mkdtemp(prefix="lbproxy-tls-")
+        self.addCleanup(shutil.rmtree, directory, True)
         ca = self.ca = CertificateAuthority(directory)
         clients = CertificateAuthority(os.path.join(directory, "clients"), name="client CA")
         stranger = CertificateAuthority(os.path.join(directory, "stranger"), name="stranger CA")
