@@ -122,9 +122,13 @@ class TLSWorld:
     def complete(self):
         pump = ConnectionCompleter(self.reactor).succeedOnce()
         if pump is not None:
-            for _ in range(4):
-                pump.flush()
+            self.pump = pump
+            self.flush()
         return pump
+
+    def flush(self):
+        for _ in range(4):
+            self.pump.flush()
 
 
 def results(deferred) -> list:
@@ -437,6 +441,25 @@ class HandshakeTests(CertificatesMixin, SynchronousTestCase):
         found = self.connect(world, self.backendTLS(), Server("web1", "tcp:web1.test:8443"))
         transport = found[0].transport
         self.assertEqual(transport.loseWriteConnection, transport.loseConnection)
+        transport.write(b"last")
+        transport.loseWriteConnection()
+        world.flush()
+        self.assertEqual(world.echo.received, [b"ping", b"last"])
+        self.assertIsNotNone(found[0].lost)
+
+    def test_closeWithProducerRegistered(self):
+        """
+        As on TCP, loseConnection closes a connection whose protocol is its
+        transport's producer (as an HTTP backend connection is).
+        """
+        world = TLSWorld(self.good)
+        found = self.connect(world, self.backendTLS(), Server("web1", "tcp:web1.test:8443"))
+        client = found[0]
+        client.stopProducing = client.pauseProducing = client.resumeProducing = lambda: None
+        client.transport.registerProducer(client, True)
+        client.transport.loseConnection()
+        world.flush()
+        self.assertIsNotNone(client.lost)
 
 
 class ConnectorTests(CertificatesMixin, SynchronousTestCase):

@@ -384,6 +384,28 @@ def _publicBytes(key) -> bytes:
     )
 
 
+def _closeLikeTCP(tls) -> None:
+    """
+    Make C{loseConnection} on the TLS transport C{tls} close the way it does
+    on TCP, which the fronts were written for:
+
+      - at once, even with a producer registered (the TLS wrapper would
+        wait for it to be unregistered, which an HTTP backend connection,
+        its own transport's producer, never does);
+      - for C{loseWriteConnection} too: TLS has no half-close, and the TCP
+        transport's, which the wrapper would otherwise pass through, would
+        cut the TLS stream under records not yet written.
+    """
+    closeTLS = tls.loseConnection
+
+    def loseConnection() -> None:
+        tls.unregisterProducer()
+        closeTLS()
+
+    tls.loseConnection = loseConnection
+    tls.loseWriteConnection = loseConnection
+
+
 @implementer(IHandshakeListener)
 class _HandshakeGate(Protocol):
     """
@@ -419,10 +441,7 @@ class _HandshakeGate(Protocol):
             self._result.errback(TLSHandshakeFailed("the protocol factory refused the connection"))
             return
         tls.wrappedProtocol = protocol
-        # TLS has no half-close: the TCP transport's loseWriteConnection,
-        # which the TLS wrapper would otherwise pass through, would cut the
-        # TLS stream under records not yet written.
-        tls.loseWriteConnection = tls.loseConnection
+        _closeLikeTCP(tls)
         protocol.makeConnection(tls)
         self._result.callback(protocol)
 
