@@ -693,7 +693,13 @@ EVERY_KEY = {
     "listener": {
         "bind", "pool", "mode", "maxconn", "accept_proxy", "timeouts",
         "routes", "trusted_proxies", "forwarded", "access_log", "limits",
+        "tls", "redirect_https",
     },
+    "listener tls": {
+        "certificates", "min_version", "ciphers", "alpn", "client_verify", "client_ca",
+        "client_subject_header",
+    },
+    "listener tls certificate": {"cert", "key", "names"},
     "listener timeouts": {"idle", "request", "keepalive", "tunnel"},
     "listener limits": {"request_line", "header_size", "header_count", "body_size"},
     "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods"},
@@ -738,6 +744,9 @@ def test_referenceUsesEveryKey():
         used["listener"] |= set(listener)
         used["listener timeouts"] |= set(listener.get("timeouts", {}))
         used["listener limits"] |= set(listener.get("limits", {}))
+        used["listener tls"] |= set(listener.get("tls", {}))
+        for certificate in listener.get("tls", {}).get("certificates", []):
+            used["listener tls certificate"] |= set(certificate)
         for route in listener.get("routes", []):
             used["route"] |= set(route)
             used["route header"] |= set(route.get("header", {}))
