@@ -693,6 +693,7 @@ EVERY_KEY = {
     "listener": {
         "bind", "pool", "mode", "maxconn", "accept_proxy", "timeouts",
         "routes", "trusted_proxies", "forwarded", "access_log", "limits",
+        "sni_fallback",
         "tls", "redirect_https",
     },
     "listener tls": {
@@ -700,11 +701,12 @@ EVERY_KEY = {
         "client_subject_header",
     },
     "listener tls certificate": {"cert", "key", "names"},
-    "listener timeouts": {"idle", "request", "keepalive", "tunnel"},
+    "listener timeouts": {"idle", "request", "keepalive", "tunnel", "hello"},
     "listener limits": {"request_line", "header_size", "header_count", "body_size"},
-    "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods"},
+    "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods", "sni"},
     "route header": {"name", "value"},
-    "pool": {"selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse"},
+    "pool": {"selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls"},
+    "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version"},
     "pool timeouts": {"connect", "response", "server"},
     "pool cookie": {
         "name", "indirect", "nocache", "httponly", "secure", "path", "domain", "maxidle", "maxlife",
@@ -713,7 +715,7 @@ EVERY_KEY = {
     "server": {"name", "address", "weight", "backup", "maxconn", "cookie"},
     "health": {
         "type", "interval", "timeout", "rise", "fall", "passive_fall",
-        "method", "path", "host", "expect_status", "expect", "send",
+        "method", "path", "host", "expect_status", "expect", "send", "tls",
     },
 }
 
@@ -755,6 +757,7 @@ def test_referenceUsesEveryKey():
         used["pool timeouts"] |= set(pool.get("timeouts", {}))
         used["pool cookie"] |= set(pool.get("cookie", {}))
         used["pool reuse"] |= set(pool.get("reuse", {}))
+        used["pool tls"] |= set(pool.get("tls", {}))
         used["health"] |= set(pool.get("health", {}))
         for server in pool["servers"]:
             used["server"] |= set(server)
