@@ -25,7 +25,7 @@ from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.pool import Pool
 from lbproxy.runtime import Balancer
-from lbproxy.tls.server import ServerTLS, wrapFactory
+from lbproxy.tls.server import HANDSHAKE_TIMEOUT, ServerTLS, wrapFactory
 
 
 def loadListenerTLS(config: Config) -> dict[str, ServerTLS]:
@@ -105,7 +105,10 @@ class BalancerService(MultiService):
             endpoint = serverFromString(reactor, listener.bind)
             factory = frontFactory(listener, self.balancer.pools, reactor)
             if listener.tls is not None and not listener.tls.starttls:
-                factory = wrapFactory(self.serverTLS[listener.name], factory, reactor)
+                # An HTTP client has its request timeout for the handshake
+                # and the request head together.
+                handshake = listener.requestTimeout if listener.mode == "http" else HANDSHAKE_TIMEOUT
+                factory = wrapFactory(self.serverTLS[listener.name], factory, reactor, handshake)
             service = StreamServerEndpointService(endpoint, factory)
             # Bind errors (port in use, permission) stop startup with a clear
             # error instead of being logged while the daemon runs without

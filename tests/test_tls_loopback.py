@@ -58,6 +58,9 @@ bind = "tcp:{optional}:interface=127.0.0.1"
 pool = "app"
 mode = "http"
 
+[listeners.optional.timeouts]
+request = "1s"
+
 [listeners.optional.tls]
 certificates = [{{ cert = "{www}", key = "{wwwKey}" }}]
 client_verify = "optional"
@@ -347,6 +350,25 @@ class TLSLoopbackTests(TestCase):
         status, body = yield deferToThread(fetch)
         self.assertEqual(status, 200)
         self.assertEqual(json.loads(body)["headers"]["x-ssl-client"], "CN=alice,O=lbproxy tests")
+
+    @inlineCallbacks
+    def test_silentClientDropped(self):
+        """
+        A client that connects and never starts the handshake is closed
+        after the listener's request timeout.
+        """
+        port = self.ports["optional"]
+
+        def run():
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+                data = s.recv(65536)
+                return data
+
+        try:
+            data = yield deferToThread(run)
+        except ConnectionResetError:
+            data = b""
+        self.assertEqual(data, b"")
 
     # -- redirect -----------------------------------------------------------
 

@@ -12,6 +12,7 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
@@ -19,7 +20,7 @@ from zope.interface.verify import verifyObject
 
 from certs import CertificateAuthority
 from lbproxy.errors import ConfigError
-from lbproxy.tls.server import ServerTLS, clientSubject, describeTLS, wrapFactory
+from lbproxy.tls.server import ServerTLS, ServerTLSFactory, clientSubject, describeTLS, wrapFactory
 from tlsmemory import clientContext, handshake, listenerTLS, subjectOf
 
 SOURCE = "test.toml"
@@ -326,6 +327,59 @@ class TestTwistedTransport:
         assert clientSide.wrappedProtocol.received == b"hello"
         assert clientSubject(serverProtocol.transport) == "CN=alice,O=lbproxy tests"
         assert describeTLS(serverProtocol.transport)["subject"] == "CN=alice,O=lbproxy tests"
+
+    def test_silentClientDropped(self, pki):
+        """
+        A client that never completes the handshake is aborted at the
+        deadline, also when the application wrote (an HTTP 408) and asked
+        for a close, which TLS alone would hold until a handshake.
+        """
+
+        class Impatient(Protocol):
+            def connectionMade(self):
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+                self.transport.loseConnection()
+
+        for protocolClass in (Echo, Impatient):
+            clock = Clock()
+            factory = wrapFactory(serverTLS(pki["default"]), Factory.forProtocol(protocolClass), clock, 7)
+            assert isinstance(factory, ServerTLSFactory)
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            clock.advance(6.9)
+            assert not transport.disconnected
+            clock.advance(0.1)
+            assert transport.disconnected
+            assert not clock.getDelayedCalls()
+
+    def test_handshakeInTimeKeepsTheConnection(self, pki):
+        serverProtocol, clientSide, pump = self.connect(pki)
+        clock = serverProtocol.transport.factory._clock
+        clock.advance(3600)
+        assert not clock.getDelayedCalls()
+        clientSide.write(b"later")
+        for _ in range(3):
+            clock.advance(0)
+            pump.flush()
+        assert clientSide.wrappedProtocol.received == b"hellolater"
+
+    def test_writeBatchWritesThroughTLS(self, pki):
+        """
+        The HTTP front's write batch hands data for a TLS transport to the
+        transport's own write, which encrypts it.
+        """
+        from lbproxy.writebatch import WriteBatch
+
+        serverProtocol, clientSide, pump = self.connect(pki)
+        clock = serverProtocol.transport.factory._clock
+        batch = WriteBatch(clock)
+        batch.write(serverProtocol.transport, b" and")
+        batch.writeSequence(serverProtocol.transport, [b" more", b"!"])
+        for _ in range(3):
+            clock.advance(0)
+            pump.flush()
+        assert clientSide.wrappedProtocol.received == b"hello and more!"
 
     def test_plainTransport(self):
         from twisted.internet.testing import StringTransport
