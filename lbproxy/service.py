@@ -44,12 +44,15 @@ def loadListenerTLS(config: Config) -> dict[str, ServerTLS]:
     return loaded
 
 
-def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor):
+def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor, serverTLS: ServerTLS | None = None):
     """
     The protocol factory serving one listener, by its mode.
 
     @param pools: every live pool by name: an HTTP listener's routes may
         send requests to pools other than its own.
+    @param serverTLS: the listener's loaded certificates when it has
+        C{[tls]}: for fronts that start TLS themselves (STARTTLS); implicit
+        TLS is added around the returned factory by the caller.
     """
     if listener.mode == "tcp":
         from lbproxy.tcp import TCPProxyFactory
@@ -103,7 +106,7 @@ class BalancerService(MultiService):
                 HealthMonitor(pool, reactor=reactor).setServiceParent(health)
         for listener in config.listeners.values():
             endpoint = serverFromString(reactor, listener.bind)
-            factory = frontFactory(listener, self.balancer.pools, reactor)
+            factory = frontFactory(listener, self.balancer.pools, reactor, self.serverTLS.get(listener.name))
             if listener.tls is not None and not listener.tls.starttls:
                 # An HTTP client has its request timeout for the handshake
                 # and the request head together.
