@@ -199,6 +199,41 @@ class TestLoadErrors:
             "expired",
         )
 
+    def test_notYetValid(self, pki, tmp_path):
+        import datetime
+
+        from cryptography import x509 as cx509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import NameOID
+
+        from certs import certPEM, keyPEM, newKey
+
+        key = newKey()
+        name = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "future.example.test")])
+        start = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=2)
+        certificate = (
+            cx509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(cx509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256())
+        )
+        cert, keyFile = tmp_path / "future.pem", tmp_path / "future.key"
+        cert.write_bytes(certPEM(certificate))
+        keyFile.write_bytes(keyPEM(key))
+        config = listenerTLS(pki["default"])
+        config = config.__class__(certificates=(CertificateConfig(cert=str(cert), key=str(keyFile)),))
+        self.check(config, "listeners.web.tls.certificates[0].cert", str(cert), "not valid before")
+
+    def test_clientCANotPEM(self, pki, tmp_path):
+        garbage = tmp_path / "ca.pem"
+        garbage.write_bytes(b"nothing here\n")
+        config = listenerTLS(pki["default"], clientCA=str(garbage), clientVerify="optional")
+        self.check(config, "listeners.web.tls.client_ca", str(garbage), "PEM")
+
     def test_missingClientCA(self, pki, tmp_path):
         missing = str(tmp_path / "ca.pem")
         config = listenerTLS(pki["default"], clientCA=missing, clientVerify="required")
