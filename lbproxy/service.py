@@ -66,6 +66,10 @@ def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor, serv
         from lbproxy.http.front import HTTPProxyFactory
 
         return HTTPProxyFactory(listener, pools, reactor)
+    if listener.mode == "pop3":
+        from lbproxy.mail.pop3 import POP3ProxyFactory
+
+        return POP3ProxyFactory(listener, pools, reactor, serverTLS)
     raise ValueError(f"unknown listener mode {listener.mode!r}")
 
 
