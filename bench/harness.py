@@ -557,15 +557,20 @@ def lbproxyConfig(
     mode: str = "tcp",
     accessLog: str | None = None,
     reuseMaxIdle: int | None = None,
+    selector: str = '"roundrobin"',
+    poolLines: Sequence[str] = (),
 ) -> str:
     """
-    An lbproxy TOML config: one listener on loopback, one round-robin pool
-    over C{servers} (name, port).
+    An lbproxy TOML config: one listener on loopback, one pool over
+    C{servers} (name, port), round-robin unless C{selector} says otherwise.
 
     @param accessLog: for an HTTP listener, the file its access log lines
         are appended to (buffered), instead of the daemon's log.
     @param reuseMaxIdle: for an HTTP listener's pool, idle connections kept
         per server (lbproxy's default otherwise).
+    @param selector: the pool's C{selector} value, as TOML (a string or an
+        inline table such as C{{ name = "hash", key = "user" }}).
+    @param poolLines: further C{key = value} lines of the pool table.
     """
     serverLines = "\n".join(
         f'    {{ name = "{name}", address = "tcp:{LOOPBACK}:{port}" }},'
@@ -577,6 +582,7 @@ def lbproxyConfig(
         if reuseMaxIdle is not None
         else ""
     )
+    extraPoolLines = "".join(f"{line}\n" for line in poolLines)
     return f"""\
 [listeners.bench]
 bind = "tcp:{listenPort}:interface={LOOPBACK}"
@@ -584,8 +590,8 @@ mode = "{mode}"
 pool = "servers"
 {listenerExtra}
 [pools.servers]
-selector = "roundrobin"
-servers = [
+selector = {selector}
+{extraPoolLines}servers = [
 {serverLines}
 ]
 {poolExtra}"""
@@ -900,6 +906,217 @@ def _shortPath(frame: str) -> str:
     function, path = match.groups()
     package = re.search(r"(?:^|/)((?:lbproxy|twisted)/.*)$", path)
     return f"{function} ({package.group(1) if package else os.path.basename(path)})"
+
+
+# ---------------------------------------------------------------------------
+# Mail: a Dovecot backend and the IMAP load generator
+# ---------------------------------------------------------------------------
+
+#: The uid (and gid) Dovecot's mail processes run as; no account needed.
+DOVECOT_MAIL_UID = 4242
+
+
+class DovecotBackend:
+    """
+    One Dovecot serving IMAP on a loopback port, with everything (config,
+    base_dir, state, log, maildirs) under C{workdir/NAME}: C{userCount}
+    users C{user0}... with password C{password}, each INBOX holding
+    C{smallMessages} short messages and then one message of
+    C{largeSize} bytes (message number C{smallMessages + 1}).
+
+    Tuned for load rather than isolation: login processes serve many
+    connections each (C{service_count = 0}), there is no failure delay
+    and no per-user connection limit to speak of. Dovecot is started as
+    root, as its own service is (mail processes then run as
+    L{DOVECOT_MAIL_UID}).
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        port: int,
+        userCount: int = 20,
+        password: str = "bench",
+        smallMessages: int = 3,
+        largeSize: int = 5 * 1024 * 1024,
+        name: str = "dovecot",
+    ) -> None:
+        self.prefix = os.path.join(workdir, name)
+        self.port = port
+        self.userCount = userCount
+        self.password = password
+        self.smallMessages = smallMessages
+        self.largeSize = largeSize
+        self.logPath = os.path.join(self.prefix, "dovecot.log")
+
+    @property
+    def largeNumber(self) -> int:
+        return self.smallMessages + 1
+
+    def largeMessage(self) -> bytes:
+        """
+        The large message as stored (LF line ends); IMAP sends it with
+        CRLF, see L{largeWireSize}.
+        """
+        head = b"Subject: large message\nMessage-ID: <large@bench.test>\n\n"
+        body = makePayload("large", self.largeSize - len(head)).body
+        return head + body
+
+    @property
+    def largeWireSize(self) -> int:
+        message = self.largeMessage()
+        return len(message) + message.count(b"\n")
+
+    def _writeMaildirs(self) -> None:
+        root = os.path.join(self.prefix, "mail")
+        large = os.path.join(self.prefix, "large.eml")
+        with open(large, "wb") as f:
+            f.write(self.largeMessage())
+        for number in range(self.userCount):
+            cur = os.path.join(root, f"user{number}", "Maildir", "cur")
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(os.path.dirname(cur), sub), exist_ok=True)
+            for message in range(1, self.smallMessages + 1):
+                with open(os.path.join(cur, f"{1700000000 + message}.M{message}P1.bench:2,"), "wb") as f:
+                    f.write(b"Subject: message %d\n\nbody %d\n" % (message, message))
+            os.link(large, os.path.join(cur, "1700000099.M99P1.bench:2,"))
+        for directory, dirs, files in os.walk(root):
+            for entry in [directory, *(os.path.join(directory, f) for f in files)]:
+                os.chown(entry, DOVECOT_MAIL_UID, DOVECOT_MAIL_UID)
+
+    def writeConfig(self) -> str:
+        if os.geteuid() != 0:
+            raise BenchError("the Dovecot backend is started as root (its mail processes change uid)")
+        for sub in ("run", "state"):
+            os.makedirs(os.path.join(self.prefix, sub), exist_ok=True)
+        self._writeMaildirs()
+        passwd = os.path.join(self.prefix, "passwd")
+        with open(passwd, "w") as f:
+            for number in range(self.userCount):
+                f.write(
+                    f"user{number}:{{PLAIN}}{self.password}:{DOVECOT_MAIL_UID}:{DOVECOT_MAIL_UID}"
+                    f"::{self.prefix}/mail/user{number}::\n"
+                )
+        conf = f"""\
+base_dir = {self.prefix}/run
+state_dir = {self.prefix}/state
+log_path = {self.logPath}
+instance_name = lbproxy-bench-{os.path.basename(self.prefix)}
+protocols = imap
+listen = {LOOPBACK}
+login_trusted_networks = 127.0.0.0/8
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+passdb {{
+  driver = passwd-file
+  args = {passwd}
+}}
+userdb {{
+  driver = passwd-file
+  args = {passwd}
+}}
+service auth {{
+  user = root
+}}
+first_valid_uid = {DOVECOT_MAIL_UID}
+first_valid_gid = {DOVECOT_MAIL_UID}
+mail_location = maildir:~/Maildir
+mail_max_userip_connections = 10000
+default_client_limit = 4000
+namespace inbox {{
+  inbox = yes
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  service_count = 0
+  process_min_avail = 1
+  client_limit = 4000
+}}
+service imap {{
+  process_limit = 1000
+}}
+"""
+        path = os.path.join(self.prefix, "dovecot.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        return path
+
+    def argv(self) -> list[str]:
+        conf = self.writeConfig()
+        return [findExecutable("dovecot"), "-F", "-c", conf]
+
+
+def runImapLoad(
+    mode: str,
+    port: int,
+    duration: float,
+    concurrency: int,
+    backend: DovecotBackend,
+    cpus: str | None = None,
+    measuredPid: int | None = None,
+    maxRequests: int = 1_000_000,
+) -> WrkResult:
+    """
+    One bounded run of bench/imap_load.py (C{mode} "sessions" or "fetch")
+    against C{127.0.0.1:port}, in a process of its own; its figures as a
+    L{WrkResult} (a "request" is a session or a FETCH; C{non2xx} counts
+    failed sessions or commands).
+
+    With C{measuredPid}, the CPU share that process used during the run is
+    recorded too, as L{runWrk} does.
+    """
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imap_load.py")
+    argv = pinned(
+        [
+            sys.executable, script, mode,
+            "--port", str(port),
+            "--users", "user%d",
+            "--user-count", str(backend.userCount),
+            "--password", backend.password,
+            "--duration", f"{duration:g}",
+            "--concurrency", str(concurrency),
+            "--max-requests", str(maxRequests),
+            "--message", str(backend.largeNumber),
+            "--size", str(backend.largeWireSize),
+        ],
+        cpus,
+    )
+    cpuBefore = cpuSeconds(measuredPid) if measuredPid else None
+    started = time.monotonic()
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=duration + 60, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"imap_load {mode} on port {port} did not finish in {duration + 60:g}s")
+    elapsed = time.monotonic() - started
+    if result.returncode != 0:
+        raise BenchError(
+            f"imap_load {mode} failed ({result.returncode}): "
+            + result.stderr.decode("utf-8", "replace")[-2000:]
+        )
+    figures = json.loads(result.stdout)
+    if figures["errors"] and not figures["requests"]:
+        raise BenchError(f"imap_load {mode} on port {port}: every attempt failed: {figures['firstError']}")
+    parsed = WrkResult(
+        requestsPerSecond=figures["requestsPerSecond"],
+        bytesPerSecond=figures["bytesPerSecond"],
+        requests=figures["requests"],
+        latencyP50Ms=figures["latencyP50Ms"],
+        latencyP99Ms=figures["latencyP99Ms"],
+        socketErrors=0,
+        non2xx=figures["errors"],
+    )
+    if measuredPid:
+        user, system = cpuSeconds(measuredPid)
+        parsed.proxyCpuPercent = 100.0 * (user - cpuBefore[0] + system - cpuBefore[1]) / elapsed
+        parsed.proxySystemPercent = 100.0 * (system - cpuBefore[1]) / elapsed
+    return parsed
 
 
 # ---------------------------------------------------------------------------
