@@ -5,13 +5,16 @@ server (USER/PASS, AUTH PLAIN, STLS, XCLIENT) with the server's answer
 passed back.
 """
 
+from dataclasses import replace
+
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from lbproxy.config.mail import MailListenerConfig
+from lbproxy.config.mail import MailLimits, MailListenerConfig
 from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.mail.pop3 import POP3Dialog, POP3Front, POP3ProxyFactory
 from lbproxy.mail.sasl import Credentials, encodePlain
@@ -65,8 +68,6 @@ class POP3Tests(SynchronousTestCase):
     def backend(self, index=-1):
         host, port, factory, timeout, bind = self.reactor.tcpClients[index]
         transport = TLSFakeTransport()
-        from twisted.internet.address import IPv4Address
-
         wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
         wrapper.makeConnection(transport)
         return wrapper._wrappedProtocol, transport
@@ -87,8 +88,7 @@ class POP3Tests(SynchronousTestCase):
         """
         service.frontFactory serves pop3 listeners with the POP3 front.
         """
-        listener = makeListener()
-        listener = type(listener)(**{**listener.__dict__, "mode": "pop3"})
+        listener = replace(makeListener(), mode="pop3")
         factory = frontFactory(listener, {"store": makePool()}, self.reactor)
         self.assertIsInstance(factory, POP3ProxyFactory)
 
@@ -362,3 +362,26 @@ class POP3Tests(SynchronousTestCase):
         dialog.dataReceived(b"+OK ready\r\n-ERR no TLS here\r\n")
         self.assertIn(b"-ERR [SYS/TEMP]", client.value())
         self.assertNotIn(b"USER", server.value())
+
+    def test_goodbyes(self):
+        """
+        The POP3 words for a line over the limit, the login timeout and
+        too many failed logins; each closes the connection.
+        """
+        self.makeFactory(MailListenerConfig(limits=MailLimits(line=512), maxAuthFailures=1, authFailureDelay=0.5))
+        front, client = self.accept()
+        front.dataReceived(b"USER " + b"x" * 600)
+        self.assertEqual(client.value(), b"-ERR Line too long.\r\n")
+        self.assertTrue(client.disconnecting)
+        front, client = self.accept()
+        self.reactor.advance(60)
+        self.assertEqual(client.value(), b"-ERR Disconnected for inactivity.\r\n")
+        self.assertTrue(client.disconnecting)
+        front, client = self.accept()
+        front.dataReceived(b"AUTH PLAIN =\r\n")
+        self.reactor.advance(0.5)
+        self.assertEqual(
+            client.value(),
+            b"-ERR [AUTH] Authentication failed.\r\n-ERR Too many authentication failures.\r\n",
+        )
+        self.assertTrue(client.disconnecting)
