@@ -56,6 +56,13 @@ class RecordingUser:
     def responseCompleted(self):
         self.events.append(("complete",))
 
+    def responseReceived(self, head, body, complete):
+        self.responseHeadReceived(head)
+        if body:
+            self.responseBodyReceived(body)
+        if complete:
+            self.responseCompleted()
+
     def backendFailed(self, connection, error, closed):
         self.events.append(("failed", error.status, closed))
 
@@ -125,13 +132,16 @@ class BackendConnectionTests(SynchronousTestCase):
     def test_userGivingUpStopsEvents(self):
         """
         A user that gives the connection up on the head hears nothing of
-        the rest of the same read.
+        the rest of the same read (a chunked response: not in the simple
+        form, whose head and body come to the user in one call).
         """
         connection, transport = connected()
         user = RecordingUser()
         user.responseHeadReceived = lambda head: (user.events.append("head"), connection.abort())
         connection.attach(user, b"GET", False)
-        connection.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+        connection.dataReceived(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
         self.assertEqual(user.events, ["head"])
         self.assertTrue(transport.disconnected)
 

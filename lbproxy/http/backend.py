@@ -55,6 +55,15 @@ class IBackendUser(Interface):
         its head was all there was).
         """
 
+    def responseReceived(head, body, complete):
+        """
+        A final response head in the simple form (see
+        L{lbproxy.http.parser.ResponseParser.simpleResponse}) arrived in one
+        read with C{body}, the start of its body or all of it: the same as
+        L{responseHeadReceived}, L{responseBodyReceived} (when C{body} is
+        not empty) and, when C{complete}, L{responseCompleted}, in one call.
+        """
+
     def backendFailed(connection, error, closed):
         """
         The connection broke before the response ended: C{error} is the
@@ -133,6 +142,13 @@ class BackendHTTPConnection(Protocol):
             leg.dataReceived(data)
             return
         self.bytesReceived += len(data)
+        if self.user is not None:
+            # The common case: a whole response head in the simple form,
+            # with as much of the body as came, in one step.
+            simple = self.parser.simpleResponse(data)
+            if simple is not None:
+                self.user.responseReceived(*simple)
+                return
         try:
             self.parser.dataReceived(data)
         except HTTPParseError as error:

@@ -51,6 +51,9 @@ class Exchange:
     @ivar resends: times the request was sent again after its connection
         closed before any of the response.
     @ivar headBytes: the head as sent to the backend.
+    @ivar body: a whole request body that came with the head (a simple
+        request, see L{lbproxy.http.parser.RequestParser.simpleRequest}),
+        sent after the head; else C{b""} and the body streams.
     @ivar chunked: the request body is sent chunked.
     @ivar upgrade: a websocket upgrade was passed on.
     @ivar requestComplete: the whole request was received and forwarded.
@@ -75,6 +78,7 @@ class Exchange:
         "reused",
         "resends",
         "headBytes",
+        "body",
         "chunked",
         "upgrade",
         "xff",
@@ -115,6 +119,7 @@ class Exchange:
         self.reused = False
         self.resends = 0
         self.headBytes = b""
+        self.body = b""
         self.chunked = head is not None and head.bodyKind is BodyKind.CHUNKED
         self.upgrade = False
         self.xff = None

@@ -69,7 +69,13 @@ from lbproxy.http.parser import RequestParser
 from lbproxy.http.persistence import CookiePersistence
 from lbproxy.http.rewrite import RequestRewriter, retryable, stripHopByHop
 from lbproxy.http.routing import Router
-from lbproxy.http.serialize import encodeChunk, errorResponse, lastChunk, responseHeadBytes
+from lbproxy.http.serialize import (
+    checkedResponseHeadBytes,
+    encodeChunk,
+    errorResponse,
+    lastChunk,
+    responseHeadBytes,
+)
 from lbproxy.pool import Pool
 from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError, buildHeader
 from lbproxy.relay import Relay, RelayResult, setNoDelay
@@ -200,6 +206,13 @@ class HTTPProxyProtocol(Protocol):
             if not data:
                 return
         now = self._lastRead = self._seconds()
+        if self.exchange is None:
+            # The common case: one whole request in one read, in the simple
+            # form the parser takes in one step.
+            simple = self.parser.simpleRequest(data)
+            if simple is not None:
+                self._simpleRequest(simple[0], simple[1], now)
+                return
         if self._firstByte is None and self.exchange is None:
             self._firstByte = now
             if self._phase == _IDLE:
@@ -365,6 +378,27 @@ class HTTPProxyProtocol(Protocol):
         if head.method == b"CONNECT":
             self._sendError(exchange, 501, "PR")
             return
+        self._place(exchange, head)
+
+    def _simpleRequest(self, head: RequestHead, body: bytes, now: float) -> None:
+        """
+        A whole request arrived in one read, in the simple form
+        (L{RequestParser.simpleRequest}), C{body} its complete body: it is
+        placed as L{headersComplete} would, and sent at once with its body.
+        """
+        exchange = self.exchange = Exchange(
+            head, self._acceptTime, self._firstByte or now, now
+        )
+        self._firstByte = None
+        self.requests += 1
+        exchange.requestComplete = True
+        exchange.body = body
+        self._place(exchange, head)
+
+    def _place(self, exchange: Exchange, head: RequestHead) -> None:
+        """
+        Route, rewrite and place the request of C{exchange}.
+        """
         factory = self.factory
         pool = factory.router.route(head)
         route = exchange.route = factory.routeFor(pool)
@@ -507,7 +541,12 @@ class HTTPProxyProtocol(Protocol):
                 self._writes.write(transport, preamble)
         self._writes.write(transport, exchange.headBytes)
         if exchange.requestComplete:
-            # Sent again after the keep-alive race: the body was empty.
+            body = exchange.body
+            if body:
+                # The whole body came with the head.
+                exchange.bytesIn = len(body)
+                self._writes.write(transport, body)
+            # Or sent again after the keep-alive race: the body was empty.
             if exchange.chunked:
                 self._writes.write(transport, lastChunk(exchange.head.trailers))
             self._phase = _WAIT
@@ -543,7 +582,10 @@ class HTTPProxyProtocol(Protocol):
             return
         self._phase = _RESPONSE
         self._phaseStart = now
-        stripHopByHop(headers, head.connection)
+        stickiness = exchange.stickiness
+        fields = head.fields
+        if fields is None or stickiness is not None:
+            stripHopByHop(headers, head.connection)
         kind = head.bodyKind
         if kind is BodyKind.CHUNKED or kind is BodyKind.UNTIL_CLOSE:
             if request.version >= (1, 1):
@@ -558,16 +600,64 @@ class HTTPProxyProtocol(Protocol):
             and kind is not BodyKind.UNTIL_CLOSE
             and not self.factory.stopping
         )
+        if fields is not None and stickiness is None:
+            # A simple response: its field lines are ready, checked.
+            if not keepAlive:
+                fields += b"Connection: close\r\n"
+            elif request.version == (1, 0):
+                fields += b"Connection: keep-alive\r\n"
+            data = checkedResponseHeadBytes(
+                head.status, head.reason, fields, kind, head.contentLength
+            )
+            exchange.bytesOut += len(data)
+            self._writes.write(self.transport, data)
+            return
         if not keepAlive:
             headers.add(b"Connection", b"close")
         elif request.version == (1, 0):
             headers.add(b"Connection", b"keep-alive")
-        stickiness = exchange.stickiness
         if stickiness is not None:
             exchange.cookie = exchange.route.persistence.responseHeaders(
                 headers, exchange.server, stickiness, secure=self.factory.secure
             )
         self._writeHead(exchange, head, kind)
+
+    def responseReceived(self, head: ResponseHead, body: bytes, complete: bool) -> None:
+        exchange = self.exchange
+        if exchange.stickiness is not None:
+            # The persistence cookie changes the fields: the general way.
+            self.responseHeadReceived(head)
+            if body and self.exchange is exchange and exchange.backend is not None:
+                self.responseBodyReceived(body)
+            if complete and self.exchange is exchange and exchange.backend is not None:
+                self.responseCompleted()
+            return
+        # What responseHeadReceived does for a final response with a
+        # length or no body, its head and body sent in one write.
+        request = exchange.head
+        now = self._lastServerRead = self._seconds()
+        exchange.response = head
+        exchange.responseTime = now
+        exchange.status = head.status
+        self._phase = _RESPONSE
+        self._phaseStart = now
+        fields = head.fields
+        keepAlive = exchange.keepAlive = (
+            request.keepAlive and exchange.requestComplete and not self.factory.stopping
+        )
+        if not keepAlive:
+            fields += b"Connection: close\r\n"
+        elif request.version == (1, 0):
+            fields += b"Connection: keep-alive\r\n"
+        data = checkedResponseHeadBytes(
+            head.status, head.reason, fields, head.bodyKind, head.contentLength
+        )
+        if body:
+            data += body
+        exchange.bytesOut += len(data)
+        self._writes.write(self.transport, data)
+        if complete:
+            self._finish(exchange)
 
     def _writeHead(self, exchange: Exchange, head: ResponseHead, kind: BodyKind) -> None:
         try:
@@ -711,7 +801,8 @@ class HTTPProxyProtocol(Protocol):
         if self.exchange is None and self._readClosed:
             self._closeClient()
             return
-        self._updateReading()
+        if self._readPaused or parser.paused:
+            self._updateReading()
 
     def _abandon(self, exchange: Exchange) -> None:
         """

@@ -232,6 +232,11 @@ class RequestHead:
     @ivar connection: the options of the Connection fields (lowercased) as
         the parser found them, so that hop-by-hop removal need not look for
         them again; L{None} for a head not built by the parser.
+    @ivar checked: every field was found in the simple form (see
+        L{lbproxy.http.parser.RequestParser.simpleRequest}): names are
+        tokens, values visible ASCII with SP or HTAB only inside, so each
+        can be written as C{name: value} without checking it again. Only
+        the parser sets it.
     """
 
     method: bytes
@@ -246,6 +251,7 @@ class RequestHead:
     authority: bytes | None = None
     trailers: Headers | None = field(default=None, compare=False)
     connection: frozenset[bytes] | None = field(default=None, compare=False)
+    checked: bool = field(default=False, compare=False)
 
     @property
     def isConnect(self) -> bool:
@@ -279,6 +285,11 @@ class ResponseHead:
         to CONNECT): what follows the head is no longer HTTP.
     @ivar trailers: as for L{RequestHead.trailers}.
     @ivar connection: as for L{RequestHead.connection}.
+    @ivar fields: the field lines the proxy writes for the response,
+        without the hop-by-hop and framing fields, when the parser found
+        the head in the simple form (see
+        L{lbproxy.http.parser.ResponseParser.simpleResponse}) and built
+        them from its checked values; L{None} otherwise.
     """
 
     status: int
@@ -291,6 +302,7 @@ class ResponseHead:
     tunnel: bool = False
     trailers: Headers | None = field(default=None, compare=False)
     connection: frozenset[bytes] | None = field(default=None, compare=False)
+    fields: bytes | None = field(default=None, compare=False)
 
     @property
     def interim(self) -> bool:

@@ -34,6 +34,7 @@ response is 502.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import httptools
@@ -42,6 +43,7 @@ from zope.interface import implementer
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.interfaces import IHTTPMessageParser, IHTTPMessageReceiver
 from lbproxy.http.message import (
+    HOP_BY_HOP,
     BodyKind,
     Headers,
     RequestHead,
@@ -85,6 +87,110 @@ _SPECIAL = frozenset(
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 _NO_OPTIONS: frozenset[bytes] = frozenset()
+
+# The simple form of a message, parsed without llhttp (see
+# RequestParser.simpleRequest and ResponseParser.simpleResponse): a subset
+# of what the strict path accepts, with every field line of the form
+# token ":" OWS value OWS, the value visible ASCII with SP/HTAB only inside.
+# Possessive quantifiers keep each match linear in the line's length.
+_SIMPLE_FIELD_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]++):[\t ]*+((?:[\x21-\x7e]++(?:[\t ]++[\x21-\x7e]++)*+)?)[\t ]*+"
+)
+#: A request line with a method llhttp knows and an origin-form target of
+#: RFC 3986 path and query characters.
+_SIMPLE_REQUEST_LINE = re.compile(
+    rb"(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) "
+    rb"(/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*+) HTTP/1\.([01])"
+)
+#: A final status line with a reason phrase of visible ASCII, SP and HTAB.
+_SIMPLE_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([2-5][0-9][0-9]) ([\t \x21-\x7e]*+)")
+_VERSIONS = {b"0": (1, 0), b"1": (1, 1)}
+#: Connection options that name no other field to remove.
+_PLAIN_OPTIONS = frozenset({b"close", b"keep-alive"})
+
+# What a simple field is to the parsers, in an order that lets a response
+# keep the fields below _HOP: those from _HOP on are hop-by-hop or framing
+# fields, which a response's L{ResponseHead.fields} leaves out.
+_FIELD = 0
+_HOST = 1
+_HOP = 2
+_CONTENT_LENGTH = 2
+_CONNECTION = 3
+_TRANSFER_ENCODING = 4
+_UPGRADE = 5
+_OTHER_HOP = 6
+_FIELD_KINDS = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"connection": _CONNECTION,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"upgrade": _UPGRADE,
+}
+for _name in HOP_BY_HOP:
+    _FIELD_KINDS.setdefault(_name, _OTHER_HOP)
+del _name
+
+#: Field lines, request lines and status lines (without CRLF) found in the
+#: simple form, with what was parsed from them: the same ones come back
+#: message after message (a backend's Server, Content-Type, Connection...;
+#: a client's Host, User-Agent, Accept...), and a dict lookup costs less
+#: than matching them again. Each table is emptied when it holds
+#: _SIMPLE_LIMIT entries; lines longer than _SIMPLE_SIZE are not kept.
+_simpleFields: dict[bytes, tuple] = {}
+_simpleRequestLines: dict[bytes, tuple] = {}
+_simpleStatusLines: dict[bytes, tuple] = {}
+_SIMPLE_LIMIT = 4096
+_SIMPLE_SIZE = 256
+
+
+def _remember(table: dict, line: bytes, entry) -> None:
+    if len(line) <= _SIMPLE_SIZE:
+        if len(table) >= _SIMPLE_LIMIT:
+            table.clear()
+        table[line] = entry
+
+
+def _simpleField(line: bytes) -> tuple | None:
+    """
+    The entry of a field line (without CRLF) in the simple form:
+    C{((lowercased name, name, value), "name: value" CRLF, kind, parsed)},
+    where C{parsed} is the length of a valid Content-Length (else L{None})
+    and the lowercased options of a Connection field; or L{None} when the
+    line is not in the simple form.
+    """
+    match = _SIMPLE_FIELD_LINE.fullmatch(line)
+    if match is None:
+        return None
+    name, value = match.groups()
+    lowered = name.lower()
+    kind = _FIELD_KINDS.get(lowered, _FIELD)
+    parsed = None
+    if kind == _CONTENT_LENGTH:
+        if CONTENT_LENGTH.fullmatch(value) is not None:
+            parsed = int(value)
+    elif kind == _CONNECTION:
+        if b"," in value:
+            parsed = frozenset(token.lower() for token in splitList(value))
+        else:
+            parsed = frozenset([value.lower()]) if value else _NO_OPTIONS
+    entry = ((lowered, name, value), b"%s: %s\r\n" % (name, value), kind, parsed)
+    _remember(_simpleFields, line, entry)
+    return entry
+
+
+def _simpleFieldEntries(data: bytes, start: int, end: int) -> list[tuple] | None:
+    """
+    The entries (see L{_simpleField}) of the field lines of C{data} from
+    C{start} to C{end} (the CRLF of the last line, or C{start} when there
+    are none), or L{None} unless all are in the simple form.
+    """
+    if start >= end:
+        return []
+    known = _simpleFields.get
+    entries = [known(line) or _simpleField(line) for line in data[start:end].split(b"\r\n")]
+    if None in entries:
+        return None
+    return entries
 
 
 class _LLHTTPCallbacks:
@@ -332,6 +438,9 @@ class _MessageParser:
             else:
                 self._closeQuietly()
         self.paused = False
+        if self._state == _HEAD and self._readyForSimple():
+            # Nothing waits: the next read starts the next message.
+            return
         self._process()
 
     def detachTunnel(self) -> bytes:
@@ -343,6 +452,21 @@ class _MessageParser:
         self._pos = 0
         self._state = _DETACHED
         return rest
+
+    def _readyForSimple(self) -> bool:
+        """
+        Whether nothing is buffered or half parsed, so that a read holding
+        a whole message in the simple form can be parsed in one step.
+        """
+        return (
+            self._state == _HEAD
+            and not self.paused
+            and not self._inHead
+            and not self._processing
+            and not self._pending
+            and not self._eof
+            and self._pos >= len(self._buf)
+        )
 
     # -- processing loop ----------------------------------------------------
 
@@ -753,6 +877,108 @@ class RequestParser(_MessageParser):
             maxBufferedBytes=maxBufferedBytes,
         )
 
+    def simpleRequest(self, data: bytes) -> tuple[RequestHead, bytes] | None:
+        """
+        Parse C{data} at once when it is exactly one whole request in the
+        simple form and the parser holds nothing else: a method llhttp
+        knows (not CONNECT), an origin-form target of RFC 3986 path and
+        query characters, HTTP/1.0 or HTTP/1.1, one valid Host, field
+        values of visible ASCII (SP and HTAB inside only), no
+        Transfer-Encoding or Upgrade, within the limits, and no body or a
+        Content-Length body that is the rest of C{data}. This is what
+        nearly every request looks like, and all of it is accepted by the
+        strict path too, with the same result; checking it with one
+        pattern costs less than llhttp's callback per field.
+
+        On success the parser is where it would be after delivering that
+        message and being paused by its receiver (which delivery it skips:
+        the caller handles the request itself).
+
+        @return: the head and the body, or L{None} (nothing was consumed:
+            feed C{data} to L{dataReceived}).
+        """
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > self._maxHeaderBytes or not self._readyForSimple():
+            return None
+        lineEnd = data.find(b"\r\n")
+        if lineEnd > self._maxLineBytes:
+            return None
+        requestLine = data[:lineEnd]
+        parsed = _simpleRequestLines.get(requestLine)
+        if parsed is None:
+            match = _SIMPLE_REQUEST_LINE.fullmatch(requestLine)
+            if match is None:
+                return None
+            parsed = match.groups()
+            _remember(_simpleRequestLines, requestLine, parsed)
+        method, target, minor = parsed
+        entries = _simpleFieldEntries(data, lineEnd + 2, end)
+        if entries is None or len(entries) > self._maxHeaders:
+            return None
+        host = contentLength = None
+        connection = _NO_OPTIONS
+        for entry in entries:
+            kind = entry[2]
+            if kind == _FIELD or kind == _OTHER_HOP:
+                continue
+            if kind == _HOST:
+                if host is not None:
+                    return None
+                host = entry[0][2]
+            elif kind == _CONTENT_LENGTH:
+                if contentLength is not None or entry[3] is None:
+                    return None
+                contentLength = entry[3]
+            elif kind == _CONNECTION:
+                connection = entry[3] if connection is _NO_OPTIONS else connection | entry[3]
+            else:
+                return None
+        if host is None:
+            return None
+        hostPort = parseHostPort(host)
+        if hostPort is None or not hostPort[0]:
+            return None
+        body = b""
+        if contentLength is None:
+            bodyKind = BodyKind.NONE
+            if len(data) != end + 4:
+                return None
+        else:
+            bodyKind = BodyKind.LENGTH
+            if len(data) - end - 4 != contentLength:
+                return None
+            if self._maxBodySize is not None and contentLength > self._maxBodySize:
+                return None
+            if contentLength:
+                body = data[end + 4 :]
+        items = [entry[0] for entry in entries]
+        version = _VERSIONS[minor]
+        keepAlive = persistentConnection(version, connection)
+        head = RequestHead(
+            method,
+            target,
+            version,
+            Headers._fromLowered(items),
+            bodyKind,
+            contentLength,
+            keepAlive,
+            (),
+            "origin",
+            host,
+            None,
+            connection,
+            True,
+        )
+        self._head = head
+        self._bodyBytes = len(body)
+        if keepAlive:
+            self._buf = b""
+            self._pos = 0
+        else:
+            self._closeQuietly()
+        self.paused = True
+        return head, body
+
     def _readyToFeed(self, buf: bytes, pos: int, end: int) -> bool:
         # Hold back a method until it is complete, so that an unknown one
         # gets the same answer however the bytes were split.
@@ -927,6 +1153,115 @@ class ResponseParser(_MessageParser):
         How many requests still wait for their final response.
         """
         return len(self._expected)
+
+    def simpleResponse(self, data: bytes) -> tuple[ResponseHead, bytes, bool] | None:
+        """
+        Parse C{data} at once when it starts with a whole final response
+        head in the simple form (see L{RequestParser.simpleRequest}; a
+        status from 200 to 599, a reason phrase of visible ASCII, SP and
+        HTAB, no Transfer-Encoding, Connection naming no other field, a
+        Content-Length unless no body may follow) answering the only
+        request expected, which is not CONNECT and asked for no upgrade,
+        and the rest of C{data} is no more than its body. The head gets its
+        L{ResponseHead.fields}.
+
+        On success the parser is where it would be after delivering the
+        head and that much of the body (and, with all of it, the end of the
+        message); the caller tells its receiver.
+
+        @return: the head, the body bytes and whether they complete the
+            response; or L{None} (nothing was consumed: feed C{data} to
+            L{dataReceived}).
+        """
+        end = data.find(b"\r\n\r\n")
+        if (
+            end < 0
+            or end + 4 > self._maxHeaderBytes
+            or len(self._expected) != 1
+            or not self._readyForSimple()
+        ):
+            return None
+        method, upgradeAllowed = self._expected[0]
+        if upgradeAllowed or method == b"CONNECT":
+            return None
+        lineEnd = data.find(b"\r\n")
+        if lineEnd > self._maxLineBytes:
+            return None
+        statusLine = data[:lineEnd]
+        parsed = _simpleStatusLines.get(statusLine)
+        if parsed is None:
+            match = _SIMPLE_STATUS_LINE.fullmatch(statusLine)
+            if match is None:
+                return None
+            minor, code, reason = match.groups()
+            parsed = (minor, int(code), reason)
+            _remember(_simpleStatusLines, statusLine, parsed)
+        minor, status, reason = parsed
+        entries = _simpleFieldEntries(data, lineEnd + 2, end)
+        if entries is None or len(entries) > self._maxHeaders:
+            return None
+        contentLength = None
+        connection = _NO_OPTIONS
+        for entry in entries:
+            kind = entry[2]
+            if kind < _HOP or kind == _OTHER_HOP or kind == _UPGRADE:
+                continue
+            if kind == _CONTENT_LENGTH:
+                if contentLength is not None or entry[3] is None:
+                    return None
+                contentLength = entry[3]
+            elif kind == _CONNECTION:
+                connection = entry[3] if connection is _NO_OPTIONS else connection | entry[3]
+                if not connection <= _PLAIN_OPTIONS:
+                    return None
+            else:
+                return None
+        rest = len(data) - end - 4
+        if method == b"HEAD" or status == 304 or status == 204:
+            bodyKind = BodyKind.NONE
+            if status == 204 and method != b"HEAD":
+                contentLength = None
+            if rest:
+                return None
+        elif contentLength is None:
+            return None
+        else:
+            bodyKind = BodyKind.LENGTH
+            if rest > contentLength:
+                return None
+            if self._maxBodySize is not None and contentLength > self._maxBodySize:
+                return None
+        version = _VERSIONS[minor]
+        keepAlive = persistentConnection(version, connection)
+        head = ResponseHead(
+            status,
+            reason,
+            version,
+            Headers._fromLowered([entry[0] for entry in entries]),
+            bodyKind,
+            contentLength,
+            keepAlive,
+            False,
+            None,
+            connection,
+            b"".join([entry[1] for entry in entries if entry[2] < _HOP]),
+        )
+        self._expected.popleft()
+        self._head = head
+        self._bodyBytes = rest
+        body = data[end + 4 :] if rest else b""
+        if bodyKind is BodyKind.LENGTH and rest < contentLength:
+            self._remaining = contentLength - rest
+            self._state = _LENGTH
+            self._buf = b""
+            self._pos = 0
+            return head, body, False
+        if keepAlive:
+            self._buf = b""
+            self._pos = 0
+        else:
+            self._closeQuietly()
+        return head, body, True
 
     def connectionLost(self) -> None:
         if self._expected and self.idle:

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from lbproxy.http.context import requestURI
 from lbproxy.http.forwarded import ForwardingHeaders, TrustedNetworks, parseAddress
-from lbproxy.http.message import HOP_BY_HOP, Headers, RequestHead
-from lbproxy.http.serialize import requestHeadBytes
+from lbproxy.http.message import HOP_BY_HOP, BodyKind, Headers, RequestHead
+from lbproxy.http.serialize import checkedRequestHeadBytes, fieldBlock, requestHeadBytes
 from lbproxy.tls.server import clientSubject
 
 #: Methods whose requests may be sent again (RFC 9110 §9.2.2).
@@ -101,6 +101,7 @@ class Peer:
         "trusted",
         "transport",
         "_added",
+        "_addedBlock",
         "_hostField",
         "_subject",
     )
@@ -119,6 +120,8 @@ class Peer:
         # (no request arrives before it), and cannot change afterwards
         # (renegotiation is refused).
         self._subject = _UNKNOWN
+        # The proxy's fields for requests in the simple form, written once.
+        self._addedBlock: bytes | None = None
 
 
 class RequestRewriter:
@@ -150,6 +153,11 @@ class RequestRewriter:
         self.subjectHeader = name.encode("ascii")
         self._subjectKey = self.subjectHeader.lower()
         self._dropped = _DROPPED | {self._subjectKey}
+        # For heads in the simple form, Content-Length too (the framing is
+        # written from the parsed length); then by the Connection options
+        # that name more fields, for the few sets that come back.
+        self._simpleDropped = self._dropped | {b"content-length"}
+        self._simpleDropSets: dict[frozenset[bytes], frozenset[bytes]] = {}
         self._clients: dict[str, tuple[bool, tuple[bytes, bytes, bytes]]] = {}
         self._locals: dict[tuple[str, int | None], tuple] = {}
 
@@ -250,6 +258,42 @@ class RequestRewriter:
             if closeBackend and not websocket:
                 headers.add(b"Connection", b"close")
             xff = headers.get(b"x-forwarded-for")
+        elif head.checked and head.authority is not None:
+            # A head in the simple form (see RequestParser.simpleRequest):
+            # its fields need no second check, the proxy's own are checked
+            # and joined once per connection.
+            connection = head.connection
+            if connection:
+                dropped = self._simpleDropSets.get(connection)
+                if dropped is None:
+                    dropped = self._simpleDropped | (connection - _PROTECTED)
+                    if len(connection) <= _DROP_SET_SIZE:
+                        if len(self._simpleDropSets) >= 256:
+                            self._simpleDropSets.clear()
+                        self._simpleDropSets[connection] = dropped
+            else:
+                dropped = self._simpleDropped
+            lines = [
+                b"%s: %s\r\n" % (name, value)
+                for lowered, name, value in head.headers._items
+                if lowered not in dropped
+            ]
+            added = peer._addedBlock
+            if added is None:
+                added = peer._addedBlock = fieldBlock(
+                    peer._added + [subject] if subject is not None else peer._added
+                )
+            lines.append(added)
+            lines.append(b"X-Forwarded-Host: %s\r\n" % (head.authority,))
+            if closeBackend:
+                lines.append(b"Connection: close\r\n")
+            data = checkedRequestHeadBytes(
+                head.method,
+                head.target,
+                b"".join(lines),
+                head.contentLength if head.bodyKind is BodyKind.LENGTH else None,
+            )
+            return data, False, peer._added[0][2]
         else:
             # The common case in one pass: hop-by-hop and forwarding fields
             # out, the proxy's forwarding fields in.

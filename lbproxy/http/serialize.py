@@ -65,6 +65,64 @@ def _checkedBlock(names: list[bytes], lines: list[bytes]) -> bytes:
     return block
 
 
+def fieldBlock(fields) -> bytes:
+    """
+    The field lines C{name: value CRLF} of C{fields}, C{(lowercased name,
+    name, value)} triples, checked as L{requestHeadBytes} checks fields:
+    for blocks the caller writes many times as they are.
+
+    @raise ValueError: a field cannot be written safely.
+    """
+    return _checkedBlock(
+        [name for _, name, _ in fields], [b"%s: %s\r\n" % (name, value) for _, name, value in fields]
+    )
+
+
+def checkedRequestHeadBytes(
+    method: bytes, target: bytes, fields: bytes, contentLength: int | None
+) -> bytes:
+    """
+    An HTTP/1.1 request head from values the parser checked already (a
+    head in the simple form: a method llhttp knows, an origin-form target
+    of RFC 3986 characters) and field lines built from checked values or
+    by L{fieldBlock}; C{Content-Length} is written when C{contentLength}
+    is not L{None}.
+    """
+    if contentLength is None:
+        return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, fields)
+    return b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n" % (
+        method,
+        target,
+        fields,
+        contentLength,
+    )
+
+
+def checkedResponseHeadBytes(
+    status: int, reason: bytes, fields: bytes, bodyKind: BodyKind, contentLength: int | None
+) -> bytes:
+    """
+    An HTTP/1.1 status line and header block from a status and reason the
+    parser checked (L{lbproxy.http.message.ResponseHead.fields} of a simple
+    response) and field lines built from checked values; framing as for
+    L{responseHeadBytes}.
+    """
+    if bodyKind is BodyKind.CHUNKED:
+        return b"HTTP/1.1 %d %s\r\n%sTransfer-Encoding: chunked\r\n\r\n" % (
+            status,
+            reason,
+            fields,
+        )
+    if contentLength is None or bodyKind is BodyKind.UNTIL_CLOSE:
+        return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, fields)
+    return b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n" % (
+        status,
+        reason,
+        fields,
+        contentLength,
+    )
+
+
 def _fieldLines(headers: Headers, bodyKind: BodyKind, contentLength: int | None) -> bytes:
     names = []
     lines = []

@@ -1,0 +1,247 @@
+"""
+CPU cost per request of lbproxy's HTTP front, in one process, in memory.
+
+The front (L{lbproxy.http.front.HTTPProxyFactory}, built from the same
+generated config as in run_http.py: round robin over two servers, access
+log to a file, 64 idle connections kept per server) serves keep-alive
+clients through fake transports: each request is the exact head wrk sends,
+each response nginx's real head for a 100-byte file, in one read each, as
+on loopback. No sockets and no reactor loop are involved, so the figure is
+lbproxy's own Python cost per request, steady on a busy machine where
+run_http.py's req/s are not: use it to compare versions of the code, and
+run_http.py to see what it means against the other proxies.
+
+Run from the repository root with the interpreter that has Twisted:
+
+    python bench/http_cpu.py                  # about 10 s
+    python bench/http_cpu.py --requests 200000 --rounds 7
+    python bench/http_cpu.py --profile        # cProfile of one round
+
+Reports microseconds of CPU per request (the best of the rounds: other load
+only ever slows a round down) and, with --profile, the functions that take
+the most time. This is a report, not a test: nothing fails on slow figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import platform
+import pstats
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+import twisted  # noqa: E402
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.testing import MemoryReactorClock  # noqa: E402
+
+from harness import lbproxyConfig  # noqa: E402
+from lbproxy.config import loadBytes  # noqa: E402
+from lbproxy.runtime import Balancer  # noqa: E402
+from lbproxy.service import frontFactory  # noqa: E402
+
+LISTEN_PORT = 40000
+SERVERS = [("nginx1", 40001), ("nginx2", 40002)]
+BODY = b"x" * 99 + b"\n"
+#: What wrk sends for each request.
+REQUEST = b"GET /100B HTTP/1.1\r\nHost: 127.0.0.1:40000\r\n\r\n"
+#: nginx 1.22's answer for a 100-byte static file, body included.
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Server: nginx/1.22.1\r\n"
+    b"Date: Sat, 28 Nov 2026 05:40:00 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\n"
+    b"Content-Length: 100\r\n"
+    b"Last-Modified: Sat, 28 Nov 2026 05:00:00 GMT\r\n"
+    b"Connection: keep-alive\r\n"
+    b'ETag: "6928c4a0-64"\r\n'
+    b"Accept-Ranges: bytes\r\n"
+    b"\r\n" + BODY
+)
+
+
+class FakeTransport:
+    """
+    The little of a TCP transport the front uses, with writes counted and
+    the last ones kept for checking.
+    """
+
+    disconnecting = False
+    connected = True
+    TLS = False
+
+    def __init__(self, peer, host) -> None:
+        self.peer = peer
+        self.host = host
+        self.written = 0
+        self.last: list[bytes] = []
+        self.producer = None
+        self.protocol = None
+
+    def getPeer(self):
+        return self.peer
+
+    def getHost(self):
+        return self.host
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self.last.append(data)
+
+    def writeSequence(self, pieces) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def registerProducer(self, producer, streaming) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+
+
+def buildFront(accessLog: str, reactor):
+    text = lbproxyConfig(
+        LISTEN_PORT, SERVERS, mode="http", accessLog=accessLog, reuseMaxIdle=64
+    )
+    config = loadBytes(text.encode(), "bench.toml")
+    balancer = Balancer(config)
+    [listener] = config.listeners.values()
+    return frontFactory(listener, balancer.pools, reactor)
+
+
+class Bench:
+    """
+    C{clients} keep-alive client connections to one front, each with a
+    backend connection of its own once warmed up.
+    """
+
+    def __init__(self, clients: int, accessLog: str) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_800_000_000)
+        self.factory = buildFront(accessLog, self.reactor)
+        self.factory.startFactory()
+        self.local = IPv4Address("TCP", "127.0.0.1", LISTEN_PORT)
+        self.clients = []
+        for index in range(clients):
+            peer = IPv4Address("TCP", "127.0.0.1", 50000 + index)
+            transport = FakeTransport(peer, self.local)
+            protocol = self.factory.buildProtocol(peer)
+            transport.protocol = protocol
+            protocol.makeConnection(transport)
+            self.clients.append(protocol)
+        self.wrappers = {}
+        self.answered = 0
+
+    def _connectPending(self) -> None:
+        tcpClients = self.reactor.tcpClients
+        while self.answered < len(tcpClients):
+            host, port, factory, _, _ = tcpClients[self.answered]
+            self.answered += 1
+            address = IPv4Address("TCP", host, port)
+            wrapper = factory.buildProtocol(address)
+            transport = FakeTransport(address, self.local)
+            wrapper.makeConnection(transport)
+            self.wrappers[wrapper._wrappedProtocol] = wrapper
+
+    def warmUp(self) -> None:
+        """
+        One request per client, connecting backends as asked, and a check
+        of what each side received.
+        """
+        for client in self.clients:
+            client.dataReceived(REQUEST)
+            self._connectPending()
+            backend = client.exchange.backend
+            sent = b"".join(backend.transport.last)
+            if not sent.startswith(b"GET /100B HTTP/1.1\r\n") or b"X-Forwarded-For" not in sent:
+                raise SystemExit(f"unexpected request head sent to the backend: {sent!r}")
+            backend.transport.last.clear()
+            self.wrappers[backend].dataReceived(RESPONSE)
+            received = b"".join(client.transport.last)
+            client.transport.last.clear()
+            if not received.startswith(b"HTTP/1.1 200 OK\r\n") or not received.endswith(
+                b"\r\n\r\n" + BODY
+            ) or b"Connection: keep-alive" in received:
+                raise SystemExit(f"unexpected response sent to the client: {received!r}")
+            if client.exchange is not None:
+                raise SystemExit("the exchange did not end")
+
+    def run(self, count: int) -> float:
+        """
+        Serve C{count} requests, the clients taking turns; return the CPU
+        seconds spent.
+        """
+        clients = self.clients
+        wrappers = self.wrappers
+        perClient = len(clients)
+        rounds, rest = divmod(count, perClient)
+        started = time.process_time()
+        for _ in range(rounds):
+            for client in clients:
+                client.dataReceived(REQUEST)
+                wrappers[client.exchange.backend].dataReceived(RESPONSE)
+            # What a real transport would have sent by now.
+            for client in clients:
+                client.transport.last.clear()
+            for backend in wrappers:
+                backend.transport.last.clear()
+        for client in clients[:rest]:
+            client.dataReceived(REQUEST)
+            wrappers[client.exchange.backend].dataReceived(RESPONSE)
+        return time.process_time() - started
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=100000, help="per round (default 100000)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument("--clients", type=int, default=50, help="client connections (default 50)")
+    parser.add_argument(
+        "--profile", action="store_true", help="run one more round under cProfile and print it"
+    )
+    parser.add_argument("--top", type=int, default=30, help="functions printed with --profile")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="lbproxy-http-cpu-") as workdir:
+        bench = Bench(args.clients, os.path.join(workdir, "access.log"))
+        bench.warmUp()
+        bench.run(min(args.requests, 20000))
+        figures = []
+        for index in range(args.rounds):
+            seconds = bench.run(args.requests)
+            figures.append(1e6 * seconds / args.requests)
+            print(f"round {index + 1}: {figures[-1]:.2f} us/request", flush=True)
+        print(
+            f"best {min(figures):.2f} us/request, median {sorted(figures)[len(figures) // 2]:.2f} "
+            f"({args.requests} requests x {args.rounds} rounds, {args.clients} clients; "
+            f"Python {platform.python_version()}, Twisted {twisted.__version__})"
+        )
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.enable()
+            bench.run(args.requests)
+            profile.disable()
+            stats = pstats.Stats(profile)
+            stats.sort_stats("tottime").print_stats(args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
