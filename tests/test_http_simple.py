@@ -451,3 +451,29 @@ class FrontTests(ProxyTestCase):
         self.makeFactory = makeFactory
         sent, received, records, closing = self.assertSame([WRK, WRK], NGINX)
         self.assertIn(b"Set-Cookie: SRV=", received)
+
+
+class ProducerOnCloseTests(ProxyTestCase):
+    """
+    A connection the proxy closes stops being its transport's producer
+    first: a TLS transport (TLSMemoryBIOProtocol) sends its close alert and
+    closes only once no producer is registered.
+    """
+
+    def test_clientConnectionClosed(self):
+        self.makeFactory()
+        client = self.connectClient()
+        self.exchange(client, b"GET / HTTP/1.0\r\n\r\n", NGINX)
+        self.assertTrue(client.closing)
+        self.assertIsNone(client.transport.producer)
+
+    def test_backendConnectionClosed(self):
+        self.makeFactory()
+        client = self.connectClient()
+        backend = self.exchange(
+            client, WRK, NGINX.replace(b"Connection: keep-alive", b"Connection: close")
+        )
+        self.assertTrue(backend.transport.disconnecting)
+        self.assertIsNone(backend.transport.producer)
+        self.assertFalse(client.closing)
+        self.assertIs(client.transport.producer, client.protocol)

@@ -125,6 +125,8 @@ class BackendHTTPConnection(Protocol):
         self._readingPaused = False
         self._writeBlocked = False
         self._leg = None
+        # Registered as the streaming producer of its transport.
+        self._producing = False
 
     def __repr__(self) -> str:
         name = getattr(self.server, "name", None)
@@ -135,6 +137,7 @@ class BackendHTTPConnection(Protocol):
     def connectionMade(self) -> None:
         setNoDelay(self.transport)
         self.transport.registerProducer(self, True)
+        self._producing = True
 
     def dataReceived(self, data: bytes) -> None:
         leg = self._leg
@@ -165,7 +168,14 @@ class BackendHTTPConnection(Protocol):
             self.idleList.discard(self)
         self._peerClosed()
         if not self.lost:
-            self.transport.loseConnection()
+            self._loseConnection()
+
+    def _loseConnection(self) -> None:
+        if self._producing:
+            # A TLS transport closes only once its producer is gone.
+            self._producing = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         if self._leg is not None:
@@ -313,6 +323,7 @@ class BackendHTTPConnection(Protocol):
         self.user = None
         self._leg = leg
         self._readingPaused = False
+        self._producing = False
         self.transport.unregisterProducer()
         return self.parser.detachTunnel()
 
@@ -324,7 +335,7 @@ class BackendHTTPConnection(Protocol):
         self.closing = True
         self.parser.pauseParsing()
         if not self.lost:
-            self.transport.loseConnection()
+            self._loseConnection()
 
     def abort(self) -> None:
         """

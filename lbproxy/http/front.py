@@ -160,6 +160,8 @@ class HTTPProxyProtocol(Protocol):
         self._closed = False
         self._leg = None
         self._proxyHeader: ProxyHeaderParser | None = None
+        # Registered as the streaming producer of the client transport.
+        self._producing = False
 
     def __repr__(self) -> str:
         return f"<HTTPProxyProtocol {self.factory.listener.name} requests={self.requests}>"
@@ -185,6 +187,7 @@ class HTTPProxyProtocol(Protocol):
         factory.sessions.add(self)
         setNoDelay(transport)
         transport.registerProducer(self, True)
+        self._producing = True
         self.parser = RequestParser(self, **factory.parserLimits)
         if listener.acceptProxy and listener.trustsProxyFrom(getattr(self.client, "host", "")):
             # A trusted proxy in front: its PROXY header comes first, within
@@ -325,6 +328,10 @@ class HTTPProxyProtocol(Protocol):
         if abort:
             self.transport.abortConnection()
         else:
+            if self._producing:
+                # A TLS transport closes only once its producer is gone.
+                self._producing = False
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     # -- reading from the client --------------------------------------------
@@ -864,6 +871,7 @@ class HTTPProxyProtocol(Protocol):
             self._reactor, idleTimeout=self.factory.listener.tunnelTimeout or None
         )
         clientRest = self.parser.detachTunnel()
+        self._producing = False
         self.transport.unregisterProducer()
         backendRest = backend.handOver(relay.server)
         self._leg = relay.client
