@@ -429,7 +429,10 @@ class NginxBackends:
 
 
 def haproxyConfig(
-    listenPort: int, servers: Sequence[tuple[str, int]], mode: str = "tcp"
+    listenPort: int,
+    servers: Sequence[tuple[str, int]],
+    mode: str = "tcp",
+    tlsBundle: str | None = None,
 ) -> str:
     """
     An HAProxy config with one thread, one frontend on loopback and a
@@ -438,6 +441,11 @@ def haproxyConfig(
     With C{mode="http"}, client connections are kept alive and idle server
     connections are shared between client connections (C{http-reuse
     always}). Nothing is logged per request either way.
+
+    With C{tlsBundle} (a PEM file with the certificate and its key), the
+    frontend terminates TLS as L{lbproxyConfig} makes lbproxy do: TLS 1.2
+    or later, L{TLS12_CIPHERS}, ALPN http/1.1, OpenSSL's default session
+    cache and tickets.
     """
     serverLines = "\n".join(
         f"    server {name} {LOOPBACK}:{port}" for name, port in servers
@@ -446,12 +454,19 @@ def haproxyConfig(
     if mode == "http":
         httpDefaults = "    timeout http-keep-alive 300s\n    timeout http-request 30s\n"
         httpBackend = "    http-reuse always\n"
+    tlsGlobal = tlsBind = ""
+    if tlsBundle is not None:
+        tlsGlobal = (
+            f"    ssl-default-bind-ciphers {TLS12_CIPHERS}\n"
+            "    ssl-default-bind-options ssl-min-ver TLSv1.2\n"
+        )
+        tlsBind = f" ssl crt {tlsBundle} alpn http/1.1"
     return f"""\
 global
     nbthread 1
     maxconn 4000
     log stderr format raw local0 err
-
+{tlsGlobal}
 defaults
     mode {mode}
     timeout connect 5s
@@ -459,7 +474,7 @@ defaults
     timeout server 300s
 {httpDefaults}
 frontend bench
-    bind {LOOPBACK}:{listenPort}
+    bind {LOOPBACK}:{listenPort}{tlsBind}
     default_backend servers
 
 backend servers
@@ -559,10 +574,14 @@ def lbproxyConfig(
     reuseMaxIdle: int | None = None,
     selector: str = '"roundrobin"',
     poolLines: Sequence[str] = (),
+    tls: TLSFiles | None = None,
 ) -> str:
     """
     An lbproxy TOML config: one listener on loopback, one pool over
     C{servers} (name, port), round-robin unless C{selector} says otherwise.
+
+    @param tls: the certificate the listener terminates TLS with (its
+        C{[tls]} table, with L{TLS12_CIPHERS}).
 
     @param accessLog: for an HTTP listener, the file its access log lines
         are appended to (buffered), instead of the daemon's log.
@@ -583,12 +602,20 @@ def lbproxyConfig(
         else ""
     )
     extraPoolLines = "".join(f"{line}\n" for line in poolLines)
+    tlsTable = ""
+    if tls is not None:
+        tlsTable = (
+            "[listeners.bench.tls]\n"
+            f'certificates = [{{ cert = "{tls.cert}", key = "{tls.key}" }}]\n'
+            f'ciphers = "{TLS12_CIPHERS}"\n'
+        )
     return f"""\
 [listeners.bench]
 bind = "tcp:{listenPort}:interface={LOOPBACK}"
 mode = "{mode}"
 pool = "servers"
 {listenerExtra}
+{tlsTable}
 [pools.servers]
 selector = {selector}
 {extraPoolLines}servers = [
@@ -662,13 +689,15 @@ def reactorInLog(workdir: str, name: str = "twistd") -> str | None:
 # ---------------------------------------------------------------------------
 
 
-def fetch(url: str, timeout: float = 10.0) -> bytes:
+def fetch(url: str, timeout: float = 10.0, cacert: str | None = None) -> bytes:
     """
     The body curl gets for C{url} on a new connection; BenchError unless
-    the status is 200.
+    the status is 200. C{cacert} is the file of the CA (or self-signed
+    certificate) an https URL's certificate is verified against.
     """
+    trust = ["--cacert", cacert] if cacert is not None else []
     result = subprocess.run(
-        [findExecutable("curl"), "-sS", "--fail", "--max-time", str(timeout), url],
+        [findExecutable("curl"), "-sS", "--fail", "--max-time", str(timeout), *trust, url],
         capture_output=True,
         timeout=timeout + 5,
     )
@@ -680,12 +709,12 @@ def fetch(url: str, timeout: float = 10.0) -> bytes:
     return result.stdout
 
 
-def verifyBody(url: str, expected: bytes) -> None:
+def verifyBody(url: str, expected: bytes, cacert: str | None = None) -> None:
     """
     Fetch C{url} once and raise L{BenchError} unless the body is exactly
-    C{expected}.
+    C{expected} (C{cacert}: see L{fetch}).
     """
-    body = fetch(url)
+    body = fetch(url, cacert=cacert)
     if body != expected:
         raise BenchError(
             f"{url}: expected {len(expected)} bytes "
@@ -906,6 +935,179 @@ def _shortPath(frame: str) -> str:
     function, path = match.groups()
     package = re.search(r"(?:^|/)((?:lbproxy|twisted)/.*)$", path)
     return f"{function} ({package.group(1) if package else os.path.basename(path)})"
+
+
+# ---------------------------------------------------------------------------
+# TLS: certificates and full handshakes
+# ---------------------------------------------------------------------------
+
+#: The TLS 1.2 cipher suites both proxies offer in the TLS benchmark
+#: (lbproxy's default list; TLS 1.3 suites are OpenSSL's for both).
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+
+@dataclass
+class TLSFiles:
+    """
+    A certificate and its key as PEM files, and both in one file (what
+    HAProxy's C{crt} takes).
+    """
+
+    cert: str
+    key: str
+    bundle: str
+
+
+def makeCertificate(directory: str, kind: str = "ec", name: str = LOOPBACK) -> TLSFiles:
+    """
+    A self-signed server certificate for C{name} (an IP address or a DNS
+    name), valid for two days, with an ECDSA P-256 key (C{kind="ec"}) or an
+    RSA 2048 one (C{"rsa"}), written under C{directory} as
+    C{KIND.crt}, C{KIND.key} and C{KIND.pem}. Made with the cryptography
+    package: the benchmark clients do not verify it.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    if kind == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    elif kind == "ec":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        raise ValueError(f"unknown key kind {kind!r}")
+    try:
+        altName = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        altName = x509.DNSName(name)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([altName]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    certPEM = cert.public_bytes(serialization.Encoding.PEM)
+    keyPEM = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    os.makedirs(directory, exist_ok=True)
+    files = TLSFiles(
+        *(os.path.join(directory, f"{kind}.{suffix}") for suffix in ("crt", "key", "pem"))
+    )
+    for path, data in ((files.cert, certPEM), (files.key, keyPEM), (files.bundle, certPEM + keyPEM)):
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o600)
+    return files
+
+
+def parseSTime(output: str) -> int:
+    """
+    The connections one C{openssl s_time} run made, from its summary line
+    C{N connections in T real seconds}.
+    """
+    match = re.search(r"^(\d+) connections in [\d.]+ real seconds", output, re.M)
+    if match is None:
+        raise BenchError("cannot read openssl s_time output:\n" + output)
+    return int(match.group(1))
+
+
+def runHandshakes(
+    host: str,
+    port: int,
+    path: str,
+    duration: float,
+    clients: int,
+    cpus: str | None = None,
+    measuredPid: int | None = None,
+) -> WrkResult:
+    """
+    Full TLS handshakes per second: C{clients} C{openssl s_time -new}
+    processes side by side for C{duration} seconds, each opening one
+    connection after another, each with a new session (never resumed: wrk
+    resumes sessions when it reconnects), fetching C{path} with an HTTP/1.0
+    GET and closing.
+
+    The result is a L{WrkResult} with handshakes per second as its
+    C{requestsPerSecond} (and, with C{measuredPid}, that process's CPU);
+    a client that failed counts as a socket error.
+    """
+    seconds = max(1, round(duration))
+    argv = pinned(
+        [
+            findExecutable("openssl"),
+            "s_time",
+            "-connect",
+            f"{host}:{port}",
+            "-new",
+            "-time",
+            str(seconds),
+            "-www",
+            path,
+        ],
+        cpus,
+    )
+    cpuBefore = cpuSeconds(measuredPid) if measuredPid else None
+    started = time.monotonic()
+    processes = [
+        subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(clients)
+    ]
+    total = failed = 0
+    try:
+        for process in processes:
+            try:
+                output, _ = process.communicate(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"openssl s_time against {host}:{port} did not finish")
+            text = output.decode("utf-8", "replace")
+            if process.returncode != 0 or "ERROR" in text:
+                failed += 1
+                continue
+            total += parseSTime(text)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                _signalGroup(process, signal.SIGKILL)
+                process.wait()
+    elapsed = time.monotonic() - started
+    result = WrkResult(
+        requestsPerSecond=total / seconds,
+        bytesPerSecond=0.0,
+        requests=total,
+        latencyP50Ms=None,
+        latencyP99Ms=None,
+        socketErrors=failed,
+        non2xx=0,
+    )
+    if measuredPid:
+        user, system = cpuSeconds(measuredPid)
+        result.proxyCpuPercent = 100.0 * (user - cpuBefore[0] + system - cpuBefore[1]) / elapsed
+        result.proxySystemPercent = 100.0 * (system - cpuBefore[1]) / elapsed
+    return result
 
 
 # ---------------------------------------------------------------------------

@@ -197,3 +197,52 @@ def test_lbproxyArgvReactor():
     assert not any(a.startswith("--reactor") for a in own)
     assert own[-3:] == ["lbproxy", "--config", "lb.toml"]
     assert "--reactor=epoll" in harness.lbproxyArgv("twistd", "lb.toml", "/w", "epoll")
+
+
+S_TIME_OUTPUT = """\
+Collecting connection statistics for 5 seconds
+*******************************************************
+
+2931 connections in 1.49s; 1967.11 connections/user sec, bytes read 955506
+2931 connections in 6 real seconds, 326 bytes read per connection
+"""
+
+
+def test_parseSTime():
+    assert harness.parseSTime(S_TIME_OUTPUT) == 2931
+    with pytest.raises(harness.BenchError):
+        harness.parseSTime("connect: Connection refused\nconnect:errno=111\n")
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+def test_tlsConfigsLoad(tmp_path, kind):
+    """
+    The certificate the TLS benchmark makes is accepted by lbproxy's own
+    loader (with the harness's cipher list, lbproxy's default), and HAProxy
+    gets the same certificate and ciphers.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from lbproxy.config.tls import DEFAULT_CIPHERS
+    from lbproxy.tls.server import ServerTLS
+
+    files = harness.makeCertificate(str(tmp_path), kind)
+    cert = x509.load_pem_x509_certificate(open(files.cert, "rb").read())
+    expected = ec.EllipticCurvePublicKey if kind == "ec" else rsa.RSAPublicKey
+    assert isinstance(cert.public_key(), expected)
+    assert open(files.bundle, "rb").read() == open(files.cert, "rb").read() + open(files.key, "rb").read()
+    assert harness.TLS12_CIPHERS == DEFAULT_CIPHERS
+
+    text = harness.lbproxyConfig(
+        40000, [("a", 40001)], mode="http", reuseMaxIdle=64, tls=files
+    )
+    config = loadBytes(text.encode(), "bench.toml")
+    [listener] = config.listeners.values()
+    assert listener.tls.certificates[0].cert == files.cert
+    ServerTLS(listener.name, listener.tls, "bench.toml").load()
+
+    haproxy = harness.haproxyConfig(40000, [("a", 40001)], mode="http", tlsBundle=files.bundle)
+    assert f"bind 127.0.0.1:40000 ssl crt {files.bundle} alpn http/1.1" in haproxy
+    assert f"ssl-default-bind-ciphers {harness.TLS12_CIPHERS}" in haproxy
+    assert "ssl crt" not in harness.haproxyConfig(40000, [("a", 40001)], mode="http")

@@ -1,0 +1,361 @@
+"""
+HTTPS (TLS termination) throughput: lbproxy's http mode with a [tls] table
+against HAProxy's mode http with "bind ... ssl", with the same certificate,
+in front of the same two nginx backends on loopback, for ECDSA P-256 and
+RSA 2048 certificates:
+
+  - keep-alive requests per second (wrk over HTTPS, 50 connections);
+  - full handshakes per second (a new TLS connection, never resumed, for
+    each request: parallel "openssl s_time -new" clients).
+
+Run from the repository root with the interpreter that has Twisted:
+
+    python bench/run_https.py                 # 5 rounds of 5 s per target
+    python bench/run_https.py --kinds ec --rounds 3 --json https.json
+
+See bench/README.rst for what is measured and how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from harness import (
+    LOOPBACK,
+    PIN_PRESETS,
+    BenchError,
+    NginxBackends,
+    ProcessGroup,
+    addCommonArguments,
+    alternatingRounds,
+    besidePython,
+    fileTail,
+    findExecutable,
+    formatTable,
+    freePort,
+    haproxyConfig,
+    lbproxyArgv,
+    lbproxyConfig,
+    lbproxyEnv,
+    machineInfo,
+    makeCertificate,
+    makePayload,
+    makeWorkdir,
+    pinned,
+    profileWhileLoading,
+    reactorInLog,
+    runHandshakes,
+    runWrk,
+    toolVersion,
+    topFunctions,
+    verifyBody,
+    waitForPort,
+    writeJson,
+)
+
+TARGETS = ("haproxy", "lbproxy")
+KINDS = ("ec", "rsa")
+MODES = ("keepalive", "handshake")
+PAYLOAD = makePayload("100B", 100)
+# (mode, goal): lbproxy/HAProxy must reach goal.
+GOALS = (("keepalive", 0.4), ("handshake", 0.7))
+REUSE_MAX_IDLE = 64
+
+
+def parseArgs(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Compare lbproxy's TLS termination with HAProxy's on loopback "
+        "(keep-alive requests and full handshakes, ECDSA and RSA certificates)."
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per run (default 5)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0,
+        help="seconds of unmeasured load per target and scenario first (default 2, 0 = none)",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=50, help="wrk connections, keep-alive (default 50)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=8,
+        help="parallel openssl s_time clients for handshakes (default 8)",
+    )
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS),
+        help="certificate key kinds: ec (P-256), rsa (2048) (default both)",
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES),
+        help=f"comma-separated subset of {','.join(MODES)} (default both)",
+    )
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)} (default both)",
+    )
+    addCommonArguments(parser, "per scenario")
+    args = parser.parse_args(argv)
+    for name, allowed in (("kinds", KINDS), ("modes", MODES), ("targets", TARGETS)):
+        chosen = [x.strip() for x in getattr(args, name).split(",") if x.strip()]
+        if not chosen or any(x not in allowed for x in chosen):
+            parser.error(f"--{name}: expected names from {','.join(allowed)}")
+        setattr(args, name, [x for x in allowed if x in chosen])
+    if args.rounds < 1 or args.duration < 1 or args.warmup < 0 or args.connections < 1 or args.clients < 1:
+        parser.error("--rounds, --connections and --clients must be positive, --duration at least 1")
+    if args.profile and "lbproxy" not in args.targets:
+        parser.error("--profile needs the lbproxy target")
+    # One scenario per mode and certificate kind, e.g. "keepalive-ec".
+    args.scenarios = [f"{mode}-{kind}" for kind in args.kinds for mode in args.modes]
+    load, proxy, backend = PIN_PRESETS[args.pin]
+    args.loadCpus = args.load_cpus if args.load_cpus is not None else load
+    args.proxyCpus = args.proxy_cpus if args.proxy_cpus is not None else proxy
+    args.backendCpus = args.backend_cpus if args.backend_cpus is not None else backend
+    return args
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def startLbproxy(args, group: ProcessGroup, workdir: str, name: str, config: str, port: int):
+    path = os.path.join(workdir, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(config)
+    twistd = args.twistd or besidePython("twistd")
+    argv = lbproxyArgv(twistd, path, workdir, args.reactor, name=name)
+    pid = group.start(name, pinned(argv, args.proxyCpus), env=lbproxyEnv(args.lbproxy_source)).pid
+    try:
+        waitForPort(port, group, timeout=30.0)
+    except BenchError as e:
+        raise BenchError(f"{e}\ntwistd log:\n{fileTail(os.path.join(workdir, name + '.log'), 30)}")
+    reactor = reactorInLog(workdir, name) or "unknown"
+    say(f"{name}: {' '.join(argv)}")
+    say(f"{name} reactor: {reactor}")
+    return pid, reactor
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = makeWorkdir("lbproxy-bench-https-", args.keep_workdir)
+    findExecutable("openssl")
+    with ProcessGroup(workdir) as group:
+        backendPorts = [freePort(), freePort()]
+        servers = [("nginx1", backendPorts[0]), ("nginx2", backendPorts[1])]
+        for index, port in enumerate(backendPorts, 1):
+            backend = NginxBackends(workdir, [port], [PAYLOAD], name=f"nginx{index}")
+            group.start(f"nginx{index}", pinned(backend.argv(), args.backendCpus))
+        for port in backendPorts:
+            waitForPort(port, group)
+
+        # (target, kind) -> port and pid: one process per target and
+        # certificate, each with the same certificate as its rival.
+        ports: dict[tuple[str, str], int] = {}
+        pids: dict[tuple[str, str], int] = {}
+        details: dict[str, str] = {}
+        certificates = {}
+        for kind in args.kinds:
+            files = certificates[kind] = makeCertificate(os.path.join(workdir, "certs"), kind)
+            if "haproxy" in args.targets:
+                port = ports[("haproxy", kind)] = freePort()
+                path = os.path.join(workdir, f"haproxy-{kind}.cfg")
+                with open(path, "w") as f:
+                    f.write(haproxyConfig(port, servers, mode="http", tlsBundle=files.bundle))
+                pids[("haproxy", kind)] = group.start(
+                    f"haproxy-{kind}",
+                    pinned([findExecutable("haproxy"), "-db", "-f", path], args.proxyCpus),
+                ).pid
+                waitForPort(port, group)
+            if "lbproxy" in args.targets:
+                port = ports[("lbproxy", kind)] = freePort()
+                config = lbproxyConfig(
+                    port, servers, mode="http",
+                    accessLog=os.path.join(workdir, f"access-{kind}.log"),
+                    reuseMaxIdle=REUSE_MAX_IDLE, tls=files,
+                )
+                pids[("lbproxy", kind)], details[f"lbproxyReactor-{kind}"] = startLbproxy(
+                    args, group, workdir, f"lbproxy-{kind}", config, port
+                )
+        if args.lbproxy_source and "lbproxy" in args.targets:
+            details["lbproxyRevision"] = toolVersion(
+                ["git", "-C", args.lbproxy_source, "describe", "--always", "--dirty"]
+            )
+
+        def url(target: str, kind: str) -> str:
+            return f"https://{LOOPBACK}:{ports[(target, kind)]}{PAYLOAD.path}"
+
+        for target in args.targets:
+            for kind in args.kinds:
+                for _ in servers:
+                    verifyBody(url(target, kind), PAYLOAD.body, cacert=certificates[kind].cert)
+        say(f"verified: every target returns the expected {PAYLOAD.name} body over HTTPS")
+
+        def measure(target: str, scenario: str, duration: float = args.duration):
+            group.checkAlive()
+            mode, kind = scenario.split("-")
+            pid = pids[(target, kind)]
+            if mode == "keepalive":
+                return runWrk(
+                    url(target, kind), duration, args.connections,
+                    cpus=args.loadCpus, measuredPid=pid,
+                )
+            return runHandshakes(
+                LOOPBACK, ports[(target, kind)], PAYLOAD.path, duration, args.clients,
+                cpus=args.loadCpus, measuredPid=pid,
+            )
+
+        if args.warmup:
+            for scenario in args.scenarios:
+                for target in args.targets:
+                    measure(target, scenario, args.warmup)
+        info = machineInfo()
+        for tool, argv in (
+            ("haproxy", [findExecutable("haproxy"), "-v"]),
+            ("wrk", [findExecutable("wrk"), "--version"]),
+            ("openssl", [findExecutable("openssl"), "version"]),
+        ):
+            details[f"{tool}Version"] = toolVersion(argv)
+        say("versions: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
+        say(
+            f"load average before: {' '.join(f'{x:.2f}' for x in info['loadAverage'])}; "
+            f"{info['cpus']} CPUs; pinning load={args.loadCpus or 'any'} "
+            f"proxy={args.proxyCpus or 'any'} nginx={args.backendCpus or 'any'}"
+        )
+        started = time.monotonic()
+        series = alternatingRounds(args.rounds, args.scenarios, args.targets, measure, say)
+        elapsed = time.monotonic() - started
+        loadAfter = os.getloadavg()
+        group.checkAlive()
+        profiles = []
+        if args.profile:
+            profiles = profileLbproxy(args, pids, url)
+
+    for name, path, result, top in profiles:
+        say(f"\nlbproxy profile, {name} ({result.requestsPerSecond:.0f} req/s while "
+            f"sampled), collapsed stacks in {path}:\n{top}")
+    say("")
+    say(report(series, args))
+    say(f"\n{args.rounds} rounds x {args.duration:g}s in {elapsed:.0f}s; load average after: "
+        + " ".join(f"{x:.2f}" for x in loadAfter))
+    if args.json:
+        writeJson(args.json, {
+            "benchmark": "https",
+            "machine": info,
+            "loadAverageAfter": loadAfter,
+            "settings": {
+                "rounds": args.rounds,
+                "duration": args.duration,
+                "warmup": args.warmup,
+                "connections": args.connections,
+                "clients": args.clients,
+                "payload": PAYLOAD.name,
+                "scenarios": args.scenarios,
+                "pin": {"load": args.loadCpus, "proxy": args.proxyCpus, "nginx": args.backendCpus},
+                "reactor": args.reactor,
+                "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
+            },
+            "details": details,
+            "results": [s.summary() for s in series.values()],
+            "ratios": ratios(series),
+        })
+        say(f"JSON written to {args.json}")
+    return 0
+
+
+def profileLbproxy(args: argparse.Namespace, pids: dict, url) -> list:
+    """
+    One more keep-alive run per certificate kind on lbproxy, sampled by
+    py-spy (handshakes are OpenSSL's time, which py-spy does not see).
+    """
+    pySpy = besidePython("py-spy")
+    os.makedirs(args.profile, exist_ok=True)
+    profiles = []
+    for kind in args.kinds:
+        name = f"keepalive-{kind}"
+        path = os.path.join(
+            args.profile, f"lbproxy-https-{name}-{'native' if args.profile_native else 'python'}.collapsed"
+        )
+        say(f"profiling lbproxy, {name}, for {args.duration:g}s")
+        result = profileWhileLoading(
+            pids[("lbproxy", kind)], url("lbproxy", kind), args.duration, args.connections,
+            path, pySpy, loadCpus=args.loadCpus, native=args.profile_native,
+        )
+        profiles.append((name, path, result, topFunctions(path)))
+    return profiles
+
+
+def ratios(series) -> list[dict]:
+    """
+    lbproxy's median over HAProxy's per scenario, with the goal of its mode.
+    """
+    goals = dict(GOALS)
+    out = []
+    for (target, scenario), ours in sorted(series.items()):
+        if target != "lbproxy":
+            continue
+        theirs = series.get(("haproxy", scenario))
+        if theirs is None:
+            continue
+        goal = goals[scenario.split("-")[0]]
+        ratio = ours.median() / theirs.median() if theirs.median() else 0.0
+        out.append({
+            "scenario": scenario,
+            "ours": "lbproxy",
+            "theirs": "haproxy",
+            "ratio": ratio,
+            "goal": goal,
+            "met": ratio >= goal,
+        })
+    return out
+
+
+def report(series, args) -> str:
+    rows = []
+    for scenario in args.scenarios:
+        for target in args.targets:
+            s = series[(target, scenario)]
+            cpu = s.median("proxyCpuPercent")
+            system = s.median("proxySystemPercent")
+            p99 = s.median("latencyP99Ms")
+            errors = sum(r.socketErrors + r.non2xx for r in s.runs)
+            rows.append([
+                scenario,
+                target,
+                f"{s.median():.0f}",
+                f"{min(r.requestsPerSecond for r in s.runs):.0f}",
+                f"{max(r.requestsPerSecond for r in s.runs):.0f}",
+                f"{100 * s.spread():.0f}%",
+                f"{p99:.2f}" if p99 is not None else "-",
+                f"{cpu:.0f}% ({system:.0f}% sys)" if cpu is not None else "-",
+                str(errors),
+            ])
+    table = formatTable(
+        ["scenario", "target", "median /s", "min", "max", "spread", "p99 ms", "proxy CPU", "errors"],
+        rows,
+    )
+    lines = [table, "", "(keepalive: requests/s; handshake: new TLS connections/s, one request each)"]
+    found = ratios(series)
+    if found:
+        lines.append("")
+        for r in found:
+            verdict = "PASS" if r["met"] else "MISS"
+            lines.append(
+                f"{r['scenario']:<13} lbproxy/haproxy: {r['ratio']:.2f}x  "
+                f"(goal >= {r['goal']:g}x)  {verdict}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = parseArgs(argv)
+    try:
+        return run(args)
+    except BenchError as e:
+        print(f"run_https: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
