@@ -392,11 +392,16 @@ class Relay:
     def _stopRelaying(self, leg: RelayLeg) -> None:
         """
         Forward nothing more from C{leg}, and stop it pausing the peer.
+
+        A peer whose connection is gone has nothing to unregister (and a
+        transport switched to TLS with C{startTLS} cannot even be asked
+        once it is lost: its TLS layer is gone with it).
         """
         leg._write = _discard
         if leg.producing:
             leg.producing = False
-            leg.peer.transport.unregisterProducer()
+            if not leg.peer.lost:
+                leg.peer.transport.unregisterProducer()
 
     def _legConnected(self, leg: RelayLeg) -> None:
         if self.closing or self._done:
@@ -438,7 +443,11 @@ class Relay:
         self._stopRelaying(leg)
         if peer.transport is not None and not peer.lost:
             halfClose = getattr(peer.transport, "loseWriteConnection", None)
-            if halfClose is None:
+            # A TCP transport switched to TLS by startTLS (mail STARTTLS)
+            # still has loseWriteConnection, but it would shut the socket
+            # under the TLS layer without a close_notify: close it whole,
+            # as TLS transports without the method are.
+            if halfClose is None or getattr(peer.transport, "TLS", False):
                 peer.transport.loseConnection()
             else:
                 halfClose()

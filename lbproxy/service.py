@@ -66,6 +66,10 @@ def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor, serv
         from lbproxy.http.front import HTTPProxyFactory
 
         return HTTPProxyFactory(listener, pools, reactor)
+    if listener.mode == "imap":
+        from lbproxy.mail.imap import IMAPProxyFactory
+
+        return IMAPProxyFactory(listener, pools, reactor, serverTLS)
     if listener.mode == "pop3":
         from lbproxy.mail.pop3 import POP3ProxyFactory
 

@@ -475,3 +475,15 @@ class IMAPDialogTests(IMAPFrontTests):
         dialog.connectionLost(DONE)
         self.assertIn(b"a NO [UNAVAILABLE]", self.said())
         self.assertEqual(len(self.reactor.tcpClients), 1)
+
+
+def test_serviceFrontFactory():
+    """
+    The service builds an IMAP listener's factory with its ServerTLS.
+    """
+    from lbproxy.service import frontFactory
+
+    serverTLS = FakeServerTLS()
+    factory = frontFactory(makeListener(tls=STARTTLS), {"store": makePool()}, MemoryReactorClock(), serverTLS)
+    assert isinstance(factory, IMAPProxyFactory)
+    assert factory.serverTLS is serverTLS

@@ -448,3 +448,43 @@ class SASLTests(SynchronousTestCase):
         context = MailFlowContext(PEER, HOST, "alice@example.com")
         self.assertEqual(context.key("user"), b"alice@example.com")
         self.assertEqual(context.key("src"), bytes([192, 0, 2, 7]))
+
+
+class RelayUnderStartTLSTests(MailSessionTests):
+    """
+    The relay with a client transport switched by startTLS: no half-close
+    under the TLS layer, and nothing unregistered from it once it is lost.
+    """
+
+    def relaying(self):
+        self.makeFactory()
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        dialog.dataReceived(b"OK\r\nOK\r\n")
+        self.assertIsNotNone(front.relay)
+        return front, client, dialog, server
+
+    def test_serverCloseClosesTLSClient(self):
+        front, client, dialog, server = self.relaying()
+        client.TLS = True
+        dialog.readConnectionLost()
+        self.assertTrue(client.disconnecting)
+        self.assertFalse(client.writeDisconnecting)
+
+    def test_serverClosePlainClientHalfClosed(self):
+        front, client, dialog, server = self.relaying()
+        dialog.readConnectionLost()
+        self.assertTrue(client.writeDisconnecting)
+        self.assertFalse(client.disconnecting)
+
+    def test_lostClientNotUnregistered(self):
+        front, client, dialog, server = self.relaying()
+
+        def gone():
+            raise AttributeError("protocol")
+
+        client.unregisterProducer = gone
+        front.connectionLost(DONE)
+        dialog.connectionLost(DONE)
+        self.assertTrue(front.relay.finished.called)

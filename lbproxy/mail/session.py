@@ -232,6 +232,8 @@ class BackendDialog(Protocol, _LineBuffer):
     @ivar loginSent: the credentials were sent (a failure after that is
         not retried on another server).
     @ivar tls: C{"none"}, C{"starttls"} or C{"implicit"}, for the log.
+    @ivar tlsVersion: the TLS version negotiated with the server, read
+        when it accepted the login; None without TLS.
     """
 
     log = Logger()
@@ -247,6 +249,7 @@ class BackendDialog(Protocol, _LineBuffer):
         self.result: Deferred[DialogResult] = Deferred()
         self.loginSent = False
         self.tls = TLS_NONE
+        self.tlsVersion: str | None = None
         self._leg = None
         self._done = False
         self._greetingTimer = None
@@ -339,6 +342,7 @@ class BackendDialog(Protocol, _LineBuffer):
             return
         self._finish()
         self._stopped = True
+        self.tlsVersion = tlsVersion(self.transport)
         self.result.callback(DialogResult(True, reply, self._takeBuffer()))
 
     def refuse(self, reply: bytes) -> None:
@@ -487,6 +491,7 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         self._connecting: Deferred | None = None
         self._placement = None
         self._lastServer: str | None = None
+        self._clientTLSVersion: str | None = None
         self.lastDetail = ""
         self._logged = False
         self._initBuffer()
@@ -638,6 +643,7 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         except UnicodeDecodeError:
             name = credentials.user.decode("latin-1")
         self.user = user = normaliseUser(name, self.mail.userDomain)
+        self._clientTLSVersion = tlsVersion(self.transport)
         poolName = self.mail.poolFor(user, self.listener.pool)
         pool = self.factory.pools[poolName]
         self.state = _PLACING
@@ -855,8 +861,12 @@ class MailFrontProtocol(Protocol, _LineBuffer):
             connection.release()
             server = connection.server.qualifiedName
             serverTLS = self.dialog.tls
+            if self.dialog.tlsVersion is not None:
+                serverTLS = f"{serverTLS}/{self.dialog.tlsVersion}"
         clientTLS = self.clientTLS
-        version = tlsVersion(self.transport)
+        # A lost TLS connection no longer says what it negotiated: the
+        # version is read at login, or now for a session without one.
+        version = self._clientTLSVersion or tlsVersion(self.transport)
         if version is not None:
             clientTLS = f"{clientTLS}/{version}"
         if detail == "" and self.result == "unavailable":
