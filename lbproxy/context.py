@@ -20,7 +20,9 @@ from lbproxy.interfaces import ISelectionContext
 #: an argument (e.g. "header:User-Agent").
 _TCP_KEYS = frozenset({"src", "src_port", "dst", "5tuple"})
 KEYS: dict[str, frozenset[str]] = {
-    "tcp": _TCP_KEYS,
+    # "sni": the server name of the ClientHello, on TCP listeners with SNI
+    # routes (lbproxy.tcp.SNIFlowContext; the config refuses it elsewhere).
+    "tcp": _TCP_KEYS | {"sni"},
     # lbproxy.http.context.HTTPFlowContext provides these.
     "http": _TCP_KEYS
     | {"uri", "path", "host", "header:", "cookie:", "url_param:"},

@@ -42,6 +42,24 @@ SESSION_FORMAT = (
 )
 
 
+class SNIFlowContext(FlowContext):
+    """
+    Selection context of a connection of a listener with SNI routes: also
+    provides key C{"sni"}, the server name of its ClientHello (None
+    without one, and the flow is then placed as a hashing selector places
+    flows without a key).
+    """
+
+    def __init__(self, client: IAddress, local: IAddress, sni: str | None) -> None:
+        super().__init__(client, local)
+        self.sni = sni
+
+    def key(self, spec: str) -> bytes | None:
+        if spec == "sni":
+            return None if self.sni is None else self.sni.encode("ascii")
+        return super().key(spec)
+
+
 class SNIRoutes:
     """
     The SNI routes of a TCP listener: server name to pool.
@@ -352,7 +370,10 @@ class TCPProxyProtocol(Protocol):
         if held:
             relay.client.dataReceived(held)
         relay.finished.addCallback(self._relayFinished)
-        context = FlowContext(self.client, self.local)
+        if factory.sniRoutes:
+            context = SNIFlowContext(self.client, self.local, self.sni)
+        else:
+            context = FlowContext(self.client, self.local)
         connecting = self._connecting = factory.connectorFor(self.pool).connect(
             context, relay.serverFactory()
         )

@@ -335,7 +335,7 @@ def test_keyNotSupportedByMode(monkeypatch):
     text = withPool('selector = { name = "keyed", key = "header:Host" }\n')
     assert loadError(text) == (
         "lb.toml: listeners.web.pool: pool 'web' hashes on key 'header:Host', "
-        "which a tcp listener cannot provide; expected one of 5tuple, dst, src, src_port"
+        "which a tcp listener cannot provide; expected one of 5tuple, dst, sni, src, src_port"
     )
 
 
@@ -695,23 +695,18 @@ EVERY_KEY = {
         "routes", "trusted_proxies", "forwarded", "access_log", "limits",
         "sni_fallback",
         "tls", "redirect_https",
-        "tls_required", "user_pools", "user_domain", "auth",
     },
     "listener tls": {
         "certificates", "min_version", "ciphers", "alpn", "client_verify", "client_ca",
-        "client_subject_header", "starttls",
+        "client_subject_header",
     },
     "listener tls certificate": {"cert", "key", "names"},
-    "listener timeouts": {"idle", "request", "keepalive", "tunnel", "hello", "login"},
-    "listener limits": {"request_line", "header_size", "header_count", "body_size", "line", "literal"},
-    "listener auth": {"max_failures", "failure_delay"},
+    "listener timeouts": {"idle", "request", "keepalive", "tunnel", "hello"},
+    "listener limits": {"request_line", "header_size", "header_count", "body_size"},
     "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods", "sni"},
     "route header": {"name", "value"},
-    "pool": {
-        "selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls",
-        "client_address",
-    },
-    "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version", "starttls"},
+    "pool": {"selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls"},
+    "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version"},
     "pool timeouts": {"connect", "response", "server"},
     "pool cookie": {
         "name", "indirect", "nocache", "httponly", "secure", "path", "domain", "maxidle", "maxlife",
@@ -751,7 +746,6 @@ def test_referenceUsesEveryKey():
         used["listener"] |= set(listener)
         used["listener timeouts"] |= set(listener.get("timeouts", {}))
         used["listener limits"] |= set(listener.get("limits", {}))
-        used["listener auth"] |= set(listener.get("auth", {}))
         used["listener tls"] |= set(listener.get("tls", {}))
         for certificate in listener.get("tls", {}).get("certificates", []):
             used["listener tls certificate"] |= set(certificate)

@@ -239,3 +239,39 @@ def test_referenceDocumentsBackendTLS():
     assert any(p.health is not None and p.health.tls for p in tlsPools)
     sniListeners = [l for l in config.listeners.values() if l.mode == "tcp" and l.routes]
     assert sniListeners
+
+
+# The "sni" selector key
+
+
+def test_sniKeyWithRoutes():
+    listener = tcp(
+        'routes = [{ sni = "a.test", pool = "api" }]',
+        pools='[pools.hashed]\nselector = { name = "hash", key = "sni" }\n'
+        'servers = [{ name = "h1", address = "127.0.0.1:9201" }]\n',
+    )
+    assert listener.routes
+    text = TCP.format(
+        listener='routes = [{ sni = "a.test", pool = "hashed" }]',
+        pools='[pools.hashed]\nselector = { name = "maglev", key = "sni" }\n'
+        'servers = [{ name = "h1", address = "127.0.0.1:9201" }]\n',
+    )
+    assert load(text).pools["hashed"].selectorOptions == {"key": "sni"}
+
+
+def test_sniKeyNeedsRoutes():
+    text = TCP.format(
+        listener="",
+        pools="",
+    ).replace('[pools.default]\n', '[pools.default]\nselector = { name = "hash", key = "sni" }\n')
+    assert loadError(text) == (
+        "lb.toml: listeners.front.pool: pool 'default' hashes on key 'sni', "
+        "which only a TCP listener with SNI routes provides"
+    )
+
+
+def test_sniKeyNotOnHTTP():
+    text = POOL.format(mode="http", pool="").replace(
+        "[pools.web]\n", '[pools.web]\nselector = { name = "hash", key = "sni" }\n'
+    )
+    assert "hashes on key 'sni', which a http listener cannot provide" in loadError(text)

@@ -106,10 +106,10 @@ def test_hashOptions(options, expected):
 def test_allKeysCoverModes():
     for kinds in KEYS.values():
         assert kinds <= ALL_KEYS
-    assert KEYS["tcp"] == {"src", "src_port", "dst", "5tuple"}
+    assert KEYS["tcp"] == {"src", "src_port", "dst", "5tuple", "sni"}
 
 
-@pytest.mark.parametrize("spec", ["src", "dst", "src_port", "5tuple", "uri", "user", "header:X-User"])
+@pytest.mark.parametrize("spec", ["src", "dst", "src_port", "5tuple", "sni", "uri", "user", "header:X-User"])
 def test_keySpecAccepted(spec):
     assert keyKnown(spec)
     assert keySpec(spec) == spec

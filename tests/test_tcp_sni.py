@@ -15,12 +15,16 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from zope.interface.verify import verifyObject
+
 from lbproxy.config import ListenerConfig, PoolConfig, RouteConfig
+from lbproxy.interfaces import ISelectionContext
 from lbproxy.pool import Pool, Server
 from lbproxy.proxyprotocol import buildV1
+from lbproxy.selectors.keyhash import KeyHash
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 from lbproxy.service import frontFactory
-from lbproxy.tcp import SNIRoutes, TCPProxyFactory
+from lbproxy.tcp import SNIFlowContext, SNIRoutes, TCPProxyFactory
 
 from test_clienthello import handshakeMessage, pyOpenSSLHello, pythonHello, records
 from test_relay import FakeTCPTransport
@@ -331,3 +335,29 @@ class SNIFrontTests(SynchronousTestCase):
             self.finish(protocol, leg)
         (line,) = self.sessionLines(events)
         self.assertNotIn("sni=", line)
+
+    def test_hashOnServerName(self):
+        """
+        A pool hashing on key "sni" places every connection for one name on
+        the same server.
+        """
+        servers = [Server(f"w{i}", f"tcp:host=127.0.0.1:port={8200 + i}") for i in range(4)]
+        self.pools["wild"] = Pool(
+            "wild", servers, KeyHash(key="sni"), PoolConfig(name="wild", servers=())
+        )
+        self.makeFactory()
+        ports = {}
+        for name in (b"a.example.test", b"b.example.test", b"c.example.test") * 3:
+            protocol, client = self.accept()
+            protocol.dataReceived(pyOpenSSLHello(name))
+            ports.setdefault(name, set()).add(self.connectedPort())
+        self.assertEqual([len(p) for p in ports.values()], [1, 1, 1])
+
+
+class SNIFlowContextTests(SynchronousTestCase):
+    def test_key(self):
+        context = SNIFlowContext(PEER, HOST, "www.example.test")
+        self.assertEqual(context.key("sni"), b"www.example.test")
+        self.assertEqual(context.key("src"), bytes([192, 0, 2, 7]))
+        self.assertIsNone(SNIFlowContext(PEER, HOST, None).key("sni"))
+        self.assertTrue(verifyObject(ISelectionContext, context))

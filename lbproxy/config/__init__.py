@@ -387,6 +387,12 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
     listener = ListenerConfig(**kwargs)
     for used in sorted(listener.poolsUsed()):
         _checkPoolFits(t, used, pools[used], mode)
+        if mode == "tcp" and not listener.routes and pools[used].selectorOptions.get("key") == "sni":
+            t.fail(
+                "pool",
+                f"pool {used!r} hashes on key 'sni', which only a TCP listener with "
+                "SNI routes provides",
+            )
     timeouts.done()
     t.done()
     return listener
