@@ -695,18 +695,23 @@ EVERY_KEY = {
         "routes", "trusted_proxies", "forwarded", "access_log", "limits",
         "sni_fallback",
         "tls", "redirect_https",
+        "tls_required", "user_pools", "user_domain", "auth",
     },
     "listener tls": {
         "certificates", "min_version", "ciphers", "alpn", "client_verify", "client_ca",
-        "client_subject_header",
+        "client_subject_header", "starttls",
     },
     "listener tls certificate": {"cert", "key", "names"},
-    "listener timeouts": {"idle", "request", "keepalive", "tunnel", "hello"},
-    "listener limits": {"request_line", "header_size", "header_count", "body_size"},
+    "listener timeouts": {"idle", "request", "keepalive", "tunnel", "hello", "login"},
+    "listener limits": {"request_line", "header_size", "header_count", "body_size", "line", "literal"},
+    "listener auth": {"max_failures", "failure_delay"},
     "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods", "sni"},
     "route header": {"name", "value"},
-    "pool": {"selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls"},
-    "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version"},
+    "pool": {
+        "selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls",
+        "client_address",
+    },
+    "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version", "starttls"},
     "pool timeouts": {"connect", "response", "server"},
     "pool cookie": {
         "name", "indirect", "nocache", "httponly", "secure", "path", "domain", "maxidle", "maxlife",
@@ -746,6 +751,7 @@ def test_referenceUsesEveryKey():
         used["listener"] |= set(listener)
         used["listener timeouts"] |= set(listener.get("timeouts", {}))
         used["listener limits"] |= set(listener.get("limits", {}))
+        used["listener auth"] |= set(listener.get("auth", {}))
         used["listener tls"] |= set(listener.get("tls", {}))
         for certificate in listener.get("tls", {}).get("certificates", []):
             used["listener tls certificate"] |= set(certificate)
