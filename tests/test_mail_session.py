@@ -264,6 +264,8 @@ class MailSessionTests(SynchronousTestCase):
         self.assertIn("toy 192.0.2.7:40000 toy -> store/s0 user=alice ", line)
         self.assertIn("result=ok", line)
         self.assertIn("tls=none server_tls=none", line)
+        sent = b"LOGIN alice secret\r\nSELECT inbox\r\nIDLE\r\n"
+        self.assertIn(f" in={len(sent)} out={len(client.value())} ", line)
         self.assertNotIn("secret", line)
         self.assertEqual(self.pools["store"].servers[0].active, 0)
 

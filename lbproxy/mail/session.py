@@ -793,6 +793,8 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         self.dialog.attach(relay.server)
         pipelined = self._takeBuffer()
         if pipelined:
+            # Counted again by the relay's client leg.
+            self._bytesIn -= len(pipelined)
             relay.client.dataReceived(pipelined)
         if answer.rest:
             relay.server.dataReceived(answer.rest)
