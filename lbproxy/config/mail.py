@@ -40,8 +40,8 @@ class MailListenerConfig:
     @ivar userDomain: appended as C{@domain} to user names without one
         before they are normalised, so C{alice} and C{alice@example.com}
         are the same user.
-    @ivar loginTimeout: time a client has to log in (and between two of its
-        commands before login).
+    @ivar loginTimeout: time from connecting to a successful login; the
+        session is closed when it runs out.
     @ivar maxAuthFailures: failed logins after which the connection is
         closed.
     @ivar authFailureDelay: wait before answering a failed login.
