@@ -120,7 +120,9 @@ class IMAPFrontTests(SynchronousTestCase):
     def test_greeting(self):
         self.makeFactory()
         transport = TLSFakeTransport()
-        self.factory.buildProtocol(PEER).makeConnection(transport)
+        protocol = self.factory.buildProtocol(PEER)
+        self.assertIsInstance(protocol, IMAPFront)
+        protocol.makeConnection(transport)
         self.assertEqual(
             transport.value(),
             b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ ID AUTH=PLAIN] lbproxy IMAP proxy ready\r\n",

@@ -224,6 +224,7 @@ starttls = {str(poolTLS == "starttls").lower()}
 
         typ, store = await self.inThread(run)
         self.assertEqual(typ, "OK")
+        self.assertIn(store, ("a", "b"))
 
     async def test_rawLoginForms(self):
         """
@@ -486,6 +487,7 @@ starttls = {str(poolTLS == "starttls").lower()}
 
         typ, store = await self.inThread(run)
         self.assertEqual(typ, "OK")
+        self.assertIn(store, ("a", "b"))
 
     async def test_serverTLS(self):
         """
