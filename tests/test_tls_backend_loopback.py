@@ -133,8 +133,8 @@ health = {{ interval = "60s", passive_fall = 2 }}
         self.balancer = Balancer(config)
         self.pool = self.balancer.pools["web"]
         # The servers are named web1.test; connect to loopback.
-        for server in self.pool.servers:
-            server.address = f"tcp:host=127.0.0.1:port={port}"
+        for configured in self.pool.servers:
+            configured.address = f"tcp:host=127.0.0.1:port={port}"
         factory = frontFactory(config.listeners["web"], self.balancer.pools, reactor)
         self.fronts.append(factory)
         return self.listen(factory)

@@ -49,7 +49,6 @@ from twisted.internet.ssl import (
     platformTrust,
     trustRootFromCertificates,
 )
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -61,7 +60,7 @@ _VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 
 #: Server endpoint types that carry a host lbproxy can name and connect
 #: plainly; C{ssl:} and C{tls:} would be TLS inside TLS.
-_PLAIN_TYPES = ("tcp", "tcp6", "unix", "host")
+_PLAIN_TYPES = ("tcp", "tcp6", "unix")
 
 
 def endpointHost(address: str) -> str | None:
@@ -100,8 +99,10 @@ def _sslErrorText(error: SSL.Error) -> str:
 def describeVerifyFailure(reason: Failure) -> str:
     """
     One line saying why a TLS connection to a server failed, for logs:
-    C{"certificate verify failed: hostname mismatch (...)"}, or the TLS
-    error OpenSSL gave.
+    C{"certificate verify failed (certificate is not valid for
+    app.internal)"} for a name mismatch, else the reasons OpenSSL gave
+    (C{"certificate verify failed"}; L{BackendTLS.diagnose} adds why, when
+    the connection is at hand).
     """
     error = reason.value
     if isinstance(error, TLSHandshakeFailed):
@@ -169,8 +170,6 @@ class BackendTLS:
     @ivar source: the config file, for error messages.
     """
 
-    log = Logger()
-
     def __init__(self, poolName: str, tlsConfig: BackendTLSConfig, source: str = "") -> None:
         self.poolName = poolName
         self.config = tlsConfig
@@ -194,8 +193,8 @@ class BackendTLS:
         """
         Read the CA bundle and the client certificate, and prepare the
         connection creator of each of C{servers} (so a server whose name
-        cannot be checked is a startup error, and no context is built
-        while connecting).
+        cannot be checked is a startup error). Each creator builds its
+        OpenSSL context once, for its first connection, and reuses it.
 
         @raise ConfigError: naming the key whose file is unusable.
         """
