@@ -20,7 +20,12 @@ as with C{transport.write}: later writes queue behind it, C{loseConnection}
 sends it before closing, C{abortConnection} drops it, and the transport
 pauses its producer when too much is buffered. Transports other than plain
 TCP connections (TLS, UNIX sockets, test transports) get a plain
-C{transport.write}.
+C{transport.write}; for TLS over a plain TCP connection
+(C{TLSMemoryBIOProtocol}, as Twisted's TLS endpoints and
+C{TLSMemoryBIOFactory} make), what the TLS layer writes to the TCP
+connection then goes through the batch as well, from that write on: the
+encrypted records are sent at the end of an iteration too, without the
+writability round trip.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from errno import ENOBUFS, EWOULDBLOCK
 
+from functools import partial
+
 from twisted.internet import tcp
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 # Only the exact plain TCP transport classes, whose buffering this relies
 # on; subclasses may send differently (UNIX ones pass descriptors along).
@@ -54,6 +62,8 @@ class WriteBatch:
         Write C{data} to C{transport}.
         """
         if type(transport) not in _PLAIN or transport.TLS:
+            if isinstance(transport, TLSMemoryBIOProtocol):
+                self._adoptTLS(transport)
             transport.write(data)
             return
         if not data or not transport.connected or transport._writeDisconnected:
@@ -61,10 +71,23 @@ class WriteBatch:
             return
         transport._tempDataBuffer.append(data)
         transport._tempDataLen += len(data)
-        transport._maybePauseProducer()
+        if transport._tempDataLen + len(transport.dataBuffer) > transport.bufferSize:
+            # What FileDescriptor.write does, only needed when full.
+            transport._maybePauseProducer()
         self._pending[transport] = None
         if self._call is None:
             self._call = self._reactor.callLater(0, self.flush)
+
+    def _adoptTLS(self, tls: TLSMemoryBIOProtocol) -> None:
+        """
+        Send what C{tls} writes to its TCP connection (if a plain one) with
+        this batch.
+        """
+        lower = tls.transport
+        if type(lower) in _PLAIN and not lower.TLS and "write" not in vars(lower):
+            # The TLS layer calls its transport's write: the batch's, for
+            # this connection only.
+            lower.write = partial(self.write, lower)
 
     def writeSequence(self, transport, pieces: Sequence[bytes]) -> None:
         """

@@ -209,6 +209,62 @@ class WriteBatchLoopbackTests(TestCase):
         self.assertEqual(sender.transport._tempDataBuffer, [])
 
 
+class WriteBatchTLSTests(TestCase):
+    async def test_tlsRecordsBatched(self):
+        """
+        Through TLS over a TCP connection, the data arrives in order, and
+        the encrypted records go out with the batch at the end of the
+        iteration, the TCP connection never waiting for writability.
+        """
+        from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from certs import CertificateAuthority
+
+        ca = CertificateAuthority(self.mktemp())
+        leaf = ca.issue("localhost")
+        server = PrivateCertificate.loadPEM(
+            open(leaf.cert, "rb").read() + open(leaf.key, "rb").read()
+        )
+        receivers: list[Collector] = []
+
+        class ReceiverFactory(Factory):
+            def buildProtocol(self, addr):
+                receivers.append(Collector())
+                return receivers[-1]
+
+        port = reactor.listenTCP(
+            0,
+            TLSMemoryBIOFactory(server.options(), False, ReceiverFactory()),
+            interface="127.0.0.1",
+        )
+        self.addCleanup(port.stopListening)
+        trust = Certificate.loadPEM(open(ca.cert, "rb").read())
+        clientFactory = TLSMemoryBIOFactory(
+            optionsForClientTLS("localhost", trust), True, Factory.forProtocol(Sender)
+        )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        tls = await endpoint.connect(clientFactory)
+        self.addCleanup(tls.transport.abortConnection)
+        batch = WriteBatch(reactor)
+        batch.write(tls, b"one ")
+        while not receivers or b"".join(receivers[0].received) != b"one ":
+            # The handshake, written before the batch took the connection.
+            await deferLater(reactor, 0.01)
+        lower = tls.transport
+        writers = []
+        for data in (b"two ", b"three"):
+            batch.write(tls, data)
+            await deferLater(reactor, 0)
+            writers.append(lower in reactor.getWriters())
+        while not receivers or b"".join(receivers[0].received) != b"one two three":
+            await deferLater(reactor, 0.01)
+        self.assertEqual(writers, [False, False])
+        tls.unregisterProducer()
+        tls.loseConnection()
+        self.assertEqual(await receivers[0].closed, b"one two three")
+
+
 class WriteBatchOtherTransportTests(SynchronousTestCase):
     def test_plainWrite(self):
         """

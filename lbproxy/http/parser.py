@@ -186,10 +186,14 @@ def _simpleFieldEntries(data: bytes, start: int, end: int) -> list[tuple] | None
     """
     if start >= end:
         return []
-    known = _simpleFields.get
-    entries = [known(line) or _simpleField(line) for line in data[start:end].split(b"\r\n")]
+    lines = data[start:end].split(b"\r\n")
+    entries = list(map(_simpleFields.get, lines))
     if None in entries:
-        return None
+        for index, entry in enumerate(entries):
+            if entry is None:
+                entry = entries[index] = _simpleField(lines[index])
+                if entry is None:
+                    return None
     return entries
 
 
