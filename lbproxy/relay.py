@@ -51,6 +51,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProtocolFactory,
+    ISSLTransport,
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -443,12 +444,17 @@ class Relay:
         self._stopRelaying(leg)
         if peer.transport is not None and not peer.lost:
             halfClose = getattr(peer.transport, "loseWriteConnection", None)
-            # A TCP transport switched to TLS by startTLS (mail STARTTLS)
-            # still has loseWriteConnection, but it would shut the socket
-            # under the TLS layer without a close_notify: close it whole,
-            # as TLS transports without the method are.
-            if halfClose is None or getattr(peer.transport, "TLS", False):
-                peer.transport.loseConnection()
+            # A TLS transport is closed whole. Both kinds answer for
+            # loseWriteConnection, but it would shut the socket under the
+            # TLS layer without a close_notify: a TCP transport switched to
+            # TLS by startTLS (mail STARTTLS; its TLS attribute is set) has
+            # the method itself, and TLSMemoryBIOProtocol (implicit TLS)
+            # passes it through to the TCP transport below it, whose shut
+            # socket then breaks the TLS layer when the client's own
+            # close_notify arrives.
+            transport = peer.transport
+            if halfClose is None or getattr(transport, "TLS", False) or ISSLTransport.providedBy(transport):
+                transport.loseConnection()
             else:
                 halfClose()
         if leg.writeClosed and not leg.lost:

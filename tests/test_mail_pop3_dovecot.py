@@ -479,3 +479,21 @@ starttls = {str(poolTLS == "starttls").lower()}
         self.assertIn(b"message 2 for bob", secured.stdout)
         wrong = await run(f"pop3://127.0.0.1:{plainPort}/1", "-u", "alice:wrong")
         self.assertNotEqual(wrong.returncode, 0)
+
+    async def test_curlImplicitTLS(self):
+        """
+        curl over pop3s://: its close_notify after QUIT, arriving once the
+        store has closed, ends the session cleanly.
+        """
+        port = self.startProxy(listenerTLS="implicit")
+        users = self.stores.users
+        with capturedLogs() as events:
+            result = await self.curl(
+                f"pop3s://127.0.0.1:{port}/1", "--cacert", str(self.stores.ca.cert), "-u", f"dave:{users['dave']}"
+            )
+            await self.sessionsOver()
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(b"message 1 for dave", result.stdout)
+        [line] = sessionLines(events)
+        self.assertIn("result=ok", line)
+        self.assertIn("tls=implicit/TLSv1.", line)

@@ -4,12 +4,12 @@ idle timeout and byte counts, on in-memory transports.
 """
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport, ITCPTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy.relay import Relay, RelayLeg, RelayResult
@@ -242,6 +242,19 @@ class RelayTests(SynchronousTestCase):
         self.assertTrue(self.serverTransport.disconnecting)
         self.loseBoth()
         self.assertEqual(self.results, [RelayResult("server-closed", 4, 6)])
+
+    def test_halfCloseToTLSClosesWhole(self):
+        """
+        A FIN from the backend closes a TLS client connection whole (with
+        its close_notify) instead of half-closing the socket under the TLS
+        layer: TLS transports have loseWriteConnection too, their own
+        (startTLS) or the TCP transport's below (TLSMemoryBIOProtocol).
+        """
+        alsoProvides(self.clientTransport, ISSLTransport)
+        client, server = self.started()
+        server.readConnectionLost()
+        self.assertTrue(self.clientTransport.disconnecting)
+        self.assertFalse(self.clientTransport.writeDisconnecting)
 
     def test_clientFinBeforeStart(self):
         """
