@@ -139,7 +139,7 @@ def results(deferred) -> list:
 
 class CertificatesMixin:
     def setUp(self):
-        directory = tempfile.mkdtemp(prefix="lbproxy-tls-")
+        directory = tempfile.mkdtemp(prefix="lbproxy-backendtls-")
         self.addCleanup(shutil.rmtree, directory, True)
         self._directory = directory
         self._made = 0
