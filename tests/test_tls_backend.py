@@ -560,6 +560,22 @@ class HealthCheckTests(CertificatesMixin, SynchronousTestCase):
         check = TCPCheck(None, HealthConfig(tls=True))
         self.assertIsNone(check.tlsFor(self.server(self.backendTLS(starttls=True))))
 
+    def test_httpHostOverTLS(self):
+        """
+        Over TLS the default Host is the pool's server_name (else the
+        address's host), with the port unless it is 443.
+        """
+        check = buildCheck(None, HealthConfig(type="http", tls=True))
+        named = self.server(self.backendTLS(serverName="app.internal"))
+        self.assertIn(b"\r\nHost: app.internal:8443\r\n", check.request(named))
+        named.address = "tcp:host=10.0.0.1:port=443"
+        self.assertIn(b"\r\nHost: app.internal\r\n", check.request(named))
+        plain = self.server(self.backendTLS())
+        self.assertIn(b"\r\nHost: web1.test:8443\r\n", check.request(plain))
+        check = buildCheck(None, HealthConfig(type="http", tls=False))
+        plain.address = "tcp:host=web1.test:port=80"
+        self.assertIn(b"\r\nHost: web1.test\r\n", check.request(plain))
+
     def test_explicitTLS(self):
         tls = self.backendTLS()
         check = buildCheck(None, HealthConfig(type="http"), tls)

@@ -102,11 +102,16 @@ def endpointArguments(address: str) -> tuple[str, list[str], dict[str, str]]:
     return kind, args, kwargs
 
 
-def hostHeader(address: str) -> str:
+def hostHeader(address: str, tls=None) -> str:
     """
     The HTTP Host header for a server addressed by the client endpoint
     string C{address}: its host, with the port when it is not the scheme's
     default; C{localhost} for endpoints without a host (UNIX sockets).
+
+    @param tls: the L{lbproxy.tls.client.BackendTLS} the request goes
+        over, if any: the scheme is then https (default port 443), and its
+        C{serverName}, when configured, is the host (the name the server's
+        certificate is checked for, and the one sent by SNI).
     """
     kind, args, kwargs = endpointArguments(address)
     host = kwargs.get("host")
@@ -116,11 +121,15 @@ def hostHeader(address: str) -> str:
             host, args = args[0], args[1:]
         if port is None and args:
             port = args[0]
+    defaultPort = _DEFAULT_PORTS.get(kind)
+    if tls is not None:
+        defaultPort = 443
+        host = tls.config.serverName or host
     if not host:
         return "localhost"
     if ":" in host:
         host = f"[{host}]"
-    if port is not None and port.isdigit() and int(port) != _DEFAULT_PORTS.get(kind):
+    if port is not None and port.isdigit() and int(port) != defaultPort:
         host = f"{host}:{int(port)}"
     return host
 
@@ -394,7 +403,7 @@ class HTTPCheck(_ConnectingCheck):
         """
         The request sent to C{server}.
         """
-        host = self.config.host or hostHeader(server.address)
+        host = self.config.host or hostHeader(server.address, self.tlsFor(server))
         return b"".join(
             [
                 f"{self.config.method} {self.config.path} HTTP/1.1\r\n".encode("ascii"),
