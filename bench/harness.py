@@ -1128,8 +1128,12 @@ class DovecotBackend:
 
     Tuned for load rather than isolation: login processes serve many
     connections each (C{service_count = 0}), there is no failure delay
-    and no per-user connection limit to speak of. Dovecot is started as
-    root, as its own service is (mail processes then run as
+    and no per-user connection limit to speak of. With
+    C{sharedImapProcesses} the imap processes serve many sessions each too
+    (all users share one uid), so a login costs Dovecot far less and the
+    proxy's share of a session shows more; without it each session gets a
+    new imap process, as in Dovecot's default configuration. Dovecot is
+    started as root, as its own service is (mail processes then run as
     L{DOVECOT_MAIL_UID}).
     """
 
@@ -1142,6 +1146,7 @@ class DovecotBackend:
         smallMessages: int = 3,
         largeSize: int = 5 * 1024 * 1024,
         name: str = "dovecot",
+        sharedImapProcesses: bool = True,
     ) -> None:
         self.prefix = os.path.join(workdir, name)
         self.port = port
@@ -1150,6 +1155,7 @@ class DovecotBackend:
         self.smallMessages = smallMessages
         self.largeSize = largeSize
         self.logPath = os.path.join(self.prefix, "dovecot.log")
+        self.sharedImapProcesses = sharedImapProcesses
 
     @property
     def largeNumber(self) -> int:
@@ -1199,6 +1205,11 @@ class DovecotBackend:
                     f"user{number}:{{PLAIN}}{self.password}:{DOVECOT_MAIL_UID}:{DOVECOT_MAIL_UID}"
                     f"::{self.prefix}/mail/user{number}::\n"
                 )
+        imapReuse = (
+            "  service_count = 0\n  process_min_avail = 2\n  client_limit = 1000\n"
+            if self.sharedImapProcesses
+            else ""
+        )
         conf = f"""\
 base_dir = {self.prefix}/run
 state_dir = {self.prefix}/state
@@ -1243,7 +1254,7 @@ service imap-login {{
 }}
 service imap {{
   process_limit = 1000
-}}
+{imapReuse}}}
 """
         path = os.path.join(self.prefix, "dovecot.conf")
         with open(path, "w") as f:

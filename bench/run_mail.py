@@ -81,6 +81,11 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--users", type=int, default=20, help="Dovecot users (default 20)")
     parser.add_argument(
+        "--imap-processes", choices=("shared", "per-session"), default="shared",
+        help="Dovecot imap processes serving many sessions each (default), or a new one "
+        "per session as in Dovecot's default configuration (logins then cost Dovecot more)",
+    )
+    parser.add_argument(
         "--message-size", type=int, default=5 * 1024 * 1024,
         help="bytes of the fetched message (default 5 MiB)",
     )
@@ -143,7 +148,13 @@ def run(args: argparse.Namespace) -> int:
     workdir = makeWorkdir("lbproxy-bench-mail-", args.keep_workdir)
     with ProcessGroup(workdir) as group:
         dovecotPort = freePort()
-        backend = DovecotBackend(workdir, dovecotPort, userCount=args.users, largeSize=args.message_size)
+        backend = DovecotBackend(
+            workdir,
+            dovecotPort,
+            userCount=args.users,
+            largeSize=args.message_size,
+            sharedImapProcesses=args.imap_processes == "shared",
+        )
         group.start("dovecot", pinned(backend.argv(), args.backendCpus))
         try:
             waitForPort(dovecotPort, group)
@@ -237,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
                 "fetchConcurrency": args.fetch_concurrency,
                 "clientAddress": args.client_address,
                 "users": args.users,
+                "imapProcesses": args.imap_processes,
                 "messageSize": args.message_size,
                 "pin": {"load": args.loadCpus, "proxy": args.proxyCpus, "dovecot": args.backendCpus},
                 "reactor": args.reactor,
