@@ -381,12 +381,9 @@ def _createStore(name: str, base: Path, certificate: Issued, largeFile: Path, ex
     )
 
 
-@pytest.fixture(scope="session")
-def dovecotStores(tmp_path_factory):
+def startStores(tmp_path_factory) -> DovecotStores:
     """
-    The two Dovecot stores, started once for the whole session (see the
-    module docstring). Tests use L{dovecot}, which also restarts stores a
-    test stopped.
+    Create and start the two stores in a new temporary directory.
     """
     executable = requireExecutable("dovecot")
     if os.geteuid() != 0:
@@ -406,9 +403,37 @@ def dovecotStores(tmp_path_factory):
     )
     try:
         stores.ensureRunning()
+    except BaseException:
+        stores.stopAll()
+        raise
+    return stores
+
+
+#: The running stores and how many fixture instances use them. Each test
+#: module that imports the fixtures has fixtures of its own in pytest's
+#: eyes, each instantiated once per session: they share one pair of stores,
+#: stopped when the last of them is torn down.
+_shared: dict = {"stores": None, "users": 0}
+
+
+@pytest.fixture(scope="session")
+def dovecotStores(tmp_path_factory):
+    """
+    The two Dovecot stores, started once for the whole session (see the
+    module docstring). Tests use L{dovecot}, which also restarts stores a
+    test stopped.
+    """
+    if _shared["stores"] is None:
+        _shared["stores"] = startStores(tmp_path_factory)
+    stores = _shared["stores"]
+    _shared["users"] += 1
+    try:
         yield stores
     finally:
-        stores.stopAll()
+        _shared["users"] -= 1
+        if not _shared["users"]:
+            _shared["stores"] = None
+            stores.stopAll()
 
 
 @pytest.fixture
