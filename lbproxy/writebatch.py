@@ -22,10 +22,11 @@ pauses its producer when too much is buffered. Transports other than plain
 TCP connections (TLS, UNIX sockets, test transports) get a plain
 C{transport.write}; for TLS over a plain TCP connection
 (C{TLSMemoryBIOProtocol}, as Twisted's TLS endpoints and
-C{TLSMemoryBIOFactory} make), what the TLS layer writes to the TCP
-connection then goes through the batch as well, from that write on: the
-encrypted records are sent at the end of an iteration too, without the
-writability round trip.
+C{TLSMemoryBIOFactory} make), the data is encrypted at once and what the
+TLS layer writes to the TCP connection goes through the batch, from that
+write on: the encrypted records are sent at the end of the iteration too,
+without the writability round trip, and without the per-connection
+C{callLater(0)} of Twisted's C{BufferingTLSTransport}.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from errno import ENOBUFS, EWOULDBLOCK
 from functools import partial
 
 from twisted.internet import tcp
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol, _AggregateSmallWrites
 
 # Only the exact plain TCP transport classes, whose buffering this relies
 # on; subclasses may send differently (UNIX ones pass descriptors along).
@@ -62,8 +63,9 @@ class WriteBatch:
         Write C{data} to C{transport}.
         """
         if type(transport) not in _PLAIN or transport.TLS:
-            if isinstance(transport, TLSMemoryBIOProtocol):
-                self._adoptTLS(transport)
+            if isinstance(transport, TLSMemoryBIOProtocol) and self._adoptTLS(transport):
+                self._writeTLS(transport, data)
+                return
             transport.write(data)
             return
         if not data or not transport.connected or transport._writeDisconnected:
@@ -78,16 +80,37 @@ class WriteBatch:
         if self._call is None:
             self._call = self._reactor.callLater(0, self.flush)
 
-    def _adoptTLS(self, tls: TLSMemoryBIOProtocol) -> None:
+    def _adoptTLS(self, tls: TLSMemoryBIOProtocol) -> bool:
         """
-        Send what C{tls} writes to its TCP connection (if a plain one) with
-        this batch.
+        Send what C{tls} writes to its TCP connection with this batch;
+        L{False} when that is not a plain TCP connection (or another batch
+        sends it).
         """
         lower = tls.transport
-        if type(lower) in _PLAIN and not lower.TLS and "write" not in vars(lower):
+        if type(lower) not in _PLAIN or lower.TLS:
+            return False
+        write = vars(lower).get("write")
+        if write is None:
             # The TLS layer calls its transport's write: the batch's, for
             # this connection only.
-            lower.write = partial(self.write, lower)
+            write = lower.write = partial(self.write, lower)
+        return isinstance(write, partial) and write.func == self.write
+
+    def _writeTLS(self, tls: TLSMemoryBIOProtocol, data: bytes) -> None:
+        """
+        Encrypt C{data} now: its records join the batch with the TCP
+        connection's other data. A C{BufferingTLSTransport} would instead
+        keep it for a C{callLater(0)} of its own, per connection and
+        iteration; what it holds already from plain writes goes first.
+        """
+        aggregator = getattr(tls, "_aggregator", None)
+        if type(aggregator) is not _AggregateSmallWrites:
+            # A plain TLSMemoryBIOProtocol, or one whose connection is
+            # gone (its writes are dropped).
+            tls.write(data)
+            return
+        aggregator.flush()
+        TLSMemoryBIOProtocol.write(tls, data)
 
     def writeSequence(self, transport, pieces: Sequence[bytes]) -> None:
         """

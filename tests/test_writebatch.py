@@ -260,9 +260,17 @@ class WriteBatchTLSTests(TestCase):
         while not receivers or b"".join(receivers[0].received) != b"one two three":
             await deferLater(reactor, 0.01)
         self.assertEqual(writers, [False, False])
+        # Plain writes (held by Twisted's BufferingTLSTransport until its
+        # own callLater) and batched ones stay in order.
+        tls.write(b" four")
+        batch.write(tls, b" five")
+        tls.write(b" six")
+        while b"".join(receivers[0].received) != b"one two three four five six":
+            await deferLater(reactor, 0.01)
+        self.assertNotIn(lower, reactor.getWriters())
         tls.unregisterProducer()
         tls.loseConnection()
-        self.assertEqual(await receivers[0].closed, b"one two three")
+        self.assertEqual(await receivers[0].closed, b"one two three four five six")
 
 
 class WriteBatchOtherTransportTests(SynchronousTestCase):
