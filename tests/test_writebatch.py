@@ -6,6 +6,9 @@ plain write for other transports.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -221,7 +224,9 @@ class WriteBatchTLSTests(TestCase):
 
         from certs import CertificateAuthority
 
-        ca = CertificateAuthority(self.mktemp())
+        directory = tempfile.mkdtemp(prefix="lbproxy-test-writebatch-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        ca = CertificateAuthority(directory)
         leaf = ca.issue("localhost")
         server = PrivateCertificate.loadPEM(
             open(leaf.cert, "rb").read() + open(leaf.key, "rb").read()
