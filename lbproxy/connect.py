@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.interfaces import IServer, ISelectionContext
+from lbproxy.proxyprotocol import buildHeader
 
 
 class Lease:
@@ -150,6 +151,11 @@ class BackendConnector:
             to): the first attempt goes there instead of to the selector's
             pick; retries after a failure are picked (redispatched) as usual.
 
+        The pool's PROXY protocol header (C{send_proxy}), built from the
+        context's client and local addresses, is the first thing written
+        on the connection: before any byte of the caller's, and before the
+        TLS handshake when the pool connects with TLS.
+
         @return: a L{Deferred} firing with a L{BackendConnection}, or failing
             with L{NoServerAvailable} (the selector gave no server before
             any attempt) or L{ConnectFailed} (attempts exhausted, or no
@@ -164,6 +170,7 @@ class BackendConnector:
             attempts=1 + options.retries,
             timeout=options.connectTimeout,
             first=server,
+            preamble=buildHeader(options.sendProxy, context.client, context.local),
         )
         attempt.next()
         return attempt.result
@@ -182,8 +189,10 @@ class _ConnectAttempts:
         attempts: int,
         timeout: float,
         first: IServer | None = None,
+        preamble: bytes = b"",
     ) -> None:
         self.connector = connector
+        self.preamble = preamble
         self.first = first
         self.context = context
         self.protocolFactory = protocolFactory
@@ -237,7 +246,10 @@ class _ConnectAttempts:
         self.timedOut = False
         try:
             endpoint = self.connector.endpointFor(server)
-            pending = endpoint.connect(self.protocolFactory)
+            if self.preamble and self.connector.tls is not None:
+                pending = endpoint.connect(self.protocolFactory, preamble=self.preamble)
+            else:
+                pending = endpoint.connect(self.protocolFactory)
         except Exception:
             pending = fail()
         self.pending = pending
@@ -269,6 +281,8 @@ class _ConnectAttempts:
                 transport.abortConnection()
             return
         server.connectSucceeded()
+        if self.preamble and self.connector.tls is None:
+            protocol.transport.write(self.preamble)
         self.result.callback(
             BackendConnection(
                 server,

@@ -23,7 +23,7 @@ Usage by a front::
     relay.client.makeConnection(clientTransport)  # pauses the client
     ...the front passes its transport's events on to relay.client...
     d = connector.connect(context, relay.serverFactory())
-    d.addCallback(lambda connection: relay.start(preamble))
+    d.addCallback(lambda connection: relay.start())
     relay.finished.addCallback(logSession)
 
 A leg is a plain protocol: a front that owns a connection already (the
@@ -313,10 +313,10 @@ class Relay:
         """
         return _LegFactory(self.server)
 
-    def start(self, preamble: bytes = b"") -> None:
+    def start(self) -> None:
         """
-        Both legs are connected: write C{preamble} (e.g. a PROXY header) to
-        the server, then the bytes held from either side, and relay.
+        Both legs are connected: write the bytes held from either side, and
+        relay. (A PROXY header is already written: the connector sends it.)
 
         Does nothing when the session already ended (the client left while
         the backend was connecting).
@@ -341,8 +341,6 @@ class Relay:
             server.producing = True
         client._write = directWriter(serverTransport)
         server._write = directWriter(clientTransport)
-        if preamble:
-            serverTransport.write(preamble)
         for leg in (client, server):
             if leg._held:
                 held = leg._held

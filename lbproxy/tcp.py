@@ -18,18 +18,20 @@ with SNI routes.
 
 from __future__ import annotations
 
+from OpenSSL import SSL
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.connect import BackendConnection, BackendConnector
+from lbproxy.connect import BackendConnection, BackendConnector, describeFailure
 from lbproxy.context import FlowContext
 from lbproxy.errors import ConnectFailed, NoServerAvailable
-from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError, buildHeader
+from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError
 from lbproxy.relay import Relay, RelayResult
+from lbproxy.tls.client import sslErrorText
 from lbproxy.tls.clienthello import ClientHelloError, ClientHelloReader
 
 #: Seconds a trusted proxy has to send its PROXY header (the specification
@@ -127,7 +129,7 @@ def formatSeconds(seconds: float | None) -> str:
     return f"{seconds:.3f}s"
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class TCPProxyProtocol(Protocol):
     """
     One client connection of a TCP listener.
@@ -143,6 +145,10 @@ class TCPProxyProtocol(Protocol):
         SNI routes chose.
     @ivar sni: the server name of the client's ClientHello (listeners with
         SNI routes), else None.
+
+    On a listener that terminates TLS the flow is placed once the client's
+    handshake has succeeded: a client that never completes one costs no
+    server connection.
     """
 
     log = Logger()
@@ -166,6 +172,7 @@ class TCPProxyProtocol(Protocol):
         self._connecting = None
         self._started = 0.0
         self._logged = False
+        self._awaitingHandshake = False
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -180,6 +187,10 @@ class TCPProxyProtocol(Protocol):
             transport.loseConnection()
             return
         factory.sessions.add(self)
+        if listener.tls is not None:
+            # The TLS layer reads on until the handshake is done.
+            self._awaitingHandshake = True
+            return
         transport.pauseProducing()
         if listener.trustsProxyFrom(getattr(self.peer, "host", "")):
             self._parser = ProxyHeaderParser()
@@ -190,10 +201,21 @@ class TCPProxyProtocol(Protocol):
         else:
             self._afterHeader(b"")
 
+    def handshakeCompleted(self) -> None:
+        """
+        The client's TLS handshake succeeded: place the flow.
+        """
+        if self._awaitingHandshake:
+            self._awaitingHandshake = False
+            self.transport.pauseProducing()
+            self._afterHeader(b"")
+
     # Events of the client connection: to the relay once the flow is being
     # placed, to the PROXY header parser before.
 
     def dataReceived(self, data: bytes) -> None:
+        if self._awaitingHandshake:
+            self.handshakeCompleted()
         leg = self._leg
         if leg is not None:
             leg.dataReceived(data)
@@ -203,7 +225,9 @@ class TCPProxyProtocol(Protocol):
             self._headerReceived(data)
 
     def readConnectionLost(self) -> None:
-        if self._leg is not None:
+        if self._awaitingHandshake:
+            self.transport.loseConnection()
+        elif self._leg is not None:
             self._leg.readConnectionLost()
         elif self._hello is not None:
             self._helloAbandoned("connection closed")
@@ -217,6 +241,14 @@ class TCPProxyProtocol(Protocol):
             self._leg.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._awaitingHandshake:
+            self._awaitingHandshake = False
+            if isinstance(reason.value, SSL.Error):
+                detail = sslErrorText(reason.value)
+            else:
+                detail = describeFailure(reason)
+            self._finish("tls-handshake-failed", detail=detail)
+            return
         if self._leg is not None:
             self._leg.connectionLost(reason)
         elif self._hello is not None:
@@ -382,8 +414,7 @@ class TCPProxyProtocol(Protocol):
     def _connected(self, connection: BackendConnection) -> None:
         self._connecting = None
         self.connection = connection
-        preamble = buildHeader(self.pool.options.sendProxy, self.client, self.local)
-        self.relay.start(preamble)
+        self.relay.start()
 
     def _notConnected(self, reason: Failure) -> None:
         self._connecting = None

@@ -146,3 +146,11 @@ def test_startTLSOnlyForMail():
 def test_userKey():
     assert config(pool='selector = { name = "hash", key = "user" }').pools["stores"]
     assert "cannot provide" in error(pool='selector = { name = "hash", key = "user" }', mode="tcp")
+
+
+@pytest.mark.parametrize("mode", ["imap", "pop3"])
+def test_acceptProxyRefused(mode):
+    assert error('accept_proxy = ["127.0.0.1"]', mode=mode) == (
+        'mail.toml: listeners.m.accept_proxy: expected only with mode = "tcp" or "http" '
+        "(mail listeners read no PROXY header)"
+    )

@@ -275,3 +275,17 @@ class TestRedirectHttps:
     def test_onlyHTTP(self):
         text = redirect('redirect_https = 443\n').replace('mode = "http"\nredirect', "redirect", 1)
         assert "listeners.plain.redirect_https" in loadError(text)
+
+
+@pytest.mark.parametrize("mode", ["http", "tcp"])
+def test_acceptProxyRefusedWithTLS(mode):
+    """
+    A PROXY header would precede the TLS handshake, which the TLS layer
+    would take for a broken ClientHello: the combination is refused.
+    """
+    text = config(mode=mode, listener='accept_proxy = ["127.0.0.1"]\n')
+    assert loadError(text) == (
+        "listeners.web.accept_proxy: expected no accept_proxy on a listener with [tls]: "
+        "a PROXY header comes before the TLS handshake, and lbproxy reads it only on "
+        "plaintext listeners"
+    )

@@ -64,6 +64,28 @@ class ConnectorTests(SynchronousTestCase):
             self.reactor.connectors[index], Failure(ConnectionRefusedError())
         )
 
+    def test_proxyHeaderFirst(self):
+        """
+        With send_proxy, the connector writes the PROXY header for the
+        context's addresses before the caller gets the connection, so it
+        precedes every byte of the caller's; after a failed attempt, the
+        next server gets it too.
+        """
+        pool = makePool()
+        pool.options = PoolConfig(name="web", servers=(), sendProxy="v1")
+        d, context = self.connect(self.connector(pool))
+        self.refuse(0)
+        protocol = self.succeed(1)
+        header = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8080\r\n"
+        self.assertEqual(protocol.transport.value(), header)
+        self.successResultOf(d)
+
+    def test_noProxyHeaderByDefault(self):
+        pool = makePool()
+        d, context = self.connect(self.connector(pool))
+        protocol = self.succeed(0)
+        self.assertEqual(protocol.transport.value(), b"")
+
     def test_connects(self):
         """
         The first server picked is connected to; the result names it,

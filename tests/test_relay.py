@@ -79,10 +79,10 @@ class RelayTests(SynchronousTestCase):
         self.assertIs(protocol, self.relay.server)
         protocol.makeConnection(self.serverTransport)
 
-    def started(self, preamble=b""):
+    def started(self):
         self.connectClient()
         self.connectServer()
-        self.relay.start(preamble)
+        self.relay.start()
         return self.relay.client, self.relay.server
 
     def loseBoth(self, reason=DONE):
@@ -132,7 +132,8 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.clientTransport.producerState, "paused")
         self.assertEqual(self.relay.client.heldBytes, 6)
         self.connectServer()
-        self.relay.start(b"PROXY UNKNOWN\r\n")
+        self.serverTransport.write(b"PROXY UNKNOWN\r\n")
+        self.relay.start()
         self.assertEqual(self.serverTransport.value(), b"PROXY UNKNOWN\r\nhello ")
         self.assertEqual(self.relay.client.heldBytes, 0)
         self.relay.client.dataReceived(b"world")

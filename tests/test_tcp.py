@@ -6,9 +6,11 @@ the one log line per session.
 
 import ipaddress
 
+from OpenSSL import SSL
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -16,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.pool import Pool, Server, ServerState
 from lbproxy.proxyprotocol import buildV1, buildV2
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
@@ -278,6 +281,41 @@ class TCPFrontTests(SynchronousTestCase):
             leg.connectionLost(Failure(ConnectionLost()))
         (line,) = self.sessionLines(events)
         self.assertIn("end=idle-timeout", line)
+
+    def tlsListener(self):
+        tls = ListenerTLSConfig(certificates=(CertificateConfig(cert="a.pem", key="a.key"),))
+        return makeListener(tls=tls)
+
+    def test_tlsPlacedAfterHandshake(self):
+        """
+        Behind TLS termination no server is connected until the client's
+        handshake succeeds, and the TLS layer is not paused before: it
+        must read the handshake.
+        """
+        self.makeFactory(listener=self.tlsListener())
+        protocol, client = self.accept()
+        verifyObject(IHandshakeListener, protocol)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(client.producerState, "producing")
+        protocol.handshakeCompleted()
+        self.assertEqual(client.producerState, "paused")
+        leg, backend = self.succeed()
+        protocol.dataReceived(b"ping")
+        self.assertEqual(backend.value(), b"ping")
+
+    def test_tlsHandshakeFailed(self):
+        """
+        A client whose handshake fails costs no server connection and gets
+        one log line saying so.
+        """
+        self.makeFactory(listener=self.tlsListener())
+        with capturedLogs() as events:
+            protocol, client = self.accept()
+            protocol.connectionLost(Failure(SSL.Error([("SSL routines", "", "no shared cipher")])))
+        self.assertEqual(self.reactor.tcpClients, [])
+        (line,) = self.sessionLines(events)
+        self.assertIn("end=tls-handshake-failed (no shared cipher)", line)
+        self.assertEqual(self.factory.sessions, set())
 
     def test_sendProxyV1(self):
         self.makeFactory(pool=makePool(sendProxy="v1"))

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import ConnectionCompleter
 from twisted.trial.unittest import SynchronousTestCase
@@ -514,6 +514,37 @@ class ConnectorTests(CertificatesMixin, SynchronousTestCase):
         self.assertEqual(server.connectFailures, 2)
         self.assertIs(server.state, ServerState.DOWN)
         self.assertEqual([e["reason"] for e in messages], [reason, reason])
+
+    def connectRaw(self, pool):
+        """
+        Connect through C{pool}'s connector on a memory reactor and return
+        the bytes the server would receive first.
+        """
+        reactor = MemoryReactorClock()
+        connector = BackendConnector(pool, reactor)
+        connector.connect(self.context(), Factory.forProtocol(Client))
+        factory = reactor.tcpClients[0][2]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return transport.value()
+
+    def test_proxyHeaderBeforeHandshake(self):
+        """
+        A pool with TLS and send_proxy writes the PROXY header in the clear,
+        then the TLS ClientHello: servers read the header before TLS.
+        """
+        pool = self.pool(self.good)
+        pool.options = PoolConfig(name="web", servers=(), sendProxy="v1")
+        sent = self.connectRaw(pool)
+        header = b"PROXY TCP4 10.0.0.1 10.0.0.2 5000 80\r\n"
+        self.assertEqual(sent[: len(header)], header)
+        # A TLS handshake record follows.
+        self.assertEqual(sent[len(header) : len(header) + 1], b"\x16")
+
+    def test_noProxyHeaderByDefault(self):
+        sent = self.connectRaw(self.pool(self.good))
+        self.assertEqual(sent[:1], b"\x16")
 
     def test_starttlsPoolsConnectPlain(self):
         pool = self.pool(self.good)

@@ -334,6 +334,15 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
             t.fail("pool", f"expected the name of a pool ({oneOf(pools)}), got {pool!r}")
     tlsTable = t.table("tls")
     tls = parseListenerTLS(tlsTable, mode) if tlsTable.present else None
+    if "accept_proxy" in t.data:
+        if mode in MAIL_MODES:
+            t.fail("accept_proxy", 'expected only with mode = "tcp" or "http" (mail listeners read no PROXY header)')
+        if tls is not None:
+            t.fail(
+                "accept_proxy",
+                "expected no accept_proxy on a listener with [tls]: a PROXY header comes before "
+                "the TLS handshake, and lbproxy reads it only on plaintext listeners",
+            )
     kwargs: dict[str, Any] = dict(
         name=name,
         bind=bind,

@@ -77,7 +77,7 @@ from lbproxy.http.serialize import (
     responseHeadBytes,
 )
 from lbproxy.pool import Pool
-from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError, buildHeader
+from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError
 from lbproxy.relay import Relay, RelayResult, setNoDelay
 from lbproxy.writebatch import WriteBatch
 
@@ -541,11 +541,6 @@ class HTTPProxyProtocol(Protocol):
         exchange.sentTime = now
         self._lastRead = now
         transport = backend.transport
-        if not exchange.reused:
-            # A pool that sends the PROXY protocol reuses no connection.
-            preamble = buildHeader(exchange.route.backends.sendProxy, self.client, self.local)
-            if preamble:
-                self._writes.write(transport, preamble)
         self._writes.write(transport, exchange.headBytes)
         if exchange.requestComplete:
             body = exchange.body

@@ -58,7 +58,6 @@ from lbproxy.connect import BackendConnection, BackendConnector
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.sasl import Credentials
-from lbproxy.proxyprotocol import buildHeader
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tcp import formatAddress, formatSeconds
 from lbproxy.tls.client import describeVerifyFailure
@@ -259,18 +258,15 @@ class BackendDialog(Protocol, _LineBuffer):
 
     def begin(self, server, pool) -> None:
         """
-        The connection to C{server} of C{pool} is placed: send the pool's
-        PROXY header, start the greeting timer (the pool's connect
-        timeout) and hand over to the subclass's C{start}.
+        The connection to C{server} of C{pool} is placed (the connector
+        sent the pool's PROXY header): start the greeting timer (the pool's
+        connect timeout) and hand over to the subclass's C{start}.
         """
         self.server = server
         self.pool = pool
         options = pool.options
         if options.tls is not None and not options.tls.starttls:
             self.tls = TLS_IMPLICIT
-        preamble = buildHeader(options.sendProxy, self.front.client, self.front.local)
-        if preamble:
-            self.transport.write(preamble)
         reactor = self.front._reactor
         self._greetingTimer = reactor.callLater(options.connectTimeout, self._greetingTimedOut)
         self.start()

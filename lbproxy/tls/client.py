@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -49,6 +48,7 @@ from twisted.internet.ssl import (
     platformTrust,
     trustRootFromCertificates,
 )
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -83,7 +83,7 @@ def _isIPAddress(name: str) -> bool:
     return True
 
 
-def _sslErrorText(error: SSL.Error) -> str:
+def sslErrorText(error: SSL.Error) -> str:
     """
     The reasons OpenSSL gave, joined: C{"certificate verify failed"}.
     """
@@ -118,7 +118,7 @@ def describeVerifyFailure(reason: Failure) -> str:
         names = ", ".join(mismatches) or "the server name"
         return f"certificate verify failed (certificate is not valid for {names})"
     if isinstance(error, SSL.Error):
-        return _sslErrorText(error)
+        return sslErrorText(error)
     if isinstance(error, ConnectionDone):
         return "connection closed by server during the TLS handshake"
     if isinstance(error, ConnectionLost):
@@ -475,12 +475,34 @@ class _GateFactory(Factory):
         return self.gate
 
 
+class _PreambleTLSProtocol(TLSMemoryBIOProtocol):
+    """
+    Client-side TLS that first writes its factory's C{preamble} in the
+    clear: a PROXY protocol header precedes the TLS handshake, where
+    servers read it (HAProxy's C{send-proxy} with C{ssl}, Dovecot's
+    C{haproxy = yes}).
+    """
+
+    def makeConnection(self, transport) -> None:
+        if self.factory.preamble:
+            transport.write(self.factory.preamble)
+        super().makeConnection(transport)
+
+
+class _PreambleTLSFactory(TLSMemoryBIOFactory):
+    protocol = _PreambleTLSProtocol
+
+    def __init__(self, creator, wrappedFactory, preamble: bytes, clock) -> None:
+        super().__init__(creator, True, wrappedFactory, clock=clock)
+        self.preamble = preamble
+
+
 @implementer(IStreamClientEndpoint)
 class HandshakeEndpoint:
     """
-    An endpoint with TLS to one server on top (L{wrapClientTLS}), whose
-    C{connect} fires with the caller's protocol after a successful
-    handshake, or fails with L{TLSHandshakeFailed} saying why.
+    An endpoint with TLS to one server on top, whose C{connect} fires with
+    the caller's protocol after a successful handshake, or fails with
+    L{TLSHandshakeFailed} saying why.
 
     Cancelling the L{Deferred} abandons the connection attempt, or aborts
     the connection while its handshake runs.
@@ -495,7 +517,13 @@ class HandshakeEndpoint:
     def __repr__(self) -> str:
         return f"<HandshakeEndpoint {self._server.name} via {self.tls!r}>"
 
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred:
+    def connect(self, protocolFactory: IProtocolFactory, preamble: bytes = b"") -> Deferred:
+        """
+        Connect C{protocolFactory}'s protocol over TLS.
+
+        @param preamble: bytes written in the clear before the handshake
+            (a PROXY protocol header).
+        """
         creator = self.tls.creatorFor(self._server)
         gates: list[_GateFactory] = []
 
@@ -511,7 +539,9 @@ class HandshakeEndpoint:
         result: Deferred = Deferred(cancel)
         gateFactory = _GateFactory(self, protocolFactory, result)
         gates.append(gateFactory)
-        connecting = wrapClientTLS(creator, self._endpoint, clock=self._reactor).connect(gateFactory)
+        connecting = self._endpoint.connect(
+            _PreambleTLSFactory(creator, gateFactory, preamble, self._reactor)
+        )
 
         def notConnected(reason: Failure) -> None:
             if not result.called:
