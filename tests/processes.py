@@ -9,6 +9,7 @@ them.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -24,6 +25,21 @@ from support import checkoutEnvironment, twistd
 #: Seconds a process may take to start listening (twistd scans plugins and
 #: imports Twisted on its first run).
 STARTUP = 30.0
+
+
+def _dieWithParent() -> None:
+    """
+    In the child: be sent SIGTERM when the test run that started it dies,
+    so that a test run killed midway leaves no daemon behind (Linux).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 class Process:
@@ -56,6 +72,7 @@ class Process:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                preexec_fn=_dieWithParent,
             )
 
     @property
