@@ -81,9 +81,10 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--users", type=int, default=20, help="Dovecot users (default 20)")
     parser.add_argument(
-        "--imap-processes", choices=("shared", "per-session"), default="shared",
-        help="Dovecot imap processes serving many sessions each (default), or a new one "
-        "per session as in Dovecot's default configuration (logins then cost Dovecot more)",
+        "--imap-processes", choices=("shared", "per-session"), default="per-session",
+        help="a new Dovecot imap process per session, as Dovecot's default configuration "
+        "runs (default), or imap processes serving many sessions each (logins then cost "
+        "Dovecot little, and lbproxy's share of a session shows most)",
     )
     parser.add_argument(
         "--message-size", type=int, default=5 * 1024 * 1024,
