@@ -275,11 +275,74 @@ class SimpleRequestTests(SynchronousTestCase):
         self.assertLessEqual(
             len(parsermodule._simpleRequestLines), parsermodule._SIMPLE_LIMIT
         )
+        self.assertLessEqual(
+            len(parsermodule._simpleRequestHeads), parsermodule._SIMPLE_HEAD_LIMIT
+        )
+
+    def test_rememberedHeadLimits(self):
+        """
+        A head remembered whole is still held to each parser's own limits:
+        one that a parser with the defaults took, a parser with smaller
+        limits declines, as it would have the first time.
+        """
+        head = b"GET /limits HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nX-B: 2\r\n\r\n"
+        self.assertIsNotNone(simpleRequest(head))
+        self.assertIn(head[:-4], parsermodule._simpleRequestHeads)
+        self.assertIsNone(simpleRequest(head, maxHeaders=2))
+        self.assertIsNone(simpleRequest(head, maxRequestLine=10))
+        self.assertIsNone(simpleRequest(head, maxHeaderBytes=20))
+        self.assertIsNotNone(simpleRequest(head, maxHeaders=3))
+        posted = b"POST /limits HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+        self.assertIsNotNone(simpleRequest(posted))
+        self.assertIsNone(simpleRequest(posted, maxBodySize=2))
+        self.assertIsNone(simpleRequest(posted[:-1]))
+        self.assertEqual(strictRequest(posted[:-1] + b"x"), simpleRequest(posted[:-1] + b"x"))
+
+    def test_rememberedHeadsFresh(self):
+        """
+        Heads parsed from the same bytes share nothing mutable: changing
+        one's fields leaves the next one's as received.
+        """
+        first = RequestParser(Receiver()).simpleRequest(WRK)[0]
+        first.headers.add(b"X-Added", b"1")
+        second = RequestParser(Receiver()).simpleRequest(WRK)[0]
+        self.assertIsNot(first, second)
+        self.assertEqual(second.headers.items(), [(b"Host", b"127.0.0.1:8080")])
 
 
 class SimpleResponseTests(SynchronousTestCase):
     def test_nginxTaken(self):
         self.assertIsNotNone(simpleResponse(NGINX))
+
+    def test_rememberedHead(self):
+        """
+        A response head remembered whole gives the same result again, is
+        still held to each parser's limits and the request's method, and
+        each response gets its own fields.
+        """
+        first = simpleResponse(NGINX)
+        self.assertIn(NGINX[: NGINX.find(b"\r\n\r\n")], parsermodule._simpleResponseHeads)
+        second = simpleResponse(NGINX)
+        self.assertEqual(first, second)
+        self.assertIsNot(first[0][1].headers._items, second[0][1].headers._items)
+        headOnly = NGINX[: NGINX.find(b"\r\n\r\n") + 4]
+        self.assertIsNotNone(simpleResponse(headOnly, b"HEAD"))
+        self.assertEqual(strictResponse(headOnly, b"HEAD"), simpleResponse(headOnly, b"HEAD"))
+        self.assertIsNone(simpleResponse(NGINX, b"HEAD"))
+        for limits in ({"maxHeaders": 3}, {"maxStatusLine": 5}, {"maxHeaderBytes": 40}):
+            parser = ResponseParser(Receiver(), **limits)
+            parser.expectResponse(b"GET")
+            self.assertIsNone(parser.simpleResponse(NGINX))
+
+    def test_rememberedHeadsBounded(self):
+        """
+        The table of remembered response heads is emptied when full.
+        """
+        for index in range(parsermodule._SIMPLE_HEAD_LIMIT + 10):
+            simpleResponse(b"HTTP/1.1 204 No Content\r\nX-N: %d\r\n\r\n" % (index,))
+        self.assertLessEqual(
+            len(parsermodule._simpleResponseHeads), parsermodule._SIMPLE_HEAD_LIMIT
+        )
 
     def test_sameAsStrict(self):
         """

@@ -141,6 +141,16 @@ _simpleRequestLines: dict[bytes, tuple] = {}
 _simpleStatusLines: dict[bytes, tuple] = {}
 _SIMPLE_LIMIT = 4096
 _SIMPLE_SIZE = 256
+#: Whole heads (without the final CRLF CRLF) found in the simple form,
+#: with what was parsed from them: a client sends the same head request
+#: after request, a backend the same one for every response of the same
+#: second (its Date field changes once a second), and one lookup costs less
+#: than splitting the head and looking up each line. Bounded like the
+#: tables above, with larger heads left out.
+_simpleRequestHeads: dict[bytes, tuple] = {}
+_simpleResponseHeads: dict[bytes, tuple] = {}
+_SIMPLE_HEAD_LIMIT = 1024
+_SIMPLE_HEAD_SIZE = 1024
 
 
 def _remember(table: dict, line: bytes, entry) -> None:
@@ -148,6 +158,13 @@ def _remember(table: dict, line: bytes, entry) -> None:
         if len(table) >= _SIMPLE_LIMIT:
             table.clear()
         table[line] = entry
+
+
+def _rememberHead(table: dict, head: bytes, entry) -> None:
+    if len(head) <= _SIMPLE_HEAD_SIZE:
+        if len(table) >= _SIMPLE_HEAD_LIMIT:
+            table.clear()
+        table[head] = entry
 
 
 def _simpleField(line: bytes) -> tuple | None:
@@ -195,6 +212,120 @@ def _simpleFieldEntries(data: bytes, start: int, end: int) -> list[tuple] | None
                 if entry is None:
                     return None
     return entries
+
+
+def _simpleRequestHead(data: bytes, end: int) -> tuple | None:
+    """
+    What L{RequestParser.simpleRequest} needs of the head of C{data} (which
+    ends at C{end}, its final CRLF CRLF), when it is in the simple form:
+    C{(end of the request line, field count, method, target, version,
+    field items, Content-Length, keepAlive, Host value, Connection
+    options)}; else L{None}. Depends on the head's bytes only, so that it
+    can be remembered by them; the limits are checked by the caller.
+    """
+    lineEnd = data.find(b"\r\n")
+    requestLine = data[:lineEnd]
+    parsed = _simpleRequestLines.get(requestLine)
+    if parsed is None:
+        match = _SIMPLE_REQUEST_LINE.fullmatch(requestLine)
+        if match is None:
+            return None
+        parsed = match.groups()
+        _remember(_simpleRequestLines, requestLine, parsed)
+    method, target, minor = parsed
+    entries = _simpleFieldEntries(data, lineEnd + 2, end)
+    if entries is None:
+        return None
+    host = contentLength = None
+    connection = _NO_OPTIONS
+    for entry in entries:
+        kind = entry[2]
+        if kind == _FIELD or kind == _OTHER_HOP:
+            continue
+        if kind == _HOST:
+            if host is not None:
+                return None
+            host = entry[0][2]
+        elif kind == _CONTENT_LENGTH:
+            if contentLength is not None or entry[3] is None:
+                return None
+            contentLength = entry[3]
+        elif kind == _CONNECTION:
+            connection = entry[3] if connection is _NO_OPTIONS else connection | entry[3]
+        else:
+            return None
+    if host is None:
+        return None
+    hostPort = parseHostPort(host)
+    if hostPort is None or not hostPort[0]:
+        return None
+    version = _VERSIONS[minor]
+    return (
+        lineEnd,
+        len(entries),
+        method,
+        target,
+        version,
+        tuple([entry[0] for entry in entries]),
+        contentLength,
+        persistentConnection(version, connection),
+        host,
+        connection,
+    )
+
+
+def _simpleResponseHead(data: bytes, end: int) -> tuple | None:
+    """
+    What L{ResponseParser.simpleResponse} needs of the head of C{data}
+    (which ends at C{end}, its final CRLF CRLF), when it is in the simple
+    form: C{(end of the status line, field count, status, reason, version,
+    field items, Content-Length, keepAlive, Connection options, the field
+    lines written to the client)}; else L{None}. As for
+    L{_simpleRequestHead}, it depends on the head's bytes only.
+    """
+    lineEnd = data.find(b"\r\n")
+    statusLine = data[:lineEnd]
+    parsed = _simpleStatusLines.get(statusLine)
+    if parsed is None:
+        match = _SIMPLE_STATUS_LINE.fullmatch(statusLine)
+        if match is None:
+            return None
+        minor, code, reason = match.groups()
+        parsed = (minor, int(code), reason)
+        _remember(_simpleStatusLines, statusLine, parsed)
+    minor, status, reason = parsed
+    entries = _simpleFieldEntries(data, lineEnd + 2, end)
+    if entries is None:
+        return None
+    contentLength = None
+    connection = _NO_OPTIONS
+    for entry in entries:
+        kind = entry[2]
+        if kind < _HOP or kind == _OTHER_HOP or kind == _UPGRADE:
+            continue
+        if kind == _CONTENT_LENGTH:
+            if contentLength is not None or entry[3] is None:
+                return None
+            contentLength = entry[3]
+        elif kind == _CONNECTION:
+            connection = entry[3] if connection is _NO_OPTIONS else connection | entry[3]
+            if not connection <= _PLAIN_OPTIONS:
+                return None
+        else:
+            return None
+    version = _VERSIONS[minor]
+    return (
+        lineEnd,
+        len(entries),
+        status,
+        reason,
+        version,
+        tuple([entry[0] for entry in entries]),
+        contentLength,
+        persistentConnection(version, connection),
+        connection,
+        b"".join([entry[1] for entry in entries if entry[2] < _HOP]),
+    )
 
 
 class _LLHTTPCallbacks:
@@ -904,43 +1035,26 @@ class RequestParser(_MessageParser):
         end = data.find(b"\r\n\r\n")
         if end < 0 or end + 4 > self._maxHeaderBytes or not self._readyForSimple():
             return None
-        lineEnd = data.find(b"\r\n")
-        if lineEnd > self._maxLineBytes:
-            return None
-        requestLine = data[:lineEnd]
-        parsed = _simpleRequestLines.get(requestLine)
+        headBytes = data[:end]
+        parsed = _simpleRequestHeads.get(headBytes)
         if parsed is None:
-            match = _SIMPLE_REQUEST_LINE.fullmatch(requestLine)
-            if match is None:
+            parsed = _simpleRequestHead(data, end)
+            if parsed is None:
                 return None
-            parsed = match.groups()
-            _remember(_simpleRequestLines, requestLine, parsed)
-        method, target, minor = parsed
-        entries = _simpleFieldEntries(data, lineEnd + 2, end)
-        if entries is None or len(entries) > self._maxHeaders:
-            return None
-        host = contentLength = None
-        connection = _NO_OPTIONS
-        for entry in entries:
-            kind = entry[2]
-            if kind == _FIELD or kind == _OTHER_HOP:
-                continue
-            if kind == _HOST:
-                if host is not None:
-                    return None
-                host = entry[0][2]
-            elif kind == _CONTENT_LENGTH:
-                if contentLength is not None or entry[3] is None:
-                    return None
-                contentLength = entry[3]
-            elif kind == _CONNECTION:
-                connection = entry[3] if connection is _NO_OPTIONS else connection | entry[3]
-            else:
-                return None
-        if host is None:
-            return None
-        hostPort = parseHostPort(host)
-        if hostPort is None or not hostPort[0]:
+            _rememberHead(_simpleRequestHeads, headBytes, parsed)
+        (
+            lineEnd,
+            fieldCount,
+            method,
+            target,
+            version,
+            items,
+            contentLength,
+            keepAlive,
+            host,
+            connection,
+        ) = parsed
+        if lineEnd > self._maxLineBytes or fieldCount > self._maxHeaders:
             return None
         body = b""
         if contentLength is None:
@@ -955,14 +1069,11 @@ class RequestParser(_MessageParser):
                 return None
             if contentLength:
                 body = data[end + 4 :]
-        items = [entry[0] for entry in entries]
-        version = _VERSIONS[minor]
-        keepAlive = persistentConnection(version, connection)
         head = RequestHead(
             method,
             target,
             version,
-            Headers._fromLowered(items),
+            Headers._fromLowered(list(items)),
             bodyKind,
             contentLength,
             keepAlive,
@@ -1188,38 +1299,27 @@ class ResponseParser(_MessageParser):
         method, upgradeAllowed = self._expected[0]
         if upgradeAllowed or method == b"CONNECT":
             return None
-        lineEnd = data.find(b"\r\n")
-        if lineEnd > self._maxLineBytes:
-            return None
-        statusLine = data[:lineEnd]
-        parsed = _simpleStatusLines.get(statusLine)
+        headBytes = data[:end]
+        parsed = _simpleResponseHeads.get(headBytes)
         if parsed is None:
-            match = _SIMPLE_STATUS_LINE.fullmatch(statusLine)
-            if match is None:
+            parsed = _simpleResponseHead(data, end)
+            if parsed is None:
                 return None
-            minor, code, reason = match.groups()
-            parsed = (minor, int(code), reason)
-            _remember(_simpleStatusLines, statusLine, parsed)
-        minor, status, reason = parsed
-        entries = _simpleFieldEntries(data, lineEnd + 2, end)
-        if entries is None or len(entries) > self._maxHeaders:
+            _rememberHead(_simpleResponseHeads, headBytes, parsed)
+        (
+            lineEnd,
+            fieldCount,
+            status,
+            reason,
+            version,
+            items,
+            contentLength,
+            keepAlive,
+            connection,
+            fields,
+        ) = parsed
+        if lineEnd > self._maxLineBytes or fieldCount > self._maxHeaders:
             return None
-        contentLength = None
-        connection = _NO_OPTIONS
-        for entry in entries:
-            kind = entry[2]
-            if kind < _HOP or kind == _OTHER_HOP or kind == _UPGRADE:
-                continue
-            if kind == _CONTENT_LENGTH:
-                if contentLength is not None or entry[3] is None:
-                    return None
-                contentLength = entry[3]
-            elif kind == _CONNECTION:
-                connection = entry[3] if connection is _NO_OPTIONS else connection | entry[3]
-                if not connection <= _PLAIN_OPTIONS:
-                    return None
-            else:
-                return None
         rest = len(data) - end - 4
         if method == b"HEAD" or status == 304 or status == 204:
             bodyKind = BodyKind.NONE
@@ -1235,20 +1335,18 @@ class ResponseParser(_MessageParser):
                 return None
             if self._maxBodySize is not None and contentLength > self._maxBodySize:
                 return None
-        version = _VERSIONS[minor]
-        keepAlive = persistentConnection(version, connection)
         head = ResponseHead(
             status,
             reason,
             version,
-            Headers._fromLowered([entry[0] for entry in entries]),
+            Headers._fromLowered(list(items)),
             bodyKind,
             contentLength,
             keepAlive,
             False,
             None,
             connection,
-            b"".join([entry[1] for entry in entries if entry[2] < _HOP]),
+            fields,
         )
         self._expected.popleft()
         self._head = head
