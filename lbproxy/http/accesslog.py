@@ -206,8 +206,9 @@ def _code(value: str, width: int) -> str:
 
 
 #: The line as a %-format over the same values as L{LINE_FORMAT}, with the
-#: line end: what L{AccessLog.log} writes to a file.
-_LINE_PERCENT = '%s:%s [%s] %s %s/%s %d/%d/%d/%d/%d %d %d %d %s%s "%s" "%s"\n'
+#: line end: what L{AccessLog.log} writes to a file. The listener, pool and
+#: server come as one value, as do the termination and cookie codes.
+_LINE_PERCENT = '%s:%s [%s.%03d] %s %d/%d/%d/%d/%d %d %d %d %s "%s" "%s"\n'
 
 #: Entries kept by each of the memo tables below before they are emptied:
 #: client hosts, names and codes repeat from one request to the next,
@@ -264,6 +265,24 @@ class AccessLog:
         self._quoted = _Memo(escape)
         self._requests = _Memo(_formatRequest)
         self._codes = _Memo(lambda value: _code(value, 2))
+        self._places = _Memo(self._formatPlace)
+        self._ends = _Memo(self._formatEnd)
+
+    def _formatPlace(self, key: tuple[str, str, str]) -> str:
+        """
+        C{listener pool/server}, escaped, for C{(listener, pool, server)}.
+        """
+        bare = self._bare
+        listener, pool, server = key
+        return f"{bare[listener]} {bare[pool]}/{bare[server]}"
+
+    def _formatEnd(self, key: tuple[str, str]) -> str:
+        """
+        The four characters of C{(termination, cookie)}.
+        """
+        codes = self._codes
+        termination, cookie = key
+        return codes[termination] + codes[cookie]
 
     def _open(self) -> TextIO:
         return open(
@@ -339,12 +358,13 @@ class AccessLog:
         if second != self._second:
             self._secondText = formatAcceptTime(second)[:-4]
             self._second = second
-        if record.method:
-            target = record.target
-            if len(target) <= _MEMO_VALUE_SIZE:
-                request = self._requests[(record.method, target, record.version)]
+        method = record.method
+        if method:
+            request = (method, record.target, record.version)
+            if len(request[1]) <= _MEMO_VALUE_SIZE:
+                request = self._requests[request]
             else:
-                request = _formatRequest((record.method, target, record.version))
+                request = _formatRequest(request)
         else:
             request = "<BADREQ>"
         xff = record.xff
@@ -354,16 +374,13 @@ class AccessLog:
             xff = self._quoted[xff]
         else:
             xff = escape(xff)
-        bare = self._bare
-        codes = self._codes
         host, port = record.client
         return _LINE_PERCENT % (
             self._hosts[host],
             port,
-            "%s.%03d" % (self._secondText, millis % 1000),
-            bare[record.listener],
-            bare[record.pool],
-            bare[record.server],
+            self._secondText,
+            millis % 1000,
+            self._places[(record.listener, record.pool, record.server)],
             record.tr,
             record.tw,
             record.tc,
@@ -372,8 +389,7 @@ class AccessLog:
             record.status,
             record.bytesOut,
             record.bytesIn,
-            codes[record.termination],
-            codes[record.cookie],
+            self._ends[(record.termination, record.cookie)],
             xff,
             request,
         )
