@@ -11,11 +11,22 @@ lbproxy's own Python cost per request, steady on a busy machine where
 run_http.py's req/s are not: use it to compare versions of the code, and
 run_http.py to see what it means against the other proxies.
 
+With C{--tls}, the clients speak HTTPS: the listener terminates TLS 1.3
+with an ECDSA certificate (as run_https.py's C{ec} kind), each client a
+pyOpenSSL connection over memory BIOs whose requests are encrypted before
+the timed part (one record per request, as wrk sends them), so the figure
+is the proxy's cost, TLS termination included. C{--tls new} runs lbproxy's
+own L{lbproxy.tls.transport} (what implicit-TLS listeners use), C{--tls
+old} Twisted's C{TLSMemoryBIOFactory} over the same certificates, C{--tls
+both} one after the other; the reactor's pending calls run once per round
+over all clients, as a reactor iteration would.
+
 Run from the repository root with the interpreter that has Twisted:
 
     python bench/http_cpu.py                  # about 10 s
     python bench/http_cpu.py --requests 200000 --rounds 7
     python bench/http_cpu.py --profile        # cProfile of one round
+    python bench/http_cpu.py --tls both --requests 50000
 
 Reports microseconds of CPU per request (the best of the rounds: other load
 only ever slows a round down) and, with --profile, the functions that take
@@ -41,10 +52,14 @@ import twisted  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock  # noqa: E402
 
-from harness import lbproxyConfig  # noqa: E402
+from OpenSSL import SSL  # noqa: E402
+from twisted.protocols.tls import TLSMemoryBIOFactory  # noqa: E402
+
+from harness import lbproxyConfig, makeCertificate  # noqa: E402
 from lbproxy.config import loadBytes  # noqa: E402
 from lbproxy.runtime import Balancer  # noqa: E402
 from lbproxy.service import frontFactory  # noqa: E402
+from lbproxy.tls.server import ServerTLS, wrapFactory  # noqa: E402
 
 LISTEN_PORT = 40000
 SERVERS = [("nginx1", 40001), ("nginx2", 40002)]
@@ -98,6 +113,9 @@ class FakeTransport:
         for piece in pieces:
             self.write(piece)
 
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
     def registerProducer(self, producer, streaming) -> None:
         self.producer = producer
 
@@ -117,14 +135,22 @@ class FakeTransport:
         self.disconnecting = True
 
 
-def buildFront(accessLog: str, reactor):
+def buildFront(accessLog: str, reactor, tls=None):
+    """
+    The HTTP front of the generated config; with C{tls} (the listener's
+    certificate files), the L{ServerTLS} of its listener too.
+    """
     text = lbproxyConfig(
-        LISTEN_PORT, SERVERS, mode="http", accessLog=accessLog, reuseMaxIdle=64
+        LISTEN_PORT, SERVERS, mode="http", accessLog=accessLog, reuseMaxIdle=64, tls=tls
     )
     config = loadBytes(text.encode(), "bench.toml")
     balancer = Balancer(config)
     [listener] = config.listeners.values()
-    return frontFactory(listener, balancer.pools, reactor)
+    if tls is None:
+        return frontFactory(listener, balancer.pools, reactor), None
+    serverTLS = ServerTLS(listener.name, listener.tls, config.source)
+    serverTLS.load()
+    return frontFactory(listener, balancer.pools, reactor, serverTLS), serverTLS
 
 
 class Bench:
@@ -136,7 +162,7 @@ class Bench:
     def __init__(self, clients: int, accessLog: str) -> None:
         self.reactor = MemoryReactorClock()
         self.reactor.advance(1_800_000_000)
-        self.factory = buildFront(accessLog, self.reactor)
+        self.factory, _ = buildFront(accessLog, self.reactor)
         self.factory.startFactory()
         self.local = IPv4Address("TCP", "127.0.0.1", LISTEN_PORT)
         self.clients = []
@@ -209,6 +235,137 @@ class Bench:
         return time.process_time() - started
 
 
+class TLSBench(Bench):
+    """
+    L{Bench} with HTTPS clients: C{transport} is C{"new"} (lbproxy's
+    L{lbproxy.tls.transport}) or C{"old"} (Twisted's
+    C{TLSMemoryBIOFactory}).
+    """
+
+    def __init__(self, clients: int, accessLog: str, certificate, transport: str) -> None:
+        self.reactor = reactor = MemoryReactorClock()
+        reactor.advance(1_800_000_000)
+        front, serverTLS = buildFront(accessLog, reactor, certificate)
+        if transport == "new":
+            self.factory = wrapFactory(serverTLS, front, reactor, 60.0)
+        else:
+            self.factory = TLSMemoryBIOFactory(serverTLS.creator, False, front, clock=reactor)
+        self.factory.doStart()
+        self.local = IPv4Address("TCP", "127.0.0.1", LISTEN_PORT)
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_alpn_protos([b"http/1.1"])
+        self.clients = []
+        self.tls = []
+        self.sessions = []
+        for index in range(clients):
+            peer = IPv4Address("TCP", "127.0.0.1", 50000 + index)
+            transport = FakeTransport(peer, self.local)
+            protocol = self.factory.buildProtocol(peer)
+            transport.protocol = protocol
+            protocol.makeConnection(transport)
+            session = SSL.Connection(context, None)
+            session.set_connect_state()
+            self._handshake(session, protocol, transport)
+            self.tls.append(protocol)
+            self.sessions.append(session)
+            self.clients.append(protocol.wrappedProtocol)
+        self.wrappers = {}
+        self.answered = 0
+
+    def _handshake(self, session, server, transport) -> None:
+        for _ in range(10):
+            try:
+                session.do_handshake()
+            except SSL.WantReadError:
+                pass
+            else:
+                return
+            server.dataReceived(session.bio_read(65536))
+            self.reactor.advance(0)
+            session.bio_write(b"".join(transport.last))
+            transport.last.clear()
+        raise SystemExit("the TLS handshake did not complete")
+
+    def _decrypt(self, session, transport) -> bytes:
+        session.bio_write(b"".join(transport.last))
+        transport.last.clear()
+        plain = []
+        while True:
+            try:
+                plain.append(session.recv(65536))
+            except SSL.WantReadError:
+                return b"".join(plain)
+
+    def warmUp(self) -> None:
+        for server, client, session in zip(self.tls, self.clients, self.sessions):
+            session.send(REQUEST)
+            server.dataReceived(session.bio_read(65536))
+            self._connectPending()
+            backend = client.exchange.backend
+            sent = b"".join(backend.transport.last)
+            if not sent.startswith(b"GET /100B HTTP/1.1\r\n") or b"X-Forwarded-Proto: https" not in sent:
+                raise SystemExit(f"unexpected request head sent to the backend: {sent!r}")
+            backend.transport.last.clear()
+            self.wrappers[backend].dataReceived(RESPONSE)
+            self.reactor.advance(0)
+            received = self._decrypt(session, server.transport)
+            if not received.startswith(b"HTTP/1.1 200 OK\r\n") or not received.endswith(b"\r\n\r\n" + BODY):
+                raise SystemExit(f"unexpected response sent to the client: {received!r}")
+
+    def run(self, count: int) -> float:
+        """
+        Serve C{count} requests, each arriving as one TLS record encrypted
+        beforehand; return the CPU seconds spent.
+        """
+        perClient = len(self.clients)
+        rounds = max(1, count // perClient)
+        records = []
+        for session in self.sessions:
+            mine = []
+            for _ in range(rounds):
+                session.send(REQUEST)
+                mine.append(session.bio_read(65536))
+            records.append(mine)
+        pairs = list(zip(self.tls, self.clients))
+        wrappers = self.wrappers
+        advance = self.reactor.advance
+        started = time.process_time()
+        for turn in range(rounds):
+            for index, (server, client) in enumerate(pairs):
+                server.dataReceived(records[index][turn])
+                wrappers[client.exchange.backend].dataReceived(RESPONSE)
+            advance(0)
+            for server in self.tls:
+                server.transport.last.clear()
+            for backend in wrappers:
+                backend.transport.last.clear()
+        return time.process_time() - started
+
+
+def measure(bench, args, label: str) -> float:
+    bench.warmUp()
+    bench.run(min(args.requests, 20000))
+    figures = []
+    for index in range(args.rounds):
+        seconds = bench.run(args.requests)
+        figures.append(1e6 * seconds / args.requests)
+        print(f"{label}round {index + 1}: {figures[-1]:.2f} us/request", flush=True)
+    print(
+        f"{label}best {min(figures):.2f} us/request, median {sorted(figures)[len(figures) // 2]:.2f} "
+        f"({args.requests} requests x {args.rounds} rounds, {args.clients} clients; "
+        f"Python {platform.python_version()}, Twisted {twisted.__version__})",
+        flush=True,
+    )
+    if args.profile:
+        profile = cProfile.Profile()
+        profile.enable()
+        bench.run(args.requests)
+        profile.disable()
+        stats = pstats.Stats(profile)
+        stats.sort_stats("tottime").print_stats(args.top)
+    return min(figures)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100000, help="per round (default 100000)")
@@ -218,28 +375,24 @@ def main(argv: list[str]) -> int:
         "--profile", action="store_true", help="run one more round under cProfile and print it"
     )
     parser.add_argument("--top", type=int, default=30, help="functions printed with --profile")
+    parser.add_argument(
+        "--tls",
+        choices=("new", "old", "both"),
+        help="HTTPS clients, through lbproxy's TLS transport (new), Twisted's (old) or both",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lbproxy-http-cpu-") as workdir:
-        bench = Bench(args.clients, os.path.join(workdir, "access.log"))
-        bench.warmUp()
-        bench.run(min(args.requests, 20000))
-        figures = []
-        for index in range(args.rounds):
-            seconds = bench.run(args.requests)
-            figures.append(1e6 * seconds / args.requests)
-            print(f"round {index + 1}: {figures[-1]:.2f} us/request", flush=True)
-        print(
-            f"best {min(figures):.2f} us/request, median {sorted(figures)[len(figures) // 2]:.2f} "
-            f"({args.requests} requests x {args.rounds} rounds, {args.clients} clients; "
-            f"Python {platform.python_version()}, Twisted {twisted.__version__})"
-        )
-        if args.profile:
-            profile = cProfile.Profile()
-            profile.enable()
-            bench.run(args.requests)
-            profile.disable()
-            stats = pstats.Stats(profile)
-            stats.sort_stats("tottime").print_stats(args.top)
+        if args.tls is None:
+            measure(Bench(args.clients, os.path.join(workdir, "access.log")), args, "")
+            return 0
+        certificate = makeCertificate(workdir, "ec")
+        kinds = ("old", "new") if args.tls == "both" else (args.tls,)
+        best = {}
+        for kind in kinds:
+            bench = TLSBench(args.clients, os.path.join(workdir, f"access-{kind}.log"), certificate, kind)
+            best[kind] = measure(bench, args, f"https {kind}: ")
+        if len(best) == 2:
+            print(f"new/old: {best['new'] / best['old']:.2f} (best rounds)")
     return 0
 
 

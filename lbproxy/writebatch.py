@@ -20,12 +20,13 @@ as with C{transport.write}: later writes queue behind it, C{loseConnection}
 sends it before closing, C{abortConnection} drops it, and the transport
 pauses its producer when too much is buffered. Transports other than plain
 TCP connections (TLS, UNIX sockets, test transports) get a plain
-C{transport.write}; for TLS over a plain TCP connection
-(C{TLSMemoryBIOProtocol}, as Twisted's TLS endpoints and
-C{TLSMemoryBIOFactory} make), the data is encrypted at once and what the
-TLS layer writes to the TCP connection goes through the batch, from that
-write on: the encrypted records are sent at the end of the iteration too,
-without the writability round trip, and without the per-connection
+C{transport.write}; for TLS over a plain TCP connection (lbproxy's own
+L{ServerTLSTransport} of implicit-TLS listeners, or
+C{TLSMemoryBIOProtocol}, as Twisted's TLS endpoints make), the data is
+encrypted at once and what the TLS layer writes to the TCP connection
+goes through the batch, from that write on: the encrypted records are
+sent at the end of the iteration too, without the writability round
+trip, and (for C{TLSMemoryBIOProtocol}) without the per-connection
 C{callLater(0)} of Twisted's C{BufferingTLSTransport}.
 """
 
@@ -38,6 +39,8 @@ from functools import partial
 
 from twisted.internet import tcp
 from twisted.protocols.tls import TLSMemoryBIOProtocol, _AggregateSmallWrites
+
+from lbproxy.tls.transport import ServerTLSTransport
 
 # Only the exact plain TCP transport classes, whose buffering this relies
 # on; subclasses may send differently (UNIX ones pass descriptors along).
@@ -62,7 +65,13 @@ class WriteBatch:
         """
         Write C{data} to C{transport}.
         """
-        if type(transport) not in _PLAIN or transport.TLS:
+        kind = type(transport)
+        if kind not in _PLAIN or transport.TLS:
+            if kind is ServerTLSTransport:
+                if transport._batch is not self:
+                    self._adoptServerTLS(transport)
+                transport.write(data)
+                return
             if isinstance(transport, TLSMemoryBIOProtocol) and self._adoptTLS(transport):
                 self._writeTLS(transport, data)
                 return
@@ -79,6 +88,17 @@ class WriteBatch:
         self._pending[transport] = None
         if self._call is None:
             self._call = self._reactor.callLater(0, self.flush)
+
+    def _adoptServerTLS(self, tls: ServerTLSTransport) -> None:
+        """
+        Send the records C{tls} encrypts with this batch when its TCP
+        connection is a plain one; its own C{write} encrypts at once.
+        """
+        lower = tls.transport
+        if type(lower) in _PLAIN and not lower.TLS:
+            tls.sendRecordsWith(self, partial(self.write, lower))
+        else:
+            tls.sendRecordsWith(self, lower.write)
 
     def _adoptTLS(self, tls: TLSMemoryBIOProtocol) -> bool:
         """
@@ -114,8 +134,12 @@ class WriteBatch:
 
     def writeSequence(self, transport, pieces: Sequence[bytes]) -> None:
         """
-        Write each of C{pieces} to C{transport}, in order.
+        Write each of C{pieces} to C{transport}, in order; to a TLS
+        transport of lbproxy's as one write, so in one record.
         """
+        if type(transport) is ServerTLSTransport:
+            self.write(transport, b"".join(pieces))
+            return
         for piece in pieces:
             self.write(transport, piece)
 

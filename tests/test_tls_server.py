@@ -1,6 +1,6 @@
 """
 L{lbproxy.tls.server.ServerTLS}: versions, ALPN, client certificates,
-reloads, and connections through L{TLSMemoryBIOFactory} in memory.
+reloads, and connections through the listener transport in memory.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ class Collect(Protocol):
 
 class TestTwistedTransport:
     """
-    The creator behind L{TLSMemoryBIOFactory}, over iosim's in-memory
+    The creator behind the listener TLS transport, over iosim's in-memory
     connections, and what L{describeTLS} reads from such a transport.
     """
 
@@ -355,7 +355,7 @@ class TestTwistedTransport:
 
     def test_handshakeInTimeKeepsTheConnection(self, pki):
         serverProtocol, clientSide, pump = self.connect(pki)
-        clock = serverProtocol.transport.factory._clock
+        clock = serverProtocol.transport.factory.reactor
         clock.advance(3600)
         assert not clock.getDelayedCalls()
         clientSide.write(b"later")
@@ -372,7 +372,7 @@ class TestTwistedTransport:
         from lbproxy.writebatch import WriteBatch
 
         serverProtocol, clientSide, pump = self.connect(pki)
-        clock = serverProtocol.transport.factory._clock
+        clock = serverProtocol.transport.factory.reactor
         batch = WriteBatch(clock)
         batch.write(serverProtocol.transport, b" and")
         batch.writeSequence(serverProtocol.transport, [b" more", b"!"])

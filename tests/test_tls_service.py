@@ -14,7 +14,6 @@ import signal
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from certs import CertificateAuthority
 from lbproxy import tap
@@ -24,6 +23,7 @@ from lbproxy.http.front import HTTPProxyFactory
 from lbproxy.http.redirect import RedirectFactory
 from lbproxy.service import BalancerService, loadListenerTLS
 from lbproxy.tls.server import ServerTLS
+from lbproxy.tls.transport import ServerTLSFactory
 
 CONFIG = """\
 [listeners.web]
@@ -75,12 +75,12 @@ def logged():
 def test_listenersWrapped(setup):
     service = BalancerService(loadFile(str(setup["config"])), MemoryReactorClock())
     web = service.getServiceNamed("listener:web").factory
-    assert isinstance(web, TLSMemoryBIOFactory)
+    assert isinstance(web, ServerTLSFactory)
     assert isinstance(web.wrappedFactory, HTTPProxyFactory)
     assert web.wrappedFactory.secure
     assert isinstance(service.getServiceNamed("listener:plain").factory, RedirectFactory)
     raw = service.getServiceNamed("listener:raw").factory
-    assert isinstance(raw, TLSMemoryBIOFactory)
+    assert isinstance(raw, ServerTLSFactory)
     assert sorted(service.serverTLS) == ["raw", "web"]
     assert all(isinstance(s, ServerTLS) for s in service.serverTLS.values())
 

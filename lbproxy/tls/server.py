@@ -2,9 +2,9 @@
 TLS termination for one listener.
 
 L{ServerTLS} holds the listener's L{CertificateSet} and hands out a
-pyOpenSSL connection per client: to L{TLSMemoryBIOFactory} for implicit
-TLS (the listener's factory is wrapped in L{wrapFactory}), or to
-C{transport.startTLS} for STARTTLS.
+pyOpenSSL connection per client: to L{ServerTLSFactory} for implicit TLS
+(the listener's factory is wrapped in L{wrapFactory}; see
+L{lbproxy.tls.transport}), or to C{transport.startTLS} for STARTTLS.
 
 A reload reads every file again and swaps the whole set in one
 assignment; connections made before keep their own L{SSL.Connection} and
@@ -17,11 +17,11 @@ from __future__ import annotations
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from lbproxy.config.tls import ListenerTLSConfig
 from lbproxy.tls.certificates import CertificateSet, loadCertificates
+from lbproxy.tls.transport import ServerTLSFactory
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -51,8 +51,8 @@ class ServerTLS:
     def creator(self) -> IOpenSSLServerConnectionCreator:
         """
         What makes the server side of each TLS connection: for
-        C{TLSMemoryBIOFactory(creator, False, factory)} or
-        C{transport.startTLS(creator)}.
+        L{ServerTLSFactory}, C{TLSMemoryBIOFactory(creator, False, factory)}
+        or C{transport.startTLS(creator)}.
         """
         return self
 
@@ -89,61 +89,13 @@ class ServerTLS:
 HANDSHAKE_TIMEOUT = 10.0
 
 
-class _HandshakeDeadline(BufferingTLSTransport):
-    """
-    A server-side TLS transport that drops a client which has not completed
-    the handshake in time.
-
-    Without it a client that connects and stays silent would be held
-    forever: once the application wrote something (the HTTP front's 408),
-    C{loseConnection} waits for a handshake that never comes.
-    """
-
-    _deadline = None
-
-    def makeConnection(self, transport) -> None:
-        factory = self.factory
-        self._deadline = factory._clock.callLater(factory.handshakeTimeout, self._handshakeTimedOut)
-        super().makeConnection(transport)
-
-    def _handshakeTimedOut(self) -> None:
-        self._deadline = None
-        if not self._handshakeDone and not self._aborted:
-            self.abortConnection()
-
-    def connectionLost(self, reason) -> None:
-        deadline = self._deadline
-        if deadline is not None:
-            self._deadline = None
-            if deadline.active():
-                deadline.cancel()
-        super().connectionLost(reason)
-
-
-class ServerTLSFactory(TLSMemoryBIOFactory):
-    """
-    Terminates TLS in front of a listener's factory.
-
-    @ivar handshakeTimeout: seconds a client has to complete the handshake.
-    """
-
-    protocol = _HandshakeDeadline
-    noisy = False
-
-    def __init__(self, creator, wrappedFactory, reactor, handshakeTimeout: float) -> None:
-        super().__init__(creator, False, wrappedFactory, clock=reactor)
-        self.handshakeTimeout = handshakeTimeout
-
-
 def wrapFactory(
     serverTLS: ServerTLS, factory, reactor, handshakeTimeout: float = HANDSHAKE_TIMEOUT
 ) -> ServerTLSFactory:
     """
     C{factory} behind TLS termination with C{serverTLS}'s certificates.
 
-    @param reactor: the clock of the TLS transport, which gathers small
-        writes and encrypts them together at the end of the reactor
-        iteration, and times the handshake.
+    @param reactor: times the handshake.
     @param handshakeTimeout: seconds a client has to complete the
         handshake before it is dropped.
     """
