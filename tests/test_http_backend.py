@@ -370,6 +370,41 @@ class RewriteTests(SynchronousTestCase):
             self.assertEqual(xff, b"192.0.2.7")
             self.assertFalse(websocket)
 
+    def test_repeatedSimpleHeads(self):
+        """
+        A connection's requests in the simple form are each written as a
+        fresh connection would write them, whether they repeat the previous
+        request or differ from it in method, target, fields, framing or
+        the backend's close.
+        """
+        requests = [
+            b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"HEAD /b HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"HEAD /b HTTP/1.1\r\nHost: h2\r\n\r\n",
+            b"HEAD /b HTTP/1.1\r\nHost: h2\r\nX-A: 1\r\n\r\n",
+            b"HEAD /b HTTP/1.1\r\nHost: h2\r\nX-A: 2\r\n\r\n",
+            b"HEAD /b HTTP/1.1\r\nHost: h2\r\nConnection: X-A\r\nX-A: 2\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nHost: h2\r\nContent-Length: 1\r\n\r\nx",
+            b"POST /b HTTP/1.1\r\nHost: h2\r\nContent-Length: 2\r\n\r\nxy",
+            b"POST /b HTTP/1.1\r\nHost: h2\r\nContent-Length: 2\r\n\r\nxy",
+        ]
+        rewriter = self.rewriter()
+        peer = rewriter.peer(CLIENT, LOCAL)
+        written = set()
+        for request in requests:
+            for closeBackend in (False, True, False):
+                head, _ = RequestParser(object()).simpleRequest(request)
+                self.assertTrue(head.checked)
+                got = rewriter.rewrite(head, peer, closeBackend)
+                fresh = rewriter.rewrite(head, rewriter.peer(CLIENT, LOCAL), closeBackend)
+                self.assertEqual(got, fresh, (request, closeBackend))
+                written.add(got[0])
+        # Two requests repeat the one before; the X-A that Connection names
+        # is dropped, which writes that request as one before it.
+        self.assertEqual(len(written), 2 * (len(requests) - 3))
+
     def test_trustedProxyKeepsChain(self):
         rewriter = self.rewriter(trustedProxies=(ipaddress.ip_network("192.0.2.0/24"),))
         head = parse(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n")

@@ -104,6 +104,8 @@ class Peer:
         "_addedBlock",
         "_hostField",
         "_subject",
+        "_lastSimple",
+        "_lastSimpleBytes",
     )
 
     def __init__(self, rewriter: RequestRewriter, client, local, transport=None) -> None:
@@ -122,6 +124,11 @@ class Peer:
         self._subject = _UNKNOWN
         # The proxy's fields for requests in the simple form, written once.
         self._addedBlock: bytes | None = None
+        # The last request in the simple form (what its backend head was
+        # written from) and that head: a keep-alive client tends to send
+        # the same request again.
+        self._lastSimple: tuple | None = None
+        self._lastSimpleBytes = b""
 
 
 class RequestRewriter:
@@ -261,8 +268,23 @@ class RequestRewriter:
         elif head.checked and head.authority is not None:
             # A head in the simple form (see RequestParser.simpleRequest):
             # its fields need no second check, the proxy's own are checked
-            # and joined once per connection.
+            # and joined once per connection. The head written last on the
+            # connection is written again for a request with the same
+            # method, target, fields and framing.
+            contentLength = head.contentLength if head.bodyKind is BodyKind.LENGTH else None
             connection = head.connection
+            items = head.headers._items
+            key = (
+                head.method,
+                head.target,
+                head.authority,
+                contentLength,
+                closeBackend,
+                connection,
+                tuple(items),
+            )
+            if key == peer._lastSimple:
+                return peer._lastSimpleBytes, False, peer._added[0][2]
             if connection:
                 dropped = self._simpleDropSets.get(connection)
                 if dropped is None:
@@ -275,7 +297,7 @@ class RequestRewriter:
                 dropped = self._simpleDropped
             lines = [
                 b"%s: %s\r\n" % (name, value)
-                for lowered, name, value in head.headers._items
+                for lowered, name, value in items
                 if lowered not in dropped
             ]
             added = peer._addedBlock
@@ -287,12 +309,9 @@ class RequestRewriter:
             lines.append(b"X-Forwarded-Host: %s\r\n" % (head.authority,))
             if closeBackend:
                 lines.append(b"Connection: close\r\n")
-            data = checkedRequestHeadBytes(
-                head.method,
-                head.target,
-                b"".join(lines),
-                head.contentLength if head.bodyKind is BodyKind.LENGTH else None,
-            )
+            data = checkedRequestHeadBytes(head.method, head.target, b"".join(lines), contentLength)
+            peer._lastSimple = key
+            peer._lastSimpleBytes = data
             return data, False, peer._added[0][2]
         else:
             # The common case in one pass: hop-by-hop and forwarding fields
