@@ -165,17 +165,24 @@ class Exchange:
         sentTime = self.sentTime
         responseTime = self.responseTime
         connectTime = self.connectTime
-        # Each timer in milliseconds, -1 for a phase not reached; written
-        # out rather than through a helper, as this runs once per request.
+        # Each timer in milliseconds, -1 for a phase not reached, never
+        # below 0 otherwise; written out rather than through a helper (or
+        # max()), as this runs once per request.
         tr = tc = trResp = ta = -1
         if firstByte is not None and headTime is not None:
-            tr = max(0, int((headTime - firstByte) * 1000))
+            tr = int((headTime - firstByte) * 1000)
+            if tr < 0:
+                tr = 0
         if connectTime is not None:
             tc = int(connectTime * 1000)
         if sentTime is not None and responseTime is not None:
-            trResp = max(0, int((responseTime - sentTime) * 1000))
+            trResp = int((responseTime - sentTime) * 1000)
+            if trResp < 0:
+                trResp = 0
         if acceptTime is not None and end is not None:
-            ta = max(0, int((end - acceptTime) * 1000))
+            ta = int((end - acceptTime) * 1000)
+            if ta < 0:
+                ta = 0
         # Positional: the fields of AccessRecord in order.
         return AccessRecord(
             (getattr(client, "host", "-"), getattr(client, "port", 0)),
