@@ -594,3 +594,37 @@ class LoopbackTests(TestCase):
         self.assertEqual(writers, [False, False, False, False])
         server.loseConnection()
         self.assertEqual(await closed, b"one two")
+
+
+def test_closedAtHandshakeCompletion(pki):
+    """
+    A protocol that closes when told of the handshake gets nothing more.
+    """
+
+    class Closing(Listening):
+        def handshakeCompleted(self):
+            super().handshakeCompleted()
+            self.transport.loseConnection()
+
+    connection = Connection(pki, protocol=Closing)
+    for _ in range(10):
+        try:
+            connection.client.do_handshake()
+            break
+        except SSL.WantReadError:
+            connection.toClient()
+            data = b""
+            try:
+                data = connection.client.bio_read(65536)
+            except SSL.WantReadError:
+                pass
+            if data:
+                connection.tls.dataReceived(data)
+    # The client's first data arrives with its Finished.
+    connection.client.send(b"too late")
+    connection.toServer()
+    assert connection.app.handshakes == 1
+    assert connection.tcp.disconnecting
+    assert connection.app.data == b""
+    assert connection.clientReceive() == b""
+    assert connection.closed

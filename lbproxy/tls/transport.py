@@ -230,6 +230,8 @@ class ServerTLSTransport(Protocol):
         protocol = self.wrappedProtocol
         if IHandshakeListener.providedBy(protocol):
             protocol.handshakeCompleted()
+            if self._closed:
+                return
         # What came with the client's Finished, read until OpenSSL wants
         # more: the record count is exact from here on.
         self._records = 1 << 30
