@@ -442,14 +442,15 @@ class Relay:
         self._stopRelaying(leg)
         if peer.transport is not None and not peer.lost:
             halfClose = getattr(peer.transport, "loseWriteConnection", None)
-            # A TLS transport is closed whole. Both kinds answer for
-            # loseWriteConnection, but it would shut the socket under the
-            # TLS layer without a close_notify: a TCP transport switched to
-            # TLS by startTLS (mail STARTTLS; its TLS attribute is set) has
-            # the method itself, and TLSMemoryBIOProtocol (implicit TLS)
-            # passes it through to the TCP transport below it, whose shut
-            # socket then breaks the TLS layer when the client's own
-            # close_notify arrives.
+            # A TLS transport is closed whole: TLS has no half-close. A TCP
+            # transport switched to TLS by startTLS (mail STARTTLS; its TLS
+            # attribute is set) would shut its socket under the TLS layer
+            # without a close_notify, and Twisted's TLSMemoryBIOProtocol
+            # (TLS to servers) passes loseWriteConnection through to the
+            # TCP transport below it, whose shut socket then breaks the TLS
+            # layer when the peer's own close_notify arrives. lbproxy's
+            # listener transport (lbproxy.tls.transport) closes whole
+            # either way.
             transport = peer.transport
             if halfClose is None or getattr(transport, "TLS", False) or ISSLTransport.providedBy(transport):
                 transport.loseConnection()
