@@ -8,8 +8,9 @@ for it, sends, and unregisters it (another C{epoll_ctl}). A proxy answering
 every small read with one small write on another connection pays that round
 trip, and the reactor's per-event dispatch, for each of them. L{WriteBatch}
 puts the data in the same buffer without registering the connection, and
-once the events of the current iteration are handled (a C{callLater(0)},
-run before the reactor polls again) sends what every such connection holds
+once the events of the current iteration are handled (lbproxy's reactor's
+C{callAfterEvents}, or with another reactor a C{callLater(0)}, run before
+the reactor polls again) sends what every such connection holds
 with one C{send} each, registering only those the kernel could not take
 everything from, as C{FileDescriptor.doWrite} leaves its buffers. Sends
 still happen once per connection per iteration, as with
@@ -60,6 +61,9 @@ class WriteBatch:
         self._reactor = reactor
         self._pending: dict = {}
         self._call = None
+        self._afterEvents = getattr(reactor, "callAfterEvents", None)
+        # The batch is due to be flushed by callAfterEvents.
+        self._due = False
 
     def write(self, transport, data: bytes) -> None:
         """
@@ -86,7 +90,13 @@ class WriteBatch:
             # What FileDescriptor.write does, only needed when full.
             transport._maybePauseProducer()
         self._pending[transport] = None
-        if self._call is None:
+        if self._due or self._call is not None:
+            return
+        afterEvents = self._afterEvents
+        if afterEvents is not None:
+            self._due = True
+            afterEvents(self.flush)
+        else:
             self._call = self._reactor.callLater(0, self.flush)
 
     def _adoptServerTLS(self, tls: ServerTLSTransport) -> None:
@@ -148,6 +158,7 @@ class WriteBatch:
         Send what the connections written to hold; leave what the kernel
         does not take, and connections that are closing, to the reactor.
         """
+        self._due = False
         call = self._call
         if call is not None:
             self._call = None

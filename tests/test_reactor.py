@@ -1,6 +1,8 @@
 """
 lbproxy's epoll reactor dispatches readiness events without the legacy log
-context, and survives a handler that raises.
+context, and survives a handler that raises; reads of plain TCP
+connections are handled directly, and callAfterEvents runs functions once
+an iteration's events are handled.
 """
 
 import socket
@@ -8,8 +10,17 @@ import sys
 
 import pytest
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IReactorFDSet, IReactorTCP, IReactorTime
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
+    IReactorFDSet,
+    IReactorTCP,
+    IReactorTime,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import capturedLogs
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="epoll is Linux only")
@@ -87,3 +98,198 @@ def test_handlerErrorLoggedAndLoopGoesOn(reactor):
 
 def test_emptyPollReturns(reactor):
     reactor.doPoll(0)
+
+
+def test_callAfterEventsRunsAfterTheEvents(reactor):
+    """
+    A function given to C{callAfterEvents} while events are handled runs
+    once, after every event of the iteration; one given from a timed call
+    runs after the timed calls that are due.
+    """
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    order = []
+
+    class Noting(Reader):
+        def doRead(self):
+            super().doRead()
+            order.append(self.data[-1])
+            reactor.callAfterEvents(lambda: order.append("after"))
+
+    with a, b, c, d:
+        a.setblocking(False)
+        c.setblocking(False)
+        reactor.addReader(Noting(a, reactor))
+        reactor.addReader(Noting(c, reactor))
+        b.send(b"x")
+        d.send(b"y")
+        reactor.doPoll(1)
+        assert sorted(order[:2]) == [b"x", b"y"]
+        assert order[2:] == ["after", "after"]
+        reactor.removeAll()
+    del order[:]
+    reactor.callLater(0, lambda: reactor.callAfterEvents(lambda: order.append("after")))
+    reactor.callLater(0, lambda: order.append("timed"))
+    reactor.runUntilCurrent()
+    assert order == ["timed", "after"]
+
+
+def test_callAfterEventsErrorLogged(reactor):
+    """
+    A function that raises is logged; the others still run, including one
+    it scheduled.
+    """
+    ran = []
+
+    def broken():
+        reactor.callAfterEvents(lambda: ran.append("later"))
+        raise RuntimeError("after bug")
+
+    reactor.callAfterEvents(broken)
+    reactor.callAfterEvents(lambda: ran.append("next"))
+    with capturedLogs() as events:
+        reactor.doPoll(0)
+    assert ran == ["next", "later"]
+    assert any("after bug" in repr(e) for e in events)
+
+
+class Recorder(Protocol):
+    """
+    Keeps what arrives and how the connection ended; optionally raises on
+    data.
+    """
+
+    fail = False
+
+    def __init__(self):
+        self.received = []
+        self.ended = []
+
+    def dataReceived(self, data):
+        self.received.append(data)
+        if self.fail:
+            raise RuntimeError("protocol bug")
+
+    def readConnectionLost(self):
+        self.ended.append("read")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.ended.append(reason.type)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseRecorder(Recorder):
+    pass
+
+
+def _iterateUntil(reactor, condition):
+    for _ in range(500):
+        if condition():
+            return
+        reactor.iterate(0.01)
+    raise AssertionError("condition not reached")
+
+
+@pytest.fixture
+def tcpPair(reactor):
+    """
+    A connected pair of plain TCP connections of the reactor: a server
+    protocol (returned as built) and a client one, connected through an
+    endpoint (so wrapped by it).
+    """
+    servers = []
+
+    def build(serverClass=Recorder, clientClass=Recorder):
+        factory = Factory.forProtocol(serverClass)
+        factory.noisy = False
+        built = []
+
+        class Keeping(Factory):
+            noisy = False
+
+            def buildProtocol(self, addr):
+                built.append(factory.buildProtocol(addr))
+                return built[-1]
+
+        port = reactor.listenTCP(0, Keeping(), interface="127.0.0.1")
+        servers.append(port)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        connected = []
+        connectProtocol(endpoint, clientClass()).addCallback(connected.append)
+        _iterateUntil(reactor, lambda: connected and built)
+        servers.extend([built[0].transport, connected[0].transport])
+        return built[0], connected[0]
+
+    yield build
+    for each in servers:
+        if hasattr(each, "stopListening"):
+            each.stopListening()
+        else:
+            each.abortConnection()
+    for _ in range(5):
+        reactor.iterate(0)
+
+
+def test_tcpReadsReachTheProtocols(reactor, tcpPair):
+    """
+    Data on plain TCP connections reaches the protocol, the one an
+    endpoint wraps included, and the peer's close ends the connection.
+    """
+    server, client = tcpPair()
+    assert type(client.transport.protocol).__name__ == "_WrappingProtocol"
+    client.transport.write(b"ping")
+    _iterateUntil(reactor, lambda: server.received)
+    server.transport.write(b"pong")
+    _iterateUntil(reactor, lambda: client.received)
+    assert (server.received, client.received) == ([b"ping"], [b"pong"])
+    client.transport.loseConnection()
+    _iterateUntil(reactor, lambda: server.ended)
+    assert server.ended == [ConnectionDone]
+
+
+def test_tcpHalfClose(reactor, tcpPair):
+    """
+    A half-closeable protocol hears of the peer's FIN through
+    readConnectionLost, as with Twisted's dispatch.
+    """
+    server, client = tcpPair(serverClass=HalfCloseRecorder)
+    client.transport.write(b"x")
+    client.transport.loseWriteConnection()
+    _iterateUntil(reactor, lambda: "read" in server.ended)
+    assert server.received == [b"x"]
+
+
+def test_tcpProtocolErrorClosesAndIsLogged(reactor, tcpPair):
+    """
+    A protocol that raises in dataReceived is logged and its connection
+    lost with that error; the peer sees the connection end.
+    """
+
+    class Failing(Recorder):
+        fail = True
+
+    server, client = tcpPair(serverClass=Failing)
+    with capturedLogs() as events:
+        client.transport.write(b"boom")
+        _iterateUntil(reactor, lambda: server.ended)
+    assert server.ended == [RuntimeError]
+    assert any("protocol bug" in repr(e) for e in events)
+    _iterateUntil(reactor, lambda: client.ended)
+
+
+def test_writeBatchSendsAfterEvents(reactor, tcpPair):
+    """
+    On this reactor a L{WriteBatch} is sent through C{callAfterEvents}:
+    no timed call, and the data arrives.
+    """
+    from lbproxy.writebatch import WriteBatch
+
+    server, client = tcpPair()
+    batch = WriteBatch(reactor)
+    batch.write(server.transport, b"one ")
+    batch.write(server.transport, b"two")
+    assert reactor.getDelayedCalls() == [] or all(
+        call.func != batch.flush for call in reactor.getDelayedCalls()
+    )
+    _iterateUntil(reactor, lambda: b"".join(client.received) == b"one two")
