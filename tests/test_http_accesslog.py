@@ -329,6 +329,9 @@ def test_closeWithoutPath():
         {"xff": b'1.2.3.4, "x"\r\n', "target": b"/\x7f\xff"},
         {"tr": 1.9, "ta": -1, "status": -1, "bytesOut": 0, "bytesIn": 10**12},
         {"acceptTime": 1795835520.9999},
+        {"target": b"/" + b"a" * 300, "xff": "1.2.3.4, " * 40},
+        {"target": b"/" + b"a" * 300},
+        {"xff": b'"' * 300},
     ],
 )
 def test_lineIsTheDocumentedFormat(overrides):
@@ -343,3 +346,15 @@ def test_lineIsTheDocumentedFormat(overrides):
     for _ in range(2):
         expected = LINE_FORMAT.format(**log.fields(record(**overrides)))
         assert log.format(record(**overrides)) == expected
+
+
+def test_lineDatesFollowTheMilliseconds():
+    """
+    Lines of records a millisecond, then a second apart each get their own
+    date, and an earlier one after them its own again.
+    """
+    clock = Clock()
+    log = AccessLog(None, clock)
+    for acceptTime in (ACCEPT, ACCEPT + 0.001, ACCEPT + 0.0011, ACCEPT + 1.001, ACCEPT):
+        expected = LINE_FORMAT.format(**log.fields(record(acceptTime=acceptTime)))
+        assert log.format(record(acceptTime=acceptTime)) == expected

@@ -60,8 +60,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from twisted.logger import Logger
 
@@ -130,11 +129,14 @@ def formatAcceptTime(epoch: float) -> str:
     )
 
 
-@dataclass(slots=True)
-class AccessRecord:
+class AccessRecord(NamedTuple):
     """
     What the access log says about one request (see the module docstring
     for each field's meaning).
+
+    A named tuple: one is made per request, and a tuple is built, and
+    taken apart when the line is written, in fewer steps than an object
+    with attributes.
 
     @ivar client: C{(host, port)} of the client.
     @ivar acceptTime: epoch seconds; L{None} stands for the time the record
@@ -205,10 +207,12 @@ def _code(value: str, width: int) -> str:
     return "".join(c if c.isascii() and (c.isalnum() or c == "-") else "?" for c in text)
 
 
-#: The line as a %-format over the same values as L{LINE_FORMAT}, with the
-#: line end: what L{AccessLog.log} writes to a file. The listener, pool and
-#: server come as one value, as do the termination and cookie codes.
-_LINE_PERCENT = '%s:%s [%s.%03d] %s %d/%d/%d/%d/%d %d %d %d %s "%s" "%s"\n'
+#: The line as a %-format over the same values as L{LINE_FORMAT}: what
+#: L{AccessLog.log} writes to a file. Formatted pieces come as one value
+#: each: the client with the opening bracket, the date with the closing
+#: one, the listener, pool and server, and the end of the line from the
+#: termination and cookie codes on, line end included.
+_LINE_PERCENT = "%s%s%s %d/%d/%d/%d/%d %d %d %d%s"
 
 #: Entries kept by each of the memo tables below before they are emptied:
 #: client hosts, names and codes repeat from one request to the next,
@@ -260,6 +264,8 @@ class AccessLog:
         self._flushCall = None
         self._second: int | None = None
         self._secondText = ""
+        self._millis: int | None = None
+        self._dateText = ""
         self._bare = _Memo(lambda value: escape(value, quoted=False))
         self._hosts = _Memo(_formatHost)
         self._quoted = _Memo(escape)
@@ -267,6 +273,37 @@ class AccessLog:
         self._codes = _Memo(lambda value: _code(value, 2))
         self._places = _Memo(self._formatPlace)
         self._ends = _Memo(self._formatEnd)
+        self._clients = _Memo(self._formatClient)
+        self._tails = _Memo(self._formatTail)
+
+    def _formatClient(self, client: tuple[str, int]) -> str:
+        """
+        C{host:port [} for C{(host, port)}, escaped.
+        """
+        host, port = client
+        return f"{self._hosts[host]}:{port} ["
+
+    def _formatTail(self, key: tuple) -> str:
+        """
+        The end of a line, from the space before the termination code on,
+        for C{(termination, cookie, xff, method, target, version)}.
+        """
+        termination, cookie, xff, method, target, version = key
+        if method:
+            request = (method, target, version)
+            if len(target) <= _MEMO_VALUE_SIZE:
+                request = self._requests[request]
+            else:
+                request = _formatRequest(request)
+        else:
+            request = "<BADREQ>"
+        if xff is None or xff in ("-", b"-", b"", ""):
+            xff = "-"
+        elif len(xff) <= _MEMO_VALUE_SIZE:
+            xff = self._quoted[xff]
+        else:
+            xff = escape(xff)
+        return f' {self._ends[(termination, cookie)]} "{xff}" "{request}"\n'
 
     def _formatPlace(self, key: tuple[str, str, str]) -> str:
         """
@@ -346,52 +383,60 @@ class AccessLog:
         """
         The log line of C{record} with its line end: L{LINE_FORMAT} filled
         with L{fields}, built in fewer steps since this runs once per
-        request. The date is formatted once per second; names, client
-        hosts, codes and short request lines and X-Forwarded-For values are
-        escaped once each and remembered.
+        request. The date is formatted once per millisecond (its seconds
+        once per second); the client, the names and the end of the line
+        (codes, X-Forwarded-For, request line) are formatted once per
+        value they come with and remembered, unless long.
         """
-        acceptTime = record.acceptTime
+        (
+            client,
+            listener,
+            pool,
+            server,
+            acceptTime,
+            tr,
+            tw,
+            tc,
+            trResp,
+            ta,
+            status,
+            bytesOut,
+            bytesIn,
+            termination,
+            cookie,
+            xff,
+            method,
+            target,
+            version,
+        ) = record
         if acceptTime is None:
             acceptTime = self._reactor.seconds()
         millis = int(acceptTime * 1000)
-        second = millis // 1000
-        if second != self._second:
-            self._secondText = formatAcceptTime(second)[:-4]
-            self._second = second
-        method = record.method
-        if method:
-            request = (method, record.target, record.version)
-            if len(request[1]) <= _MEMO_VALUE_SIZE:
-                request = self._requests[request]
-            else:
-                request = _formatRequest(request)
+        if millis != self._millis:
+            second = millis // 1000
+            if second != self._second:
+                self._secondText = formatAcceptTime(second)[:-4]
+                self._second = second
+            self._millis = millis
+            self._dateText = "%s.%03d] " % (self._secondText, millis % 1000)
+        tail = (termination, cookie, xff, method, target, version)
+        if len(target) <= _MEMO_VALUE_SIZE and (xff is None or len(xff) <= _MEMO_VALUE_SIZE):
+            tail = self._tails[tail]
         else:
-            request = "<BADREQ>"
-        xff = record.xff
-        if xff is None or xff in ("-", b"-", b"", ""):
-            xff = "-"
-        elif len(xff) <= _MEMO_VALUE_SIZE:
-            xff = self._quoted[xff]
-        else:
-            xff = escape(xff)
-        host, port = record.client
+            tail = self._formatTail(tail)
         return _LINE_PERCENT % (
-            self._hosts[host],
-            port,
-            self._secondText,
-            millis % 1000,
-            self._places[(record.listener, record.pool, record.server)],
-            record.tr,
-            record.tw,
-            record.tc,
-            record.tr_resp,
-            record.ta,
-            record.status,
-            record.bytesOut,
-            record.bytesIn,
-            self._ends[(record.termination, record.cookie)],
-            xff,
-            request,
+            self._clients[client],
+            self._dateText,
+            self._places[(listener, pool, server)],
+            tr,
+            tw,
+            tc,
+            trResp,
+            ta,
+            status,
+            bytesOut,
+            bytesIn,
+            tail,
         )
 
     def log(self, record: AccessRecord) -> None:

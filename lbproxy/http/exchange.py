@@ -34,6 +34,10 @@ from __future__ import annotations
 from lbproxy.http.accesslog import AccessRecord
 from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
 
+# Builds an AccessRecord from a tuple of all its fields, without the
+# keyword handling of its constructor.
+_newTuple = tuple.__new__
+
 
 class Exchange:
     """
@@ -183,25 +187,28 @@ class Exchange:
             ta = int((end - acceptTime) * 1000)
             if ta < 0:
                 ta = 0
-        # Positional: the fields of AccessRecord in order.
-        return AccessRecord(
-            (getattr(client, "host", "-"), getattr(client, "port", 0)),
-            listener,
-            route.pool.name if route is not None else "-",
-            server.name if server is not None else "<NOSRV>",
-            acceptTime,
-            tr,
-            0 if route is not None else -1,
-            tc,
-            trResp,
-            ta,
-            self.status,
-            self.bytesOut,
-            self.bytesIn,
-            self.termination,
-            cookie,
-            self.xff,
-            head.method if head is not None else b"",
-            head.target if head is not None else b"",
-            head.version if head is not None else None,
+        # The fields of AccessRecord in order, as the tuple it is.
+        return _newTuple(
+            AccessRecord,
+            (
+                (getattr(client, "host", "-"), getattr(client, "port", 0)),
+                listener,
+                route.pool.name if route is not None else "-",
+                server.name if server is not None else "<NOSRV>",
+                acceptTime,
+                tr,
+                0 if route is not None else -1,
+                tc,
+                trResp,
+                ta,
+                self.status,
+                self.bytesOut,
+                self.bytesIn,
+                self.termination,
+                cookie,
+                self.xff,
+                head.method if head is not None else b"",
+                head.target if head is not None else b"",
+                head.version if head is not None else None,
+            ),
         )
