@@ -11,7 +11,6 @@ from __future__ import annotations
 from zope.interface import implementer
 
 from lbproxy.interfaces import IBackendSelector
-from lbproxy.selectors.base import usable
 
 
 @implementer(IBackendSelector)
@@ -32,8 +31,10 @@ class SmoothWeightedRoundRobin:
         best = None
         total = 0
         scores = self._scores
+        excluded = context.excluded
         for server in servers:
-            if not usable(server, context):
+            # usable(server, context), written out: this runs per request.
+            if server.full or server in excluded:
                 continue
             score = scores.get(server, 0) + server.weight
             scores[server] = score
