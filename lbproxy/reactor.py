@@ -100,7 +100,28 @@ class EPollReactor(epollreactor.EPollReactor):
                 and selectable.connected
                 and not selectable._aborting
             ):
-                self._readTCP(selectable)
+                # What _doReadOrWrite, doRead and _dataReceived do for
+                # it, written out: this runs for nearly every event.
+                try:
+                    data = selectable.socket.recv(selectable.bufferSize)
+                except OSError as e:
+                    if e.args[0] != errno.EWOULDBLOCK:
+                        self._readEnded(selectable, CONNECTION_LOST)
+                    continue
+                if not data:
+                    self._readEnded(selectable, CONNECTION_DONE)
+                    continue
+                protocol = selectable.protocol
+                if type(protocol) is _WrappingProtocol:
+                    protocol = protocol._wrappedProtocol
+                try:
+                    protocol.dataReceived(data)
+                except BaseException as e:
+                    self._eventLog.failure(
+                        "unhandled error handling data of {selectable!r}",
+                        selectable=selectable,
+                    )
+                    self._readEnded(selectable, e)
                 continue
             try:
                 handle(selectable, fd, event)
@@ -115,33 +136,12 @@ class EPollReactor(epollreactor.EPollReactor):
 
     doIteration = doPoll
 
-    def _readTCP(self, connection: tcp.Connection) -> None:
+    def _readEnded(self, connection: tcp.Connection, why: BaseException) -> None:
         """
-        What C{_doReadOrWrite} does for a read event of a plain TCP
-        connection.
+        A plain TCP connection's read ended it (C{why}: the end of the
+        stream, a failed C{recv} or the protocol's exception): what
+        C{_doReadOrWrite} then does.
         """
-        try:
-            data = connection.socket.recv(connection.bufferSize)
-        except OSError as e:
-            if e.args[0] == errno.EWOULDBLOCK:
-                return
-            why = CONNECTION_LOST
-        else:
-            if data:
-                protocol = connection.protocol
-                if type(protocol) is _WrappingProtocol:
-                    protocol = protocol._wrappedProtocol
-                try:
-                    protocol.dataReceived(data)
-                    return
-                except BaseException as e:
-                    self._eventLog.failure(
-                        "unhandled error handling data of {selectable!r}",
-                        selectable=connection,
-                    )
-                    why = e
-            else:
-                why = CONNECTION_DONE
         try:
             self._disconnectSelectable(connection, why, True)
         except Exception:
