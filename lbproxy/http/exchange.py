@@ -187,11 +187,16 @@ class Exchange:
             ta = int((end - acceptTime) * 1000)
             if ta < 0:
                 ta = 0
+        try:
+            where = (client.host, client.port)
+        except AttributeError:
+            # An address without host and port (a UNIX socket's).
+            where = (getattr(client, "host", "-"), getattr(client, "port", 0))
         # The fields of AccessRecord in order, as the tuple it is.
         return _newTuple(
             AccessRecord,
             (
-                (getattr(client, "host", "-"), getattr(client, "port", 0)),
+                where,
                 listener,
                 route.pool.name if route is not None else "-",
                 server.name if server is not None else "<NOSRV>",
