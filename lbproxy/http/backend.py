@@ -519,8 +519,12 @@ class BackendPool:
         it can carry another request, else close it. Returns whether it was
         kept.
         """
-        if self.reuse and connection.reusable and connection.server is not None:
-            if self.idleFor(connection.server).put(connection):
+        server = connection.server
+        if self.reuse and server is not None and connection.reusable:
+            idle = self._idle.get(server)
+            if idle is None:
+                idle = self.idleFor(server)
+            if idle.put(connection):
                 return True
         connection.close()
         return False

@@ -521,7 +521,13 @@ class _MessageParser:
 
     @property
     def idle(self) -> bool:
-        return self._state == _HEAD and not self._inHead and not self.bufferedBytes
+        # Nothing buffered: bufferedBytes written out (checked after each
+        # keep-alive response).
+        return (
+            self._state == _HEAD
+            and not self._inHead
+            and not (len(self._buf) - self._pos + self._pendingBytes)
+        )
 
     @property
     def bufferedBytes(self) -> int:
