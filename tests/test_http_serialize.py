@@ -245,3 +245,27 @@ def test_errorResponseFromParseError() -> None:
     assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert caught.value.reason.encode() not in raw
     assert b"<b>" not in raw
+
+
+def test_checkedResponseHeadRemembered():
+    """
+    A response head with a length is the same bytes however often it is
+    built, for each status, reason, fields and length; heads with long
+    field blocks are built each time, not kept.
+    """
+    from lbproxy.http import serialize
+
+    fields = b"Server: x\r\nContent-Type: text/plain\r\n"
+    first = serialize.checkedResponseHeadBytes(200, b"OK", fields, BodyKind.LENGTH, 5)
+    again = serialize.checkedResponseHeadBytes(200, b"OK", fields, BodyKind.LENGTH, 5)
+    assert first == again == b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 5\r\n\r\n"
+    assert serialize.checkedResponseHeadBytes(200, b"OK", fields, BodyKind.LENGTH, 6).endswith(
+        b"Content-Length: 6\r\n\r\n"
+    )
+    assert serialize.checkedResponseHeadBytes(404, b"Nope", fields, BodyKind.LENGTH, 5).startswith(
+        b"HTTP/1.1 404 Nope\r\n"
+    )
+    long = b"X-Long: " + b"a" * 2000 + b"\r\n"
+    head = serialize.checkedResponseHeadBytes(200, b"OK", long, BodyKind.LENGTH, 1)
+    assert head == b"HTTP/1.1 200 OK\r\n" + long + b"Content-Length: 1\r\n\r\n"
+    assert (200, b"OK", long, 1) not in serialize._lengthHeads

@@ -33,6 +33,13 @@ LAST_CHUNK = b"0\r\n\r\n"
 #: cheaper than checking them byte by byte again. Emptied when they hold
 #: more than L{_KNOWN_LIMIT}, since values (dates, addresses) keep changing;
 #: only what is at most L{_KNOWN_SIZE} bytes long is kept.
+#: Response heads with a Content-Length built by checkedResponseHeadBytes,
+#: by (status, reason, fields, length); at most _LENGTH_HEADS_KEPT of them,
+#: each from at most _LENGTH_HEAD_FIELDS bytes of field lines.
+_lengthHeads: dict[tuple, bytes] = {}
+_LENGTH_HEADS_KEPT = 1024
+_LENGTH_HEAD_FIELDS = 1024
+
 _knownNames: set[bytes] = set()
 _knownLines: set[bytes] = set()
 _KNOWN_LIMIT = 8192
@@ -115,12 +122,22 @@ def checkedResponseHeadBytes(
         )
     if contentLength is None or bodyKind is BodyKind.UNTIL_CLOSE:
         return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, fields)
-    return b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n" % (
-        status,
-        reason,
-        fields,
-        contentLength,
-    )
+    # The same response head comes back request after request (a backend's
+    # fields change with its Date, once a second): remembered when short.
+    key = (status, reason, fields, contentLength)
+    head = _lengthHeads.get(key)
+    if head is None:
+        head = b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\n\r\n" % (
+            status,
+            reason,
+            fields,
+            contentLength,
+        )
+        if len(fields) <= _LENGTH_HEAD_FIELDS:
+            if len(_lengthHeads) >= _LENGTH_HEADS_KEPT:
+                _lengthHeads.clear()
+            _lengthHeads[key] = head
+    return head
 
 
 def _fieldLines(headers: Headers, bodyKind: BodyKind, contentLength: int | None) -> bytes:
