@@ -48,6 +48,18 @@ PIN_PRESETS = {
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def addLogRequestsArgument(parser: argparse.ArgumentParser) -> None:
+    """
+    The HTTP benchmarks' choice of which requests lbproxy logs.
+    """
+    parser.add_argument(
+        "--log-requests", choices=("errors", "all"), default="errors",
+        help="lbproxy's log_requests: 'errors' (default) writes no line for a normal "
+        "request, like the other targets, which log nothing per request; 'all' "
+        "writes one per request",
+    )
+
+
 def addCommonArguments(parser: argparse.ArgumentParser, profiled: str) -> None:
     """
     The options every benchmark script takes: CPU pinning, which lbproxy to
@@ -575,6 +587,7 @@ def lbproxyConfig(
     selector: str = '"roundrobin"',
     poolLines: Sequence[str] = (),
     tls: TLSFiles | None = None,
+    logRequests: str = "all",
 ) -> str:
     """
     An lbproxy TOML config: one listener on loopback, one pool over
@@ -585,6 +598,8 @@ def lbproxyConfig(
 
     @param accessLog: for an HTTP listener, the file its access log lines
         are appended to (buffered), instead of the daemon's log.
+    @param logRequests: for an HTTP listener, its C{log_requests}: "all",
+        or "errors" (no line for a normal request).
     @param reuseMaxIdle: for an HTTP listener's pool, idle connections kept
         per server (lbproxy's default otherwise).
     @param selector: the pool's C{selector} value, as TOML (a string or an
@@ -596,6 +611,8 @@ def lbproxyConfig(
         for name, port in servers
     )
     listenerExtra = f'access_log = "{accessLog}"\n' if accessLog is not None else ""
+    if logRequests != "all":
+        listenerExtra += f'log_requests = "{logRequests}"\n'
     poolExtra = (
         f"\n[pools.servers.reuse]\nmax_idle = {reuseMaxIdle}\n"
         if reuseMaxIdle is not None

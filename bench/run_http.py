@@ -22,6 +22,7 @@ import time
 from harness import (
     PIN_PRESETS,
     addCommonArguments,
+    addLogRequestsArgument,
     LOOPBACK,
     BenchError,
     NginxBackends,
@@ -102,6 +103,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         "(default: the one next to twistd)",
     )
     addCommonArguments(parser, "per scenario (HTTP mode)")
+    addLogRequestsArgument(parser)
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
@@ -205,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             config = lbproxyConfig(
                 ports["lbproxy"], servers, mode="http",
                 accessLog=accessLog, reuseMaxIdle=REUSE_MAX_IDLE,
+                logRequests=args.log_requests,
             )
             pids["lbproxy"], details["lbproxyReactor"] = startLbproxy(
                 args, group, workdir, "lbproxy", config, ports["lbproxy"]
@@ -215,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
             pids["lbproxy-tcp"], details["lbproxyTcpReactor"] = startLbproxy(
                 args, group, workdir, "lbproxy-tcp", config, ports["lbproxy-tcp"]
             )
+        if "lbproxy" in pids:
+            details["lbproxyLogRequests"] = args.log_requests
         if args.lbproxy_source and ("lbproxy" in pids or "lbproxy-tcp" in pids):
             details["lbproxyRevision"] = toolVersion(
                 ["git", "-C", args.lbproxy_source, "describe", "--always", "--dirty"]

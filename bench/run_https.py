@@ -30,6 +30,7 @@ from harness import (
     NginxBackends,
     ProcessGroup,
     addCommonArguments,
+    addLogRequestsArgument,
     alternatingRounds,
     besidePython,
     fileTail,
@@ -98,6 +99,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(TARGETS)} (default both)",
     )
     addCommonArguments(parser, "per scenario")
+    addLogRequestsArgument(parser)
     args = parser.parse_args(argv)
     for name, allowed in (("kinds", KINDS), ("modes", MODES), ("targets", TARGETS)):
         chosen = [x.strip() for x in getattr(args, name).split(",") if x.strip()]
@@ -173,11 +175,13 @@ def run(args: argparse.Namespace) -> int:
                 config = lbproxyConfig(
                     port, servers, mode="http",
                     accessLog=os.path.join(workdir, f"access-{kind}.log"),
-                    reuseMaxIdle=REUSE_MAX_IDLE, tls=files,
+                    reuseMaxIdle=REUSE_MAX_IDLE, tls=files, logRequests=args.log_requests,
                 )
                 pids[("lbproxy", kind)], details[f"lbproxyReactor-{kind}"] = startLbproxy(
                     args, group, workdir, f"lbproxy-{kind}", config, port
                 )
+        if "lbproxy" in args.targets:
+            details["lbproxyLogRequests"] = args.log_requests
         if args.lbproxy_source and "lbproxy" in args.targets:
             details["lbproxyRevision"] = toolVersion(
                 ["git", "-C", args.lbproxy_source, "describe", "--always", "--dirty"]

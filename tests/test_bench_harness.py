@@ -142,12 +142,13 @@ def test_lbproxyHttpConfigLoads():
     """
     text = harness.lbproxyConfig(
         40000, [("a", 40001), ("b", 40002)], mode="http",
-        accessLog="/var/log/lbproxy/access.log", reuseMaxIdle=64,
+        accessLog="/var/log/lbproxy/access.log", reuseMaxIdle=64, logRequests="errors",
     )
     config = loadBytes(text.encode(), "bench.toml")
     [listener] = config.listeners.values()
     assert listener.mode == "http"
     assert listener.accessLog == "/var/log/lbproxy/access.log"
+    assert listener.logRequests == "errors"
     pool = config.pools[listener.pool]
     assert pool.reuseMaxIdle == 64
     assert pool.health is None

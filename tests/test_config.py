@@ -692,7 +692,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 EVERY_KEY = {
     "listener": {
         "bind", "pool", "mode", "maxconn", "accept_proxy", "timeouts",
-        "routes", "trusted_proxies", "forwarded", "access_log", "limits",
+        "routes", "trusted_proxies", "forwarded", "access_log", "log_requests", "limits",
         "sni_fallback",
         "tls", "redirect_https",
         "tls_required", "user_pools", "user_domain", "auth",

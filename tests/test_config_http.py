@@ -561,3 +561,12 @@ def test_httpSelectorKeyOnTcpListener(key):
 def test_httpSelectorKeyWithoutArgument():
     message = loadError(pool('selector = { name = "hash", key = "header:" }\n'))
     assert message.startswith("pools.web.selector.key: expected a key such as")
+
+
+def test_logRequests():
+    assert load(listener('log_requests = "errors"\n')).listeners["web"].logRequests == "errors"
+    assert load(listener("")).listeners["web"].logRequests == "all"
+    assert loadError(listener('log_requests = "none"\n')) == (
+        "listeners.web.log_requests: expected one of all, errors, got 'none'"
+    )
+    assert loadError(listener('log_requests = "all"\n', base=TCP)) == f"listeners.web.log_requests: {ONLY_HTTP}"

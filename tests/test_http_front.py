@@ -294,6 +294,26 @@ class ForwardingTests(ProxyTestCase):
             listener="web",
         )
 
+    def test_logRequestsErrors(self):
+        """
+        With log_requests = "errors", a normal exchange gets no access log
+        line (however the server answered below 500); one ending in a 502
+        does.
+        """
+        self.makeFactory(listener=makeListener(logRequests="errors"), retries=0)
+        client = self.connectClient()
+        client.send(GET)
+        backend = self.connectBackend()
+        backend.send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 404"))
+        self.assertEqual(self.log.records, [])
+        backend.close()
+        client.send(GET)
+        self.refuseBackend()
+        self.assertIn(b"HTTP/1.1 502", client.received())
+        (record,) = self.log.records
+        self.assertEqual(record.status, 502)
+
     def test_absoluteFormSentAsOriginForm(self):
         self.makeFactory()
         client = self.connectClient()

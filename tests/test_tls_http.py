@@ -240,6 +240,18 @@ class TestRedirectProtocol:
         assert not transport.disconnecting
         assert [(r.status, r.termination) for r in records] == [(301, "LR")]
 
+    def test_logRequestsErrors(self):
+        """
+        With log_requests = "errors" redirects are not logged; a request
+        refused with 400 (no Host) is.
+        """
+        protocol, transport, _, records = self.connect(logRequests="errors")
+        protocol.dataReceived(b"GET /p HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        assert transport.value().startswith(b"HTTP/1.1 301")
+        assert records == []
+        protocol.dataReceived(b"GET /p HTTP/1.1\r\n\r\n")
+        assert [r.status for r in records] == [400]
+
     def test_head(self):
         protocol, transport, _, _ = self.connect(8443)
         protocol.dataReceived(b"HEAD / HTTP/1.1\r\nHost: h:8080\r\n\r\n")

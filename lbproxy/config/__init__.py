@@ -39,6 +39,8 @@ from lbproxy.config.tls import (
 
 MODES = ("tcp", "http", "imap", "pop3")
 SNI_FALLBACK = ("default", "reject")
+#: Which requests an HTTP listener's access log gets a line for.
+LOG_REQUESTS = ("all", "errors")
 PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
 HEALTH_TYPES = ("tcp", "http", "banner")
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -181,6 +183,11 @@ class ListenerConfig:
     forwarded: bool = False
     #: File the access log is appended to; None: the daemon's log.
     accessLog: str | None = None
+    #: "all" requests, or only "errors": those answered by lbproxy itself
+    #: or by the server with a status of 500 or above, or that ended
+    #: abnormally (a termination state other than "--"), as HAProxy's
+    #: C{option dontlog-normal}.
+    logRequests: str = "all"
     limits: HTTPLimits = HTTPLimits()
     #: Time a client has to send a complete request head (408).
     requestTimeout: float = 10.0
@@ -288,7 +295,7 @@ def parse(data: dict, source: str) -> Config:
 #: accept_proxy, tls and timeouts.idle.
 _MODE_KEYS = {
     "tcp": ("routes", "sni_fallback"),
-    "http": ("routes", "trusted_proxies", "forwarded", "access_log", "limits", "redirect_https"),
+    "http": ("routes", "trusted_proxies", "forwarded", "access_log", "log_requests", "limits", "redirect_https"),
     "imap": ("tls_required", "user_pools", "user_domain", "limits", "auth"),
     "pop3": ("tls_required", "user_pools", "user_domain", "limits", "auth"),
 }
@@ -376,6 +383,7 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
             trustedProxies=t.networks("trusted_proxies"),
             forwarded=t.boolean("forwarded", False),
             accessLog=t.string("access_log", default=None),
+            logRequests=t.choice("log_requests", LOG_REQUESTS, "all"),
             limits=HTTPLimits(
                 requestLine=limits.integer("request_line", 256, 1 << 20, 8192),
                 headerSize=limits.integer("header_size", 1024, 1 << 22, 32768),

@@ -850,7 +850,8 @@ class HTTPProxyProtocol(Protocol):
     def _log(self, exchange: Exchange) -> float:
         now = self._seconds()
         factory = self.factory
-        factory.accessLog.log(exchange.record(self.client, factory.listener.name, now))
+        if factory.logAll or exchange.termination != "--" or not 100 <= exchange.status < 500:
+            factory.accessLog.log(exchange.record(self.client, factory.listener.name, now))
         return now
 
     # -- tunnels ------------------------------------------------------------
@@ -1016,6 +1017,9 @@ class HTTPProxyFactory(ServerFactory):
             timeouts += [options.responseTimeout, options.serverTimeout]
         self.timerStep = min((t for t in timeouts if t and t > 0), default=60.0)
         self.accessLog = AccessLog(listener.accessLog, reactor)
+        #: Whether every request is logged (log_requests = "all"), or only
+        #: errors and abnormal ends.
+        self.logAll = listener.logRequests == "all"
         self.writes = WriteBatch(reactor)
         self.sessions: set[HTTPProxyProtocol] = set()
         self.rejected = 0

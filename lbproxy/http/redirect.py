@@ -212,7 +212,10 @@ class RedirectProtocol(Protocol):
     def _log(self, exchange: Exchange) -> float:
         now = self._reactor.seconds()
         factory = self.factory
-        factory.accessLog.log(exchange.record(self.client, factory.listener.name, now))
+        # A redirect is the normal answer here; with log_requests =
+        # "errors", only refused requests (400) are logged.
+        if factory.logAll or exchange.status >= 400:
+            factory.accessLog.log(exchange.record(self.client, factory.listener.name, now))
         return now
 
     def _wait(self, timeout: float) -> None:
@@ -269,6 +272,7 @@ class RedirectFactory(ServerFactory):
             "maxBodySize": limits.bodySize or None,
         }
         self.accessLog = AccessLog(listener.accessLog, reactor)
+        self.logAll = listener.logRequests == "all"
         self.sessions: set[RedirectProtocol] = set()
         self.rejected = 0
         self.stopping = False
