@@ -1481,3 +1481,22 @@ def writeJson(path: str, document: dict) -> None:
     with open(path, "w") as f:
         json.dump(document, f, indent=2)
         f.write("\n")
+
+
+def runMain(
+    name: str,
+    parseArgs: Callable[[list[str]], argparse.Namespace],
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str],
+) -> int:
+    """
+    A benchmark script's C{main}: parse C{argv}, run, and turn a
+    L{BenchError} into a one-line message prefixed with the script's
+    C{name} on stderr and exit code 2, the same for every script.
+    """
+    args = parseArgs(argv)
+    try:
+        return run(args)
+    except BenchError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 2

@@ -20,6 +20,7 @@ import sys
 import time
 
 from harness import (
+    runMain,
     PIN_PRESETS,
     addCommonArguments,
     addLogRequestsArgument,
@@ -413,12 +414,7 @@ def report(series, args) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = parseArgs(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        print(f"run_http: {e}", file=sys.stderr)
-        return 2
+    return runMain("run_http", parseArgs, run, argv)
 
 
 if __name__ == "__main__":

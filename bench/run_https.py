@@ -24,6 +24,7 @@ import sys
 import time
 
 from harness import (
+    runMain,
     LOOPBACK,
     PIN_PRESETS,
     BenchError,
@@ -353,12 +354,7 @@ def report(series, args) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = parseArgs(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        print(f"run_https: {e}", file=sys.stderr)
-        return 2
+    return runMain("run_https", parseArgs, run, argv)
 
 
 if __name__ == "__main__":

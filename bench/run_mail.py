@@ -21,6 +21,7 @@ import sys
 import time
 
 from harness import (
+    runMain,
     PIN_PRESETS,
     BenchError,
     DovecotBackend,
@@ -322,12 +323,7 @@ def report(series, args) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = parseArgs(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        print(f"run_mail: {e}", file=sys.stderr)
-        return 2
+    return runMain("run_mail", parseArgs, run, argv)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 import time
 
 from harness import (
+    runMain,
     PIN_PRESETS,
     addCommonArguments,
     LOOPBACK,
@@ -303,12 +304,7 @@ def report(series, args) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = parseArgs(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        print(f"run_tcp: {e}", file=sys.stderr)
-        return 2
+    return runMain("run_tcp", parseArgs, run, argv)
 
 
 if __name__ == "__main__":
