@@ -105,6 +105,18 @@ def addCommonArguments(parser: argparse.ArgumentParser, profiled: str) -> None:
     )
 
 
+def resolvePins(args: argparse.Namespace) -> None:
+    """
+    Set C{args.loadCpus}, C{args.proxyCpus} and C{args.backendCpus} from
+    the C{--pin} preset that L{addCommonArguments} defines, each overridden
+    by its own C{--load-cpus}, C{--proxy-cpus} or C{--backend-cpus} when given.
+    """
+    load, proxy, backend = PIN_PRESETS[args.pin]
+    args.loadCpus = args.load_cpus if args.load_cpus is not None else load
+    args.proxyCpus = args.proxy_cpus if args.proxy_cpus is not None else proxy
+    args.backendCpus = args.backend_cpus if args.backend_cpus is not None else backend
+
+
 LOOPBACK = "127.0.0.1"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -21,7 +21,7 @@ import time
 
 from harness import (
     runMain,
-    PIN_PRESETS,
+    resolvePins,
     addCommonArguments,
     addLogRequestsArgument,
     LOOPBACK,
@@ -126,10 +126,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         parser.error("--rounds, --duration and --connections must be positive")
     if args.profile and "lbproxy" not in args.targets:
         parser.error("--profile needs the lbproxy target")
-    load, proxy, backend = PIN_PRESETS[args.pin]
-    args.loadCpus = args.load_cpus if args.load_cpus is not None else load
-    args.proxyCpus = args.proxy_cpus if args.proxy_cpus is not None else proxy
-    args.backendCpus = args.backend_cpus if args.backend_cpus is not None else backend
+    resolvePins(args)
     return args
 
 

@@ -26,7 +26,7 @@ import time
 from harness import (
     runMain,
     LOOPBACK,
-    PIN_PRESETS,
+    resolvePins,
     BenchError,
     NginxBackends,
     ProcessGroup,
@@ -113,10 +113,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         parser.error("--profile needs the lbproxy target")
     # One scenario per mode and certificate kind, e.g. "keepalive-ec".
     args.scenarios = [f"{mode}-{kind}" for kind in args.kinds for mode in args.modes]
-    load, proxy, backend = PIN_PRESETS[args.pin]
-    args.loadCpus = args.load_cpus if args.load_cpus is not None else load
-    args.proxyCpus = args.proxy_cpus if args.proxy_cpus is not None else proxy
-    args.backendCpus = args.backend_cpus if args.backend_cpus is not None else backend
+    resolvePins(args)
     return args
 
 

@@ -22,7 +22,7 @@ import time
 
 from harness import (
     runMain,
-    PIN_PRESETS,
+    resolvePins,
     BenchError,
     DovecotBackend,
     ProcessGroup,
@@ -108,10 +108,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         parser.error("--rounds, --duration, --users, the concurrencies and --message-size must be positive")
     if args.profile:
         parser.error("--profile is not supported by the mail benchmark")
-    load, proxy, backend = PIN_PRESETS[args.pin]
-    args.loadCpus = args.load_cpus if args.load_cpus is not None else load
-    args.proxyCpus = args.proxy_cpus if args.proxy_cpus is not None else proxy
-    args.backendCpus = args.backend_cpus if args.backend_cpus is not None else backend
+    resolvePins(args)
     return args
 
 
