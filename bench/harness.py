@@ -60,6 +60,24 @@ def addLogRequestsArgument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def addRoundArguments(
+    parser: argparse.ArgumentParser, run: str = "run", each: str = "scenario"
+) -> None:
+    """
+    The options that say how long a benchmark loads: C{--rounds} of
+    L{alternatingRounds}, C{--duration} of each C{run} (e.g. "wrk run") and
+    C{--warmup}, unmeasured load per target and C{each} (e.g. "payload").
+    """
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help=f"seconds per {run} (default 5)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0,
+        help=f"seconds of unmeasured load per target and {each} first (default 2, 0 = none)",
+    )
+
+
 def addCommonArguments(parser: argparse.ArgumentParser, profiled: str) -> None:
     """
     The options every benchmark script takes: CPU pinning, which lbproxy to

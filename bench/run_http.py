@@ -20,6 +20,7 @@ import sys
 import time
 
 from harness import (
+    addRoundArguments,
     runMain,
     resolvePins,
     addCommonArguments,
@@ -78,14 +79,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         description="Compare lbproxy's HTTP mode with HAProxy, nginx and "
         "Twisted's ReverseProxyResource on loopback (wrk against nginx)."
     )
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
-    parser.add_argument(
-        "--duration", type=float, default=5.0, help="seconds per wrk run (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=float, default=2.0,
-        help="seconds of unmeasured load per target and scenario first (default 2, 0 = none)",
-    )
+    addRoundArguments(parser, run="wrk run")
     parser.add_argument(
         "--connections", type=int, default=50, help="wrk connections (default 50)"
     )

@@ -24,6 +24,7 @@ import sys
 import time
 
 from harness import (
+    addRoundArguments,
     runMain,
     LOOPBACK,
     resolvePins,
@@ -72,14 +73,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         description="Compare lbproxy's TLS termination with HAProxy's on loopback "
         "(keep-alive requests and full handshakes, ECDSA and RSA certificates)."
     )
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
-    parser.add_argument(
-        "--duration", type=float, default=5.0, help="seconds per run (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=float, default=2.0,
-        help="seconds of unmeasured load per target and scenario first (default 2, 0 = none)",
-    )
+    addRoundArguments(parser)
     parser.add_argument(
         "--connections", type=int, default=50, help="wrk connections, keep-alive (default 50)"
     )

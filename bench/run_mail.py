@@ -21,6 +21,7 @@ import sys
 import time
 
 from harness import (
+    addRoundArguments,
     runMain,
     resolvePins,
     BenchError,
@@ -58,12 +59,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Compare IMAP through lbproxy with IMAP straight to Dovecot on loopback."
     )
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
-    parser.add_argument(
-        "--warmup", type=float, default=2.0,
-        help="seconds of unmeasured load per target and scenario first (default 2, 0 = none)",
-    )
+    addRoundArguments(parser)
     parser.add_argument(
         "--sessions-concurrency", type=int, default=16,
         help="sessions in flight at once in the sessions scenario (default 16)",

@@ -18,6 +18,7 @@ import sys
 import time
 
 from harness import (
+    addRoundArguments,
     runMain,
     resolvePins,
     addCommonArguments,
@@ -61,14 +62,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         description="Compare lbproxy's TCP mode with HAProxy and a direct "
         "connection on loopback (wrk against nginx)."
     )
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
-    parser.add_argument(
-        "--duration", type=float, default=5.0, help="seconds per wrk run (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=float, default=2.0,
-        help="seconds of unmeasured load per target and payload first (default 2, 0 = none)",
-    )
+    addRoundArguments(parser, run="wrk run", each="payload")
     parser.add_argument(
         "--connections", type=int, default=50, help="wrk keep-alive connections (default 50)"
     )
