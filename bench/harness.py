@@ -1460,6 +1460,34 @@ def alternatingRounds(
     return series
 
 
+def rateCells(series: Series) -> list[str]:
+    """
+    The run table's rate columns for one target and scenario: median,
+    minimum and maximum requests (or sessions) per second, and the spread.
+    """
+    rates = [r.requestsPerSecond for r in series.runs]
+    return [
+        f"{series.median():.0f}",
+        f"{min(rates):.0f}",
+        f"{max(rates):.0f}",
+        f"{100 * series.spread():.0f}%",
+    ]
+
+
+def latencyCpuCells(series: Series) -> list[str]:
+    """
+    The run table's median p99 latency and proxy CPU columns, "-" where
+    the runs did not measure them.
+    """
+    p99 = series.median("latencyP99Ms")
+    cpu = series.median("proxyCpuPercent")
+    system = series.median("proxySystemPercent")
+    return [
+        f"{p99:.2f}" if p99 is not None else "-",
+        f"{cpu:.0f}% ({system:.0f}% sys)" if cpu is not None else "-",
+    ]
+
+
 def formatTable(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """
     A plain text table, columns right-aligned except the first two.

@@ -20,6 +20,8 @@ import sys
 import time
 
 from harness import (
+    latencyCpuCells,
+    rateCells,
     addRoundArguments,
     runMain,
     resolvePins,
@@ -370,19 +372,12 @@ def report(series, args) -> str:
     for scenario in args.scenarios:
         for target in args.targetsByScenario[scenario]:
             s = series[(target, scenario)]
-            cpu = s.median("proxyCpuPercent")
-            system = s.median("proxySystemPercent")
-            p99 = s.median("latencyP99Ms")
             errors = sum(r.socketErrors + r.non2xx for r in s.runs)
             rows.append([
                 scenario,
                 target,
-                f"{s.median():.0f}",
-                f"{min(r.requestsPerSecond for r in s.runs):.0f}",
-                f"{max(r.requestsPerSecond for r in s.runs):.0f}",
-                f"{100 * s.spread():.0f}%",
-                f"{p99:.2f}" if p99 is not None else "-",
-                f"{cpu:.0f}% ({system:.0f}% sys)" if cpu is not None else "-",
+                *rateCells(s),
+                *latencyCpuCells(s),
                 str(errors),
             ])
     table = formatTable(

@@ -21,6 +21,8 @@ import sys
 import time
 
 from harness import (
+    latencyCpuCells,
+    rateCells,
     addRoundArguments,
     runMain,
     resolvePins,
@@ -285,19 +287,12 @@ def report(series, args) -> str:
     for scenario in args.scenarios:
         for target in TARGETS:
             s = series[(target, scenario)]
-            cpu = s.median("proxyCpuPercent")
-            system = s.median("proxySystemPercent")
-            p99 = s.median("latencyP99Ms")
             rows.append([
                 scenario,
                 target,
-                f"{s.median():.0f}",
-                f"{min(r.requestsPerSecond for r in s.runs):.0f}",
-                f"{max(r.requestsPerSecond for r in s.runs):.0f}",
-                f"{100 * s.spread():.0f}%",
+                *rateCells(s),
                 f"{s.median('bytesPerSecond') / 1e6:.0f} MB/s" if scenario == "fetch" else "-",
-                f"{p99:.2f}" if p99 is not None else "-",
-                f"{cpu:.0f}% ({system:.0f}% sys)" if cpu is not None else "-",
+                *latencyCpuCells(s),
                 str(sum(r.non2xx for r in s.runs)),
             ])
     table = formatTable(

@@ -18,6 +18,8 @@ import sys
 import time
 
 from harness import (
+    latencyCpuCells,
+    rateCells,
     addRoundArguments,
     runMain,
     resolvePins,
@@ -260,20 +262,13 @@ def report(series, args) -> str:
     for payload in PAYLOADS:
         for target in args.targets:
             s = series[(target, payload.name)]
-            cpu = s.median("proxyCpuPercent")
-            system = s.median("proxySystemPercent")
-            p99 = s.median("latencyP99Ms")
             errors = sum(r.socketErrors + r.non2xx for r in s.runs)
             rows.append([
                 payload.name,
                 target,
-                f"{s.median():.0f}",
-                f"{min(r.requestsPerSecond for r in s.runs):.0f}",
-                f"{max(r.requestsPerSecond for r in s.runs):.0f}",
-                f"{100 * s.spread():.0f}%",
+                *rateCells(s),
                 humanBytes(s.median("bytesPerSecond")) + "/s",
-                f"{p99:.2f}" if p99 is not None else "-",
-                f"{cpu:.0f}% ({system:.0f}% sys)" if cpu is not None else "-",
+                *latencyCpuCells(s),
                 str(errors),
             ])
     table = formatTable(
