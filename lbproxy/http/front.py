@@ -51,19 +51,19 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.connect import BackendConnection, Lease
 from lbproxy.errors import ConnectFailed, NoServerAvailable
-from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.backend import BackendHTTPConnection, BackendPool, IBackendUser
 from lbproxy.http.context import HTTPFlowContext
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange
 from lbproxy.http.interfaces import IHTTPMessageReceiver
+from lbproxy.http.listener import HTTPListenerFactory
 from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
 from lbproxy.http.parser import RequestParser
 from lbproxy.http.persistence import CookiePersistence
@@ -963,7 +963,7 @@ class HTTPProxyProtocol(Protocol):
         self._sendError(self.exchange, 504, "sH")
 
 
-class HTTPProxyFactory(ServerFactory):
+class HTTPProxyFactory(HTTPListenerFactory):
     """
     Serves one HTTP listener.
 
@@ -973,7 +973,7 @@ class HTTPProxyFactory(ServerFactory):
     @ivar rewriter: the listener's L{RequestRewriter}.
     @ivar secure: clients connect with TLS (X-Forwarded-Proto https, Secure
         persistence cookies).
-    @ivar accessLog: the listener's L{AccessLog}.
+    @ivar accessLog: the listener's L{lbproxy.http.accesslog.AccessLog}.
     @ivar sessions: the client connections being served (for maxconn).
     @ivar rejected: connections refused because the listener was full.
     @ivar staleRetries: requests sent again after the keep-alive race.
@@ -985,7 +985,6 @@ class HTTPProxyFactory(ServerFactory):
     """
 
     protocol = HTTPProxyProtocol
-    noisy = False
 
     def __init__(self, listener, pools: dict[str, Pool] | Pool, reactor) -> None:
         if isinstance(pools, Pool):
@@ -996,13 +995,6 @@ class HTTPProxyFactory(ServerFactory):
         self.router = Router(listener, pools)
         self.rewriter = RequestRewriter(listener)
         self.secure = self.rewriter.proto == "https"
-        limits = listener.limits
-        self.parserLimits = {
-            "maxRequestLine": limits.requestLine,
-            "maxHeaderBytes": limits.headerSize,
-            "maxHeaders": limits.headerCount,
-            "maxBodySize": limits.bodySize or None,
-        }
         self._routes: dict[Pool, PoolRoute] = {}
         used = [pools[listener.pool]] + [pools[route.pool] for route in listener.routes]
         for pool in used:
@@ -1016,16 +1008,10 @@ class HTTPProxyFactory(ServerFactory):
             options = route.pool.options
             timeouts += [options.responseTimeout, options.serverTimeout]
         self.timerStep = min((t for t in timeouts if t and t > 0), default=60.0)
-        self.accessLog = AccessLog(listener.accessLog, reactor)
-        #: Whether every request is logged (log_requests = "all"), or only
-        #: errors and abnormal ends.
-        self.logAll = listener.logRequests == "all"
+        super().__init__(listener, reactor)
         self.writes = WriteBatch(reactor)
-        self.sessions: set[HTTPProxyProtocol] = set()
-        self.rejected = 0
         self.staleRetries = 0
         self.redispatched = 0
-        self.stopping = False
 
     def __repr__(self) -> str:
         return f"<HTTPProxyFactory {self.listener.name}>"
@@ -1042,14 +1028,6 @@ class HTTPProxyFactory(ServerFactory):
     @property
     def routes(self) -> list[PoolRoute]:
         return list(self._routes.values())
-
-    def buildProtocol(self, addr) -> HTTPProxyProtocol:
-        return self.protocol(self, self._reactor)
-
-    def startFactory(self) -> None:
-        if self.stopping:
-            self.stopping = False
-            self.accessLog = AccessLog(self.listener.accessLog, self._reactor)
 
     def stopFactory(self) -> None:
         """

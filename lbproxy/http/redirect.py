@@ -22,16 +22,16 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.context import requestURI
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange
 from lbproxy.http.interfaces import IHTTPMessageReceiver
+from lbproxy.http.listener import HTTPListenerFactory
 from lbproxy.http.message import RequestHead
 from lbproxy.http.parser import RequestParser
 from lbproxy.http.serialize import errorResponse
@@ -247,7 +247,7 @@ class RedirectProtocol(Protocol):
             self._close()
 
 
-class RedirectFactory(ServerFactory):
+class RedirectFactory(HTTPListenerFactory):
     """
     Serves one listener with C{redirect_https}.
 
@@ -259,34 +259,9 @@ class RedirectFactory(ServerFactory):
     """
 
     protocol = RedirectProtocol
-    noisy = False
-
-    def __init__(self, listener, reactor) -> None:
-        self.listener = listener
-        self._reactor = reactor
-        limits = listener.limits
-        self.parserLimits = {
-            "maxRequestLine": limits.requestLine,
-            "maxHeaderBytes": limits.headerSize,
-            "maxHeaders": limits.headerCount,
-            "maxBodySize": limits.bodySize or None,
-        }
-        self.accessLog = AccessLog(listener.accessLog, reactor)
-        self.logAll = listener.logRequests == "all"
-        self.sessions: set[RedirectProtocol] = set()
-        self.rejected = 0
-        self.stopping = False
 
     def __repr__(self) -> str:
         return f"<RedirectFactory {self.listener.name}>"
-
-    def buildProtocol(self, addr) -> RedirectProtocol:
-        return self.protocol(self, self._reactor)
-
-    def startFactory(self) -> None:
-        if self.stopping:
-            self.stopping = False
-            self.accessLog = AccessLog(self.listener.accessLog, self._reactor)
 
     def stopFactory(self) -> None:
         self.stopping = True

@@ -1,0 +1,64 @@
+"""
+What every HTTP listener's factory holds, proxying or redirecting: the
+parser limits, the access log, the open connections and the stopping flag.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.protocol import ServerFactory
+
+from lbproxy.http.accesslog import AccessLog
+
+
+def requestParserLimits(limits) -> dict:
+    """
+    The L{lbproxy.http.parser.RequestParser} keyword arguments for a
+    listener's C{limits}.
+    """
+    return {
+        "maxRequestLine": limits.requestLine,
+        "maxHeaderBytes": limits.headerSize,
+        "maxHeaders": limits.headerCount,
+        "maxBodySize": limits.bodySize or None,
+    }
+
+
+class HTTPListenerFactory(ServerFactory):
+    """
+    The part of an HTTP listener's factory that does not depend on what it
+    answers with; a subclass names its C{protocol}, built with the factory
+    and the reactor.
+
+    @ivar listener: the L{lbproxy.config.ListenerConfig}.
+    @ivar parserLimits: keyword arguments of the connections' parsers.
+    @ivar accessLog: the listener's L{AccessLog}.
+    @ivar logAll: whether every request is logged (log_requests = "all"),
+        or only errors and abnormal ends.
+    @ivar sessions: the client connections being served (for maxconn).
+    @ivar rejected: connections refused because the listener was full.
+    @ivar stopping: the listener is stopping: responses close their
+        connections.
+    """
+
+    noisy = False
+
+    def __init__(self, listener, reactor) -> None:
+        self.listener = listener
+        self._reactor = reactor
+        self.parserLimits = requestParserLimits(listener.limits)
+        self.accessLog = AccessLog(listener.accessLog, reactor)
+        self.logAll = listener.logRequests == "all"
+        self.sessions = set()
+        self.rejected = 0
+        self.stopping = False
+
+    def buildProtocol(self, addr):
+        return self.protocol(self, self._reactor)
+
+    def startFactory(self) -> None:
+        """
+        Started again after a stop: reopen the access log it closed.
+        """
+        if self.stopping:
+            self.stopping = False
+            self.accessLog = AccessLog(self.listener.accessLog, self._reactor)
