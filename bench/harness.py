@@ -1558,3 +1558,52 @@ def runMain(
     except BenchError as e:
         print(f"{name}: {e}", file=sys.stderr)
         return 2
+
+
+def say(line: str) -> None:
+    """
+    Print a progress or result line at once, so that a long run shows
+    where it is even when its output goes to a pipe.
+    """
+    print(line, flush=True)
+
+
+def pinsByRole(args: argparse.Namespace, load: str, backend: str) -> dict:
+    """
+    The CPU lists from L{resolvePins} by the role names a script reports
+    them under, e.g. C{load="wrk"} and C{backend="nginx"}.
+    """
+    return {load: args.loadCpus, "proxy": args.proxyCpus, backend: args.backendCpus}
+
+
+def loadBeforeLine(info: dict, pins: dict) -> str:
+    """
+    The line printed before the rounds: load average and CPU count from
+    L{machineInfo}'s C{info}, and the pinning of each role in C{pins}.
+    """
+    return (
+        f"load average before: {' '.join(f'{x:.2f}' for x in info['loadAverage'])}; "
+        f"{info['cpus']} CPUs; pinning "
+        + " ".join(f"{role}={cpus or 'any'}" for role, cpus in pins.items())
+    )
+
+
+def roundsLine(rounds: int, duration: float, elapsed: float, loadAfter: Sequence[float]) -> str:
+    """
+    The last line of a report: how many rounds of how long took how long,
+    and the load average after them.
+    """
+    return (
+        f"\n{rounds} rounds x {duration:g}s in {elapsed:.0f}s; load average after: "
+        + " ".join(f"{x:.2f}" for x in loadAfter)
+    )
+
+
+def sayProfiles(profiles: Sequence[tuple]) -> None:
+    """
+    Print each (name, path, result, top functions) profile that a script's
+    --profile run collected.
+    """
+    for name, path, result, top in profiles:
+        say(f"\nlbproxy profile, {name} ({result.requestsPerSecond:.0f} req/s while "
+            f"sampled), collapsed stacks in {path}:\n{top}")

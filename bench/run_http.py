@@ -20,6 +20,11 @@ import sys
 import time
 
 from harness import (
+    loadBeforeLine,
+    pinsByRole,
+    roundsLine,
+    say,
+    sayProfiles,
     latencyCpuCells,
     rateCells,
     addRoundArguments,
@@ -124,10 +129,6 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         parser.error("--profile needs the lbproxy target")
     resolvePins(args)
     return args
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
 
 
 def startLbproxy(
@@ -249,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
                 for target in args.targetsByScenario[scenario]:
                     measure(target, scenario, args.warmup)
         info = machineInfo()
+        pins = pinsByRole(args, "wrk", "nginx")
         for tool, argv in (
             ("haproxy", [findExecutable("haproxy"), "-v"]),
             ("nginx", [findExecutable("nginx"), "-v"]),
@@ -256,11 +258,7 @@ def run(args: argparse.Namespace) -> int:
         ):
             details[f"{tool}Version"] = toolVersion(argv)
         say("versions: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
-        say(
-            f"load average before: {' '.join(f'{x:.2f}' for x in info['loadAverage'])}; "
-            f"{info['cpus']} CPUs; pinning wrk={args.loadCpus or 'any'} "
-            f"proxy={args.proxyCpus or 'any'} nginx={args.backendCpus or 'any'}"
-        )
+        say(loadBeforeLine(info, pins))
         started = time.monotonic()
         series = alternatingRounds(
             args.rounds, args.scenarios, args.targets, measure, say,
@@ -274,15 +272,12 @@ def run(args: argparse.Namespace) -> int:
             profiles = profileLbproxy(args, pids["lbproxy"], url)
         logLines = countLines(accessLog) if "lbproxy" in pids else None
 
-    for name, path, result, top in profiles:
-        say(f"\nlbproxy profile, {name} ({result.requestsPerSecond:.0f} req/s while "
-            f"sampled), collapsed stacks in {path}:\n{top}")
+    sayProfiles(profiles)
     say("")
     say(report(series, args))
     if logLines is not None:
         say(f"\nlbproxy access log: {logLines} lines written")
-    say(f"\n{args.rounds} rounds x {args.duration:g}s in {elapsed:.0f}s; load average after: "
-        + " ".join(f"{x:.2f}" for x in loadAfter))
+    say(roundsLine(args.rounds, args.duration, elapsed, loadAfter))
     if args.json:
         writeJson(args.json, {
             "benchmark": "http",
@@ -296,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
                 "threads": args.threads,
                 "payload": PAYLOAD.name,
                 "scenarios": {s: SCENARIOS[s][0] for s in args.scenarios},
-                "pin": {"wrk": args.loadCpus, "proxy": args.proxyCpus, "nginx": args.backendCpus},
+                "pin": pins,
                 "reactor": args.reactor,
                 "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
             },

@@ -24,6 +24,11 @@ import sys
 import time
 
 from harness import (
+    loadBeforeLine,
+    pinsByRole,
+    roundsLine,
+    say,
+    sayProfiles,
     latencyCpuCells,
     rateCells,
     addRoundArguments,
@@ -111,10 +116,6 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     args.scenarios = [f"{mode}-{kind}" for kind in args.kinds for mode in args.modes]
     resolvePins(args)
     return args
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
 
 
 def startLbproxy(args, group: ProcessGroup, workdir: str, name: str, config: str, port: int):
@@ -209,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
                 for target in args.targets:
                     measure(target, scenario, args.warmup)
         info = machineInfo()
+        pins = pinsByRole(args, "load", "nginx")
         for tool, argv in (
             ("haproxy", [findExecutable("haproxy"), "-v"]),
             ("wrk", [findExecutable("wrk"), "--version"]),
@@ -216,11 +218,7 @@ def run(args: argparse.Namespace) -> int:
         ):
             details[f"{tool}Version"] = toolVersion(argv)
         say("versions: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
-        say(
-            f"load average before: {' '.join(f'{x:.2f}' for x in info['loadAverage'])}; "
-            f"{info['cpus']} CPUs; pinning load={args.loadCpus or 'any'} "
-            f"proxy={args.proxyCpus or 'any'} nginx={args.backendCpus or 'any'}"
-        )
+        say(loadBeforeLine(info, pins))
         started = time.monotonic()
         series = alternatingRounds(args.rounds, args.scenarios, args.targets, measure, say)
         elapsed = time.monotonic() - started
@@ -230,13 +228,10 @@ def run(args: argparse.Namespace) -> int:
         if args.profile:
             profiles = profileLbproxy(args, pids, url)
 
-    for name, path, result, top in profiles:
-        say(f"\nlbproxy profile, {name} ({result.requestsPerSecond:.0f} req/s while "
-            f"sampled), collapsed stacks in {path}:\n{top}")
+    sayProfiles(profiles)
     say("")
     say(report(series, args))
-    say(f"\n{args.rounds} rounds x {args.duration:g}s in {elapsed:.0f}s; load average after: "
-        + " ".join(f"{x:.2f}" for x in loadAfter))
+    say(roundsLine(args.rounds, args.duration, elapsed, loadAfter))
     if args.json:
         writeJson(args.json, {
             "benchmark": "https",
@@ -250,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
                 "clients": args.clients,
                 "payload": PAYLOAD.name,
                 "scenarios": args.scenarios,
-                "pin": {"load": args.loadCpus, "proxy": args.proxyCpus, "nginx": args.backendCpus},
+                "pin": pins,
                 "reactor": args.reactor,
                 "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
             },

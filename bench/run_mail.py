@@ -21,6 +21,10 @@ import sys
 import time
 
 from harness import (
+    loadBeforeLine,
+    pinsByRole,
+    roundsLine,
+    say,
     latencyCpuCells,
     rateCells,
     addRoundArguments,
@@ -108,10 +112,6 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         parser.error("--profile is not supported by the mail benchmark")
     resolvePins(args)
     return args
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
 
 
 def verify(port: int, backend: DovecotBackend, expectedGreeting: bytes) -> None:
@@ -214,12 +214,9 @@ def run(args: argparse.Namespace) -> int:
                 for target in TARGETS:
                     measure(target, scenario, args.warmup)
         info = machineInfo()
+        pins = pinsByRole(args, "load", "dovecot")
         say("details: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
-        say(
-            f"load average before: {' '.join(f'{x:.2f}' for x in info['loadAverage'])}; "
-            f"{info['cpus']} CPUs; pinning load={args.loadCpus or 'any'} "
-            f"proxy={args.proxyCpus or 'any'} dovecot={args.backendCpus or 'any'}"
-        )
+        say(loadBeforeLine(info, pins))
         started = time.monotonic()
         series = alternatingRounds(args.rounds, args.scenarios, TARGETS, measure, say)
         elapsed = time.monotonic() - started
@@ -228,10 +225,7 @@ def run(args: argparse.Namespace) -> int:
 
     say("")
     say(report(series, args))
-    say(
-        f"\n{args.rounds} rounds x {args.duration:g}s in {elapsed:.0f}s; load average after: "
-        + " ".join(f"{x:.2f}" for x in loadAfter)
-    )
+    say(roundsLine(args.rounds, args.duration, elapsed, loadAfter))
     if args.json:
         writeJson(args.json, {
             "benchmark": "mail",
@@ -247,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
                 "users": args.users,
                 "imapProcesses": args.imap_processes,
                 "messageSize": args.message_size,
-                "pin": {"load": args.loadCpus, "proxy": args.proxyCpus, "dovecot": args.backendCpus},
+                "pin": pins,
                 "reactor": args.reactor,
             },
             "details": details,

@@ -18,6 +18,11 @@ import sys
 import time
 
 from harness import (
+    loadBeforeLine,
+    pinsByRole,
+    roundsLine,
+    say,
+    sayProfiles,
     latencyCpuCells,
     rateCells,
     addRoundArguments,
@@ -86,10 +91,6 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         parser.error("--profile needs the lbproxy target")
     resolvePins(args)
     return args
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
                 for target in args.targets:
                     measure(target, payload.name, args.warmup)
         info = machineInfo()
+        pins = pinsByRole(args, "wrk", "nginx")
         for tool, argv in (
             ("haproxy", [findExecutable("haproxy"), "-v"]),
             ("nginx", [findExecutable("nginx"), "-v"]),
@@ -176,11 +178,7 @@ def run(args: argparse.Namespace) -> int:
         ):
             details[f"{tool}Version"] = toolVersion(argv)
         say("details: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
-        say(
-            f"load average before: {' '.join(f'{x:.2f}' for x in info['loadAverage'])}; "
-            f"{info['cpus']} CPUs; pinning wrk={args.loadCpus or 'any'} "
-            f"proxy={args.proxyCpus or 'any'} nginx={args.backendCpus or 'any'}"
-        )
+        say(loadBeforeLine(info, pins))
         started = time.monotonic()
         series = alternatingRounds(
             args.rounds, [p.name for p in PAYLOADS], args.targets, measure, say
@@ -192,13 +190,10 @@ def run(args: argparse.Namespace) -> int:
         if args.profile:
             profiles = profileLbproxy(args, pids["lbproxy"], url)
 
-    for name, path, result, top in profiles:
-        say(f"\nlbproxy profile, {name} ({result.requestsPerSecond:.0f} req/s while "
-            f"sampled), collapsed stacks in {path}:\n{top}")
+    sayProfiles(profiles)
     say("")
     say(report(series, args))
-    say(f"\n{args.rounds} rounds x {args.duration:g}s in {elapsed:.0f}s; load average after: "
-        + " ".join(f"{x:.2f}" for x in loadAfter))
+    say(roundsLine(args.rounds, args.duration, elapsed, loadAfter))
     if args.json:
         writeJson(args.json, {
             "benchmark": "tcp",
@@ -210,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
                 "warmup": args.warmup,
                 "connections": args.connections,
                 "threads": args.threads,
-                "pin": {"wrk": args.loadCpus, "proxy": args.proxyCpus, "nginx": args.backendCpus},
+                "pin": pins,
                 "reactor": args.reactor,
             },
             "details": details,
