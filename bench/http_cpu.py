@@ -165,16 +165,21 @@ class Bench:
         self.factory, _ = buildFront(accessLog, self.reactor)
         self.factory.startFactory()
         self.local = IPv4Address("TCP", "127.0.0.1", LISTEN_PORT)
-        self.clients = []
-        for index in range(clients):
-            peer = IPv4Address("TCP", "127.0.0.1", 50000 + index)
-            transport = FakeTransport(peer, self.local)
-            protocol = self.factory.buildProtocol(peer)
-            transport.protocol = protocol
-            protocol.makeConnection(transport)
-            self.clients.append(protocol)
+        self.clients = [self._accept(index)[0] for index in range(clients)]
         self.wrappers = {}
         self.answered = 0
+
+    def _accept(self, index: int) -> tuple:
+        """
+        The front's protocol and transport for client number C{index},
+        connected from its own loopback port.
+        """
+        peer = IPv4Address("TCP", "127.0.0.1", 50000 + index)
+        transport = FakeTransport(peer, self.local)
+        protocol = self.factory.buildProtocol(peer)
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return protocol, transport
 
     def _connectPending(self) -> None:
         tcpClients = self.reactor.tcpClients
@@ -258,11 +263,7 @@ class TLSBench(Bench):
         self.tls = []
         self.sessions = []
         for index in range(clients):
-            peer = IPv4Address("TCP", "127.0.0.1", 50000 + index)
-            transport = FakeTransport(peer, self.local)
-            protocol = self.factory.buildProtocol(peer)
-            transport.protocol = protocol
-            protocol.makeConnection(transport)
+            protocol, transport = self._accept(index)
             session = SSL.Connection(context, None)
             session.set_connect_state()
             self._handshake(session, protocol, transport)
