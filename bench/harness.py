@@ -1541,6 +1541,43 @@ def writeJson(path: str, document: dict) -> None:
         f.write("\n")
 
 
+def writeResults(
+    args: argparse.Namespace,
+    benchmark: str,
+    info: dict,
+    loadAfter: Sequence[float],
+    settings: dict,
+    details: dict,
+    series: dict,
+    ratios: object,
+    **extra: object,
+) -> None:
+    """
+    With C{--json}, write a script's results in the layout every script
+    shares: the machine, the load after, the settings (C{--rounds},
+    C{--duration} and C{--warmup} first, then the script's own), details,
+    each L{Series}' summary, the goals' ratios and any C{extra} fields.
+    """
+    if not args.json:
+        return
+    writeJson(args.json, {
+        "benchmark": benchmark,
+        "machine": info,
+        "loadAverageAfter": loadAfter,
+        "settings": {
+            "rounds": args.rounds,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            **settings,
+        },
+        "details": details,
+        "results": [s.summary() for s in series.values()],
+        "ratios": ratios,
+        **extra,
+    })
+    say(f"JSON written to {args.json}")
+
+
 def runMain(
     name: str,
     parseArgs: Callable[[list[str]], argparse.Namespace],

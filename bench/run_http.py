@@ -59,7 +59,7 @@ from harness import (
     verifyBody,
     waitForChild,
     waitForPort,
-    writeJson,
+    writeResults,
 )
 
 TARGETS = ("direct", "haproxy", "nginx", "twisted-web", "lbproxy", "lbproxy-tcp")
@@ -278,29 +278,19 @@ def run(args: argparse.Namespace) -> int:
     if logLines is not None:
         say(f"\nlbproxy access log: {logLines} lines written")
     say(roundsLine(args.rounds, args.duration, elapsed, loadAfter))
-    if args.json:
-        writeJson(args.json, {
-            "benchmark": "http",
-            "machine": info,
-            "loadAverageAfter": loadAfter,
-            "settings": {
-                "rounds": args.rounds,
-                "duration": args.duration,
-                "warmup": args.warmup,
-                "connections": args.connections,
-                "threads": args.threads,
-                "payload": PAYLOAD.name,
-                "scenarios": {s: SCENARIOS[s][0] for s in args.scenarios},
-                "pin": pins,
-                "reactor": args.reactor,
-                "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
-            },
-            "details": details,
-            "results": [s.summary() for s in series.values()],
-            "ratios": ratios(series),
-            "accessLogLines": logLines,
-        })
-        say(f"JSON written to {args.json}")
+    writeResults(
+        args, "http", info, loadAfter,
+        {
+            "connections": args.connections,
+            "threads": args.threads,
+            "payload": PAYLOAD.name,
+            "scenarios": {s: SCENARIOS[s][0] for s in args.scenarios},
+            "pin": pins,
+            "reactor": args.reactor,
+            "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
+        },
+        details, series, ratios(series), accessLogLines=logLines,
+    )
     return 0
 
 

@@ -63,7 +63,7 @@ from harness import (
     topFunctions,
     verifyBody,
     waitForPort,
-    writeJson,
+    writeResults,
 )
 
 TARGETS = ("haproxy", "lbproxy")
@@ -232,28 +232,19 @@ def run(args: argparse.Namespace) -> int:
     say("")
     say(report(series, args))
     say(roundsLine(args.rounds, args.duration, elapsed, loadAfter))
-    if args.json:
-        writeJson(args.json, {
-            "benchmark": "https",
-            "machine": info,
-            "loadAverageAfter": loadAfter,
-            "settings": {
-                "rounds": args.rounds,
-                "duration": args.duration,
-                "warmup": args.warmup,
-                "connections": args.connections,
-                "clients": args.clients,
-                "payload": PAYLOAD.name,
-                "scenarios": args.scenarios,
-                "pin": pins,
-                "reactor": args.reactor,
-                "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
-            },
-            "details": details,
-            "results": [s.summary() for s in series.values()],
-            "ratios": ratios(series),
-        })
-        say(f"JSON written to {args.json}")
+    writeResults(
+        args, "https", info, loadAfter,
+        {
+            "connections": args.connections,
+            "clients": args.clients,
+            "payload": PAYLOAD.name,
+            "scenarios": args.scenarios,
+            "pin": pins,
+            "reactor": args.reactor,
+            "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
+        },
+        details, series, ratios(series),
+    )
     return 0
 
 

@@ -51,7 +51,7 @@ from harness import (
     runImapLoad,
     toolVersion,
     waitForPort,
-    writeJson,
+    writeResults,
     LOOPBACK,
 )
 
@@ -226,29 +226,20 @@ def run(args: argparse.Namespace) -> int:
     say("")
     say(report(series, args))
     say(roundsLine(args.rounds, args.duration, elapsed, loadAfter))
-    if args.json:
-        writeJson(args.json, {
-            "benchmark": "mail",
-            "machine": info,
-            "loadAverageAfter": loadAfter,
-            "settings": {
-                "rounds": args.rounds,
-                "duration": args.duration,
-                "warmup": args.warmup,
-                "sessionsConcurrency": args.sessions_concurrency,
-                "fetchConcurrency": args.fetch_concurrency,
-                "clientAddress": args.client_address,
-                "users": args.users,
-                "imapProcesses": args.imap_processes,
-                "messageSize": args.message_size,
-                "pin": pins,
-                "reactor": args.reactor,
-            },
-            "details": details,
-            "results": [s.summary() for s in series.values()],
-            "ratios": ratios(series, args.scenarios),
-        })
-        say(f"JSON written to {args.json}")
+    writeResults(
+        args, "mail", info, loadAfter,
+        {
+            "sessionsConcurrency": args.sessions_concurrency,
+            "fetchConcurrency": args.fetch_concurrency,
+            "clientAddress": args.client_address,
+            "users": args.users,
+            "imapProcesses": args.imap_processes,
+            "messageSize": args.message_size,
+            "pin": pins,
+            "reactor": args.reactor,
+        },
+        details, series, ratios(series, args.scenarios),
+    )
     return 0
 
 

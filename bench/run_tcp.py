@@ -55,7 +55,7 @@ from harness import (
     toolVersion,
     verifyBody,
     waitForPort,
-    writeJson,
+    writeResults,
 )
 
 TARGETS = ("direct", "haproxy", "lbproxy")
@@ -194,25 +194,16 @@ def run(args: argparse.Namespace) -> int:
     say("")
     say(report(series, args))
     say(roundsLine(args.rounds, args.duration, elapsed, loadAfter))
-    if args.json:
-        writeJson(args.json, {
-            "benchmark": "tcp",
-            "machine": info,
-            "loadAverageAfter": loadAfter,
-            "settings": {
-                "rounds": args.rounds,
-                "duration": args.duration,
-                "warmup": args.warmup,
-                "connections": args.connections,
-                "threads": args.threads,
-                "pin": pins,
-                "reactor": args.reactor,
-            },
-            "details": details,
-            "results": [s.summary() for s in series.values()],
-            "ratios": ratios(series),
-        })
-        say(f"JSON written to {args.json}")
+    writeResults(
+        args, "tcp", info, loadAfter,
+        {
+            "connections": args.connections,
+            "threads": args.threads,
+            "pin": pins,
+            "reactor": args.reactor,
+        },
+        details, series, ratios(series),
+    )
     return 0
 
 
