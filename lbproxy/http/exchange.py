@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from lbproxy.http.accesslog import AccessRecord
 from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
+from lbproxy.http.serialize import errorResponse
 
 # Builds an AccessRecord from a tuple of all its fields, without the
 # keyword handling of its constructor.
@@ -149,6 +150,17 @@ class Exchange:
     def __repr__(self) -> str:
         method = self.head.method if self.head is not None else b"-"
         return f"<Exchange {method.decode('ascii', 'replace')} status={self.status}>"
+
+    def errorResponse(self, status: int) -> bytes:
+        """
+        The proxy's own response with C{status} to this exchange (no body
+        to a HEAD request), counted as its status and bytes sent.
+        """
+        head = self.head
+        data = errorResponse(status, head is None or head.method != b"HEAD")
+        self.status = status
+        self.bytesOut += len(data)
+        return data
 
     def record(self, client, listener: str, end: float) -> AccessRecord:
         """

@@ -72,7 +72,6 @@ from lbproxy.http.routing import Router
 from lbproxy.http.serialize import (
     checkedResponseHeadBytes,
     encodeChunk,
-    errorResponse,
     lastChunk,
     responseHeadBytes,
 )
@@ -836,11 +835,7 @@ class HTTPProxyProtocol(Protocol):
         transport = self.transport
         if exchange.response is None and exchange.status == -1:
             if status is not None:
-                head = exchange.head
-                data = errorResponse(status, head is None or head.method != b"HEAD")
-                exchange.status = status
-                exchange.bytesOut += len(data)
-                transport.write(data)
+                transport.write(exchange.errorResponse(status))
             self._log(exchange)
             self._closeClient()
             return

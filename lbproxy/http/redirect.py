@@ -193,11 +193,7 @@ class RedirectProtocol(Protocol):
             exchange = Exchange(None, self._acceptTime, self._firstByte, None)
         self._exchange = None
         if exchange.status == -1:
-            head = exchange.head
-            data = errorResponse(status, head is None or head.method != b"HEAD")
-            exchange.status = status
-            exchange.bytesOut += len(data)
-            self.transport.write(data)
+            self.transport.write(exchange.errorResponse(status))
         exchange.termination = termination
         self._log(exchange)
         self._close()
