@@ -192,6 +192,20 @@ class Bench:
             wrapper.makeConnection(transport)
             self.wrappers[wrapper._wrappedProtocol] = wrapper
 
+    def _answerBackend(self, client, header: bytes) -> None:
+        """
+        Connect the backend that C{client}'s request asked for, check the
+        request head it was sent (with C{header} among its fields) and
+        answer it with L{RESPONSE}.
+        """
+        self._connectPending()
+        backend = client.exchange.backend
+        sent = b"".join(backend.transport.last)
+        if not sent.startswith(b"GET /100B HTTP/1.1\r\n") or header not in sent:
+            raise SystemExit(f"unexpected request head sent to the backend: {sent!r}")
+        backend.transport.last.clear()
+        self.wrappers[backend].dataReceived(RESPONSE)
+
     def warmUp(self) -> None:
         """
         One request per client, connecting backends as asked, and a check
@@ -199,13 +213,7 @@ class Bench:
         """
         for client in self.clients:
             client.dataReceived(REQUEST)
-            self._connectPending()
-            backend = client.exchange.backend
-            sent = b"".join(backend.transport.last)
-            if not sent.startswith(b"GET /100B HTTP/1.1\r\n") or b"X-Forwarded-For" not in sent:
-                raise SystemExit(f"unexpected request head sent to the backend: {sent!r}")
-            backend.transport.last.clear()
-            self.wrappers[backend].dataReceived(RESPONSE)
+            self._answerBackend(client, b"X-Forwarded-For")
             received = b"".join(client.transport.last)
             client.transport.last.clear()
             if not received.startswith(b"HTTP/1.1 200 OK\r\n") or not received.endswith(
@@ -301,13 +309,7 @@ class TLSBench(Bench):
         for server, client, session in zip(self.tls, self.clients, self.sessions):
             session.send(REQUEST)
             server.dataReceived(session.bio_read(65536))
-            self._connectPending()
-            backend = client.exchange.backend
-            sent = b"".join(backend.transport.last)
-            if not sent.startswith(b"GET /100B HTTP/1.1\r\n") or b"X-Forwarded-Proto: https" not in sent:
-                raise SystemExit(f"unexpected request head sent to the backend: {sent!r}")
-            backend.transport.last.clear()
-            self.wrappers[backend].dataReceived(RESPONSE)
+            self._answerBackend(client, b"X-Forwarded-Proto: https")
             self.reactor.advance(0)
             received = self._decrypt(session, server.transport)
             if not received.startswith(b"HTTP/1.1 200 OK\r\n") or not received.endswith(b"\r\n\r\n" + BODY):
