@@ -334,10 +334,8 @@ class BackendDialog(Protocol, _LineBuffer):
         The server accepted the login; C{reply} goes to the client. What
         is still buffered is relayed to the client after it.
         """
-        if self._done:
+        if not self._conclude():
             return
-        self._finish()
-        self._stopped = True
         self.tlsVersion = tlsVersion(self.transport)
         self.result.callback(DialogResult(True, reply, self._takeBuffer()))
 
@@ -346,20 +344,16 @@ class BackendDialog(Protocol, _LineBuffer):
         The server refused the login; C{reply} goes to the client (after
         the failure delay). The session closes this connection.
         """
-        if self._done:
+        if not self._conclude():
             return
-        self._finish()
-        self._stopped = True
         self.result.callback(DialogResult(False, reply))
 
     def fail(self, detail: str) -> None:
         """
         The server cannot be used; C{detail} is one line for the log.
         """
-        if self._done:
+        if not self._conclude():
             return
-        self._finish()
-        self._stopped = True
         self.result.errback(DialogFailed(detail, retryable=not self.loginSent))
 
     # Protocol events.
@@ -402,6 +396,17 @@ class BackendDialog(Protocol, _LineBuffer):
     def _finish(self) -> None:
         self._done = True
         self.greetingReceived()
+
+    def _conclude(self) -> bool:
+        """
+        The dialog has its answer: end it and deliver no more lines.
+        False when it had ended already (the answer is dropped).
+        """
+        if self._done:
+            return False
+        self._finish()
+        self._stopped = True
+        return True
 
 
 def describeLost(reason: Failure, tls: str = TLS_NONE) -> str:
