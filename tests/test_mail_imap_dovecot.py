@@ -19,26 +19,19 @@ import time
 from base64 import b64encode
 
 import pytest
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from dovecot import dovecot, dovecotStores  # noqa: F401 (fixtures)
-from lbproxy.config import loadBytes
-from lbproxy.mail.imap import IMAPProxyFactory
 from lbproxy.mail.session import SESSION_FORMAT
-from lbproxy.runtime import Balancer
-from lbproxy.tls.server import ServerTLS, wrapFactory
 from processes import processes, startLbproxy, waitUntil  # noqa: F401 (fixture)
+from mailfront import TIMEOUT, MailFrontMixin, tlsTables
 from support import freePort, requireExecutable
 
 pytestmark = pytest.mark.integration
 
 #: Seconds any client operation may take.
-TIMEOUT = 20
 
 
 def recvUntil(sock: socket.socket, marker: bytes) -> bytes:
@@ -54,7 +47,7 @@ def recvUntil(sock: socket.socket, marker: bytes) -> bytes:
     return data
 
 
-class IMAPDovecotTests(TestCase):
+class IMAPDovecotTests(MailFrontMixin, TestCase):
     timeout = 120
 
     @pytest.fixture(autouse=True)
@@ -109,36 +102,8 @@ servers = [{servers}]
 [pools.only_a]
 servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}" }}]
 """
-        if listenerTLS is not None:
-            text += f"""
-[listeners.imap.tls]
-certificates = [{{ cert = "{stores.certificate.chain}", key = "{stores.certificate.key}" }}]
-starttls = {str(listenerTLS == "starttls").lower()}
-"""
-        if poolTLS is not None:
-            text += f"""
-[pools.stores.tls]
-ca = "{stores.ca.cert}"
-starttls = {str(poolTLS == "starttls").lower()}
-"""
-        config = loadBytes(text.encode(), "dovecot-test.toml")
-        listener = config.listeners["imap"]
-        self.balancer = Balancer(config)
-        serverTLS = None
-        if listener.tls is not None:
-            serverTLS = ServerTLS("imap", listener.tls, config.source)
-            serverTLS.load()
-        factory = self.factory = IMAPProxyFactory(listener, self.balancer.pools, reactor, serverTLS)
-        if listener.tls is not None and not listener.tls.starttls:
-            factory = wrapFactory(serverTLS, factory, reactor)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        sessions = self.factory.sessions
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.sessionsOver(sessions)))
-        return port.getHost().port
-
-    def clientContext(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.stores.ca.cert))
+        text += tlsTables(stores, "imap", listenerTLS, poolTLS)
+        return self.listenMail(text, "dovecot-test.toml", "imap")
 
     def imap(self, port: int) -> imaplib.IMAP4:
         return imaplib.IMAP4("127.0.0.1", port, timeout=TIMEOUT)
@@ -156,15 +121,6 @@ starttls = {str(poolTLS == "starttls").lower()}
     async def inThread(self, function, *args):
         return await deferToThread(function, *args)
 
-    async def sessionsOver(self, sessions=None):
-        """
-        Wait until the proxy has finished (and logged) every session.
-        """
-        if sessions is None:
-            sessions = self.factory.sessions
-        deadline = time.monotonic() + TIMEOUT
-        while sessions and time.monotonic() < deadline:
-            await deferLater(reactor, 0.01, lambda: None)
 
     # Logins.
 

@@ -14,31 +14,23 @@ from __future__ import annotations
 
 import poplib
 import socket
-import ssl
 import subprocess
 import time
 from base64 import b64encode
 
 import pytest
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from dovecot import dovecot, dovecotStores  # noqa: F401 (fixtures)
-from lbproxy.config import loadBytes
-from lbproxy.mail.pop3 import POP3ProxyFactory
 from lbproxy.mail.session import SESSION_FORMAT
-from lbproxy.runtime import Balancer
-from lbproxy.tls.server import ServerTLS, wrapFactory
+from mailfront import TIMEOUT, MailFrontMixin, tlsTables
 from support import requireExecutable
 
 pytestmark = pytest.mark.integration
 
 #: Seconds any client operation may take.
-TIMEOUT = 20
 
 #: Store listener the pool's servers use, by the pool's TLS and PROXY use.
 _STORE_PORT = {None: "pop3", "starttls": "pop3", "implicit": "pop3s"}
@@ -61,7 +53,7 @@ def sessionLines(events) -> list[str]:
     return [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
 
 
-class POP3DovecotTests(TestCase):
+class POP3DovecotTests(MailFrontMixin, TestCase):
     timeout = 120
 
     @pytest.fixture(autouse=True)
@@ -113,36 +105,8 @@ send_proxy = "{sendProxy}"
 retries = 1
 servers = [{servers}]
 """
-        if listenerTLS is not None:
-            text += f"""
-[listeners.pop3.tls]
-certificates = [{{ cert = "{stores.certificate.chain}", key = "{stores.certificate.key}" }}]
-starttls = {str(listenerTLS == "starttls").lower()}
-"""
-        if poolTLS is not None:
-            text += f"""
-[pools.stores.tls]
-ca = "{stores.ca.cert}"
-starttls = {str(poolTLS == "starttls").lower()}
-"""
-        config = loadBytes(text.encode(), "dovecot-pop3-test.toml")
-        listener = config.listeners["pop3"]
-        self.balancer = Balancer(config)
-        serverTLS = None
-        if listener.tls is not None:
-            serverTLS = ServerTLS("pop3", listener.tls, config.source)
-            serverTLS.load()
-        factory = self.factory = POP3ProxyFactory(listener, self.balancer.pools, reactor, serverTLS)
-        if listener.tls is not None and not listener.tls.starttls:
-            factory = wrapFactory(serverTLS, factory, reactor)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        sessions = self.factory.sessions
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.sessionsOver(sessions)))
-        return port.getHost().port
-
-    def clientContext(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.stores.ca.cert))
+        text += tlsTables(stores, "pop3", listenerTLS, poolTLS)
+        return self.listenMail(text, "dovecot-pop3-test.toml", "pop3")
 
     def pop3(self, port: int) -> poplib.POP3:
         return poplib.POP3("127.0.0.1", port, timeout=TIMEOUT)
@@ -158,15 +122,6 @@ starttls = {str(poolTLS == "starttls").lower()}
     async def inThread(self, function, *args):
         return await deferToThread(function, *args)
 
-    async def sessionsOver(self, sessions=None):
-        """
-        Wait until the proxy has finished (and logged) every session.
-        """
-        if sessions is None:
-            sessions = self.factory.sessions
-        deadline = time.monotonic() + TIMEOUT
-        while sessions and time.monotonic() < deadline:
-            await deferLater(reactor, 0.01, lambda: None)
 
     # Logins.
 

@@ -1,0 +1,90 @@
+"""
+What the IMAP and POP3 tests against the real Dovecot stores share: the
+TLS tables of their configs, an in-process mail front on a loopback port
+(wired as the daemon wires it), and waiting for its sessions to end.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from lbproxy.config import loadBytes
+from lbproxy.runtime import Balancer
+from lbproxy.service import frontFactory, loadListenerTLS
+from lbproxy.tls.server import wrapFactory
+
+#: Seconds a client of these tests waits for any answer.
+TIMEOUT = 20
+
+
+def tlsTables(stores, listener: str, listenerTLS: str | None, poolTLS: str | None) -> str:
+    """
+    The C{[tls]} tables of listener C{listener} and of pool C{stores}.
+
+    @param listenerTLS: None, C{"starttls"} or C{"implicit"}.
+    @param poolTLS: None, C{"starttls"} or C{"implicit"} toward the stores,
+        verified against the stores' CA.
+    """
+    text = ""
+    if listenerTLS is not None:
+        text += f"""
+[listeners.{listener}.tls]
+certificates = [{{ cert = "{stores.certificate.chain}", key = "{stores.certificate.key}" }}]
+starttls = {str(listenerTLS == "starttls").lower()}
+"""
+    if poolTLS is not None:
+        text += f"""
+[pools.stores.tls]
+ca = "{stores.ca.cert}"
+starttls = {str(poolTLS == "starttls").lower()}
+"""
+    return text
+
+
+class MailFrontMixin:
+    """
+    For trial test cases: C{listenMail} runs the front of a config's
+    listener in this process, on the real reactor.
+
+    @ivar balancer: the live pools of the last config listened on.
+    @ivar factory: the front's factory (inside any TLS wrapping).
+    """
+
+    def listenMail(self, text: str, source: str, name: str) -> int:
+        """
+        Serve listener C{name} of config C{text} on a free loopback port,
+        with its TLS as the daemon sets it up, until the test ends (then
+        wait for its sessions to finish).
+
+        @return: the port.
+        """
+        config = loadBytes(text.encode(), source)
+        listener = config.listeners[name]
+        self.balancer = Balancer(config)
+        serverTLS = loadListenerTLS(config).get(name)
+        factory = self.factory = frontFactory(listener, self.balancer.pools, reactor, serverTLS)
+        if serverTLS is not None and not listener.tls.starttls:
+            factory = wrapFactory(serverTLS, factory, reactor)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        sessions = self.factory.sessions
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.sessionsOver(sessions)))
+        return port.getHost().port
+
+    def clientContext(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.stores.ca.cert))
+
+    async def sessionsOver(self, sessions=None):
+        """
+        Wait until the proxy has finished (and logged) every session.
+        """
+        if sessions is None:
+            sessions = self.factory.sessions
+        deadline = time.monotonic() + TIMEOUT
+        while sessions and time.monotonic() < deadline:
+            await deferLater(reactor, 0.01, lambda: None)
