@@ -7,13 +7,13 @@ servers.
 
 from base64 import b64encode
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from memoryconnections import acceptClient, completeAttempt
 from lbproxy.config.mail import MailLimits, MailListenerConfig
 from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.mail.imap import (
@@ -94,10 +94,7 @@ class IMAPFrontTests(SynchronousTestCase):
 
     def accept(self):
         transport = TLSFakeTransport()
-        transport.peerAddr = PEER
-        transport.hostAddr = HOST
-        protocol = self.factory.buildProtocol(PEER)
-        protocol.makeConnection(transport)
+        protocol = acceptClient(self.factory, transport, PEER, HOST)
         self.client = transport
         transport.clear()
         return protocol
@@ -108,11 +105,7 @@ class IMAPFrontTests(SynchronousTestCase):
         return value
 
     def backend(self, greeting=GREETING, index=-1):
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        transport = TLSFakeTransport()
-        wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
-        wrapper.makeConnection(transport)
-        dialog = wrapper._wrappedProtocol
+        dialog, transport = completeAttempt(self.reactor, TLSFakeTransport(), index)
         if greeting:
             dialog.dataReceived(greeting)
         return dialog, transport

@@ -7,13 +7,13 @@ passed back.
 
 from dataclasses import replace
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from memoryconnections import acceptClient, completeAttempt
 from lbproxy.config.mail import MailLimits, MailListenerConfig
 from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.mail.pop3 import POP3Dialog, POP3Front, POP3ProxyFactory
@@ -57,20 +57,13 @@ class POP3Tests(SynchronousTestCase):
 
     def accept(self):
         transport = TLSFakeTransport()
-        transport.peerAddr = PEER
-        transport.hostAddr = HOST
-        front = self.factory.buildProtocol(PEER)
-        front.makeConnection(transport)
+        front = acceptClient(self.factory, transport, PEER, HOST)
         self.assertEqual(transport.value(), GREETING)
         transport.clear()
         return front, transport
 
     def backend(self, index=-1):
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        transport = TLSFakeTransport()
-        wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
-        wrapper.makeConnection(transport)
-        return wrapper._wrappedProtocol, transport
+        return completeAttempt(self.reactor, TLSFakeTransport(), index)
 
     def sessionLines(self, events):
         return [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from memoryconnections import acceptClient, completeAttempt
 from lbproxy.config import ListenerConfig, PoolConfig
 from lbproxy.config.mail import MailLimits, MailListenerConfig
 from lbproxy.config.tls import BackendTLSConfig, CertificateConfig, ListenerTLSConfig
@@ -168,18 +169,10 @@ class MailSessionTests(SynchronousTestCase):
 
     def accept(self):
         transport = TLSFakeTransport()
-        transport.peerAddr = PEER
-        transport.hostAddr = HOST
-        protocol = self.factory.buildProtocol(PEER)
-        protocol.makeConnection(transport)
-        return protocol, transport
+        return acceptClient(self.factory, transport, PEER, HOST), transport
 
     def backend(self, index=-1):
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        transport = TLSFakeTransport()
-        wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
-        wrapper.makeConnection(transport)
-        return wrapper._wrappedProtocol, transport
+        return completeAttempt(self.reactor, TLSFakeTransport(), index)
 
     def refuse(self, index=-1):
         factory = self.reactor.tcpClients[index][2]

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from memoryconnections import acceptClient, completeAttempt
 from lbproxy.config import ListenerConfig, PoolConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.pool import Pool, Server, ServerState
@@ -57,7 +58,6 @@ class TCPFrontTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
         self.logs = []
-        self.backends = []
 
     def makeFactory(self, listener=None, pool=None):
         self.pool = pool or makePool()
@@ -66,19 +66,10 @@ class TCPFrontTests(SynchronousTestCase):
 
     def accept(self, peer=PEER):
         transport = FakeTCPTransport()
-        transport.peerAddr = peer
-        transport.hostAddr = HOST
-        protocol = self.factory.buildProtocol(peer)
-        protocol.makeConnection(transport)
-        return protocol, transport
+        return acceptClient(self.factory, transport, peer, HOST), transport
 
     def succeed(self, index=-1):
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        transport = FakeTCPTransport()
-        wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
-        wrapper.makeConnection(transport)
-        self.backends.append(wrapper)
-        return wrapper._wrappedProtocol, transport
+        return completeAttempt(self.reactor, FakeTCPTransport(), index)
 
     def refuse(self, index=-1):
         factory = self.reactor.tcpClients[index][2]

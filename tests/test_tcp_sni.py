@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from zope.interface.verify import verifyObject
 
+from memoryconnections import acceptClient, completeAttempt
 from lbproxy.config import ListenerConfig, PoolConfig, RouteConfig
 from lbproxy.interfaces import ISelectionContext
 from lbproxy.pool import Pool, Server
@@ -98,21 +99,13 @@ class SNIFrontTests(SynchronousTestCase):
 
     def accept(self, peer=PEER):
         transport = FakeTCPTransport()
-        transport.peerAddr = peer
-        transport.hostAddr = HOST
-        protocol = self.factory.buildProtocol(peer)
-        protocol.makeConnection(transport)
-        return protocol, transport
+        return acceptClient(self.factory, transport, peer, HOST), transport
 
     def connectedPort(self, index=-1) -> int:
         return self.reactor.tcpClients[index][1]
 
     def succeed(self, index=-1):
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        transport = FakeTCPTransport()
-        wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
-        wrapper.makeConnection(transport)
-        return wrapper._wrappedProtocol, transport
+        return completeAttempt(self.reactor, FakeTCPTransport(), index)
 
     def sessionLines(self, events):
         return [
