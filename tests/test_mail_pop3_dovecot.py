@@ -398,7 +398,7 @@ servers = [{servers}]
                 await self.inThread(run)
                 await self.sessionsOver()
             lines = sessionLines(events)
-            self.assertTrue(any(f"tls=implicit/TLSv1." in line for line in lines), lines)
+            self.assertTrue(any("tls=implicit/TLSv1." in line for line in lines), lines)
             self.assertTrue(any(f"server_tls={poolTLS}/TLSv1." in line for line in lines), lines)
 
     # curl.

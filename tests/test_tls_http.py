@@ -7,7 +7,6 @@ the listener that redirects to https.
 from __future__ import annotations
 
 import ipaddress
-import json
 
 import pytest
 from twisted.internet.address import IPv4Address
