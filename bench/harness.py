@@ -299,13 +299,54 @@ def findExecutable(name: str, *extraDirs: str) -> str:
     return path
 
 
+def _ephemeralRange() -> tuple[int, int]:
+    """
+    The kernel's range for automatically chosen local ports (Linux's
+    C{ip_local_port_range}; the Linux default where that cannot be read).
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(word) for word in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _portCandidates() -> range:
+    low, high = _ephemeralRange()
+    if low - 10000 >= 2000:
+        return range(10000, low)
+    return range(high + 1, 65536)
+
+
+_PORTS = _portCandidates()
+#: Where this process's next port search starts: a start that differs
+#: between processes, then ports in turn, so no port is handed out twice
+#: while it is still unbound.
+_portCursor = [os.getpid() * 7919 % len(_PORTS)]
+
+
 def freePort(host: str = LOOPBACK) -> int:
     """
-    A TCP port that was free a moment ago on C{host}.
+    A TCP port that is free on C{host} now, for a listener started later.
+
+    The port is outside the kernel's ephemeral range: a port taken from
+    that range (by binding port 0) can be given to any outgoing connection
+    before the caller listens on it, and then the listen fails with
+    EADDRINUSE. The probe binds without C{SO_REUSEADDR}, so a port with
+    connections still in TIME_WAIT is passed over too.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_portCursor[0] % len(_PORTS)]
+        _portCursor[0] += 1
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise BenchError(f"no free TCP port on {host} between {_PORTS.start} and {_PORTS.stop - 1}")
 
 
 def waitForPort(

@@ -8,32 +8,12 @@ asserts on speed.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import pytest
 
 from lbproxy.config import loadBytes
+from support import benchHarness
 
-HARNESS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "harness.py"
-)
-
-
-def _loadHarness():
-    # Loaded from its file under a distinct name: bench/ is not a package,
-    # and putting it on sys.path would expose a top-level "harness" module
-    # to every other test.
-    spec = importlib.util.spec_from_file_location("lbproxy_bench_harness", HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _loadHarness()
+harness = benchHarness()
 
 WRK_OUTPUT = """\
 Running 5s test @ http://127.0.0.1:40001/100B
