@@ -142,6 +142,7 @@ class BackendConnector:
         context: ISelectionContext,
         protocolFactory: IProtocolFactory,
         server: IServer | None = None,
+        attempts: int | None = None,
     ) -> Deferred[BackendConnection]:
         """
         Connect the flow described by C{context} to a server of the pool.
@@ -150,6 +151,10 @@ class BackendConnector:
             persistence pin, or the server it looked for an idle connection
             to): the first attempt goes there instead of to the selector's
             pick; retries after a failure are picked (redispatched) as usual.
+        @param attempts: the most connection attempts to make; the pool's
+            C{1 + retries} when None. A caller that already spent some of
+            its flow's attempts (a mail login whose first server connected
+            but could not be used) passes what is left.
 
         The pool's PROXY protocol header (C{send_proxy}), built from the
         context's client and local addresses, is the first thing written
@@ -167,7 +172,7 @@ class BackendConnector:
             self,
             context,
             protocolFactory,
-            attempts=1 + options.retries,
+            attempts=1 + options.retries if attempts is None else max(1, attempts),
             timeout=options.connectTimeout,
             first=server,
             preamble=buildHeader(options.sendProxy, context.client, context.local),

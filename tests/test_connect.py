@@ -167,6 +167,20 @@ class ConnectorTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 2)
         self.assertEqual([s.active for s in pool.servers], [0, 0])
 
+    def test_attemptBudget(self):
+        """
+        A caller's C{attempts} replaces the pool's 1 + retries: the budget
+        left of a flow that already spent some attempts.
+        """
+        pool = makePool(count=2, retries=3)
+        connector = self.connector(pool)
+        d = connector.connect(FlowContext(CLIENT, LOCAL), Factory.forProtocol(Protocol), attempts=1)
+        self.refuse(0)
+        failure = self.failureResultOf(d, ConnectFailed)
+        self.assertEqual(failure.value.attempts, 1)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual([s.active for s in pool.servers], [0, 0])
+
     def test_noRetries(self):
         pool = makePool(count=2, retries=0)
         d, context = self.connect(self.connector(pool))

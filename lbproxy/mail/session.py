@@ -677,7 +677,9 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         placement = self._placement
         connector = self.factory.connectorFor(placement.pool.name)
         connecting = self._connecting = connector.connect(
-            placement.context, _DialogFactory(self, placement.credentials)
+            placement.context,
+            _DialogFactory(self, placement.credentials),
+            attempts=placement.maxAttempts - placement.attempts,
         )
         connecting.addCallbacks(self._connected, self._notConnected)
 
@@ -899,11 +901,10 @@ class MailFrontProtocol(Protocol, _LineBuffer):
 class _Placement:
     """
     One login being placed: its pool, context (with the servers excluded
-    after failed dialogs) and the connection attempts made. A server that
-    connects but cannot be used counts as one attempt of the pool's
-    C{1 + retries}; while attempts remain, the login is placed again
-    without it (and that placement may itself retry refused connections
-    up to the pool's C{retries}).
+    after failed dialogs) and the connection attempts made. Every attempt,
+    refused or connected, counts against the pool's C{1 + retries}: a
+    server that connects but cannot be used is excluded and, while
+    attempts remain, the login is placed again with only what is left.
     """
 
     def __init__(self, pool, context: MailFlowContext, credentials: Credentials, maxAttempts: int) -> None:
