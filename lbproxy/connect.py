@@ -137,6 +137,36 @@ class BackendConnector:
             self._endpoints[server] = cached
         return cached[1]
 
+    def failedAfterConnect(
+        self,
+        server: IServer,
+        reason: str,
+        retrying: bool,
+        attempt: int,
+        attempts: int,
+        established: bool = False,
+    ) -> None:
+        """
+        Count and log a failed connection attempt to C{server}: one that
+        failed to connect, or one its user found unusable before it carried
+        anything (a TLS 1.3 server refusing the client certificate after
+        the handshake).
+
+        @param retrying: whether another attempt follows.
+        @param attempt: this attempt's number, of C{attempts} at most.
+        @param established: the connection had been counted as made (see
+            L{lbproxy.pool.Server.connectFailed}).
+        """
+        server.connectFailed(reason, established)
+        self.log.warn(
+            "connect to {server} failed: {reason}; {action}",
+            server=getattr(server, "qualifiedName", server.name),
+            reason=reason,
+            action="retrying" if retrying else "giving up",
+            attempt=attempt,
+            attempts=attempts,
+        )
+
     def connect(
         self,
         context: ISelectionContext,
@@ -311,17 +341,9 @@ class _ConnectAttempts:
         else:
             text = describeFailure(reason)
         self.lastReason = text
-        server.connectFailed(text)
         self.context.excluded.add(server)
         retry = self.made < self.maxAttempts
-        self.connector.log.warn(
-            "connect to {server} failed: {reason}; {action}",
-            server=getattr(server, "qualifiedName", server.name),
-            reason=text,
-            action="retrying" if retry else "giving up",
-            attempt=self.made,
-            attempts=self.maxAttempts,
-        )
+        self.connector.failedAfterConnect(server, text, retry, self.made, self.maxAttempts)
         if retry:
             self.next()
         else:

@@ -71,6 +71,8 @@ class Server:
         self.active = 0
         self.totalConnections = 0
         self.connectFailures = 0
+        #: The count the last success cleared (see L{connectFailed}).
+        self._clearedFailures = 0
         self.pool: Pool | None = None
 
     def __repr__(self) -> str:
@@ -98,12 +100,24 @@ class Server:
         """
         A proxied connection to this server was established.
         """
+        self._clearedFailures = self.connectFailures
         self.connectFailures = 0
 
-    def connectFailed(self, reason: str) -> None:
+    def connectFailed(self, reason: str, established: bool = False) -> None:
         """
         A proxied connection to this server could not be established.
+
+        @param established: the connection was counted as established, but
+            turned out unusable before it carried anything (a mail server's
+            bad greeting; a TLS 1.3 server refusing the client certificate
+            after the handshake). Its success is taken back: the failures
+            it cleared count again, so such a server still reaches
+            C{passiveFall}. A success of another connection since then
+            stands.
         """
+        if established:
+            self.connectFailures = self._clearedFailures
+        self._clearedFailures = 0
         self.connectFailures += 1
         if (
             self.passiveFall

@@ -43,6 +43,29 @@ class PassiveFallTests(SynchronousTestCase):
         self.assertIs(self.server.state, ServerState.UP)
         self.assertEqual(self.server.connectFailures, 10)
 
+    def test_establishedThenUnusable(self) -> None:
+        """
+        A connection counted as made that fails before carrying anything
+        takes its success back: alternating "made, then unusable" still
+        adds up to passiveFall. A success of another connection since
+        then stands.
+        """
+        server = self.server
+        server.passiveFall = 3
+        for _ in range(2):
+            server.connectSucceeded()
+            server.connectFailed("TLS: alert", established=True)
+        self.assertEqual(server.connectFailures, 2)
+        server.connectSucceeded()
+        server.connectSucceeded()
+        server.connectFailed("TLS: alert", established=True)
+        self.assertEqual(server.connectFailures, 1)
+        server.connectFailed("connection refused")
+        server.connectSucceeded()
+        server.connectFailed("TLS: alert", established=True)
+        self.assertEqual(server.connectFailures, 3)
+        self.assertIs(server.state, ServerState.DOWN)
+
     def test_marksDownAfterPassiveFall(self) -> None:
         self.server.passiveFall = 3
         self.server.connectFailed("connection refused")

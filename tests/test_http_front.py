@@ -1301,6 +1301,21 @@ class KeepAliveRaceTests(ProxyTestCase):
         self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
         self.assertLastRecord(termination="SH")
 
+    def test_redispatchSharesTheAttempts(self):
+        """
+        Connect failures and fresh connections dying under the request
+        share the pool's 1 + retries attempts: a refused connect, then a
+        connection that died, leave no attempt for a third.
+        """
+        self.makeFactory(retries=1)
+        client = self.connectClient()
+        client.send(GET)
+        self.refuseBackend()
+        self.connectBackend().close(RESET)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
+        self.assertEqual([s.active for s in self.pool.servers], [0, 0])
+
     def test_crashDuringPostNotRedispatched(self):
         self.makeFactory()
         client = self.connectClient()

@@ -217,6 +217,31 @@ health = {{ interval = "60s", passive_fall = 2 }}
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
 
     @inlineCallbacks
+    def test_clientCertificateRefusedAfterHandshake(self):
+        """
+        Under TLS 1.3 a server that wants a client certificate lbproxy does
+        not send says so only after the client's handshake has finished,
+        with an alert in place of the response. That is a failed connect
+        attempt like any other: logged with OpenSSL's reason, counted by
+        passive health, retried, and a 502 when no attempt is left.
+        """
+        backend = self.tlsServer(self.ca.issue("web1.test"), clientCA=self.ca.cert)
+        port = self.proxy(backend, f'ca = "{self.ca.cert}"\nserver_name = "web1.test"', retries=1)
+        with capturedLogs() as events:
+            answer = yield self.fetch(port)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
+        lines = self.connectLines(events)
+        self.assertEqual(len(lines), 2, lines)
+        for line, action in zip(lines, ("retrying", "giving up")):
+            self.assertTrue(line.startswith("connect to web/web1 failed: TLS: "), line)
+            self.assertIn("certificate required", line)
+            self.assertTrue(line.endswith(f"; {action}"), line)
+        self.assertEqual(len(self.accepted[backend]), 2)
+        server = self.pool.servers[0]
+        self.assertEqual(server.active, 0)
+        self.assertIs(server.state, ServerState.DOWN)
+
+    @inlineCallbacks
     def test_healthCheckOverTLS(self):
         good = self.tlsServer(self.ca.issue("web1.test"))
         bad = self.tlsServer(self.other.issue("web1.test"))

@@ -103,6 +103,7 @@ class BackendHTTPConnection(Protocol):
         came before the backend closed).
     @ivar requests: requests the connection has carried.
     @ivar lost: the connection is gone.
+    @ivar lostReason: why, once it is gone.
     @ivar closing: the backend closed its side, or the proxy is closing
         the connection: it carries no further request.
     @ivar idleList: the L{IdleConnections} holding the connection while it
@@ -119,6 +120,7 @@ class BackendHTTPConnection(Protocol):
         self.bytesReceived = 0
         self.requests = 0
         self.lost = False
+        self.lostReason: Failure | None = None
         self.closing = False
         self.idleList: IdleConnections | None = None
         self.idleSince = 0.0
@@ -183,6 +185,7 @@ class BackendHTTPConnection(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
+        self.lostReason = reason
         self.closing = True
         if self._leg is not None:
             self._leg.connectionLost(reason)

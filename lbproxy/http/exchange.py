@@ -55,6 +55,9 @@ class Exchange:
     @ivar reused: C{backend} was an idle connection.
     @ivar resends: times the request was sent again after its connection
         closed before any of the response.
+    @ivar attempts: connection attempts made for it, retries included;
+        they are bounded by the pool's C{1 + retries} together, whether a
+        connect failed or a fresh connection died under the request.
     @ivar headBytes: the head as sent to the backend.
     @ivar body: a whole request body that came with the head (a simple
         request, see L{lbproxy.http.parser.RequestParser.simpleRequest}),
@@ -82,6 +85,7 @@ class Exchange:
         "connecting",
         "reused",
         "resends",
+        "attempts",
         "headBytes",
         "body",
         "chunked",
@@ -123,6 +127,7 @@ class Exchange:
         self.connecting = None
         self.reused = False
         self.resends = 0
+        self.attempts = 0
         self.headBytes = b""
         self.body = b""
         self.chunked = head is not None and head.bodyKind is BodyKind.CHUNKED

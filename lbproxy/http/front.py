@@ -78,6 +78,7 @@ from lbproxy.http.serialize import (
 from lbproxy.pool import Pool
 from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError
 from lbproxy.relay import Relay, RelayResult, setNoDelay
+from lbproxy.tls.client import tlsFailureText
 from lbproxy.writebatch import WriteBatch
 
 # Phases of a client connection; each has its own timeout.
@@ -488,8 +489,12 @@ class HTTPProxyProtocol(Protocol):
         self._phase = _CONNECT
         route = exchange.route
         backends = route.backends
+        attempts = None
+        if exchange.attempts:
+            # A redispatch: only the attempts the first placement left.
+            attempts = 1 + route.pool.options.retries - exchange.attempts
         connecting = exchange.connecting = backends.connector.connect(
-            exchange.context, backends.factory, server
+            exchange.context, backends.factory, server, attempts
         )
         connecting.addCallbacks(self._connected, self._notConnected)
 
@@ -505,6 +510,7 @@ class HTTPProxyProtocol(Protocol):
         exchange.server = connection.server
         exchange.lease = connection.lease
         exchange.connectTime = (exchange.connectTime or 0.0) + connection.connectTime
+        exchange.attempts += connection.attempts
         self._attach(exchange, backend)
 
     def _notConnected(self, reason: Failure) -> None:
@@ -706,6 +712,11 @@ class HTTPProxyProtocol(Protocol):
         exchange = self.exchange
         if exchange is None or exchange.backend is not connection:
             return
+        if closed and not exchange.reused and exchange.response is None and not connection.bytesReceived:
+            refusal = tlsFailureText(connection.lostReason)
+            if refusal is not None:
+                self._refusedAfterHandshake(exchange, refusal)
+                return
         if (
             closed
             and exchange.response is None
@@ -719,7 +730,7 @@ class HTTPProxyProtocol(Protocol):
                 self.factory.staleRetries += 1
                 self._resend(exchange, exchange.server)
                 return
-            if exchange.resends < exchange.route.pool.options.retries:
+            if exchange.attempts <= exchange.route.pool.options.retries:
                 # A fresh connection died under the request (the server
                 # crashed or was killed): another server gets it.
                 self.factory.redispatched += 1
@@ -730,6 +741,27 @@ class HTTPProxyProtocol(Protocol):
             self._backendBroken(exchange, "SH" if closed else "PH")
         else:
             self._backendBroken(exchange, "SD" if closed else "PD")
+
+    def _refusedAfterHandshake(self, exchange: Exchange, refusal: str) -> None:
+        """
+        The server ended a fresh connection with a TLS alert before any of
+        the response: under TLS 1.3 a server refuses the proxy's client
+        certificate (or its lack of one) only after the proxy's side of
+        the handshake is done. The server processed nothing, so this is a
+        failed connect attempt: counted, logged, and redispatched while
+        attempts remain (whatever the method, if no body was sent yet).
+        """
+        retries = exchange.route.pool.options.retries
+        retry = not exchange.bytesIn and exchange.attempts <= retries
+        exchange.route.backends.connector.failedAfterConnect(
+            exchange.server, refusal, retry, exchange.attempts, 1 + retries, established=True
+        )
+        if retry:
+            self.factory.redispatched += 1
+            exchange.context.excluded.add(exchange.server)
+            self._resend(exchange, None)
+        else:
+            self._sendError(exchange, 502, "SC")
 
     def backendWriteBlocked(self) -> None:
         self._backendFull = True

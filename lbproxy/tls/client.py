@@ -96,6 +96,16 @@ def sslErrorText(error: SSL.Error) -> str:
     return "; ".join(reasons) or str(error) or "handshake failed"
 
 
+def tlsFailureText(reason: Failure | None) -> str | None:
+    """
+    C{"TLS: <OpenSSL's reasons>"} when C{reason} (why a connection was
+    lost) is a TLS error, such as an alert from the peer; else None.
+    """
+    if reason is None or not isinstance(reason.value, SSL.Error):
+        return None
+    return f"TLS: {sslErrorText(reason.value)}"
+
+
 def describeVerifyFailure(reason: Failure) -> str:
     """
     One line saying why a TLS connection to a server failed, for logs:
