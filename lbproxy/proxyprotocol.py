@@ -64,6 +64,11 @@ _V1_PORT = re.compile(r"0|[1-9][0-9]{0,4}")
 IPAddress = IPv4Address | IPv6Address
 
 
+#: Seconds a trusted proxy has to send its PROXY header (the specification
+#: asks for at least 3, to cover one TCP retransmission).
+PROXY_HEADER_TIMEOUT = 5.0
+
+
 class ProxyProtocolError(Exception):
     """
     A PROXY protocol header is malformed; C{str()} says how.

@@ -8,7 +8,10 @@ The service tree of a running lbproxy::
 A listener with C{[tls]} (and no STARTTLS) gets its front's factory
 wrapped in TLS termination (L{lbproxy.tls.server.wrapFactory}); its
 L{ServerTLS} is kept in L{BalancerService.serverTLS} so that
-L{BalancerService.reloadTLS} can read the certificates again.
+L{BalancerService.reloadTLS} can read the certificates again. With
+C{accept_proxy}, a listener whose front does not read the PROXY header
+itself gets an L{lbproxy.acceptproxy.AcceptProxyFactory} outermost, so
+the header is read before the handshake.
 
 Later packages (admin, ha) add their services beside these.
 """
@@ -20,6 +23,7 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from lbproxy.acceptproxy import AcceptProxyFactory, readsProxyHeaderItself
 from lbproxy.config import Config, ListenerConfig
 from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
@@ -77,6 +81,24 @@ def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor, serv
     raise ValueError(f"unknown listener mode {listener.mode!r}")
 
 
+def wrapFront(listener: ListenerConfig, front, reactor, serverTLS: ServerTLS | None = None):
+    """
+    What a listener's port serves: its C{front} factory inside TLS
+    termination (implicit TLS) and, with C{accept_proxy} on a listener
+    whose front does not read the PROXY header itself, inside an
+    L{AcceptProxyFactory}, so the header is read before the handshake.
+    """
+    factory = front
+    if listener.tls is not None and not listener.tls.starttls:
+        # An HTTP client has its request timeout for the handshake and the
+        # request head together.
+        handshake = listener.requestTimeout if listener.mode == "http" else HANDSHAKE_TIMEOUT
+        factory = wrapFactory(serverTLS, factory, reactor, handshake)
+    if listener.acceptProxy and not readsProxyHeaderItself(listener):
+        factory = AcceptProxyFactory(factory, listener, reactor)
+    return factory
+
+
 class BalancerService(MultiService):
     """
     Everything one config runs: health monitors and listeners.
@@ -114,12 +136,9 @@ class BalancerService(MultiService):
                 HealthMonitor(pool, reactor=reactor).setServiceParent(health)
         for listener in config.listeners.values():
             endpoint = serverFromString(reactor, listener.bind)
-            factory = frontFactory(listener, self.balancer.pools, reactor, self.serverTLS.get(listener.name))
-            if listener.tls is not None and not listener.tls.starttls:
-                # An HTTP client has its request timeout for the handshake
-                # and the request head together.
-                handshake = listener.requestTimeout if listener.mode == "http" else HANDSHAKE_TIMEOUT
-                factory = wrapFactory(self.serverTLS[listener.name], factory, reactor, handshake)
+            serverTLS = self.serverTLS.get(listener.name)
+            front = frontFactory(listener, self.balancer.pools, reactor, serverTLS)
+            factory = wrapFront(listener, front, reactor, serverTLS)
             service = StreamServerEndpointService(endpoint, factory)
             # Bind errors (port in use, permission) stop startup with a clear
             # error instead of being logged while the daemon runs without

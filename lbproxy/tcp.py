@@ -29,14 +29,10 @@ from zope.interface import implementer
 from lbproxy.connect import BackendConnection, BackendConnector, describeFailure
 from lbproxy.context import FlowContext
 from lbproxy.errors import ConnectFailed, NoServerAvailable
-from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError
+from lbproxy.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tls.client import sslErrorText
 from lbproxy.tls.clienthello import ClientHelloError, ClientHelloReader
-
-#: Seconds a trusted proxy has to send its PROXY header (the specification
-#: asks for at least 3, to cover one TCP retransmission).
-PROXY_HEADER_TIMEOUT = 5.0
 
 SESSION_FORMAT = (
     "tcp {client} {listener} -> {server}{sniField} in={bytesIn} out={bytesOut} "

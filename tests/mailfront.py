@@ -15,8 +15,7 @@ from twisted.internet.task import deferLater
 
 from lbproxy.config import loadBytes
 from lbproxy.runtime import Balancer
-from lbproxy.service import frontFactory, loadListenerTLS
-from lbproxy.tls.server import wrapFactory
+from lbproxy.service import frontFactory, loadListenerTLS, wrapFront
 
 #: Seconds a client of these tests waits for any answer.
 TIMEOUT = 20
@@ -67,10 +66,8 @@ class MailFrontMixin:
         listener = config.listeners[name]
         self.balancer = Balancer(config)
         serverTLS = loadListenerTLS(config).get(name)
-        factory = self.factory = frontFactory(listener, self.balancer.pools, reactor, serverTLS)
-        if serverTLS is not None and not listener.tls.starttls:
-            factory = wrapFactory(serverTLS, factory, reactor)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        front = self.factory = frontFactory(listener, self.balancer.pools, reactor, serverTLS)
+        port = reactor.listenTCP(0, wrapFront(listener, front, reactor, serverTLS), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         sessions = self.factory.sessions
         self.addCleanup(lambda: Deferred.fromCoroutine(self.sessionsOver(sessions)))

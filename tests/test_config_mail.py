@@ -149,8 +149,11 @@ def test_userKey():
 
 
 @pytest.mark.parametrize("mode", ["imap", "pop3"])
-def test_acceptProxyRefused(mode):
-    assert error('accept_proxy = ["127.0.0.1"]', mode=mode) == (
-        'mail.toml: listeners.m.accept_proxy: expected only with mode = "tcp" or "http" '
-        "(mail listeners read no PROXY header)"
-    )
+def test_acceptProxy(mode):
+    """
+    A mail listener behind a proxy sending PROXY headers (read by
+    lbproxy.acceptproxy before the greeting).
+    """
+    listener = config('accept_proxy = ["10.0.0.0/8"]', mode=mode).listeners["m"]
+    assert listener.trustsProxyFrom("10.1.2.3")
+    assert not listener.trustsProxyFrom("192.0.2.1")

@@ -249,7 +249,6 @@ class TestRedirectHttps:
         [
             ('trusted_proxies = ["10.0.0.0/8"]\n', "trusted_proxies"),
             ("forwarded = true\n", "forwarded"),
-            ('accept_proxy = ["10.0.0.0/8"]\n', "accept_proxy"),
         ],
     )
     def test_noForwardingSettings(self, extra, key):
@@ -265,6 +264,14 @@ class TestRedirectHttps:
             "listeners.plain.timeouts.tunnel: expected no tunnel timeout with redirect_https (no request is forwarded)"
         )
 
+    def test_acceptProxy(self):
+        """
+        A redirect listener behind the same PROXY-speaking balancer as the
+        TLS listener it redirects to.
+        """
+        listener = load(redirect('redirect_https = 443\naccept_proxy = ["10.0.0.0/8"]\n')).listeners["plain"]
+        assert listener.trustsProxyFrom("10.9.9.9")
+
     def test_limitsAndTimeoutsAllowed(self):
         text = redirect("redirect_https = 443\naccess_log = \"a.log\"\n").replace(
             "[listeners.web]", "[listeners.plain.timeouts]\nrequest = 5\nkeepalive = 7\n\n[listeners.web]"
@@ -278,14 +285,10 @@ class TestRedirectHttps:
 
 
 @pytest.mark.parametrize("mode", ["http", "tcp"])
-def test_acceptProxyRefusedWithTLS(mode):
+def test_acceptProxyWithTLS(mode):
     """
-    A PROXY header would precede the TLS handshake, which the TLS layer
-    would take for a broken ClientHello: the combination is refused.
+    A PROXY header before the TLS handshake (lbproxy.acceptproxy reads it).
     """
-    text = config(mode=mode, listener='accept_proxy = ["127.0.0.1"]\n')
-    assert loadError(text) == (
-        "listeners.web.accept_proxy: expected no accept_proxy on a listener with [tls]: "
-        "a PROXY header comes before the TLS handshake, and lbproxy reads it only on "
-        "plaintext listeners"
-    )
+    listener = load(config(mode=mode, listener='accept_proxy = ["127.0.0.1"]\n')).listeners["web"]
+    assert listener.trustsProxyFrom("127.0.0.1")
+    assert listener.tls is not None

@@ -63,6 +63,7 @@ class IMAPDovecotTests(MailFrontMixin, TestCase):
         failureDelay: str = "100ms",
         maxFailures: int = 3,
         userPools: str = "",
+        listenerExtra: str = "",
     ) -> int:
         """
         Serve an IMAP listener in front of both stores (hashing on the
@@ -85,6 +86,7 @@ pool = "stores"
 mode = "imap"
 user_domain = "example.test"
 {"" if tlsRequired is None else f"tls_required = {str(tlsRequired).lower()}"}
+{listenerExtra}
 
 [listeners.imap.auth]
 max_failures = {maxFailures}
@@ -376,6 +378,36 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         logins = [line for line in logs.splitlines() if "user=<bob>" in line and "Login:" in line]
         self.assertTrue(any("rip=127.0.0.2" in line for line in logins), logins[-3:])
         self.assertFalse(any("10.9.9.9" in line for line in logins))
+
+    async def test_clientAddressFromProxyHeader(self):
+        """
+        accept_proxy on a mail listener, plain and implicit TLS: the
+        trusted proxy's PROXY header (before the greeting, before the
+        handshake) names the client, and that is the address the store
+        learns with ID.
+        """
+        users = self.stores.users
+        header = b"PROXY TCP4 192.0.2.77 192.0.2.1 45678 143\r\n"
+        for listenerTLS in (None, "implicit"):
+            port = self.startProxy(listenerTLS=listenerTLS, listenerExtra='accept_proxy = ["127.0.0.1"]')
+
+            def run():
+                with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw:
+                    raw.sendall(header)
+                    sock = raw
+                    if listenerTLS == "implicit":
+                        sock = self.clientContext().wrap_socket(raw, server_hostname="localhost")
+                    recvUntil(sock, b"\r\n")
+                    sock.sendall(b"a LOGIN bob %s\r\n" % users["bob"].encode())
+                    reply = recvUntil(sock, b"a OK")
+                    sock.sendall(b"z LOGOUT\r\n")
+                    recvUntil(sock, b"z OK")
+                    return reply
+
+            self.assertIn(b"a OK", await self.inThread(run))
+            logs = "".join(store.log() for store in self.stores.stores)
+            logins = [line for line in logs.splitlines() if "user=<bob>" in line and "Login:" in line]
+            self.assertTrue(any("rip=192.0.2.77" in line for line in logins), logins[-3:])
 
     # TLS.
 

@@ -17,6 +17,7 @@ import tempfile
 from http.client import HTTPSConnection
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
@@ -26,6 +27,7 @@ from twisted.web import resource, server
 
 from certs import CertificateAuthority
 from lbproxy.config import loadBytes
+from lbproxy.proxyprotocol import buildV1, buildV2
 from lbproxy.service import BalancerService
 from support import freePort, requireExecutable
 
@@ -74,6 +76,15 @@ redirect_https = {web}
 [listeners.raw]
 bind = "tcp:{raw}:interface=127.0.0.1"
 pool = "echo"
+
+[listeners.proxied]
+bind = "tcp:{proxied}:interface=127.0.0.1"
+pool = "app"
+mode = "http"
+accept_proxy = ["127.0.0.1"]
+
+[listeners.proxied.tls]
+certificates = [{{ cert = "{www}", key = "{wwwKey}" }}]
 
 [listeners.raw.tls]
 certificates = [{{ cert = "{www}", key = "{wwwKey}" }}]
@@ -141,7 +152,7 @@ class TLSLoopbackTests(TestCase):
         self.addCleanup(backend.stopListening)
         echo = reactor.listenTCP(0, Factory.forProtocol(Echo), interface="127.0.0.1")
         self.addCleanup(echo.stopListening)
-        self.ports = {name: freePort() for name in ("web", "mtls", "optional", "plain", "raw")}
+        self.ports = {name: freePort() for name in ("web", "mtls", "optional", "plain", "raw", "proxied")}
         text = CONFIG.format(
             backend=backend.getHost().port,
             echo=echo.getHost().port,
@@ -350,6 +361,55 @@ class TLSLoopbackTests(TestCase):
         status, body = yield deferToThread(fetch)
         self.assertEqual(status, 200)
         self.assertEqual(json.loads(body)["headers"]["x-ssl-client"], "CN=alice,O=lbproxy tests")
+
+    # -- a PROXY header before the handshake --------------------------------
+
+    def proxiedFetch(self, header: bytes) -> dict:
+        """
+        Send C{header} on a new connection to the C{proxied} listener, then
+        a request over TLS; the backend's report of what it received.
+        """
+        port = self.ports["proxied"]
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+            raw.sendall(header)
+            with self.sslContext().wrap_socket(raw, server_hostname="www.example.test") as tls:
+                tls.sendall(b"GET /proxied HTTP/1.1\r\nHost: www.example.test\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        return json.loads(body)
+
+    @inlineCallbacks
+    def test_proxyHeaderBeforeHandshake(self):
+        """
+        accept_proxy on a TLS listener: the trusted proxy's header (v1 or
+        v2) comes before the ClientHello, and its source is the client the
+        backend learns of.
+        """
+        v1 = buildV1(IPv4Address("TCP", "192.0.2.50", 5555), IPv4Address("TCP", "192.0.2.1", 443))
+        report = yield deferToThread(self.proxiedFetch, v1)
+        self.assertEqual(report["headers"]["x-forwarded-for"], "192.0.2.50")
+        self.assertEqual(report["headers"]["x-forwarded-proto"], "https")
+        v2 = buildV2(IPv6Address("TCP", "2001:db8::5", 5555), IPv6Address("TCP", "2001:db8::1", 443))
+        report = yield deferToThread(self.proxiedFetch, v2)
+        self.assertEqual(report["headers"]["x-forwarded-for"], "2001:db8::5")
+
+    @inlineCallbacks
+    def test_curlProxyHeader(self):
+        out, err, code = yield self.curl("www.example.test", "/c", "proxied", "--haproxy-protocol")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["headers"]["x-forwarded-for"], "127.0.0.1")
+
+    @inlineCallbacks
+    def test_trustedPeerWithoutHeaderRefused(self):
+        """
+        A trusted peer must send the header: a ClientHello in its place
+        ends the connection before any TLS.
+        """
+        out, err, code = yield self.curl("www.example.test", "/c", "proxied")
+        self.assertNotEqual(code, 0)
 
     @inlineCallbacks
     def test_silentClientDropped(self):

@@ -329,7 +329,7 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
         for key in ("pool", "routes", "tls"):
             if key in t.data:
                 t.fail(key, "expected no pool, routes or tls with redirect_https (every request is redirected)")
-        for key in ("trusted_proxies", "forwarded", "accept_proxy"):
+        for key in ("trusted_proxies", "forwarded"):
             if key in t.data:
                 t.fail(key, "expected no forwarding settings with redirect_https (no request is forwarded)")
         if "tunnel" in timeouts.data:
@@ -341,15 +341,6 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
             t.fail("pool", f"expected the name of a pool ({oneOf(pools)}), got {pool!r}")
     tlsTable = t.table("tls")
     tls = parseListenerTLS(tlsTable, mode) if tlsTable.present else None
-    if "accept_proxy" in t.data:
-        if mode in MAIL_MODES:
-            t.fail("accept_proxy", 'expected only with mode = "tcp" or "http" (mail listeners read no PROXY header)')
-        if tls is not None:
-            t.fail(
-                "accept_proxy",
-                "expected no accept_proxy on a listener with [tls]: a PROXY header comes before "
-                "the TLS handshake, and lbproxy reads it only on plaintext listeners",
-            )
     kwargs: dict[str, Any] = dict(
         name=name,
         bind=bind,

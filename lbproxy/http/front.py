@@ -189,7 +189,11 @@ class HTTPProxyProtocol(Protocol):
         transport.registerProducer(self, True)
         self._producing = True
         self.parser = RequestParser(self, **factory.parserLimits)
-        if listener.acceptProxy and listener.trustsProxyFrom(getattr(self.client, "host", "")):
+        if (
+            listener.acceptProxy
+            and listener.tls is None
+            and listener.trustsProxyFrom(getattr(self.client, "host", ""))
+        ):
             # A trusted proxy in front: its PROXY header comes first, within
             # the request timeout.
             self._proxyHeader = ProxyHeaderParser()

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lbproxy.acceptproxy import IProxiedAddresses
 from lbproxy.http.context import requestURI
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange
@@ -94,7 +95,7 @@ def redirectResponse(status: int, location: bytes, keepAlive: bool) -> bytes:
     )
 
 
-@implementer(IHTTPMessageReceiver)
+@implementer(IHTTPMessageReceiver, IProxiedAddresses)
 class RedirectProtocol(Protocol):
     """
     One client connection of a redirecting listener.
@@ -113,9 +114,16 @@ class RedirectProtocol(Protocol):
         self._timer = None
         self._closed = False
 
+    def proxiedAddresses(self, client, local) -> None:
+        """
+        A trusted proxy's PROXY header named the client (C{accept_proxy}).
+        """
+        self.client = client
+
     def connectionMade(self) -> None:
         factory = self.factory
-        self.client = self.transport.getPeer()
+        if self.client is None:
+            self.client = self.transport.getPeer()
         self._acceptTime = self._reactor.seconds()
         if factory.listener.maxconn and len(factory.sessions) >= factory.listener.maxconn:
             factory.rejected += 1

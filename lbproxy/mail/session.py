@@ -53,6 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lbproxy.acceptproxy import IProxiedAddresses
 from lbproxy.config.mail import normaliseUser
 from lbproxy.connect import BackendConnection, BackendConnector
 from lbproxy.errors import ConnectFailed, NoServerAvailable
@@ -444,7 +445,7 @@ _RELAYING = "relaying"
 _CLOSED = "closed"
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IProxiedAddresses)
 class MailFrontProtocol(Protocol, _LineBuffer):
     """
     One client connection of an IMAP or POP3 listener (see the module
@@ -452,7 +453,8 @@ class MailFrontProtocol(Protocol, _LineBuffer):
 
     @cvar protocolName: C{"imap"} or C{"pop3"}, first word of the log line.
     @ivar factory: the L{MailProxyFactory}.
-    @ivar client: the client's address.
+    @ivar client: the client's address (the PROXY header's source, when a
+        trusted proxy sent one).
     @ivar local: the address the client connected to.
     @ivar clientTLS: C{"none"}, C{"starttls"} or C{"implicit"}.
     @ivar user: the normalised user of the last login attempt, or None.
@@ -475,6 +477,7 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         self.maxLine = self.mail.limits.line
         self.client: IAddress | None = None
         self.local: IAddress | None = None
+        self._proxied: tuple[IAddress, IAddress] | None = None
         self.clientTLS = TLS_NONE
         self.user: str | None = None
         self.failures = 0
@@ -529,12 +532,21 @@ class MailFrontProtocol(Protocol, _LineBuffer):
 
     # Connection events.
 
+    def proxiedAddresses(self, client: IAddress, local: IAddress) -> None:
+        """
+        A trusted proxy's PROXY header named the client (C{accept_proxy}).
+        """
+        self._proxied = (client, local)
+
     def connectionMade(self) -> None:
         factory = self.factory
         transport = self.transport
         self._started = self._reactor.seconds()
-        self.client = transport.getPeer()
-        self.local = transport.getHost()
+        if self._proxied is not None:
+            self.client, self.local = self._proxied
+        else:
+            self.client = transport.getPeer()
+            self.local = transport.getHost()
         tls = self.listener.tls
         if tls is not None and not tls.starttls:
             self.clientTLS = TLS_IMPLICIT
@@ -734,7 +746,7 @@ class MailFrontProtocol(Protocol, _LineBuffer):
             detail=failure.detail,
         )
         if server is not None:
-            server.connectFailed(failure.detail)
+            server.connectFailed(failure.detail, established=True)
             placement.context.excluded.add(server)
         placement.lastDetail = failure.detail
         if failure.retryable and placement.attempts < placement.maxAttempts:

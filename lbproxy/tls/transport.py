@@ -46,6 +46,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lbproxy.acceptproxy import IProxiedAddresses
+
 # Largest plaintext of one TLS record.
 _RECORD = 16384
 # Room for the ciphertext of one record: its plaintext and at most this
@@ -76,7 +78,7 @@ def describeError(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-@implementer(ISSLTransport, ITransport, IConsumer, IPushProducer, INegotiated)
+@implementer(ISSLTransport, ITransport, IConsumer, IPushProducer, INegotiated, IProxiedAddresses)
 class ServerTLSTransport(Protocol):
     """
     The protocol of a TCP connection carrying TLS, and the transport of the
@@ -108,6 +110,7 @@ class ServerTLSTransport(Protocol):
         "_recordRest",
         "_header",
         "_counting",
+        "_proxied",
     )
 
     TLS = True
@@ -140,6 +143,8 @@ class ServerTLSTransport(Protocol):
         self._recordRest = 0
         self._header = b""
         self._counting = True
+        # The client and local addresses of a trusted proxy's PROXY header.
+        self._proxied = None
 
     def __repr__(self) -> str:
         return f"<ServerTLSTransport {self.wrappedProtocol!r}>"
@@ -491,11 +496,20 @@ class ServerTLSTransport(Protocol):
 
     # -- ITransport / ITCPTransport / ISSLTransport ----------------------------
 
+    def proxiedAddresses(self, client, local) -> None:
+        """
+        The PROXY header read before the handshake names the client:
+        C{getPeer} and C{getHost} report its addresses.
+        """
+        self._proxied = (client, local)
+
     def getPeer(self):
-        return self.transport.getPeer()
+        proxied = self._proxied
+        return self.transport.getPeer() if proxied is None else proxied[0]
 
     def getHost(self):
-        return self.transport.getHost()
+        proxied = self._proxied
+        return self.transport.getHost() if proxied is None else proxied[1]
 
     def getTcpNoDelay(self) -> bool:
         get = getattr(self.transport, "getTcpNoDelay", None)

@@ -1,0 +1,208 @@
+"""
+A trusted proxy's PROXY protocol header in front of a listener whose front
+does not read it itself (C{accept_proxy}).
+
+Plain TCP and HTTP fronts read the header as the first bytes of their own
+stream (L{lbproxy.tcp}, L{lbproxy.http.front}), with their own timeouts
+and log lines. Every other listener gets its factory wrapped in
+L{AcceptProxyFactory}: a listener terminating TLS, whose header comes
+before the handshake, a mail listener and an HTTP redirect listener::
+
+    TCP connection -> ProxyHeaderReader -> [ServerTLSTransport ->] front
+
+For a peer in C{accept_proxy} the reader takes the header (within
+L{PROXY_HEADER_TIMEOUT}), tells the protocol it wraps the addresses the
+header names (L{IProxiedAddresses}), and steps out of the way: the wrapped
+protocol becomes the TCP transport's protocol, so nothing of the reader
+stays on the data path, and the front sees the connection only once the
+header is read. A peer outside C{accept_proxy} is served directly and is
+itself the client. A bad or late header from a trusted peer closes the
+connection with one log line; the front never sees it.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface
+
+from lbproxy.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
+
+
+class IProxiedAddresses(Interface):
+    """
+    A protocol that can be told, before C{makeConnection}, that its
+    connection's client and local addresses are not the TCP peer's and
+    host's: a trusted proxy's PROXY header named them.
+    """
+
+    def proxiedAddresses(client: IAddress, local: IAddress) -> None:
+        """
+        The connection about to be made comes from C{client} to C{local}.
+        """
+
+
+class ProxyHeaderReader(Protocol):
+    """
+    Reads one trusted peer's PROXY header, then hands the connection to the
+    wrapped protocol.
+
+    @ivar wrapped: the protocol the connection is for.
+    @ivar factory: the L{AcceptProxyFactory}.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: AcceptProxyFactory, wrapped) -> None:
+        self.factory = factory
+        self.wrapped = wrapped
+        self._parser = ProxyHeaderParser()
+        self._received = 0
+        self._timer = None
+        # Whether this reader still gets the connection's events: after
+        # the header only when the transport cannot be given the wrapped
+        # protocol (a transport without a "protocol" attribute).
+        self._forwarding = False
+        self._handedOver = False
+
+    def __repr__(self) -> str:
+        return f"<ProxyHeaderReader {self.wrapped!r}>"
+
+    def connectionMade(self) -> None:
+        self._timer = self.factory.reactor.callLater(self.factory.timeout, self._timedOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._forwarding:
+            self.wrapped.dataReceived(data)
+            return
+        if self._parser is None:
+            return
+        self._received += len(data)
+        try:
+            parsed = self._parser.feed(data)
+        except ProxyProtocolError as error:
+            self._refuse(str(error))
+            return
+        if parsed is None:
+            return
+        header, rest = parsed
+        self._parser = None
+        self._stopTimer()
+        wrapped = self.wrapped
+        if header.source is not None:
+            IProxiedAddresses(wrapped).proxiedAddresses(header.source, header.destination)
+        transport = self.transport
+        if getattr(transport, "protocol", None) is self:
+            # As startTLS does: the transport now delivers straight to the
+            # wrapped protocol.
+            transport.protocol = wrapped
+        else:
+            self._forwarding = True
+        self._handedOver = True
+        wrapped.makeConnection(transport)
+        if rest and not getattr(transport, "disconnecting", False):
+            wrapped.dataReceived(rest)
+
+    def readConnectionLost(self) -> None:
+        # Twisted asks the transport's protocol of the moment; before the
+        # header, a half-close ends the connection.
+        if self._forwarding:
+            halfClose = getattr(self.wrapped, "readConnectionLost", None)
+            if halfClose is not None:
+                halfClose()
+                return
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        if self._forwarding:
+            halfClose = getattr(self.wrapped, "writeConnectionLost", None)
+            if halfClose is not None:
+                halfClose()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stopTimer()
+        if self._handedOver:
+            self.wrapped.connectionLost(reason)
+            return
+        if self._parser is not None and self._received:
+            self._parser = None
+            self._logRefusal("connection closed before a complete PROXY header")
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self._refuse(f"no complete PROXY header within {self.factory.timeout:g}s")
+
+    def _refuse(self, detail: str) -> None:
+        self._parser = None
+        self._stopTimer()
+        self._logRefusal(detail)
+        self.transport.loseConnection()
+
+    def _logRefusal(self, detail: str) -> None:
+        peer = self.transport.getPeer()
+        self.log.warn(
+            "{listener}: closed the connection of trusted proxy {peer}: {detail}",
+            listener=self.factory.listenerName,
+            peer=f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}",
+            detail=detail,
+        )
+
+    def _stopTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
+class AcceptProxyFactory(ServerFactory):
+    """
+    Wraps a listener's factory: connections from a peer in the listener's
+    C{accept_proxy} start with a PROXY header read by a L{ProxyHeaderReader}.
+
+    @ivar wrappedFactory: the listener's factory (its TLS layer, if any,
+        included).
+    @ivar listener: the L{lbproxy.config.ListenerConfig}.
+    @ivar timeout: seconds a trusted peer has to send its header.
+    """
+
+    noisy = False
+
+    def __init__(self, wrappedFactory, listener, reactor, timeout: float = PROXY_HEADER_TIMEOUT) -> None:
+        self.wrappedFactory = wrappedFactory
+        self.listener = listener
+        self.listenerName = listener.name
+        self.reactor = reactor
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<AcceptProxyFactory {self.wrappedFactory!r}>"
+
+    def logPrefix(self) -> str:
+        prefix = getattr(self.wrappedFactory, "logPrefix", None)
+        return prefix() if prefix is not None else self.wrappedFactory.__class__.__name__
+
+    def doStart(self) -> None:
+        self.wrappedFactory.doStart()
+
+    def doStop(self) -> None:
+        self.wrappedFactory.doStop()
+
+    def buildProtocol(self, addr):
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None or not self.listener.trustsProxyFrom(getattr(addr, "host", "")):
+            return wrapped
+        return ProxyHeaderReader(self, wrapped)
+
+
+def readsProxyHeaderItself(listener) -> bool:
+    """
+    Whether C{listener}'s front reads a PROXY header as its first bytes
+    (plain TCP and HTTP proxying); every other listener with
+    C{accept_proxy} needs an L{AcceptProxyFactory}.
+    """
+    return (
+        listener.tls is None
+        and listener.mode in ("tcp", "http")
+        and listener.redirectHttps is None
+    )
