@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
 from lbproxy.interfaces import IServer, ISelectionContext
 from lbproxy.proxyprotocol import buildHeader
 
@@ -55,11 +55,14 @@ class BackendConnection:
     @ivar lease: the flow's count on C{server}; call L{release} when the
         flow ends.
     @ivar connectTime: seconds from L{BackendConnector.connect} to the
-        established connection, retries included.
+        established connection, retries included, time in the pool's
+        queue not.
     @ivar attempts: connection attempts made (1 when the first succeeded).
+    @ivar queueTime: seconds the flow waited in the pool's queue for a
+        server to free a slot (0 when it did not wait).
     """
 
-    __slots__ = ("server", "protocol", "lease", "connectTime", "attempts")
+    __slots__ = ("server", "protocol", "lease", "connectTime", "attempts", "queueTime")
 
     def __init__(
         self,
@@ -68,12 +71,14 @@ class BackendConnection:
         lease: Lease,
         connectTime: float,
         attempts: int,
+        queueTime: float = 0.0,
     ) -> None:
         self.server = server
         self.protocol = protocol
         self.lease = lease
         self.connectTime = connectTime
         self.attempts = attempts
+        self.queueTime = queueTime
 
     def __iter__(self):
         """
@@ -191,11 +196,17 @@ class BackendConnector:
         on the connection: before any byte of the caller's, and before the
         TLS handshake when the pool connects with TLS.
 
+        When every server the flow may use is up but at its C{maxconn},
+        the flow waits in the pool's queue (L{lbproxy.pool.Pool.mayQueue})
+        for up to the pool's C{timeouts.queue}: the first slot a server
+        frees goes to the flow that has waited longest.
+
         @return: a L{Deferred} firing with a L{BackendConnection}, or failing
             with L{NoServerAvailable} (the selector gave no server before
-            any attempt) or L{ConnectFailed} (attempts exhausted, or no
-            server left after failed attempts). Cancelling it abandons the
-            attempt in progress and releases its server.
+            any attempt), L{QueueTimeout} (no slot freed in time) or
+            L{ConnectFailed} (attempts exhausted, or no server left after
+            failed attempts). Cancelling it abandons the attempt in
+            progress, or leaves the queue, and releases its server.
         """
         options = self.pool.options
         attempt = _ConnectAttempts(
@@ -204,6 +215,7 @@ class BackendConnector:
             protocolFactory,
             attempts=1 + options.retries if attempts is None else max(1, attempts),
             timeout=options.connectTimeout,
+            queueTimeout=getattr(options, "queueTimeout", 0.0),
             first=server,
             preamble=buildHeader(options.sendProxy, context.client, context.local),
         )
@@ -225,6 +237,7 @@ class _ConnectAttempts:
         timeout: float,
         first: IServer | None = None,
         preamble: bytes = b"",
+        queueTimeout: float = 0.0,
     ) -> None:
         self.connector = connector
         self.preamble = preamble
@@ -243,6 +256,13 @@ class _ConnectAttempts:
         self.timer = None
         self.timedOut = False
         self.cancelled = False
+        self.queueTimeout = queueTimeout
+        self.queueTime = 0.0
+        # While queued: when it began and the queue timeout's call; once a
+        # server granted a slot: the call that starts the attempt.
+        self.queuedAt: float | None = None
+        self.queueTimer = None
+        self.granted = None
 
     def pick(self) -> IServer | None:
         if self.first is not None:
@@ -260,6 +280,10 @@ class _ConnectAttempts:
     def next(self) -> None:
         server = self.pick()
         if server is None:
+            pool = self.connector.pool
+            if self.queueTimeout and pool.mayQueue(self.context):
+                self._enqueue()
+                return
             if self.made:
                 self.result.errback(
                     ConnectFailed(
@@ -276,8 +300,11 @@ class _ConnectAttempts:
                     )
                 )
             return
+        self._attempt(server, Lease(server))
+
+    def _attempt(self, server: IServer, lease: Lease) -> None:
         self.made += 1
-        self.lease = Lease(server)
+        self.lease = lease
         self.timedOut = False
         try:
             endpoint = self.connector.endpointFor(server)
@@ -292,6 +319,50 @@ class _ConnectAttempts:
             self.timer = self.reactor.callLater(self.timeout, self._timedOut)
         pending.addCallbacks(
             self._connected, self._failed, callbackArgs=(server,), errbackArgs=(server,)
+        )
+
+    # The pool's queue.
+
+    def _enqueue(self) -> None:
+        self.queuedAt = self.reactor.seconds()
+        self.connector.pool.enqueue(self)
+        self.queueTimer = self.reactor.callLater(self.queueTimeout, self._queueTimedOut)
+
+    def serverGranted(self, server: IServer) -> None:
+        """
+        The pool gives the queued flow a slot C{server} just freed: take it
+        at once (so that no newer flow gets it), and start the attempt on
+        the next turn of the reactor, outside the code that freed it.
+        """
+        self.lease = Lease(server)
+        self.queueTime += self.reactor.seconds() - self.queuedAt
+        self.queuedAt = None
+        timer, self.queueTimer = self.queueTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.granted = self.reactor.callLater(0, self._grantedAttempt, server)
+
+    def _grantedAttempt(self, server: IServer) -> None:
+        self.granted = None
+        self._attempt(server, self.lease)
+
+    def _queueTimedOut(self) -> None:
+        self.queueTimer = None
+        self.connector.pool.dequeue(self)
+        self.queueTime += self.reactor.seconds() - self.queuedAt
+        self.queuedAt = None
+        name = self.connector.pool.name
+        self.connector.log.warn(
+            "no server of pool {pool} freed a slot within {timeout}s (timeouts.queue); {queued} still queued",
+            pool=name,
+            timeout=f"{self.queueTimeout:g}",
+            queued=self.connector.pool.queued,
+        )
+        self.result.errback(
+            QueueTimeout(
+                f"every server of pool {name} stayed at its maxconn for {self.queueTimeout:g}s (timeouts.queue)",
+                waited=self.queueTime,
+            )
         )
 
     def _stopTimer(self) -> None:
@@ -323,8 +394,9 @@ class _ConnectAttempts:
                 server,
                 protocol,
                 lease,
-                self.reactor.seconds() - self.started,
+                self.reactor.seconds() - self.started - self.queueTime,
                 self.made,
+                self.queueTime,
             )
         )
 
@@ -363,6 +435,13 @@ class _ConnectAttempts:
         """
         self.cancelled = True
         self._stopTimer()
+        if self.queuedAt is not None:
+            self.connector.pool.dequeue(self)
+            self.queuedAt = None
+        for call in (self.queueTimer, self.granted):
+            if call is not None and call.active():
+                call.cancel()
+        self.queueTimer = self.granted = None
         if self.pending is not None:
             self.pending.cancel()
         if self.lease is not None:

@@ -43,6 +43,19 @@ class NoServerAvailable(Exception):
     """
 
 
+class QueueTimeout(NoServerAvailable):
+    """
+    The flow waited in its pool's queue for the pool's C{timeouts.queue}
+    and no server freed a slot for it.
+
+    @ivar waited: seconds it waited.
+    """
+
+    def __init__(self, message: str, waited: float) -> None:
+        super().__init__(message)
+        self.waited = waited
+
+
 class ConnectFailed(Exception):
     """
     Every connection attempt to the pool's servers failed.

@@ -95,6 +95,9 @@ class Server:
 
     def release(self) -> None:
         self.active -= 1
+        pool = self.pool
+        if pool is not None and pool._waiters:
+            pool.serverFreed(self)
 
     def connectSucceeded(self) -> None:
         """
@@ -151,6 +154,15 @@ class Pool:
     @ivar tls: the pool's loaded L{lbproxy.tls.client.BackendTLS} when it
         has C{[tls]} (set by L{lbproxy.runtime.buildPool}), else None: the
         connector, health checks and mail fronts all take it from here.
+
+    The queue: a flow for which every server it may use is up but at its
+    C{maxconn} waits (L{enqueue}) rather than being refused, as with
+    HAProxy's C{maxconn} and C{timeout queue}. Each slot a server frees,
+    and each server coming up, goes to the flow that has waited longest
+    and may use that server (L{serverFreed}); the waiter's
+    C{serverGranted(server)} takes it at once. The waiters are the
+    connector's (L{lbproxy.connect.BackendConnector}); they time out on
+    their own.
     """
 
     log = Logger()
@@ -169,6 +181,9 @@ class Pool:
         self.options = options
         self._observers: list[StateObserver] = []
         self._eligible: tuple[Server, ...] | None = None
+        # The queue, oldest first (a dict keeps insertion order and removes
+        # any waiter in one step).
+        self._waiters: dict = {}
         for server in self.servers:
             server.pool = self
 
@@ -207,6 +222,9 @@ class Pool:
         )
         for observer in list(self._observers):
             observer(server, old, server.state, reason)
+        if self._waiters:
+            for candidate in self.eligible():
+                self.serverFreed(candidate)
 
     def eligible(self) -> tuple[Server, ...]:
         """
@@ -228,6 +246,56 @@ class Pool:
         True when at least one server could take a new flow now.
         """
         return any(not s.full for s in self.eligible())
+
+    @property
+    def queued(self) -> int:
+        """
+        Flows waiting in the queue.
+        """
+        return len(self._waiters)
+
+    def mayQueue(self, context: ISelectionContext) -> bool:
+        """
+        Whether a flow the selector found no server for should wait in the
+        queue: the pool has one (C{timeouts.queue} above 0) with room left
+        (C{max_queue}), and a server the flow may use is up but full. With
+        every server down, or all tried, the flow is refused at once.
+        """
+        options = self.options
+        if options is None or not getattr(options, "queueTimeout", 0.0):
+            return False
+        limit = options.maxQueue
+        if limit and len(self._waiters) >= limit:
+            return False
+        excluded = context.excluded
+        return any(s.full for s in self.eligible() if s not in excluded)
+
+    def enqueue(self, waiter) -> None:
+        """
+        Queue C{waiter}, which has C{context} and C{serverGranted(server)}.
+        """
+        self._waiters[waiter] = None
+
+    def dequeue(self, waiter) -> None:
+        """
+        Take C{waiter} out of the queue (it timed out or gave up).
+        """
+        self._waiters.pop(waiter, None)
+
+    def serverFreed(self, server: Server) -> None:
+        """
+        C{server} may have room (a flow released it, or it came up): hand
+        its free slots to the longest-waiting flows that may use it.
+        """
+        waiters = self._waiters
+        while waiters and not server.full and server in self.eligible():
+            for waiter in waiters:
+                if server not in waiter.context.excluded:
+                    break
+            else:
+                return
+            del waiters[waiter]
+            waiter.serverGranted(server)
 
     def pick(self, context: ISelectionContext) -> Server | None:
         """

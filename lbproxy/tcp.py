@@ -13,7 +13,8 @@ read so far, untouched. Every connection ends with one log line::
     tcp 127.0.0.1:53210 web -> web/web1 in=78 out=612 connect=0.4ms duration=12.0ms end=client-closed
 
 with C{sni=NAME} (C{sni=-} without one) after the server on a listener
-with SNI routes.
+with SNI routes, and C{queue=TIME} after the connect time when the
+connection waited in the pool's queue.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from zope.interface import implementer
 
 from lbproxy.connect import BackendConnection, BackendConnector, describeFailure
 from lbproxy.context import FlowContext
-from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
 from lbproxy.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tls.client import sslErrorText
@@ -36,7 +37,7 @@ from lbproxy.tls.clienthello import ClientHelloError, ClientHelloReader
 
 SESSION_FORMAT = (
     "tcp {client} {listener} -> {server}{sniField} in={bytesIn} out={bytesOut} "
-    "connect={connect} duration={duration} end={end}{details}"
+    "connect={connect}{queueField} duration={duration} end={end}{details}"
 )
 
 
@@ -168,6 +169,8 @@ class TCPProxyProtocol(Protocol):
         self._connecting = None
         self._started = 0.0
         self._logged = False
+        # Seconds waited in the pool's queue by a connection that timed out there.
+        self._queueSeconds = 0.0
         self._awaitingHandshake = False
 
     def connectionMade(self) -> None:
@@ -416,7 +419,10 @@ class TCPProxyProtocol(Protocol):
         self._connecting = None
         if reason.check(CancelledError):
             return
-        if reason.check(NoServerAvailable):
+        if reason.check(QueueTimeout):
+            self._queueSeconds = reason.value.waited
+            end, detail = "queue-timeout", str(reason.value)
+        elif reason.check(NoServerAvailable):
             end, detail = "no-server", str(reason.value)
         elif reason.check(ConnectFailed):
             end, detail = "connect-failed", str(reason.value)
@@ -451,9 +457,11 @@ class TCPProxyProtocol(Protocol):
             connection.release()
             server = connection.server.qualifiedName
             connectSeconds = connection.connectTime
+            queueSeconds = connection.queueTime
         else:
             server = f"{self.pool.name}/-"
             connectSeconds = None
+            queueSeconds = self._queueSeconds
         durationSeconds = self._reactor.seconds() - self._started
         self.log.info(
             SESSION_FORMAT,
@@ -470,6 +478,8 @@ class TCPProxyProtocol(Protocol):
             bytesOut=bytesOut,
             connect=formatSeconds(connectSeconds),
             connectSeconds=connectSeconds,
+            queueSeconds=queueSeconds,
+            queueField=f" queue={formatSeconds(queueSeconds)}" if queueSeconds else "",
             duration=formatSeconds(durationSeconds),
             durationSeconds=durationSeconds,
             end=end,

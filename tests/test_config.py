@@ -605,6 +605,7 @@ idle = "90s"
 selector = { name = "roundrobin" }
 retries = 4
 send_proxy = "v2"
+max_queue = 50
 servers = [
     { name = "one", address = "[::1]:9001", weight = 3, maxconn = 100 },
     { name = "two", address = "tcp:host=localhost:port=9002", backup = true },
@@ -612,6 +613,7 @@ servers = [
 
 [pools.back.timeouts]
 connect = "250ms"
+queue = "2s"
 
 [pools.back.health]
 type = "http"
@@ -648,6 +650,8 @@ expect_status = [204, "300-302"]
         selectorOptions={},
         retries=4,
         connectTimeout=0.25,
+        queueTimeout=2.0,
+        maxQueue=50,
         sendProxy="v2",
         health=HealthConfig(
             type="http",
@@ -662,6 +666,43 @@ expect_status = [204, "300-302"]
             expectStatus=((204, 204), (300, 302)),
         ),
     )
+
+
+def test_queueDefaultsToTheConnectTimeout():
+    """
+    As HAProxy's timeout queue falls back to timeout connect; 0 turns the
+    queue off.
+    """
+    pool = loadBytes(withPool('[pools.web.timeouts]\nconnect = "3s"\n').encode(), "lb.toml").pools["web"]
+    assert (pool.queueTimeout, pool.maxQueue) == (3.0, 0)
+    pool = loadBytes(withPool("[pools.web.timeouts]\nqueue = 0\n").encode(), "lb.toml").pools["web"]
+    assert pool.queueTimeout == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "[pools.web.timeouts]\nqueue = -1\n",
+            "pools.web.timeouts.queue: expected a duration of 0 or more and at most 7 days, got -1",
+        ),
+        (
+            '[pools.web.timeouts]\nqueue = "8h"\n',
+            "",
+        ),
+        (
+            "[pools.web.timeouts]\nqueue = 700000\n",
+            "pools.web.timeouts.queue: expected a duration of 0 or more and at most 7 days, got 700000",
+        ),
+    ],
+)
+def test_queueTimeoutRange(text, message):
+    if not message:
+        assert loadBytes(withPool(text).encode(), "lb.toml").pools["web"].queueTimeout == 8 * 3600
+        return
+    with pytest.raises(ConfigError) as caught:
+        loadBytes(withPool(text).encode(), "lb.toml")
+    assert str(caught.value) == f"lb.toml: {message}"
 
 
 def test_bannerCheck():
@@ -709,10 +750,10 @@ EVERY_KEY = {
     "route header": {"name", "value"},
     "pool": {
         "selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls",
-        "client_address",
+        "client_address", "max_queue",
     },
     "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version", "starttls"},
-    "pool timeouts": {"connect", "response", "server"},
+    "pool timeouts": {"connect", "queue", "response", "server"},
     "pool cookie": {
         "name", "indirect", "nocache", "httponly", "secure", "path", "domain", "maxidle", "maxlife",
     },

@@ -201,6 +201,7 @@ servers = [{ name = "c", address = "127.0.0.1:8083" }]
             ServerConfig(name="b", address="tcp:host=127.0.0.1:port=8082", cookie="b"),
         ),
         connectTimeout=1.0,
+        queueTimeout=1.0,
         cookie=CookieConfig(
             name="SERVERID",
             indirect=False,
@@ -485,7 +486,7 @@ def test_routePoolMustFitTheMode():
         ('[pools.web.timeouts]\nresponse = "-1s"\n', f"pools.web.timeouts.response: {DURATION}, got '-1s'"),
         ("[pools.web.timeouts]\nserver = 0\n", "pools.web.timeouts.server: expected a duration above 0 and at most 7 days, got 0"),
         ('[pools.web.timeouts]\nserver = "8d"\n', f"pools.web.timeouts.server: {DURATION}, got '8d'"),
-        ("[pools.web.timeouts]\nqueue = 1\n", "pools.web.timeouts.queue: unknown key"),
+        ("[pools.web.timeouts]\nqueued = 1\n", "pools.web.timeouts.queued: unknown key"),
         (
             'send_proxy = "v2"\n',
             "listeners.web.pool: pool 'web' sends the PROXY protocol on reused backend connections, "

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbproxy.config import PoolConfig
 from lbproxy.connect import BackendConnection, BackendConnector, Lease
 from lbproxy.context import FlowContext
-from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
 from lbproxy.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
@@ -23,13 +23,18 @@ CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 LOCAL = IPv4Address("TCP", "127.0.0.1", 8080)
 
 
-def makePool(count=2, retries=2, connectTimeout=5.0, **serverOptions):
+def makePool(count=2, retries=2, connectTimeout=5.0, queueTimeout=5.0, maxQueue=0, **serverOptions):
     servers = [
         Server(f"s{i}", f"tcp:host=127.0.0.1:port={8001 + i}", **serverOptions)
         for i in range(count)
     ]
     options = PoolConfig(
-        name="web", servers=(), retries=retries, connectTimeout=connectTimeout
+        name="web",
+        servers=(),
+        retries=retries,
+        connectTimeout=connectTimeout,
+        queueTimeout=queueTimeout,
+        maxQueue=maxQueue,
     )
     return Pool("web", servers, SmoothWeightedRoundRobin(), options)
 
@@ -303,10 +308,11 @@ class ConnectorTests(SynchronousTestCase):
 
     def test_serverMaxconn(self):
         """
-        A server at its maxconn is not picked; with all full, no server is
-        available. Releasing a lease makes room again.
+        A server at its maxconn is not picked; with all full and no queue
+        (timeouts.queue = 0), no server is available. Releasing a lease
+        makes room again.
         """
-        pool = makePool(count=2, maxconn=1)
+        pool = makePool(count=2, maxconn=1, queueTimeout=0)
         connector = self.connector(pool)
         first, _ = self.connect(connector)
         second, _ = self.connect(connector)
@@ -317,6 +323,142 @@ class ConnectorTests(SynchronousTestCase):
         self.successResultOf(first).release()
         fourth, _ = self.connect(connector)
         self.assertEqual(self.reactor.tcpClients[-1][1], 8001)
+
+    # The queue.
+
+    def test_queuedUntilASlotFrees(self):
+        """
+        With every server full the flow waits; the slot a finished flow
+        frees is taken for it at once and its attempt starts on the next
+        turn of the reactor. The time queued is reported apart from the
+        connect time.
+        """
+        pool = makePool(count=1, maxconn=1)
+        connector = self.connector(pool)
+        first, _ = self.connect(connector)
+        self.succeed(0)
+        waiting, _ = self.connect(connector)
+        self.assertNoResult(waiting)
+        self.assertEqual((pool.queued, len(self.reactor.tcpClients)), (1, 1))
+        self.reactor.advance(1.5)
+        self.successResultOf(first).release()
+        server = pool.servers[0]
+        self.assertEqual((pool.queued, server.active), (0, 1))
+        # A newer flow does not get the slot the queued one was given.
+        self.assertFalse(pool.pick(FlowContext(CLIENT, LOCAL)))
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.reactor.advance(0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.reactor.advance(0.25)
+        self.succeed(1)
+        connection = self.successResultOf(waiting)
+        self.assertEqual(connection.queueTime, 1.5)
+        self.assertEqual(connection.connectTime, 0.25)
+        connection.release()
+        self.assertEqual(server.active, 0)
+
+    def test_queueIsFirstInFirstOut(self):
+        pool = makePool(count=1, maxconn=1)
+        connector = self.connector(pool)
+        first, _ = self.connect(connector)
+        self.succeed(0)
+        waiters = [self.connect(connector)[0] for _ in range(3)]
+        self.assertEqual(pool.queued, 3)
+        previous = self.successResultOf(first)
+        for index, waiter in enumerate(waiters):
+            previous.release()
+            self.reactor.advance(0)
+            self.succeed(index + 1)
+            previous = self.successResultOf(waiter)
+            for later in waiters[index + 1:]:
+                self.assertNoResult(later)
+        self.assertEqual(pool.queued, 0)
+
+    def test_queueTimeout(self):
+        pool = makePool(count=2, maxconn=1, queueTimeout=3.0)
+        connector = self.connector(pool)
+        self.connect(connector)
+        self.connect(connector)
+        waiting, _ = self.connect(connector)
+        self.reactor.advance(2.9)
+        self.assertNoResult(waiting)
+        self.reactor.advance(0.1)
+        failure = self.failureResultOf(waiting, QueueTimeout)
+        self.assertEqual(failure.value.waited, 3.0)
+        self.assertIn("stayed at its maxconn for 3s", str(failure.value))
+        self.assertEqual(pool.queued, 0)
+        self.assertEqual([s.active for s in pool.servers], [1, 1])
+
+    def test_maxQueue(self):
+        """
+        Beyond max_queue waiting flows, a flow is refused at once.
+        """
+        pool = makePool(count=1, maxconn=1, maxQueue=1)
+        connector = self.connector(pool)
+        self.connect(connector)
+        queued, _ = self.connect(connector)
+        refused, _ = self.connect(connector)
+        self.assertNoResult(queued)
+        failure = self.failureResultOf(refused, NoServerAvailable)
+        self.assertNotIsInstance(failure.value, QueueTimeout)
+
+    def test_nothingUpNotQueued(self):
+        """
+        The queue waits for room, not for servers to come back: with no
+        server up the flow is refused at once.
+        """
+        pool = makePool(count=2)
+        for server in pool.servers:
+            server.setState(ServerState.DOWN)
+        d, _ = self.connect(self.connector(pool))
+        self.failureResultOf(d, NoServerAvailable)
+        self.assertEqual(pool.queued, 0)
+
+    def test_serverComingUpServesTheQueue(self):
+        pool = makePool(count=2, maxconn=1)
+        down = pool.servers[1]
+        down.setState(ServerState.DOWN)
+        connector = self.connector(pool)
+        self.connect(connector)
+        waiting, _ = self.connect(connector)
+        self.assertEqual(pool.queued, 1)
+        down.setState(ServerState.UP)
+        self.assertEqual((pool.queued, down.active), (0, 1))
+        self.reactor.advance(0)
+        self.assertEqual(self.reactor.tcpClients[-1][1], 8002)
+
+    def test_cancelWhileQueued(self):
+        pool = makePool(count=1, maxconn=1)
+        connector = self.connector(pool)
+        first, _ = self.connect(connector)
+        self.succeed(0)
+        waiting, _ = self.connect(connector)
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        self.assertEqual(pool.queued, 0)
+        self.successResultOf(first).release()
+        self.reactor.advance(10)
+        self.assertEqual((len(self.reactor.tcpClients), pool.servers[0].active), (1, 0))
+
+    def test_cancelAfterTheGrant(self):
+        """
+        A flow that leaves after it was granted a slot, before its attempt
+        started, passes the slot on to the next in the queue.
+        """
+        pool = makePool(count=1, maxconn=1)
+        connector = self.connector(pool)
+        first, _ = self.connect(connector)
+        self.succeed(0)
+        leaving, _ = self.connect(connector)
+        staying, _ = self.connect(connector)
+        self.successResultOf(first).release()
+        leaving.cancel()
+        self.failureResultOf(leaving, CancelledError)
+        self.assertEqual((pool.queued, pool.servers[0].active), (0, 1))
+        self.reactor.advance(0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.succeed(1)
+        self.successResultOf(staying)
 
     def test_badEndpointCountsAsFailure(self):
         """

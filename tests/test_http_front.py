@@ -1316,6 +1316,66 @@ class KeepAliveRaceTests(ProxyTestCase):
         self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
         self.assertEqual([s.active for s in self.pool.servers], [0, 0])
 
+    def fullServer(self, **options):
+        """
+        One server with maxconn 1, busy with a first client's request.
+        """
+        server = Server("s0", "tcp:host=127.0.0.1:port=8001", maxconn=1)
+        self.makeFactory(pools={"web": makePool(servers=[server], **options)})
+        first = self.connectClient()
+        first.send(GET)
+        return first, self.connectBackend()
+
+    def test_queuedForAFullServer(self):
+        """
+        A request finding its server full waits in the pool's queue; it
+        gets the slot the first request frees, and the access log's Tw is
+        the time it waited.
+        """
+        first, busy = self.fullServer()
+        second = self.connectClient(IPv4Address("TCP", "192.0.2.8", 40001))
+        second.send(GET)
+        self.assertEqual(self.pendingAttempts(), 0)
+        self.reactor.advance(1.25)
+        busy.send(OK)
+        self.assertTrue(first.received().startswith(b"HTTP/1.1 200 OK"))
+        self.reactor.advance(0)
+        backend = self.connectBackend()
+        self.assertTrue(backend.received().startswith(b"GET /x HTTP/1.1\r\n"))
+        backend.send(OK)
+        self.assertTrue(second.received().startswith(b"HTTP/1.1 200 OK"))
+        record = self.assertLastRecord(server="s0", status=200, tw=1250)
+        self.assertEqual(record.termination, "--")
+
+    def test_queueTimeout(self):
+        """
+        No slot within timeouts.queue: 503, termination sQ, Tw the wait.
+        """
+        self.fullServer(queueTimeout=2.0)
+        second = self.connectClient(IPv4Address("TCP", "192.0.2.8", 40001))
+        second.send(GET)
+        self.reactor.advance(2.0)
+        self.assertTrue(second.received().startswith(b"HTTP/1.1 503 "))
+        self.assertLastRecord(server="<NOSRV>", status=503, termination="sQ", tw=2000)
+
+    def test_noQueue(self):
+        self.fullServer(queueTimeout=0.0)
+        second = self.connectClient(IPv4Address("TCP", "192.0.2.8", 40001))
+        second.send(GET)
+        self.assertTrue(second.received().startswith(b"HTTP/1.1 503 "))
+        self.assertLastRecord(server="<NOSRV>", status=503, termination="SC", tw=0)
+
+    def test_clientLeavesTheQueue(self):
+        first, busy = self.fullServer()
+        second = self.connectClient(IPv4Address("TCP", "192.0.2.8", 40001))
+        second.send(GET)
+        self.assertEqual(self.pool.queued, 1)
+        second.close()
+        self.assertEqual(self.pool.queued, 0)
+        busy.send(OK)
+        self.reactor.advance(10)
+        self.assertEqual(self.pendingAttempts(), 0)
+
     def test_crashDuringPostNotRedispatched(self):
         self.makeFactory()
         client = self.connectClient()

@@ -39,7 +39,7 @@ def makeListener(**kwargs):
     return ListenerConfig(**kwargs)
 
 
-def makePool(count=2, sendProxy="none", retries=2, maxconn=0):
+def makePool(count=2, sendProxy="none", retries=2, maxconn=0, queueTimeout=5.0):
     servers = [
         Server(f"s{i}", f"tcp:host=127.0.0.1:port={8001 + i}", maxconn=maxconn)
         for i in range(count)
@@ -49,6 +49,7 @@ def makePool(count=2, sendProxy="none", retries=2, maxconn=0):
         servers=(),
         retries=retries,
         connectTimeout=5.0,
+        queueTimeout=queueTimeout,
         sendProxy=sendProxy,
     )
     return Pool("web", servers, SmoothWeightedRoundRobin(), options)
@@ -247,9 +248,9 @@ class TCPFrontTests(SynchronousTestCase):
     def test_serverMaxconn(self):
         """
         A server at its maxconn takes no more flows; with every server
-        full there is no server for the flow.
+        full and no queue there is no server for the flow.
         """
-        self.makeFactory(pool=makePool(count=1, maxconn=1))
+        self.makeFactory(pool=makePool(count=1, maxconn=1, queueTimeout=0))
         with capturedLogs() as events:
             first, _ = self.accept()
             self.succeed()
@@ -259,6 +260,39 @@ class TCPFrontTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 1)
         (line,) = self.sessionLines(events)
         self.assertIn("end=no-server", line)
+
+    def test_queuedForAFullServer(self):
+        """
+        With a queue, a connection finding its server full waits for the
+        slot the first one frees; its line says how long it waited. One
+        that waits past timeouts.queue ends queue-timeout.
+        """
+        self.makeFactory(pool=makePool(count=1, maxconn=1, queueTimeout=3.0))
+        with capturedLogs() as events:
+            first, _ = self.accept()
+            firstLeg, firstBackend = self.succeed()
+            second, secondTransport = self.accept()
+            self.reactor.advance(2.0)
+            self.assertFalse(secondTransport.disconnecting)
+            self.assertEqual(len(self.reactor.tcpClients), 1)
+            first.connectionLost(DONE)
+            firstLeg.connectionLost(DONE)
+            self.reactor.advance(0)
+            self.assertEqual(len(self.reactor.tcpClients), 2)
+            secondLeg, _ = self.succeed()
+            third, thirdTransport = self.accept()
+            self.reactor.advance(3.0)
+            self.assertTrue(thirdTransport.disconnecting)
+            third.connectionLost(DONE)
+            second.connectionLost(DONE)
+            secondLeg.connectionLost(DONE)
+        firstLine, timedOut, waited = self.sessionLines(events)
+        self.assertNotIn("queue=", firstLine)
+        self.assertIn("web -> web/s0 ", waited)
+        self.assertIn(" queue=2.000s duration=", waited)
+        self.assertIn("web -> web/- ", timedOut)
+        self.assertIn(" queue=3.000s duration=", timedOut)
+        self.assertIn("end=queue-timeout (every server of pool web stayed at its maxconn for 3s", timedOut)
 
     def test_idleTimeout(self):
         self.makeFactory(listener=makeListener(idleTimeout=30.0))

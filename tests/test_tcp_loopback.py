@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -183,9 +183,9 @@ class LoopbackTests(TestCase):
         self.backends = [BackendFactory(b"b%d" % i) for i in range(count)]
         return [self.listen(f) for f in self.backends]
 
-    def startProxy(self, ports, sendProxy="none", retries=2, acceptProxy=()):
+    def startProxy(self, ports, sendProxy="none", retries=2, acceptProxy=(), maxconn=0):
         servers = [
-            Server(f"s{i}", f"tcp:host=127.0.0.1:port={port}")
+            Server(f"s{i}", f"tcp:host=127.0.0.1:port={port}", maxconn=maxconn)
             for i, port in enumerate(ports)
         ]
         options = PoolConfig(
@@ -233,6 +233,45 @@ class LoopbackTests(TestCase):
         self.assertIn("front -> pool/s0 in=7 out=10 ", lines[0])
         self.assertIn("end=client-closed", lines[0])
         self.assertEqual([s.active for s in self.pool.servers], [0, 0])
+
+    async def test_queueKeepsServersWithinMaxconn(self):
+        """
+        Eight clients at once against one server with maxconn 1: all are
+        served, one after the other through the pool's queue, and the
+        server never has two connections at a time.
+        """
+        ports = self.startBackends(1)
+        backend = self.backends[0]
+        backend.open = backend.most = 0
+        build = backend.buildProtocol
+
+        def buildProtocol(addr):
+            protocol = build(addr)
+            made, lost = protocol.connectionMade, protocol.connectionLost
+
+            def connectionMade():
+                backend.open += 1
+                backend.most = max(backend.most, backend.open)
+                made()
+
+            def connectionLost(reason):
+                backend.open -= 1
+                lost(reason)
+
+            protocol.connectionMade, protocol.connectionLost = connectionMade, connectionLost
+            return protocol
+
+        backend.buildProtocol = buildProtocol
+        self.startProxy(ports, maxconn=1)
+        with capturedLogs() as events:
+            replies = await gatherResults([Deferred.fromCoroutine(self.request(b"q%d" % i)) for i in range(8)])
+            await waitFor(lambda: not self.factory.sessions)
+        self.assertEqual(sorted(replies), sorted(b"b0:q%d" % i for i in range(8)))
+        self.assertEqual(backend.most, 1)
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbproxy.tcp.TCPProxyProtocol"]
+        self.assertEqual(len(lines), 8)
+        self.assertGreaterEqual(sum(" queue=" in line for line in lines), 1, lines)
+        self.assertEqual((self.pool.queued, self.pool.servers[0].active), (0, 0))
 
     async def test_retryWhenBackendDown(self):
         """

@@ -146,6 +146,11 @@ class PoolConfig:
     selectorOptions: dict = field(default_factory=dict)
     retries: int = 2
     connectTimeout: float = 5.0
+    #: How long a flow finding every usable server at its maxconn waits
+    #: for one to free a slot; 0: no queue, refused at once.
+    queueTimeout: float = 5.0
+    #: Most flows waiting at once; 0: no limit but the listeners' maxconn.
+    maxQueue: int = 0
     sendProxy: str = "none"
     health: HealthConfig | None = None
     # HTTP
@@ -595,6 +600,8 @@ def _parsePool(t: Table, name: str) -> PoolConfig:
         selectorOptions=selectorOptions,
         retries=t.integer("retries", 0, 100, 2),
         connectTimeout=timeouts.duration("connect", 5.0),
+        queueTimeout=timeouts.duration("queue", timeouts.duration("connect", 5.0), allowZero=True),
+        maxQueue=t.integer("max_queue", 0, 1_000_000, 0),
         sendProxy=t.choice("send_proxy", PROXY_PROTOCOL_VERSIONS, "none"),
         health=_parseHealth(health, backendTLS is not None) if health.present else None,
         cookie=_parseCookie(cookie) if cookie.present else None,

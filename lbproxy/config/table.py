@@ -127,7 +127,11 @@ class Table:
             self.fail(key, f"expected {oneOf(choices)}, got {show(value)}")
         return value
 
-    def duration(self, key: str, default: float) -> float:
+    def duration(self, key: str, default: float, allowZero: bool = False) -> float:
+        """
+        A duration in seconds: a number or a string such as C{"500ms"};
+        above 0 (or 0 too, with C{allowZero}) and at most 7 days.
+        """
         value = self.get(key, default)
         expected = 'expected a duration in seconds or a string such as "500ms", "5s", "2m"'
         if isinstance(value, bool):
@@ -138,8 +142,11 @@ class Table:
             seconds = float(m.group(1)) * _UNITS[m.group(2)]
         else:
             self.fail(key, f"{expected}, got {show(value)}")
+        if allowZero and seconds == 0:
+            return seconds
         if not 0 < seconds <= 86400 * 7:
-            self.fail(key, f"expected a duration above 0 and at most 7 days, got {show(value)}")
+            lowest = "of 0 or more" if allowZero else "above 0"
+            self.fail(key, f"expected a duration {lowest} and at most 7 days, got {show(value)}")
         return seconds
 
     def optionalDuration(self, key: str) -> float | None:

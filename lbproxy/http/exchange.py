@@ -55,6 +55,8 @@ class Exchange:
     @ivar reused: C{backend} was an idle connection.
     @ivar resends: times the request was sent again after its connection
         closed before any of the response.
+    @ivar queueTime: seconds it waited in the pool's queue for a server
+        to free a slot.
     @ivar attempts: connection attempts made for it, retries included;
         they are bounded by the pool's C{1 + retries} together, whether a
         connect failed or a fresh connection died under the request.
@@ -86,6 +88,7 @@ class Exchange:
         "reused",
         "resends",
         "attempts",
+        "queueTime",
         "headBytes",
         "body",
         "chunked",
@@ -128,6 +131,7 @@ class Exchange:
         self.reused = False
         self.resends = 0
         self.attempts = 0
+        self.queueTime = 0.0
         self.headBytes = b""
         self.body = b""
         self.chunked = head is not None and head.bodyKind is BodyKind.CHUNKED
@@ -219,7 +223,7 @@ class Exchange:
                 server.name if server is not None else "<NOSRV>",
                 acceptTime,
                 tr,
-                0 if route is not None else -1,
+                int(self.queueTime * 1000) if route is not None else -1,
                 tc,
                 trResp,
                 ta,

@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.connect import BackendConnection, Lease
-from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
 from lbproxy.http.backend import BackendHTTPConnection, BackendPool, IBackendUser
 from lbproxy.http.context import HTTPFlowContext
 from lbproxy.http.errors import HTTPParseError
@@ -429,7 +429,9 @@ class HTTPProxyProtocol(Protocol):
         if server is None:
             server = pool.pick(context)
             if server is None:
-                self._sendError(exchange, 503, "SC")
+                # Every server is down or full: the connector queues the
+                # request for a slot, or refuses it.
+                self._connect(exchange, None)
                 return
         exchange.server = server
         connection = route.backends.takeIdle(server)
@@ -514,6 +516,7 @@ class HTTPProxyProtocol(Protocol):
         exchange.server = connection.server
         exchange.lease = connection.lease
         exchange.connectTime = (exchange.connectTime or 0.0) + connection.connectTime
+        exchange.queueTime += connection.queueTime
         exchange.attempts += connection.attempts
         self._attach(exchange, backend)
 
@@ -524,7 +527,10 @@ class HTTPProxyProtocol(Protocol):
         if exchange is None:
             return
         exchange.connecting = None
-        if reason.check(NoServerAvailable):
+        if reason.check(QueueTimeout):
+            exchange.queueTime += reason.value.waited
+            self._sendError(exchange, 503, "sQ")
+        elif reason.check(NoServerAvailable):
             self._sendError(exchange, 503, "SC")
         elif reason.check(ConnectFailed):
             timedOut = reason.value.reason.startswith("connect timeout")
