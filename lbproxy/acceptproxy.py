@@ -47,7 +47,9 @@ class IProxiedAddresses(Interface):
 class ProxyHeaderReader(Protocol):
     """
     Reads one trusted peer's PROXY header, then hands the connection to the
-    wrapped protocol.
+    wrapped protocol. It is not half-closeable: a peer that shuts its side
+    before the header is complete has the connection closed; after the
+    hand-over, the wrapped protocol gets half-closes as it would directly.
 
     @ivar wrapped: the protocol the connection is for.
     @ivar factory: the L{AcceptProxyFactory}.
@@ -104,22 +106,6 @@ class ProxyHeaderReader(Protocol):
         wrapped.makeConnection(transport)
         if rest and not getattr(transport, "disconnecting", False):
             wrapped.dataReceived(rest)
-
-    def readConnectionLost(self) -> None:
-        # Twisted asks the transport's protocol of the moment; before the
-        # header, a half-close ends the connection.
-        if self._forwarding:
-            halfClose = getattr(self.wrapped, "readConnectionLost", None)
-            if halfClose is not None:
-                halfClose()
-                return
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        if self._forwarding:
-            halfClose = getattr(self.wrapped, "writeConnectionLost", None)
-            if halfClose is not None:
-                halfClose()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stopTimer()
