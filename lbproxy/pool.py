@@ -272,9 +272,21 @@ class Pool:
 
     def enqueue(self, waiter) -> None:
         """
-        Queue C{waiter}, which has C{context} and C{serverGranted(server)}.
+        Queue C{waiter}, which has C{context}, C{queuedAt} (when it began
+        to wait) and C{serverGranted(server)}.
         """
         self._waiters[waiter] = None
+
+    def queuedSince(self, context: ISelectionContext) -> float | None:
+        """
+        When the flow of C{context} began to wait in the queue, or None
+        when it is not waiting. (A lookup through the queue: for a flow
+        that ends while placed, not for every flow.)
+        """
+        for waiter in self._waiters:
+            if waiter.context is context:
+                return waiter.queuedAt
+        return None
 
     def dequeue(self, waiter) -> None:
         """

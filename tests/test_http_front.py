@@ -1366,11 +1366,17 @@ class KeepAliveRaceTests(ProxyTestCase):
         self.assertLastRecord(server="<NOSRV>", status=503, termination="SC", tw=0)
 
     def test_clientLeavesTheQueue(self):
+        """
+        A client that leaves while its request waits is logged CQ, with
+        the time it waited; the queue forgets it.
+        """
         first, busy = self.fullServer()
         second = self.connectClient(IPv4Address("TCP", "192.0.2.8", 40001))
         second.send(GET)
         self.assertEqual(self.pool.queued, 1)
+        self.reactor.advance(0.5)
         second.close()
+        self.assertLastRecord(server="<NOSRV>", termination="CQ", tw=500)
         self.assertEqual(self.pool.queued, 0)
         busy.send(OK)
         self.reactor.advance(10)

@@ -298,7 +298,12 @@ class HTTPProxyProtocol(Protocol):
             if exchange.response is not None:
                 termination = "CD"
             elif exchange.connecting is not None:
-                termination = "CC"
+                since = exchange.route.pool.queuedSince(exchange.context)
+                if since is None:
+                    termination = "CC"
+                else:
+                    termination = "CQ"
+                    exchange.queueTime += self._seconds() - since
             elif exchange.requestComplete:
                 termination = "CH"
             else:
