@@ -37,6 +37,10 @@ from twisted.internet.endpoints import _WrappingProtocol
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 
+#: The largest read a connection grows to (from Twisted's 64 KiB) once its
+#: reads fill the buffer.
+_BULK_READ = 262144
+
 # Only the exact plain TCP connection classes, whose doRead is a recv and
 # a dataReceived (once connected, and until aborted).
 _PLAIN = frozenset({tcp.Server, tcp.Client})
@@ -102,8 +106,9 @@ class EPollReactor(epollreactor.EPollReactor):
             ):
                 # What _doReadOrWrite, doRead and _dataReceived do for
                 # it, written out: this runs for nearly every event.
+                size = selectable.bufferSize
                 try:
-                    data = selectable.socket.recv(selectable.bufferSize)
+                    data = selectable.socket.recv(size)
                 except OSError as e:
                     if e.args[0] != errno.EWOULDBLOCK:
                         self._readEnded(selectable, CONNECTION_LOST)
@@ -111,6 +116,10 @@ class EPollReactor(epollreactor.EPollReactor):
                 if not data:
                     self._readEnded(selectable, CONNECTION_DONE)
                     continue
+                if len(data) == size and size < _BULK_READ:
+                    # The read filled the buffer: a bulk transfer. Read
+                    # more at a time from now on.
+                    selectable.bufferSize = size * 2
                 protocol = selectable.protocol
                 if type(protocol) is _WrappingProtocol:
                     protocol = protocol._wrappedProtocol

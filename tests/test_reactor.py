@@ -248,6 +248,26 @@ def test_tcpReadsReachTheProtocols(reactor, tcpPair):
     assert server.ended == [ConnectionDone]
 
 
+def test_bulkReadsGrow(reactor, tcpPair):
+    """
+    A connection whose reads fill the buffer (a bulk transfer) reads more
+    at a time, doubling up to 256 KiB; one that reads little keeps
+    Twisted's 64 KiB. Nothing is lost or reordered.
+    """
+    server, client = tcpPair()
+    assert server.transport.bufferSize == 65536
+    client.transport.write(b"small")
+    _iterateUntil(reactor, lambda: server.received)
+    assert server.transport.bufferSize == 65536
+    payload = bytes(range(256)) * 16384
+    server.received.clear()
+    client.transport.write(payload)
+    _iterateUntil(reactor, lambda: sum(map(len, server.received)) == len(payload))
+    assert b"".join(server.received) == payload
+    assert 65536 < server.transport.bufferSize <= 262144
+    assert max(map(len, server.received)) <= 262144
+
+
 def test_tcpHalfClose(reactor, tcpPair):
     """
     A half-closeable protocol hears of the peer's FIN through
