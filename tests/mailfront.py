@@ -1,11 +1,13 @@
 """
 What the IMAP and POP3 tests against the real Dovecot stores share: the
 TLS tables of their configs, an in-process mail front on a loopback port
-(wired as the daemon wires it), and waiting for its sessions to end.
+(wired as the daemon wires it), waiting for its sessions to end, and
+scripted sessions on raw sockets.
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 
@@ -19,6 +21,38 @@ from lbproxy.service import frontFactory, loadListenerTLS, wrapFront
 
 #: Seconds a client of these tests waits for any answer.
 TIMEOUT = 20
+
+
+def recvUntil(sock: socket.socket, marker: bytes) -> bytes:
+    """
+    Read from C{sock} until C{marker} has arrived (or the peer closed).
+    """
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def scriptedSession(port: int, steps, quit: bytes, farewell: bytes) -> list[bytes]:
+    """
+    On a new connection to C{port}: read the greeting, then for each
+    C{(send, expect)} of C{steps} send C{send} and read until C{expect};
+    end with C{quit}, read until C{farewell}.
+
+    @return: what each step read.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        recvUntil(sock, b"\r\n")
+        replies = []
+        for send, expect in steps:
+            sock.sendall(send)
+            replies.append(recvUntil(sock, expect))
+        sock.sendall(quit)
+        recvUntil(sock, farewell)
+        return replies
 
 
 def tlsTables(stores, listener: str, listenerTLS: str | None, poolTLS: str | None) -> str:

@@ -1,12 +1,14 @@
 """
 Connections made by hand in memory, for the fronts' tests: a client
 accepted by a listener's factory, and a backend connection attempt on a
-L{MemoryReactorClock} completed.
+L{MemoryReactorClock} completed or refused.
 """
 
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
+from twisted.python.failure import Failure
 
 
 def acceptClient(factory, transport, peer, host):
@@ -33,3 +35,11 @@ def completeAttempt(reactor, transport, index=-1):
     wrapper = factory.buildProtocol(IPv4Address("TCP", host, port))
     wrapper.makeConnection(transport)
     return wrapper._wrappedProtocol, transport
+
+
+def refuseAttempt(reactor, index=-1):
+    """
+    Let connection attempt C{index} of C{reactor} fail as refused.
+    """
+    factory = reactor.tcpClients[index][2]
+    factory.clientConnectionFailed(reactor.connectors[index], Failure(ConnectionRefusedError()))

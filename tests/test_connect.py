@@ -6,10 +6,8 @@ MemoryReactorClock.
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError
-from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.config import PoolConfig
@@ -18,6 +16,9 @@ from lbproxy.context import FlowContext
 from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
 from lbproxy.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
+
+from memoryconnections import refuseAttempt
+
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 LOCAL = IPv4Address("TCP", "127.0.0.1", 8080)
@@ -64,10 +65,7 @@ class ConnectorTests(SynchronousTestCase):
         return protocol
 
     def refuse(self, index):
-        host, port, factory = self.attempt(index)
-        factory.clientConnectionFailed(
-            self.reactor.connectors[index], Failure(ConnectionRefusedError())
-        )
+        refuseAttempt(self.reactor, index)
 
     def test_proxyHeaderFirst(self):
         """

@@ -6,7 +6,7 @@ attempt, the test plays the server over a StringTransport.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,6 +27,9 @@ from lbproxy.health.checks import (
 )
 from lbproxy.interfaces import IHealthCheck
 from lbproxy.pool import Server
+
+from memoryconnections import refuseAttempt
+
 
 ADDRESS = "tcp:host=127.0.0.1:port=8080"
 
@@ -58,10 +61,7 @@ class CheckTestMixin:
         return protocol, transport
 
     def refuse(self) -> None:
-        factory = self.reactor.tcpClients[-1][2]
-        factory.clientConnectionFailed(
-            self.reactor.connectors[-1], Failure(ConnectionRefusedError())
-        )
+        refuseAttempt(self.reactor)
 
     def reason(self, result) -> str:
         return str(self.failureResultOf(result, HealthCheckFailed).value)

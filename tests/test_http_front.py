@@ -13,7 +13,7 @@ import shutil
 import tempfile
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -34,6 +34,7 @@ from lbproxy.pool import Pool, Server, ServerState
 from lbproxy.selectors.leastconn import WeightedLeastConnections
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
+from memoryconnections import refuseAttempt
 from test_relay import FakeTCPTransport
 
 DONE = Failure(ConnectionDone())
@@ -188,12 +189,8 @@ class ProxyTestCase(SynchronousTestCase):
         return backend
 
     def refuseBackend(self) -> None:
-        index = self.answered
+        refuseAttempt(self.reactor, self.answered)
         self.answered += 1
-        factory = self.reactor.tcpClients[index][2]
-        factory.clientConnectionFailed(
-            self.reactor.connectors[index], Failure(ConnectionRefusedError())
-        )
 
     def exchange(self, client: Client, request: bytes, response: bytes = OK) -> Backend:
         """

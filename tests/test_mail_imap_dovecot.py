@@ -26,25 +26,10 @@ from twisted.trial.unittest import TestCase
 from dovecot import dovecot, dovecotStores  # noqa: F401 (fixtures)
 from lbproxy.mail.session import SESSION_FORMAT
 from processes import processes, startLbproxy, waitUntil  # noqa: F401 (fixture)
-from mailfront import TIMEOUT, MailFrontMixin, tlsTables
+from mailfront import TIMEOUT, MailFrontMixin, recvUntil, scriptedSession, tlsTables
 from support import freePort, requireExecutable
 
 pytestmark = pytest.mark.integration
-
-#: Seconds any client operation may take.
-
-
-def recvUntil(sock: socket.socket, marker: bytes) -> bytes:
-    """
-    Read from C{sock} until C{marker} has arrived (or the peer closed).
-    """
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 class IMAPDovecotTests(MailFrontMixin, TestCase):
@@ -194,15 +179,7 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         users = self.stores.users
 
         def session(steps):
-            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-                recvUntil(sock, b"\r\n")
-                replies = []
-                for send, expect in steps:
-                    sock.sendall(send)
-                    replies.append(recvUntil(sock, expect))
-                sock.sendall(b"z LOGOUT\r\n")
-                recvUntil(sock, b"z OK")
-                return replies
+            return scriptedSession(port, steps, b"z LOGOUT\r\n", b"z OK")
 
         def run():
             erin = users["erin"].encode()

@@ -25,28 +25,13 @@ from twisted.trial.unittest import TestCase
 
 from dovecot import dovecot, dovecotStores  # noqa: F401 (fixtures)
 from lbproxy.mail.session import SESSION_FORMAT
-from mailfront import TIMEOUT, MailFrontMixin, tlsTables
+from mailfront import TIMEOUT, MailFrontMixin, recvUntil, scriptedSession, tlsTables
 from support import requireExecutable
 
 pytestmark = pytest.mark.integration
 
-#: Seconds any client operation may take.
-
 #: Store listener the pool's servers use, by the pool's TLS and PROXY use.
 _STORE_PORT = {None: "pop3", "starttls": "pop3", "implicit": "pop3s"}
-
-
-def recvUntil(sock: socket.socket, marker: bytes) -> bytes:
-    """
-    Read from C{sock} until C{marker} has arrived (or the peer closed).
-    """
-    data = b""
-    while marker not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def sessionLines(events) -> list[str]:
@@ -193,15 +178,7 @@ servers = [{servers}]
         users = self.stores.users
 
         def session(steps):
-            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-                recvUntil(sock, b"\r\n")
-                replies = []
-                for send, expect in steps:
-                    sock.sendall(send)
-                    replies.append(recvUntil(sock, expect))
-                sock.sendall(b"QUIT\r\n")
-                recvUntil(sock, b"+OK Logging out")
-                return replies
+            return scriptedSession(port, steps, b"QUIT\r\n", b"+OK Logging out")
 
         def run():
             dave = b64encode(b"\0dave\0" + users["dave"].encode())

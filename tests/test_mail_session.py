@@ -7,7 +7,7 @@ on both legs, and the session log line.
 """
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from memoryconnections import acceptClient, completeAttempt
+from memoryconnections import acceptClient, completeAttempt, refuseAttempt
 from lbproxy.config import ListenerConfig, PoolConfig
 from lbproxy.config.mail import MailLimits, MailListenerConfig
 from lbproxy.config.tls import BackendTLSConfig, CertificateConfig, ListenerTLSConfig
@@ -175,10 +175,7 @@ class MailSessionTests(SynchronousTestCase):
         return completeAttempt(self.reactor, TLSFakeTransport(), index)
 
     def refuse(self, index=-1):
-        factory = self.reactor.tcpClients[index][2]
-        factory.clientConnectionFailed(
-            self.reactor.connectors[index], Failure(ConnectionRefusedError())
-        )
+        refuseAttempt(self.reactor, index)
 
     def sessionLines(self, events):
         return [

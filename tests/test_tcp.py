@@ -9,7 +9,7 @@ import ipaddress
 from OpenSSL import SSL
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from memoryconnections import acceptClient, completeAttempt
+from memoryconnections import acceptClient, completeAttempt, refuseAttempt
 from lbproxy.config import ListenerConfig, PoolConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.pool import Pool, Server, ServerState
@@ -73,10 +73,7 @@ class TCPFrontTests(SynchronousTestCase):
         return completeAttempt(self.reactor, FakeTCPTransport(), index)
 
     def refuse(self, index=-1):
-        factory = self.reactor.tcpClients[index][2]
-        factory.clientConnectionFailed(
-            self.reactor.connectors[index], Failure(ConnectionRefusedError())
-        )
+        refuseAttempt(self.reactor, index)
 
     def sessionLines(self, events):
         return [
