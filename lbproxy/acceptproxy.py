@@ -130,7 +130,7 @@ class ProxyHeaderReader(Protocol):
         peer = self.transport.getPeer()
         self.log.warn(
             "{listener}: closed the connection of trusted proxy {peer}: {detail}",
-            listener=self.factory.listenerName,
+            listener=self.factory.listener.name,
             peer=f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}",
             detail=detail,
         )
@@ -157,7 +157,6 @@ class AcceptProxyFactory(ServerFactory):
     def __init__(self, wrappedFactory, listener, reactor, timeout: float = PROXY_HEADER_TIMEOUT) -> None:
         self.wrappedFactory = wrappedFactory
         self.listener = listener
-        self.listenerName = listener.name
         self.reactor = reactor
         self.timeout = timeout
 

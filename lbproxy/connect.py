@@ -215,7 +215,7 @@ class BackendConnector:
             protocolFactory,
             attempts=1 + options.retries if attempts is None else max(1, attempts),
             timeout=options.connectTimeout,
-            queueTimeout=getattr(options, "queueTimeout", 0.0),
+            queueTimeout=options.queueTimeout,
             first=server,
             preamble=buildHeader(options.sendProxy, context.client, context.local),
         )

@@ -262,7 +262,7 @@ class Pool:
         every server down, or all tried, the flow is refused at once.
         """
         options = self.options
-        if options is None or not getattr(options, "queueTimeout", 0.0):
+        if options is None or not options.queueTimeout:
             return False
         limit = options.maxQueue
         if limit and len(self._waiters) >= limit:
