@@ -2,7 +2,8 @@
 lbproxy's own resource limits (out of file descriptors, socket buffers,
 memory, local ports) are not server failures: how each reaches lbproxy
 through Twisted, the connector refusing the flow without blaming or
-retrying a server, and each front's answer.
+retrying a server, each front's answer, and health checks that count
+neither way.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config import HealthConfig, ListenerConfig, PoolConfig, ServerConfig
 from lbproxy.connect import BackendConnector
 from lbproxy.context import FlowContext
 from lbproxy.errors import ConnectFailed, LocalLimitReached
+from lbproxy.health.checks import HealthCheckSkipped, TCPCheck
+from lbproxy.health.monitor import HealthMonitor
 from lbproxy.http.front import HTTPProxyFactory
 from lbproxy.limits import describeLocalLimit, localLimit
 from lbproxy.mail.imap import IMAPProxyFactory
@@ -307,3 +310,78 @@ class FrontTests(SynchronousTestCase):
         )
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertEqual([s.state for s in pool.servers], [ServerState.UP, ServerState.UP])
+
+
+def checkedPool(fall=1) -> Pool:
+    config = HealthConfig(interval=2.0, timeout=1.0, rise=2, fall=fall)
+    server = Server("a", "tcp:host=127.0.0.1:port=8000")
+    options = PoolConfig(name="web", servers=(ServerConfig("a", server.address),), health=config)
+    return Pool("web", [server], SmoothWeightedRoundRobin(), options)
+
+
+class HealthCheckTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+
+    def test_probeSkipped(self):
+        for number, exception in LOCAL[:5]:
+            d = TCPCheck(self.reactor, HealthConfig(timeout=1.0)).check(checkedPool().servers[0])
+            failAttempt(self.reactor, exception)
+            skipped = self.failureResultOf(d, HealthCheckSkipped).value
+            self.assertEqual(skipped.errno, number)
+            self.assertEqual(str(skipped), describeLocalLimit(number))
+
+    def emfile(self):
+        failAttempt(self.reactor, error.ConnectBindError(errno.EMFILE, "Too many open files"))
+
+    def test_serverKeepsItsState(self):
+        """
+        Probes lbproxy cannot make count neither way: with fall 1, an up
+        server stays up through a minute of them, and a down one stays
+        down. Each is logged as lbproxy's limit (one line a second at
+        most: here one per probe, every 2s).
+        """
+        pool = checkedPool()
+        server = pool.servers[0]
+        monitor = HealthMonitor(pool, self.reactor)
+        with capturedLogs() as events:
+            monitor.startService()
+            for _ in range(30):
+                self.emfile()
+                self.reactor.advance(2)
+            self.assertIs(server.state, ServerState.UP)
+            health = monitor.health[server]
+            self.assertEqual((health.failures, health.successes, health.skipped), (0, 0, 30))
+            server.setState(ServerState.DOWN, "operator")
+            for _ in range(3):
+                self.emfile()
+                self.reactor.advance(2)
+            self.assertIs(server.state, ServerState.DOWN)
+            monitor.stopService()
+        skipped = [formatEvent(e) for e in events if "skipped" in formatEvent(e)]
+        self.assertEqual(len(skipped), 33)
+        self.assertEqual(
+            skipped[0],
+            "lbproxy is out of file descriptors (EMFILE): skipped 1 health check of pool web "
+            "(not a server failure; servers keep their state)",
+        )
+
+    def test_realProbesStillCount(self):
+        """
+        The skipped probes do not break a run of real ones: with fall 2, a
+        refused probe, skipped ones, then another refused one take the
+        server down.
+        """
+        pool = checkedPool(fall=2)
+        server = pool.servers[0]
+        monitor = HealthMonitor(pool, self.reactor)
+        monitor.startService()
+        self.addCleanup(monitor.stopService)
+        failAttempt(self.reactor, error.ConnectionRefusedError())
+        for _ in range(5):
+            self.reactor.advance(2)
+            self.emfile()
+        self.assertIs(server.state, ServerState.UP)
+        self.reactor.advance(2)
+        failAttempt(self.reactor, error.ConnectionRefusedError())
+        self.assertIs(server.state, ServerState.DOWN)

@@ -6,6 +6,10 @@ C{rise} consecutive successes bring a down server up and C{fall}
 consecutive failures take an up server down. Passive checks
 (L{lbproxy.pool.Server.connectFailed}) may mark a server down between
 probes; the monitor then needs C{rise} fresh successes to bring it back.
+
+A probe lbproxy could not make for its own limits (out of file
+descriptors...) counts neither way: the server keeps its state and the
+skipped probes are logged, one line a second at most.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy.health.checks import HealthCheckFailed, buildCheck
+from lbproxy.health.checks import HealthCheckFailed, HealthCheckSkipped, buildCheck
 from lbproxy.interfaces import IHealthCheck
+from lbproxy.limits import LimitLog, plural
 from lbproxy.pool import Pool, Server, ServerState
 
 
@@ -35,6 +40,8 @@ class ServerHealth:
     @ivar successes: consecutive successful probes.
     @ivar failures: consecutive failed probes.
     @ivar checks: probes finished since the monitor started.
+    @ivar skipped: probes not made for lbproxy's own limits (out of file
+        descriptors...), counted in neither C{successes} nor C{failures}.
     """
 
     healthy: bool | None = None
@@ -44,13 +51,10 @@ class ServerHealth:
     successes: int = 0
     failures: int = 0
     checks: int = 0
+    skipped: int = 0
 
 
 _PROBED_SERVING = {ServerState.UP, ServerState.DRAIN}
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 class HealthMonitor(Service):
@@ -92,6 +96,7 @@ class HealthMonitor(Service):
         self._loops: dict[Server, LoopingCall] = {}
         self._starts: dict[Server, object] = {}
         self._running: dict[Server, Deferred] = {}
+        self.limitLog = LimitLog(reactor)
         self.setName(pool.name)
 
     def startService(self) -> None:
@@ -120,6 +125,7 @@ class HealthMonitor(Service):
         running, self._running = self._running, {}
         for probe in running.values():
             probe.cancel()
+        self.limitLog.flush()
 
     def _startLoop(self, server: Server) -> None:
         self._starts.pop(server, None)
@@ -178,6 +184,9 @@ class HealthMonitor(Service):
 
     def _record(self, server: Server, result: object, started: float) -> None:
         now = self._reactor.seconds()
+        if isinstance(result, Failure) and result.check(HealthCheckSkipped):
+            self._skipped(server, result.value)
+            return
         if not isinstance(result, Failure):
             healthy, reason = True, "ok"
         elif result.check(HealthCheckFailed):
@@ -220,14 +229,34 @@ class HealthMonitor(Service):
             self._change(
                 server,
                 ServerState.DOWN,
-                f"{_plural(health.failures, 'check')} failed, last: {reason}",
+                f"{plural(health.failures, 'check')} failed, last: {reason}",
             )
         elif state is ServerState.DOWN and health.successes >= self.config.rise:
             self._change(
                 server,
                 ServerState.UP,
-                f"{health.successes} of {_plural(self.config.rise, 'check')} passed",
+                f"{health.successes} of {plural(self.config.rise, 'check')} passed",
             )
+
+    def _skipped(self, server: Server, skipped: HealthCheckSkipped) -> None:
+        """
+        A probe of C{server} could not be made for lbproxy's own limit:
+        the server keeps its state and its counts.
+        """
+        self.health.setdefault(server, ServerHealth()).skipped += 1
+        limit = str(skipped)
+
+        def emit(count: int) -> None:
+            self.log.warn(
+                "{limit}: skipped {skipped} of pool {pool} (not a server failure; "
+                "servers keep their state)",
+                limit=limit,
+                skipped=plural(count, "health check"),
+                pool=self.pool.name,
+                count=count,
+            )
+
+        self.limitLog.note(skipped.errno, emit)
 
     def _change(self, server: Server, state: ServerState, reason: str) -> None:
         self._seenState[server] = state
