@@ -7,9 +7,11 @@ consecutive failures take an up server down. Passive checks
 (L{lbproxy.pool.Server.connectFailed}) may mark a server down between
 probes; the monitor then needs C{rise} fresh successes to bring it back.
 
-A probe lbproxy could not make for its own limits (out of file
-descriptors...) counts neither way: the server keeps its state and the
-skipped probes are logged, one line a second at most.
+State changes are logged once, and a server that stays down is reminded
+of every few minutes rather than at every failed probe
+(L{lbproxy.health.episodes}). A probe lbproxy could not make for its own
+limits (out of file descriptors...) counts neither way: the server keeps
+its state and the skipped probes are logged, one line a second at most.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy.health.checks import HealthCheckFailed, HealthCheckSkipped, buildCheck
+from lbproxy.health.episodes import REPEAT_INTERVAL, FailureLog
 from lbproxy.interfaces import IHealthCheck
 from lbproxy.limits import LimitLog, plural
 from lbproxy.pool import Pool, Server, ServerState
@@ -79,13 +82,21 @@ class HealthMonitor(Service):
 
     log = Logger()
 
-    def __init__(self, pool: Pool, reactor, check: IHealthCheck | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        reactor,
+        check: IHealthCheck | None = None,
+        repeatInterval: float = REPEAT_INTERVAL,
+    ) -> None:
         """
         @param pool: the pool to watch; its C{options.health} (a
             L{lbproxy.config.HealthConfig}) says how.
         @param reactor: the reactor to connect and keep time with.
         @param check: the check to run; by default the one the config's
             C{type} names.
+        @param repeatInterval: seconds between two reminders that a server
+            is still down.
         """
         self.pool = pool
         self.config = pool.options.health
@@ -96,11 +107,13 @@ class HealthMonitor(Service):
         self._loops: dict[Server, LoopingCall] = {}
         self._starts: dict[Server, object] = {}
         self._running: dict[Server, Deferred] = {}
+        self.failureLog = FailureLog(reactor, repeatInterval)
         self.limitLog = LimitLog(reactor)
         self.setName(pool.name)
 
     def startService(self) -> None:
         super().startService()
+        self.pool.addObserver(self.failureLog.stateChanged)
         servers = self.pool.servers
         for index, server in enumerate(servers):
             self._seenState[server] = server.state
@@ -114,6 +127,11 @@ class HealthMonitor(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        try:
+            self.pool.removeObserver(self.failureLog.stateChanged)
+        except ValueError:
+            pass  # Stopped without having started.
+        self.failureLog.forget()
         for call in self._starts.values():
             if call.active():
                 call.cancel()
@@ -220,11 +238,6 @@ class HealthMonitor(Service):
         else:
             health.failures += 1
             health.successes = 0
-            self.log.debug(
-                "health check of {server} failed: {reason}",
-                server=server.qualifiedName,
-                reason=reason,
-            )
         if state is ServerState.UP and health.failures >= self.config.fall:
             self._change(
                 server,
@@ -237,6 +250,8 @@ class HealthMonitor(Service):
                 ServerState.UP,
                 f"{health.successes} of {plural(self.config.rise, 'check')} passed",
             )
+        elif state is not ServerState.MAINT:
+            self.failureLog.probed(server, healthy, reason)
 
     def _skipped(self, server: Server, skipped: HealthCheckSkipped) -> None:
         """
