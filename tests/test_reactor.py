@@ -340,6 +340,12 @@ class _FailingAccept:
         raise OSError(self.number, os.strerror(self.number))
 
 
+def _stopListening(reactor, port):
+    port.stopListening()
+    for _ in range(5):
+        reactor.iterate(0)
+
+
 def _listen(reactor, accepted, unixPath=None):
     class Keeping(Factory):
         noisy = False
@@ -397,9 +403,7 @@ def test_acceptLimitPausesTheListener(reactor, number):
         client.close()
         for protocol in accepted:
             protocol.transport.abortConnection()
-        port.stopListening()
-        for _ in range(5):
-            reactor.iterate(0)
+        _stopListening(reactor, port)
 
 
 def test_acceptLimitsLoggedOnceASecond(reactor):
@@ -429,9 +433,7 @@ def test_acceptLimitsLoggedOnceASecond(reactor):
             " 4 times (connections wait in the listen queue)",
         ]
     finally:
-        port.stopListening()
-        for _ in range(5):
-            reactor.iterate(0)
+        _stopListening(reactor, port)
 
 
 def test_otherAcceptErrorsLeftToTwisted(reactor):
@@ -450,9 +452,7 @@ def test_otherAcceptErrorsLeftToTwisted(reactor):
         assert port in reactor.getReaders()
     finally:
         client.close()
-        port.stopListening()
-        for _ in range(5):
-            reactor.iterate(0)
+        _stopListening(reactor, port)
 
 
 def test_unixListenerGuarded(reactor, tmp_path):
@@ -463,9 +463,7 @@ def test_unixListenerGuarded(reactor, tmp_path):
         assert isinstance(port.socket, AcceptGuard)
         assert port.socket._where == str(tmp_path / "s")
     finally:
-        port.stopListening()
-        for _ in range(5):
-            reactor.iterate(0)
+        _stopListening(reactor, port)
 
 
 def test_adoptedListenerGuarded(reactor):
@@ -484,9 +482,7 @@ def test_adoptedListenerGuarded(reactor):
         assert isinstance(port.socket, AcceptGuard)
         assert port.socket._where == f"127.0.0.1:{port.getHost().port}"
     finally:
-        port.stopListening()
-        for _ in range(5):
-            reactor.iterate(0)
+        _stopListening(reactor, port)
 
 
 def test_twistedAloneSpinsOnENFILE():
@@ -511,7 +507,5 @@ def test_twistedAloneSpinsOnENFILE():
     finally:
         client.close()
         port.socket = port.socket._sock
-        port.stopListening()
-        for _ in range(5):
-            plain.iterate(0)
+        _stopListening(plain, port)
         plain._poller.close()
