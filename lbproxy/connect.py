@@ -6,6 +6,12 @@ a server, count the flow on it, connect within the pool's connect timeout,
 and on failure tell the server (passive health checking), exclude it and
 try another, up to the pool's C{retries}. The caller gets a
 L{BackendConnection} whose L{Lease} it releases when the flow ends.
+
+An attempt that fails because lbproxy itself is out of a resource (file
+descriptors, socket buffers, local ports: L{lbproxy.limits}) is not the
+server's failure: it is not counted against the server nor retried (any
+server would fail the same way), and the flow is refused with
+L{LocalLimitReached} at once, which frees its client's descriptor soonest.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
+from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
 from lbproxy.interfaces import IServer, ISelectionContext
+from lbproxy.limits import LimitLog, describeLocalLimit, localLimit, plural
 from lbproxy.proxyprotocol import buildHeader
 
 
@@ -120,6 +127,8 @@ class BackendConnector:
         self.pool = pool
         self._reactor = reactor
         self._endpoints: dict = {}
+        #: The lines about flows refused for lbproxy's own limits.
+        self.limitLog = LimitLog(reactor)
         tls = getattr(pool, "tls", None)
         #: The pool's L{lbproxy.tls.client.BackendTLS} when connections
         #: start with TLS (implicit TLS); None for plaintext and for pools
@@ -172,6 +181,25 @@ class BackendConnector:
             attempts=attempts,
         )
 
+    def refusedForLimit(self, number: int) -> None:
+        """
+        Log a flow refused because lbproxy hit its own limit C{number} (an
+        errno of L{lbproxy.limits.LOCAL_ERRORS}): one line a second at
+        most, with the count.
+        """
+        limit = describeLocalLimit(number)
+
+        def emit(count: int) -> None:
+            self.log.error(
+                "{limit}: refused {refused} of pool {pool} (not a server failure)",
+                limit=limit,
+                refused=plural(count, "client"),
+                pool=self.pool.name,
+                count=count,
+            )
+
+        self.limitLog.note(number, emit)
+
     def connect(
         self,
         context: ISelectionContext,
@@ -205,7 +233,8 @@ class BackendConnector:
             with L{NoServerAvailable} (the selector gave no server before
             any attempt), L{QueueTimeout} (no slot freed in time) or
             L{ConnectFailed} (attempts exhausted, or no server left after
-            failed attempts). Cancelling it abandons the attempt in
+            failed attempts), or its subclass L{LocalLimitReached} (lbproxy
+            ran out of descriptors, buffers or ports). Cancelling it abandons the attempt in
             progress, or leaves the queue, and releases its server.
         """
         options = self.pool.options
@@ -411,6 +440,10 @@ class _ConnectAttempts:
         if self.timedOut:
             text = f"connect timeout after {self.timeout:g}s"
         else:
+            number = localLimit(reason)
+            if number is not None:
+                self._refuse(number, server)
+                return
             text = describeFailure(reason)
         self.lastReason = text
         self.context.excluded.add(server)
@@ -427,6 +460,23 @@ class _ConnectAttempts:
                     attempts=self.made,
                 )
             )
+
+    def _refuse(self, number: int, server: IServer) -> None:
+        """
+        The attempt failed for lbproxy's own limit C{number}: refuse the
+        flow, blaming no server.
+        """
+        limit = describeLocalLimit(number)
+        self.connector.refusedForLimit(number)
+        self.result.errback(
+            LocalLimitReached(
+                f"{limit} connecting to {getattr(server, 'qualifiedName', server.name)} "
+                "(not a server failure)",
+                reason=limit,
+                attempts=self.made,
+                errno=number,
+            )
+        )
 
     def _cancel(self, result: Deferred) -> None:
         """

@@ -70,6 +70,20 @@ class ConnectFailed(Exception):
         self.attempts = attempts
 
 
+class LocalLimitReached(ConnectFailed):
+    """
+    lbproxy itself ran out of a resource while connecting to a server (file
+    descriptors, socket buffers, local ports; see L{lbproxy.limits}): the
+    flow is refused, and no server is blamed for it.
+
+    @ivar errno: the error number (C{errno.EMFILE}...).
+    """
+
+    def __init__(self, message: str = "", *, reason: str = "", attempts: int = 0, errno: int = 0) -> None:
+        super().__init__(message, reason=reason, attempts=attempts)
+        self.errno = errno
+
+
 class TLSHandshakeFailed(Exception):
     """
     The TLS handshake with a server failed (its certificate did not verify,

@@ -123,5 +123,8 @@ class IHealthCheck(Interface):
 
         @type server: L{IServer}
         @return: a L{Deferred} that fires with L{None} when the server is
-            healthy and fails (with a reason worth logging) when it is not.
+            healthy and fails (with a reason worth logging) when it is not;
+            fails with L{lbproxy.health.checks.HealthCheckSkipped} when the
+            probe could not be made for lbproxy's own limits, which counts
+            neither way.
         """

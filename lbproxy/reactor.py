@@ -24,6 +24,16 @@ Two more costs of Twisted's dispatch are left out on the busy path:
     C{callLater(0)} allocates, schedules and runs: what
     L{lbproxy.writebatch.WriteBatch} uses to send the iteration's writes.
 
+And one change of behaviour: a listening socket whose C{accept} fails for
+want of descriptors, socket buffers or memory (C{EMFILE}, C{ENFILE},
+C{ENOBUFS}, C{ENOMEM}) stops accepting for L{ACCEPT_PAUSE} seconds, as
+HAProxy and nginx do, and says so in one line a second at most
+(L{AcceptGuard}). The connections wait in the kernel's listen queue until
+descriptors are free again. Twisted alone would accept and close every
+waiting connection on C{EMFILE} (with a line for each), and on the other
+three errors poll the still readable socket again at once, round after
+round, at full CPU.
+
 C{twistd -n lbproxy} installs it unless C{--reactor} names another one.
 """
 
@@ -37,6 +47,8 @@ from twisted.internet.endpoints import _WrappingProtocol
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 
+from lbproxy.limits import LimitLog, describeLocalLimit
+
 #: The largest read a connection grows to (from Twisted's 64 KiB) once its
 #: reads fill the buffer.
 _BULK_READ = 262144
@@ -44,6 +56,93 @@ _BULK_READ = 262144
 # Only the exact plain TCP connection classes, whose doRead is a recv and
 # a dataReceived (once connected, and until aborted).
 _PLAIN = frozenset({tcp.Server, tcp.Client})
+
+
+#: Seconds a listening socket stops accepting after running out of
+#: descriptors, buffers or memory.
+ACCEPT_PAUSE = 0.1
+
+#: The errors of C{accept} that are lbproxy's limits, not the client's.
+_ACCEPT_LIMITS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class AcceptGuard:
+    """
+    Stands in for the socket of a listening port (its C{socket}
+    attribute), passing everything to the socket, and pauses the port when
+    C{accept} fails for one of lbproxy's limits: the port stops reading
+    for L{ACCEPT_PAUSE} seconds and the accept reports that no connection
+    is waiting (C{EAGAIN}), which ends the port's accept loop quietly.
+
+    It relies on Twisted's listening ports accepting through their
+    C{socket} attribute, and taking C{EAGAIN} as "none waiting"
+    (C{test_reactor} checks both on a real port).
+    """
+
+    log = Logger()
+
+    def __init__(self, port, reactor, limitLog: LimitLog, pause: float = ACCEPT_PAUSE) -> None:
+        self._socket = port.socket
+        self._port = port
+        self._reactor = reactor
+        self._limitLog = limitLog
+        self._pause = pause
+        self._resume = None
+        address = port.getHost()
+        name = getattr(address, "name", None)
+        if name is not None:
+            self._where = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        else:
+            self._where = f"{address.host}:{address.port}"
+
+    def __getattr__(self, name: str):
+        return getattr(self._socket, name)
+
+    def accept(self):
+        try:
+            return self._socket.accept()
+        except OSError as e:
+            if e.errno not in _ACCEPT_LIMITS:
+                raise
+            self._paused(e.errno)
+            raise BlockingIOError(errno.EAGAIN, "accepting paused") from None
+
+    def _paused(self, number: int) -> None:
+        port = self._port
+        port.stopReading()
+        if self._resume is None or not self._resume.active():
+            self._resume = self._reactor.callLater(self._pause, self._resumeAccepting)
+        where = self._where
+        limit = describeLocalLimit(number)
+        pause = self._pause
+
+        def emit(count: int) -> None:
+            self.log.error(
+                "{limit}: stopped accepting on {address} for {pause}s, {times} "
+                "(connections wait in the listen queue)",
+                limit=limit,
+                address=where,
+                pause=f"{pause:g}",
+                times="once" if count == 1 else f"{count} times",
+                count=count,
+            )
+
+        self._limitLog.note((where, number), emit)
+
+    def _resumeAccepting(self) -> None:
+        self._resume = None
+        port = self._port
+        if port.connected and not port.disconnecting:
+            port.startReading()
+
+
+def guardAccepts(port, reactor, limitLog: LimitLog):
+    """
+    Put an L{AcceptGuard} on the listening C{port} (a started
+    C{twisted.internet.tcp.Port} or C{unix.Port}); return C{port}.
+    """
+    port.socket = AcceptGuard(port, reactor, limitLog)
+    return port
 
 
 class EPollReactor(epollreactor.EPollReactor):
@@ -56,6 +155,23 @@ class EPollReactor(epollreactor.EPollReactor):
     def __init__(self) -> None:
         self._afterEvents: list = []
         super().__init__()
+        self._acceptLimitLog = LimitLog(self)
+
+    # Listening ports pause when lbproxy runs out of descriptors (see the
+    # module docstring); TLS listeners listen through listenTCP.
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        return guardAccepts(super().listenTCP(port, factory, backlog, interface), self, self._acceptLimitLog)
+
+    def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
+        return guardAccepts(
+            super().listenUNIX(address, factory, backlog, mode, wantPID), self, self._acceptLimitLog
+        )
+
+    def adoptStreamPort(self, fileDescriptor, addressFamily, factory):
+        return guardAccepts(
+            super().adoptStreamPort(fileDescriptor, addressFamily, factory), self, self._acceptLimitLog
+        )
 
     def callAfterEvents(self, f) -> None:
         """

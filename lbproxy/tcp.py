@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from lbproxy.connect import BackendConnection, BackendConnector, describeFailure
 from lbproxy.context import FlowContext
-from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
+from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
 from lbproxy.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tls.client import sslErrorText
@@ -424,6 +424,8 @@ class TCPProxyProtocol(Protocol):
             end, detail = "queue-timeout", str(reason.value)
         elif reason.check(NoServerAvailable):
             end, detail = "no-server", str(reason.value)
+        elif reason.check(LocalLimitReached):
+            end, detail = "local-limit", str(reason.value)
         elif reason.check(ConnectFailed):
             end, detail = "connect-failed", str(reason.value)
         else:

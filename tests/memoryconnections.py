@@ -41,5 +41,12 @@ def refuseAttempt(reactor, index=-1):
     """
     Let connection attempt C{index} of C{reactor} fail as refused.
     """
+    failAttempt(reactor, ConnectionRefusedError(), index)
+
+
+def failAttempt(reactor, exception, index=-1):
+    """
+    Let connection attempt C{index} of C{reactor} fail with C{exception}.
+    """
     factory = reactor.tcpClients[index][2]
-    factory.clientConnectionFailed(reactor.connectors[index], Failure(ConnectionRefusedError()))
+    factory.clientConnectionFailed(reactor.connectors[index], Failure(exception))

@@ -5,8 +5,11 @@ connections are handled directly, and callAfterEvents runs functions once
 an iteration's events are handled.
 """
 
+import errno
+import os
 import socket
 import sys
+import time
 
 import pytest
 from twisted.internet.abstract import FileDescriptor
@@ -19,9 +22,12 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import capturedLogs
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
+
+from lbproxy.limits import LimitLog
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="epoll is Linux only")
 
@@ -313,3 +319,193 @@ def test_writeBatchSendsAfterEvents(reactor, tcpPair):
         call.func != batch.flush for call in reactor.getDelayedCalls()
     )
     _iterateUntil(reactor, lambda: b"".join(client.received) == b"one two")
+
+
+class _FailingAccept:
+    """
+    A listening socket whose C{accept} fails with C{errno}; everything else
+    is the real socket's.
+    """
+
+    def __init__(self, sock, number):
+        self._sock = sock
+        self.number = number
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def accept(self):
+        self.calls += 1
+        raise OSError(self.number, os.strerror(self.number))
+
+
+def _stopListening(reactor, port):
+    port.stopListening()
+    for _ in range(5):
+        reactor.iterate(0)
+
+
+def _listen(reactor, accepted, unixPath=None):
+    class Keeping(Factory):
+        noisy = False
+
+        def buildProtocol(self, addr):
+            accepted.append(Recorder())
+            return accepted[-1]
+
+    if unixPath is not None:
+        return reactor.listenUNIX(unixPath, Keeping())
+    return reactor.listenTCP(0, Keeping(), interface="127.0.0.1")
+
+
+@pytest.mark.parametrize("number", [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
+def test_acceptLimitPausesTheListener(reactor, number):
+    """
+    A listener whose accept fails for want of descriptors, buffers or
+    memory stops reading for ACCEPT_PAUSE and logs one line naming
+    lbproxy's limit; the waiting connection is not accepted and closed (as
+    Twisted's own EMFILE recovery would) but stays queued, and is accepted
+    once the pause is over. This runs Twisted's own Port.doRead, so it
+    fails if Twisted stops accepting through the port's C{socket}
+    attribute or stops taking EAGAIN as "none waiting".
+    """
+    from lbproxy.limits import describeLocalLimit
+    from lbproxy.reactor import ACCEPT_PAUSE, AcceptGuard
+
+    accepted = []
+    port = _listen(reactor, accepted)
+    guard = port.socket
+    assert isinstance(guard, AcceptGuard)
+    real = guard._socket
+    guard._socket = failing = _FailingAccept(real, number)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        with capturedLogs() as events:
+            reactor.doPoll(1)
+        assert failing.calls == 1
+        assert port not in reactor.getReaders()
+        lines = [formatEvent(e) for e in events]
+        assert lines == [
+            f"{describeLocalLimit(number)}: stopped accepting on 127.0.0.1:{port.getHost().port} "
+            "for 0.1s, once (connections wait in the listen queue)"
+        ]
+        assert accepted == []
+        guard._socket = real
+        time.sleep(ACCEPT_PAUSE)
+        reactor.runUntilCurrent()
+        assert port in reactor.getReaders()
+        _iterateUntil(reactor, lambda: accepted)
+        client.sendall(b"still here")
+        _iterateUntil(reactor, lambda: accepted[0].received)
+        assert accepted[0].received == [b"still here"]
+    finally:
+        client.close()
+        for protocol in accepted:
+            protocol.transport.abortConnection()
+        _stopListening(reactor, port)
+
+
+def test_acceptLimitsLoggedOnceASecond(reactor):
+    """
+    A listener that keeps running out of descriptors logs one line a
+    second at most, with the count of pauses.
+    """
+    from lbproxy.reactor import AcceptGuard
+
+    clock = Clock()
+    accepted = []
+    port = _listen(reactor, accepted)
+    guard = AcceptGuard(port, clock, LimitLog(clock))
+    guard._socket = _FailingAccept(port.socket._socket, errno.EMFILE)
+    try:
+        with capturedLogs() as events:
+            for _ in range(25):
+                with pytest.raises(BlockingIOError):
+                    guard.accept()
+                clock.advance(0.1)
+            clock.advance(1)
+        lines = [formatEvent(e) for e in events]
+        assert [line.rsplit(",", 1)[1] for line in lines] == [
+            " once (connections wait in the listen queue)",
+            " 10 times (connections wait in the listen queue)",
+            " 10 times (connections wait in the listen queue)",
+            " 4 times (connections wait in the listen queue)",
+        ]
+    finally:
+        _stopListening(reactor, port)
+
+
+def test_otherAcceptErrorsLeftToTwisted(reactor):
+    """
+    An accept error that is not a local limit (a connection aborted before
+    it was accepted) does not pause the listener.
+    """
+    accepted = []
+    port = _listen(reactor, accepted)
+    guard = port.socket
+    guard._socket = _FailingAccept(guard._socket, errno.ECONNABORTED)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        with capturedLogs():
+            reactor.doPoll(1)
+        assert port in reactor.getReaders()
+    finally:
+        client.close()
+        _stopListening(reactor, port)
+
+
+def test_unixListenerGuarded(reactor, tmp_path):
+    from lbproxy.reactor import AcceptGuard
+
+    port = _listen(reactor, [], unixPath=str(tmp_path / "s"))
+    try:
+        assert isinstance(port.socket, AcceptGuard)
+        assert port.socket._where == str(tmp_path / "s")
+    finally:
+        _stopListening(reactor, port)
+
+
+def test_adoptedListenerGuarded(reactor):
+    """
+    A listening socket handed over (systemd socket activation, a socket
+    made with SO_REUSEPORT) is guarded too.
+    """
+    from lbproxy.reactor import AcceptGuard
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(5)
+    sock.setblocking(False)
+    port = reactor.adoptStreamPort(sock.detach(), socket.AF_INET, Factory.forProtocol(Protocol))
+    try:
+        assert isinstance(port.socket, AcceptGuard)
+        assert port.socket._where == f"127.0.0.1:{port.getHost().port}"
+    finally:
+        _stopListening(reactor, port)
+
+
+def test_twistedAloneSpinsOnENFILE():
+    """
+    Why the guard exists, on Twisted's own epoll reactor: a listener whose
+    accept fails with ENFILE is polled again at once, round after round,
+    each with a log line, while the connection waits.
+    """
+    from twisted.internet import epollreactor
+
+    plain = epollreactor.EPollReactor()
+    accepted = []
+    port = _listen(plain, accepted)
+    port.socket = _FailingAccept(port.socket, errno.ENFILE)
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    try:
+        with capturedLogs() as events:
+            for _ in range(20):
+                plain.doPoll(1)
+        assert port.socket.calls == 20
+        assert len(events) == 20
+    finally:
+        client.close()
+        port.socket = port.socket._sock
+        _stopListening(plain, port)
+        plain._poller.close()

@@ -7,7 +7,9 @@ configured timeout itself, so a monitor can rely on the returned Deferred
 firing within the timeout, and each closes its connection whatever the
 outcome. A failed probe fails with L{HealthCheckFailed}, whose text is a
 short reason for logs and the stats page ("status 503", "connection
-refused", "timeout after 1s").
+refused", "timeout after 1s"). A probe that could not connect because
+lbproxy itself is out of descriptors, buffers or ports (L{lbproxy.limits})
+fails with L{HealthCheckSkipped} instead: it says nothing of the server.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from zope.interface import implementer
 from lbproxy.config import HealthConfig
 from lbproxy.errors import TLSHandshakeFailed
 from lbproxy.interfaces import IHealthCheck, IServer
+from lbproxy.limits import describeLocalLimit, localLimit
 
 #: Most bytes an HTTP check reads before it has the final status line
 #: (interim 1xx responses included).
@@ -40,6 +43,20 @@ class HealthCheckFailed(Exception):
     """
     A probe found the server unhealthy; C{str()} is the short reason.
     """
+
+
+class HealthCheckSkipped(Exception):
+    """
+    A probe could not be made for a limit of lbproxy's own (out of file
+    descriptors...): neither a success nor a failure of the server.
+    C{str()} names the limit.
+
+    @ivar errno: the limit's error number (C{errno.EMFILE}...).
+    """
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -234,7 +251,12 @@ class _Probe:
         self._finish(reason, graceful=False)
 
     def _connectFailed(self, reason: Failure) -> None:
-        if not self.finished:
+        if self.finished:
+            return
+        number = localLimit(reason)
+        if number is not None:
+            self._finish(HealthCheckSkipped(describeLocalLimit(number), number), graceful=False)
+        else:
             self._finish(connectFailureReason(reason), graceful=False)
 
     def _timedOut(self) -> None:
@@ -258,13 +280,15 @@ class _Probe:
         elif not self._connecting.called:
             self._connecting.cancel()
 
-    def _finish(self, reason: str | None, graceful: bool) -> None:
+    def _finish(self, reason: str | HealthCheckSkipped | None, graceful: bool) -> None:
         if self.finished:
             return
         self.finished = True
         self._cleanUp(graceful)
         if reason is None:
             self.result.callback(None)
+        elif isinstance(reason, HealthCheckSkipped):
+            self.result.errback(reason)
         else:
             self.result.errback(HealthCheckFailed(reason))
 

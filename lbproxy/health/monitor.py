@@ -6,6 +6,12 @@ C{rise} consecutive successes bring a down server up and C{fall}
 consecutive failures take an up server down. Passive checks
 (L{lbproxy.pool.Server.connectFailed}) may mark a server down between
 probes; the monitor then needs C{rise} fresh successes to bring it back.
+
+State changes are logged once, and a server that stays down is reminded
+of every few minutes rather than at every failed probe
+(L{lbproxy.health.episodes}). A probe lbproxy could not make for its own
+limits (out of file descriptors...) counts neither way: the server keeps
+its state and the skipped probes are logged, one line a second at most.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy.health.checks import HealthCheckFailed, buildCheck
+from lbproxy.health.checks import HealthCheckFailed, HealthCheckSkipped, buildCheck
+from lbproxy.health.episodes import REPEAT_INTERVAL, FailureLog
 from lbproxy.interfaces import IHealthCheck
+from lbproxy.limits import LimitLog, plural
 from lbproxy.pool import Pool, Server, ServerState
 
 
@@ -35,6 +43,8 @@ class ServerHealth:
     @ivar successes: consecutive successful probes.
     @ivar failures: consecutive failed probes.
     @ivar checks: probes finished since the monitor started.
+    @ivar skipped: probes not made for lbproxy's own limits (out of file
+        descriptors...), counted in neither C{successes} nor C{failures}.
     """
 
     healthy: bool | None = None
@@ -44,13 +54,10 @@ class ServerHealth:
     successes: int = 0
     failures: int = 0
     checks: int = 0
+    skipped: int = 0
 
 
 _PROBED_SERVING = {ServerState.UP, ServerState.DRAIN}
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 class HealthMonitor(Service):
@@ -75,13 +82,21 @@ class HealthMonitor(Service):
 
     log = Logger()
 
-    def __init__(self, pool: Pool, reactor, check: IHealthCheck | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        reactor,
+        check: IHealthCheck | None = None,
+        repeatInterval: float = REPEAT_INTERVAL,
+    ) -> None:
         """
         @param pool: the pool to watch; its C{options.health} (a
             L{lbproxy.config.HealthConfig}) says how.
         @param reactor: the reactor to connect and keep time with.
         @param check: the check to run; by default the one the config's
             C{type} names.
+        @param repeatInterval: seconds between two reminders that a server
+            is still down.
         """
         self.pool = pool
         self.config = pool.options.health
@@ -92,10 +107,13 @@ class HealthMonitor(Service):
         self._loops: dict[Server, LoopingCall] = {}
         self._starts: dict[Server, object] = {}
         self._running: dict[Server, Deferred] = {}
+        self.failureLog = FailureLog(reactor, repeatInterval)
+        self.limitLog = LimitLog(reactor)
         self.setName(pool.name)
 
     def startService(self) -> None:
         super().startService()
+        self.pool.addObserver(self.failureLog.stateChanged)
         servers = self.pool.servers
         for index, server in enumerate(servers):
             self._seenState[server] = server.state
@@ -109,6 +127,11 @@ class HealthMonitor(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        try:
+            self.pool.removeObserver(self.failureLog.stateChanged)
+        except ValueError:
+            pass  # Stopped without having started.
+        self.failureLog.forget()
         for call in self._starts.values():
             if call.active():
                 call.cancel()
@@ -120,6 +143,7 @@ class HealthMonitor(Service):
         running, self._running = self._running, {}
         for probe in running.values():
             probe.cancel()
+        self.limitLog.flush()
 
     def _startLoop(self, server: Server) -> None:
         self._starts.pop(server, None)
@@ -178,6 +202,9 @@ class HealthMonitor(Service):
 
     def _record(self, server: Server, result: object, started: float) -> None:
         now = self._reactor.seconds()
+        if isinstance(result, Failure) and result.check(HealthCheckSkipped):
+            self._skipped(server, result.value)
+            return
         if not isinstance(result, Failure):
             healthy, reason = True, "ok"
         elif result.check(HealthCheckFailed):
@@ -211,23 +238,40 @@ class HealthMonitor(Service):
         else:
             health.failures += 1
             health.successes = 0
-            self.log.debug(
-                "health check of {server} failed: {reason}",
-                server=server.qualifiedName,
-                reason=reason,
-            )
         if state is ServerState.UP and health.failures >= self.config.fall:
             self._change(
                 server,
                 ServerState.DOWN,
-                f"{_plural(health.failures, 'check')} failed, last: {reason}",
+                f"{plural(health.failures, 'check')} failed, last: {reason}",
             )
         elif state is ServerState.DOWN and health.successes >= self.config.rise:
             self._change(
                 server,
                 ServerState.UP,
-                f"{health.successes} of {_plural(self.config.rise, 'check')} passed",
+                f"{health.successes} of {plural(self.config.rise, 'check')} passed",
             )
+        elif state is not ServerState.MAINT:
+            self.failureLog.probed(server, healthy, reason)
+
+    def _skipped(self, server: Server, skipped: HealthCheckSkipped) -> None:
+        """
+        A probe of C{server} could not be made for lbproxy's own limit:
+        the server keeps its state and its counts.
+        """
+        self.health.setdefault(server, ServerHealth()).skipped += 1
+        limit = str(skipped)
+
+        def emit(count: int) -> None:
+            self.log.warn(
+                "{limit}: skipped {skipped} of pool {pool} (not a server failure; "
+                "servers keep their state)",
+                limit=limit,
+                skipped=plural(count, "health check"),
+                pool=self.pool.name,
+                count=count,
+            )
+
+        self.limitLog.note(skipped.errno, emit)
 
     def _change(self, server: Server, state: ServerState, reason: str) -> None:
         self._seenState[server] = state

@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.connect import BackendConnection, Lease
-from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
+from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
 from lbproxy.http.backend import BackendHTTPConnection, BackendPool, IBackendUser
 from lbproxy.http.context import HTTPFlowContext
 from lbproxy.http.errors import HTTPParseError
@@ -537,6 +537,9 @@ class HTTPProxyProtocol(Protocol):
             self._sendError(exchange, 503, "sQ")
         elif reason.check(NoServerAvailable):
             self._sendError(exchange, 503, "SC")
+        elif reason.check(LocalLimitReached):
+            # lbproxy's own descriptor/socket limit, as HAProxy's PC.
+            self._sendError(exchange, 503, "PC")
         elif reason.check(ConnectFailed):
             timedOut = reason.value.reason.startswith("connect timeout")
             self._sendError(exchange, 502, "sC" if timedOut else "SC")
