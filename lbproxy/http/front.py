@@ -65,7 +65,7 @@ from lbproxy.http.exchange import Exchange
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.listener import HTTPListenerFactory
 from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
-from lbproxy.http.parser import RequestParser
+from lbproxy.http.parser import TLS_ON_PLAINTEXT, RequestParser
 from lbproxy.http.persistence import CookiePersistence
 from lbproxy.http.rewrite import RequestRewriter, retryable, stripHopByHop
 from lbproxy.http.routing import Router
@@ -473,10 +473,14 @@ class HTTPProxyProtocol(Protocol):
 
     def _requestFailed(self, error: HTTPParseError) -> None:
         """
-        The client sent something the parser refuses.
+        The client sent something the parser refuses. A TLS handshake is
+        logged at info level: a client configured for https on a plaintext
+        port is worth an operator's attention, other refusals are routine.
         """
-        self.log.debug(
-            "refused a request from {client}: {status} {reason}",
+        emit = self.log.info if error.reason == TLS_ON_PLAINTEXT else self.log.debug
+        emit(
+            "listener {listener}: refused a request from {client}: {status} {reason}",
+            listener=self.factory.listener.name,
             client=self.client,
             status=error.status,
             reason=error.reason,
