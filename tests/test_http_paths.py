@@ -10,7 +10,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from twisted.internet.address import IPv4Address
 
+from lbproxy.config import ListenerConfig, RouteConfig
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.message import Headers, RequestHead
 from lbproxy.http.paths import (
@@ -21,7 +23,12 @@ from lbproxy.http.paths import (
     normalizePath,
     normalizeTarget,
 )
+from lbproxy.pool import Server
+from lbproxy.selectors import findSelector
 
+from test_config_http import listener as withListenerLines
+from test_config_http import load, loadError
+from test_http_front import OK, ProxyTestCase, makeListener, makePool
 
 CLIMBS = "path climbs above the root"
 SLASH = "encoded slash in the path"
@@ -291,3 +298,258 @@ def test_noPathNoNormalisation(target: bytes, form: str, method: bytes) -> None:
     request = head(target, form, method)
     PathNormalizer().normalize(request)
     assert (request.target, request.rawTarget) == (target, None)
+
+
+# -- through the front ----------------------------------------------------------
+
+
+def adminListener(**kwargs) -> ListenerConfig:
+    return makeListener(routes=(RouteConfig(pool="admin", pathPrefix="/admin"),), **kwargs)
+
+
+class FrontTests(ProxyTestCase):
+    """
+    A route for /admin (pool admin, port 9001) before the listener's pool
+    (web, ports 8001 and 8002).
+    """
+
+    def makeAdmin(self, **kwargs):
+        pools = {
+            "web": makePool("web", reuseMaxIdle=0),
+            "admin": makePool("admin", count=1, basePort=9001, reuseMaxIdle=0),
+        }
+        self.makeFactory(adminListener(**kwargs), pools)
+
+    def place(self, data: bytes, pieces: int = 1):
+        """
+        Send C{data} in C{pieces} reads on a new connection; the backend
+        that got it and the port it was for.
+        """
+        client = self.connectClient()
+        size = -(-len(data) // pieces)
+        for start in range(0, len(data), size):
+            client.send(data[start : start + size])
+        port = self.attemptPort()
+        backend = self.connectBackend()
+        backend.send(OK)
+        return client, backend, port
+
+    def test_issueSpellingsRouted(self):
+        """
+        Each spelling of /admin goes to the admin pool, in one read (the
+        one-step parse of the simple form) and spread over reads (the
+        strict path), and the server receives /admin; the access log keeps
+        the request line as the client sent it.
+        """
+        self.makeAdmin()
+        for spelling in ISSUE_SPELLINGS:
+            request = b"GET " + spelling + b" HTTP/1.1\r\nHost: example.com\r\n\r\n"
+            for pieces in (1, 3):
+                client, backend, port = self.place(request, pieces)
+                self.assertEqual(port, 9001, (spelling, pieces))
+                self.assertTrue(
+                    backend.received().startswith(b"GET /admin HTTP/1.1\r\n"), backend.received()
+                )
+                self.assertLastRecord(pool="admin", target=spelling, status=200)
+                client.close()
+
+    def test_otherPathsStillDefault(self):
+        self.makeAdmin()
+        for path in (b"/", b"/index", b"/web/admin", b"/%2561dmin"):
+            client, backend, port = self.place(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertIn(port, (8001, 8002), path)
+            client.close()
+
+    def test_pipelinedSpelling(self):
+        """
+        A spelling in the second of two pipelined requests (never seen by
+        the one-step parse) is normalised too.
+        """
+        self.makeAdmin()
+        client = self.connectClient()
+        client.send(
+            b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /web/../admin/users HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        self.assertEqual(self.attemptPort(), 8001)
+        self.connectBackend().send(OK)
+        self.assertEqual(self.attemptPort(), 9001)
+        backend = self.connectBackend()
+        self.assertTrue(backend.received().startswith(b"GET /admin/users HTTP/1.1\r\n"))
+
+    def test_postWithBody(self):
+        self.makeAdmin()
+        client = self.connectClient()
+        client.send(b"POST /%61dmin/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.assertEqual(self.attemptPort(), 9001)
+        backend = self.connectBackend()
+        client.send(b"2\r\nhi\r\n0\r\n\r\n")
+        self.assertTrue(backend.received().startswith(b"POST /admin/x HTTP/1.1\r\n"))
+        self.assertTrue(backend.received().endswith(b"2\r\nhi\r\n0\r\n\r\n"))
+
+    def test_absoluteForm(self):
+        self.makeAdmin()
+        client, backend, port = self.place(
+            b"GET http://example.com/x/%2e%2e/admin?a=%2e HTTP/1.1\r\nHost: example.com\r\n\r\n"
+        )
+        self.assertEqual(port, 9001)
+        self.assertTrue(backend.received().startswith(b"GET /admin?a=%2e HTTP/1.1\r\n"))
+
+    def assertRefused(self, request: bytes, reason: str):
+        client = self.connectClient()
+        client.send(request)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 400 "), client.received())
+        self.assertTrue(client.closing)
+        self.assertEqual(self.pendingAttempts(), 0)
+        target = request.split(b" ")[1]
+        self.assertLastRecord(status=400, termination="PR", pool="-", target=target)
+        client.close()
+
+    def test_refusedSpellings(self):
+        """
+        What cannot be normalised safely is refused with 400 before any
+        server is chosen, once, with the request line in the access log.
+        """
+        self.makeAdmin()
+        for path, reason in REFUSED:
+            if b" " in path or b"\x00" in path or b"\x7f" in path:
+                continue
+            self.assertRefused(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n", reason)
+        self.assertEqual(len(self.log.records), len(REFUSED) - 3)
+
+    def test_allowedEncodedSlashPassesAsItIs(self):
+        self.makeAdmin(paths=PathsConfig(allowEncodedSlash=True))
+        client, backend, port = self.place(b"GET /%61dmin/a%2fb HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(port, 9001)
+        self.assertTrue(backend.received().startswith(b"GET /admin/a%2Fb HTTP/1.1\r\n"))
+
+    def test_normalisationOff(self):
+        """
+        With normalize = false, paths are matched and sent as received.
+        """
+        self.makeAdmin(paths=PathsConfig(normalize=False))
+        self.assertIsNone(self.factory.paths)
+        client, backend, port = self.place(b"GET /%61dmin HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertIn(port, (8001, 8002))
+        self.assertTrue(backend.received().startswith(b"GET /%61dmin HTTP/1.1\r\n"))
+        client, backend, port = self.place(b"GET /a%2Fb/../%00 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(backend.received().startswith(b"GET /a%2Fb/../%00 HTTP/1.1\r\n"))
+
+    def serverFor(self, request: bytes, clientPort: int) -> str:
+        client = self.connectClient(IPv4Address("TCP", "192.0.2.7", clientPort))
+        client.send(request)
+        self.connectBackend().send(OK)
+        client.close()
+        return self.log.records[-1].server
+
+    def test_hashKeysSeeTheNormalPath(self):
+        """
+        Hashing on path or uri: every spelling of a path reaches the
+        server its normal form reaches.
+        """
+        for key in ("path", "uri"):
+            servers = [Server(f"s{i}", f"tcp:host=127.0.0.1:port={8001 + i}") for i in range(7)]
+            selector = findSelector("hash").build({"key": key})
+            self.makeFactory(pools={"web": makePool(servers=servers, selector=selector, reuseMaxIdle=0)})
+            placed = {}
+            for index, name in enumerate([b"alpha", b"bravo", b"charlie", b"delta", b"echo"]):
+                spellings = [
+                    b"/files/" + name,
+                    b"//files/./" + name,
+                    b"/x/../files/" + name,
+                    b"/%66iles/" + name,
+                ]
+                seen = {
+                    self.serverFor(b"GET " + s + b"?v=1 HTTP/1.1\r\nHost: a\r\n\r\n", 41000 + index * 10 + n)
+                    for n, s in enumerate(spellings)
+                }
+                self.assertEqual(len(seen), 1, (key, name, seen))
+                placed[name] = seen.pop()
+            self.assertGreater(len(set(placed.values())), 1, placed)
+
+
+# -- configuration ----------------------------------------------------------------
+
+
+PATHS_ONLY = "expected only with normalize = true (without it every path passes as received)"
+
+
+def test_pathsDefaults():
+    assert load(withListenerLines("")).listeners["web"].paths == PathsConfig()
+    assert PathsConfig() == PathsConfig(True, False, False, False)
+
+
+def test_pathsSet():
+    text = withListenerLines(
+        "paths = { allow_encoded_slash = true, allow_backslash = true, allow_encoded_control = true }\n"
+    )
+    assert load(text).listeners["web"].paths == PathsConfig(True, True, True, True)
+    off = load(withListenerLines("paths = { normalize = false }\n")).listeners["web"].paths
+    assert off == PathsConfig(normalize=False)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ("paths = 1\n", "listeners.web.paths: expected a table, got 1"),
+        ('paths = { normalize = "yes" }\n', "listeners.web.paths.normalize: expected true or false, got 'yes'"),
+        ("paths = { allow_slash = true }\n", "listeners.web.paths.allow_slash: unknown key"),
+        ("paths = { allow_backslash = 1 }\n", "listeners.web.paths.allow_backslash: expected true or false, got 1"),
+        (
+            "paths = { normalize = false, allow_encoded_slash = false }\n",
+            f"listeners.web.paths.allow_encoded_slash: {PATHS_ONLY}",
+        ),
+        (
+            "paths = { normalize = false, allow_encoded_control = true }\n",
+            f"listeners.web.paths.allow_encoded_control: {PATHS_ONLY}",
+        ),
+        (
+            'routes = [{ pool = "api", path_prefix = "/%7Euser/" }]\n',
+            "listeners.web.routes[0].path_prefix: expected a path in normal form (requests are "
+            "matched after normalisation), '/~user/', got '/%7Euser/'",
+        ),
+        (
+            'routes = [{ pool = "api", path_prefix = "/a" }, { pool = "api", path_prefix = "//b/./c" }]\n',
+            "listeners.web.routes[1].path_prefix: expected a path in normal form (requests are "
+            "matched after normalisation), '/b/c', got '//b/./c'",
+        ),
+        (
+            'routes = [{ pool = "api", path_prefix = "/a%2Fb" }]\n',
+            "listeners.web.routes[0].path_prefix: expected a path that normalisation accepts, "
+            "got '/a%2Fb' (encoded slash in the path)",
+        ),
+        (
+            'routes = [{ pool = "api", path_prefix = "/../a" }]\n',
+            "listeners.web.routes[0].path_prefix: expected a path that normalisation accepts, "
+            "got '/../a' (path climbs above the root)",
+        ),
+    ],
+)
+def test_pathsErrors(extra: str, expected: str):
+    assert loadError(withListenerLines(extra)) == expected
+
+
+def test_prefixesAsWrittenWithoutNormalisation():
+    text = withListenerLines(
+        'paths = { normalize = false }\nroutes = [{ pool = "api", path_prefix = "/%7Euser/" }]\n'
+    )
+    assert load(text).listeners["web"].routes[0].pathPrefix == "/%7Euser/"
+
+
+def test_allowedEncodedSlashInPrefix():
+    text = withListenerLines(
+        'paths = { allow_encoded_slash = true }\nroutes = [{ pool = "api", path_prefix = "/a%2Fb" }]\n'
+    )
+    assert load(text).listeners["web"].routes[0].pathPrefix == "/a%2Fb"
+
+
+def test_pathsOnRedirectListener():
+    text = withListenerLines("").replace('pool = "web"\n', 'redirect_https = 443\npaths = { normalize = false }\n', 1)
+    assert loadError(text) == (
+        "listeners.web.paths: expected no paths table with redirect_https (no request is routed or forwarded)"
+    )
+
+
+def test_pathsOnTcpListener():
+    text = withListenerLines("paths = { normalize = false }\n").replace('mode = "http"\n', "")
+    assert loadError(text) == 'listeners.web.paths: expected only with mode = "http"'

@@ -210,8 +210,9 @@ class RequestHead:
     An accepted request line and header block.
 
     @ivar method: the method token, e.g. C{b"GET"}.
-    @ivar target: the request target as received (origin, absolute,
-        authority or asterisk form; see L{targetForm}).
+    @ivar target: the request target (origin, absolute, authority or
+        asterisk form; see L{targetForm}) as received, or with its path
+        normalised once the front has done so (see L{rawTarget}).
     @ivar version: C{(1, 0)} or C{(1, 1)}.
     @ivar headers: every field, in order, values without surrounding
         whitespace. Framing fields are still present; the serialiser
