@@ -148,7 +148,11 @@ def test_randomBinaryIs400(seed: int) -> None:
 
 @pytest.mark.parametrize(
     "start",
-    [b"\x00", b"\x7f", b" GET", b"\tGET", b"(GET", b"GET\x00", b"GET\r\n", b"G\xe9T /", b"\xef\xbb\xbfGET"],
+    [
+        b"\x00", b"\x7f", b" GET", b"\tGET", b"(GET", b"GET\x00", b"GET\r\n", b"G\xe9T /", b"\xef\xbb\xbfGET",
+        # Only CRLF ends an empty line: a bare LF, or CR CR, starts no method.
+        b"\n", b"\r\n\n", b"\r\r", b"\r\n\r\r\n",
+    ],
 )
 def test_nonMethodStartIs400AtOnce(start: bytes) -> None:
     parser, _ = requestParser()
