@@ -1165,10 +1165,9 @@ class RequestParser(_MessageParser):
 
     def _readyToFeed(self, buf: bytes, pos: int, end: int) -> bool:
         # Hold back a method until it is complete, so that an unknown one
-        # gets the same answer however the bytes were split.
-        if buf.find(b" ", pos, end) >= 0 or end - pos > 64:
-            return True
-        return not isToken(buf[pos:end])
+        # gets the same answer however the bytes were split (_checkStart
+        # has refused whatever is not a token already).
+        return buf.find(b" ", pos, end) >= 0 or end - pos > _MAX_METHOD
 
     def _unknownMethod(self, buf: bytes) -> HTTPParseError:
         # llhttp knows every registered method; a well-formed other token is
