@@ -17,10 +17,14 @@ C{X-Seen-*} response headers::
     host: 127.0.0.1:40111
     forwarded: for=127.0.0.1;proto=http
     cookie:
+    uri: /a/b
+    request: /a/./b?x=1
 
 C{connection} and C{requests} are nginx's C{$connection} (serial number of
 the connection) and C{$connection_requests} (requests on it so far), so a
-test sees whether the proxy reused a backend connection. C{/static/} serves
+test sees whether the proxy reused a backend connection; C{uri} and
+C{request} are C{$uri} (the path as nginx normalised and decoded it) and
+C{$request_uri} (the target as it arrived). C{/static/} serves
 files from the C{www/static} directory (large bodies).
 """
 
@@ -73,7 +77,7 @@ http {{
             add_header X-Seen-Requests $connection_requests always;
             add_header X-Seen-XFF $http_x_forwarded_for always;
             add_header X-Seen-Proto $http_x_forwarded_proto always;
-            return 200 "port: $server_port\\nconnection: $connection\\nrequests: $connection_requests\\nxff: $http_x_forwarded_for\\nproto: $http_x_forwarded_proto\\nhost: $http_x_forwarded_host\\nforwarded: $http_forwarded\\ncookie: $http_cookie\\n";
+            return 200 "port: $server_port\\nconnection: $connection\\nrequests: $connection_requests\\nxff: $http_x_forwarded_for\\nproto: $http_x_forwarded_proto\\nhost: $http_x_forwarded_host\\nforwarded: $http_forwarded\\ncookie: $http_cookie\\nuri: $uri\\nrequest: $request_uri\\n";
         }}
 
         location /static/ {{

@@ -734,7 +734,7 @@ EVERY_KEY = {
     "listener": {
         "bind", "pool", "mode", "maxconn", "accept_proxy", "timeouts",
         "routes", "trusted_proxies", "forwarded", "access_log", "log_requests", "limits",
-        "sni_fallback",
+        "paths", "sni_fallback",
         "tls", "redirect_https",
         "tls_required", "user_pools", "user_domain", "auth",
     },
@@ -746,6 +746,7 @@ EVERY_KEY = {
     "listener timeouts": {"idle", "request", "keepalive", "tunnel", "hello", "login"},
     "listener limits": {"request_line", "header_size", "header_count", "body_size", "line", "literal"},
     "listener auth": {"max_failures", "failure_delay"},
+    "listener paths": {"normalize", "allow_encoded_slash", "allow_backslash", "allow_encoded_control"},
     "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods", "sni"},
     "route header": {"name", "value"},
     "pool": {
@@ -793,6 +794,7 @@ def test_referenceUsesEveryKey():
         used["listener timeouts"] |= set(listener.get("timeouts", {}))
         used["listener limits"] |= set(listener.get("limits", {}))
         used["listener auth"] |= set(listener.get("auth", {}))
+        used["listener paths"] |= set(listener.get("paths", {}))
         used["listener tls"] |= set(listener.get("tls", {}))
         for certificate in listener.get("tls", {}).get("certificates", []):
             used["listener tls certificate"] |= set(certificate)

@@ -20,6 +20,7 @@ from typing import Any
 
 from lbproxy.context import KEYS, keySupported
 from lbproxy.errors import ConfigError, OptionError
+from lbproxy.http.paths import PathsConfig
 from lbproxy.http.syntax import isFieldValue
 from lbproxy.selectors import findSelector, selectorNames
 from lbproxy.config.mail import (
@@ -29,6 +30,7 @@ from lbproxy.config.mail import (
     MailListenerConfig,
     parseMailListener,
 )
+from lbproxy.config.paths import checkRoutePaths, parsePaths
 from lbproxy.config.table import Table, oneOf, show
 from lbproxy.config.tls import (
     BackendTLSConfig,
@@ -111,8 +113,9 @@ class RouteConfig:
 
     @ivar host: exact host (lower case, no port) or a C{*.example.com}
         wildcard matching any subdomain.
-    @ivar pathRegex: a pattern compiled from bytes, searched in the raw
-        path (see L{lbproxy.http.routing}).
+    @ivar pathRegex: a pattern compiled from bytes, searched in the path
+        (normalised unless the listener turns that off; see
+        L{lbproxy.http.routing}).
     @ivar header: C{(name, value)}: the request has the header (lower-case
         name), with exactly this value unless the value is None.
     """
@@ -194,6 +197,8 @@ class ListenerConfig:
     #: C{option dontlog-normal}.
     logRequests: str = "all"
     limits: HTTPLimits = HTTPLimits()
+    #: Path normalisation before routing (L{lbproxy.http.paths}).
+    paths: PathsConfig = PathsConfig()
     #: Time a client has to send a complete request head (408).
     requestTimeout: float = 10.0
     #: Idle time allowed between two requests of a keep-alive client.
@@ -300,7 +305,7 @@ def parse(data: dict, source: str) -> Config:
 #: accept_proxy, tls and timeouts.idle.
 _MODE_KEYS = {
     "tcp": ("routes", "sni_fallback"),
-    "http": ("routes", "trusted_proxies", "forwarded", "access_log", "log_requests", "limits", "redirect_https"),
+    "http": ("routes", "trusted_proxies", "forwarded", "access_log", "log_requests", "limits", "paths", "redirect_https"),
     "imap": ("tls_required", "user_pools", "user_domain", "limits", "auth"),
     "pop3": ("tls_required", "user_pools", "user_domain", "limits", "auth"),
 }
@@ -337,6 +342,8 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
         for key in ("trusted_proxies", "forwarded"):
             if key in t.data:
                 t.fail(key, "expected no forwarding settings with redirect_https (no request is forwarded)")
+        if "paths" in t.data:
+            t.fail("paths", "expected no paths table with redirect_https (no request is routed or forwarded)")
         if "tunnel" in timeouts.data:
             timeouts.fail("tunnel", "expected no tunnel timeout with redirect_https (no request is forwarded)")
         pool = ""
@@ -389,8 +396,10 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
             requestTimeout=timeouts.duration("request", 10.0),
             keepaliveTimeout=timeouts.duration("keepalive", 60.0),
             tunnelTimeout=timeouts.duration("tunnel", 3600.0),
+            paths=parsePaths(t.table("paths")),
         )
         limits.done()
+        checkRoutePaths(t, kwargs["routes"], kwargs["paths"])
         if kwargs["accessLog"] is not None and not kwargs["accessLog"]:
             t.fail("access_log", "expected a file path, got ''")
     else:
@@ -504,7 +513,7 @@ def _parseRoute(t: Table, pools: dict, mode: str) -> RouteConfig:
     regex = t.string("path_regex", default=None)
     pattern = None
     if regex is not None:
-        # Paths are bytes as received (never decoded): compile to match bytes.
+        # Paths are bytes (normalised, never fully decoded): compile to match bytes.
         try:
             pattern = re.compile(regex.encode("utf-8"))
         except re.error as e:

@@ -20,9 +20,12 @@ L{lbproxy.context.KEYS}):
   - C{"url_param:NAME"}: the value of the first query parameter NAME
     (C{b""} for a parameter without C{"="}).
 
-Every value is the raw bytes of the request, never percent-decoded: the
-same request always gives the same key, and what a rule or a hash sees is
-what the backend receives. A key the request does not have is L{None};
+Every value is bytes of the request as the backend receives it: the path
+in its normal form when the listener normalises paths (see
+L{lbproxy.http.paths}: unreserved characters decoded, dot segments and
+repeated slashes removed; the query as received), else as received. The
+same request always gives the same key, and spellings of one path give
+one key. A key the request does not have is L{None};
 asterisk-form (C{OPTIONS *}) has path and uri C{b"*"}, authority-form
 (C{CONNECT}) has neither.
 

@@ -234,7 +234,7 @@ class Exchange:
                 cookie,
                 self.xff,
                 head.method if head is not None else b"",
-                head.target if head is not None else b"",
+                (head.rawTarget or head.target) if head is not None else b"",
                 head.version if head is not None else None,
             ),
         )

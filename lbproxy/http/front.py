@@ -7,7 +7,8 @@ handled one at a time, in order:
   1. The L{RequestParser} delivers a head; the parser is paused (the body
      and any pipelined requests wait in it, and the client transport is
      paused while it holds data).
-  2. The request is routed to a pool (L{Router}), pinned by the pool's
+  2. The request's path is normalised (L{PathNormalizer}), the request
+     routed to a pool (L{Router}), pinned by the pool's
      persistence cookie or placed by the pool's selector, and rewritten
      for the backend (L{RequestRewriter}).
   3. An idle keep-alive connection to the chosen server is reused if there
@@ -65,7 +66,8 @@ from lbproxy.http.exchange import Exchange
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.listener import HTTPListenerFactory
 from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
-from lbproxy.http.parser import RequestParser
+from lbproxy.http.parser import TLS_ON_PLAINTEXT, RequestParser
+from lbproxy.http.paths import PathNormalizer
 from lbproxy.http.persistence import CookiePersistence
 from lbproxy.http.rewrite import RequestRewriter, retryable, stripHopByHop
 from lbproxy.http.routing import Router
@@ -413,9 +415,18 @@ class HTTPProxyProtocol(Protocol):
 
     def _place(self, exchange: Exchange, head: RequestHead) -> None:
         """
-        Route, rewrite and place the request of C{exchange}.
+        Normalise the path, route, rewrite and place the request of
+        C{exchange}.
         """
         factory = self.factory
+        paths = factory.paths
+        if paths is not None:
+            try:
+                paths.normalize(head)
+            except HTTPParseError as error:
+                self._logRefusal(error)
+                self._sendError(exchange, error.status, "PR")
+                return
         pool = factory.router.route(head)
         route = exchange.route = factory.routeFor(pool)
         server = None
@@ -475,12 +486,7 @@ class HTTPProxyProtocol(Protocol):
         """
         The client sent something the parser refuses.
         """
-        self.log.debug(
-            "refused a request from {client}: {status} {reason}",
-            client=self.client,
-            status=error.status,
-            reason=error.reason,
-        )
+        self._logRefusal(error)
         exchange = self.exchange
         status = error.status
         if exchange is None:
@@ -493,6 +499,21 @@ class HTTPProxyProtocol(Protocol):
             status = None
             termination = "C" + termination[1]
         self._sendError(exchange, status, termination)
+
+    def _logRefusal(self, error: HTTPParseError) -> None:
+        """
+        Say why a request was refused: at debug level, but at info for a
+        TLS handshake (a client configured for https on a plaintext port is
+        worth an operator's attention; other refusals are routine).
+        """
+        emit = self.log.info if error.reason == TLS_ON_PLAINTEXT else self.log.debug
+        emit(
+            "listener {listener}: refused a request from {client}: {status} {reason}",
+            listener=self.factory.listener.name,
+            client=self.client,
+            status=error.status,
+            reason=error.reason,
+        )
 
     # -- placing the request ------------------------------------------------
 
@@ -1015,6 +1036,8 @@ class HTTPProxyFactory(HTTPListenerFactory):
     @ivar listener: the L{lbproxy.config.ListenerConfig}.
     @ivar pools: the live pools by name (the listener's and its routes').
     @ivar router: the listener's L{Router}.
+    @ivar paths: the listener's L{PathNormalizer}, or L{None} when it does
+        not normalise paths.
     @ivar rewriter: the listener's L{RequestRewriter}.
     @ivar secure: clients connect with TLS (X-Forwarded-Proto https, Secure
         persistence cookies).
@@ -1038,6 +1061,7 @@ class HTTPProxyFactory(HTTPListenerFactory):
         self.pools = pools
         self._reactor = reactor
         self.router = Router(listener, pools)
+        self.paths = PathNormalizer(listener.paths) if listener.paths.normalize else None
         self.rewriter = RequestRewriter(listener)
         self.secure = self.rewriter.proto == "https"
         self._routes: dict[Pool, PoolRoute] = {}

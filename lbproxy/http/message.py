@@ -210,8 +210,9 @@ class RequestHead:
     An accepted request line and header block.
 
     @ivar method: the method token, e.g. C{b"GET"}.
-    @ivar target: the request target as received (origin, absolute,
-        authority or asterisk form; see L{targetForm}).
+    @ivar target: the request target (origin, absolute, authority or
+        asterisk form; see L{targetForm}) as received, or with its path
+        normalised once the front has done so (see L{rawTarget}).
     @ivar version: C{(1, 0)} or C{(1, 1)}.
     @ivar headers: every field, in order, values without surrounding
         whitespace. Framing fields are still present; the serialiser
@@ -232,6 +233,9 @@ class RequestHead:
     @ivar connection: the options of the Connection fields (lowercased) as
         the parser found them, so that hop-by-hop removal need not look for
         them again; L{None} for a head not built by the parser.
+    @ivar rawTarget: the target as the client sent it, when the listener's
+        path normalisation (L{lbproxy.http.paths}) changed L{target};
+        L{None} otherwise.
     @ivar checked: every field was found in the simple form (see
         L{lbproxy.http.parser.RequestParser.simpleRequest}): names are
         tokens, values visible ASCII with SP or HTAB only inside, so each
@@ -252,6 +256,7 @@ class RequestHead:
     trailers: Headers | None = field(default=None, compare=False)
     connection: frozenset[bytes] | None = field(default=None, compare=False)
     checked: bool = field(default=False, compare=False)
+    rawTarget: bytes | None = field(default=None, compare=False)
 
     @property
     def isConnect(self) -> bool:

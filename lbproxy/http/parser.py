@@ -21,8 +21,17 @@ Division of work:
     and a response to HEAD is handled (httptools cannot tell llhttp about
     HEAD). Chunked bodies are decoded by a strict decoder here.
 
+Before a request line, empty lines (CRLF) are skipped, as RFC 9112 §2.2
+allows, but their bytes count against the request-line limit of the
+request that follows: more than the limit of them is 400, so a client
+streaming CRLFs is refused once, after a bounded number of bytes. The first
+bytes of a request must be a method (a token followed by SP): anything else
+(binary data, control bytes, a TLS ClientHello sent to a plaintext port) is
+400 as soon as the first wrong byte arrives, not once the request-line
+limit is reached.
+
 Status choices: every syntax or smuggling problem is 400; a request line
-over the limit 414; a header block (or trailer section) over the size or
+over the limit (empty lines before it included) 414; a header block (or trailer section) over the size or
 count limit 431; a body over the configured maximum 413; a Transfer-Encoding
 that is well formed and ends with a single "chunked" but applies other
 codings first (e.g. "gzip, chunked"), and a well-formed but unknown method,
@@ -78,6 +87,15 @@ _TUNNEL = "tunnel"
 _CLOSED = "closed"
 _DETACHED = "detached"
 _FAILED = "failed"
+
+#: Empty lines before a message (RFC 9112 §2.2).
+_EMPTY_LINES = re.compile(rb"(?:\r\n)++")
+#: The bytes a method may start with, up to its longest length.
+_METHOD_CHARS = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{0,64}+")
+_MAX_METHOD = 64
+#: Why a request starting with a TLS record (handshake type 0x16, version
+#: 3.x) is refused: a client speaking TLS to a plaintext port.
+TLS_ON_PLAINTEXT = "TLS handshake on a plaintext HTTP listener"
 
 # Fields the framing and routing checks look at.
 _SPECIAL = frozenset(
@@ -502,6 +520,8 @@ class _MessageParser:
         self._pendingBytes = 0
         self._state = _HEAD
         self._inHead = False
+        #: Bytes of empty lines skipped before the next message.
+        self._leading = 0
         self._fedBytes = 0
         self._scanFrom = 0
         self._lineEnd = -1
@@ -668,9 +688,8 @@ class _MessageParser:
         pos = self._pos
         end = len(buf)
         if not self._inHead:
-            # RFC 9112 §2.2: empty lines before a message are ignored.
-            while buf.startswith(b"\r\n", pos):
-                pos += 2
+            if buf.startswith(b"\r\n", pos):
+                pos = self._skipEmptyLines(buf, pos, end)
             self._pos = pos
             if pos >= end or (end - pos == 1 and buf[pos] == 13):
                 if self._eof:
@@ -678,6 +697,7 @@ class _MessageParser:
                         raise self._truncated("before a message")
                     self._closeQuietly()
                 return False
+            self._checkStart(buf, pos, end)
             self._beginMessage()
             callbacks = _LLHTTPCallbacks()
             llhttp = self._parserFactory(callbacks)
@@ -691,12 +711,15 @@ class _MessageParser:
             self._fedBytes = 0
             self._scanFrom = 0
             self._lineEnd = -1
+        elif not self._fedBytes:
+            # The method was incomplete at the last read.
+            self._checkStart(buf, pos, end)
         limit = self._maxHeaderBytes
         crlfcrlf = buf.find(b"\r\n\r\n", pos + self._scanFrom)
         if crlfcrlf < 0 or crlfcrlf + 4 - pos > limit:
             available = end - pos
             if self._lineEnd < 0:
-                maxLine = self._maxLineBytes
+                maxLine = self._maxLineBytes - self._leading
                 lineEnd = buf.find(b"\r\n", pos + max(0, self._fedBytes - 1), pos + maxLine + 2)
                 if lineEnd >= 0:
                     self._lineEnd = lineEnd - pos
@@ -737,8 +760,9 @@ class _MessageParser:
         if not callbacks.complete:
             raise HTTPParseError(self._errorStatus, "malformed header block")
         lineEnd = buf.find(b"\r\n", pos, headEnd)
-        if lineEnd - pos > self._maxLineBytes:
+        if lineEnd - pos > self._maxLineBytes - self._leading:
             raise HTTPParseError(self._lineTooLongStatus, "start line too long")
+        self._leading = 0
         if len(callbacks.items) > self._maxHeaders:
             raise HTTPParseError(self._headTooLargeStatus, "too many header fields")
         head, state = self._buildHead(buf, pos, lineEnd, _Fields(callbacks, self._errorStatus))
@@ -766,6 +790,27 @@ class _MessageParser:
             raise self._unknownMethod(buf) from None
         except httptools.HttpParserError as error:
             raise _llhttpError(error, self._errorStatus) from None
+
+    def _skipEmptyLines(self, buf: bytes, pos: int, end: int) -> int:
+        """
+        Skip the empty lines at C{buf[pos:end]}, counting their bytes
+        against the start-line limit of the message that follows (RFC 9112
+        §2.2 asks to ignore at least one, not any number); return where
+        they end.
+        """
+        budget = self._maxLineBytes - self._leading
+        stop = pos + budget + 2
+        after = _EMPTY_LINES.match(buf, pos, stop if stop < end else end).end()
+        self._leading += after - pos
+        if self._leading > self._maxLineBytes:
+            raise HTTPParseError(self._errorStatus, "too many empty lines before the start line")
+        return after
+
+    def _checkStart(self, buf: bytes, pos: int, end: int) -> None:
+        """
+        Refuse the beginning C{buf[pos:end]} of a message as soon as it
+        cannot start one (the request parser checks the method).
+        """
 
     def _beginMessage(self) -> None:
         """
@@ -1060,7 +1105,7 @@ class RequestParser(_MessageParser):
             host,
             connection,
         ) = parsed
-        if lineEnd > self._maxLineBytes or fieldCount > self._maxHeaders:
+        if lineEnd > self._maxLineBytes - self._leading or fieldCount > self._maxHeaders:
             return None
         body = b""
         if contentLength is None:
@@ -1092,6 +1137,7 @@ class RequestParser(_MessageParser):
         )
         self._head = head
         self._bodyBytes = len(body)
+        self._leading = 0
         if keepAlive:
             self._buf = b""
             self._pos = 0
@@ -1100,12 +1146,28 @@ class RequestParser(_MessageParser):
         self.paused = True
         return head, body
 
+    def _checkStart(self, buf: bytes, pos: int, end: int) -> None:
+        # A method: up to 64 token characters, then SP. Refused at the
+        # first byte that cannot be part of one, whatever follows.
+        stop = pos + _MAX_METHOD + 1
+        if stop > end:
+            stop = end
+        after = _METHOD_CHARS.match(buf, pos, stop).end()
+        if after == stop:
+            if after - pos <= _MAX_METHOD:
+                # Token characters so far: wait for the rest.
+                return
+        elif after > pos and buf[after] == 32:
+            return
+        if buf[pos] == 0x16 and (end - pos < 2 or buf[pos + 1] == 3):
+            raise HTTPParseError(400, TLS_ON_PLAINTEXT)
+        raise HTTPParseError(400, "invalid method")
+
     def _readyToFeed(self, buf: bytes, pos: int, end: int) -> bool:
         # Hold back a method until it is complete, so that an unknown one
-        # gets the same answer however the bytes were split.
-        if buf.find(b" ", pos, end) >= 0 or end - pos > 64:
-            return True
-        return not isToken(buf[pos:end])
+        # gets the same answer however the bytes were split (_checkStart
+        # has refused whatever is not a token already).
+        return buf.find(b" ", pos, end) >= 0 or end - pos > _MAX_METHOD
 
     def _unknownMethod(self, buf: bytes) -> HTTPParseError:
         # llhttp knows every registered method; a well-formed other token is
@@ -1324,7 +1386,7 @@ class ResponseParser(_MessageParser):
             connection,
             fields,
         ) = parsed
-        if lineEnd > self._maxLineBytes or fieldCount > self._maxHeaders:
+        if lineEnd > self._maxLineBytes - self._leading or fieldCount > self._maxHeaders:
             return None
         rest = len(data) - end - 4
         if method == b"HEAD" or status == 304 or status == 204:
@@ -1357,6 +1419,7 @@ class ResponseParser(_MessageParser):
         self._expected.popleft()
         self._head = head
         self._bodyBytes = rest
+        self._leading = 0
         body = data[end + 4 :] if rest else b""
         if bodyKind is BodyKind.LENGTH and rest < contentLength:
             self._remaining = contentLength - rest

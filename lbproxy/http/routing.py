@@ -11,19 +11,22 @@ Conditions:
     dot) equals the rule's host; C{*.example.com} matches any name ending in
     C{.example.com} (C{a.example.com}, C{a.b.example.com}) but not
     C{example.com} itself;
-  - path prefix: the raw path (before C{"?"}, see
+  - path prefix: the path (before C{"?"}, see
     L{lbproxy.http.context.requestPath}) starts with the prefix;
-  - path regex: C{re.search} finds the pattern in the raw path;
+  - path regex: C{re.search} finds the pattern in the path;
   - header: some field of that name is present, and when the rule gives a
     value, some field of that name has exactly that value (case-sensitive,
     after the parser's removal of surrounding whitespace);
   - methods: the method is one of them (case-sensitive, as methods are).
 
-Paths are matched as received: no percent-decoding and no dot-segment
-removal, so a rule sees exactly the bytes the backend will see. A prefix
-rule on C{/admin/} therefore does not match C{/%61dmin/} or
-C{/public/../admin/}; routing is not access control, and a backend that
-normalises paths must not rely on the proxy's rules to guard them.
+Paths are matched in their normal form (L{lbproxy.http.paths}): the front
+normalises the target before routing, and the backend gets that same
+normalised path, so a rule sees exactly the bytes the backend will see. A
+prefix rule on C{/admin/} therefore matches C{/%61dmin/}, C{//admin/} and
+C{/public/../admin/}. With a listener's C{paths.normalize = false}, paths
+are matched (and sent) as received, and these spellings pass the rule by.
+Routing is still not access control: a backend must not rely on the
+proxy's rules to guard what it serves.
 
 Routing only ever yields pools from the configuration: an absolute-form
 target (C{GET http://elsewhere/ HTTP/1.1}) is matched by its host like
