@@ -268,7 +268,9 @@ def loadBytes(raw: bytes, source: str) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, "", f"TOML syntax error: {e}")
+        # tomllib names a table as a Python tuple: ('pools', 'web').
+        text = re.sub(r"\(((?:'[^']*', )*'[^']*'),?\)", lambda m: ".".join(re.findall(r"'([^']*)'", m.group(1))), str(e))
+        raise ConfigError(source, "", f"TOML syntax error: {text}")
     return parse(data, source)
 
 
