@@ -29,6 +29,7 @@ from lbproxy.config.mail import (
     MailListenerConfig,
     parseMailListener,
 )
+from lbproxy.config.endpoints import checkOverlaps
 from lbproxy.config.table import Table, oneOf, show
 from lbproxy.config.tls import (
     BackendTLSConfig,
@@ -293,6 +294,7 @@ def parse(data: dict, source: str) -> Config:
         )
     if not listeners:
         raise ConfigError(source, "listeners", "expected at least one listener")
+    checkOverlaps(source, [(f"listeners.{name}.bind", listener.bind) for name, listener in listeners.items()])
     _checkHTTPPoolSettings(source, pools, listeners)
     root.done()
     return Config(source=source, listeners=listeners, pools=pools)

@@ -12,7 +12,8 @@ L{EndpointError} saying what was expected; other types (endpoint plugins)
 go to Twisted's parser, whose errors are put in plain words.
 
 A valid C{bind} is described by a L{BindAddress}: what the listening
-socket takes.
+socket takes, so that two listeners the kernel would not let listen side
+by side are found when the config is loaded (L{bindOverlap}).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from twisted.internet.interfaces import (
 )
 from twisted.plugin import getPlugins
 from zope.interface import implementer
+
+from lbproxy.errors import ConfigError
 
 EXAMPLE_BIND = '"tcp:8080:interface=127.0.0.1"'
 
@@ -117,11 +120,113 @@ class BindAddress:
         host = self.host if self.host is not None else ("0.0.0.0" if self.version == 4 else "::")
         return _hostPort(host, self.port)
 
+    def scopes(self, dualStack: bool) -> tuple[tuple[int, object], ...]:
+        """
+        The (IP version, address or None for every address) pairs this
+        socket takes on its port. An IPv6 wildcard takes IPv4 too on a
+        dual-stack system; an IPv4-mapped IPv6 address is its IPv4 address.
+        """
+        if self.host is None:
+            if self.version == 6 and dualStack:
+                return ((6, None), (4, None))
+            return ((self.version, None),)
+        mapped = getattr(self.host, "ipv4_mapped", None)
+        if mapped is not None:
+            return ((4, mapped),)
+        return ((self.version, self.host),)
 
 
 def _hostPort(host, port: int) -> str:
     text = str(host)
     return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def ipv6DualStack() -> bool:
+    """
+    Whether a socket listening on the IPv6 wildcard C{::} also takes IPv4
+    (Linux's default: C{net.ipv6.bindv6only = 0}; Twisted does not set
+    C{IPV6_V6ONLY}).
+    """
+    try:
+        with open("/proc/sys/net/ipv6/bindv6only") as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return True
+
+
+def bindOverlap(first: BindAddress, second: BindAddress, dualStack: bool) -> str | None:
+    """
+    Where two listening sockets would collide, in words (C{"127.0.0.1:8080"}),
+    or None when the kernel lets both listen.
+    """
+    if first.kind != second.kind:
+        return None
+    if first.kind == "unix":
+        same = os.path.abspath(first.path) == os.path.abspath(second.path)
+        return first.describe() if same else None
+    if first.kind == "systemd":
+        # Two listeners adopting one socket would take turns accepting.
+        return first.describe() if first.socket == second.socket else None
+    if first.port == 0 or first.port != second.port:
+        return None
+    for version, host in first.scopes(dualStack):
+        for otherVersion, otherHost in second.scopes(dualStack):
+            if version != otherVersion:
+                continue
+            if host is None or otherHost is None or host == otherHost:
+                shared = host if host is not None else otherHost
+                if shared is None:
+                    shared = "0.0.0.0" if version == 4 else "::"
+                return _hostPort(shared, first.port)
+    return None
+
+
+def _wildcardWords(bind: BindAddress, dualStack: bool) -> str:
+    if bind.kind != "inet" or bind.host is not None:
+        return ""
+    if bind.version == 6 and dualStack:
+        return "every IPv6 and IPv4 address"
+    return f"every IPv{bind.version} address"
+
+
+def overlapMessage(firstKey: str, first: BindAddress, secondKey: str, second: BindAddress, dualStack: bool) -> str | None:
+    """
+    The one-line error for two listeners whose sockets collide, naming
+    both keys, or None.
+    """
+    shared = bindOverlap(first, second, dualStack)
+    if shared is None:
+        return None
+    message = f"{firstKey} and {secondKey} both listen on {shared}"
+    notes = [
+        f"{key} takes port {bind.port} on {words}"
+        for key, bind in ((firstKey, first), (secondKey, second))
+        if (words := _wildcardWords(bind, dualStack)) and bind.describe() != shared
+    ]
+    if notes:
+        message += f" ({'; '.join(notes)})"
+    return message
+
+
+def checkOverlaps(source: str, binds: list[tuple[str, str]], dualStack: bool | None = None) -> None:
+    """
+    Refuse two listening sockets the kernel would not open side by side
+    (or, for systemd, one socket adopted twice).
+
+    @param binds: C{(key, value)} of every listener's C{bind}, already
+        checked by L{parseBind}.
+    @param dualStack: whether an IPv6 wildcard takes IPv4 too; by default
+        what this system does (L{ipv6DualStack}).
+    @raise ConfigError: naming both keys and the shared address.
+    """
+    if dualStack is None:
+        dualStack = ipv6DualStack()
+    described = [(key, bind) for key, value in binds if (bind := parseBind(value)) is not None]
+    for index, (firstKey, first) in enumerate(described):
+        for secondKey, second in described[index + 1 :]:
+            message = overlapMessage(firstKey, first, secondKey, second, dualStack)
+            if message is not None:
+                raise ConfigError(source, "", message)
 
 
 # Splitting.
