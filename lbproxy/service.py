@@ -26,6 +26,7 @@ from lbproxy.config import Config, ListenerConfig
 from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.listening import ListenerService
+from lbproxy.openfiles import OpenFileLimit
 from lbproxy.pool import Pool
 from lbproxy.runtime import Balancer
 from lbproxy.tls.server import HANDSHAKE_TIMEOUT, ServerTLS, wrapFactory
@@ -141,6 +142,15 @@ class BalancerService(MultiService):
             # line naming the listener instead of being logged while the
             # daemon runs without it.
             ListenerService(listener, config.source, factory, reactor).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """
+        Raise the open-file limit as far as the listeners' C{maxconn}
+        need (see L{lbproxy.openfiles}), then open the listeners' sockets,
+        both before twistd drops privileges.
+        """
+        OpenFileLimit(self.config).apply()
+        super().privilegedStartService()
 
     def reloadTLS(self) -> dict[str, str | None]:
         """
