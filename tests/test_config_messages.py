@@ -19,15 +19,7 @@ from twisted.plugin import getPlugins
 
 from lbproxy.config import loadBytes
 from lbproxy.errors import ConfigError
-
-MINIMAL = """\
-[listeners.web]
-bind = "tcp:8080:interface=127.0.0.1"
-pool = "web"
-
-[pools.web]
-servers = [{ name = "a", address = "127.0.0.1:8081" }]
-"""
+from test_config import MINIMAL
 
 #: The endpoint types a message lists: Twisted's own and any installed
 #: endpoint plugin's.

@@ -232,7 +232,7 @@ def checkOverlaps(source: str, binds: list[tuple[str, str]], dualStack: bool | N
 # Splitting.
 
 
-def _split(value: str) -> tuple[str, list[str], list[tuple[str, str]]]:
+def splitEndpoint(value: str) -> tuple[str, list[str], list[tuple[str, str]]]:
     """
     The type, positional values and C{(name, value)} options of an
     endpoint string, with backslash escapes resolved as Twisted resolves
@@ -265,7 +265,7 @@ def _assign(kind: str, value: str, names: tuple[str, ...]) -> dict[str, str]:
     order.
     """
     _unescapedIPv6(value)
-    _, args, options = _split(value)
+    _, args, options = splitEndpoint(value)
     listed = _listed(names)
     if len(args) > len(names):
         raise EndpointError(f"at most {len(names)} values after {kind}: ({listed})", f"{len(args)} given")
@@ -353,7 +353,7 @@ def parseBind(value: str) -> BindAddress | None:
 
     @raise EndpointError: the value is unusable.
     """
-    kind, _, _ = _split(value)
+    kind, _, _ = splitEndpoint(value)
     # Endpoint plugins are looked for only for a type not checked here.
     known = _SERVER_OPTIONS if kind in _SERVER_OPTIONS else sorted({*_SERVER_OPTIONS, *_types(IStreamServerEndpointStringParser)})
     if kind not in known:
@@ -429,7 +429,7 @@ def parseAddress(value: str) -> str:
 
     @raise EndpointError: the value is unusable.
     """
-    kind, _, _ = _split(value)
+    kind, _, _ = splitEndpoint(value)
     known = _CLIENT_OPTIONS if kind in _CLIENT_OPTIONS else sorted({*_CLIENT_OPTIONS, *_types(IStreamClientEndpointStringParserWithReactor)})
     if kind in known and value != kind:
         return _clientEndpoint(kind, value)
@@ -494,7 +494,7 @@ def _twisted(parse, value: str, expected: str = "") -> None:
     try:
         parse(_NullReactor(), value)
     except Exception as e:
-        kind = _split(value)[0]
+        kind = splitEndpoint(value)[0]
         raise EndpointError(expected or f"an endpoint string the {kind}: parser accepts", plainReason(e))
 
 
