@@ -108,11 +108,12 @@ def _tryBind(family: int, address) -> int:
     Bind a throwaway socket to C{address} (port 0): the error number, or
     0 when it binds.
     """
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.bind(address)
-        except OSError as e:
-            return e.errno or 0
+    except OSError as e:
+        # EAFNOSUPPORT (IPv6 disabled) and the like: the start says so.
+        return e.errno or 0
     return 0
 
 
