@@ -3,7 +3,7 @@ The service tree of a running lbproxy::
 
     BalancerService (MultiService)
       health        MultiService, one HealthMonitor per checked pool
-      listener:NAME StreamServerEndpointService, one per listener
+      listener:NAME ListenerService, one per listener
 
 A listener with C{[tls]} (and no STARTTLS) gets its front's factory
 wrapped in TLS termination (L{lbproxy.tls.server.wrapFactory}); its
@@ -18,15 +18,15 @@ Later packages (admin, ha) add their services beside these.
 
 from __future__ import annotations
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from lbproxy.acceptproxy import AcceptProxyFactory, readsProxyHeaderItself
 from lbproxy.config import Config, ListenerConfig
 from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
+from lbproxy.listening import ListenerService
+from lbproxy.openfiles import OpenFileLimit
 from lbproxy.pool import Pool
 from lbproxy.runtime import Balancer
 from lbproxy.tls.server import HANDSHAKE_TIMEOUT, ServerTLS, wrapFactory
@@ -135,17 +135,22 @@ class BalancerService(MultiService):
             if pool.options.health is not None:
                 HealthMonitor(pool, reactor=reactor).setServiceParent(health)
         for listener in config.listeners.values():
-            endpoint = serverFromString(reactor, listener.bind)
             serverTLS = self.serverTLS.get(listener.name)
             front = frontFactory(listener, self.balancer.pools, reactor, serverTLS)
             factory = wrapFront(listener, front, reactor, serverTLS)
-            service = StreamServerEndpointService(endpoint, factory)
-            # Bind errors (port in use, permission) stop startup with a clear
-            # error instead of being logged while the daemon runs without
-            # the listener.
-            service._raiseSynchronously = True
-            service.setName(f"listener:{listener.name}")
-            service.setServiceParent(self)
+            # Bind errors (port in use, permission) stop startup with one
+            # line naming the listener instead of being logged while the
+            # daemon runs without it.
+            ListenerService(listener, config.source, factory, reactor).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """
+        Raise the open-file limit as far as the listeners' C{maxconn}
+        need (see L{lbproxy.openfiles}), then open the listeners' sockets,
+        both before twistd drops privileges.
+        """
+        OpenFileLimit(self.config).apply()
+        super().privilegedStartService()
 
     def reloadTLS(self) -> dict[str, str | None]:
         """

@@ -16,14 +16,19 @@ Errors an operator makes are reported as one line, without a traceback:
     stderr and the process exits with status 1. (A L{usage.UsageError}
     would make twistd print its whole usage text in front of the line.)
     This includes the TLS files (certificates, keys, CAs of listeners and
-    pools), which are read and checked then, by C{--check} too.
+    pools), which are read and checked then, and what can be known of the
+    listeners' addresses without listening (two listeners on one address,
+    a UNIX socket's missing directory, an address this machine does not
+    have: L{lbproxy.listening.checkListenAddresses}), by C{--check} too.
 
-  - a port that cannot be bound is only found when twistd starts the
-    service (L{StreamServerEndpointService.privilegedStartService}, before
-    it drops privileges). twistd then removes its pidfile, tells a
+  - a listener whose socket cannot be opened (port in use, not permitted)
+    is only found when twistd starts the service
+    (L{lbproxy.listening.ListenerService.privilegedStartService}, before it
+    drops privileges). twistd then removes its pidfile, tells a
     daemonizing parent, and re-raises; L{makeService} installs an
-    C{excepthook} that prints that one L{CannotListenError} as a single
-    line instead of a traceback, and leaves every other exception alone.
+    C{excepthook} that prints that L{ListenerStartError}, which names the
+    listener, its address and the reason, as a single line instead of a
+    traceback, and leaves every other exception alone.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from twisted.python import usage
 
 from lbproxy.config import Config, loadBytes, loadFile
 from lbproxy.errors import ConfigError
+from lbproxy.listening import ListenerStartError, checkListenAddresses
 
 #: How the built-in demo configuration is named in messages.
 DEMO_SOURCE = "demo.toml (built in)"
@@ -92,6 +98,7 @@ class Options(usage.Options):
         self.demo = self["config"] is None
         try:
             self.config = demoConfig() if self.demo else loadFile(self["config"])
+            checkListenAddresses(self.config)
             self._loadTLS()
         except ConfigError as e:
             self.stderr.write(f"lbproxy: {e}\n")
@@ -143,9 +150,10 @@ class ReloadOnHangup(Service):
 
 class _BriefListenErrors:
     """
-    An C{excepthook} that reports an uncaught L{CannotListenError} (a
-    listener's port is taken or not permitted) as one line on stderr and in
-    the log, and hands every other exception to the previous hook.
+    An C{excepthook} that reports an uncaught L{ListenerStartError} or
+    L{CannotListenError} (a listener's or a demo server's port is taken or
+    not permitted) as one line on stderr and in the log, and hands every
+    other exception to the previous hook.
     """
 
     log = Logger()
@@ -155,7 +163,7 @@ class _BriefListenErrors:
         self.stderr = stderr
 
     def __call__(self, kind, value, traceback) -> None:
-        if not isinstance(value, CannotListenError):
+        if not isinstance(value, (ListenerStartError, CannotListenError)):
             self.previous(kind, value, traceback)
             return
         self.log.critical("cannot start: {error}", error=value)

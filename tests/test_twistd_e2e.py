@@ -168,8 +168,9 @@ def test_badConfig(tmp_path, processes):
 
 def test_portTaken(tmp_path, processes):
     """
-    A listener whose port is in use stops twistd with one clear line, not a
-    traceback, and twistd removes its pidfile.
+    A listener whose port is in use stops twistd with one clear line naming
+    the listener, its address and the reason, not a traceback, and twistd
+    removes its pidfile.
     """
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -179,12 +180,13 @@ def test_portTaken(tmp_path, processes):
         config.write_text(CONFIG.format(listen=taken, alpha=freePort(), beta=freePort()))
         process = processes(lbproxyArgv(tmp_path, "--config", str(config)), "lbproxy")
         assert process.wait() == 1, process.describe()
-    assert process.stderr == (
-        f"lbproxy: cannot start: Couldn't listen on 127.0.0.1:{taken}: "
-        "[Errno 98] Address already in use.\n"
-    ), process.describe()
+    line = (
+        f"cannot start: {config}: listeners.front.bind: cannot listen on 127.0.0.1:{taken}: "
+        "Address already in use (another process listens there)"
+    )
+    assert process.stderr == f"lbproxy: {line}\n", process.describe()
     assert "Traceback" not in process.stdout, process.describe()
-    assert f"cannot start: Couldn't listen on 127.0.0.1:{taken}" in process.stdout
+    assert line in process.stdout
     assert not (tmp_path / "twistd.pid").exists()
 
 

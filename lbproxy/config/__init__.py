@@ -30,6 +30,7 @@ from lbproxy.config.mail import (
     MailListenerConfig,
     parseMailListener,
 )
+from lbproxy.config.endpoints import checkOverlaps
 from lbproxy.config.paths import checkRoutePaths, parsePaths
 from lbproxy.config.table import Table, oneOf, show
 from lbproxy.config.tls import (
@@ -273,7 +274,9 @@ def loadBytes(raw: bytes, source: str) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, "", f"TOML syntax error: {e}")
+        # tomllib names a table as a Python tuple: ('pools', 'web').
+        text = re.sub(r"\(((?:'[^']*', )*'[^']*'),?\)", lambda m: ".".join(re.findall(r"'([^']*)'", m.group(1))), str(e))
+        raise ConfigError(source, "", f"TOML syntax error: {text}")
     return parse(data, source)
 
 
@@ -296,6 +299,7 @@ def parse(data: dict, source: str) -> Config:
         )
     if not listeners:
         raise ConfigError(source, "listeners", "expected at least one listener")
+    checkOverlaps(source, [(f"listeners.{name}.bind", listener.bind) for name, listener in listeners.items()])
     _checkHTTPPoolSettings(source, pools, listeners)
     root.done()
     return Config(source=source, listeners=listeners, pools=pools)

@@ -9,13 +9,11 @@ import ipaddress
 import re
 from typing import Any
 
-from twisted.internet.endpoints import clientFromString, serverFromString
-
+from lbproxy.config.endpoints import EndpointError, parseAddress, parseBind
 from lbproxy.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_ENDPOINT_TYPES = {"tcp", "tcp6", "ssl", "tls", "unix", "systemd", "tor"}
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -34,13 +32,6 @@ def show(value: Any) -> str:
 def oneOf(names) -> str:
     names = sorted(names)
     return "one of " + ", ".join(names) if names else "none defined"
-
-
-class _NullReactor:
-    """
-    Stands in for the reactor while endpoint strings are parsed for
-    validation; parsing never needs it.
-    """
 
 
 class Table:
@@ -156,24 +147,19 @@ class Table:
         return self.duration(key, 0.0)
 
     def endpoint(self, key: str, server: bool, required: bool = False) -> str:
+        """
+        A listener's C{bind} (C{server}) or a server's C{address}, checked
+        by L{lbproxy.config.endpoints}; an address is returned as the
+        client endpoint string that reaches it.
+        """
         value = self.string(key, required=required)
-        if server:
-            expected = 'expected a server endpoint string such as "tcp:8080:interface=127.0.0.1"'
-            parse, lowest = serverFromString, 0
-        else:
-            expected = 'expected "host:port" or a client endpoint string such as "tcp:host=127.0.0.1:port=8081"'
-            parse, lowest = clientFromString, 1
-            value = _hostPort(value)
         try:
-            endpoint = parse(_NullReactor(), value)
-        except Exception as e:
-            self.fail(key, f"{expected}, got {value!r} ({_reason(e)})")
-        # Endpoint parsers take any integer as a port; the bind or connect
-        # would only fail once the daemon runs.
-        port = getattr(endpoint, "_port", None)
-        if isinstance(port, int) and not lowest <= port <= 65535:
-            self.fail(key, f"{expected}, got {value!r} (port {port} is not from {lowest} to 65535)")
-        return value
+            if server:
+                parseBind(value)
+                return value
+            return parseAddress(value)
+        except EndpointError as e:
+            self.fail(key, e.describe(value))
 
     def networks(self, key: str) -> tuple:
         value = self.list(key)
@@ -210,22 +196,3 @@ class Table:
                 self.fail(key, f"{expected}, got {show(item)}")
             ranges.append((low, high))
         return tuple(ranges)
-
-
-def _reason(e: Exception) -> str:
-    text = str(e) or e.__class__.__name__
-    return text.splitlines()[0]
-
-
-def _hostPort(value: str) -> str:
-    """
-    Turn the shorthand C{host:port} / C{[v6]:port} into a C{tcp:} endpoint
-    string; leave endpoint strings alone.
-    """
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})", value) or re.fullmatch(
-        r"([A-Za-z0-9.-]+):(\d{1,5})", value
-    )
-    if not m or m.group(1) in _ENDPOINT_TYPES:
-        return value
-    host = m.group(1).replace(":", "\\:")
-    return f"tcp:host={host}:port={m.group(2)}"

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.config import HealthConfig
+from lbproxy.config.endpoints import splitEndpoint
 from lbproxy.errors import TLSHandshakeFailed
 from lbproxy.interfaces import IHealthCheck, IServer
 from lbproxy.limits import describeLocalLimit, localLimit
@@ -94,29 +95,8 @@ def endpointArguments(address: str) -> tuple[str, list[str], dict[str, str]]:
     Split a client endpoint string into its type, positional and keyword
     arguments, honouring backslash escapes as Twisted's parser does.
     """
-    segments: list[list[tuple[str, bool]]] = [[]]
-    chars = iter(address)
-    for ch in chars:
-        if ch == "\\":
-            segments[-1].append((next(chars, ""), True))
-        elif ch == ":":
-            segments.append([])
-        else:
-            segments[-1].append((ch, False))
-    kind = "".join(ch for ch, _ in segments[0])
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for segment in segments[1:]:
-        split = next(
-            (i for i, (ch, escaped) in enumerate(segment) if ch == "=" and not escaped),
-            None,
-        )
-        if split is None:
-            args.append("".join(ch for ch, _ in segment))
-        else:
-            key = "".join(ch for ch, _ in segment[:split])
-            kwargs[key] = "".join(ch for ch, _ in segment[split + 1 :])
-    return kind, args, kwargs
+    kind, args, options = splitEndpoint(address)
+    return kind, args, dict(options)
 
 
 def hostHeader(address: str, tls=None) -> str:

@@ -1,0 +1,200 @@
+"""
+Opening the listeners' sockets, and what can be known about them before.
+
+Before anything starts (and by C{--check}), L{checkListenAddresses} looks
+at what the config alone cannot tell: whether a UNIX socket's directory
+exists and can be written, and whether an IP address a listener binds to
+belongs to this machine. Each problem is one L{ConfigError} naming the
+listener's C{bind}.
+
+At startup, a listener whose socket still cannot be opened (a port another
+process holds, a port below 1024 without the privilege, a systemd socket
+that was not passed) stops the daemon with one L{ListenerStartError} line
+naming the listener, its address and the system's reason, rather than a
+traceback (L{lbproxy.tap} prints it).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import fail
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+
+from lbproxy.config import Config, ListenerConfig
+from lbproxy.config.endpoints import BindAddress, EndpointError, parseBind, plainReason
+from lbproxy.errors import ConfigError
+
+
+class ListenerStartError(Exception):
+    """
+    A listener could not open its socket; C{str()} is the one line an
+    operator reads::
+
+        lb.toml: listeners.web.bind: cannot listen on 127.0.0.1:8080: Address already in use (another process listens there)
+    """
+
+
+def _bindKey(listener: ListenerConfig) -> str:
+    return f"listeners.{listener.name}.bind"
+
+
+def checkListenAddresses(config: Config, bindTest=None) -> None:
+    """
+    Refuse listeners whose socket cannot be opened on this machine, for a
+    reason found without opening it: a UNIX socket in a directory that is
+    missing or not writable, or at a path held by something other than a
+    socket; an IP address this machine does not have.
+
+    Ports in use and privileged ports are not checked: the daemon being
+    checked may already run (a check before a restart), and C{--check}
+    may run as another user. They are reported when the daemon starts.
+
+    @param bindTest: C{(family, sockaddr) -> errno or 0}; by default
+        L{_tryBind}, which binds a throwaway socket to port 0.
+    @raise ConfigError: naming the listener's C{bind}.
+    """
+    bindTest = bindTest or _tryBind
+    for listener in config.listeners.values():
+        try:
+            bind = parseBind(listener.bind)
+            if bind is None:
+                continue
+            if bind.kind == "unix":
+                _checkUnixPath(bind.path)
+            elif bind.kind == "inet" and bind.host is not None:
+                _checkLocal(bind, bindTest)
+        except EndpointError as e:
+            raise ConfigError(config.source, _bindKey(listener), e.describe(listener.bind))
+
+
+def _checkUnixPath(path: str) -> None:
+    if path.startswith("\0"):
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    expected = "a socket path in an existing directory lbproxy can write to"
+    if not os.path.isdir(directory):
+        reason = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise EndpointError(expected, f"{directory} {reason}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise EndpointError(expected, f"{directory} is not writable by user id {os.geteuid()}")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise EndpointError("a socket path where no other file is", f"{path} exists and is not a socket")
+
+
+def _checkLocal(bind: BindAddress, bindTest) -> None:
+    family = socket.AF_INET6 if bind.version == 6 else socket.AF_INET
+    info = socket.getaddrinfo(str(bind.host), 0, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    if bindTest(family, info[0][4]) == errno.EADDRNOTAVAIL:
+        sysctl = f"net.ipv{bind.version}.ip_nonlocal_bind" if bind.version == 4 else "net.ipv6.ip_nonlocal_bind"
+        raise EndpointError(
+            "an IP address of this machine",
+            f"no interface has {bind.host}; to listen on an address this machine takes over "
+            f"later, such as a virtual IP, set the sysctl {sysctl} = 1",
+        )
+
+
+def _tryBind(family: int, address) -> int:
+    """
+    Bind a throwaway socket to C{address} (port 0): the error number, or
+    0 when it binds.
+    """
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind(address)
+    except OSError as e:
+        # EAFNOSUPPORT (IPv6 disabled) and the like: the start says so.
+        return e.errno or 0
+    return 0
+
+
+#: A hint after the system's reason, by error number.
+_HINTS = {
+    errno.EADDRINUSE: "another process listens there",
+    errno.EADDRNOTAVAIL: "no interface has this address",
+    errno.ENOENT: "the directory does not exist",
+}
+
+
+def listenFailure(listener: ListenerConfig, source: str, error: BaseException) -> ListenerStartError:
+    """
+    The one-line error for C{listener}, whose socket could not be opened
+    because of C{error}.
+    """
+    try:
+        bind = parseBind(listener.bind)
+    except EndpointError:
+        bind = None
+    where = bind.describe() if bind is not None else repr(listener.bind)
+    cause = error.socketError if isinstance(error, CannotListenError) else error
+    if bind is not None and bind.kind == "systemd" and isinstance(cause, (IndexError, KeyError)):
+        reason = "systemd passed no such socket"
+        hint = "start lbproxy from a systemd socket unit that passes it"
+    elif isinstance(cause, OSError):
+        reason = cause.strerror or plainReason(cause)
+        hint = _HINTS.get(cause.errno)
+        if cause.errno == errno.EACCES and bind is not None and bind.kind == "inet" and 0 < bind.port < 1024:
+            hint = "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        # A lock file's symlink names the link second.
+        filename = cause.filename2 if cause.filename2 is not None else cause.filename
+        if filename is not None:
+            reason = f"{os.fsdecode(filename)}: {reason}"
+    elif cause == "Cannot acquire lock" and bind is not None:
+        reason, hint = f"{bind.path}.lock is held", "another process listens there"
+    else:
+        reason, hint = plainReason(cause) if isinstance(cause, BaseException) else str(cause), None
+    line = f"{_bindKey(listener)}: cannot listen on {where}: {reason}"
+    if hint:
+        line += f" ({hint})"
+    return ListenerStartError(f"{source}: {line}" if source else line)
+
+
+class ListenerService(StreamServerEndpointService):
+    """
+    The listening socket of one listener, opened in
+    L{privilegedStartService} (before twistd drops privileges). Any
+    failure to open it, including an endpoint string that cannot be turned
+    into an endpoint on this machine (a systemd socket that was not
+    passed), raises L{ListenerStartError} there.
+    """
+
+    def __init__(self, listener: ListenerConfig, source: str, factory, reactor) -> None:
+        try:
+            endpoint = serverFromString(reactor, listener.bind)
+        except Exception as error:
+            endpoint = _Unusable(error)
+        super().__init__(endpoint, factory)
+        self.listener = listener
+        self.source = source
+        # Raise from privilegedStartService instead of logging the failure
+        # while the daemon runs without the listener.
+        self._raiseSynchronously = True
+        self.setName(f"listener:{listener.name}")
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as error:
+            raise listenFailure(self.listener, self.source, error) from error
+
+
+class _Unusable:
+    """
+    The endpoint of a listener whose endpoint string could not be turned
+    into one: listening fails with the parser's error.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def listen(self, factory):
+        return fail(self.error)
