@@ -11,6 +11,11 @@ list holds more than the pool's C{reuseMaxIdle}, or after
 C{reuseIdleTimeout} seconds unused (which should be shorter than the
 backend's own keep-alive timeout, so the proxy, not the backend, closes it).
 
+The end of a connection ends a response delimited by the close only when
+it is clean: a FIN, or a TLS close_notify. A reset, an error, or a TLS
+connection ending without close_notify (which an attacker on the path can
+forge) cuts it short.
+
 One L{BackendPool} per pool gathers what a front needs to reach its servers:
 the L{lbproxy.connect.BackendConnector}, the idle lists and the protocol
 factory.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -192,12 +198,20 @@ class BackendHTTPConnection(Protocol):
             return
         if self.idleList is not None:
             self.idleList.discard(self)
-        self._peerClosed()
+        if reason.check(ConnectionDone):
+            # A clean end: the FIN after readConnectionLost, or a TLS
+            # close_notify (TLS has no half-close).
+            self._peerClosed()
+        elif self.user is not None:
+            # A reset, an error, or a TLS connection ending without
+            # close_notify (a truncation): nothing ends there, not even a
+            # body delimited by the close.
+            self._broken(HTTPParseError(502, "connection reset"), closed=True)
 
     def _peerClosed(self) -> None:
         """
-        The backend closed: complete a read-until-close response, or tell
-        the user its response was cut short.
+        The backend closed cleanly: complete a read-until-close response,
+        or tell the user its response was cut short.
         """
         if self.user is None:
             return

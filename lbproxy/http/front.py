@@ -808,8 +808,10 @@ class HTTPProxyProtocol(Protocol):
     def _backendBroken(self, exchange: Exchange, termination: str) -> None:
         """
         The backend failed the request: a 502 when nothing of the response
-        was sent yet, else the client connection is closed.
+        was sent yet, else the client connection is closed. It counts as
+        an error of the server.
         """
+        exchange.server.responseErrors += 1
         self._sendError(exchange, 502, termination)
 
     # -- ending a request ---------------------------------------------------
