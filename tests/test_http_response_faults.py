@@ -1,19 +1,38 @@
 """
 Servers that break the response side of HTTP, in memory: a body cut by a
-reset or a close.
+reset or a close, bytes after a complete response (a body on a HEAD, 204
+or 304 answer, two responses in one write), bytes on an idle connection.
 
 A cut body is never passed on as complete: the client sees no last chunk
 and a closed connection (a reset when the body is delimited by the
 close), the access log says C{SD}, and the server's C{responseErrors}
-counts it.
+counts it. Bytes a server sends beyond its response are never handed to
+anyone: they are logged once as an error naming the server, counted, and
+the connection is closed, while the response they followed stays served.
 """
 
 from __future__ import annotations
 
-from test_http_front import DONE, GET, RESET, ProxyTestCase, _dechunk, chunked
+from twisted.internet.address import IPv4Address
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
+from test_http_front import DONE, GET, OK, RESET, ProxyTestCase, _dechunk, chunked
+
+HEAD = b"HEAD /x HTTP/1.1\r\nHost: example.com\r\n\r\n"
 GET10 = b"GET /x HTTP/1.0\r\n\r\n"
 UNTIL_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+
+
+def serverErrors(events) -> list[str]:
+    """
+    The error lines of C{events} from lbproxy.http.backend.
+    """
+    return [
+        formatEvent(event)
+        for event in events
+        if event.get("log_level") == LogLevel.error
+        and event.get("log_namespace", "").startswith("lbproxy.http.backend")
+    ]
 
 
 class CutBodyTests(ProxyTestCase):
@@ -151,3 +170,185 @@ class CutBodyTests(ProxyTestCase):
         self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
         self.assertLastRecord(status=502, termination="SH")
         self.assertEqual(self.pool.servers[0].responseErrors, 1)
+
+
+class ExtraBytesTests(ProxyTestCase):
+    """
+    Bytes from a server after a complete response, in the same read.
+    """
+
+    def answer(self, request: bytes, response: bytes):
+        self.makeFactory(count=1)
+        client = self.connectClient()
+        with capturedLogs() as events:
+            backend = self.exchange(client, request, response)
+        return client, backend, serverErrors(events)
+
+    def assertDropped(self, client, backend, errors, expected: str) -> None:
+        """
+        The response was served whole, the rest logged once as
+        C{expected}, counted, and the connection closed, never reused.
+        """
+        self.assertEqual(errors, [expected])
+        self.assertLastRecord(termination="--")
+        self.assertFalse(client.closing)
+        self.assertTrue(backend.transport.disconnecting)
+        self.assertEqual(self.pool.servers[0].responseErrors, 1)
+        self.assertEqual(self.factory.routeFor(self.pool).backends.idleCount(), 0)
+        client.send(GET)
+        self.assertEqual(self.pendingAttempts(), 1)
+
+    def test_bodyOnHeadResponse(self):
+        client, backend, errors = self.answer(
+            HEAD, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        self.assertEqual(client.received(), b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        self.assertDropped(
+            client,
+            backend,
+            errors,
+            "server web/s0 sent 5 bytes after the end of its 200 response to HEAD "
+            "(a body on a response that has none); connection closed",
+        )
+
+    def test_bodyOn204Response(self):
+        client, backend, errors = self.answer(GET, b"HTTP/1.1 204 No Content\r\n\r\nbody")
+        self.assertEqual(client.received(), b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertDropped(
+            client,
+            backend,
+            errors,
+            "server web/s0 sent 4 bytes after the end of its 204 response to GET "
+            "(a body on a response that has none); connection closed",
+        )
+
+    def test_bodyOn304Response(self):
+        client, backend, errors = self.answer(
+            GET, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\nabc"
+        )
+        self.assertEqual(
+            client.received(), b"HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n"
+        )
+        self.assertDropped(
+            client,
+            backend,
+            errors,
+            "server web/s0 sent 3 bytes after the end of its 304 response to GET "
+            "(a body on a response that has none); connection closed",
+        )
+
+    def test_twoResponsesInOneWrite(self):
+        client, backend, errors = self.answer(GET, OK + OK)
+        self.assertEqual(client.received().count(b"HTTP/1.1 200 OK"), 1)
+        self.assertTrue(client.received().endswith(b"ok"))
+        self.assertDropped(
+            client,
+            backend,
+            errors,
+            f"server web/s0 sent {len(OK)} bytes after the end of its 200 response to GET "
+            "(more than the response); connection closed",
+        )
+
+    def test_moreThanTheLengthAcrossReads(self):
+        """
+        The response ends inside a later read, which holds more: the same.
+        """
+        self.makeFactory(count=1)
+        client = self.connectClient()
+        client.send(GET)
+        backend = self.connectBackend()
+        with capturedLogs() as events:
+            backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+            backend.send(b"cdEXTRA")
+        self.assertTrue(client.received().endswith(b"\r\n\r\nabcd"))
+        self.assertDropped(
+            client,
+            backend,
+            serverErrors(events),
+            "server web/s0 sent 5 bytes after the end of its 200 response to GET "
+            "(more than the response); connection closed",
+        )
+
+    def test_extraAfterChunkedResponse(self):
+        client, backend, errors = self.answer(
+            GET, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"abc") + b"junk"
+        )
+        self.assertTrue(client.received().endswith(b"0\r\n\r\n"))
+        self.assertDropped(
+            client,
+            backend,
+            errors,
+            "server web/s0 sent 4 bytes after the end of its 200 response to GET "
+            "(more than the response); connection closed",
+        )
+
+    def test_extraAfterClosingResponse(self):
+        """
+        A response that closes the connection (C{Connection: close}) and
+        more: logged all the same, though the connection closes anyway.
+        """
+        client, backend, errors = self.answer(
+            GET, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nokMORE"
+        )
+        self.assertTrue(client.received().endswith(b"ok"))
+        self.assertDropped(
+            client,
+            backend,
+            errors,
+            "server web/s0 sent 4 bytes after the end of its 200 response to GET "
+            "(more than the response); connection closed",
+        )
+
+    def test_interimThenFinalIsNotExtra(self):
+        """
+        A 100 Continue and the final response in one read are one answer.
+        """
+        client, backend, errors = self.answer(
+            b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n" + OK,
+        )
+        self.assertEqual(errors, [])
+        self.assertEqual(self.factory.routeFor(self.pool).backends.idleCount(), 1)
+        self.assertEqual(self.pool.servers[0].responseErrors, 0)
+
+
+class IdleBytesTests(ProxyTestCase):
+    """
+    Bytes a server sends on a connection waiting idle for reuse.
+    """
+
+    def test_unsolicitedResponseWhileIdle(self):
+        self.makeFactory(count=1)
+        client = self.connectClient()
+        backend = self.exchange(client, GET)
+        self.assertEqual(self.factory.routeFor(self.pool).backends.idleCount(), 1)
+        with capturedLogs() as events:
+            backend.send(OK)
+            backend.send(OK)
+        self.assertEqual(
+            serverErrors(events),
+            [
+                f"server web/s0 sent {len(OK)} bytes on an idle connection, "
+                "answering no request; connection closed"
+            ],
+        )
+        self.assertTrue(backend.transport.disconnected)
+        self.assertEqual(self.factory.routeFor(self.pool).backends.idleCount(), 0)
+        self.assertEqual(self.pool.servers[0].responseErrors, 1)
+        self.assertEqual(client.received().count(b"200 OK"), 1)
+
+    def test_emptyLinesWhileIdle(self):
+        """
+        Even an empty line: a server that writes to an idle connection is
+        not given another request on it.
+        """
+        self.makeFactory(count=1)
+        client = self.connectClient()
+        backend = self.exchange(client, GET)
+        with capturedLogs() as events:
+            backend.send(b"\r\n")
+        self.assertEqual(len(serverErrors(events)), 1)
+        self.assertEqual(self.factory.routeFor(self.pool).backends.idleCount(), 0)
+        other = self.connectClient(IPv4Address("TCP", "192.0.2.8", 40001))
+        other.send(GET)
+        self.assertEqual(self.pendingAttempts(), 1)

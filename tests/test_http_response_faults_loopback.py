@@ -1,7 +1,8 @@
 """
 Servers that break the response side of HTTP, on loopback with the real
-reactor: raw-socket servers (plain and TLS) that reset a body or end TLS
-without close_notify; curl in front.
+reactor: raw-socket servers (plain and TLS) that reset a body, end TLS
+without close_notify, or send a body with a HEAD answer; curl and raw
+Twisted clients in front.
 
 curl is the judge of a cut body: it must report the transfer incomplete
 (exit 18, "transfer closed with outstanding read data remaining", or 56,
@@ -21,8 +22,10 @@ import threading
 import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
 
 from lbproxy.config import loadBytes
@@ -31,7 +34,8 @@ from lbproxy.service import frontFactory
 
 from certs import CertificateAuthority
 from support import requireExecutable
-from test_http_loopback import RecordingLog
+from test_http_loopback import RawClient, RecordingLog
+from test_http_response_faults import serverErrors
 
 pytestmark = pytest.mark.integration
 
@@ -291,3 +295,46 @@ servers = [{{ name = "web1", address = "tcp:host=127.0.0.1:port={backend}" }}]
         self.assertEqual((code, out), (0, PART), err)
         yield self.waitFor(lambda: self.log.records, "the access log line")
         self.assertEqual(self.log.records[-1].termination, "--")
+
+    @inlineCallbacks
+    def get(self, port: int, path: bytes, method: bytes = b"GET") -> RawClient:
+        client = RawClient([method])
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        self.addCleanup(client.transport.abortConnection)
+        client.transport.write(b"%s %s HTTP/1.1\r\nHost: a\r\n\r\n" % (method, path))
+        yield client.done
+        return client
+
+    # -- a body on a HEAD answer ----------------------------------------------
+
+    @inlineCallbacks
+    def test_bodyOnHeadAnswer(self):
+        """
+        A HEAD answered with a body in the same write: curl gets the head
+        and succeeds; the body is logged as the server's error, and the
+        next request goes on a new connection.
+        """
+
+        def headWithBody(connection, number):
+            buffered = bytearray()
+            while readHead(connection, buffered) is not None:
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+        raw = self.server(headWithBody)
+        port = self.proxy(raw.port)
+        with capturedLogs() as events:
+            client = yield self.get(port, b"/", b"HEAD")
+            yield self.waitFor(lambda: serverErrors(events), "the extra bytes' log line")
+        self.assertEqual(client.responses.items[0][0].status, 200)
+        self.assertEqual(client.bodies(), [b""])
+        self.assertEqual(
+            serverErrors(events),
+            [
+                "server web/web1 sent 5 bytes after the end of its 200 response to HEAD "
+                "(a body on a response that has none); connection closed"
+            ],
+        )
+        code, out, err = yield self.curl(port, "--head")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 OK\r\n"), out)
+        self.assertEqual(raw.accepted, 2)

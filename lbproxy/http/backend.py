@@ -14,7 +14,10 @@ backend's own keep-alive timeout, so the proxy, not the backend, closes it).
 The end of a connection ends a response delimited by the close only when
 it is clean: a FIN, or a TLS close_notify. A reset, an error, or a TLS
 connection ending without close_notify (which an attacker on the path can
-forge) cuts it short.
+forge) cuts it short. Bytes a server sends beyond its response (after the
+final response in the same read, or on an idle connection) answer no
+request: they are logged once as an error naming the server, counted in
+its C{responseErrors}, and the connection is dropped.
 
 One L{BackendPool} per pool gathers what a front needs to reach its servers:
 the L{lbproxy.connect.BackendConnector}, the idle lists and the protocol
@@ -35,7 +38,7 @@ from zope.interface import Interface, implementer
 from lbproxy.connect import BackendConnector
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.interfaces import IHTTPMessageReceiver
-from lbproxy.http.message import ResponseHead
+from lbproxy.http.message import BodyKind, ResponseHead
 from lbproxy.http.parser import ResponseParser
 from lbproxy.relay import setNoDelay
 
@@ -132,6 +135,7 @@ class BackendHTTPConnection(Protocol):
         self.idleSince = 0.0
         self._readingPaused = False
         self._writeBlocked = False
+        self._method = b""
         self._leg = None
         # Registered as the streaming producer of its transport.
         self._producing = False
@@ -152,14 +156,20 @@ class BackendHTTPConnection(Protocol):
         if leg is not None:
             leg.dataReceived(data)
             return
+        user = self.user
+        if user is None:
+            # Idle (or given up): whatever the server sends answers no
+            # request, and must never reach the next request's client.
+            if not self.closing:
+                self._unsolicited(len(data), "on an idle connection, answering no request")
+            return
         self.bytesReceived += len(data)
-        if self.user is not None:
-            # The common case: a whole response head in the simple form,
-            # with as much of the body as came, in one step.
-            simple = self.parser.simpleResponse(data)
-            if simple is not None:
-                self.user.responseReceived(*simple)
-                return
+        # The common case: a whole response head in the simple form, with
+        # as much of the body as came, in one step.
+        simple = self.parser.simpleResponse(data)
+        if simple is not None:
+            user.responseReceived(*simple)
+            return
         try:
             self.parser.dataReceived(data)
         except HTTPParseError as error:
@@ -233,11 +243,30 @@ class BackendHTTPConnection(Protocol):
             self.transport.abortConnection()
         if user is not None:
             user.backendFailed(self, error, closed)
-        elif not closed:
-            self.log.debug(
-                "idle connection to {server} sent data answering no request; closed",
-                server=getattr(self.server, "qualifiedName", self.server),
-            )
+
+    def _unsolicited(self, count: int, what: str) -> None:
+        """
+        The server sent C{count} bytes no request asked for (C{what} says
+        when): it cannot be trusted with another request. Log it once,
+        count it on the server, and drop the connection; the bytes go to
+        no one.
+        """
+        server = self.server
+        if server is not None:
+            server.responseErrors += 1
+        self.log.error(
+            "server {server} sent {nbytes} bytes {what}; connection closed",
+            server=getattr(server, "qualifiedName", server),
+            nbytes=count,
+            what=what,
+        )
+        self.user = None
+        self.closing = True
+        if self.idleList is not None:
+            self.idleList.discard(self)
+        self.parser.pauseParsing()
+        if not self.lost:
+            self.transport.abortConnection()
 
     # -- IHTTPMessageReceiver (the response parser) -------------------------
 
@@ -258,6 +287,21 @@ class BackendHTTPConnection(Protocol):
         user = self.user
         if user is not None:
             user.responseCompleted()
+        extra = self.parser.extra
+        if extra is not None:
+            # The response came whole and was served; what followed it in
+            # the same read answers nothing (the parser dropped it).
+            self.parser.extra = None
+            head, count = extra
+            why = (
+                "a body on a response that has none"
+                if head.bodyKind is BodyKind.NONE
+                else "more than the response"
+            )
+            method = self._method.decode("ascii", "replace")
+            self._unsolicited(
+                count, f"after the end of its {head.status} response to {method} ({why})"
+            )
 
     # -- IPushProducer (the backend's reading of what the proxy writes) ----
 
@@ -299,6 +343,7 @@ class BackendHTTPConnection(Protocol):
             allows.
         """
         self.user = user
+        self._method = method
         self.bytesReceived = 0
         self.requests += 1
         self.parser.expectResponse(method, upgrade)
