@@ -1,8 +1,8 @@
 """
 Servers that break the response side of HTTP, on loopback with the real
 reactor: raw-socket servers (plain and TLS) that reset a body, end TLS
-without close_notify, or send a body with a HEAD answer; curl and raw
-Twisted clients in front.
+without close_notify, write a response nobody asked for, or send a body
+with a HEAD answer; curl and raw Twisted clients in front.
 
 curl is the judge of a cut body: it must report the transfer incomplete
 (exit 18, "transfer closed with outstanding read data remaining", or 56,
@@ -42,9 +42,14 @@ pytestmark = pytest.mark.integration
 #: The start of a response whose body ends when the server closes.
 UNTIL_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"
 PART = b"p" * 3000
+UNREQUESTED = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nunrequested"
 
 #: curl's exit codes for a transfer cut short.
 INCOMPLETE = {18: "partial file", 56: "receive error (reset)"}
+
+
+def answer(path: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
 
 
 def readHead(connection, buffered: bytearray) -> bytes | None:
@@ -61,6 +66,10 @@ def readHead(connection, buffered: bytearray) -> bytes | None:
     head = bytes(buffered[:end])
     del buffered[:end]
     return head
+
+
+def requestPath(head: bytes) -> bytes:
+    return head.split(b" ", 2)[1]
 
 
 def reset(connection) -> None:
@@ -296,6 +305,26 @@ servers = [{{ name = "web1", address = "tcp:host=127.0.0.1:port={backend}" }}]
         yield self.waitFor(lambda: self.log.records, "the access log line")
         self.assertEqual(self.log.records[-1].termination, "--")
 
+    # -- a response nobody asked for ----------------------------------------
+
+    @staticmethod
+    def strayResponse(connection, number):
+        """
+        On the first connection, answers the first request, then 0.5 s
+        later writes a second, unrequested response, and answers later
+        requests slowly; on other connections, answers at once.
+        """
+        buffered = bytearray()
+        head = readHead(connection, buffered)
+        connection.sendall(answer(requestPath(head)))
+        if number == 1:
+            threading.Event().wait(0.5)
+            connection.sendall(UNREQUESTED)
+        while (head := readHead(connection, buffered)) is not None:
+            if number == 1:
+                threading.Event().wait(1.0)
+            connection.sendall(answer(requestPath(head)))
+
     @inlineCallbacks
     def get(self, port: int, path: bytes, method: bytes = b"GET") -> RawClient:
         client = RawClient([method])
@@ -304,6 +333,33 @@ servers = [{{ name = "web1", address = "tcp:host=127.0.0.1:port={backend}" }}]
         client.transport.write(b"%s %s HTTP/1.1\r\nHost: a\r\n\r\n" % (method, path))
         yield client.done
         return client
+
+    @inlineCallbacks
+    def test_strayResponseNeverAnswersAnotherClient(self):
+        """
+        The issue's case with the default reuse mode (safe): client B's
+        first request, sent while the server is about to write a stray
+        response on client A's idle connection, goes on a new connection
+        and gets its own answer. The stray response is logged as the
+        server's error and its connection closed.
+        """
+        raw = self.server(self.strayResponse)
+        port = self.proxy(raw.port)
+        with capturedLogs() as events:
+            a = yield self.get(port, b"/a")
+            b = yield self.get(port, b"/b")
+            self.assertEqual(a.bodies(), [b"/a"])
+            self.assertEqual(b.bodies(), [b"/b"])
+            yield self.waitFor(lambda: serverErrors(events), "the stray response's log line")
+        self.assertEqual(
+            serverErrors(events),
+            [
+                f"server web/web1 sent {len(UNREQUESTED)} bytes on an idle connection, "
+                "answering no request; connection closed"
+            ],
+        )
+        self.assertEqual(raw.accepted, 2)
+        self.assertEqual(self.pool.servers[0].responseErrors, 1)
 
     # -- a body on a HEAD answer ----------------------------------------------
 

@@ -11,6 +11,10 @@ list holds more than the pool's C{reuseMaxIdle}, or after
 C{reuseIdleTimeout} seconds unused (which should be shorter than the
 backend's own keep-alive timeout, so the proxy, not the backend, closes it).
 
+Which request may take an idle connection is the pool's C{reuseMode}
+(L{BackendPool.mode}): by default (C{"safe"}) never the first request of a
+client connection.
+
 The end of a connection ends a response delimited by the close only when
 it is clean: a FIN, or a TLS close_notify. A reset, an error, or a TLS
 connection ending without close_notify (which an attacker on the path can
@@ -536,6 +540,15 @@ class BackendPool:
         each new connection (C{"none"}, C{"v1"}, C{"v2"}).
     @ivar reuse: whether idle connections are kept (C{reuseMaxIdle} > 0 and
         no PROXY protocol).
+    @ivar mode: which requests may take an idle connection (the pool's
+        C{reuseMode}, HAProxy's C{http-reuse}):
+          - C{"never"}: only the later requests of the client connection
+            that used it; it is closed when that client connection ends;
+          - C{"safe"}: any request but the first of a client connection,
+            which always gets a new connection: a server's stray bytes on
+            an idle connection never reach a client that never used one;
+          - C{"always"}: any request.
+        Idle connections count toward C{maxIdle} and expire alike in each.
     """
 
     def __init__(self, pool, reactor) -> None:
@@ -547,10 +560,14 @@ class BackendPool:
         self.maxIdle = options.reuseMaxIdle if options is not None else 0
         self.idleTimeout = options.reuseIdleTimeout if options is not None else 0.0
         self.sendProxy = options.sendProxy if options is not None else "none"
+        self.mode = options.reuseMode if options is not None else "safe"
         # A PROXY header names one client: such a connection is never
         # handed to another (the config refuses reuse with send_proxy).
         self.reuse = self.maxIdle > 0 and self.sendProxy == "none"
         self._idle: dict = {}
+        # Mode "never": each client connection's idle connections, by
+        # server (also in the servers' idle lists, for maxIdle and expiry).
+        self._owned: dict = {}
 
     def __repr__(self) -> str:
         return f"<BackendPool {self.pool.name}>"
@@ -566,20 +583,36 @@ class BackendPool:
             )
         return idle
 
-    def takeIdle(self, server) -> BackendHTTPConnection | None:
+    def takeIdle(self, server, client, first: bool) -> BackendHTTPConnection | None:
         """
-        An idle connection to C{server} to reuse, or L{None}.
+        An idle connection to C{server} that a request of C{client} (a
+        client connection) may reuse under the pool's L{mode}, or L{None}.
+
+        @param first: the request is the first of C{client}.
         """
+        mode = self.mode
+        if mode == "never":
+            owned = self._owned.get(client)
+            if not owned:
+                return None
+            connection = owned.pop(server, None)
+            if connection is None or connection.idleList is None:
+                # None kept, or it expired or was closed meanwhile.
+                return None
+            connection.idleList.discard(connection)
+            return None if connection.closing else connection
+        if first and mode == "safe":
+            return None
         idle = self._idle.get(server)
         if idle is None:
             return None
         return idle.take()
 
-    def release(self, connection: BackendHTTPConnection) -> bool:
+    def release(self, connection: BackendHTTPConnection, client) -> bool:
         """
-        A request's response ended on C{connection}: keep it for reuse when
-        it can carry another request, else close it. Returns whether it was
-        kept.
+        A request of C{client}'s response ended on C{connection}: keep it
+        for reuse when it can carry another request, else close it.
+        Returns whether it was kept.
         """
         server = connection.server
         if self.reuse and server is not None and connection.reusable:
@@ -587,9 +620,27 @@ class BackendPool:
             if idle is None:
                 idle = self.idleFor(server)
             if idle.put(connection):
+                if self.mode == "never":
+                    owned = self._owned.get(client)
+                    if owned is None:
+                        owned = self._owned[client] = {}
+                    owned[server] = connection
                 return True
         connection.close()
         return False
+
+    def forget(self, client) -> None:
+        """
+        The client connection C{client} ended: close the idle connections
+        kept for it alone (mode C{"never"}).
+        """
+        owned = self._owned.pop(client, None)
+        if owned:
+            for connection in owned.values():
+                idle = connection.idleList
+                if idle is not None:
+                    idle.discard(connection)
+                    connection.close()
 
     def idleCount(self) -> int:
         """
