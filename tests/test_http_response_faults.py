@@ -16,11 +16,29 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from test_http_front import DONE, GET, OK, RESET, ProxyTestCase, _dechunk, chunked
+from test_http_front import DONE, GET, OK, RESET, Backend, ProxyTestCase, _dechunk, chunked
 
 HEAD = b"HEAD /x HTTP/1.1\r\nHost: example.com\r\n\r\n"
 GET10 = b"GET /x HTTP/1.0\r\n\r\n"
 UNTIL_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+LENGTH_CUT = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+CHUNKED_CUT = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+
+
+def reset(backend) -> None:
+    backend.close(RESET)
+
+
+def extraLine(count: int, status: int, method: str = "GET", none: bool = False) -> str:
+    """
+    The error line for C{count} bytes after a C{status} response to
+    C{method}; C{none}: a response that has no body.
+    """
+    why = "a body on a response that has none" if none else "more than the response"
+    return (
+        f"server web/s0 sent {count} bytes after the end of its {status} response "
+        f"to {method} ({why}); connection closed"
+    )
 
 
 def serverErrors(events) -> list[str]:
@@ -114,49 +132,40 @@ class CutBodyTests(ProxyTestCase):
         self.assertFalse(client.transport.disconnected)
         self.assertLastRecord(status=200, termination="--")
 
+    def cutBy(self, request: bytes, response: bytes, end, aborted: bool):
+        """
+        The server sends C{response} to C{request} and ends with C{end}
+        (L{Backend.close} with C{RESET}, or L{Backend.finClose}): the body
+        is cut, the client connection reset when C{aborted}.
+        """
+        client, backend = self.startResponse(request, response)
+        end(backend)
+        self.assertCut(client, aborted=aborted)
+        return client
+
     def test_lengthBodyCutByReset(self):
-        client, backend = self.startResponse(
-            GET, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
-        )
-        backend.close(RESET)
-        self.assertCut(client, aborted=False)
+        self.cutBy(GET, LENGTH_CUT, reset, aborted=False)
 
     def test_lengthBodyCutByFin(self):
-        client, backend = self.startResponse(
-            GET, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
-        )
-        backend.finClose()
-        self.assertCut(client, aborted=False)
+        self.cutBy(GET, LENGTH_CUT, Backend.finClose, aborted=False)
 
     def test_lengthBodyCutByFinToHttp10(self):
         """
         The HTTP/1.0 client knows the length: a close tells it the body
         is short.
         """
-        client, backend = self.startResponse(
-            GET10, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
-        )
-        backend.finClose()
+        client = self.cutBy(GET10, LENGTH_CUT, Backend.finClose, aborted=False)
         self.assertTrue(client.received().endswith(b"\r\n\r\nabc"))
-        self.assertCut(client, aborted=False)
 
     def test_chunkedBodyCutByFin(self):
-        client, backend = self.startResponse(
-            GET, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
-        )
-        backend.finClose()
-        self.assertCut(client, aborted=False)
+        self.cutBy(GET, CHUNKED_CUT, Backend.finClose, aborted=False)
 
     def test_chunkedBodyCutByResetToHttp10(self):
         """
         A chunked body goes until close to an HTTP/1.0 client: cut, it
         ends with a reset.
         """
-        client, backend = self.startResponse(
-            GET10, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
-        )
-        backend.close(RESET)
-        self.assertCut(client, aborted=True)
+        self.cutBy(GET10, CHUNKED_CUT, reset, aborted=True)
 
     def test_resetBeforeTheHeadIsA502(self):
         """
@@ -203,24 +212,12 @@ class ExtraBytesTests(ProxyTestCase):
             HEAD, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
         )
         self.assertEqual(client.received(), b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-        self.assertDropped(
-            client,
-            backend,
-            errors,
-            "server web/s0 sent 5 bytes after the end of its 200 response to HEAD "
-            "(a body on a response that has none); connection closed",
-        )
+        self.assertDropped(client, backend, errors, extraLine(5, 200, "HEAD", none=True))
 
     def test_bodyOn204Response(self):
         client, backend, errors = self.answer(GET, b"HTTP/1.1 204 No Content\r\n\r\nbody")
         self.assertEqual(client.received(), b"HTTP/1.1 204 No Content\r\n\r\n")
-        self.assertDropped(
-            client,
-            backend,
-            errors,
-            "server web/s0 sent 4 bytes after the end of its 204 response to GET "
-            "(a body on a response that has none); connection closed",
-        )
+        self.assertDropped(client, backend, errors, extraLine(4, 204, none=True))
 
     def test_bodyOn304Response(self):
         client, backend, errors = self.answer(
@@ -229,25 +226,13 @@ class ExtraBytesTests(ProxyTestCase):
         self.assertEqual(
             client.received(), b"HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n"
         )
-        self.assertDropped(
-            client,
-            backend,
-            errors,
-            "server web/s0 sent 3 bytes after the end of its 304 response to GET "
-            "(a body on a response that has none); connection closed",
-        )
+        self.assertDropped(client, backend, errors, extraLine(3, 304, none=True))
 
     def test_twoResponsesInOneWrite(self):
         client, backend, errors = self.answer(GET, OK + OK)
         self.assertEqual(client.received().count(b"HTTP/1.1 200 OK"), 1)
         self.assertTrue(client.received().endswith(b"ok"))
-        self.assertDropped(
-            client,
-            backend,
-            errors,
-            f"server web/s0 sent {len(OK)} bytes after the end of its 200 response to GET "
-            "(more than the response); connection closed",
-        )
+        self.assertDropped(client, backend, errors, extraLine(len(OK), 200))
 
     def test_moreThanTheLengthAcrossReads(self):
         """
@@ -261,26 +246,14 @@ class ExtraBytesTests(ProxyTestCase):
             backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
             backend.send(b"cdEXTRA")
         self.assertTrue(client.received().endswith(b"\r\n\r\nabcd"))
-        self.assertDropped(
-            client,
-            backend,
-            serverErrors(events),
-            "server web/s0 sent 5 bytes after the end of its 200 response to GET "
-            "(more than the response); connection closed",
-        )
+        self.assertDropped(client, backend, serverErrors(events), extraLine(5, 200))
 
     def test_extraAfterChunkedResponse(self):
         client, backend, errors = self.answer(
             GET, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"abc") + b"junk"
         )
         self.assertTrue(client.received().endswith(b"0\r\n\r\n"))
-        self.assertDropped(
-            client,
-            backend,
-            errors,
-            "server web/s0 sent 4 bytes after the end of its 200 response to GET "
-            "(more than the response); connection closed",
-        )
+        self.assertDropped(client, backend, errors, extraLine(4, 200))
 
     def test_extraAfterClosingResponse(self):
         """
@@ -291,13 +264,7 @@ class ExtraBytesTests(ProxyTestCase):
             GET, b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nokMORE"
         )
         self.assertTrue(client.received().endswith(b"ok"))
-        self.assertDropped(
-            client,
-            backend,
-            errors,
-            "server web/s0 sent 4 bytes after the end of its 200 response to GET "
-            "(more than the response); connection closed",
-        )
+        self.assertDropped(client, backend, errors, extraLine(4, 200))
 
     def test_interimThenFinalIsNotExtra(self):
         """

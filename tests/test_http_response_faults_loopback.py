@@ -26,16 +26,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import TestCase
 
-from lbproxy.config import loadBytes
-from lbproxy.runtime import Balancer
-from lbproxy.service import frontFactory
 
 from certs import CertificateAuthority
 from support import requireExecutable
 from test_http_loopback import RawClient, RecordingLog
 from test_http_response_faults import serverErrors
+from test_tls_backend_loopback import FrontsOnLoopback
 
 pytestmark = pytest.mark.integration
 
@@ -132,22 +129,7 @@ class RawServer:
             thread.join(5)
 
 
-class ResponseFaultsLoopbackTests(TestCase):
-    timeout = 60
-
-    def setUp(self):
-        self.ports = []
-        self.fronts = []
-
-    @inlineCallbacks
-    def tearDown(self):
-        for factory in self.fronts:
-            for route in factory.routes:
-                route.backends.closeIdle()
-        for port in self.ports:
-            yield port.stopListening()
-        yield deferLater(reactor, 0.05, lambda: None)
-
+class ResponseFaultsLoopbackTests(FrontsOnLoopback):
     def server(self, script, tls: ssl.SSLContext | None = None) -> RawServer:
         raw = RawServer(script, tls)
         self.addCleanup(raw.stop)
@@ -158,28 +140,13 @@ class ResponseFaultsLoopbackTests(TestCase):
         An HTTP listener on loopback in front of one server; C{pool}:
         more lines of the pool's table.
         """
-        config = loadBytes(
-            f"""
-[listeners.web]
-bind = "tcp:0:interface=127.0.0.1"
-mode = "http"
-pool = "web"
-
-[pools.web]
-retries = 0
+        port = self.front(
+            f"""retries = 0
 servers = [{{ name = "web1", address = "tcp:host=127.0.0.1:port={backend}" }}]
-{pool}
-""".encode(),
-            "lb.toml",
+{pool}"""
         )
-        self.balancer = Balancer(config)
-        self.pool = self.balancer.pools["web"]
-        factory = frontFactory(config.listeners["web"], self.balancer.pools, reactor)
-        factory.accessLog = self.log = RecordingLog()
-        self.fronts.append(factory)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.ports.append(port)
-        return port.getHost().port
+        self.fronts[-1].accessLog = self.log = RecordingLog()
+        return port
 
     @inlineCallbacks
     def curl(self, port: int, *options: str):
