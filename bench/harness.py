@@ -516,14 +516,16 @@ def haproxyConfig(
     servers: Sequence[tuple[str, int]],
     mode: str = "tcp",
     tlsBundle: str | None = None,
+    reuse: str = "always",
 ) -> str:
     """
     An HAProxy config with one thread, one frontend on loopback and a
     round-robin backend over C{servers} (name, port).
 
     With C{mode="http"}, client connections are kept alive and idle server
-    connections are shared between client connections (C{http-reuse
-    always}). Nothing is logged per request either way.
+    connections are reused as C{reuse} says (C{http-reuse}; by default
+    C{always}, shared between client connections). Nothing is logged per
+    request either way.
 
     With C{tlsBundle} (a PEM file with the certificate and its key), the
     frontend terminates TLS as L{lbproxyConfig} makes lbproxy do: TLS 1.2
@@ -536,7 +538,7 @@ def haproxyConfig(
     httpDefaults = httpBackend = ""
     if mode == "http":
         httpDefaults = "    timeout http-keep-alive 300s\n    timeout http-request 30s\n"
-        httpBackend = "    http-reuse always\n"
+        httpBackend = f"    http-reuse {reuse}\n"
     tlsGlobal = tlsBind = ""
     if tlsBundle is not None:
         tlsGlobal = (
@@ -655,6 +657,7 @@ def lbproxyConfig(
     mode: str = "tcp",
     accessLog: str | None = None,
     reuseMaxIdle: int | None = None,
+    reuseMode: str | None = None,
     selector: str = '"roundrobin"',
     poolLines: Sequence[str] = (),
     tls: TLSFiles | None = None,
@@ -673,6 +676,8 @@ def lbproxyConfig(
         or "errors" (no line for a normal request).
     @param reuseMaxIdle: for an HTTP listener's pool, idle connections kept
         per server (lbproxy's default otherwise).
+    @param reuseMode: for an HTTP listener's pool, its C{reuse.mode}
+        (lbproxy's default otherwise).
     @param selector: the pool's C{selector} value, as TOML (a string or an
         inline table such as C{{ name = "hash", key = "user" }}).
     @param poolLines: further C{key = value} lines of the pool table.
@@ -684,11 +689,12 @@ def lbproxyConfig(
     listenerExtra = f'access_log = "{accessLog}"\n' if accessLog is not None else ""
     if logRequests != "all":
         listenerExtra += f'log_requests = "{logRequests}"\n'
-    poolExtra = (
-        f"\n[pools.servers.reuse]\nmax_idle = {reuseMaxIdle}\n"
-        if reuseMaxIdle is not None
-        else ""
-    )
+    reuseLines = ""
+    if reuseMaxIdle is not None:
+        reuseLines += f"max_idle = {reuseMaxIdle}\n"
+    if reuseMode is not None:
+        reuseLines += f'mode = "{reuseMode}"\n'
+    poolExtra = f"\n[pools.servers.reuse]\n{reuseLines}" if reuseLines else ""
     extraPoolLines = "".join(f"{line}\n" for line in poolLines)
     tlsTable = ""
     if tls is not None:

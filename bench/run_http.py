@@ -78,6 +78,9 @@ GOALS = (
 # Idle connections lbproxy keeps per server: more than wrk's connections,
 # as HAProxy (http-reuse always) and nginx (keepalive 64) keep.
 REUSE_MAX_IDLE = 64
+# Which requests may take an idle server connection, for HAProxy
+# (http-reuse) and lbproxy (reuse.mode) alike.
+REUSE_MODES = ("never", "safe", "always")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -91,6 +94,11 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         "--connections", type=int, default=50, help="wrk connections (default 50)"
     )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument(
+        "--reuse", choices=REUSE_MODES, default="always",
+        help="HAProxy's http-reuse and lbproxy's reuse.mode (default always, "
+        "idle server connections shared by every client connection)",
+    )
     parser.add_argument(
         "--targets", default=",".join(TARGETS),
         help=f"comma-separated subset of {','.join(TARGETS)} (default all)",
@@ -174,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             ports["haproxy"] = freePort()
             path = os.path.join(workdir, "haproxy.cfg")
             with open(path, "w") as f:
-                f.write(haproxyConfig(ports["haproxy"], servers, mode="http"))
+                f.write(haproxyConfig(ports["haproxy"], servers, mode="http", reuse=args.reuse))
             pids["haproxy"] = group.start(
                 "haproxy",
                 pinned([findExecutable("haproxy"), "-db", "-f", path], args.proxyCpus),
@@ -201,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             ports["lbproxy"] = freePort()
             config = lbproxyConfig(
                 ports["lbproxy"], servers, mode="http",
-                accessLog=accessLog, reuseMaxIdle=REUSE_MAX_IDLE,
+                accessLog=accessLog, reuseMaxIdle=REUSE_MAX_IDLE, reuseMode=args.reuse,
                 logRequests=args.log_requests,
             )
             pids["lbproxy"], details["lbproxyReactor"] = startLbproxy(
@@ -288,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
             "pin": pins,
             "reactor": args.reactor,
             "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
+            "reuse": args.reuse,
         },
         details, series, ratios(series), accessLogLines=logLines,
     )

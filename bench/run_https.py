@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
                 config = lbproxyConfig(
                     port, servers, mode="http",
                     accessLog=os.path.join(workdir, f"access-{kind}.log"),
-                    reuseMaxIdle=REUSE_MAX_IDLE, tls=files, logRequests=args.log_requests,
+                    reuseMaxIdle=REUSE_MAX_IDLE, reuseMode="always", tls=files,
+                    logRequests=args.log_requests,
                 )
                 pids[("lbproxy", kind)], details[f"lbproxyReactor-{kind}"] = startLbproxy(
                     args, group, workdir, f"lbproxy-{kind}", config, port

@@ -43,6 +43,8 @@ class Server:
     @ivar totalConnections: flows ever assigned to the server.
     @ivar connectFailures: consecutive failed connection attempts (reset by
         a successful one).
+    @ivar responseErrors: HTTP responses the server broke (closed or reset
+        before its end, invalid, followed by bytes answering no request).
     @ivar passiveFall: consecutive failed connection attempts that mark an
         up server down (passive health check); 0 disables it. Only set when
         active checks run, since they are what bring the server back.
@@ -71,6 +73,7 @@ class Server:
         self.active = 0
         self.totalConnections = 0
         self.connectFailures = 0
+        self.responseErrors = 0
         #: The count the last success cleared (see L{connectFailed}).
         self._clearedFailures = 0
         self.pool: Pool | None = None

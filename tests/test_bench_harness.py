@@ -111,6 +111,7 @@ def test_haproxyConfigHttp():
     assert "nbthread 1" in text
     assert "mode http" in text
     assert "http-reuse always" in text
+    assert "http-reuse safe" in harness.haproxyConfig(40000, [("a", 40001)], mode="http", reuse="safe")
     assert "server a 127.0.0.1:40001" in text
     assert "httplog" not in text
 
@@ -122,7 +123,8 @@ def test_lbproxyHttpConfigLoads():
     """
     text = harness.lbproxyConfig(
         40000, [("a", 40001), ("b", 40002)], mode="http",
-        accessLog="/var/log/lbproxy/access.log", reuseMaxIdle=64, logRequests="errors",
+        accessLog="/var/log/lbproxy/access.log", reuseMaxIdle=64, reuseMode="always",
+        logRequests="errors",
     )
     config = loadBytes(text.encode(), "bench.toml")
     [listener] = config.listeners.values()
@@ -130,7 +132,7 @@ def test_lbproxyHttpConfigLoads():
     assert listener.accessLog == "/var/log/lbproxy/access.log"
     assert listener.logRequests == "errors"
     pool = config.pools[listener.pool]
-    assert pool.reuseMaxIdle == 64
+    assert (pool.reuseMaxIdle, pool.reuseMode) == (64, "always")
     assert pool.health is None
 
 

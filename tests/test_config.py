@@ -694,7 +694,7 @@ EVERY_KEY = {
     "pool cookie": {
         "name", "indirect", "nocache", "httponly", "secure", "path", "domain", "maxidle", "maxlife",
     },
-    "pool reuse": {"max_idle", "idle_timeout"},
+    "pool reuse": {"max_idle", "idle_timeout", "mode"},
     "server": {"name", "address", "weight", "backup", "maxconn", "cookie"},
     "health": {
         "type", "interval", "timeout", "rise", "fall", "passive_fall",

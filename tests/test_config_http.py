@@ -103,7 +103,7 @@ def test_httpDefaults():
     )
     webPool = config.pools["web"]
     assert webPool.cookie is None
-    assert (webPool.reuseMaxIdle, webPool.reuseIdleTimeout) == (16, 15.0)
+    assert (webPool.reuseMaxIdle, webPool.reuseIdleTimeout, webPool.reuseMode) == (16, 15.0, "safe")
     assert (webPool.responseTimeout, webPool.serverTimeout) == (30.0, 60.0)
 
 
@@ -154,6 +154,7 @@ maxlife = "12h"
 [pools.web.reuse]
 max_idle = 4
 idle_timeout = "5s"
+mode = "never"
 
 [pools.web.timeouts]
 connect = "1s"
@@ -215,6 +216,7 @@ servers = [{ name = "c", address = "127.0.0.1:8083" }]
         ),
         reuseMaxIdle=4,
         reuseIdleTimeout=5.0,
+        reuseMode="never",
         responseTimeout=20.0,
         serverTimeout=45.0,
     )
@@ -483,6 +485,15 @@ def test_routePoolMustFitTheMode():
             "pools.web.reuse.idle_timeout: expected only with max_idle above 0 (no connection is kept idle)",
         ),
         ("[pools.web.reuse]\nmax_conns = 3\n", "pools.web.reuse.max_conns: unknown key"),
+        (
+            '[pools.web.reuse]\nmode = "aggressive"\n',
+            "pools.web.reuse.mode: expected one of always, never, safe, got 'aggressive'",
+        ),
+        ("[pools.web.reuse]\nmode = true\n", "pools.web.reuse.mode: expected one of always, never, safe, got true"),
+        (
+            '[pools.web.reuse]\nmax_idle = 0\nmode = "always"\n',
+            "pools.web.reuse.mode: expected only with max_idle above 0 (no connection is kept idle)",
+        ),
         ('[pools.web.timeouts]\nresponse = "-1s"\n', f"pools.web.timeouts.response: {DURATION}, got '-1s'"),
         ("[pools.web.timeouts]\nserver = 0\n", "pools.web.timeouts.server: expected a duration above 0 and at most 7 days, got 0"),
         ('[pools.web.timeouts]\nserver = "8d"\n', f"pools.web.timeouts.server: {DURATION}, got '8d'"),
@@ -543,6 +554,7 @@ def test_cookiePoolBehindTcpListener():
     [
         ("[pools.web.reuse]\nmax_idle = 2\n", "reuse.max_idle"),
         ('[pools.web.reuse]\nidle_timeout = "3s"\n', "reuse.idle_timeout"),
+        ('[pools.web.reuse]\nmode = "never"\n', "reuse.mode"),
         ('[pools.web.timeouts]\nresponse = "3s"\n', "timeouts.response"),
         ('[pools.web.timeouts]\nserver = "3s"\n', "timeouts.server"),
     ],
@@ -571,3 +583,9 @@ def test_logRequests():
         "listeners.web.log_requests: expected one of all, errors, got 'none'"
     )
     assert loadError(listener('log_requests = "all"\n', base=TCP)) == f"listeners.web.log_requests: {ONLY_HTTP}"
+
+
+@pytest.mark.parametrize("mode", ["never", "safe", "always"])
+def test_reuseModes(mode):
+    config = load(pool(f'[pools.web.reuse]\nmode = "{mode}"\n'))
+    assert config.pools["web"].reuseMode == mode

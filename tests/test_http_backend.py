@@ -265,13 +265,13 @@ class BackendPoolTests(SynchronousTestCase):
         user = RecordingUser()
         good.attach(user, b"GET", False)
         good.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
-        self.assertTrue(backends.release(good))
-        self.assertIs(backends.takeIdle(server), good)
+        self.assertTrue(backends.release(good, user))
+        self.assertIs(backends.takeIdle(server, user, False), good)
         bad, transport = connected()
         bad.server = server
         bad.attach(user, b"GET", False)
         bad.dataReceived(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-        self.assertFalse(backends.release(bad))
+        self.assertFalse(backends.release(bad, user))
         self.assertTrue(transport.disconnecting)
 
 

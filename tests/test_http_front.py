@@ -423,9 +423,10 @@ class ReuseTests(ProxyTestCase):
     def test_keepAliveReusesBackendConnection(self):
         """
         Consecutive requests, from one client connection or several, use
-        one backend connection when it stays reusable.
+        one backend connection when it stays reusable (reuse mode
+        C{always}).
         """
-        self.makeFactory(count=1)
+        self.makeFactory(count=1, reuseMode="always")
         client = self.connectClient()
         first = self.exchange(client, GET)
         self.assertEqual(len(self.reactor.tcpClients), 1)

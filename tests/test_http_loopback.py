@@ -303,8 +303,31 @@ class HTTPLoopbackTests(TestCase):
 
     @inlineCallbacks
     def test_backendConnectionReused(self):
+        """
+        With reuse mode always, three client connections in turn, five
+        requests each, use one backend connection.
+        """
+        site, factory = yield self.fiveRequestsEachFromThreeClients(reuseMode="always")
+        self.assertEqual(site.accepted, 1)
+        self.assertEqual(len(factory.accessLog.records), 15)
+        self.assertTrue(all(r.status == 200 for r in factory.accessLog.records))
+        self.assertEqual(self.pool.servers[0].active, 0)
+
+    @inlineCallbacks
+    def test_firstRequestsGetTheirOwnConnection(self):
+        """
+        With the default reuse mode (safe), each client connection's first
+        request opens a backend connection; its later ones reuse one.
+        """
+        site, factory = yield self.fiveRequestsEachFromThreeClients()
+        self.assertEqual(site.accepted, 3)
+        self.assertEqual(len(factory.accessLog.records), 15)
+        self.assertTrue(all(r.status == 200 for r in factory.accessLog.records))
+
+    @inlineCallbacks
+    def fiveRequestsEachFromThreeClients(self, **options):
         site = CountingSite("b1")
-        factory = self.proxy([("b1", self.listen(site))])
+        factory = self.proxy([("b1", self.listen(site))], **options)
         for _ in range(3):
             request = b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n"
             client = RawClient([b"GET"], 1)
@@ -317,10 +340,7 @@ class HTTPLoopbackTests(TestCase):
                 client.transport.write(request)
                 yield done
             client.transport.loseConnection()
-        self.assertEqual(site.accepted, 1)
-        self.assertEqual(len(factory.accessLog.records), 15)
-        self.assertTrue(all(r.status == 200 for r in factory.accessLog.records))
-        self.assertEqual(self.pool.servers[0].active, 0)
+        return site, factory
 
     @inlineCallbacks
     def test_pipelinedResponsesInOrder(self):

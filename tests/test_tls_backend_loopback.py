@@ -67,17 +67,18 @@ class Fetch(Protocol):
         self.done.callback(self.data)
 
 
-class BackendTLSLoopbackTests(TestCase):
+class FrontsOnLoopback(TestCase):
+    """
+    Tests that listen on loopback with the real reactor: L{listen} opens a
+    port, and after each test the ports stop and the fronts in
+    C{self.fronts} close their idle backend connections.
+    """
+
     timeout = 60
 
     def setUp(self):
-        self.directory = tempfile.mkdtemp(prefix="lbproxy-btls-")
-        self.addCleanup(shutil.rmtree, self.directory, True)
-        self.ca = CertificateAuthority(os.path.join(self.directory, "ca"))
-        self.other = CertificateAuthority(os.path.join(self.directory, "other"), name="other CA")
         self.ports = []
         self.fronts = []
-        self.accepted = {}
 
     @inlineCallbacks
     def tearDown(self):
@@ -92,6 +93,39 @@ class BackendTLSLoopbackTests(TestCase):
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.ports.append(port)
         return port.getHost().port
+
+    def front(self, pool: str) -> int:
+        """
+        Listen with an HTTP front (the last of C{self.fronts}) whose pool
+        C{web} (C{self.pool}) is made of the table lines C{pool}; its port.
+        """
+        config = loadBytes(
+            f"""
+[listeners.web]
+bind = "tcp:0:interface=127.0.0.1"
+mode = "http"
+pool = "web"
+
+[pools.web]
+{pool}
+""".encode(),
+            "lb.toml",
+        )
+        self.balancer = Balancer(config)
+        self.pool = self.balancer.pools["web"]
+        factory = frontFactory(config.listeners["web"], self.balancer.pools, reactor)
+        self.fronts.append(factory)
+        return self.listen(factory)
+
+
+class BackendTLSLoopbackTests(FrontsOnLoopback):
+    def setUp(self):
+        super().setUp()
+        self.directory = tempfile.mkdtemp(prefix="lbproxy-btls-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.ca = CertificateAuthority(os.path.join(self.directory, "ca"))
+        self.other = CertificateAuthority(os.path.join(self.directory, "other"), name="other CA")
+        self.accepted = {}
 
     def tlsServer(self, issued, clientCA=None) -> int:
         """
@@ -113,31 +147,18 @@ class BackendTLSLoopbackTests(TestCase):
         return port
 
     def proxy(self, port: int, tls: str, retries: int = 1) -> int:
-        config = loadBytes(
-            f"""
-[listeners.web]
-bind = "tcp:0:interface=127.0.0.1"
-mode = "http"
-pool = "web"
-
-[pools.web]
-retries = {retries}
+        front = self.front(
+            f"""retries = {retries}
 servers = [{{ name = "web1", address = "tcp:host=web1.test:port={port}" }}]
 health = {{ interval = "60s", passive_fall = 2 }}
 
 [pools.web.tls]
-{tls}
-""".encode(),
-            "lb.toml",
+{tls}"""
         )
-        self.balancer = Balancer(config)
-        self.pool = self.balancer.pools["web"]
         # The servers are named web1.test; connect to loopback.
         for configured in self.pool.servers:
             configured.address = f"tcp:host=127.0.0.1:port={port}"
-        factory = frontFactory(config.listeners["web"], self.balancer.pools, reactor)
-        self.fronts.append(factory)
-        return self.listen(factory)
+        return front
 
     @inlineCallbacks
     def fetch(self, port: int) -> bytes:

@@ -45,6 +45,10 @@ SNI_FALLBACK = ("default", "reject")
 #: Which requests an HTTP listener's access log gets a line for.
 LOG_REQUESTS = ("all", "errors")
 PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
+#: Which client connections an idle HTTP backend connection may serve
+#: (HAProxy's http-reuse): only the one that used it, any but for a
+#: client's first request, any.
+REUSE_MODES = ("never", "safe", "always")
 HEALTH_TYPES = ("tcp", "http", "banner")
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -161,6 +165,8 @@ class PoolConfig:
     cookie: CookieConfig | None = None
     #: Idle keep-alive connections kept per server; 0 disables reuse.
     reuseMaxIdle: int = 16
+    #: Which client connections an idle one may serve (REUSE_MODES).
+    reuseMode: str = "safe"
     #: How long an idle backend connection is kept (shorter than the
     #: backend's own keep-alive timeout).
     reuseIdleTimeout: float = 15.0
@@ -427,6 +433,7 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
 #: Pool settings only the HTTP data path applies: (key path, PoolConfig field).
 _HTTP_POOL_SETTINGS = (
     ("reuse.max_idle", "reuseMaxIdle"),
+    ("reuse.mode", "reuseMode"),
     ("reuse.idle_timeout", "reuseIdleTimeout"),
     ("timeouts.response", "responseTimeout"),
     ("timeouts.server", "serverTimeout"),
@@ -619,14 +626,16 @@ def _parsePool(t: Table, name: str) -> PoolConfig:
         health=_parseHealth(health, backendTLS is not None) if health.present else None,
         cookie=_parseCookie(cookie) if cookie.present else None,
         reuseMaxIdle=reuse.integer("max_idle", 0, 10000, 16),
+        reuseMode=reuse.choice("mode", REUSE_MODES, "safe"),
         reuseIdleTimeout=reuse.duration("idle_timeout", 15.0),
         responseTimeout=timeouts.duration("response", 30.0),
         serverTimeout=timeouts.duration("server", 60.0),
         tls=backendTLS,
         clientAddress=t.choice("client_address", ("none", "id", "xclient"), "none"),
     )
-    if "idle_timeout" in reuse.data and not pool.reuseMaxIdle:
-        reuse.fail("idle_timeout", "expected only with max_idle above 0 (no connection is kept idle)")
+    for key in ("idle_timeout", "mode"):
+        if key in reuse.data and not pool.reuseMaxIdle:
+            reuse.fail(key, "expected only with max_idle above 0 (no connection is kept idle)")
     reuse.done()
     timeouts.done()
     t.done()

@@ -11,6 +11,18 @@ list holds more than the pool's C{reuseMaxIdle}, or after
 C{reuseIdleTimeout} seconds unused (which should be shorter than the
 backend's own keep-alive timeout, so the proxy, not the backend, closes it).
 
+Which request may take an idle connection is the pool's C{reuseMode}
+(L{BackendPool.mode}): by default (C{"safe"}) never the first request of a
+client connection.
+
+The end of a connection ends a response delimited by the close only when
+it is clean: a FIN, or a TLS close_notify. A reset, an error, or a TLS
+connection ending without close_notify (which an attacker on the path can
+forge) cuts it short. Bytes a server sends beyond its response (after the
+final response in the same read, or on an idle connection) answer no
+request: they are logged once as an error naming the server, counted in
+its C{responseErrors}, and the connection is dropped.
+
 One L{BackendPool} per pool gathers what a front needs to reach its servers:
 the L{lbproxy.connect.BackendConnector}, the idle lists and the protocol
 factory.
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -29,7 +42,7 @@ from zope.interface import Interface, implementer
 from lbproxy.connect import BackendConnector
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.interfaces import IHTTPMessageReceiver
-from lbproxy.http.message import ResponseHead
+from lbproxy.http.message import BodyKind, ResponseHead
 from lbproxy.http.parser import ResponseParser
 from lbproxy.relay import setNoDelay
 
@@ -126,6 +139,7 @@ class BackendHTTPConnection(Protocol):
         self.idleSince = 0.0
         self._readingPaused = False
         self._writeBlocked = False
+        self._method = b""
         self._leg = None
         # Registered as the streaming producer of its transport.
         self._producing = False
@@ -146,14 +160,20 @@ class BackendHTTPConnection(Protocol):
         if leg is not None:
             leg.dataReceived(data)
             return
+        user = self.user
+        if user is None:
+            # Idle (or given up): whatever the server sends answers no
+            # request, and must never reach the next request's client.
+            if not self.closing:
+                self._unsolicited(len(data), "on an idle connection, answering no request")
+            return
         self.bytesReceived += len(data)
-        if self.user is not None:
-            # The common case: a whole response head in the simple form,
-            # with as much of the body as came, in one step.
-            simple = self.parser.simpleResponse(data)
-            if simple is not None:
-                self.user.responseReceived(*simple)
-                return
+        # The common case: a whole response head in the simple form, with
+        # as much of the body as came, in one step.
+        simple = self.parser.simpleResponse(data)
+        if simple is not None:
+            user.responseReceived(*simple)
+            return
         try:
             self.parser.dataReceived(data)
         except HTTPParseError as error:
@@ -192,12 +212,20 @@ class BackendHTTPConnection(Protocol):
             return
         if self.idleList is not None:
             self.idleList.discard(self)
-        self._peerClosed()
+        if reason.check(ConnectionDone):
+            # A clean end: the FIN after readConnectionLost, or a TLS
+            # close_notify (TLS has no half-close).
+            self._peerClosed()
+        elif self.user is not None:
+            # A reset, an error, or a TLS connection ending without
+            # close_notify (a truncation): nothing ends there, not even a
+            # body delimited by the close.
+            self._broken(HTTPParseError(502, "connection reset"), closed=True)
 
     def _peerClosed(self) -> None:
         """
-        The backend closed: complete a read-until-close response, or tell
-        the user its response was cut short.
+        The backend closed cleanly: complete a read-until-close response,
+        or tell the user its response was cut short.
         """
         if self.user is None:
             return
@@ -219,11 +247,30 @@ class BackendHTTPConnection(Protocol):
             self.transport.abortConnection()
         if user is not None:
             user.backendFailed(self, error, closed)
-        elif not closed:
-            self.log.debug(
-                "idle connection to {server} sent data answering no request; closed",
-                server=getattr(self.server, "qualifiedName", self.server),
-            )
+
+    def _unsolicited(self, count: int, what: str) -> None:
+        """
+        The server sent C{count} bytes no request asked for (C{what} says
+        when): it cannot be trusted with another request. Log it once,
+        count it on the server, and drop the connection; the bytes go to
+        no one.
+        """
+        server = self.server
+        if server is not None:
+            server.responseErrors += 1
+        self.log.error(
+            "server {server} sent {nbytes} bytes {what}; connection closed",
+            server=getattr(server, "qualifiedName", server),
+            nbytes=count,
+            what=what,
+        )
+        self.user = None
+        self.closing = True
+        if self.idleList is not None:
+            self.idleList.discard(self)
+        self.parser.pauseParsing()
+        if not self.lost:
+            self.transport.abortConnection()
 
     # -- IHTTPMessageReceiver (the response parser) -------------------------
 
@@ -244,6 +291,21 @@ class BackendHTTPConnection(Protocol):
         user = self.user
         if user is not None:
             user.responseCompleted()
+        extra = self.parser.extra
+        if extra is not None:
+            # The response came whole and was served; what followed it in
+            # the same read answers nothing (the parser dropped it).
+            self.parser.extra = None
+            head, count = extra
+            why = (
+                "a body on a response that has none"
+                if head.bodyKind is BodyKind.NONE
+                else "more than the response"
+            )
+            method = self._method.decode("ascii", "replace")
+            self._unsolicited(
+                count, f"after the end of its {head.status} response to {method} ({why})"
+            )
 
     # -- IPushProducer (the backend's reading of what the proxy writes) ----
 
@@ -285,6 +347,7 @@ class BackendHTTPConnection(Protocol):
             allows.
         """
         self.user = user
+        self._method = method
         self.bytesReceived = 0
         self.requests += 1
         self.parser.expectResponse(method, upgrade)
@@ -477,6 +540,15 @@ class BackendPool:
         each new connection (C{"none"}, C{"v1"}, C{"v2"}).
     @ivar reuse: whether idle connections are kept (C{reuseMaxIdle} > 0 and
         no PROXY protocol).
+    @ivar mode: which requests may take an idle connection (the pool's
+        C{reuseMode}, HAProxy's C{http-reuse}):
+          - C{"never"}: only the later requests of the client connection
+            that used it; it is closed when that client connection ends;
+          - C{"safe"}: any request but the first of a client connection,
+            which always gets a new connection: a server's stray bytes on
+            an idle connection never reach a client that never used one;
+          - C{"always"}: any request.
+        Idle connections count toward C{maxIdle} and expire alike in each.
     """
 
     def __init__(self, pool, reactor) -> None:
@@ -488,10 +560,14 @@ class BackendPool:
         self.maxIdle = options.reuseMaxIdle if options is not None else 0
         self.idleTimeout = options.reuseIdleTimeout if options is not None else 0.0
         self.sendProxy = options.sendProxy if options is not None else "none"
+        self.mode = options.reuseMode if options is not None else "safe"
         # A PROXY header names one client: such a connection is never
         # handed to another (the config refuses reuse with send_proxy).
         self.reuse = self.maxIdle > 0 and self.sendProxy == "none"
         self._idle: dict = {}
+        # Mode "never": each client connection's idle connections, by
+        # server (also in the servers' idle lists, for maxIdle and expiry).
+        self._owned: dict = {}
 
     def __repr__(self) -> str:
         return f"<BackendPool {self.pool.name}>"
@@ -507,20 +583,36 @@ class BackendPool:
             )
         return idle
 
-    def takeIdle(self, server) -> BackendHTTPConnection | None:
+    def takeIdle(self, server, client, first: bool) -> BackendHTTPConnection | None:
         """
-        An idle connection to C{server} to reuse, or L{None}.
+        An idle connection to C{server} that a request of C{client} (a
+        client connection) may reuse under the pool's L{mode}, or L{None}.
+
+        @param first: the request is the first of C{client}.
         """
+        mode = self.mode
+        if mode == "never":
+            owned = self._owned.get(client)
+            if not owned:
+                return None
+            connection = owned.pop(server, None)
+            if connection is None or connection.idleList is None:
+                # None kept, or it expired or was closed meanwhile.
+                return None
+            connection.idleList.discard(connection)
+            return None if connection.closing else connection
+        if first and mode == "safe":
+            return None
         idle = self._idle.get(server)
         if idle is None:
             return None
         return idle.take()
 
-    def release(self, connection: BackendHTTPConnection) -> bool:
+    def release(self, connection: BackendHTTPConnection, client) -> bool:
         """
-        A request's response ended on C{connection}: keep it for reuse when
-        it can carry another request, else close it. Returns whether it was
-        kept.
+        A request of C{client}'s response ended on C{connection}: keep it
+        for reuse when it can carry another request, else close it.
+        Returns whether it was kept.
         """
         server = connection.server
         if self.reuse and server is not None and connection.reusable:
@@ -528,9 +620,27 @@ class BackendPool:
             if idle is None:
                 idle = self.idleFor(server)
             if idle.put(connection):
+                if self.mode == "never":
+                    owned = self._owned.get(client)
+                    if owned is None:
+                        owned = self._owned[client] = {}
+                    owned[server] = connection
                 return True
         connection.close()
         return False
+
+    def forget(self, client) -> None:
+        """
+        The client connection C{client} ended: close the idle connections
+        kept for it alone (mode C{"never"}).
+        """
+        owned = self._owned.pop(client, None)
+        if owned:
+            for connection in owned.values():
+                idle = connection.idleList
+                if idle is not None:
+                    idle.discard(connection)
+                    connection.close()
 
     def idleCount(self) -> int:
         """

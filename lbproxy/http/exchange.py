@@ -20,8 +20,8 @@ meaning) the front sets:
   PH    the server's response head was invalid (502)
   SC    no server could take it (503) or every connect failed (502)
   sC    the last connect attempt timed out (502)
-  SH    the server closed before a complete response head (502)
-  SD    the server closed in the middle of the response body
+  SH    the server closed or reset before a complete response head (502)
+  SD    the server closed or reset in the middle of the response body
   ST    the server reset a tunnel
   sH    no response head within the response timeout (504)
   sD    the server stalled a body transfer past the server timeout

@@ -12,7 +12,9 @@ handled one at a time, in order:
      persistence cookie or placed by the pool's selector, and rewritten
      for the backend (L{RequestRewriter}).
   3. An idle keep-alive connection to the chosen server is reused if there
-     is one, else the pool's connector opens one (retries, redispatch).
+     is one the pool's reuse mode lets the request take (by default, not
+     for the first request of a client connection), else the pool's
+     connector opens one (retries, redispatch).
      The request is counted on the server (a L{Lease}) until its response
      ends, so leastconn sees requests in flight.
   4. The head is sent and the body streamed (re-chunked when chunked); the
@@ -284,6 +286,8 @@ class HTTPProxyProtocol(Protocol):
             self._leg.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for backends in self.factory.privateBackends:
+            backends.forget(self)
         if self._leg is not None:
             self._leg.connectionLost(reason)
             return
@@ -450,7 +454,7 @@ class HTTPProxyProtocol(Protocol):
                 self._connect(exchange, None)
                 return
         exchange.server = server
-        connection = route.backends.takeIdle(server)
+        connection = route.backends.takeIdle(server, self, self.requests == 1)
         if connection is not None:
             exchange.reused = True
             exchange.connectTime = 0.0
@@ -832,8 +836,10 @@ class HTTPProxyProtocol(Protocol):
     def _backendBroken(self, exchange: Exchange, termination: str) -> None:
         """
         The backend failed the request: a 502 when nothing of the response
-        was sent yet, else the client connection is closed.
+        was sent yet, else the client connection is closed. It counts as
+        an error of the server.
         """
+        exchange.server.responseErrors += 1
         self._sendError(exchange, 502, termination)
 
     # -- ending a request ---------------------------------------------------
@@ -847,7 +853,7 @@ class HTTPProxyProtocol(Protocol):
         if backend is not None:
             exchange.backend = None
             if exchange.requestComplete:
-                exchange.route.backends.release(backend)
+                exchange.route.backends.release(backend, self)
             else:
                 backend.close()
         if exchange.lease is not None:
@@ -1039,6 +1045,8 @@ class HTTPProxyFactory(HTTPListenerFactory):
     @ivar paths: the listener's L{PathNormalizer}, or L{None} when it does
         not normalise paths.
     @ivar rewriter: the listener's L{RequestRewriter}.
+    @ivar privateBackends: the L{BackendPool}s whose idle connections each
+        serve one client connection (reuse mode C{"never"}).
     @ivar secure: clients connect with TLS (X-Forwarded-Proto https, Secure
         persistence cookies).
     @ivar accessLog: the listener's L{lbproxy.http.accesslog.AccessLog}.
@@ -1065,6 +1073,7 @@ class HTTPProxyFactory(HTTPListenerFactory):
         self.rewriter = RequestRewriter(listener)
         self.secure = self.rewriter.proto == "https"
         self._routes: dict[Pool, PoolRoute] = {}
+        self.privateBackends: list[BackendPool] = []
         used = [pools[listener.pool]] + [pools[route.pool] for route in listener.routes]
         for pool in used:
             self.routeFor(pool)
@@ -1092,6 +1101,8 @@ class HTTPProxyFactory(HTTPListenerFactory):
         route = self._routes.get(pool)
         if route is None:
             route = self._routes[pool] = PoolRoute(pool, self._reactor)
+            if route.backends.mode == "never":
+                self.privateBackends.append(route.backends)
         return route
 
     @property

@@ -1289,10 +1289,12 @@ class ResponseParser(_MessageParser):
     The front announces each request it sends with L{expectResponse}, since
     the framing of a response depends on it (no body for HEAD, a tunnel
     after 101 or a 2xx to CONNECT). Bytes that arrive when no response is
-    expected fail with 502. Interim 1xx responses are delivered as messages
-    of their own before the final one. After a tunnel opens the parser
-    pauses and holds what follows for C{detachTunnel}. Every problem is
-    reported with status 502.
+    expected fail with 502; bytes that follow the final response to the
+    last request sent, in the same read, are dropped with the rest of the
+    connection, and L{extra} says how many. Interim 1xx responses are
+    delivered as messages of their own before the final one. After a
+    tunnel opens the parser pauses and holds what follows for
+    C{detachTunnel}. Every problem is reported with status 502.
     """
 
     _errorStatus = 502
@@ -1322,6 +1324,10 @@ class ResponseParser(_MessageParser):
             maxBufferedBytes=maxBufferedBytes,
         )
         self._expected: deque[tuple[bytes, bool]] = deque()
+        #: The last response and the count of the bytes that followed it
+        #: when nothing more was expected: they were dropped, with the
+        #: rest of the connection (see L{_afterMessage}).
+        self.extra: tuple[ResponseHead, int] | None = None
 
     def expectResponse(self, method: bytes, upgrade: bool = False) -> None:
         """
@@ -1516,6 +1522,12 @@ class ResponseParser(_MessageParser):
             self.paused = True
         elif head.interim:
             self._state = _HEAD
+        elif not self._expected and self.bufferedBytes:
+            # More than the final response to the last request sent (a
+            # body on a HEAD, 204 or 304 answer, a second response): it
+            # answers nothing, and the connection can no longer be trusted.
+            self.extra = (head, self.bufferedBytes)
+            self._closeQuietly()
         else:
             _MessageParser._afterMessage(self, head)
 
