@@ -28,6 +28,7 @@ Every session ends with one log line (user, client, server, TLS on each
 leg, result, bytes, duration, how it ended). Passwords and literal contents
 are never logged.
 
-Modules: L{session} (what both fronts share), L{sasl} (credentials, SASL
-PLAIN), L{context}, L{imap}, L{pop3}.
+Modules: L{session} (what both fronts share), L{lines} (reading lines
+and literals before the relay), L{sasl} (credentials, SASL PLAIN),
+L{context}, L{imap}, L{pop3}.
 """

@@ -58,6 +58,7 @@ from lbproxy.config.mail import normaliseUser
 from lbproxy.connect import BackendConnection, BackendConnector
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.mail.context import MailFlowContext
+from lbproxy.mail.lines import LineBuffer
 from lbproxy.mail.sasl import Credentials
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tcp import formatAddress, formatSeconds
@@ -108,76 +109,6 @@ def tlsVersion(transport) -> str | None:
     return version
 
 
-class _LineBuffer:
-    """
-    Line and byte-count reading over a buffer, for both sides of the
-    pre-relay session.
-
-    Subclasses define C{lineReceived(line)} and C{_lineOverflow()}, and set
-    C{maxLine} (CRLF included) before data arrives. Delivery stops while
-    C{_holding} is true and resumes with L{_deliver}.
-    """
-
-    maxLine = 8192
-
-    def _initBuffer(self) -> None:
-        self._buffer = b""
-        self._want: int | None = None
-        self._wantCallback = None
-        self._holding = False
-        self._delivering = False
-        self._stopped = False
-
-    def readBytes(self, count: int, callback) -> None:
-        """
-        Deliver the next C{count} bytes to C{callback} (one call, with all
-        of them) instead of as lines: an IMAP literal.
-        """
-        self._want = count
-        self._wantCallback = callback
-
-    def _feed(self, data: bytes) -> None:
-        self._buffer += data
-        self._deliver()
-
-    def _deliver(self) -> None:
-        if self._delivering:
-            return
-        self._delivering = True
-        try:
-            while not (self._holding or self._stopped) and self._buffer:
-                want = self._want
-                if want is not None:
-                    if len(self._buffer) < want:
-                        return
-                    chunk = self._buffer[:want]
-                    self._buffer = self._buffer[want:]
-                    callback = self._wantCallback
-                    self._want = self._wantCallback = None
-                    callback(chunk)
-                    continue
-                end = self._buffer.find(b"\n", 0, self.maxLine)
-                if end < 0:
-                    if len(self._buffer) >= self.maxLine:
-                        self._stopped = True
-                        self._lineOverflow()
-                    return
-                line = self._buffer[:end]
-                self._buffer = self._buffer[end + 1 :]
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                self.lineReceived(line)
-        finally:
-            self._delivering = False
-
-    def _takeBuffer(self) -> bytes:
-        """
-        Remove and return what is buffered but not delivered.
-        """
-        rest, self._buffer = self._buffer, b""
-        return rest
-
-
 @dataclass(frozen=True)
 class DialogResult:
     """
@@ -214,7 +145,7 @@ class DialogFailed(Exception):
 
 
 @implementer(IHalfCloseableProtocol)
-class BackendDialog(Protocol, _LineBuffer):
+class BackendDialog(Protocol, LineBuffer):
     """
     The backend connection of one login attempt, before relaying: read the
     greeting, optionally STARTTLS, tell the client's address, replay the
@@ -446,7 +377,7 @@ _CLOSED = "closed"
 
 
 @implementer(IHalfCloseableProtocol, IProxiedAddresses)
-class MailFrontProtocol(Protocol, _LineBuffer):
+class MailFrontProtocol(Protocol, LineBuffer):
     """
     One client connection of an IMAP or POP3 listener (see the module
     docstring for the hooks a subclass implements).
