@@ -419,6 +419,81 @@ class MailSessionTests(SynchronousTestCase):
         self.assertTrue(client.disconnecting)
         self.assertEqual(self.factory.rejected, 1)
 
+    def test_repliesUnreadStopReading(self):
+        """
+        A client writing commands without reading the answers: once more
+        than the transport's buffer of replies waits, lbproxy stops reading
+        and answering (what it read stays in its line buffer), and goes on
+        when the client has read them.
+        """
+        self.makeFactory()
+        front, client = self.accept()
+        self.assertIs(client.producer, front._replies)
+        self.assertTrue(client.streaming)
+        flood = b"NOOP\r\n" * 100_000
+        front.dataReceived(flood)
+        reply = len(b"? NOOP\r\n")
+        self.assertEqual(client.producerState, "paused")
+        self.assertLessEqual(client.pending, client.bufferSize + reply)
+        answered = client.value().count(b"? NOOP\r\n")
+        self.assertEqual(len(front._buffer), len(flood) - answered * len(b"NOOP\r\n"))
+        front.dataReceived(b"NOOP\r\n")
+        self.assertEqual(client.value().count(b"? NOOP\r\n"), answered)
+        rounds = 0
+        while client.producerState == "paused":
+            client.drain()
+            self.assertLessEqual(client.pending, client.bufferSize + reply)
+            rounds += 1
+        self.assertGreater(rounds, 5)
+        self.assertEqual(front._buffer, b"")
+        self.assertEqual(client.value().count(b"? NOOP\r\n"), 100_001)
+
+    def test_repliesUnreadWhileHolding(self):
+        """
+        Reading stays paused until both the login in progress and the
+        unread replies allow it.
+        """
+        self.makeFactory()
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\nNOOP\r\n")
+        client.write(b"x" * client.bufferSize)
+        dialog, server = self.backend()
+        dialog.dataReceived(b"OK\r\nNO\r\n")
+        self.reactor.advance(2.0)
+        self.assertTrue(client.value().endswith(b"denied\r\n"))
+        self.assertEqual(client.producerState, "paused")
+        client.drain()
+        self.assertEqual(client.producerState, "producing")
+        self.assertTrue(client.value().endswith(b"denied\r\n? NOOP\r\n"))
+
+    def test_repliesUnreadUntilLoginTimeout(self):
+        """
+        A client that leaves its replies unread until the login timeout is
+        dropped at once (closing after what is queued would wait forever),
+        with one log line saying so.
+        """
+        self.makeFactory()
+        front, client = self.accept()
+        self.reactor.advance(20)
+        front.dataReceived(b"NOOP\r\n" * 20_000)
+        with capturedLogs() as events:
+            self.reactor.advance(40)
+        self.assertTrue(client.disconnected)
+        [line] = self.sessionLines(events)
+        self.assertIn("end=login-timeout (no login within 60s; the client left its replies unread for 40.0s)", line)
+
+    def test_repliesProducerHandedToRelay(self):
+        """
+        At the hand-off the session's producer gives way to the relay's.
+        """
+        self.makeFactory()
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        dialog.dataReceived(b"OK\r\nOK\r\n")
+        self.assertIs(client.producer, server)
+        self.assertFalse(front._replies.registered)
+
     def test_printable(self):
         self.assertEqual(printable("a b\x00\\"), "a\\x20b\\x00\\\\")
         self.assertEqual(printable("x" * 300, 4), "xxxx...")

@@ -5,8 +5,9 @@ A mail session flows in four steps:
 
   1. B{Pre-login}: lbproxy answers the client itself (greeting,
      capabilities, STARTTLS/STLS, ID...) until the client sends its
-     credentials. Limits, the login timeout, the TLS policy and the
-     CVE-2011-0411 rule (nothing pipelined after STARTTLS) apply here.
+     credentials. Limits, the login timeout, the TLS policy, the
+     CVE-2011-0411 rule (nothing pipelined after STARTTLS) and
+     backpressure on the replies apply here.
   2. B{Placement}: the user name, normalised
      (L{lbproxy.config.mail.normaliseUser}), picks the pool (the listener's
      C{user_pools}, else its pool) and is the selector's C{"user"} key
@@ -29,6 +30,7 @@ leg, result, bytes, duration, how it ended). Passwords and literal contents
 are never logged.
 
 Modules: L{session} (what both fronts share), L{lines} (reading lines
-and literals before the relay), L{sasl} (credentials, SASL PLAIN),
+and literals before the relay), L{backpressure} (no reading while the
+client leaves its replies unread), L{sasl} (credentials, SASL PLAIN),
 L{context}, L{imap}, L{pop3}.
 """

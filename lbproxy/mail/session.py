@@ -57,6 +57,7 @@ from lbproxy.acceptproxy import IProxiedAddresses
 from lbproxy.config.mail import normaliseUser
 from lbproxy.connect import BackendConnection, BackendConnector
 from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.mail.backpressure import ReplyBackpressure
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.lines import LineBuffer
 from lbproxy.mail.sasl import Credentials
@@ -429,6 +430,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self._clientTLSVersion: str | None = None
         self.lastDetail = ""
         self._logged = False
+        self._replies = ReplyBackpressure(reactor, self._repliesUnread, self._repliesRead)
         self._initBuffer()
 
     # Policy.
@@ -489,6 +491,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
             transport.loseConnection()
             return
         factory.sessions.add(self)
+        self._replies.register(transport)
         self._loginTimer = self._reactor.callLater(self.mail.loginTimeout, self._loginTimedOut)
         self.greet()
 
@@ -542,8 +545,18 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self.state = _CLOSED
         self._stopped = True
         self._teardown()
+        unread = self._replies.paused
+        if unread:
+            detail += "; " if detail else ""
+            detail += f"the client left its replies unread for {self._replies.unreadFor():.1f}s"
+        self._replies.unregister()
         self._finish(end, detail)
-        self.transport.loseConnection()
+        if unread:
+            # It would never take what is queued: closing after it would
+            # keep the connection forever.
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     def startTLS(self, reply: bytes) -> None:
         """
@@ -722,8 +735,27 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if self.state != _PRELOGIN:
             return
         self._holding = False
-        self.transport.resumeProducing()
+        if not self._blocked:
+            self.transport.resumeProducing()
         self._deliver()
+
+    def _repliesUnread(self) -> None:
+        """
+        The client leaves more replies unread than its transport buffers:
+        read and answer nothing more until it has taken them.
+        """
+        if self.state in (_RELAYING, _CLOSED):
+            return
+        self._blocked = True
+        self.transport.pauseProducing()
+
+    def _repliesRead(self) -> None:
+        if not self._blocked:
+            return
+        self._blocked = False
+        if self.state == _PRELOGIN and not self._holding:
+            self.transport.resumeProducing()
+            self._deliver()
 
     # Hand-off.
 
@@ -732,6 +764,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self.result = "ok"
         self._stopLoginTimer()
         self._stopped = True
+        self._replies.unregister()
         self.send(answer.reply)
         relay = self.relay = Relay(self._reactor, idleTimeout=self.listener.idleTimeout)
         self._leg = relay.client
