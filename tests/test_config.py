@@ -744,7 +744,7 @@ EVERY_KEY = {
     },
     "listener tls certificate": {"cert", "key", "names"},
     "listener timeouts": {"idle", "request", "keepalive", "tunnel", "hello", "login"},
-    "listener limits": {"request_line", "header_size", "header_count", "body_size", "line", "literal"},
+    "listener limits": {"request_line", "header_size", "header_count", "body_size", "line", "literal", "user"},
     "listener auth": {"max_failures", "failure_delay"},
     "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods", "sni"},
     "route header": {"name", "value"},

@@ -47,7 +47,7 @@ def test_defaults(mode):
     assert mail.tlsRequired is False
     assert mail.userPools == ()
     assert mail.userDomain is None
-    assert mail.limits == MailLimits(line=8192, literal=8192)
+    assert mail.limits == MailLimits(line=8192, literal=8192, user=256)
     assert (mail.loginTimeout, mail.maxAuthFailures, mail.authFailureDelay) == (60.0, 3, 2.0)
     assert listener.tls is None
 
@@ -62,6 +62,7 @@ user_domain = "Example.COM"
 [listeners.m.limits]
 line = 1024
 literal = 300
+user = 100
 [listeners.m.auth]
 max_failures = 5
 failure_delay = "250ms"
@@ -79,7 +80,7 @@ idle = "31m"
     assert mail.userPools == (("boss@example.com", "vip"),)
     assert mail.poolFor("boss@example.com", "stores") == "vip"
     assert mail.poolFor("alice@example.com", "stores") == "stores"
-    assert mail.limits == MailLimits(line=1024, literal=300)
+    assert mail.limits == MailLimits(line=1024, literal=300, user=100)
     assert (mail.maxAuthFailures, mail.authFailureDelay, mail.loginTimeout) == (5, 0.25, 30.0)
     assert listener.idleTimeout == 31 * 60
     assert listener.tls.starttls is True
@@ -110,6 +111,7 @@ def test_userPoolsErrors():
     [
         ("[listeners.m.limits]\nline = 100", "limits.line"),
         ("[listeners.m.limits]\nliteral = 100000", "limits.literal"),
+        ("[listeners.m.limits]\nuser = 16", "limits.user"),
         ("[listeners.m.limits]\nrequest_line = 100", "limits.request_line"),
         ("[listeners.m.auth]\nmax_failures = 0", "auth.max_failures"),
         ("[listeners.m.auth]\nfailure_delay = -1", "auth.failure_delay"),

@@ -121,6 +121,9 @@ class ToyFront(MailFrontProtocol):
     def tooManyFailures(self):
         self.send(b"bye\r\n")
 
+    def failedLoginReply(self):
+        return b"refused\r\n"
+
 
 class ToyFactory(MailProxyFactory):
     protocol = ToyFront

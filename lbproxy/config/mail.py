@@ -24,6 +24,10 @@ class MailLimits:
     line: int = 8192
     #: Longest IMAP literal accepted before login.
     literal: int = 8192
+    #: Longest user name (and SASL authorization identity) passed to a
+    #: store, in bytes: a full e-mail address fits (RFC 5321 caps a path
+    #: at 256 octets), and so does what Dovecot's login processes take.
+    user: int = 256
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ def parseMailListener(t: Table, timeouts: Table, pools: dict, tlsStartTLS: bool 
         limits=MailLimits(
             line=limits.integer("line", 512, 65536, 8192),
             literal=limits.integer("literal", 256, 65536, 8192),
+            user=limits.integer("user", 32, 65536, 256),
         ),
         loginTimeout=timeouts.duration("login", 60.0),
         maxAuthFailures=auth.integer("max_failures", 1, 100, 3),

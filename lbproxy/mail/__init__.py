@@ -31,6 +31,6 @@ are never logged.
 
 Modules: L{session} (what both fronts share), L{lines} (reading lines
 and literals before the relay), L{backpressure} (no reading while the
-client leaves its replies unread), L{sasl} (credentials, SASL PLAIN),
-L{context}, L{imap}, L{pop3}.
+client leaves its replies unread), L{arguments} (what may reach a store),
+L{sasl} (credentials, SASL PLAIN), L{context}, L{imap}, L{pop3}.
 """

@@ -84,6 +84,9 @@ class POP3Front(MailFrontProtocol):
     def loginUnavailable(self, detail: str) -> None:
         self.send(b"-ERR [SYS/TEMP] Mail store temporarily unavailable, try again later.\r\n")
 
+    def failedLoginReply(self) -> bytes:
+        return _AUTH_FAILED
+
     def tlsStarted(self) -> None:
         self.pendingUser = None
 
@@ -186,7 +189,7 @@ class POP3Front(MailFrontProtocol):
             if str(e) == "invalid base64":
                 self.send(b"-ERR Invalid base64 response.\r\n")
                 return
-            self.rejectLogin(_AUTH_FAILED)
+            self.rejectLogin(self.failedLoginReply())
             return
         self.login(credentials)
 

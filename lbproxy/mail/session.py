@@ -26,6 +26,9 @@ The client side, L{MailFrontProtocol}, calls these hooks of its subclass:
     POP3 C{-ERR [SYS/TEMP]}).
   - C{tooManyFailures()}: the connection reached C{auth.max_failures};
     write a goodbye if the protocol has one. The base class closes.
+  - C{failedLoginReply()}: the answer to a login refused by lbproxy
+    itself (IMAP C{NO [AUTHENTICATIONFAILED]}, POP3 C{-ERR [AUTH]}),
+    sent after the failure delay like a store's refusal.
   - C{tlsStarted()} (optional): STARTTLS/STLS switched the connection to
     TLS; forget whatever the plaintext session established.
 
@@ -56,6 +59,7 @@ from zope.interface import implementer
 from lbproxy.acceptproxy import IProxiedAddresses
 from lbproxy.config.mail import normaliseUser
 from lbproxy.connect import BackendConnection, BackendConnector
+from lbproxy.mail.arguments import asText, loginRefusal
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.mail.backpressure import ReplyBackpressure
 from lbproxy.mail.context import MailFlowContext
@@ -593,14 +597,24 @@ class MailFrontProtocol(Protocol, LineBuffer):
         Place the login: pick the user's pool and a server, run the
         backend dialog, and then hand off (accepted), answer after the
         failure delay (refused) or answer with C{loginUnavailable}.
-        No line is delivered meanwhile.
+        No line is delivered meanwhile. Credentials no store may see
+        (L{loginRefusal}) are refused as a failed login.
         """
-        try:
-            name = credentials.user.decode("utf-8")
-        except UnicodeDecodeError:
-            name = credentials.user.decode("latin-1")
-        self.user = user = normaliseUser(name, self.mail.userDomain)
+        self.user = user = normaliseUser(asText(credentials.user), self.mail.userDomain)
         self._clientTLSVersion = tlsVersion(self.transport)
+        refusal = loginRefusal(credentials, self.mail.limits.user)
+        if refusal is not None:
+            self.log.warn(
+                "{protocol} client {client} of listener {listener}: login of {user} "
+                "refused before any store: {refusal}",
+                protocol=self.protocolName,
+                client=formatAddress(self.client),
+                listener=self.listener.name,
+                user=printable(user),
+                refusal=refusal,
+            )
+            self.rejectLogin(self.failedLoginReply())
+            return
         poolName = self.mail.poolFor(user, self.listener.pool)
         pool = self.factory.pools[poolName]
         self.state = _PLACING
