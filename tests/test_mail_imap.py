@@ -547,6 +547,20 @@ class IMAPDialogTests(IMAPFrontTests):
         self.assertIn(b"a NO [UNAVAILABLE]", self.said())
         self.assertEqual(len(self.reactor.tcpClients), 1)
 
+    def test_serverSaysBye(self):
+        """
+        The BYE a server sent before closing is in the log line.
+        """
+        front, dialog, server = self.login()
+        with capturedLogs() as events:
+            dialog.dataReceived(b"* BYE Input buffer full, aborting\r\n")
+            dialog.connectionLost(DONE)
+        self.assertIn(b"a NO [UNAVAILABLE]", self.said())
+        self.assertIn(
+            "connection lost: Connection was closed cleanly (the server said: * BYE Input buffer full, aborting)",
+            "".join(formatEvent(e) for e in events),
+        )
+
 
 def test_serviceFrontFactory():
     """

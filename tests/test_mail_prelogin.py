@@ -171,3 +171,67 @@ starttls = {str(tls == "starttls").lower()}
     async def test_pop3Plaintext(self):
         port = self.serve("pop3")
         await self.floodAndCheck(port, b"CAPA\r\n", b"IMPLEMENTATION lbproxy\r\n.\r\n")
+
+
+class FailedHandshakeTests(MailFrontMixin, TestCase):
+    """
+    A client whose TLS handshake fails (it does not trust the listener's
+    certificate): the session line says the handshake failed, and names
+    no TLS version, though the server side had chosen one.
+    """
+
+    timeout = 60
+
+    @pytest.fixture(autouse=True)
+    def _certificates(self, tmp_path):
+        self.certificate = CertificateAuthority(tmp_path / "ca").issue("localhost", "127.0.0.1")
+        self.otherCA = CertificateAuthority(tmp_path / "other", name="other CA")
+
+    async def failedSession(self, mode: str, tls: str, start: bytes, expect: bytes) -> str:
+        text = f"""
+[listeners.mail]
+bind = "tcp:0:interface=127.0.0.1"
+mode = "{mode}"
+pool = "stores"
+
+[listeners.mail.tls]
+certificates = [{{ cert = "{self.certificate.chain}", key = "{self.certificate.key}" }}]
+starttls = {str(tls == "starttls").lower()}
+
+[pools.stores]
+servers = [{{ name = "a", address = "127.0.0.1:{freePort()}" }}]
+"""
+        port = self.listenMail(text, "handshake.toml", "mail")
+        context = ssl.create_default_context(cafile=str(self.otherCA.cert))
+
+        def run():
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+                if start:
+                    recvUntil(sock, b"\r\n")
+                    sock.sendall(start)
+                    recvUntil(sock, expect)
+                try:
+                    context.wrap_socket(sock, server_hostname="localhost")
+                except ssl.SSLCertVerificationError as e:
+                    return e.verify_message
+                return "verified"
+
+        with capturedLogs() as events:
+            self.assertIn("unable to get local issuer certificate", await deferToThread(run))
+            await self.sessionsOver()
+        [line] = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        self.assertNotIn("TLSv1", line)
+        self.assertIn(" end=tls-handshake-failed (", line)
+        return line
+
+    async def test_imapSTARTTLS(self):
+        line = await self.failedSession("imap", "starttls", b"s STARTTLS\r\n", b"s OK")
+        self.assertIn(" tls=starttls server_tls=- ", line)
+
+    async def test_pop3STLS(self):
+        line = await self.failedSession("pop3", "starttls", b"STLS\r\n", b"+OK")
+        self.assertIn(" tls=starttls server_tls=- ", line)
+
+    async def test_imapImplicitTLS(self):
+        line = await self.failedSession("imap", "implicit", b"", b"")
+        self.assertIn(" tls=implicit server_tls=- ", line)

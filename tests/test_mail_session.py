@@ -415,6 +415,32 @@ class MailSessionTests(SynchronousTestCase):
         self.assertEqual(server.value(), b"STARTTLS\r\n")
         self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
 
+    def test_backendLostAfterStartTLS(self):
+        """
+        A server closing the connection after the STARTTLS handshake
+        succeeded is logged as a lost connection; during the handshake,
+        as a TLS failure.
+        """
+        for handshook, detail in (
+            (True, "connection lost: Connection was closed cleanly"),
+            (False, "connection closed by server during the TLS handshake"),
+        ):
+            pools = {"store": makePool(count=1, retries=0)}
+            pools["store"].tls = FakeBackendTLS()
+            self.makeFactory(pools=pools)
+            front, client = self.accept()
+            front.dataReceived(b"LOGIN alice pw\r\n")
+            dialog, server = self.backend()
+            dialog.dataReceived(b"OK TLS\r\n")
+            dialog.dataReceived(b"OK go\r\n")
+            if handshook:
+                dialog.handshakeCompleted()
+            with capturedLogs() as events:
+                dialog.connectionLost(DONE)
+                front.connectionLost(DONE)
+            [line] = self.sessionLines(events)
+            self.assertTrue(line.endswith(f" end=client-closed ({detail})"), line)
+
     def test_maxconn(self):
         self.makeFactory(makeListener(maxconn=1))
         self.accept()

@@ -498,6 +498,8 @@ class IMAPDialog(BackendDialog):
                 self.transport.abortConnection()
             return
         if line.startswith(b"* "):
+            if line[2:6].upper() == b"BYE ":
+                self.farewell = printableLine(line)
             self._noteCapabilities(line)
             if self._loginTag is not None and not self._waiting.keys() - {self._loginTag}:
                 self._untagged.append(raw)

@@ -48,9 +48,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -67,7 +68,7 @@ from lbproxy.mail.lines import LineBuffer
 from lbproxy.mail.sasl import Credentials
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tcp import formatAddress, formatSeconds
-from lbproxy.tls.client import describeVerifyFailure
+from lbproxy.tls.client import describeVerifyFailure, sslErrorText, tlsFailureText
 from lbproxy.tls.server import describeTLS
 
 SESSION_FORMAT = (
@@ -149,7 +150,7 @@ class DialogFailed(Exception):
         self.retryable = retryable
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class BackendDialog(Protocol, LineBuffer):
     """
     The backend connection of one login attempt, before relaying: read the
@@ -170,6 +171,8 @@ class BackendDialog(Protocol, LineBuffer):
     @ivar tls: C{"none"}, C{"starttls"} or C{"implicit"}, for the log.
     @ivar tlsVersion: the TLS version negotiated with the server, read
         when it accepted the login; None without TLS.
+    @ivar farewell: what the server said as it closed the connection
+        (IMAP C{* BYE ...}), for the log; set by the subclass.
     """
 
     log = Logger()
@@ -186,6 +189,8 @@ class BackendDialog(Protocol, LineBuffer):
         self.loginSent = False
         self.tls = TLS_NONE
         self.tlsVersion: str | None = None
+        self.farewell: str | None = None
+        self._handshaking = False
         self._leg = None
         self._done = False
         self._greetingTimer = None
@@ -264,7 +269,15 @@ class BackendDialog(Protocol, LineBuffer):
             self.transport.abortConnection()
             return
         self.tls = TLS_STARTTLS
+        self._handshaking = True
         self.transport.startTLS(tls.creatorFor(self.server))
+
+    def handshakeCompleted(self) -> None:
+        """
+        The STARTTLS handshake with the server succeeded: a connection
+        lost from now on is no longer a TLS failure.
+        """
+        self._handshaking = False
 
     def accept(self, reply: bytes) -> None:
         """
@@ -319,7 +332,10 @@ class BackendDialog(Protocol, LineBuffer):
             self._leg.connectionLost(reason)
             return
         if not self._done:
-            self.fail(describeLost(reason, self.tls))
+            detail = describeLost(reason, self._handshaking)
+            if self.farewell is not None:
+                detail += f" (the server said: {self.farewell})"
+            self.fail(detail)
 
     def _lineOverflow(self) -> None:
         self.fail(f"server sent a line longer than {self.maxLine} bytes")
@@ -346,15 +362,15 @@ class BackendDialog(Protocol, LineBuffer):
         return True
 
 
-def describeLost(reason: Failure, tls: str = TLS_NONE) -> str:
+def describeLost(reason: Failure, handshaking: bool = False) -> str:
     """
     One line saying why a backend connection was lost before the relay
-    (on a TLS connection, such as a certificate that does not verify
-    after STARTTLS, in L{describeVerifyFailure}'s words).
+    (during a STARTTLS handshake, such as a certificate that does not
+    verify, in L{describeVerifyFailure}'s words).
     """
-    if tls != TLS_NONE:
+    if handshaking:
         return describeVerifyFailure(reason)
-    message = reason.getErrorMessage().strip().rstrip(".") or reason.type.__name__
+    message = tlsFailureText(reason) or reason.getErrorMessage().strip().rstrip(".") or reason.type.__name__
     return "connection lost: " + message.splitlines()[0]
 
 
@@ -381,7 +397,7 @@ _RELAYING = "relaying"
 _CLOSED = "closed"
 
 
-@implementer(IHalfCloseableProtocol, IProxiedAddresses)
+@implementer(IHalfCloseableProtocol, IProxiedAddresses, IHandshakeListener)
 class MailFrontProtocol(Protocol, LineBuffer):
     """
     One client connection of an IMAP or POP3 listener (see the module
@@ -432,6 +448,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self._placement = None
         self._lastServer: str | None = None
         self._clientTLSVersion: str | None = None
+        self._tlsEstablished = False
         self.lastDetail = ""
         self._logged = False
         self._replies = ReplyBackpressure(reactor, self._repliesUnread, self._repliesRead)
@@ -525,8 +542,12 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if self.state != _CLOSED:
             self.state = _CLOSED
             end = "client-closed" if reason.check(ConnectionDone) else "client-reset"
+            detail = "" if end == "client-closed" else reason.getErrorMessage()
+            if self.tlsActive and not self._tlsEstablished:
+                end = "tls-handshake-failed"
+                detail = sslErrorText(reason.value) if isinstance(reason.value, SSL.Error) else detail
             self._teardown()
-            self._finish(end, "" if end == "client-closed" else reason.getErrorMessage())
+            self._finish(end, detail)
         else:
             self._teardown()
 
@@ -592,6 +613,15 @@ class MailFrontProtocol(Protocol, LineBuffer):
         Hook: the connection switched to TLS.
         """
 
+    def handshakeCompleted(self) -> None:
+        """
+        The client's TLS handshake (implicit TLS, or after STARTTLS)
+        succeeded: read what it negotiated, for the log (a lost TLS
+        connection no longer says).
+        """
+        self._tlsEstablished = True
+        self._clientTLSVersion = tlsVersion(self.transport)
+
     def login(self, credentials: Credentials) -> None:
         """
         Place the login: pick the user's pool and a server, run the
@@ -601,7 +631,6 @@ class MailFrontProtocol(Protocol, LineBuffer):
         (L{loginRefusal}) are refused as a failed login.
         """
         self.user = user = normaliseUser(asText(credentials.user), self.mail.userDomain)
-        self._clientTLSVersion = tlsVersion(self.transport)
         refusal = loginRefusal(credentials, self.mail.limits.user)
         if refusal is not None:
             self.log.warn(
@@ -859,11 +888,10 @@ class MailFrontProtocol(Protocol, LineBuffer):
             if self.dialog.tlsVersion is not None:
                 serverTLS = f"{serverTLS}/{self.dialog.tlsVersion}"
         clientTLS = self.clientTLS
-        # A lost TLS connection no longer says what it negotiated: the
-        # version is read at login, or now for a session without one.
-        version = self._clientTLSVersion or tlsVersion(self.transport)
-        if version is not None:
-            clientTLS = f"{clientTLS}/{version}"
+        # Only a completed handshake has a version: a failed one may have
+        # chosen one before it failed.
+        if self._clientTLSVersion is not None:
+            clientTLS = f"{clientTLS}/{self._clientTLSVersion}"
         if detail == "" and self.result == "unavailable":
             detail = self.lastDetail
         durationSeconds = self._reactor.seconds() - self._started
