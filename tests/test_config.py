@@ -750,7 +750,7 @@ EVERY_KEY = {
     "route header": {"name", "value"},
     "pool": {
         "selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls",
-        "client_address", "max_queue",
+        "client_address", "max_queue", "stores",
     },
     "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version", "starttls"},
     "pool timeouts": {"connect", "queue", "response", "server"},

@@ -159,3 +159,69 @@ def test_acceptProxy(mode):
     listener = config('accept_proxy = ["10.0.0.0/8"]', mode=mode).listeners["m"]
     assert listener.trustsProxyFrom("10.1.2.3")
     assert not listener.trustsProxyFrom("192.0.2.1")
+
+
+TWO_STORES = """
+[listeners.m]
+bind = "tcp:143"
+mode = "MODE"
+pool = "stores"
+
+[pools.stores]
+SELECTOR
+servers = [{ name = "a", address = "127.0.0.1:1143" }, { name = "b", address = "127.0.0.1:2143"BACKUP }]
+"""
+
+
+def twoStores(selector: str = "", backup: bool = False, mode: str = "imap"):
+    text = TWO_STORES.replace("MODE", mode).replace("SELECTOR", selector)
+    text = text.replace("BACKUP", ", backup = true" if backup else "")
+    return loadBytes(text.encode(), "mail.toml")
+
+
+def twoStoresError(selector: str = "", backup: bool = False, mode: str = "imap") -> str:
+    with pytest.raises(ConfigError) as caught:
+        twoStores(selector, backup, mode)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["imap", "pop3"])
+def test_distinctStoresNeedUserPlacement(mode):
+    """
+    The servers of a mail pool hold distinct mailboxes unless it says
+    stores = "replicas": with several of them, its selector must place
+    each user on one (hash or maglev on the user), and no server may be a
+    backup.
+    """
+    for selector in ('selector = { name = "hash", key = "user" }', 'selector = { name = "maglev", key = "user" }'):
+        assert twoStores(selector, mode=mode).pools["stores"].stores is None
+    expected = (
+        "mail.toml: listeners.m.pool: pool 'stores' has 2 servers holding distinct mailboxes, but its "
+        "selector (SELECTOR) does not place each user on one of them; expected selector = "
+        '{ name = "hash" or "maglev", key = "user" }, or stores = "replicas" when every server holds '
+        "every mailbox"
+    )
+    assert twoStoresError(mode=mode) == expected.replace("SELECTOR", "roundrobin")
+    for name in ("leastconn", "random2", "first"):
+        assert twoStoresError(f'selector = "{name}"', mode=mode) == expected.replace("SELECTOR", name)
+    assert twoStoresError('selector = { name = "hash", key = "src" }', mode=mode) == expected.replace(
+        "SELECTOR", "hash on key 'src'"
+    )
+    assert "has backup server 'b', but its servers hold distinct mailboxes" in twoStoresError(
+        'selector = { name = "hash", key = "user" }', backup=True, mode=mode
+    )
+    replicas = twoStores('stores = "replicas"', backup=True, mode=mode).pools["stores"]
+    assert replicas.stores == "replicas"
+    assert twoStores('stores = "distinct"\nselector = { name = "maglev", key = "user" }').pools["stores"].stores == (
+        "distinct"
+    )
+
+
+def test_storesKey():
+    assert "pools.stores.stores: expected one of distinct, replicas, got 'shared'" in twoStoresError(
+        'stores = "shared"'
+    )
+    assert "says what its mail stores hold (stores), which only IMAP and POP3" in twoStoresError(
+        'stores = "replicas"', mode="tcp"
+    )
+    assert config(pool='selector = "leastconn"').pools["stores"]

@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from dovecot import dovecot, dovecotStores  # noqa: F401 (fixtures)
 from lbproxy.mail.session import SESSION_FORMAT
+from lbproxy.pool import ServerState
 from processes import processes, startLbproxy, waitUntil  # noqa: F401 (fixture)
 from mailfront import TIMEOUT, MailFrontMixin, recvUntil, scriptedSession, tlsTables
 from support import freePort, requireExecutable
@@ -49,6 +50,7 @@ class IMAPDovecotTests(MailFrontMixin, TestCase):
         maxFailures: int = 3,
         userPools: str = "",
         listenerExtra: str = "",
+        poolExtra: str = "",
     ) -> int:
         """
         Serve an IMAP listener in front of both stores (hashing on the
@@ -85,6 +87,7 @@ selector = {{ name = "hash", key = "user" }}
 client_address = "{clientAddress}"
 retries = 1
 servers = [{servers}]
+{poolExtra}
 
 [pools.only_a]
 servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}" }}]
@@ -293,40 +296,67 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         self.assertTrue(any("end=too-many-failures" in line for line in lines), lines)
         self.assertNotIn("heidi-secret", repr(events))
 
-    async def test_storeDown(self):
+    def loginResult(self, port: int, user: str) -> str:
         """
-        A user whose store is down reaches the other store; with both
-        down the client gets NO [UNAVAILABLE] and may try again.
+        Log C{user} in: the store serving it, or the server's NO.
         """
-        port = self.startProxy()
-
-        def home(user):
-            client = self.imap(port)
+        client = self.imap(port)
+        try:
             client.login(user, self.stores.users[user])
-            store = self.storeServing(client)
-            client.logout()
-            return store
-
-        store = await self.inThread(home, "alice")
-        down = self.stores.byName[store]
-        await self.inThread(down.stop)
-        other = await self.inThread(home, "alice")
-        self.assertNotEqual(other, store)
-        await self.inThread(self.stores.byName[other].stop)
-
-        def unavailable():
-            client = self.imap(port)
-            try:
-                client.login("alice", self.stores.users["alice"])
-            except imaplib.IMAP4.error as e:
-                result = str(e)
-            else:
-                result = "logged in"
+        except imaplib.IMAP4.error as e:
             client.noop()
             client.logout()
-            return result
+            return str(e)
+        store = self.storeServing(client)
+        client.logout()
+        return store
 
-        self.assertIn("[UNAVAILABLE]", await self.inThread(unavailable))
+    async def homes(self, port: int) -> dict[str, str]:
+        """
+        The store of every user, with both stores up.
+        """
+        return {user: await self.inThread(self.loginResult, port, user) for user in self.stores.users}
+
+    async def test_storeDown(self):
+        """
+        The stores hold distinct mailboxes: while a health check has one
+        marked down, and once it is stopped, its users get NO
+        [UNAVAILABLE] (never the other store's mailbox) and may try again,
+        logged with their store; the other users log in.
+        """
+        port = self.startProxy()
+        homes = await self.homes(port)
+        down = homes["alice"]
+        other = next(user for user, store in homes.items() if store != down)
+        server = self.balancer.pools["stores"].server(down)
+        server.setState(ServerState.DOWN, "health check")
+        self.assertIn("[UNAVAILABLE]", await self.inThread(self.loginResult, port, "alice"))
+        self.assertEqual(await self.inThread(self.loginResult, port, other), homes[other])
+        server.setState(ServerState.UP)
+        self.assertEqual(await self.inThread(self.loginResult, port, "alice"), down)
+        await self.inThread(self.stores.byName[down].stop)
+        with capturedLogs() as events:
+            self.assertIn("[UNAVAILABLE]", await self.inThread(self.loginResult, port, "alice"))
+            self.assertEqual(await self.inThread(self.loginResult, port, other), homes[other])
+            await self.sessionsOver()
+        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        self.assertTrue(
+            any(f"-> stores/{down} user=alice@example.test " in line and "result=unavailable" in line for line in lines),
+            lines,
+        )
+
+    async def test_storeDownReplicas(self):
+        """
+        With stores = "replicas", a user whose store is down reaches the
+        other store; with both down the client gets NO [UNAVAILABLE].
+        """
+        port = self.startProxy(poolExtra='stores = "replicas"')
+        store = await self.inThread(self.loginResult, port, "alice")
+        await self.inThread(self.stores.byName[store].stop)
+        other = await self.inThread(self.loginResult, port, "alice")
+        self.assertEqual(other, "b" if store == "a" else "a")
+        await self.inThread(self.stores.byName[other].stop)
+        self.assertIn("[UNAVAILABLE]", await self.inThread(self.loginResult, port, "alice"))
 
     async def test_clientAddressByID(self):
         """

@@ -318,10 +318,10 @@ class POP3Tests(SynchronousTestCase):
 
     def test_badGreetingNextServer(self):
         """
-        A server that does not greet with +OK is skipped for the next;
-        with none left the client gets -ERR [SYS/TEMP].
+        Replicas: a server that does not greet with +OK is skipped for the
+        next; with none left the client gets -ERR [SYS/TEMP].
         """
-        self.makeFactory(pool=makePool(count=2, retries=1))
+        self.makeFactory(pool=makePool(count=2, retries=1, stores="replicas"))
         front, client = self.accept()
         front.dataReceived(b"USER alice\r\nPASS x\r\n")
         dialog, server = self.backend()

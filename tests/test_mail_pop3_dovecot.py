@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from dovecot import dovecot, dovecotStores  # noqa: F401 (fixtures)
 from lbproxy.mail.session import SESSION_FORMAT
+from lbproxy.pool import ServerState
 from mailfront import TIMEOUT, MailFrontMixin, recvUntil, scriptedSession, tlsTables
 from support import requireExecutable
 
@@ -54,6 +55,7 @@ class POP3DovecotTests(MailFrontMixin, TestCase):
         sendProxy: str = "none",
         failureDelay: str = "100ms",
         maxFailures: int = 3,
+        poolExtra: str = "",
     ) -> int:
         """
         Serve a POP3 listener in front of both stores (hashing on the
@@ -89,6 +91,7 @@ client_address = "{clientAddress}"
 send_proxy = "{sendProxy}"
 retries = 1
 servers = [{servers}]
+{poolExtra}
 """
         text += tlsTables(stores, "pop3", listenerTLS, poolTLS)
         return self.listenMail(text, "dovecot-pop3-test.toml", "pop3")
@@ -239,41 +242,61 @@ servers = [{servers}]
         self.assertTrue(any("end=too-many-failures" in line for line in sessionLines(events)))
         self.assertNotIn("heidi-secret", repr(events))
 
+    def loginResult(self, port: int, user: str) -> str:
+        """
+        Log C{user} in with USER/PASS: the store serving it, or the
+        server's -ERR.
+        """
+        client = self.pop3(port)
+        client.user(user)
+        try:
+            client.pass_(self.stores.users[user])
+        except poplib.error_proto as e:
+            client.quit()
+            return str(e)
+        store = self.storeServing(client)
+        client.quit()
+        return store
+
     async def test_storeDown(self):
         """
-        A user whose store is down reaches the other store; with both
-        down the client gets -ERR [SYS/TEMP] and may try again.
+        The stores hold distinct mailboxes: while a health check has one
+        marked down, and once it is stopped, its users get -ERR [SYS/TEMP]
+        (never the other store's mailbox), logged with their store; the
+        other users log in.
         """
         port = self.startProxy()
+        homes = {user: await self.inThread(self.loginResult, port, user) for user in self.stores.users}
+        down = homes["bob"]
+        other = next(user for user, store in homes.items() if store != down)
+        server = self.balancer.pools["stores"].server(down)
+        server.setState(ServerState.DOWN, "health check")
+        self.assertIn("[SYS/TEMP]", await self.inThread(self.loginResult, port, "bob"))
+        self.assertEqual(await self.inThread(self.loginResult, port, other), homes[other])
+        server.setState(ServerState.UP)
+        await self.inThread(self.stores.byName[down].stop)
+        with capturedLogs() as events:
+            self.assertIn("[SYS/TEMP]", await self.inThread(self.loginResult, port, "bob"))
+            self.assertEqual(await self.inThread(self.loginResult, port, other), homes[other])
+            await self.sessionsOver()
+        self.assertTrue(
+            any(f"-> stores/{down} user=bob@example.test " in line and "result=unavailable" in line
+                for line in sessionLines(events)),
+            sessionLines(events),
+        )
 
-        def home(user):
-            client = self.pop3(port)
-            client.user(user)
-            client.pass_(self.stores.users[user])
-            store = self.storeServing(client)
-            client.quit()
-            return store
-
-        store = await self.inThread(home, "bob")
+    async def test_storeDownReplicas(self):
+        """
+        With stores = "replicas", a user whose store is down reaches the
+        other store; with both down the client gets -ERR [SYS/TEMP].
+        """
+        port = self.startProxy(poolExtra='stores = "replicas"')
+        store = await self.inThread(self.loginResult, port, "bob")
         await self.inThread(self.stores.byName[store].stop)
-        other = await self.inThread(home, "bob")
-        self.assertNotEqual(other, store)
+        other = await self.inThread(self.loginResult, port, "bob")
+        self.assertEqual(other, "b" if store == "a" else "a")
         await self.inThread(self.stores.byName[other].stop)
-
-        def unavailable():
-            client = self.pop3(port)
-            client.user("bob")
-            try:
-                client.pass_(self.stores.users["bob"])
-            except poplib.error_proto as e:
-                result = str(e)
-            else:
-                result = "logged in"
-            client.user("bob")
-            client.quit()
-            return result
-
-        self.assertIn("[SYS/TEMP]", await self.inThread(unavailable))
+        self.assertIn("[SYS/TEMP]", await self.inThread(self.loginResult, port, "bob"))
 
     async def test_clientAddress(self):
         """

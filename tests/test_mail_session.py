@@ -29,8 +29,10 @@ from lbproxy.mail.session import (
     MailProxyFactory,
     printable,
 )
-from lbproxy.pool import Pool, Server
+from lbproxy.mail.placement import homeServer
+from lbproxy.pool import Pool, Server, ServerState
 from lbproxy.selectors.keyhash import KeyHash
+from lbproxy.selectors.maglev import Maglev
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
 from test_relay import FakeTCPTransport
@@ -314,12 +316,12 @@ class MailSessionTests(SynchronousTestCase):
 
     def test_serverDownNext(self):
         """
-        A server refusing connections is skipped for the next; a server
-        with a bad greeting too; when the pool's 1 + retries attempts,
-        refused or connected, are spent the client gets the
+        Replicas: a server refusing connections is skipped for the next; a
+        server with a bad greeting too; when the pool's 1 + retries
+        attempts, refused or connected, are spent the client gets the
         temporary-failure answer and may go on.
         """
-        self.makeFactory(pools={"store": makePool(retries=2)})
+        self.makeFactory(pools={"store": makePool(retries=2, stores="replicas")})
         front, client = self.accept()
         front.dataReceived(b"LOGIN alice pw\r\n")
         self.refuse()
@@ -334,6 +336,133 @@ class MailSessionTests(SynchronousTestCase):
         front.dataReceived(b"NOOP\r\n")
         self.assertTrue(client.value().endswith(b"? NOOP\r\n"))
         self.assertEqual([s.active for s in self.pools["store"].servers], [0, 0])
+
+    def distinctStores(self, selector=None, retries=2, **options):
+        """
+        A pool of three distinct stores hashing the user, and alice's
+        home among them.
+        """
+        pool = makePool(count=3, retries=retries, selector=selector or KeyHash(key="user"), **options)
+        self.makeFactory(pools={"store": pool})
+        home = homeServer(pool, MailFlowContext(PEER, HOST, "alice"))
+        self.assertIsNotNone(home)
+        return pool, home
+
+    def test_homeIgnoresState(self):
+        """
+        With every server up a user's home is where the selector picks it;
+        it stays there whatever the state of any server.
+        """
+        for selector in (KeyHash(key="user"), Maglev(key="user", table_size=251)):
+            pool = makePool(count=3, selector=selector)
+            homes = {}
+            for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
+                context = MailFlowContext(PEER, HOST, user)
+                homes[user] = homeServer(pool, context)
+                self.assertIs(pool.pick(context), homes[user])
+            self.assertEqual(len(set(homes.values())), 3)
+            pool.servers[1].setState(ServerState.DOWN)
+            pool.servers[2].active = 1
+            pool.servers[2].maxconn = 1
+            for user, home in homes.items():
+                self.assertIs(homeServer(pool, MailFlowContext(PEER, HOST, user)), home)
+        single = makePool(count=1)
+        self.assertIs(homeServer(single, MailFlowContext(PEER, HOST, "x")), single.servers[0])
+
+    def test_distinctStoreDown(self):
+        """
+        A user whose store is down or in maintenance gets the temporary
+        failure without any connection attempt, logged with the store, and
+        may try again; the other users log in.
+        """
+        for state in (ServerState.DOWN, ServerState.MAINT):
+            pool, home = self.distinctStores()
+            home.setState(state)
+            front, client = self.accept()
+            with capturedLogs() as events:
+                front.dataReceived(b"LOGIN alice pw\r\n")
+                front.connectionLost(DONE)
+            self.assertEqual(self.reactor.tcpClients, [])
+            self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+            text = [formatEvent(e) for e in events]
+            self.assertIn(
+                f"toy login of alice from 192.0.2.7:40000 (listener toy) not placed: its store "
+                f"{home.qualifiedName} is {state.value}; no other store holds the mailbox",
+                text,
+            )
+            [line] = self.sessionLines(events)
+            self.assertIn(f" -> {home.qualifiedName} user=alice ", line)
+            self.assertIn(f"result=unavailable", line)
+            self.assertTrue(line.endswith(f"(its store {home.qualifiedName} is {state.value})"), line)
+            other = next(
+                user
+                for user in ("bob", "carol", "dave", "erin")
+                if homeServer(pool, MailFlowContext(PEER, HOST, user)) is not home
+            )
+            front, client = self.accept()
+            front.dataReceived(b"LOGIN " + other.encode() + b" pw\r\n")
+            self.assertEqual(len(self.reactor.tcpClients), 1)
+            self.reactor.tcpClients.clear()
+
+    def test_distinctConnectFailsRetriesSameStore(self):
+        """
+        A store refusing connections is tried again, 1 + retries times in
+        all, and never another store; then the temporary failure.
+        """
+        pool, home = self.distinctStores(retries=2)
+        port = int(home.address.rpartition("=")[2])
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        for attempt in range(3):
+            self.assertEqual(len(self.reactor.tcpClients), attempt + 1)
+            self.assertEqual(self.reactor.tcpClients[-1][1], port)
+            self.refuse()
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+        self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+        self.assertEqual([s.active for s in pool.servers], [0, 0, 0])
+
+    def test_distinctUnusableStore(self):
+        """
+        A store that connects but cannot be used (a bad greeting) is not
+        replaced by another.
+        """
+        pool, home = self.distinctStores()
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        self.assertIs(dialog.server, home)
+        dialog.dataReceived(b"garbage\r\n")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+
+    def test_distinctDrainingOrFullStore(self):
+        """
+        A draining store still takes its users; one at its maxconn answers
+        them with the temporary failure.
+        """
+        pool, home = self.distinctStores()
+        home.setState(ServerState.DRAIN)
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        self.assertIs(dialog.server, home)
+        home.maxconn = 1
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+        self.assertIn(f"its store {home.qualifiedName} is at its maxconn of 1", front.lastDetail)
+
+    def test_replicasStoreDown(self):
+        """
+        Replicas: a user whose server is down goes to another.
+        """
+        pool, home = self.distinctStores(stores="replicas")
+        home.setState(ServerState.DOWN)
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        self.assertIsNot(dialog.server, home)
 
     def test_greetingTimeout(self):
         self.makeFactory(pools={"store": makePool(count=1, retries=0)})

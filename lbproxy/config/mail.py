@@ -17,6 +17,18 @@ CLIENT_ADDRESS = {"imap": ("none", "id"), "pop3": ("none", "xclient")}
 
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
+#: What a mail pool's servers hold (its C{stores} key): by default each
+#: user's mailbox on one of them ("distinct"), or every mailbox on every
+#: one ("replicas", a shared or replicated store).
+STORES_DISTINCT = "distinct"
+STORES_REPLICAS = "replicas"
+STORES = (STORES_DISTINCT, STORES_REPLICAS)
+
+#: Built-in selectors that place a user on one server when they hash the
+#: user; the others never do.
+_USER_HASHING = ("hash", "maglev")
+_NOT_PLACING = ("roundrobin", "leastconn", "random2", "first")
+
 
 @dataclass(frozen=True)
 class MailLimits:
@@ -83,6 +95,38 @@ def normaliseUser(user: str, domain: str | None) -> str:
     if domain and "@" not in user:
         user = f"{user}@{domain}"
     return user
+
+
+def mailPoolProblem(name: str, pool) -> str | None:
+    """
+    Why pool C{name} (a L{lbproxy.config.PoolConfig}) cannot serve a mail
+    listener, or None. A pool of distinct stores must place each user on
+    one server whatever the servers' state (see L{lbproxy.mail.placement}):
+    no backup server, and with several servers a selector hashing the
+    user (a plugin selector is trusted to).
+    """
+    if pool.stores == STORES_REPLICAS:
+        return None
+    replicas = f'stores = "{STORES_REPLICAS}" when every server holds every mailbox'
+    for server in pool.servers:
+        if server.backup:
+            return (
+                f"pool {name!r} has backup server {server.name!r}, but its servers hold distinct "
+                f"mailboxes (a backup holds none of the others' users); expected no backup server, or {replicas}"
+            )
+    if len(pool.servers) < 2:
+        return None
+    key = pool.selectorOptions.get("key", "src")
+    if pool.selector in _USER_HASHING and key == "user":
+        return None
+    if pool.selector in _USER_HASHING or pool.selector in _NOT_PLACING:
+        chosen = pool.selector + (f" on key {key!r}" if pool.selector in _USER_HASHING else "")
+        return (
+            f"pool {name!r} has {len(pool.servers)} servers holding distinct mailboxes, but its selector "
+            f"({chosen}) does not place each user on one of them; expected selector = "
+            f'{{ name = "hash" or "maglev", key = "user" }}, or {replicas}'
+        )
+    return None
 
 
 def parseMailListener(t: Table, timeouts: Table, pools: dict, tlsStartTLS: bool | None) -> MailListenerConfig:

@@ -12,9 +12,9 @@ A mail session flows in four steps:
      (L{lbproxy.config.mail.normaliseUser}), picks the pool (the listener's
      C{user_pools}, else its pool) and is the selector's C{"user"} key
      (L{lbproxy.mail.context.MailFlowContext}), so every session of one
-     user reaches the same server; L{lbproxy.connect.BackendConnector}
-     connects, redispatching to the selector's next choice when a server
-     is down.
+     user reaches the same server: the store holding its mailbox, or
+     none when that store cannot take it (L{placement}; only a pool of
+     replicas redispatches to the selector's next choice).
   3. B{Hand-off}: a backend dialog (L{lbproxy.mail.session.BackendDialog})
      reads the server's greeting, upgrades with STARTTLS/STLS when the pool
      asks for it, tells the server the client's address, replays the login
@@ -32,5 +32,6 @@ are never logged.
 Modules: L{session} (what both fronts share), L{lines} (reading lines
 and literals before the relay), L{backpressure} (no reading while the
 client leaves its replies unread), L{arguments} (what may reach a store),
-L{sasl} (credentials, SASL PLAIN), L{context}, L{imap}, L{pop3}.
+L{placement} (the user's store), L{sasl} (credentials, SASL PLAIN),
+L{context}, L{imap}, L{pop3}.
 """

@@ -65,6 +65,7 @@ from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.mail.backpressure import ReplyBackpressure
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.lines import LineBuffer
+from lbproxy.mail.placement import Placement
 from lbproxy.mail.sasl import Credentials
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tcp import formatAddress, formatSeconds
@@ -649,9 +650,9 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self.state = _PLACING
         self._holding = True
         self.transport.pauseProducing()
-        self._placement = _Placement(
-            pool, MailFlowContext(self.client, self.local, user), credentials, 1 + pool.options.retries
-        )
+        placement = self._placement = Placement(pool, MailFlowContext(self.client, self.local, user), credentials)
+        if placement.home is not None:
+            self._lastServer = placement.home.qualifiedName
         self._connect()
 
     def rejectLogin(self, reply: bytes) -> None:
@@ -674,12 +675,21 @@ class MailFrontProtocol(Protocol, LineBuffer):
 
     def _connect(self) -> None:
         placement = self._placement
+        refusal = placement.refusal()
+        if refusal is not None:
+            self.log.warn(
+                "{protocol} login of {user} from {client} (listener {listener}) not placed: "
+                "{refusal}; no other store holds the mailbox",
+                protocol=self.protocolName,
+                user=printable(self.user),
+                client=formatAddress(self.client),
+                listener=self.listener.name,
+                refusal=refusal,
+            )
+            self._unavailable(refusal)
+            return
         connector = self.factory.connectorFor(placement.pool.name)
-        connecting = self._connecting = connector.connect(
-            placement.context,
-            _DialogFactory(self, placement.credentials),
-            attempts=placement.maxAttempts - placement.attempts,
-        )
+        connecting = self._connecting = placement.connect(connector, _DialogFactory(self, placement.credentials))
         connecting.addCallbacks(self._connected, self._notConnected)
 
     def _connected(self, connection: BackendConnection) -> None:
@@ -698,6 +708,9 @@ class MailFrontProtocol(Protocol, LineBuffer):
     def _notConnected(self, reason: Failure) -> None:
         self._connecting = None
         if reason.check(CancelledError) or self.state != _PLACING:
+            return
+        if reason.check(ConnectFailed) and self._placement.connectFailed(reason.value):
+            self._connect()
             return
         if reason.check(NoServerAvailable, ConnectFailed):
             detail = str(reason.value)
@@ -736,7 +749,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
             server.connectFailed(failure.detail, established=True)
             placement.context.excluded.add(server)
         placement.lastDetail = failure.detail
-        if failure.retryable and placement.attempts < placement.maxAttempts:
+        if placement.mayRetryDialog(failure.retryable):
             self._connect()
         else:
             self._unavailable(failure.detail)
@@ -914,24 +927,6 @@ class MailFrontProtocol(Protocol, LineBuffer):
             detail=detail,
             details=f" ({detail})" if detail else "",
         )
-
-
-class _Placement:
-    """
-    One login being placed: its pool, context (with the servers excluded
-    after failed dialogs) and the connection attempts made. Every attempt,
-    refused or connected, counts against the pool's C{1 + retries}: a
-    server that connects but cannot be used is excluded and, while
-    attempts remain, the login is placed again with only what is left.
-    """
-
-    def __init__(self, pool, context: MailFlowContext, credentials: Credentials, maxAttempts: int) -> None:
-        self.pool = pool
-        self.context = context
-        self.credentials = credentials
-        self.maxAttempts = maxAttempts
-        self.attempts = 0
-        self.lastDetail = ""
 
 
 class MailProxyFactory(ServerFactory):
