@@ -745,7 +745,10 @@ EVERY_KEY = {
     "listener tls certificate": {"cert", "key", "names"},
     "listener timeouts": {"idle", "request", "keepalive", "tunnel", "hello", "login"},
     "listener limits": {"request_line", "header_size", "header_count", "body_size", "line", "literal", "user"},
-    "listener auth": {"max_failures", "failure_delay"},
+    "listener auth": {
+        "max_failures", "failure_delay", "address_max_failures", "address_window", "address_ipv6_prefix",
+        "address_table_size",
+    },
     "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods", "sni"},
     "route header": {"name", "value"},
     "pool": {

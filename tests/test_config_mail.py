@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from lbproxy.config import loadBytes
-from lbproxy.config.mail import MailLimits, normaliseUser
+from lbproxy.config.mail import AddressFailureLimit, MailLimits, normaliseUser
 from lbproxy.errors import ConfigError
 
 TLS = '[listeners.m.tls]\ncertificates = [{ cert = "c.pem" }]\n'
@@ -49,6 +49,7 @@ def test_defaults(mode):
     assert mail.userDomain is None
     assert mail.limits == MailLimits(line=8192, literal=8192, user=256)
     assert (mail.loginTimeout, mail.maxAuthFailures, mail.authFailureDelay) == (60.0, 3, 2.0)
+    assert mail.addressLimit == AddressFailureLimit(maxFailures=20, window=300.0, ipv6Prefix=128, tableSize=16384)
     assert listener.tls is None
 
 
@@ -66,6 +67,10 @@ user = 100
 [listeners.m.auth]
 max_failures = 5
 failure_delay = "250ms"
+address_max_failures = 7
+address_window = "1h"
+address_ipv6_prefix = 64
+address_table_size = 1000
 [listeners.m.timeouts]
 login = "30s"
 idle = "31m"
@@ -82,6 +87,7 @@ idle = "31m"
     assert mail.poolFor("alice@example.com", "stores") == "stores"
     assert mail.limits == MailLimits(line=1024, literal=300, user=100)
     assert (mail.maxAuthFailures, mail.authFailureDelay, mail.loginTimeout) == (5, 0.25, 30.0)
+    assert mail.addressLimit == AddressFailureLimit(maxFailures=7, window=3600.0, ipv6Prefix=64, tableSize=1000)
     assert listener.idleTimeout == 31 * 60
     assert listener.tls.starttls is True
     assert "vip" in listener.poolsUsed()
@@ -116,12 +122,24 @@ def test_userPoolsErrors():
         ("[listeners.m.auth]\nmax_failures = 0", "auth.max_failures"),
         ("[listeners.m.auth]\nfailure_delay = -1", "auth.failure_delay"),
         ("[listeners.m.auth]\nbogus = 1", "auth.bogus"),
+        ("[listeners.m.auth]\naddress_max_failures = -1", "auth.address_max_failures"),
+        ("[listeners.m.auth]\naddress_window = 0", "auth.address_window"),
+        ("[listeners.m.auth]\naddress_ipv6_prefix = 129", "auth.address_ipv6_prefix"),
+        ("[listeners.m.auth]\naddress_table_size = 10", "auth.address_table_size"),
         ("[listeners.m.timeouts]\nlogin = 0", "timeouts.login"),
         ("[listeners.m.timeouts]\nrequest = 5", "timeouts.request"),
     ],
 )
 def test_rangesAndUnknownKeys(extra, key):
     assert f"listeners.m.{key}" in error(extra)
+
+
+def test_addressLimitOff():
+    mail = config("[listeners.m.auth]\naddress_max_failures = 0").listeners["m"].mail
+    assert mail.addressLimit.maxFailures == 0
+    assert "auth.address_window: expected only with address_max_failures above 0" in error(
+        '[listeners.m.auth]\naddress_max_failures = 0\naddress_window = "1m"'
+    )
 
 
 def test_mailKeysOnlyOnMailListeners():

@@ -51,6 +51,7 @@ class IMAPDovecotTests(MailFrontMixin, TestCase):
         userPools: str = "",
         listenerExtra: str = "",
         poolExtra: str = "",
+        authExtra: str = "",
     ) -> int:
         """
         Serve an IMAP listener in front of both stores (hashing on the
@@ -78,6 +79,7 @@ user_domain = "example.test"
 [listeners.imap.auth]
 max_failures = {maxFailures}
 failure_delay = "{failureDelay}"
+{authExtra}
 
 [listeners.imap.user_pools]
 {userPools}
@@ -316,6 +318,47 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         The store of every user, with both stores up.
         """
         return {user: await self.inThread(self.loginResult, port, user) for user in self.stores.users}
+
+    async def test_failuresPerAddress(self):
+        """
+        Failed logins add up over the connections of one address: past
+        auth.address_max_failures even the right password is refused, like
+        a failed login and without asking a store, while another address
+        logs in.
+        """
+        port = self.startProxy(authExtra="address_max_failures = 3")
+        password = self.stores.users["erin"]
+
+        def run():
+            results = []
+            for attempt in ("wrong", "wrong", "wrong", password):
+                results.append(self.loginWith(port, "erin", attempt))
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=("127.0.0.2", 0)) as sock:
+                recvUntil(sock, b"\r\n")
+                sock.sendall(b"a LOGIN erin %s\r\n" % password.encode())
+                results.append(recvUntil(sock, b"a ").decode())
+            return results
+
+        with capturedLogs() as events:
+            results = await self.inThread(run)
+            await self.sessionsOver()
+        self.assertEqual([result.split("]")[0] for result in results[:4]], ["b'[AUTHENTICATIONFAILED"] * 4)
+        self.assertIn("a OK", results[4])
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(sum("its logins are refused" in line for line in lines), 1)
+        refused = [line for line in lines if "-> stores/- user=erin@example.test " in line]
+        self.assertEqual(len(refused), 1)
+        self.assertIn("result=failed", refused[0])
+
+    def loginWith(self, port: int, user: str, password: str) -> str:
+        client = self.imap(port)
+        try:
+            client.login(user, password)
+            return "logged in"
+        except imaplib.IMAP4.error as e:
+            return str(e)
+        finally:
+            client.logout()
 
     async def test_storeDown(self):
         """

@@ -43,6 +43,26 @@ class MailLimits:
 
 
 @dataclass(frozen=True)
+class AddressFailureLimit:
+    """
+    Failed logins allowed from one client address across connections
+    (see L{lbproxy.mail.throttle}).
+
+    @ivar maxFailures: failed logins within C{window} after which the
+        address's logins are refused until the window ends; 0: no limit.
+    @ivar window: seconds from an address's first counted failure.
+    @ivar ipv6Prefix: IPv6 addresses are counted by this many leading
+        bits (128: each address; 64: each /64).
+    @ivar tableSize: most addresses counted at once.
+    """
+
+    maxFailures: int = 20
+    window: float = 300.0
+    ipv6Prefix: int = 128
+    tableSize: int = 16384
+
+
+@dataclass(frozen=True)
 class MailListenerConfig:
     """
     What an IMAP or POP3 listener adds to a listener.
@@ -61,6 +81,7 @@ class MailListenerConfig:
     @ivar maxAuthFailures: failed logins after which the connection is
         closed.
     @ivar authFailureDelay: wait before answering a failed login.
+    @ivar addressLimit: failed logins allowed per client address.
     """
 
     tlsRequired: bool = False
@@ -70,6 +91,7 @@ class MailListenerConfig:
     loginTimeout: float = 60.0
     maxAuthFailures: int = 3
     authFailureDelay: float = 2.0
+    addressLimit: AddressFailureLimit = AddressFailureLimit()
 
     def poolFor(self, user: str, default: str) -> str:
         """
@@ -173,7 +195,22 @@ def parseMailListener(t: Table, timeouts: Table, pools: dict, tlsStartTLS: bool 
         loginTimeout=timeouts.duration("login", 60.0),
         maxAuthFailures=auth.integer("max_failures", 1, 100, 3),
         authFailureDelay=auth.duration("failure_delay", 2.0),
+        addressLimit=_parseAddressLimit(auth),
     )
     limits.done()
     auth.done()
     return config
+
+
+def _parseAddressLimit(auth: Table) -> AddressFailureLimit:
+    limit = AddressFailureLimit(
+        maxFailures=auth.integer("address_max_failures", 0, 100000, 20),
+        window=auth.duration("address_window", 300.0),
+        ipv6Prefix=auth.integer("address_ipv6_prefix", 32, 128, 128),
+        tableSize=auth.integer("address_table_size", 256, 1_000_000, 16384),
+    )
+    if not limit.maxFailures:
+        for key in ("address_window", "address_ipv6_prefix", "address_table_size"):
+            if key in auth.data:
+                auth.fail(key, "expected only with address_max_failures above 0 (no address is counted)")
+    return limit

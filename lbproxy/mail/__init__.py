@@ -32,6 +32,7 @@ are never logged.
 Modules: L{session} (what both fronts share), L{lines} (reading lines
 and literals before the relay), L{backpressure} (no reading while the
 client leaves its replies unread), L{arguments} (what may reach a store),
-L{placement} (the user's store), L{sasl} (credentials, SASL PLAIN),
-L{context}, L{imap}, L{pop3}.
+L{placement} (the user's store), L{throttle} (failed logins per client
+address), L{sasl} (credentials, SASL PLAIN), L{context}, L{imap},
+L{pop3}.
 """

@@ -66,6 +66,7 @@ from lbproxy.mail.backpressure import ReplyBackpressure
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.lines import LineBuffer
 from lbproxy.mail.placement import Placement
+from lbproxy.mail.throttle import FailedLogins
 from lbproxy.mail.sasl import Credentials
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tcp import formatAddress, formatSeconds
@@ -632,6 +633,10 @@ class MailFrontProtocol(Protocol, LineBuffer):
         (L{loginRefusal}) are refused as a failed login.
         """
         self.user = user = normaliseUser(asText(credentials.user), self.mail.userDomain)
+        failedLogins = self.factory.failedLogins
+        if failedLogins is not None and failedLogins.refused(self.client, self.protocolName):
+            self.rejectLogin(self.failedLoginReply(), counted=False)
+            return
         refusal = loginRefusal(credentials, self.mail.limits.user)
         if refusal is not None:
             self.log.warn(
@@ -655,13 +660,18 @@ class MailFrontProtocol(Protocol, LineBuffer):
             self._lastServer = placement.home.qualifiedName
         self._connect()
 
-    def rejectLogin(self, reply: bytes) -> None:
+    def rejectLogin(self, reply: bytes, counted: bool = True) -> None:
         """
         Count a failed login and send C{reply} after the failure delay
         (closing after C{tooManyFailures} when the cap is reached). Used
         for refusals by the server and by the proxy alike, so a client
         cannot tell them apart by timing.
+
+        @param counted: count it for the client's address too (not when
+            the address is over its limit already).
         """
+        if counted and self.factory.failedLogins is not None:
+            self.factory.failedLogins.failed(self.client)
         self.failures += 1
         self.result = "failed"
         self.state = _DELAYING
@@ -941,6 +951,8 @@ class MailProxyFactory(ServerFactory):
         C{creator} is used for STARTTLS), or None.
     @ivar sessions: the connections being served (counted for maxconn).
     @ivar rejected: connections closed because the listener was full.
+    @ivar failedLogins: the L{FailedLogins} of the client addresses, or
+        None without C{auth.address_max_failures}.
     """
 
     protocol = MailFrontProtocol
@@ -953,6 +965,8 @@ class MailProxyFactory(ServerFactory):
         self.connectors: dict[str, BackendConnector] = {}
         self.sessions: set[MailFrontProtocol] = set()
         self.rejected = 0
+        limit = listener.mail.addressLimit
+        self.failedLogins = FailedLogins(limit, reactor, listener.name) if limit.maxFailures else None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.listener.name} -> {self.listener.pool}>"
