@@ -33,6 +33,6 @@ Modules: L{session} (what both fronts share), L{lines} (reading lines
 and literals before the relay), L{backpressure} (no reading while the
 client leaves its replies unread), L{arguments} (what may reach a store),
 L{placement} (the user's store), L{throttle} (failed logins per client
-address), L{sasl} (credentials, SASL PLAIN), L{context}, L{imap},
-L{pop3}.
+address), L{logtext} (client text and TLS state in log lines), L{sasl}
+(credentials, SASL PLAIN), L{context}, L{imap}, L{pop3}.
 """

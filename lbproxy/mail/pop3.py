@@ -23,7 +23,8 @@ logged in. The server's answer to the password is the client's answer.
 from __future__ import annotations
 
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
-from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory, printable
+from lbproxy.mail.logtext import printable
+from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory
 
 #: Commands of the TRANSACTION state (RFC 1939, 2449), refused before login
 #: with an answer saying so.

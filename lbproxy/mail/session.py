@@ -60,18 +60,18 @@ from zope.interface import implementer
 from lbproxy.acceptproxy import IProxiedAddresses
 from lbproxy.config.mail import normaliseUser
 from lbproxy.connect import BackendConnection, BackendConnector
-from lbproxy.mail.arguments import asText, loginRefusal
 from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.mail.arguments import asText, loginRefusal
 from lbproxy.mail.backpressure import ReplyBackpressure
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.lines import LineBuffer
+from lbproxy.mail.logtext import describeLost, printable, tlsVersion
 from lbproxy.mail.placement import Placement
-from lbproxy.mail.throttle import FailedLogins
 from lbproxy.mail.sasl import Credentials
+from lbproxy.mail.throttle import FailedLogins
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tcp import formatAddress, formatSeconds
-from lbproxy.tls.client import describeVerifyFailure, sslErrorText, tlsFailureText
-from lbproxy.tls.server import describeTLS
+from lbproxy.tls.client import sslErrorText
 
 SESSION_FORMAT = (
     "{protocol} {client} {listener} -> {server} user={user} tls={clientTLS} "
@@ -83,38 +83,6 @@ SESSION_FORMAT = (
 TLS_NONE = "none"
 TLS_STARTTLS = "starttls"
 TLS_IMPLICIT = "implicit"
-
-
-def printable(text: str, limit: int = 256) -> str:
-    """
-    C{text} safe for one log line: control characters, spaces and
-    backslashes escaped, cut at C{limit} characters.
-    """
-    out = []
-    for ch in text[:limit]:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable() and ch != " ":
-            out.append(ch)
-        else:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
-    if len(text) > limit:
-        out.append("...")
-    return "".join(out)
-
-
-def tlsVersion(transport) -> str | None:
-    """
-    The negotiated TLS version of C{transport} (e.g. C{"TLSv1.3"}), or
-    None when it is not a TLS transport or the handshake is not done.
-    """
-    described = describeTLS(transport)
-    if described is None:
-        return None
-    version = described["version"]
-    if not version or version == "Unknown":
-        return None
-    return version
 
 
 @dataclass(frozen=True)
@@ -362,18 +330,6 @@ class BackendDialog(Protocol, LineBuffer):
         self._finish()
         self._stopped = True
         return True
-
-
-def describeLost(reason: Failure, handshaking: bool = False) -> str:
-    """
-    One line saying why a backend connection was lost before the relay
-    (during a STARTTLS handshake, such as a certificate that does not
-    verify, in L{describeVerifyFailure}'s words).
-    """
-    if handshaking:
-        return describeVerifyFailure(reason)
-    message = tlsFailureText(reason) or reason.getErrorMessage().strip().rstrip(".") or reason.type.__name__
-    return "connection lost: " + message.splitlines()[0]
 
 
 class _DialogFactory(Factory):
