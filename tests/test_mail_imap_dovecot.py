@@ -25,7 +25,6 @@ from twisted.trial.unittest import TestCase
 
 from dovecot import dovecot, dovecotStores  # noqa: F401 (fixtures)
 from lbproxy.mail.session import SESSION_FORMAT
-from lbproxy.pool import ServerState
 from processes import processes, startLbproxy, waitUntil  # noqa: F401 (fixture)
 from mailfront import TIMEOUT, MailFrontMixin, recvUntil, scriptedSession, tlsTables
 from support import freePort, requireExecutable
@@ -298,13 +297,14 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         self.assertTrue(any("end=too-many-failures" in line for line in lines), lines)
         self.assertNotIn("heidi-secret", repr(events))
 
-    def loginResult(self, port: int, user: str) -> str:
+    def loginResult(self, port: int, user: str, password: str | None = None) -> str:
         """
-        Log C{user} in: the store serving it, or the server's NO.
+        Log C{user} in (with its password unless C{password} is given):
+        the store serving it, or the server's NO.
         """
         client = self.imap(port)
         try:
-            client.login(user, self.stores.users[user])
+            client.login(user, password or self.stores.users[user])
         except imaplib.IMAP4.error as e:
             client.noop()
             client.logout()
@@ -313,11 +313,26 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         client.logout()
         return store
 
-    async def homes(self, port: int) -> dict[str, str]:
+    async def test_storeDown(self):
         """
-        The store of every user, with both stores up.
+        The stores hold distinct mailboxes: while a health check has one
+        marked down, and once it is stopped, its users get NO
+        [UNAVAILABLE] and may try again; the other users log in.
         """
-        return {user: await self.inThread(self.loginResult, port, user) for user in self.stores.users}
+        await self.checkStoreDown(self.startProxy(), "alice", "[UNAVAILABLE]")
+
+    async def test_storeDownReplicas(self):
+        """
+        With stores = "replicas", a user whose store is down reaches the
+        other store; with both down the client gets NO [UNAVAILABLE].
+        """
+        port = self.startProxy(poolExtra='stores = "replicas"')
+        store = await self.inThread(self.loginResult, port, "alice")
+        await self.inThread(self.stores.byName[store].stop)
+        other = await self.inThread(self.loginResult, port, "alice")
+        self.assertEqual(other, "b" if store == "a" else "a")
+        await self.inThread(self.stores.byName[other].stop)
+        self.assertIn("[UNAVAILABLE]", await self.inThread(self.loginResult, port, "alice"))
 
     async def test_failuresPerAddress(self):
         """
@@ -332,7 +347,7 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         def run():
             results = []
             for attempt in ("wrong", "wrong", "wrong", password):
-                results.append(self.loginWith(port, "erin", attempt))
+                results.append(self.loginResult(port, "erin", attempt))
             with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=("127.0.0.2", 0)) as sock:
                 recvUntil(sock, b"\r\n")
                 sock.sendall(b"a LOGIN erin %s\r\n" % password.encode())
@@ -349,57 +364,6 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         refused = [line for line in lines if "-> stores/- user=erin@example.test " in line]
         self.assertEqual(len(refused), 1)
         self.assertIn("result=failed", refused[0])
-
-    def loginWith(self, port: int, user: str, password: str) -> str:
-        client = self.imap(port)
-        try:
-            client.login(user, password)
-            return "logged in"
-        except imaplib.IMAP4.error as e:
-            return str(e)
-        finally:
-            client.logout()
-
-    async def test_storeDown(self):
-        """
-        The stores hold distinct mailboxes: while a health check has one
-        marked down, and once it is stopped, its users get NO
-        [UNAVAILABLE] (never the other store's mailbox) and may try again,
-        logged with their store; the other users log in.
-        """
-        port = self.startProxy()
-        homes = await self.homes(port)
-        down = homes["alice"]
-        other = next(user for user, store in homes.items() if store != down)
-        server = self.balancer.pools["stores"].server(down)
-        server.setState(ServerState.DOWN, "health check")
-        self.assertIn("[UNAVAILABLE]", await self.inThread(self.loginResult, port, "alice"))
-        self.assertEqual(await self.inThread(self.loginResult, port, other), homes[other])
-        server.setState(ServerState.UP)
-        self.assertEqual(await self.inThread(self.loginResult, port, "alice"), down)
-        await self.inThread(self.stores.byName[down].stop)
-        with capturedLogs() as events:
-            self.assertIn("[UNAVAILABLE]", await self.inThread(self.loginResult, port, "alice"))
-            self.assertEqual(await self.inThread(self.loginResult, port, other), homes[other])
-            await self.sessionsOver()
-        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
-        self.assertTrue(
-            any(f"-> stores/{down} user=alice@example.test " in line and "result=unavailable" in line for line in lines),
-            lines,
-        )
-
-    async def test_storeDownReplicas(self):
-        """
-        With stores = "replicas", a user whose store is down reaches the
-        other store; with both down the client gets NO [UNAVAILABLE].
-        """
-        port = self.startProxy(poolExtra='stores = "replicas"')
-        store = await self.inThread(self.loginResult, port, "alice")
-        await self.inThread(self.stores.byName[store].stop)
-        other = await self.inThread(self.loginResult, port, "alice")
-        self.assertEqual(other, "b" if store == "a" else "a")
-        await self.inThread(self.stores.byName[other].stop)
-        self.assertIn("[UNAVAILABLE]", await self.inThread(self.loginResult, port, "alice"))
 
     async def test_clientAddressByID(self):
         """

@@ -212,13 +212,16 @@ class POP3Tests(SynchronousTestCase):
         self.assertTrue(client.value().endswith(b"-ERR [AUTH] Authentication failed.\r\n"), client.value())
         self.assertEqual(self.reactor.tcpClients, [])
         self.assertEqual(front.failures, 1)
-        [line] = [formatEvent(e) for e in events if "refused before any store" in e.get("log_format", "")]
+        [line] = [text for text in map(formatEvent, events) if "refused before any store" in text]
         return line
 
     def test_nulInUser(self):
         line = self.refusedBeforeAnyStore(b"USER alice\0x\r\nPASS secret\r\n")
-        self.assertIn("pop3 client 192.0.2.7:40000 of listener toy: login of alice\\x00x refused", line)
-        self.assertIn("the user name contains a control character", line)
+        self.assertEqual(
+            "pop3 login of alice\\x00x from 192.0.2.7:40000 (listener toy) refused before any store: "
+            "the user name contains a control character",
+            line,
+        )
         self.refusedBeforeAnyStore(b"USER alice\x01\r\nPASS secret\r\n")
 
     def test_controlInSASL(self):

@@ -38,6 +38,30 @@ STALLED = 3.0
 READ_BOUND = 4 * 1024 * 1024
 
 
+def mailConfig(mode: str, tls: str | None, certificate) -> str:
+    """
+    A config with one mail listener named C{mail} on a free port, TLS
+    (C{"starttls"} or C{"implicit"}) with C{certificate} or none, and a
+    pool whose store nothing listens on.
+    """
+    text = f"""
+[listeners.mail]
+bind = "tcp:0:interface=127.0.0.1"
+mode = "{mode}"
+pool = "stores"
+
+[pools.stores]
+servers = [{{ name = "a", address = "127.0.0.1:{freePort()}" }}]
+"""
+    if tls is not None:
+        text += f"""
+[listeners.mail.tls]
+certificates = [{{ cert = "{certificate.chain}", key = "{certificate.key}" }}]
+starttls = {str(tls == "starttls").lower()}
+"""
+    return text
+
+
 def flood(sock, command: bytes) -> int:
     """
     Write C{command} over and over on C{sock} without reading, until
@@ -75,22 +99,7 @@ class FloodTests(MailFrontMixin, TestCase):
         return ssl.create_default_context(cafile=str(self.ca.cert))
 
     def serve(self, mode: str, tls: str | None = None) -> int:
-        text = f"""
-[listeners.mail]
-bind = "tcp:0:interface=127.0.0.1"
-mode = "{mode}"
-pool = "stores"
-
-[pools.stores]
-servers = [{{ name = "a", address = "127.0.0.1:{freePort()}" }}]
-"""
-        if tls is not None:
-            text += f"""
-[listeners.mail.tls]
-certificates = [{{ cert = "{self.certificate.chain}", key = "{self.certificate.key}" }}]
-starttls = {str(tls == "starttls").lower()}
-"""
-        return self.listenMail(text, "flood.toml", "mail")
+        return self.listenMail(mailConfig(mode, tls, self.certificate), "flood.toml", "mail")
 
     async def floodAndCheck(self, port: int, command: bytes, reply: bytes, start=None) -> None:
         """
@@ -188,20 +197,7 @@ class FailedHandshakeTests(MailFrontMixin, TestCase):
         self.otherCA = CertificateAuthority(tmp_path / "other", name="other CA")
 
     async def failedSession(self, mode: str, tls: str, start: bytes, expect: bytes) -> str:
-        text = f"""
-[listeners.mail]
-bind = "tcp:0:interface=127.0.0.1"
-mode = "{mode}"
-pool = "stores"
-
-[listeners.mail.tls]
-certificates = [{{ cert = "{self.certificate.chain}", key = "{self.certificate.key}" }}]
-starttls = {str(tls == "starttls").lower()}
-
-[pools.stores]
-servers = [{{ name = "a", address = "127.0.0.1:{freePort()}" }}]
-"""
-        port = self.listenMail(text, "handshake.toml", "mail")
+        port = self.listenMail(mailConfig(mode, tls, self.certificate), "handshake.toml", "mail")
         context = ssl.create_default_context(cafile=str(self.otherCA.cert))
 
         def run():

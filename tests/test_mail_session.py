@@ -512,14 +512,22 @@ class MailSessionTests(SynchronousTestCase):
         self.assertEqual(self.reactor.tcpClients, [])
         self.assertIn("end=starttls-injection", self.sessionLines(events)[0])
 
-    def test_backendStartTLS(self):
-        pools = {"store": makePool(count=1)}
+    def startTLSDialog(self):
+        """
+        A login on a store of a pool upgrading with STARTTLS, up to the
+        proxy's STARTTLS command.
+        """
+        pools = {"store": makePool(count=1, retries=0)}
         pools["store"].tls = FakeBackendTLS()
         self.makeFactory(pools=pools)
         front, client = self.accept()
         front.dataReceived(b"LOGIN alice pw\r\n")
         dialog, server = self.backend()
         dialog.dataReceived(b"OK TLS\r\n")
+        return front, client, dialog, server
+
+    def test_backendStartTLS(self):
+        front, client, dialog, server = self.startTLSDialog()
         self.assertEqual(server.value(), b"STARTTLS\r\n")
         dialog.dataReceived(b"OK go\r\n")
         self.assertEqual(server.tlsStarted, ("creator", "s0"))
@@ -531,13 +539,7 @@ class MailSessionTests(SynchronousTestCase):
         A server sending bytes after its STARTTLS answer, before TLS, is
         treated as an attack: the dialog fails, nothing is sent.
         """
-        pools = {"store": makePool(count=1, retries=0)}
-        pools["store"].tls = FakeBackendTLS()
-        self.makeFactory(pools=pools)
-        front, client = self.accept()
-        front.dataReceived(b"LOGIN alice pw\r\n")
-        dialog, server = self.backend()
-        dialog.dataReceived(b"OK TLS\r\n")
+        front, client, dialog, server = self.startTLSDialog()
         dialog.dataReceived(b"OK go\r\nOK injected\r\n")
         self.assertIsNone(server.tlsStarted)
         self.assertTrue(server.disconnected)
@@ -554,13 +556,7 @@ class MailSessionTests(SynchronousTestCase):
             (True, "connection lost: Connection was closed cleanly"),
             (False, "connection closed by server during the TLS handshake"),
         ):
-            pools = {"store": makePool(count=1, retries=0)}
-            pools["store"].tls = FakeBackendTLS()
-            self.makeFactory(pools=pools)
-            front, client = self.accept()
-            front.dataReceived(b"LOGIN alice pw\r\n")
-            dialog, server = self.backend()
-            dialog.dataReceived(b"OK TLS\r\n")
+            front, client, dialog, server = self.startTLSDialog()
             dialog.dataReceived(b"OK go\r\n")
             if handshook:
                 dialog.handshakeCompleted()

@@ -595,15 +595,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
             return
         refusal = loginRefusal(credentials, self.mail.limits.user)
         if refusal is not None:
-            self.log.warn(
-                "{protocol} client {client} of listener {listener}: login of {user} "
-                "refused before any store: {refusal}",
-                protocol=self.protocolName,
-                client=formatAddress(self.client),
-                listener=self.listener.name,
-                user=printable(user),
-                refusal=refusal,
-            )
+            self._warnLogin("refused before any store", refusal)
             self.rejectLogin(self.failedLoginReply())
             return
         poolName = self.mail.poolFor(user, self.listener.pool)
@@ -615,6 +607,20 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if placement.home is not None:
             self._lastServer = placement.home.qualifiedName
         self._connect()
+
+    def _warnLogin(self, outcome: str, why: str) -> None:
+        """
+        Log one line about the login in progress: C{outcome}, and C{why}.
+        """
+        self.log.warn(
+            "{protocol} login of {user} from {client} (listener {listener}) {outcome}: {why}",
+            protocol=self.protocolName,
+            user=printable(self.user),
+            client=formatAddress(self.client),
+            listener=self.listener.name,
+            outcome=outcome,
+            why=why,
+        )
 
     def rejectLogin(self, reply: bytes, counted: bool = True) -> None:
         """
@@ -643,15 +649,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         placement = self._placement
         refusal = placement.refusal()
         if refusal is not None:
-            self.log.warn(
-                "{protocol} login of {user} from {client} (listener {listener}) not placed: "
-                "{refusal}; no other store holds the mailbox",
-                protocol=self.protocolName,
-                user=printable(self.user),
-                client=formatAddress(self.client),
-                listener=self.listener.name,
-                refusal=refusal,
-            )
+            self._warnLogin("not placed", f"{refusal}; no other store holds the mailbox")
             self._unavailable(refusal)
             return
         connector = self.factory.connectorFor(placement.pool.name)
