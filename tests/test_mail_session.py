@@ -29,7 +29,8 @@ from lbproxy.mail.session import (
     MailProxyFactory,
     printable,
 )
-from lbproxy.mail.placement import homeServer
+from lbproxy.errors import ConnectFailed
+from lbproxy.mail.placement import Placement, homeServer
 from lbproxy.pool import Pool, Server, ServerState
 from lbproxy.selectors.keyhash import KeyHash
 from lbproxy.selectors.maglev import Maglev
@@ -452,6 +453,23 @@ class MailSessionTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
         self.assertIn(f"its store {home.qualifiedName} is at its maxconn of 1", front.lastDetail)
+
+    def test_distinctRetriesOnlyStoreFailures(self):
+        """
+        The user's store is tried again after its own connection
+        failures; a failure of another kind (a subclass of ConnectFailed,
+        such as lbproxy's own resource limits) is not retried.
+        """
+
+        class OwnLimit(ConnectFailed):
+            pass
+
+        pool, home = self.distinctStores(retries=2)
+        placement = Placement(pool, MailFlowContext(PEER, HOST, "alice"), Credentials(b"alice", b"pw"))
+        self.assertIs(placement.home, home)
+        self.assertTrue(placement.connectFailed(ConnectFailed("refused", attempts=1)))
+        self.assertFalse(placement.connectFailed(OwnLimit("out of descriptors", attempts=1)))
+        self.assertFalse(Placement(pool, placement.context, placement.credentials).connectFailed(OwnLimit()))
 
     def test_replicasStoreDown(self):
         """

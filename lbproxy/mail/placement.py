@@ -114,10 +114,13 @@ class Placement:
         The connector gave up after C{error.attempts} failed attempts:
         whether to try the user's store again (distinct stores, while
         attempts remain; with replicas the connector has already tried
-        every attempt left).
+        every attempt left). Only the store's own failures are tried
+        again: a subclass of L{ConnectFailed} tells of another cause
+        (lbproxy's own resource limits), which another attempt would
+        meet too.
         """
         self.attempts += error.attempts
-        return not self.replicas and self.attempts < self.maxAttempts
+        return type(error) is ConnectFailed and not self.replicas and self.attempts < self.maxAttempts
 
     def mayRetryDialog(self, retryable: bool) -> bool:
         """
