@@ -1,8 +1,9 @@
 """
 What the IMAP and POP3 tests against the real Dovecot stores share: the
 TLS tables of their configs, an in-process mail front on a loopback port
-(wired as the daemon wires it), waiting for its sessions to end, and
-scripted sessions on raw sockets.
+(wired as the daemon wires it), waiting for its sessions to end, scripted
+sessions on raw sockets, and the check that a user whose store is down
+gets the temporary failure.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import time
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs, formatEvent
 
 from lbproxy.config import loadBytes
+from lbproxy.mail.session import SESSION_FORMAT
+from lbproxy.pool import ServerState
 from lbproxy.runtime import Balancer
 from lbproxy.service import frontFactory, loadListenerTLS, wrapFront
 
@@ -119,3 +124,36 @@ class MailFrontMixin:
         deadline = time.monotonic() + TIMEOUT
         while sessions and time.monotonic() < deadline:
             await deferLater(reactor, 0.01, lambda: None)
+
+    async def checkStoreDown(self, port: int, user: str, temporary: str) -> None:
+        """
+        The stores hold distinct mailboxes: while a health check has the
+        store of C{user} marked down, and once it is stopped, C{user} gets
+        the C{temporary} failure (never the other store's mailbox), logged
+        with its store, and a user of the other store logs in.
+
+        The test case has C{stores} (the L{dovecot} fixture's) and
+        C{loginResult(port, user)}: the store serving C{user}, or the
+        server's answer when it is not logged in.
+        """
+        homes = {}
+        for name in self.stores.users:
+            homes[name] = await deferToThread(self.loginResult, port, name)
+        down = homes[user]
+        other = next(name for name, store in homes.items() if store != down)
+        server = self.balancer.pools["stores"].server(down)
+        server.setState(ServerState.DOWN, "health check")
+        self.assertIn(temporary, await deferToThread(self.loginResult, port, user))
+        self.assertEqual(await deferToThread(self.loginResult, port, other), homes[other])
+        server.setState(ServerState.UP)
+        self.assertEqual(await deferToThread(self.loginResult, port, user), down)
+        await deferToThread(self.stores.byName[down].stop)
+        with capturedLogs() as events:
+            self.assertIn(temporary, await deferToThread(self.loginResult, port, user))
+            self.assertEqual(await deferToThread(self.loginResult, port, other), homes[other])
+            await self.sessionsOver()
+        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        self.assertTrue(
+            any(f"-> stores/{down} user={user}@example.test " in line and "result=unavailable" in line for line in lines),
+            lines,
+        )

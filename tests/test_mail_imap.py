@@ -286,6 +286,85 @@ class IMAPFrontTests(SynchronousTestCase):
         )
         self.assertEqual(self.reactor.tcpClients, [])
 
+    def refusedBeforeAnyStore(self, *pieces, tag=b"a", mail=None):
+        """
+        Send C{pieces} (the client reading between them); see no store
+        connected and, after the failure delay, the failed-login answer.
+
+        @return: the refusal's log line.
+        """
+        self.makeFactory(makeListener(mail) if mail is not None else None)
+        front = self.accept()
+        with capturedLogs() as events:
+            for piece in pieces:
+                front.dataReceived(piece)
+            self.reactor.advance(2.0)
+        said = self.said()
+        self.assertTrue(said.endswith(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed\r\n"), said)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(front.failures, 1)
+        [line] = [text for text in map(formatEvent, events) if "refused before any store" in text]
+        return line
+
+    def test_nulInUserLiteralPlus(self):
+        line = self.refusedBeforeAnyStore(b"a LOGIN {7+}\r\nalice\0x secret\r\n")
+        self.assertEqual(
+            "imap login of alice\\x00x from 192.0.2.7:40000 (listener toy) refused before any store: "
+            "the user name contains a control character",
+            line,
+        )
+
+    def test_nulInUserLiteral(self):
+        self.refusedBeforeAnyStore(b"a LOGIN {7}\r\n", b"alice\0x {6}\r\n", b"secret\r\n")
+
+    def test_controlInUserQuoted(self):
+        self.refusedBeforeAnyStore(b'a LOGIN "alice\x01x" secret\r\n')
+        self.refusedBeforeAnyStore(b'a LOGIN "alice\x7f" secret\r\n')
+        self.refusedBeforeAnyStore(b'a LOGIN {7+}\r\nalice\xc2\x85 secret\r\n')
+
+    def test_nulInUserQuoted(self):
+        self.makeFactory()
+        front = self.accept()
+        front.dataReceived(b'a LOGIN "alice\0x" secret\r\n')
+        self.assertEqual(self.said(), b"a BAD NUL in quoted string\r\n")
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_controlInSASL(self):
+        """
+        The decoded authcid and authzid of AUTHENTICATE PLAIN, with SASL-IR
+        or after the continuation.
+        """
+        self.refusedBeforeAnyStore(b"a AUTHENTICATE PLAIN " + b64encode(b"\0alice\x01x\0secret") + b"\r\n")
+        self.refusedBeforeAnyStore(b"a AUTHENTICATE PLAIN\r\n", b64encode(b"bo\x1bb\0alice\0secret") + b"\r\n")
+
+    def test_nulInPassword(self):
+        line = self.refusedBeforeAnyStore(b"a LOGIN alice {7+}\r\nsec\0ret\r\n")
+        self.assertIn("the password contains a NUL", line)
+        self.assertNotIn("sec", line.partition("alice")[2])
+
+    def test_userTooLong(self):
+        """
+        A user name over limits.user never reaches a store; one at the
+        limit does.
+        """
+        line = self.refusedBeforeAnyStore(b"a LOGIN " + b"x" * 257 + b" secret\r\n")
+        self.assertIn("the user name is 257 bytes long, over limits.user (256)", line)
+        self.refusedBeforeAnyStore(
+            b"a LOGIN {40+}\r\n" + b"y" * 40 + b" secret\r\n", mail=MailListenerConfig(limits=MailLimits(user=32))
+        )
+        self.makeFactory()
+        front = self.accept()
+        front.dataReceived(b"a LOGIN " + b"x" * 256 + b" secret\r\n")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_idControlCharacters(self):
+        self.makeFactory()
+        front = self.accept()
+        front.dataReceived(b'i ID ("name" {5+}\r\nmu\0tt)\r\nj ID ("na\x01me" "mutt")\r\nk ID ("name" "mu\x7ftt")\r\n')
+        bad = b" BAD ID fields and values may not contain control characters\r\n"
+        self.assertEqual(self.said(), b"i" + bad + b"j" + bad + b"k" + bad)
+        self.assertIsNone(front.clientID)
+
 
 class IMAPDialogTests(IMAPFrontTests):
     """
@@ -470,6 +549,20 @@ class IMAPDialogTests(IMAPFrontTests):
         dialog.connectionLost(DONE)
         self.assertIn(b"a NO [UNAVAILABLE]", self.said())
         self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_serverSaysBye(self):
+        """
+        The BYE a server sent before closing is in the log line.
+        """
+        front, dialog, server = self.login()
+        with capturedLogs() as events:
+            dialog.dataReceived(b"* BYE Input buffer full, aborting\r\n")
+            dialog.connectionLost(DONE)
+        self.assertIn(b"a NO [UNAVAILABLE]", self.said())
+        self.assertIn(
+            "connection lost: Connection was closed cleanly (the server said: * BYE Input buffer full, aborting)",
+            "".join(formatEvent(e) for e in events),
+        )
 
 
 def test_serviceFrontFactory():

@@ -49,6 +49,8 @@ class IMAPDovecotTests(MailFrontMixin, TestCase):
         maxFailures: int = 3,
         userPools: str = "",
         listenerExtra: str = "",
+        poolExtra: str = "",
+        authExtra: str = "",
     ) -> int:
         """
         Serve an IMAP listener in front of both stores (hashing on the
@@ -76,6 +78,7 @@ user_domain = "example.test"
 [listeners.imap.auth]
 max_failures = {maxFailures}
 failure_delay = "{failureDelay}"
+{authExtra}
 
 [listeners.imap.user_pools]
 {userPools}
@@ -85,6 +88,7 @@ selector = {{ name = "hash", key = "user" }}
 client_address = "{clientAddress}"
 retries = 1
 servers = [{servers}]
+{poolExtra}
 
 [pools.only_a]
 servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}" }}]
@@ -293,40 +297,73 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         self.assertTrue(any("end=too-many-failures" in line for line in lines), lines)
         self.assertNotIn("heidi-secret", repr(events))
 
-    async def test_storeDown(self):
+    def loginResult(self, port: int, user: str, password: str | None = None) -> str:
         """
-        A user whose store is down reaches the other store; with both
-        down the client gets NO [UNAVAILABLE] and may try again.
+        Log C{user} in (with its password unless C{password} is given):
+        the store serving it, or the server's NO.
         """
-        port = self.startProxy()
-
-        def home(user):
-            client = self.imap(port)
-            client.login(user, self.stores.users[user])
-            store = self.storeServing(client)
-            client.logout()
-            return store
-
-        store = await self.inThread(home, "alice")
-        down = self.stores.byName[store]
-        await self.inThread(down.stop)
-        other = await self.inThread(home, "alice")
-        self.assertNotEqual(other, store)
-        await self.inThread(self.stores.byName[other].stop)
-
-        def unavailable():
-            client = self.imap(port)
-            try:
-                client.login("alice", self.stores.users["alice"])
-            except imaplib.IMAP4.error as e:
-                result = str(e)
-            else:
-                result = "logged in"
+        client = self.imap(port)
+        try:
+            client.login(user, password or self.stores.users[user])
+        except imaplib.IMAP4.error as e:
             client.noop()
             client.logout()
-            return result
+            return str(e)
+        store = self.storeServing(client)
+        client.logout()
+        return store
 
-        self.assertIn("[UNAVAILABLE]", await self.inThread(unavailable))
+    async def test_storeDown(self):
+        """
+        The stores hold distinct mailboxes: while a health check has one
+        marked down, and once it is stopped, its users get NO
+        [UNAVAILABLE] and may try again; the other users log in.
+        """
+        await self.checkStoreDown(self.startProxy(), "alice", "[UNAVAILABLE]")
+
+    async def test_storeDownReplicas(self):
+        """
+        With stores = "replicas", a user whose store is down reaches the
+        other store; with both down the client gets NO [UNAVAILABLE].
+        """
+        port = self.startProxy(poolExtra='stores = "replicas"')
+        store = await self.inThread(self.loginResult, port, "alice")
+        await self.inThread(self.stores.byName[store].stop)
+        other = await self.inThread(self.loginResult, port, "alice")
+        self.assertEqual(other, "b" if store == "a" else "a")
+        await self.inThread(self.stores.byName[other].stop)
+        self.assertIn("[UNAVAILABLE]", await self.inThread(self.loginResult, port, "alice"))
+
+    async def test_failuresPerAddress(self):
+        """
+        Failed logins add up over the connections of one address: past
+        auth.address_max_failures even the right password is refused, like
+        a failed login and without asking a store, while another address
+        logs in.
+        """
+        port = self.startProxy(authExtra="address_max_failures = 3")
+        password = self.stores.users["erin"]
+
+        def run():
+            results = []
+            for attempt in ("wrong", "wrong", "wrong", password):
+                results.append(self.loginResult(port, "erin", attempt))
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=("127.0.0.2", 0)) as sock:
+                recvUntil(sock, b"\r\n")
+                sock.sendall(b"a LOGIN erin %s\r\n" % password.encode())
+                results.append(recvUntil(sock, b"a ").decode())
+            return results
+
+        with capturedLogs() as events:
+            results = await self.inThread(run)
+            await self.sessionsOver()
+        self.assertEqual([result.split("]")[0] for result in results[:4]], ["b'[AUTHENTICATIONFAILED"] * 4)
+        self.assertIn("a OK", results[4])
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(sum("its logins are refused" in line for line in lines), 1)
+        refused = [line for line in lines if "-> stores/- user=erin@example.test " in line]
+        self.assertEqual(len(refused), 1)
+        self.assertIn("result=failed", refused[0])
 
     async def test_clientAddressByID(self):
         """

@@ -197,6 +197,44 @@ class POP3Tests(SynchronousTestCase):
         self.assertEqual(front.failures, 1)
         self.assertEqual(self.reactor.tcpClients, [])
 
+    def refusedBeforeAnyStore(self, data, mail=None):
+        """
+        Send C{data}; see no store connected and, after the failure delay,
+        the failed-login answer.
+
+        @return: the refusal's log line.
+        """
+        self.makeFactory(mail)
+        front, client = self.accept()
+        with capturedLogs() as events:
+            front.dataReceived(data)
+            self.reactor.advance(2.0)
+        self.assertTrue(client.value().endswith(b"-ERR [AUTH] Authentication failed.\r\n"), client.value())
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(front.failures, 1)
+        [line] = [text for text in map(formatEvent, events) if "refused before any store" in text]
+        return line
+
+    def test_nulInUser(self):
+        line = self.refusedBeforeAnyStore(b"USER alice\0x\r\nPASS secret\r\n")
+        self.assertEqual(
+            "pop3 login of alice\\x00x from 192.0.2.7:40000 (listener toy) refused before any store: "
+            "the user name contains a control character",
+            line,
+        )
+        self.refusedBeforeAnyStore(b"USER alice\x01\r\nPASS secret\r\n")
+
+    def test_controlInSASL(self):
+        self.refusedBeforeAnyStore(b"AUTH PLAIN " + encodePlain(b"", b"alice\x7f", b"secret") + b"\r\n")
+        self.refusedBeforeAnyStore(b"AUTH PLAIN\r\n" + encodePlain(b"bo\x1bb", b"alice", b"secret") + b"\r\n")
+
+    def test_nulInPassword(self):
+        self.refusedBeforeAnyStore(b"USER alice\r\nPASS sec\0ret\r\n")
+
+    def test_userTooLong(self):
+        line = self.refusedBeforeAnyStore(b"USER " + b"x" * 300 + b"\r\nPASS secret\r\n")
+        self.assertIn("the user name is 300 bytes long, over limits.user (256)", line)
+
     # The login replayed.
 
     def test_userPassReplayed(self):
@@ -283,10 +321,10 @@ class POP3Tests(SynchronousTestCase):
 
     def test_badGreetingNextServer(self):
         """
-        A server that does not greet with +OK is skipped for the next;
-        with none left the client gets -ERR [SYS/TEMP].
+        Replicas: a server that does not greet with +OK is skipped for the
+        next; with none left the client gets -ERR [SYS/TEMP].
         """
-        self.makeFactory(pool=makePool(count=2, retries=1))
+        self.makeFactory(pool=makePool(count=2, retries=1, stores="replicas"))
         front, client = self.accept()
         front.dataReceived(b"USER alice\r\nPASS x\r\n")
         dialog, server = self.backend()

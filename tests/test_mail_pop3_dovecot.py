@@ -54,6 +54,7 @@ class POP3DovecotTests(MailFrontMixin, TestCase):
         sendProxy: str = "none",
         failureDelay: str = "100ms",
         maxFailures: int = 3,
+        poolExtra: str = "",
     ) -> int:
         """
         Serve a POP3 listener in front of both stores (hashing on the
@@ -89,6 +90,7 @@ client_address = "{clientAddress}"
 send_proxy = "{sendProxy}"
 retries = 1
 servers = [{servers}]
+{poolExtra}
 """
         text += tlsTables(stores, "pop3", listenerTLS, poolTLS)
         return self.listenMail(text, "dovecot-pop3-test.toml", "pop3")
@@ -239,41 +241,42 @@ servers = [{servers}]
         self.assertTrue(any("end=too-many-failures" in line for line in sessionLines(events)))
         self.assertNotIn("heidi-secret", repr(events))
 
+    def loginResult(self, port: int, user: str) -> str:
+        """
+        Log C{user} in with USER/PASS: the store serving it, or the
+        server's -ERR.
+        """
+        client = self.pop3(port)
+        client.user(user)
+        try:
+            client.pass_(self.stores.users[user])
+        except poplib.error_proto as e:
+            client.quit()
+            return str(e)
+        store = self.storeServing(client)
+        client.quit()
+        return store
+
     async def test_storeDown(self):
         """
-        A user whose store is down reaches the other store; with both
-        down the client gets -ERR [SYS/TEMP] and may try again.
+        The stores hold distinct mailboxes: while a health check has one
+        marked down, and once it is stopped, its users get -ERR
+        [SYS/TEMP]; the other users log in.
         """
-        port = self.startProxy()
+        await self.checkStoreDown(self.startProxy(), "bob", "[SYS/TEMP]")
 
-        def home(user):
-            client = self.pop3(port)
-            client.user(user)
-            client.pass_(self.stores.users[user])
-            store = self.storeServing(client)
-            client.quit()
-            return store
-
-        store = await self.inThread(home, "bob")
+    async def test_storeDownReplicas(self):
+        """
+        With stores = "replicas", a user whose store is down reaches the
+        other store; with both down the client gets -ERR [SYS/TEMP].
+        """
+        port = self.startProxy(poolExtra='stores = "replicas"')
+        store = await self.inThread(self.loginResult, port, "bob")
         await self.inThread(self.stores.byName[store].stop)
-        other = await self.inThread(home, "bob")
-        self.assertNotEqual(other, store)
+        other = await self.inThread(self.loginResult, port, "bob")
+        self.assertEqual(other, "b" if store == "a" else "a")
         await self.inThread(self.stores.byName[other].stop)
-
-        def unavailable():
-            client = self.pop3(port)
-            client.user("bob")
-            try:
-                client.pass_(self.stores.users["bob"])
-            except poplib.error_proto as e:
-                result = str(e)
-            else:
-                result = "logged in"
-            client.user("bob")
-            client.quit()
-            return result
-
-        self.assertIn("[SYS/TEMP]", await self.inThread(unavailable))
+        self.assertIn("[SYS/TEMP]", await self.inThread(self.loginResult, port, "bob"))
 
     async def test_clientAddress(self):
         """

@@ -29,8 +29,11 @@ from lbproxy.mail.session import (
     MailProxyFactory,
     printable,
 )
-from lbproxy.pool import Pool, Server
+from lbproxy.errors import ConnectFailed
+from lbproxy.mail.placement import Placement, homeServer
+from lbproxy.pool import Pool, Server, ServerState
 from lbproxy.selectors.keyhash import KeyHash
+from lbproxy.selectors.maglev import Maglev
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
 from test_relay import FakeTCPTransport
@@ -120,6 +123,9 @@ class ToyFront(MailFrontProtocol):
 
     def tooManyFailures(self):
         self.send(b"bye\r\n")
+
+    def failedLoginReply(self):
+        return b"refused\r\n"
 
 
 class ToyFactory(MailProxyFactory):
@@ -311,12 +317,12 @@ class MailSessionTests(SynchronousTestCase):
 
     def test_serverDownNext(self):
         """
-        A server refusing connections is skipped for the next; a server
-        with a bad greeting too; when the pool's 1 + retries attempts,
-        refused or connected, are spent the client gets the
+        Replicas: a server refusing connections is skipped for the next; a
+        server with a bad greeting too; when the pool's 1 + retries
+        attempts, refused or connected, are spent the client gets the
         temporary-failure answer and may go on.
         """
-        self.makeFactory(pools={"store": makePool(retries=2)})
+        self.makeFactory(pools={"store": makePool(retries=2, stores="replicas")})
         front, client = self.accept()
         front.dataReceived(b"LOGIN alice pw\r\n")
         self.refuse()
@@ -331,6 +337,150 @@ class MailSessionTests(SynchronousTestCase):
         front.dataReceived(b"NOOP\r\n")
         self.assertTrue(client.value().endswith(b"? NOOP\r\n"))
         self.assertEqual([s.active for s in self.pools["store"].servers], [0, 0])
+
+    def distinctStores(self, selector=None, retries=2, **options):
+        """
+        A pool of three distinct stores hashing the user, and alice's
+        home among them.
+        """
+        pool = makePool(count=3, retries=retries, selector=selector or KeyHash(key="user"), **options)
+        self.makeFactory(pools={"store": pool})
+        home = homeServer(pool, MailFlowContext(PEER, HOST, "alice"))
+        self.assertIsNotNone(home)
+        return pool, home
+
+    def test_homeIgnoresState(self):
+        """
+        With every server up a user's home is where the selector picks it;
+        it stays there whatever the state of any server.
+        """
+        for selector in (KeyHash(key="user"), Maglev(key="user", table_size=251)):
+            pool = makePool(count=3, selector=selector)
+            homes = {}
+            for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
+                context = MailFlowContext(PEER, HOST, user)
+                homes[user] = homeServer(pool, context)
+                self.assertIs(pool.pick(context), homes[user])
+            self.assertEqual(len(set(homes.values())), 3)
+            pool.servers[1].setState(ServerState.DOWN)
+            pool.servers[2].active = 1
+            pool.servers[2].maxconn = 1
+            for user, home in homes.items():
+                self.assertIs(homeServer(pool, MailFlowContext(PEER, HOST, user)), home)
+        single = makePool(count=1)
+        self.assertIs(homeServer(single, MailFlowContext(PEER, HOST, "x")), single.servers[0])
+
+    def test_distinctStoreDown(self):
+        """
+        A user whose store is down or in maintenance gets the temporary
+        failure without any connection attempt, logged with the store, and
+        may try again; the other users log in.
+        """
+        for state in (ServerState.DOWN, ServerState.MAINT):
+            pool, home = self.distinctStores()
+            home.setState(state)
+            front, client = self.accept()
+            with capturedLogs() as events:
+                front.dataReceived(b"LOGIN alice pw\r\n")
+                front.connectionLost(DONE)
+            self.assertEqual(self.reactor.tcpClients, [])
+            self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+            text = [formatEvent(e) for e in events]
+            self.assertIn(
+                f"toy login of alice from 192.0.2.7:40000 (listener toy) not placed: its store "
+                f"{home.qualifiedName} is {state.value}; no other store holds the mailbox",
+                text,
+            )
+            [line] = self.sessionLines(events)
+            self.assertIn(f" -> {home.qualifiedName} user=alice ", line)
+            self.assertIn(f"result=unavailable", line)
+            self.assertTrue(line.endswith(f"(its store {home.qualifiedName} is {state.value})"), line)
+            other = next(
+                user
+                for user in ("bob", "carol", "dave", "erin")
+                if homeServer(pool, MailFlowContext(PEER, HOST, user)) is not home
+            )
+            front, client = self.accept()
+            front.dataReceived(b"LOGIN " + other.encode() + b" pw\r\n")
+            self.assertEqual(len(self.reactor.tcpClients), 1)
+            self.reactor.tcpClients.clear()
+
+    def test_distinctConnectFailsRetriesSameStore(self):
+        """
+        A store refusing connections is tried again, 1 + retries times in
+        all, and never another store; then the temporary failure.
+        """
+        pool, home = self.distinctStores(retries=2)
+        port = int(home.address.rpartition("=")[2])
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        for attempt in range(3):
+            self.assertEqual(len(self.reactor.tcpClients), attempt + 1)
+            self.assertEqual(self.reactor.tcpClients[-1][1], port)
+            self.refuse()
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+        self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+        self.assertEqual([s.active for s in pool.servers], [0, 0, 0])
+
+    def test_distinctUnusableStore(self):
+        """
+        A store that connects but cannot be used (a bad greeting) is not
+        replaced by another.
+        """
+        pool, home = self.distinctStores()
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        self.assertIs(dialog.server, home)
+        dialog.dataReceived(b"garbage\r\n")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+
+    def test_distinctDrainingOrFullStore(self):
+        """
+        A draining store still takes its users; one at its maxconn answers
+        them with the temporary failure.
+        """
+        pool, home = self.distinctStores()
+        home.setState(ServerState.DRAIN)
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        self.assertIs(dialog.server, home)
+        home.maxconn = 1
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+        self.assertIn(f"its store {home.qualifiedName} is at its maxconn of 1", front.lastDetail)
+
+    def test_distinctRetriesOnlyStoreFailures(self):
+        """
+        The user's store is tried again after its own connection
+        failures; a failure of another kind (a subclass of ConnectFailed,
+        such as lbproxy's own resource limits) is not retried.
+        """
+
+        class OwnLimit(ConnectFailed):
+            pass
+
+        pool, home = self.distinctStores(retries=2)
+        placement = Placement(pool, MailFlowContext(PEER, HOST, "alice"), Credentials(b"alice", b"pw"))
+        self.assertIs(placement.home, home)
+        self.assertTrue(placement.connectFailed(ConnectFailed("refused", attempts=1)))
+        self.assertFalse(placement.connectFailed(OwnLimit("out of descriptors", attempts=1)))
+        self.assertFalse(Placement(pool, placement.context, placement.credentials).connectFailed(OwnLimit()))
+
+    def test_replicasStoreDown(self):
+        """
+        Replicas: a user whose server is down goes to another.
+        """
+        pool, home = self.distinctStores(stores="replicas")
+        home.setState(ServerState.DOWN)
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        self.assertIsNot(dialog.server, home)
 
     def test_greetingTimeout(self):
         self.makeFactory(pools={"store": makePool(count=1, retries=0)})
@@ -380,14 +530,22 @@ class MailSessionTests(SynchronousTestCase):
         self.assertEqual(self.reactor.tcpClients, [])
         self.assertIn("end=starttls-injection", self.sessionLines(events)[0])
 
-    def test_backendStartTLS(self):
-        pools = {"store": makePool(count=1)}
+    def startTLSDialog(self):
+        """
+        A login on a store of a pool upgrading with STARTTLS, up to the
+        proxy's STARTTLS command.
+        """
+        pools = {"store": makePool(count=1, retries=0)}
         pools["store"].tls = FakeBackendTLS()
         self.makeFactory(pools=pools)
         front, client = self.accept()
         front.dataReceived(b"LOGIN alice pw\r\n")
         dialog, server = self.backend()
         dialog.dataReceived(b"OK TLS\r\n")
+        return front, client, dialog, server
+
+    def test_backendStartTLS(self):
+        front, client, dialog, server = self.startTLSDialog()
         self.assertEqual(server.value(), b"STARTTLS\r\n")
         dialog.dataReceived(b"OK go\r\n")
         self.assertEqual(server.tlsStarted, ("creator", "s0"))
@@ -399,18 +557,32 @@ class MailSessionTests(SynchronousTestCase):
         A server sending bytes after its STARTTLS answer, before TLS, is
         treated as an attack: the dialog fails, nothing is sent.
         """
-        pools = {"store": makePool(count=1, retries=0)}
-        pools["store"].tls = FakeBackendTLS()
-        self.makeFactory(pools=pools)
-        front, client = self.accept()
-        front.dataReceived(b"LOGIN alice pw\r\n")
-        dialog, server = self.backend()
-        dialog.dataReceived(b"OK TLS\r\n")
+        front, client, dialog, server = self.startTLSDialog()
         dialog.dataReceived(b"OK go\r\nOK injected\r\n")
         self.assertIsNone(server.tlsStarted)
         self.assertTrue(server.disconnected)
         self.assertEqual(server.value(), b"STARTTLS\r\n")
         self.assertEqual(client.value(), b"hello\r\ntry later\r\n")
+
+    def test_backendLostAfterStartTLS(self):
+        """
+        A server closing the connection after the STARTTLS handshake
+        succeeded is logged as a lost connection; during the handshake,
+        as a TLS failure.
+        """
+        for handshook, detail in (
+            (True, "connection lost: Connection was closed cleanly"),
+            (False, "connection closed by server during the TLS handshake"),
+        ):
+            front, client, dialog, server = self.startTLSDialog()
+            dialog.dataReceived(b"OK go\r\n")
+            if handshook:
+                dialog.handshakeCompleted()
+            with capturedLogs() as events:
+                dialog.connectionLost(DONE)
+                front.connectionLost(DONE)
+            [line] = self.sessionLines(events)
+            self.assertTrue(line.endswith(f" end=client-closed ({detail})"), line)
 
     def test_maxconn(self):
         self.makeFactory(makeListener(maxconn=1))
@@ -418,6 +590,81 @@ class MailSessionTests(SynchronousTestCase):
         front, client = self.accept()
         self.assertTrue(client.disconnecting)
         self.assertEqual(self.factory.rejected, 1)
+
+    def test_repliesUnreadStopReading(self):
+        """
+        A client writing commands without reading the answers: once more
+        than the transport's buffer of replies waits, lbproxy stops reading
+        and answering (what it read stays in its line buffer), and goes on
+        when the client has read them.
+        """
+        self.makeFactory()
+        front, client = self.accept()
+        self.assertIs(client.producer, front._replies)
+        self.assertTrue(client.streaming)
+        flood = b"NOOP\r\n" * 100_000
+        front.dataReceived(flood)
+        reply = len(b"? NOOP\r\n")
+        self.assertEqual(client.producerState, "paused")
+        self.assertLessEqual(client.pending, client.bufferSize + reply)
+        answered = client.value().count(b"? NOOP\r\n")
+        self.assertEqual(len(front._buffer), len(flood) - answered * len(b"NOOP\r\n"))
+        front.dataReceived(b"NOOP\r\n")
+        self.assertEqual(client.value().count(b"? NOOP\r\n"), answered)
+        rounds = 0
+        while client.producerState == "paused":
+            client.drain()
+            self.assertLessEqual(client.pending, client.bufferSize + reply)
+            rounds += 1
+        self.assertGreater(rounds, 5)
+        self.assertEqual(front._buffer, b"")
+        self.assertEqual(client.value().count(b"? NOOP\r\n"), 100_001)
+
+    def test_repliesUnreadWhileHolding(self):
+        """
+        Reading stays paused until both the login in progress and the
+        unread replies allow it.
+        """
+        self.makeFactory()
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\nNOOP\r\n")
+        client.write(b"x" * client.bufferSize)
+        dialog, server = self.backend()
+        dialog.dataReceived(b"OK\r\nNO\r\n")
+        self.reactor.advance(2.0)
+        self.assertTrue(client.value().endswith(b"denied\r\n"))
+        self.assertEqual(client.producerState, "paused")
+        client.drain()
+        self.assertEqual(client.producerState, "producing")
+        self.assertTrue(client.value().endswith(b"denied\r\n? NOOP\r\n"))
+
+    def test_repliesUnreadUntilLoginTimeout(self):
+        """
+        A client that leaves its replies unread until the login timeout is
+        dropped at once (closing after what is queued would wait forever),
+        with one log line saying so.
+        """
+        self.makeFactory()
+        front, client = self.accept()
+        self.reactor.advance(20)
+        front.dataReceived(b"NOOP\r\n" * 20_000)
+        with capturedLogs() as events:
+            self.reactor.advance(40)
+        self.assertTrue(client.disconnected)
+        [line] = self.sessionLines(events)
+        self.assertIn("end=login-timeout (no login within 60s; the client left its replies unread for 40.0s)", line)
+
+    def test_repliesProducerHandedToRelay(self):
+        """
+        At the hand-off the session's producer gives way to the relay's.
+        """
+        self.makeFactory()
+        front, client = self.accept()
+        front.dataReceived(b"LOGIN alice pw\r\n")
+        dialog, server = self.backend()
+        dialog.dataReceived(b"OK\r\nOK\r\n")
+        self.assertIs(client.producer, server)
+        self.assertFalse(front._replies.registered)
 
     def test_printable(self):
         self.assertEqual(printable("a b\x00\\"), "a\\x20b\\x00\\\\")

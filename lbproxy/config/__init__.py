@@ -27,7 +27,9 @@ from lbproxy.config.mail import (
     CLIENT_ADDRESS,
     MAIL_IDLE_TIMEOUT,
     MAIL_MODES,
+    STORES,
     MailListenerConfig,
+    mailPoolProblem,
     parseMailListener,
 )
 from lbproxy.config.endpoints import checkOverlaps
@@ -179,6 +181,10 @@ class PoolConfig:
     #: Mail: how servers learn the client's address ("none", IMAP "id",
     #: POP3 "xclient"); the PROXY protocol is C{sendProxy}.
     clientAddress: str = "none"
+    #: Mail: "distinct" (each user's mailbox on one server, the default
+    #: for a mail pool) or "replicas" (every mailbox on every server);
+    #: None when not set.
+    stores: str | None = None
 
 
 @dataclass(frozen=True)
@@ -486,6 +492,16 @@ def _checkPoolFits(t: Table, name: str, pool: PoolConfig, mode: str) -> None:
             f"pool {name!r} upgrades server connections with STARTTLS, which only "
             'IMAP and POP3 listeners do; expected mode = "imap" or "pop3"',
         )
+    if mode in MAIL_MODES:
+        problem = mailPoolProblem(name, pool)
+        if problem is not None:
+            t.fail("pool", problem)
+    elif pool.stores is not None:
+        t.fail(
+            "pool",
+            f"pool {name!r} says what its mail stores hold (stores), which only IMAP and "
+            'POP3 listeners use; expected mode = "imap" or "pop3"',
+        )
     if pool.clientAddress not in CLIENT_ADDRESS.get(mode, ("none",)):
         t.fail(
             "pool",
@@ -632,6 +648,7 @@ def _parsePool(t: Table, name: str) -> PoolConfig:
         serverTimeout=timeouts.duration("server", 60.0),
         tls=backendTLS,
         clientAddress=t.choice("client_address", ("none", "id", "xclient"), "none"),
+        stores=t.choice("stores", STORES, None) if "stores" in t.data else None,
     )
     for key in ("idle_timeout", "mode"):
         if key in reuse.data and not pool.reuseMaxIdle:

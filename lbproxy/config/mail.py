@@ -17,6 +17,18 @@ CLIENT_ADDRESS = {"imap": ("none", "id"), "pop3": ("none", "xclient")}
 
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
+#: What a mail pool's servers hold (its C{stores} key): by default each
+#: user's mailbox on one of them ("distinct"), or every mailbox on every
+#: one ("replicas", a shared or replicated store).
+STORES_DISTINCT = "distinct"
+STORES_REPLICAS = "replicas"
+STORES = (STORES_DISTINCT, STORES_REPLICAS)
+
+#: Built-in selectors that place a user on one server when they hash the
+#: user; the others never do.
+_USER_HASHING = ("hash", "maglev")
+_NOT_PLACING = ("roundrobin", "leastconn", "random2", "first")
+
 
 @dataclass(frozen=True)
 class MailLimits:
@@ -24,6 +36,30 @@ class MailLimits:
     line: int = 8192
     #: Longest IMAP literal accepted before login.
     literal: int = 8192
+    #: Longest user name (and SASL authorization identity) passed to a
+    #: store, in bytes: a full e-mail address fits (RFC 5321 caps a path
+    #: at 256 octets), and so does what Dovecot's login processes take.
+    user: int = 256
+
+
+@dataclass(frozen=True)
+class AddressFailureLimit:
+    """
+    Failed logins allowed from one client address across connections
+    (see L{lbproxy.mail.throttle}).
+
+    @ivar maxFailures: failed logins within C{window} after which the
+        address's logins are refused until the window ends; 0: no limit.
+    @ivar window: seconds from an address's first counted failure.
+    @ivar ipv6Prefix: IPv6 addresses are counted by this many leading
+        bits (128: each address; 64: each /64).
+    @ivar tableSize: most addresses counted at once.
+    """
+
+    maxFailures: int = 20
+    window: float = 300.0
+    ipv6Prefix: int = 128
+    tableSize: int = 16384
 
 
 @dataclass(frozen=True)
@@ -45,6 +81,7 @@ class MailListenerConfig:
     @ivar maxAuthFailures: failed logins after which the connection is
         closed.
     @ivar authFailureDelay: wait before answering a failed login.
+    @ivar addressLimit: failed logins allowed per client address.
     """
 
     tlsRequired: bool = False
@@ -54,6 +91,7 @@ class MailListenerConfig:
     loginTimeout: float = 60.0
     maxAuthFailures: int = 3
     authFailureDelay: float = 2.0
+    addressLimit: AddressFailureLimit = AddressFailureLimit()
 
     def poolFor(self, user: str, default: str) -> str:
         """
@@ -79,6 +117,38 @@ def normaliseUser(user: str, domain: str | None) -> str:
     if domain and "@" not in user:
         user = f"{user}@{domain}"
     return user
+
+
+def mailPoolProblem(name: str, pool) -> str | None:
+    """
+    Why pool C{name} (a L{lbproxy.config.PoolConfig}) cannot serve a mail
+    listener, or None. A pool of distinct stores must place each user on
+    one server whatever the servers' state (see L{lbproxy.mail.placement}):
+    no backup server, and with several servers a selector hashing the
+    user (a plugin selector is trusted to).
+    """
+    if pool.stores == STORES_REPLICAS:
+        return None
+    replicas = f'stores = "{STORES_REPLICAS}" when every server holds every mailbox'
+    for server in pool.servers:
+        if server.backup:
+            return (
+                f"pool {name!r} has backup server {server.name!r}, but its servers hold distinct "
+                f"mailboxes (a backup holds none of the others' users); expected no backup server, or {replicas}"
+            )
+    if len(pool.servers) < 2:
+        return None
+    key = pool.selectorOptions.get("key", "src")
+    if pool.selector in _USER_HASHING and key == "user":
+        return None
+    if pool.selector in _USER_HASHING or pool.selector in _NOT_PLACING:
+        chosen = pool.selector + (f" on key {key!r}" if pool.selector in _USER_HASHING else "")
+        return (
+            f"pool {name!r} has {len(pool.servers)} servers holding distinct mailboxes, but its selector "
+            f"({chosen}) does not place each user on one of them; expected selector = "
+            f'{{ name = "hash" or "maglev", key = "user" }}, or {replicas}'
+        )
+    return None
 
 
 def parseMailListener(t: Table, timeouts: Table, pools: dict, tlsStartTLS: bool | None) -> MailListenerConfig:
@@ -120,11 +190,27 @@ def parseMailListener(t: Table, timeouts: Table, pools: dict, tlsStartTLS: bool 
         limits=MailLimits(
             line=limits.integer("line", 512, 65536, 8192),
             literal=limits.integer("literal", 256, 65536, 8192),
+            user=limits.integer("user", 32, 65536, 256),
         ),
         loginTimeout=timeouts.duration("login", 60.0),
         maxAuthFailures=auth.integer("max_failures", 1, 100, 3),
         authFailureDelay=auth.duration("failure_delay", 2.0),
+        addressLimit=_parseAddressLimit(auth),
     )
     limits.done()
     auth.done()
     return config
+
+
+def _parseAddressLimit(auth: Table) -> AddressFailureLimit:
+    limit = AddressFailureLimit(
+        maxFailures=auth.integer("address_max_failures", 0, 100000, 20),
+        window=auth.duration("address_window", 300.0),
+        ipv6Prefix=auth.integer("address_ipv6_prefix", 32, 128, 128),
+        tableSize=auth.integer("address_table_size", 256, 1_000_000, 16384),
+    )
+    if not limit.maxFailures:
+        for key in ("address_window", "address_ipv6_prefix", "address_table_size"):
+            if key in auth.data:
+                auth.fail(key, "expected only with address_max_failures above 0 (no address is counted)")
+    return limit

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 
+from lbproxy.mail.arguments import hasControl
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
 from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory
 
@@ -203,6 +204,8 @@ def parseID(tokens: Tokens) -> list[tuple[bytes, bytes | None]]:
             text = None
         elif valueKind != "string" or len(text) > _ID_MAX_VALUE:
             raise IMAPSyntaxError("ID values are NIL or strings of at most 1024 octets")
+        if hasControl(field) or (text is not None and hasControl(text)):
+            raise IMAPSyntaxError("ID fields and values may not contain control characters")
         pairs.append((field, text))
     return pairs
 
@@ -268,6 +271,9 @@ class IMAPFront(MailFrontProtocol):
 
     def loginUnavailable(self, detail: str) -> None:
         self.send(self._loginTag + b" NO [UNAVAILABLE] Mail store temporarily unavailable, try again later\r\n")
+
+    def failedLoginReply(self) -> bytes:
+        return self._loginTag + b" NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
 
     def tlsStarted(self) -> None:
         self.clientID = None
@@ -424,7 +430,7 @@ class IMAPFront(MailFrontProtocol):
                 self.send(tag + b" BAD Invalid base64 response\r\n")
                 return
             self._loginTag = tag
-            self.rejectLogin(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed\r\n")
+            self.rejectLogin(self.failedLoginReply())
             return
         self._loginTag = tag
         self.login(credentials)
@@ -492,6 +498,8 @@ class IMAPDialog(BackendDialog):
                 self.transport.abortConnection()
             return
         if line.startswith(b"* "):
+            if line[2:6].upper() == b"BYE ":
+                self.farewell = printableLine(line)
             self._noteCapabilities(line)
             if self._loginTag is not None and not self._waiting.keys() - {self._loginTag}:
                 self._untagged.append(raw)

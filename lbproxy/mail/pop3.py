@@ -23,7 +23,8 @@ logged in. The server's answer to the password is the client's answer.
 from __future__ import annotations
 
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
-from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory, printable
+from lbproxy.mail.logtext import printable
+from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory
 
 #: Commands of the TRANSACTION state (RFC 1939, 2449), refused before login
 #: with an answer saying so.
@@ -83,6 +84,9 @@ class POP3Front(MailFrontProtocol):
 
     def loginUnavailable(self, detail: str) -> None:
         self.send(b"-ERR [SYS/TEMP] Mail store temporarily unavailable, try again later.\r\n")
+
+    def failedLoginReply(self) -> bytes:
+        return _AUTH_FAILED
 
     def tlsStarted(self) -> None:
         self.pendingUser = None
@@ -186,7 +190,7 @@ class POP3Front(MailFrontProtocol):
             if str(e) == "invalid base64":
                 self.send(b"-ERR Invalid base64 response.\r\n")
                 return
-            self.rejectLogin(_AUTH_FAILED)
+            self.rejectLogin(self.failedLoginReply())
             return
         self.login(credentials)
 

@@ -26,6 +26,9 @@ The client side, L{MailFrontProtocol}, calls these hooks of its subclass:
     POP3 C{-ERR [SYS/TEMP]}).
   - C{tooManyFailures()}: the connection reached C{auth.max_failures};
     write a goodbye if the protocol has one. The base class closes.
+  - C{failedLoginReply()}: the answer to a login refused by lbproxy
+    itself (IMAP C{NO [AUTHENTICATIONFAILED]}, POP3 C{-ERR [AUTH]}),
+    sent after the failure delay like a store's refusal.
   - C{tlsStarted()} (optional): STARTTLS/STLS switched the connection to
     TLS; forget whatever the plaintext session established.
 
@@ -45,9 +48,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,12 +61,17 @@ from lbproxy.acceptproxy import IProxiedAddresses
 from lbproxy.config.mail import normaliseUser
 from lbproxy.connect import BackendConnection, BackendConnector
 from lbproxy.errors import ConnectFailed, NoServerAvailable
+from lbproxy.mail.arguments import asText, loginRefusal
+from lbproxy.mail.backpressure import ReplyBackpressure
 from lbproxy.mail.context import MailFlowContext
+from lbproxy.mail.lines import LineBuffer
+from lbproxy.mail.logtext import describeLost, printable, tlsVersion
+from lbproxy.mail.placement import Placement
 from lbproxy.mail.sasl import Credentials
+from lbproxy.mail.throttle import FailedLogins
 from lbproxy.relay import Relay, RelayResult
 from lbproxy.tcp import formatAddress, formatSeconds
-from lbproxy.tls.client import describeVerifyFailure
-from lbproxy.tls.server import describeTLS
+from lbproxy.tls.client import sslErrorText
 
 SESSION_FORMAT = (
     "{protocol} {client} {listener} -> {server} user={user} tls={clientTLS} "
@@ -74,108 +83,6 @@ SESSION_FORMAT = (
 TLS_NONE = "none"
 TLS_STARTTLS = "starttls"
 TLS_IMPLICIT = "implicit"
-
-
-def printable(text: str, limit: int = 256) -> str:
-    """
-    C{text} safe for one log line: control characters, spaces and
-    backslashes escaped, cut at C{limit} characters.
-    """
-    out = []
-    for ch in text[:limit]:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable() and ch != " ":
-            out.append(ch)
-        else:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
-    if len(text) > limit:
-        out.append("...")
-    return "".join(out)
-
-
-def tlsVersion(transport) -> str | None:
-    """
-    The negotiated TLS version of C{transport} (e.g. C{"TLSv1.3"}), or
-    None when it is not a TLS transport or the handshake is not done.
-    """
-    described = describeTLS(transport)
-    if described is None:
-        return None
-    version = described["version"]
-    if not version or version == "Unknown":
-        return None
-    return version
-
-
-class _LineBuffer:
-    """
-    Line and byte-count reading over a buffer, for both sides of the
-    pre-relay session.
-
-    Subclasses define C{lineReceived(line)} and C{_lineOverflow()}, and set
-    C{maxLine} (CRLF included) before data arrives. Delivery stops while
-    C{_holding} is true and resumes with L{_deliver}.
-    """
-
-    maxLine = 8192
-
-    def _initBuffer(self) -> None:
-        self._buffer = b""
-        self._want: int | None = None
-        self._wantCallback = None
-        self._holding = False
-        self._delivering = False
-        self._stopped = False
-
-    def readBytes(self, count: int, callback) -> None:
-        """
-        Deliver the next C{count} bytes to C{callback} (one call, with all
-        of them) instead of as lines: an IMAP literal.
-        """
-        self._want = count
-        self._wantCallback = callback
-
-    def _feed(self, data: bytes) -> None:
-        self._buffer += data
-        self._deliver()
-
-    def _deliver(self) -> None:
-        if self._delivering:
-            return
-        self._delivering = True
-        try:
-            while not (self._holding or self._stopped) and self._buffer:
-                want = self._want
-                if want is not None:
-                    if len(self._buffer) < want:
-                        return
-                    chunk = self._buffer[:want]
-                    self._buffer = self._buffer[want:]
-                    callback = self._wantCallback
-                    self._want = self._wantCallback = None
-                    callback(chunk)
-                    continue
-                end = self._buffer.find(b"\n", 0, self.maxLine)
-                if end < 0:
-                    if len(self._buffer) >= self.maxLine:
-                        self._stopped = True
-                        self._lineOverflow()
-                    return
-                line = self._buffer[:end]
-                self._buffer = self._buffer[end + 1 :]
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                self.lineReceived(line)
-        finally:
-            self._delivering = False
-
-    def _takeBuffer(self) -> bytes:
-        """
-        Remove and return what is buffered but not delivered.
-        """
-        rest, self._buffer = self._buffer, b""
-        return rest
 
 
 @dataclass(frozen=True)
@@ -213,8 +120,8 @@ class DialogFailed(Exception):
         self.retryable = retryable
 
 
-@implementer(IHalfCloseableProtocol)
-class BackendDialog(Protocol, _LineBuffer):
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
+class BackendDialog(Protocol, LineBuffer):
     """
     The backend connection of one login attempt, before relaying: read the
     greeting, optionally STARTTLS, tell the client's address, replay the
@@ -234,6 +141,8 @@ class BackendDialog(Protocol, _LineBuffer):
     @ivar tls: C{"none"}, C{"starttls"} or C{"implicit"}, for the log.
     @ivar tlsVersion: the TLS version negotiated with the server, read
         when it accepted the login; None without TLS.
+    @ivar farewell: what the server said as it closed the connection
+        (IMAP C{* BYE ...}), for the log; set by the subclass.
     """
 
     log = Logger()
@@ -250,6 +159,8 @@ class BackendDialog(Protocol, _LineBuffer):
         self.loginSent = False
         self.tls = TLS_NONE
         self.tlsVersion: str | None = None
+        self.farewell: str | None = None
+        self._handshaking = False
         self._leg = None
         self._done = False
         self._greetingTimer = None
@@ -328,7 +239,15 @@ class BackendDialog(Protocol, _LineBuffer):
             self.transport.abortConnection()
             return
         self.tls = TLS_STARTTLS
+        self._handshaking = True
         self.transport.startTLS(tls.creatorFor(self.server))
+
+    def handshakeCompleted(self) -> None:
+        """
+        The STARTTLS handshake with the server succeeded: a connection
+        lost from now on is no longer a TLS failure.
+        """
+        self._handshaking = False
 
     def accept(self, reply: bytes) -> None:
         """
@@ -383,7 +302,10 @@ class BackendDialog(Protocol, _LineBuffer):
             self._leg.connectionLost(reason)
             return
         if not self._done:
-            self.fail(describeLost(reason, self.tls))
+            detail = describeLost(reason, self._handshaking)
+            if self.farewell is not None:
+                detail += f" (the server said: {self.farewell})"
+            self.fail(detail)
 
     def _lineOverflow(self) -> None:
         self.fail(f"server sent a line longer than {self.maxLine} bytes")
@@ -410,18 +332,6 @@ class BackendDialog(Protocol, _LineBuffer):
         return True
 
 
-def describeLost(reason: Failure, tls: str = TLS_NONE) -> str:
-    """
-    One line saying why a backend connection was lost before the relay
-    (on a TLS connection, such as a certificate that does not verify
-    after STARTTLS, in L{describeVerifyFailure}'s words).
-    """
-    if tls != TLS_NONE:
-        return describeVerifyFailure(reason)
-    message = reason.getErrorMessage().strip().rstrip(".") or reason.type.__name__
-    return "connection lost: " + message.splitlines()[0]
-
-
 class _DialogFactory(Factory):
     """
     Builds one L{BackendDialog} per connection attempt of a login.
@@ -445,8 +355,8 @@ _RELAYING = "relaying"
 _CLOSED = "closed"
 
 
-@implementer(IHalfCloseableProtocol, IProxiedAddresses)
-class MailFrontProtocol(Protocol, _LineBuffer):
+@implementer(IHalfCloseableProtocol, IProxiedAddresses, IHandshakeListener)
+class MailFrontProtocol(Protocol, LineBuffer):
     """
     One client connection of an IMAP or POP3 listener (see the module
     docstring for the hooks a subclass implements).
@@ -496,8 +406,10 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         self._placement = None
         self._lastServer: str | None = None
         self._clientTLSVersion: str | None = None
+        self._tlsEstablished = False
         self.lastDetail = ""
         self._logged = False
+        self._replies = ReplyBackpressure(reactor, self._repliesUnread, self._repliesRead)
         self._initBuffer()
 
     # Policy.
@@ -558,6 +470,7 @@ class MailFrontProtocol(Protocol, _LineBuffer):
             transport.loseConnection()
             return
         factory.sessions.add(self)
+        self._replies.register(transport)
         self._loginTimer = self._reactor.callLater(self.mail.loginTimeout, self._loginTimedOut)
         self.greet()
 
@@ -587,8 +500,12 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         if self.state != _CLOSED:
             self.state = _CLOSED
             end = "client-closed" if reason.check(ConnectionDone) else "client-reset"
+            detail = "" if end == "client-closed" else reason.getErrorMessage()
+            if self.tlsActive and not self._tlsEstablished:
+                end = "tls-handshake-failed"
+                detail = sslErrorText(reason.value) if isinstance(reason.value, SSL.Error) else detail
             self._teardown()
-            self._finish(end, "" if end == "client-closed" else reason.getErrorMessage())
+            self._finish(end, detail)
         else:
             self._teardown()
 
@@ -611,8 +528,18 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         self.state = _CLOSED
         self._stopped = True
         self._teardown()
+        unread = self._replies.paused
+        if unread:
+            detail += "; " if detail else ""
+            detail += f"the client left its replies unread for {self._replies.unreadFor():.1f}s"
+        self._replies.unregister()
         self._finish(end, detail)
-        self.transport.loseConnection()
+        if unread:
+            # It would never take what is queued: closing after it would
+            # keep the connection forever.
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     def startTLS(self, reply: bytes) -> None:
         """
@@ -644,36 +571,69 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         Hook: the connection switched to TLS.
         """
 
+    def handshakeCompleted(self) -> None:
+        """
+        The client's TLS handshake (implicit TLS, or after STARTTLS)
+        succeeded: read what it negotiated, for the log (a lost TLS
+        connection no longer says).
+        """
+        self._tlsEstablished = True
+        self._clientTLSVersion = tlsVersion(self.transport)
+
     def login(self, credentials: Credentials) -> None:
         """
         Place the login: pick the user's pool and a server, run the
         backend dialog, and then hand off (accepted), answer after the
         failure delay (refused) or answer with C{loginUnavailable}.
-        No line is delivered meanwhile.
+        No line is delivered meanwhile. Credentials no store may see
+        (L{loginRefusal}) are refused as a failed login.
         """
-        try:
-            name = credentials.user.decode("utf-8")
-        except UnicodeDecodeError:
-            name = credentials.user.decode("latin-1")
-        self.user = user = normaliseUser(name, self.mail.userDomain)
-        self._clientTLSVersion = tlsVersion(self.transport)
+        self.user = user = normaliseUser(asText(credentials.user), self.mail.userDomain)
+        failedLogins = self.factory.failedLogins
+        if failedLogins is not None and failedLogins.refused(self.client, self.protocolName):
+            self.rejectLogin(self.failedLoginReply(), counted=False)
+            return
+        refusal = loginRefusal(credentials, self.mail.limits.user)
+        if refusal is not None:
+            self._warnLogin("refused before any store", refusal)
+            self.rejectLogin(self.failedLoginReply())
+            return
         poolName = self.mail.poolFor(user, self.listener.pool)
         pool = self.factory.pools[poolName]
         self.state = _PLACING
         self._holding = True
         self.transport.pauseProducing()
-        self._placement = _Placement(
-            pool, MailFlowContext(self.client, self.local, user), credentials, 1 + pool.options.retries
-        )
+        placement = self._placement = Placement(pool, MailFlowContext(self.client, self.local, user), credentials)
+        if placement.home is not None:
+            self._lastServer = placement.home.qualifiedName
         self._connect()
 
-    def rejectLogin(self, reply: bytes) -> None:
+    def _warnLogin(self, outcome: str, why: str) -> None:
+        """
+        Log one line about the login in progress: C{outcome}, and C{why}.
+        """
+        self.log.warn(
+            "{protocol} login of {user} from {client} (listener {listener}) {outcome}: {why}",
+            protocol=self.protocolName,
+            user=printable(self.user),
+            client=formatAddress(self.client),
+            listener=self.listener.name,
+            outcome=outcome,
+            why=why,
+        )
+
+    def rejectLogin(self, reply: bytes, counted: bool = True) -> None:
         """
         Count a failed login and send C{reply} after the failure delay
         (closing after C{tooManyFailures} when the cap is reached). Used
         for refusals by the server and by the proxy alike, so a client
         cannot tell them apart by timing.
+
+        @param counted: count it for the client's address too (not when
+            the address is over its limit already).
         """
+        if counted and self.factory.failedLogins is not None:
+            self.factory.failedLogins.failed(self.client)
         self.failures += 1
         self.result = "failed"
         self.state = _DELAYING
@@ -687,12 +647,13 @@ class MailFrontProtocol(Protocol, _LineBuffer):
 
     def _connect(self) -> None:
         placement = self._placement
+        refusal = placement.refusal()
+        if refusal is not None:
+            self._warnLogin("not placed", f"{refusal}; no other store holds the mailbox")
+            self._unavailable(refusal)
+            return
         connector = self.factory.connectorFor(placement.pool.name)
-        connecting = self._connecting = connector.connect(
-            placement.context,
-            _DialogFactory(self, placement.credentials),
-            attempts=placement.maxAttempts - placement.attempts,
-        )
+        connecting = self._connecting = placement.connect(connector, _DialogFactory(self, placement.credentials))
         connecting.addCallbacks(self._connected, self._notConnected)
 
     def _connected(self, connection: BackendConnection) -> None:
@@ -711,6 +672,9 @@ class MailFrontProtocol(Protocol, _LineBuffer):
     def _notConnected(self, reason: Failure) -> None:
         self._connecting = None
         if reason.check(CancelledError) or self.state != _PLACING:
+            return
+        if reason.check(ConnectFailed) and self._placement.connectFailed(reason.value):
+            self._connect()
             return
         if reason.check(NoServerAvailable, ConnectFailed):
             detail = str(reason.value)
@@ -749,7 +713,7 @@ class MailFrontProtocol(Protocol, _LineBuffer):
             server.connectFailed(failure.detail, established=True)
             placement.context.excluded.add(server)
         placement.lastDetail = failure.detail
-        if failure.retryable and placement.attempts < placement.maxAttempts:
+        if placement.mayRetryDialog(failure.retryable):
             self._connect()
         else:
             self._unavailable(failure.detail)
@@ -791,8 +755,27 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         if self.state != _PRELOGIN:
             return
         self._holding = False
-        self.transport.resumeProducing()
+        if not self._blocked:
+            self.transport.resumeProducing()
         self._deliver()
+
+    def _repliesUnread(self) -> None:
+        """
+        The client leaves more replies unread than its transport buffers:
+        read and answer nothing more until it has taken them.
+        """
+        if self.state in (_RELAYING, _CLOSED):
+            return
+        self._blocked = True
+        self.transport.pauseProducing()
+
+    def _repliesRead(self) -> None:
+        if not self._blocked:
+            return
+        self._blocked = False
+        if self.state == _PRELOGIN and not self._holding:
+            self.transport.resumeProducing()
+            self._deliver()
 
     # Hand-off.
 
@@ -801,6 +784,7 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         self.result = "ok"
         self._stopLoginTimer()
         self._stopped = True
+        self._replies.unregister()
         self.send(answer.reply)
         relay = self.relay = Relay(self._reactor, idleTimeout=self.listener.idleTimeout)
         self._leg = relay.client
@@ -881,11 +865,10 @@ class MailFrontProtocol(Protocol, _LineBuffer):
             if self.dialog.tlsVersion is not None:
                 serverTLS = f"{serverTLS}/{self.dialog.tlsVersion}"
         clientTLS = self.clientTLS
-        # A lost TLS connection no longer says what it negotiated: the
-        # version is read at login, or now for a session without one.
-        version = self._clientTLSVersion or tlsVersion(self.transport)
-        if version is not None:
-            clientTLS = f"{clientTLS}/{version}"
+        # Only a completed handshake has a version: a failed one may have
+        # chosen one before it failed.
+        if self._clientTLSVersion is not None:
+            clientTLS = f"{clientTLS}/{self._clientTLSVersion}"
         if detail == "" and self.result == "unavailable":
             detail = self.lastDetail
         durationSeconds = self._reactor.seconds() - self._started
@@ -910,24 +893,6 @@ class MailFrontProtocol(Protocol, _LineBuffer):
         )
 
 
-class _Placement:
-    """
-    One login being placed: its pool, context (with the servers excluded
-    after failed dialogs) and the connection attempts made. Every attempt,
-    refused or connected, counts against the pool's C{1 + retries}: a
-    server that connects but cannot be used is excluded and, while
-    attempts remain, the login is placed again with only what is left.
-    """
-
-    def __init__(self, pool, context: MailFlowContext, credentials: Credentials, maxAttempts: int) -> None:
-        self.pool = pool
-        self.context = context
-        self.credentials = credentials
-        self.maxAttempts = maxAttempts
-        self.attempts = 0
-        self.lastDetail = ""
-
-
 class MailProxyFactory(ServerFactory):
     """
     Serves one IMAP or POP3 listener.
@@ -940,6 +905,8 @@ class MailProxyFactory(ServerFactory):
         C{creator} is used for STARTTLS), or None.
     @ivar sessions: the connections being served (counted for maxconn).
     @ivar rejected: connections closed because the listener was full.
+    @ivar failedLogins: the L{FailedLogins} of the client addresses, or
+        None without C{auth.address_max_failures}.
     """
 
     protocol = MailFrontProtocol
@@ -952,6 +919,8 @@ class MailProxyFactory(ServerFactory):
         self.connectors: dict[str, BackendConnector] = {}
         self.sessions: set[MailFrontProtocol] = set()
         self.rejected = 0
+        limit = listener.mail.addressLimit
+        self.failedLogins = FailedLogins(limit, reactor, listener.name) if limit.maxFailures else None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.listener.name} -> {self.listener.pool}>"

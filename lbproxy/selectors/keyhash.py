@@ -111,6 +111,21 @@ class KeyHash:
             return xorFold(int.from_bytes(data, "big"))
         return stableHash(data)
 
+    def home(self, servers, context):
+        """
+        The server the flow's key maps to among C{servers}, whether or not
+        it may take a flow now (full, tried, down...); None when the flow
+        has no value for the key or no server has a weight. With all of
+        C{servers} eligible, L{pick} chooses it first.
+        """
+        value = self.hashOf(context)
+        if value is None or not servers:
+            return None
+        bounds = self._slots(servers)
+        if not bounds[-1]:
+            return None
+        return servers[bisect.bisect_right(bounds, value % bounds[-1])]
+
     def pick(self, servers, context):
         if not servers:
             return None

@@ -163,6 +163,18 @@ class Maglev:
             return None
         return self._members[self._table[stableHash(data) % self.tableSize]]
 
+    def home(self, servers, context):
+        """
+        The server the flow's key maps to among C{servers}, whether or not
+        it may take a flow now (full, tried, down...); None when the flow
+        has no value for the key or no server has a weight. With all of
+        C{servers} eligible, L{pick} chooses it first.
+        """
+        data = context.key(self.key)
+        if data is None:
+            return None
+        return self.lookup(data, servers)
+
     def pick(self, servers, context):
         data = context.key(self.key)
         if data is None:
