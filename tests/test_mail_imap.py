@@ -19,6 +19,7 @@ from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.mail.imap import (
     IMAPFront,
     IMAPProxyFactory,
+    MAX_HELD,
     IMAPSyntaxError,
     Tokens,
     clientIDParams,
@@ -563,6 +564,33 @@ class IMAPDialogTests(IMAPFrontTests):
             "connection lost: Connection was closed cleanly (the server said: * BYE Input buffer full, aborting)",
             "".join(formatEvent(e) for e in events),
         )
+
+    def test_hugeLiteralBeforeTheAnswer(self):
+        """
+        A literal announced before the login's answer that would take the
+        held bytes past MAX_HELD ends the dialog at once: lbproxy does not
+        wait for (or buffer) it, and the client gets the temporary failure.
+        """
+        front, dialog, server = self.login()
+        with capturedLogs() as events:
+            dialog.dataReceived(b"* 1 FETCH (BODY[] {%d}\r\n" % MAX_HELD)
+        self.assertTrue(server.disconnecting or server.disconnected)
+        dialog.connectionLost(DONE)
+        self.assertIn(b"a NO [UNAVAILABLE]", self.said())
+        self.assertIn("untagged responses before answering the login", "".join(formatEvent(e) for e in events))
+
+    def test_endlessUntaggedBeforeTheAnswer(self):
+        """
+        Untagged responses held for the client past MAX_HELD end the dialog.
+        """
+        front, dialog, server = self.login()
+        line = b"* OK " + b"x" * 1000 + b"\r\n"
+        for _ in range(MAX_HELD // len(line) + 1):
+            dialog.dataReceived(line)
+        self.assertTrue(server.disconnecting or server.disconnected)
+        dialog.connectionLost(DONE)
+        self.assertIn(b"a NO [UNAVAILABLE]", self.said())
+        self.assertNotIn(b"xxxx", self.said())
 
 
 def test_serviceFrontFactory():

@@ -164,7 +164,11 @@ def makePool(name="store", count=2, retries=2, selector=None, **options):
 STARTTLS = ListenerTLSConfig(certificates=(CertificateConfig("c.pem", "c.pem"),), starttls=True)
 
 
-class MailSessionTests(SynchronousTestCase):
+class MailSessionCase(SynchronousTestCase):
+    """
+    A toy mail front on a memory reactor, and its backend attempts.
+    """
+
     def setUp(self):
         self.reactor = MemoryReactorClock()
 
@@ -190,6 +194,8 @@ class MailSessionTests(SynchronousTestCase):
             if e.get("log_format") == SESSION_FORMAT
         ]
 
+
+class MailSessionTests(MailSessionCase):
     def test_interfaces(self):
         self.makeFactory()
         front, _ = self.accept()
@@ -689,7 +695,7 @@ class SASLTests(SynchronousTestCase):
         self.assertEqual(context.key("src"), bytes([192, 0, 2, 7]))
 
 
-class RelayUnderStartTLSTests(MailSessionTests):
+class RelayUnderStartTLSTests(MailSessionCase):
     """
     The relay with a client transport switched by startTLS: no half-close
     under the TLS layer, and nothing unregistered from it once it is lost.

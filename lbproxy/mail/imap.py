@@ -48,6 +48,11 @@ _ID_MAX_PAIRS = 30
 _ID_MAX_FIELD = 30
 _ID_MAX_VALUE = 1024
 
+#: Most bytes of untagged responses (with the literals they carry) a server
+#: may send before its answer to the login: they are held to go to the
+#: client with that answer, and a server sending more is not used.
+MAX_HELD = 1 << 20
+
 #: Commands of the authenticated and selected states (and extensions of
 #: them): before login they get a BAD naming the need to log in.
 _AFTER_LOGIN = frozenset(
@@ -469,6 +474,9 @@ class IMAPDialog(BackendDialog):
         self._loginTag: bytes | None = None
         self._untagged: list[bytes] = []
         self._parts: list[bytes] = []
+        # Bytes in _untagged, and in _parts (see MAX_HELD).
+        self._held = 0
+        self._partsHeld = 0
 
     def start(self) -> None:
         self._step = _GREETING
@@ -478,13 +486,23 @@ class IMAPDialog(BackendDialog):
     def lineReceived(self, line: bytes) -> None:
         match = _LITERAL.search(line)
         if match is not None:
+            size = int(match.group(1))
+            self._partsHeld += len(line) + 2 + size
+            if self._held + self._partsHeld > MAX_HELD:
+                self._heldTooMuch()
+                return
             self._parts.append(line + b"\r\n")
-            self.readBytes(int(match.group(1)), self._parts.append)
+            self.readBytes(size, self._parts.append)
             return
         raw = b"".join(self._parts) + line + b"\r\n"
         first = self._parts[0][:-2] if self._parts else line
         self._parts = []
+        self._partsHeld = 0
         self._response(first, raw)
+
+    def _heldTooMuch(self) -> None:
+        self.fail(f"server sent more than {MAX_HELD} bytes of untagged responses before answering the login")
+        self.transport.abortConnection()
 
     def _response(self, line: bytes, raw: bytes) -> None:
         if self._step == _GREETING:
@@ -503,6 +521,9 @@ class IMAPDialog(BackendDialog):
             self._noteCapabilities(line)
             if self._loginTag is not None and not self._waiting.keys() - {self._loginTag}:
                 self._untagged.append(raw)
+                self._held += len(raw)
+                if self._held > MAX_HELD:
+                    self._heldTooMuch()
             return
         match = _TAGGED.match(line)
         if match is None or match.group(1) not in self._waiting:
@@ -646,6 +667,7 @@ class IMAPDialog(BackendDialog):
     def _loginDone(self, status: bytes, line: bytes, raw: bytes) -> None:
         reply = b"".join(self._untagged) + self.clientTag + raw[len(self._loginTag) :]
         self._untagged = []
+        self._held = 0
         self._continuations = []
         if status == b"OK":
             self.accept(reply)

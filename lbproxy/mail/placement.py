@@ -69,7 +69,6 @@ class Placement:
 
     @ivar home: the user's server when the pool's stores are distinct,
         else None.
-    @ivar lastDetail: why the last attempt failed, for the log.
     """
 
     def __init__(self, pool: Pool, context: MailFlowContext, credentials: Credentials) -> None:
@@ -79,7 +78,6 @@ class Placement:
         options = pool.options
         self.maxAttempts = 1 + options.retries
         self.attempts = 0
-        self.lastDetail = ""
         self.replicas = options.stores == STORES_REPLICAS
         self.home = None if self.replicas else homeServer(pool, context)
 

@@ -712,7 +712,6 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if server is not None:
             server.connectFailed(failure.detail, established=True)
             placement.context.excluded.add(server)
-        placement.lastDetail = failure.detail
         if placement.mayRetryDialog(failure.retryable):
             self._connect()
         else:
