@@ -57,7 +57,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory  # noqa: E402
 
 from harness import lbproxyConfig, makeCertificate  # noqa: E402
 from lbproxy.config import loadBytes  # noqa: E402
-from lbproxy.runtime import Balancer  # noqa: E402
+from lbproxy.core.model import Balancer  # noqa: E402
 from lbproxy.service import frontFactory  # noqa: E402
 from lbproxy.tls.server import ServerTLS, wrapFactory  # noqa: E402
 

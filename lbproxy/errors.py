@@ -73,7 +73,7 @@ class ConnectFailed(Exception):
 class LocalLimitReached(ConnectFailed):
     """
     lbproxy itself ran out of a resource while connecting to a server (file
-    descriptors, socket buffers, local ports; see L{lbproxy.limits}): the
+    descriptors, socket buffers, local ports; see L{lbproxy.core.limits}): the
     flow is refused, and no server is blamed for it.
 
     @ivar errno: the error number (C{errno.EMFILE}...).

@@ -24,7 +24,7 @@ class IServer(Interface):
     weight = Attribute("Relative weight, 0-256 (int); 0 takes no new traffic.")
     backup = Attribute("True if the server only serves when no primary can.")
     maxconn = Attribute("Most concurrent connections, 0 for no limit (int).")
-    state = Attribute("Current L{lbproxy.pool.ServerState}.")
+    state = Attribute("Current L{lbproxy.core.pool.ServerState}.")
     active = Attribute("Connections currently assigned to the server (int).")
     full = Attribute("True while the server is at its maxconn.")
 
@@ -59,7 +59,7 @@ class ISelectionContext(Interface):
 
         @param spec: a key specification such as C{"src"} (client address),
             C{"5tuple"}; HTTP and mail fronts add their own (C{"uri"},
-            C{"header:NAME"}, C{"user"} ...). See L{lbproxy.context.KEYS}.
+            C{"header:NAME"}, C{"user"} ...). See L{lbproxy.core.context.KEYS}.
         @rtype: L{bytes} or L{None}
         """
 

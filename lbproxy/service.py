@@ -10,7 +10,7 @@ wrapped in TLS termination (L{lbproxy.tls.server.wrapFactory}); its
 L{ServerTLS} is kept in L{BalancerService.serverTLS} so that
 L{BalancerService.reloadTLS} can read the certificates again. With
 C{accept_proxy}, a listener whose front does not read the PROXY header
-itself gets an L{lbproxy.acceptproxy.AcceptProxyFactory} outermost, so
+itself gets an L{lbproxy.core.acceptproxy.AcceptProxyFactory} outermost, so
 the header is read before the handshake.
 
 Later packages (admin, ha) add their services beside these.
@@ -21,14 +21,14 @@ from __future__ import annotations
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from lbproxy.acceptproxy import AcceptProxyFactory, readsProxyHeaderItself
+from lbproxy.core.acceptproxy import AcceptProxyFactory, readsProxyHeaderItself
 from lbproxy.config import Config, ListenerConfig
 from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.listening import ListenerService
 from lbproxy.openfiles import OpenFileLimit
-from lbproxy.pool import Pool
-from lbproxy.runtime import Balancer
+from lbproxy.core.pool import Pool
+from lbproxy.core.model import Balancer
 from lbproxy.tls.server import HANDSHAKE_TIMEOUT, ServerTLS, wrapFactory
 
 
@@ -59,7 +59,7 @@ def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor, serv
         TLS is added around the returned factory by the caller.
     """
     if listener.mode == "tcp":
-        from lbproxy.tcp import TCPProxyFactory
+        from lbproxy.tcp.front import TCPProxyFactory
 
         return TCPProxyFactory(listener, pools[listener.pool], reactor=reactor, pools=pools)
     if listener.mode == "http" and listener.redirectHttps is not None:

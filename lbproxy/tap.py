@@ -115,7 +115,7 @@ class Options(usage.Options):
         Read and check every TLS file of the configuration: the listeners'
         certificates and the pools' (loaded with the pools).
         """
-        from lbproxy.runtime import Balancer
+        from lbproxy.core.model import Balancer
         from lbproxy.service import loadListenerTLS
 
         self.serverTLS = loadListenerTLS(self.config)
@@ -178,7 +178,7 @@ def makeService(options: Options):
     """
     if "twisted.internet.reactor" not in sys.modules and sys.platform == "linux":
         # No --reactor given: run on lbproxy's epoll reactor.
-        from lbproxy.reactor import install
+        from lbproxy._twisted.reactor import install
 
         install()
     from twisted.internet import reactor

@@ -20,8 +20,8 @@ from twisted.logger import capturedLogs, formatEvent
 
 from lbproxy.config import loadBytes
 from lbproxy.mail.session import SESSION_FORMAT
-from lbproxy.pool import ServerState
-from lbproxy.runtime import Balancer
+from lbproxy.core.pool import ServerState
+from lbproxy.core.model import Balancer
 from lbproxy.service import frontFactory, loadListenerTLS, wrapFront
 
 #: Seconds a client of these tests waits for any answer.

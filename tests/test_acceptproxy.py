@@ -1,5 +1,5 @@
 """
-lbproxy.acceptproxy: the PROXY header read in front of listeners whose
+lbproxy.core.acceptproxy: the PROXY header read in front of listeners whose
 front does not read it itself (TLS, mail and redirect listeners), in
 memory; the real-socket tests are in test_tls_loopback and
 test_mail_imap_dovecot.
@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.acceptproxy import (
+from lbproxy.core.acceptproxy import (
     AcceptProxyFactory,
     IProxiedAddresses,
     ProxyHeaderReader,
@@ -30,7 +30,7 @@ from lbproxy.config import ListenerConfig, MailListenerConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.http.redirect import RedirectFactory
 from lbproxy.mail.imap import IMAPProxyFactory
-from lbproxy.proxyprotocol import buildV1, buildV2
+from lbproxy.core.proxyprotocol import buildV1, buildV2
 from lbproxy.tls.transport import ServerTLSFactory, ServerTLSTransport
 
 PROXY = IPv4Address("TCP", "127.0.0.1", 50000)

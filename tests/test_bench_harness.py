@@ -87,12 +87,12 @@ def test_topFunctions(tmp_path):
     path = tmp_path / "stacks.collapsed"
     path.write_text(
         "main (/x/twisted/internet/base.py:10);doRead (/x/twisted/internet/tcp.py:5) 3\n"
-        "main (/x/twisted/internet/base.py:10);dataReceived (/y/lbproxy/relay.py:9) 1\n"
+        "main (/x/twisted/internet/base.py:10);dataReceived (/y/lbproxy/core/relay.py:9) 1\n"
     )
     text = harness.topFunctions(str(path))
     assert text.startswith("4 samples; self time:")
     assert "75.0%  doRead (twisted/internet/tcp.py)" in text
-    assert "25.0%  dataReceived (lbproxy/relay.py)" in text
+    assert "25.0%  dataReceived (lbproxy/core/relay.py)" in text
 
 
 def test_seriesMedianAndSpread():

@@ -172,7 +172,7 @@ def test_userKey():
 def test_acceptProxy(mode):
     """
     A mail listener behind a proxy sending PROXY headers (read by
-    lbproxy.acceptproxy before the greeting).
+    lbproxy.core.acceptproxy before the greeting).
     """
     listener = config('accept_proxy = ["10.0.0.0/8"]', mode=mode).listeners["m"]
     assert listener.trustsProxyFrom("10.1.2.3")

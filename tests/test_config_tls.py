@@ -287,7 +287,7 @@ class TestRedirectHttps:
 @pytest.mark.parametrize("mode", ["http", "tcp"])
 def test_acceptProxyWithTLS(mode):
     """
-    A PROXY header before the TLS handshake (lbproxy.acceptproxy reads it).
+    A PROXY header before the TLS handshake (lbproxy.core.acceptproxy reads it).
     """
     listener = load(config(mode=mode, listener='accept_proxy = ["127.0.0.1"]\n')).listeners["web"]
     assert listener.trustsProxyFrom("127.0.0.1")

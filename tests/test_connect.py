@@ -1,5 +1,5 @@
 """
-Tests for lbproxy.connect: placing a flow on a server, with connect
+Tests for lbproxy.core.connect: placing a flow on a server, with connect
 timeouts, retries, redispatch, leases and cancellation, on a
 MemoryReactorClock.
 """
@@ -11,10 +11,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.config import PoolConfig
-from lbproxy.connect import BackendConnection, BackendConnector, Lease
-from lbproxy.context import FlowContext
+from lbproxy.core.connect import BackendConnection, BackendConnector, Lease
+from lbproxy.core.context import FlowContext
 from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
 from memoryconnections import refuseAttempt

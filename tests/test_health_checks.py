@@ -26,7 +26,7 @@ from lbproxy.health.checks import (
     hostHeader,
 )
 from lbproxy.interfaces import IHealthCheck
-from lbproxy.pool import Server
+from lbproxy.core.pool import Server
 
 from memoryconnections import refuseAttempt
 

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.health.episodes import REPEAT_INTERVAL
 from lbproxy.health.monitor import HealthMonitor
-from lbproxy.pool import ServerState
+from lbproxy.core.pool import ServerState
 
 from test_health_monitor import ScriptedCheck, makePool
 

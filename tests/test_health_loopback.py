@@ -16,8 +16,8 @@ from twisted.trial.unittest import TestCase
 from lbproxy.config import HealthConfig, PoolConfig, ServerConfig
 from lbproxy.health.checks import BannerCheck, HealthCheckFailed, HTTPCheck, TCPCheck
 from lbproxy.health.monitor import HealthMonitor
-from lbproxy.pool import Server, ServerState
-from lbproxy.runtime import buildPool
+from lbproxy.core.pool import Server, ServerState
+from lbproxy.core.model import buildPool
 from support import freePort
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from lbproxy.config import HealthConfig, PoolConfig, ServerConfig
 from lbproxy.health.checks import HealthCheckFailed, HTTPCheck
 from lbproxy.health.monitor import HealthMonitor, ServerHealth
 from lbproxy.interfaces import IHealthCheck
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
 

@@ -14,8 +14,8 @@ from lbproxy.config import HealthConfig, PoolConfig, ServerConfig
 from lbproxy.health.checks import HealthCheckFailed
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.interfaces import IHealthCheck
-from lbproxy.pool import Pool, Server, ServerState
-from lbproxy.runtime import buildPool
+from lbproxy.core.pool import Pool, Server, ServerState
+from lbproxy.core.model import buildPool
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
 

@@ -21,8 +21,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lbproxy.config import ListenerConfig, PoolConfig
-from lbproxy.connect import BackendConnector
-from lbproxy.context import FlowContext
+from lbproxy.core.connect import BackendConnector
+from lbproxy.core.context import FlowContext
 from lbproxy.http.backend import (
     BackendHTTPConnection,
     BackendPool,
@@ -34,7 +34,7 @@ from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.message import Headers, RequestHead
 from lbproxy.http.parser import RequestParser
 from lbproxy.http.rewrite import RequestRewriter, retryable
-from lbproxy.pool import Pool, Server
+from lbproxy.core.pool import Pool, Server
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
 DONE = Failure(ConnectionDone())

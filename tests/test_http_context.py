@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.address import IPv4Address, IPv6Address
 from zope.interface.verify import verifyObject
 
-from lbproxy.context import KEYS, FlowContext
+from lbproxy.core.context import KEYS, FlowContext
 from lbproxy.http.context import (
     HTTPFlowContext,
     parseCookies,

@@ -30,7 +30,7 @@ from lbproxy.config import (
 from lbproxy.http.backend import BackendHTTPConnection, IBackendUser
 from lbproxy.http.front import HTTPProxyFactory, HTTPProxyProtocol
 from lbproxy.http.interfaces import IHTTPMessageReceiver
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.leastconn import WeightedLeastConnections
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
@@ -1592,7 +1592,7 @@ class ServiceTests(SynchronousTestCase):
         every pool, so routes reach pools other than the listener's.
         """
         from lbproxy.config import loadBytes
-        from lbproxy.runtime import Balancer
+        from lbproxy.core.model import Balancer
         from lbproxy.service import frontFactory
 
         config = loadBytes(

@@ -6,7 +6,7 @@ the same server, from any client connection.
 
 from twisted.internet.address import IPv4Address
 
-from lbproxy.pool import Server
+from lbproxy.core.pool import Server
 from lbproxy.selectors import findSelector
 from test_http_front import OK, ProxyTestCase, makePool
 

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IPushProducer
 from lbproxy.config import ListenerConfig, PoolConfig
 from lbproxy.http.front import HTTPProxyFactory
 from lbproxy.http.parser import ResponseParser
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
 from support import freePort

@@ -23,7 +23,7 @@ from lbproxy.http.paths import (
     normalizePath,
     normalizeTarget,
 )
-from lbproxy.pool import Server
+from lbproxy.core.pool import Server
 from lbproxy.selectors import findSelector
 
 from test_config_http import listener as withListenerLines

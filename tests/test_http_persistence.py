@@ -12,7 +12,7 @@ from lbproxy.config import CookieConfig
 from lbproxy.http.context import parseCookies
 from lbproxy.http.message import Headers, RequestHead
 from lbproxy.http.persistence import CookiePersistence, Stickiness, splitDirectives
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 
 NOW = 1_795_835_520
 

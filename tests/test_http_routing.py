@@ -12,8 +12,8 @@ import pytest
 from lbproxy.config import ListenerConfig, RouteConfig, loadBytes
 from lbproxy.http.message import Headers, RequestHead
 from lbproxy.http.routing import Router
-from lbproxy.pool import Pool, Server
-from lbproxy.runtime import Balancer
+from lbproxy.core.pool import Pool, Server
+from lbproxy.core.model import Balancer
 
 from test_http_context import request
 

@@ -28,17 +28,17 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbproxy.config import HealthConfig, ListenerConfig, PoolConfig, ServerConfig
-from lbproxy.connect import BackendConnector
-from lbproxy.context import FlowContext
+from lbproxy.core.connect import BackendConnector
+from lbproxy.core.context import FlowContext
 from lbproxy.errors import ConnectFailed, LocalLimitReached
 from lbproxy.health.checks import HealthCheckSkipped, TCPCheck
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.http.front import HTTPProxyFactory
-from lbproxy.limits import describeLocalLimit, localLimit
+from lbproxy.core.limits import describeLocalLimit, localLimit
 from lbproxy.mail.imap import IMAPProxyFactory
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
-from lbproxy.tcp import TCPProxyFactory
+from lbproxy.tcp.front import TCPProxyFactory
 
 from memoryconnections import acceptClient, failAttempt
 from test_mail_session import makeListener as makeMailListener
@@ -234,7 +234,7 @@ class ConnectorTests(SynchronousTestCase):
             self.failureResultOf(d)
             self.reactor.advance(0.5)
             self.reactor.advance(10)
-        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbproxy.connect.BackendConnector"]
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbproxy.core.connect.BackendConnector"]
         self.assertEqual(
             lines,
             [

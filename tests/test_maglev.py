@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 from twisted.internet.address import IPv4Address
 
-from lbproxy.context import FlowContext
+from lbproxy.core.context import FlowContext
 from lbproxy.errors import OptionError
 from lbproxy.plugins.lbproxy_builtin import maglev as maglevPlugin
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors import maglev as maglevModule
 from lbproxy.selectors.base import stableHash
 from lbproxy.selectors.maglev import Maglev, permutation, populate

@@ -31,7 +31,7 @@ from lbproxy.mail.session import (
 )
 from lbproxy.errors import ConnectFailed
 from lbproxy.mail.placement import Placement, homeServer
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.keyhash import KeyHash
 from lbproxy.selectors.maglev import Maglev
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin

@@ -1,5 +1,5 @@
 """
-Tests for lbproxy.proxyprotocol: building and strictly parsing PROXY
+Tests for lbproxy.core.proxyprotocol: building and strictly parsing PROXY
 protocol v1 and v2 headers.
 """
 
@@ -8,7 +8,7 @@ import struct
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-from lbproxy.proxyprotocol import (
+from lbproxy.core.proxyprotocol import (
     V1_MAX_LENGTH,
     V2_SIGNATURE,
     ProxyHeader,

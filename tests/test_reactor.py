@@ -27,7 +27,7 @@ from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.limits import LimitLog
+from lbproxy.core.limits import LimitLog
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="epoll is Linux only")
 
@@ -53,7 +53,7 @@ class Reader(FileDescriptor):
 
 @pytest.fixture
 def reactor():
-    from lbproxy.reactor import EPollReactor
+    from lbproxy._twisted.reactor import EPollReactor
 
     reactor = EPollReactor()
     yield reactor
@@ -309,7 +309,7 @@ def test_writeBatchSendsAfterEvents(reactor, tcpPair):
     On this reactor a L{WriteBatch} is sent through C{callAfterEvents}:
     no timed call, and the data arrives.
     """
-    from lbproxy.writebatch import WriteBatch
+    from lbproxy._twisted.writebatch import WriteBatch
 
     server, client = tcpPair()
     batch = WriteBatch(reactor)
@@ -370,8 +370,8 @@ def test_acceptLimitPausesTheListener(reactor, number):
     fails if Twisted stops accepting through the port's C{socket}
     attribute or stops taking EAGAIN as "none waiting".
     """
-    from lbproxy.limits import describeLocalLimit
-    from lbproxy.reactor import ACCEPT_PAUSE, AcceptGuard
+    from lbproxy.core.limits import describeLocalLimit
+    from lbproxy._twisted.reactor import ACCEPT_PAUSE, AcceptGuard
 
     accepted = []
     port = _listen(reactor, accepted)
@@ -411,7 +411,7 @@ def test_acceptLimitsLoggedOnceASecond(reactor):
     A listener that keeps running out of descriptors logs one line a
     second at most, with the count of pauses.
     """
-    from lbproxy.reactor import AcceptGuard
+    from lbproxy._twisted.reactor import AcceptGuard
 
     clock = Clock()
     accepted = []
@@ -456,7 +456,7 @@ def test_otherAcceptErrorsLeftToTwisted(reactor):
 
 
 def test_unixListenerGuarded(reactor, tmp_path):
-    from lbproxy.reactor import AcceptGuard
+    from lbproxy._twisted.reactor import AcceptGuard
 
     port = _listen(reactor, [], unixPath=str(tmp_path / "s"))
     try:
@@ -471,7 +471,7 @@ def test_adoptedListenerGuarded(reactor):
     A listening socket handed over (systemd socket activation, a socket
     made with SO_REUSEPORT) is guarded too.
     """
-    from lbproxy.reactor import AcceptGuard
+    from lbproxy._twisted.reactor import AcceptGuard
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

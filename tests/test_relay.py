@@ -1,5 +1,5 @@
 """
-Tests for lbproxy.relay: the two-way pump with backpressure, half-close,
+Tests for lbproxy.core.relay: the two-way pump with backpressure, half-close,
 idle timeout and byte counts, on in-memory transports.
 """
 
@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides, implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.relay import Relay, RelayLeg, RelayResult
+from lbproxy.core.relay import Relay, RelayLeg, RelayResult
 
 DONE = Failure(ConnectionDone())
 RESET = Failure(ConnectionLost("Connection reset by peer"))
@@ -416,7 +416,7 @@ def test_directWriterOnlyForPlainTCP():
     """
     from twisted.internet.testing import StringTransport
 
-    from lbproxy.relay import directWriter
+    from lbproxy.core.relay import directWriter
 
     transport = StringTransport()
     assert directWriter(transport) == transport.write

@@ -15,10 +15,10 @@ from zope.interface.verify import verifyObject
 
 import lbproxy.plugins
 from lbproxy.config import loadBytes
-from lbproxy.context import ALL_KEYS, KEYS, FlowContext, keyKnown
+from lbproxy.core.context import ALL_KEYS, KEYS, FlowContext, keyKnown
 from lbproxy.errors import ConfigError, OptionError
 from lbproxy.interfaces import IBackendSelector, ISelectorPlugin
-from lbproxy.runtime import buildPool
+from lbproxy.core.model import buildPool
 from lbproxy.selectors import allSelectors, findSelector, selectorNames
 from lbproxy.selectors.base import SelectorPlugin
 from lbproxy.selectors.options import isPrime, keySpec, oneOf, primeBetween

@@ -13,9 +13,9 @@ import pytest
 from twisted.internet.address import IPv4Address
 from zope.interface.verify import verifyObject
 
-from lbproxy.context import FlowContext
+from lbproxy.core.context import FlowContext
 from lbproxy.interfaces import IBackendSelector
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.base import lessLoaded, usable
 from lbproxy.selectors.first import FirstAvailable
 from lbproxy.selectors.keyhash import KeyHash

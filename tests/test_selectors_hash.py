@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address
 
-from lbproxy.context import FlowContext
-from lbproxy.pool import Server
+from lbproxy.core.context import FlowContext
+from lbproxy.core.pool import Server
 from lbproxy.selectors.keyhash import KeyHash, xorFiveTuple, xorFold
 
 

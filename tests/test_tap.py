@@ -21,9 +21,9 @@ from twisted.plugin import getPlugins
 from zope.interface.verify import verifyObject
 
 from lbproxy import demo, tap
-from lbproxy.context import FlowContext
+from lbproxy.core.context import FlowContext
 from lbproxy.interfaces import IBackendSelector, ISelectorPlugin
-from lbproxy.pool import Server
+from lbproxy.core.pool import Server
 from lbproxy.service import BalancerService
 from support import CHECKOUT, checkoutEnvironment, twistd
 

@@ -1,5 +1,5 @@
 """
-Tests for lbproxy.tcp, the L4 TCP front, in memory: admission (maxconn),
+Tests for lbproxy.tcp.front, the L4 TCP front, in memory: admission (maxconn),
 PROXY header acceptance, placement on servers, sending PROXY headers, and
 the one log line per session.
 """
@@ -20,10 +20,10 @@ from zope.interface.verify import verifyObject
 from memoryconnections import acceptClient, completeAttempt, refuseAttempt
 from lbproxy.config import ListenerConfig, PoolConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
-from lbproxy.pool import Pool, Server, ServerState
-from lbproxy.proxyprotocol import buildV1, buildV2
+from lbproxy.core.pool import Pool, Server, ServerState
+from lbproxy.core.proxyprotocol import buildV1, buildV2
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
-from lbproxy.tcp import TCPProxyFactory, TCPProxyProtocol, formatAddress, formatSeconds
+from lbproxy.tcp.front import TCPProxyFactory, TCPProxyProtocol, formatAddress, formatSeconds
 
 from test_relay import FakeTCPTransport
 
@@ -79,7 +79,7 @@ class TCPFrontTests(SynchronousTestCase):
         return [
             formatEvent(e)
             for e in events
-            if e.get("log_namespace") == "lbproxy.tcp.TCPProxyProtocol"
+            if e.get("log_namespace") == "lbproxy.tcp.front.TCPProxyProtocol"
         ]
 
     def test_interfaces(self):

@@ -20,10 +20,10 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from lbproxy.config import ListenerConfig, PoolConfig
-from lbproxy.pool import Pool, Server
-from lbproxy.proxyprotocol import ProxyHeaderParser
+from lbproxy.core.pool import Pool, Server
+from lbproxy.core.proxyprotocol import ProxyHeaderParser
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
-from lbproxy.tcp import TCPProxyFactory
+from lbproxy.tcp.front import TCPProxyFactory
 
 from support import freePort
 
@@ -227,7 +227,7 @@ class LoopbackTests(TestCase):
         lines = [
             formatEvent(e)
             for e in events
-            if e.get("log_namespace") == "lbproxy.tcp.TCPProxyProtocol"
+            if e.get("log_namespace") == "lbproxy.tcp.front.TCPProxyProtocol"
         ]
         self.assertEqual(len(lines), 4)
         self.assertIn("front -> pool/s0 in=7 out=10 ", lines[0])
@@ -268,7 +268,7 @@ class LoopbackTests(TestCase):
             await waitFor(lambda: not self.factory.sessions)
         self.assertEqual(sorted(replies), sorted(b"b0:q%d" % i for i in range(8)))
         self.assertEqual(backend.most, 1)
-        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbproxy.tcp.TCPProxyProtocol"]
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbproxy.tcp.front.TCPProxyProtocol"]
         self.assertEqual(len(lines), 8)
         self.assertGreaterEqual(sum(" queue=" in line for line in lines), 1, lines)
         self.assertEqual((self.pool.queued, self.pool.servers[0].active), (0, 0))

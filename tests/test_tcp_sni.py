@@ -20,12 +20,12 @@ from zope.interface.verify import verifyObject
 from memoryconnections import acceptClient, completeAttempt
 from lbproxy.config import ListenerConfig, PoolConfig, RouteConfig
 from lbproxy.interfaces import ISelectionContext
-from lbproxy.pool import Pool, Server
-from lbproxy.proxyprotocol import buildV1
+from lbproxy.core.pool import Pool, Server
+from lbproxy.core.proxyprotocol import buildV1
 from lbproxy.selectors.keyhash import KeyHash
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 from lbproxy.service import frontFactory
-from lbproxy.tcp import SNIFlowContext, SNIRoutes, TCPProxyFactory
+from lbproxy.tcp.front import SNIFlowContext, SNIRoutes, TCPProxyFactory
 
 from test_clienthello import handshakeMessage, pyOpenSSLHello, pythonHello, records
 from test_relay import FakeTCPTransport
@@ -111,7 +111,7 @@ class SNIFrontTests(SynchronousTestCase):
         return [
             formatEvent(e)
             for e in events
-            if e.get("log_namespace") == "lbproxy.tcp.TCPProxyProtocol" and "end" in e
+            if e.get("log_namespace") == "lbproxy.tcp.front.TCPProxyProtocol" and "end" in e
         ]
 
     def finish(self, protocol, leg):

@@ -28,7 +28,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
 from lbproxy.config import loadBytes
-from lbproxy.runtime import Balancer
+from lbproxy.core.model import Balancer
 from lbproxy.service import frontFactory
 
 from certs import CertificateAuthority
@@ -259,7 +259,7 @@ servers = [{{ name = "echo", address = "tcp:host=127.0.0.1:port={self.echoPort}"
         self.assertEqual(b"".join(connection.outgoing), received)
         self.assertEqual(self.servers["b"][0].connections, [])
         self.assertEqual(self.servers["a"][0].creator.names, [b"a.example.test"])
-        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbproxy.tcp.TCPProxyProtocol" and "end" in e]
+        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbproxy.tcp.front.TCPProxyProtocol" and "end" in e]
         self.assertEqual(len(lines), 1)
         self.assertIn(" front -> a/a1 sni=a.example.test in=", lines[0])
 
@@ -292,7 +292,7 @@ servers = [{{ name = "echo", address = "tcp:host=127.0.0.1:port={self.echoPort}"
             else:
                 self.fail("the handshake succeeded without a server name")
             yield deferLater(reactor, 0.05, lambda: None)
-        ends = [e["end"] for e in events if e.get("log_namespace") == "lbproxy.tcp.TCPProxyProtocol" and "end" in e]
+        ends = [e["end"] for e in events if e.get("log_namespace") == "lbproxy.tcp.front.TCPProxyProtocol" and "end" in e]
         self.assertEqual(ends, ["no-sni"])
 
 

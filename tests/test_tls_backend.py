@@ -32,12 +32,12 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.config import HealthConfig, PoolConfig, ServerConfig, loadBytes
 from lbproxy.config.tls import BackendTLSConfig
-from lbproxy.connect import BackendConnector
-from lbproxy.context import FlowContext
+from lbproxy.core.connect import BackendConnector
+from lbproxy.core.context import FlowContext
 from lbproxy.errors import ConfigError, ConnectFailed, TLSHandshakeFailed
 from lbproxy.health.checks import HealthCheckFailed, TCPCheck, buildCheck
-from lbproxy.pool import Pool, Server, ServerState
-from lbproxy.runtime import Balancer, buildPool
+from lbproxy.core.pool import Pool, Server, ServerState
+from lbproxy.core.model import Balancer, buildPool
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 from lbproxy.tls.client import (
     BackendTLS,

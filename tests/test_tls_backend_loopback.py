@@ -28,8 +28,8 @@ from twisted.web import resource, server
 
 from lbproxy.config import HealthConfig, loadBytes
 from lbproxy.health.checks import HealthCheckFailed, TCPCheck
-from lbproxy.pool import ServerState
-from lbproxy.runtime import Balancer
+from lbproxy.core.pool import ServerState
+from lbproxy.core.model import Balancer
 from lbproxy.service import frontFactory
 
 from certs import CertificateAuthority
@@ -171,7 +171,7 @@ health = {{ interval = "60s", passive_fall = 2 }}
         return [
             formatEvent(e)
             for e in events
-            if e.get("log_namespace", "").startswith("lbproxy.connect")
+            if e.get("log_namespace", "").startswith("lbproxy.core.connect")
         ]
 
     @inlineCallbacks

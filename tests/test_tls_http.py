@@ -22,7 +22,7 @@ from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.parser import RequestParser
 from lbproxy.http.redirect import RedirectFactory, RedirectProtocol, redirectHost, redirectTarget
 from lbproxy.http.rewrite import RequestRewriter
-from lbproxy.pool import Pool, Server
+from lbproxy.core.pool import Pool, Server
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 from tlsmemory import clientContext, handshake, listenerTLS
 

@@ -27,7 +27,7 @@ from twisted.web import resource, server
 
 from certs import CertificateAuthority
 from lbproxy.config import loadBytes
-from lbproxy.proxyprotocol import buildV1, buildV2
+from lbproxy.core.proxyprotocol import buildV1, buildV2
 from lbproxy.service import BalancerService
 from support import freePort, requireExecutable
 

@@ -369,7 +369,7 @@ class TestTwistedTransport:
         The HTTP front's write batch hands data for a TLS transport to the
         transport's own write, which encrypts it.
         """
-        from lbproxy.writebatch import WriteBatch
+        from lbproxy._twisted.writebatch import WriteBatch
 
         serverProtocol, clientSide, pump = self.connect(pki)
         clock = serverProtocol.transport.factory.reactor

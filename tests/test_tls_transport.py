@@ -34,7 +34,7 @@ from zope.interface.verify import verifyObject
 from certs import CertificateAuthority
 from lbproxy.tls.server import ServerTLS, clientSubject, describeTLS, wrapFactory
 from lbproxy.tls.transport import ServerTLSFactory, ServerTLSTransport, describeError
-from lbproxy.writebatch import WriteBatch
+from lbproxy._twisted.writebatch import WriteBatch
 from tlsmemory import clientContext, listenerTLS
 
 SOURCE = "lb.toml"

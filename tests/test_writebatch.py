@@ -1,5 +1,5 @@
 """
-Tests for lbproxy.writebatch: writes to TCP connections sent at the end of
+Tests for lbproxy._twisted.writebatch: writes to TCP connections sent at the end of
 the reactor iteration, on loopback sockets with the real reactor, and the
 plain write for other transports.
 """
@@ -20,7 +20,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from lbproxy.writebatch import WriteBatch
+from lbproxy._twisted.writebatch import WriteBatch
 
 pytestmark = pytest.mark.integration
 

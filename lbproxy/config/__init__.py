@@ -6,7 +6,7 @@ path and what was expected, e.g.::
 
     lb.toml: pools.web.servers[1].weight: expected an integer from 0 to 256, got "x"
 
-The model is plain frozen dataclasses; L{lbproxy.runtime} turns it into
+The model is plain frozen dataclasses; L{lbproxy.core.model} turns it into
 live pools and servers.
 """
 
@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbproxy.context import KEYS, keySupported
+from lbproxy.core.context import KEYS, keySupported
 from lbproxy.errors import ConfigError, OptionError
 from lbproxy.http.paths import PathsConfig
 from lbproxy.http.syntax import isFieldValue

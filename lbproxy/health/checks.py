@@ -8,7 +8,7 @@ firing within the timeout, and each closes its connection whatever the
 outcome. A failed probe fails with L{HealthCheckFailed}, whose text is a
 short reason for logs and the stats page ("status 503", "connection
 refused", "timeout after 1s"). A probe that could not connect because
-lbproxy itself is out of descriptors, buffers or ports (L{lbproxy.limits})
+lbproxy itself is out of descriptors, buffers or ports (L{lbproxy.core.limits})
 fails with L{HealthCheckSkipped} instead: it says nothing of the server.
 """
 
@@ -27,7 +27,7 @@ from lbproxy.config import HealthConfig
 from lbproxy.config.endpoints import splitEndpoint
 from lbproxy.errors import TLSHandshakeFailed
 from lbproxy.interfaces import IHealthCheck, IServer
-from lbproxy.limits import describeLocalLimit, localLimit
+from lbproxy.core.limits import describeLocalLimit, localLimit
 
 #: Most bytes an HTTP check reads before it has the final status line
 #: (interim 1xx responses included).

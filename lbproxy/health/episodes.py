@@ -30,8 +30,8 @@ import time
 
 from twisted.logger import Logger
 
-from lbproxy.limits import plural
-from lbproxy.pool import Server, ServerState
+from lbproxy.core.limits import plural
+from lbproxy.core.pool import Server, ServerState
 
 #: Seconds between two reminders that a server is still down (or its checks
 #: still failing), and between two lines about its failure reason changing.

@@ -4,7 +4,7 @@ Active health monitoring of one pool.
 Every C{interval} each server of the pool is probed with the pool's check;
 C{rise} consecutive successes bring a down server up and C{fall}
 consecutive failures take an up server down. Passive checks
-(L{lbproxy.pool.Server.connectFailed}) may mark a server down between
+(L{lbproxy.core.pool.Server.connectFailed}) may mark a server down between
 probes; the monitor then needs C{rise} fresh successes to bring it back.
 
 State changes are logged once, and a server that stays down is reminded
@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 from lbproxy.health.checks import HealthCheckFailed, HealthCheckSkipped, buildCheck
 from lbproxy.health.episodes import REPEAT_INTERVAL, FailureLog
 from lbproxy.interfaces import IHealthCheck
-from lbproxy.limits import LimitLog, plural
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.limits import LimitLog, plural
+from lbproxy.core.pool import Pool, Server, ServerState
 
 
 @dataclass

@@ -24,7 +24,7 @@ request: they are logged once as an error naming the server, counted in
 its C{responseErrors}, and the connection is dropped.
 
 One L{BackendPool} per pool gathers what a front needs to reach its servers:
-the L{lbproxy.connect.BackendConnector}, the idle lists and the protocol
+the L{lbproxy.core.connect.BackendConnector}, the idle lists and the protocol
 factory.
 """
 
@@ -39,12 +39,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from lbproxy.connect import BackendConnector
+from lbproxy.core.connect import BackendConnector
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.message import BodyKind, ResponseHead
 from lbproxy.http.parser import ResponseParser
-from lbproxy.relay import setNoDelay
+from lbproxy.core.relay import setNoDelay
 
 
 class IBackendUser(Interface):
@@ -533,7 +533,7 @@ class BackendPool:
     """
     How one HTTP listener reaches the servers of one pool.
 
-    @ivar pool: the L{lbproxy.pool.Pool}.
+    @ivar pool: the L{lbproxy.core.pool.Pool}.
     @ivar connector: places new connections (retries, redispatch).
     @ivar factory: builds the protocol of each new connection.
     @ivar sendProxy: the PROXY protocol version written at the start of

@@ -2,8 +2,8 @@
 What an HTTP request offers to routing rules and hashing selectors.
 
 L{HTTPFlowContext} is the selection context of one request: the TCP keys of
-L{lbproxy.context.FlowContext} plus the request's own (see
-L{lbproxy.context.KEYS}):
+L{lbproxy.core.context.FlowContext} plus the request's own (see
+L{lbproxy.core.context.KEYS}):
 
   - C{"uri"}: the target's path and query as the backend sees them in
     origin form (for an absolute-form target, what follows the authority,
@@ -40,7 +40,7 @@ import re
 
 from twisted.internet.interfaces import IAddress
 
-from lbproxy.context import FlowContext
+from lbproxy.core.context import FlowContext
 from lbproxy.http.message import RequestHead
 from lbproxy.http.syntax import parseHostPort
 

@@ -59,7 +59,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.connect import BackendConnection, Lease
+from lbproxy.core.connect import BackendConnection, Lease
 from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
 from lbproxy.http.backend import BackendHTTPConnection, BackendPool, IBackendUser
 from lbproxy.http.context import HTTPFlowContext
@@ -79,11 +79,11 @@ from lbproxy.http.serialize import (
     lastChunk,
     responseHeadBytes,
 )
-from lbproxy.pool import Pool
-from lbproxy.proxyprotocol import ProxyHeaderParser, ProxyProtocolError
-from lbproxy.relay import Relay, RelayResult, setNoDelay
+from lbproxy.core.pool import Pool
+from lbproxy.core.proxyprotocol import ProxyHeaderParser, ProxyProtocolError
+from lbproxy.core.relay import Relay, RelayResult, setNoDelay
 from lbproxy.tls.client import tlsFailureText
-from lbproxy.writebatch import WriteBatch
+from lbproxy._twisted.writebatch import WriteBatch
 
 # Phases of a client connection; each has its own timeout.
 _IDLE = 0  # keep-alive, before the first byte of the next request

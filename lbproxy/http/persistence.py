@@ -7,7 +7,7 @@ L{lbproxy.config.CookieConfig}:
 
   - insert: when a client has no valid cookie for the server that served
     it, the response gets C{Set-Cookie: NAME=VALUE} naming that server. The
-    value is the server's cookie token (L{lbproxy.pool.Server.cookie}, the
+    value is the server's cookie token (L{lbproxy.core.pool.Server.cookie}, the
     server's name unless configured), never its address.
   - indirect: the proxy's cookie is removed from the request's Cookie
     fields before the request reaches the server (the other cookies stay as
@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from lbproxy.config import CookieConfig
 from lbproxy.http.context import parseCookies
 from lbproxy.http.message import Headers, RequestHead
-from lbproxy.pool import Pool, Server, ServerState
+from lbproxy.core.pool import Pool, Server, ServerState
 
 #: How far in the future a cookie's dates may be before it is ignored.
 _FUTURE_SLACK = 86400

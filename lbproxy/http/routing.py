@@ -44,7 +44,7 @@ import re
 from lbproxy.config import ListenerConfig, RouteConfig
 from lbproxy.http.context import requestHost, requestPath
 from lbproxy.http.message import RequestHead
-from lbproxy.pool import Pool
+from lbproxy.core.pool import Pool
 
 
 class _Rule:

@@ -21,7 +21,7 @@ A mail session flows in four steps:
      and returns the server's answer, which the client gets as if the
      server had answered it. A refused login may be retried by the client;
      each attempt uses a new backend connection.
-  4. B{Relay}: after a successful login, L{lbproxy.relay.Relay} moves bytes
+  4. B{Relay}: after a successful login, L{lbproxy.core.relay.Relay} moves bytes
      untouched both ways (IDLE, COMPRESS...), with backpressure and the
      listener's idle timeout.
 

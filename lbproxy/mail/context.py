@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IAddress
 
-from lbproxy.context import FlowContext
+from lbproxy.core.context import FlowContext
 
 
 class MailFlowContext(FlowContext):

@@ -57,9 +57,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.acceptproxy import IProxiedAddresses
+from lbproxy.core.acceptproxy import IProxiedAddresses
 from lbproxy.config.mail import normaliseUser
-from lbproxy.connect import BackendConnection, BackendConnector
+from lbproxy.core.connect import BackendConnection, BackendConnector
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.mail.arguments import asText, loginRefusal
 from lbproxy.mail.backpressure import ReplyBackpressure
@@ -69,8 +69,8 @@ from lbproxy.mail.logtext import describeLost, printable, tlsVersion
 from lbproxy.mail.placement import Placement
 from lbproxy.mail.sasl import Credentials
 from lbproxy.mail.throttle import FailedLogins
-from lbproxy.relay import Relay, RelayResult
-from lbproxy.tcp import formatAddress, formatSeconds
+from lbproxy.core.relay import Relay, RelayResult
+from lbproxy.tcp.front import formatAddress, formatSeconds
 from lbproxy.tls.client import sslErrorText
 
 SESSION_FORMAT = (
@@ -133,7 +133,7 @@ class BackendDialog(Protocol, LineBuffer):
     @ivar front: the L{MailFrontProtocol} the login came from.
     @ivar credentials: the L{Credentials} to replay.
     @ivar server: the server connected to (set by L{begin}).
-    @ivar pool: the L{lbproxy.pool.Pool} of C{server}.
+    @ivar pool: the L{lbproxy.core.pool.Pool} of C{server}.
     @ivar result: fires with a L{DialogResult}, or fails with
         L{DialogFailed}.
     @ivar loginSent: the credentials were sent (a failure after that is

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lbproxy.context import ALL_KEYS, keyKnown
+from lbproxy.core.context import ALL_KEYS, keyKnown
 
 
 def describe(value: Any) -> str:
@@ -33,7 +33,7 @@ def describe(value: Any) -> str:
 
 def keySpec(value: Any) -> str:
     """
-    A key specification of L{lbproxy.context.ALL_KEYS}: a kind such as
+    A key specification of L{lbproxy.core.context.ALL_KEYS}: a kind such as
     C{"src"}, or C{"kind:argument"} (C{"header:X-User"}) for the kinds that
     take an argument. Whether the listener's mode can provide it is checked
     later, by the config loader.

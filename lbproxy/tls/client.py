@@ -9,7 +9,7 @@ name by C{service_identity}); an IP address is checked against the
 certificate's IP entries and is not sent by SNI.
 
 Three users share it:
-  - L{lbproxy.connect} wraps a server's endpoint (L{BackendTLS.wrapEndpoint})
+  - L{lbproxy.core.connect} wraps a server's endpoint (L{BackendTLS.wrapEndpoint})
     for implicit TLS. The wrapped endpoint's connection is only reported
     once the handshake succeeded, so a server with a bad certificate is a
     failed connection attempt like a refused one: retried on another

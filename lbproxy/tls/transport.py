@@ -5,7 +5,7 @@ L{ServerTLSTransport} sits between a TCP transport and a front's protocol,
 as Twisted's C{TLSMemoryBIOProtocol} does, with fewer layers per request:
 what the front writes is encrypted at once (C{SSL_write}) and the records
 are read back from the memory BIO and handed to the TCP transport (or to
-the HTTP front's write batch, see L{lbproxy.writebatch}); what the client
+the HTTP front's write batch, see L{lbproxy._twisted.writebatch}); what the client
 sends is fed to the memory BIO and decrypted record by record, all of it
 given to the front in one C{dataReceived}. The TLS record headers of what
 arrives are counted, so that reading stops after the last complete
@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.acceptproxy import IProxiedAddresses
+from lbproxy.core.acceptproxy import IProxiedAddresses
 
 # Largest plaintext of one TLS record.
 _RECORD = 16384

@@ -7,6 +7,6 @@ from twisted.application.reactors import Reactor
 
 lbproxy = Reactor(
     "lbproxy",
-    "lbproxy.reactor",
+    "lbproxy._twisted.reactor",
     "epoll reactor without the legacy per-event log context (Linux)",
 )

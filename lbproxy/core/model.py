@@ -9,7 +9,7 @@ on one L{Balancer}.
 from __future__ import annotations
 
 from lbproxy.config import Config, PoolConfig
-from lbproxy.pool import Pool, Server
+from lbproxy.core.pool import Pool, Server
 from lbproxy.selectors import findSelector
 from lbproxy.tls.client import BackendTLS
 

@@ -3,7 +3,7 @@ A trusted proxy's PROXY protocol header in front of a listener whose front
 does not read it itself (C{accept_proxy}).
 
 Plain TCP and HTTP fronts read the header as the first bytes of their own
-stream (L{lbproxy.tcp}, L{lbproxy.http.front}), with their own timeouts
+stream (L{lbproxy.tcp.front}, L{lbproxy.http.front}), with their own timeouts
 and log lines. Every other listener gets its factory wrapped in
 L{AcceptProxyFactory}: a listener terminating TLS, whose header comes
 before the handshake, a mail listener and an HTTP redirect listener::
@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
-from lbproxy.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
+from lbproxy.core.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
 
 
 class IProxiedAddresses(Interface):

@@ -8,7 +8,7 @@ try another, up to the pool's C{retries}. The caller gets a
 L{BackendConnection} whose L{Lease} it releases when the flow ends.
 
 An attempt that fails because lbproxy itself is out of a resource (file
-descriptors, socket buffers, local ports: L{lbproxy.limits}) is not the
+descriptors, socket buffers, local ports: L{lbproxy.core.limits}) is not the
 server's failure: it is not counted against the server nor retried (any
 server would fail the same way), and the flow is refused with
 L{LocalLimitReached} at once, which frees its client's descriptor soonest.
@@ -24,8 +24,8 @@ from twisted.python.failure import Failure
 
 from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
 from lbproxy.interfaces import IServer, ISelectionContext
-from lbproxy.limits import LimitLog, describeLocalLimit, localLimit, plural
-from lbproxy.proxyprotocol import buildHeader
+from lbproxy.core.limits import LimitLog, describeLocalLimit, localLimit, plural
+from lbproxy.core.proxyprotocol import buildHeader
 
 
 class Lease:
@@ -119,7 +119,7 @@ class BackendConnector:
 
     def __init__(self, pool, reactor) -> None:
         """
-        @param pool: a L{lbproxy.pool.Pool}; its C{options} give C{retries}
+        @param pool: a L{lbproxy.core.pool.Pool}; its C{options} give C{retries}
             and C{connectTimeout}.
         @param reactor: provides C{callLater}, C{seconds} and whatever the
             servers' endpoint strings need (C{connectTCP}...).
@@ -169,7 +169,7 @@ class BackendConnector:
         @param retrying: whether another attempt follows.
         @param attempt: this attempt's number, of C{attempts} at most.
         @param established: the connection had been counted as made (see
-            L{lbproxy.pool.Server.connectFailed}).
+            L{lbproxy.core.pool.Server.connectFailed}).
         """
         server.connectFailed(reason, established)
         self.log.warn(
@@ -184,7 +184,7 @@ class BackendConnector:
     def refusedForLimit(self, number: int) -> None:
         """
         Log a flow refused because lbproxy hit its own limit C{number} (an
-        errno of L{lbproxy.limits.LOCAL_ERRORS}): one line a second at
+        errno of L{lbproxy.core.limits.LOCAL_ERRORS}): one line a second at
         most, with the count.
         """
         limit = describeLocalLimit(number)
@@ -225,7 +225,7 @@ class BackendConnector:
         TLS handshake when the pool connects with TLS.
 
         When every server the flow may use is up but at its C{maxconn},
-        the flow waits in the pool's queue (L{lbproxy.pool.Pool.mayQueue})
+        the flow waits in the pool's queue (L{lbproxy.core.pool.Pool.mayQueue})
         for up to the pool's C{timeouts.queue}: the first slot a server
         frees goes to the flow that has waited longest.
 

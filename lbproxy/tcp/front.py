@@ -6,8 +6,8 @@ Per connection: enforce the listener's C{maxconn}; read a PROXY header
 first when the peer is a trusted proxy (C{accept_proxy}); on a listener
 with SNI routes, read the client's TLS ClientHello (without terminating
 TLS) and choose the pool by its server name; pick and connect a server
-(L{lbproxy.connect}); send the pool's PROXY header (C{send_proxy}) to it;
-then relay bytes both ways (L{lbproxy.relay}), starting with the bytes
+(L{lbproxy.core.connect}); send the pool's PROXY header (C{send_proxy}) to it;
+then relay bytes both ways (L{lbproxy.core.relay}), starting with the bytes
 read so far, untouched. Every connection ends with one log line::
 
     tcp 127.0.0.1:53210 web -> web/web1 in=78 out=612 connect=0.4ms duration=12.0ms end=client-closed
@@ -27,11 +27,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.connect import BackendConnection, BackendConnector, describeFailure
-from lbproxy.context import FlowContext
+from lbproxy.core.connect import BackendConnection, BackendConnector, describeFailure
+from lbproxy.core.context import FlowContext
 from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
-from lbproxy.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
-from lbproxy.relay import Relay, RelayResult
+from lbproxy.core.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
+from lbproxy.core.relay import Relay, RelayResult
 from lbproxy.tls.client import sslErrorText
 from lbproxy.tls.clienthello import ClientHelloError, ClientHelloReader
 
@@ -497,7 +497,7 @@ class TCPProxyFactory(ServerFactory):
 
     @ivar listener: the L{lbproxy.config.ListenerConfig}; C{maxconn} 0
         means no limit.
-    @ivar pool: the listener's L{lbproxy.pool.Pool}.
+    @ivar pool: the listener's L{lbproxy.core.pool.Pool}.
     @ivar connector: the L{BackendConnector} placing flows on the pool.
     @ivar sniRoutes: the listener's L{SNIRoutes} (empty without routes).
     @ivar sessions: the connections being served (counted for maxconn).

@@ -22,7 +22,7 @@ Two more costs of Twisted's dispatch are left out on the busy path:
   - L{EPollReactor.callAfterEvents} runs a function once the events of
     the current iteration are handled, without the C{DelayedCall} a
     C{callLater(0)} allocates, schedules and runs: what
-    L{lbproxy.writebatch.WriteBatch} uses to send the iteration's writes.
+    L{lbproxy._twisted.writebatch.WriteBatch} uses to send the iteration's writes.
 
 And one change of behaviour: a listening socket whose C{accept} fails for
 want of descriptors, socket buffers or memory (C{EMFILE}, C{ENFILE},
@@ -47,7 +47,7 @@ from twisted.internet.endpoints import _WrappingProtocol
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 
-from lbproxy.limits import LimitLog, describeLocalLimit
+from lbproxy.core.limits import LimitLog, describeLocalLimit
 
 #: The largest read a connection grows to (from Twisted's 64 KiB) once its
 #: reads fill the buffer.

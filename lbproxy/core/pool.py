@@ -155,7 +155,7 @@ class Pool:
     @ivar options: the pool's L{lbproxy.config.PoolConfig}; fronts read
         retries, timeouts and the PROXY protocol setting from it.
     @ivar tls: the pool's loaded L{lbproxy.tls.client.BackendTLS} when it
-        has C{[tls]} (set by L{lbproxy.runtime.buildPool}), else None: the
+        has C{[tls]} (set by L{lbproxy.core.model.buildPool}), else None: the
         connector, health checks and mail fronts all take it from here.
 
     The queue: a flow for which every server it may use is up but at its
@@ -164,7 +164,7 @@ class Pool:
     and each server coming up, goes to the flow that has waited longest
     and may use that server (L{serverFreed}); the waiter's
     C{serverGranted(server)} takes it at once. The waiters are the
-    connector's (L{lbproxy.connect.BackendConnector}); they time out on
+    connector's (L{lbproxy.core.connect.BackendConnector}); they time out on
     their own.
     """
 

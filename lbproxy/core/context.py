@@ -21,7 +21,7 @@ from lbproxy.interfaces import ISelectionContext
 _TCP_KEYS = frozenset({"src", "src_port", "dst", "5tuple"})
 KEYS: dict[str, frozenset[str]] = {
     # "sni": the server name of the ClientHello, on TCP listeners with SNI
-    # routes (lbproxy.tcp.SNIFlowContext; the config refuses it elsewhere).
+    # routes (lbproxy.tcp.front.SNIFlowContext; the config refuses it elsewhere).
     "tcp": _TCP_KEYS | {"sni"},
     # lbproxy.http.context.HTTPFlowContext provides these.
     "http": _TCP_KEYS
