@@ -11,10 +11,16 @@ httptools:
 Each case feeds the same bytes to a long-lived keep-alive parser, request
 after request (or several pipelined requests per chunk), and reports
 requests per second (the best of the rounds, since interference only ever
-slows a round down). HTTPChannel gets a trivial request factory whose
-process() only tells the channel the request is done, so what is measured
-is its line parsing, header handling and Request set-up, not response
-writing. This is a report, not a test: nothing fails on slow figures.
+slows a round down). lbproxy's parser is measured twice: without a head
+cache, every head through llhttp and the checks (the strict path, as for
+a head never seen before), and as a listener's front uses it, with the
+listener's L{HeadCache}: a read holding one whole request whose head was
+accepted before is taken in one step (C{wholeMessage}), and anything else
+is parsed from the cache's records where it can. HTTPChannel gets a
+trivial request factory whose process() only tells the channel the request
+is done, so what is measured is its line parsing, header handling and
+Request set-up, not response writing. This is a report, not a test:
+nothing fails on slow figures.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 from twisted.web import http  # noqa: E402
 
+from lbproxy.http.headcache import HeadCache  # noqa: E402
 from lbproxy.http.parser import RequestParser  # noqa: E402
 
 BROWSER_GET = (
@@ -111,6 +118,30 @@ def lbproxyRunner(chunk: bytes, perChunk: int, chunks: int) -> float:
     return elapsed
 
 
+def cachedRunner(cache: HeadCache):
+    """
+    A runner parsing as the front does, with the listener's C{cache}.
+    """
+
+    def run(chunk: bytes, perChunk: int, chunks: int) -> float:
+        receiver = CountingReceiver()
+        parser = RequestParser(receiver, cache=cache)
+        whole = parser.wholeMessage
+        feed = parser.dataReceived
+        taken = 0
+        start = time.perf_counter()
+        for _ in range(chunks):
+            if whole(chunk) is None:
+                feed(chunk)
+            else:
+                taken += 1
+        elapsed = time.perf_counter() - start
+        assert receiver.requests + taken == chunks * perChunk, (receiver.requests, taken)
+        return elapsed
+
+    return run
+
+
 def twistedRunner(chunk: bytes, perChunk: int, chunks: int) -> float:
     channel = http.HTTPChannel()
     channel.requestFactory = _DoneRequest
@@ -152,13 +183,20 @@ def main(argv: list[str]) -> int:
     )
     print(f"{options.rounds} rounds of {options.requests} requests per case; best round shown")
     print()
-    header = f"{'case':40} {'lbproxy req/s':>14} {'HTTPChannel req/s':>18} {'ratio':>7}"
+    header = (
+        f"{'case':40} {'lbproxy strict':>14} {'lbproxy cached':>14} "
+        f"{'HTTPChannel req/s':>18} {'ratios':>13}"
+    )
     print(header)
     print("-" * len(header))
     for name, chunk, perChunk in CASES:
         ours = best(lbproxyRunner, chunk, perChunk, options.requests, options.rounds)
+        cached = best(cachedRunner(HeadCache()), chunk, perChunk, options.requests, options.rounds)
         theirs = best(twistedRunner, chunk, perChunk, options.requests, options.rounds)
-        print(f"{name:40} {ours:14,.0f} {theirs:18,.0f} {ours / theirs:6.1f}x")
+        print(
+            f"{name:40} {ours:14,.0f} {cached:14,.0f} {theirs:18,.0f} "
+            f"{ours / theirs:5.1f}x {cached / theirs:5.1f}x"
+        )
     print()
     print(f"request sizes: browser GET {len(BROWSER_GET)} B, POST {len(FORM_POST)} B")
     return 0

@@ -337,9 +337,9 @@ class FrontTests(ProxyTestCase):
     def test_issueSpellingsRouted(self):
         """
         Each spelling of /admin goes to the admin pool, in one read (the
-        one-step parse of the simple form) and spread over reads (the
-        strict path), and the server receives /admin; the access log keeps
-        the request line as the client sent it.
+        one-step parse of a whole request) and spread over reads (the
+        parser's events), and the server receives /admin; the access log
+        keeps the request line as the client sent it.
         """
         self.makeAdmin()
         for spelling in ISSUE_SPELLINGS:

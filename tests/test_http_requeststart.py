@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 from lbproxy.config import HTTPLimits
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.front import HTTPProxyFactory
+from lbproxy.http.headcache import HeadCache
 from lbproxy.http.parser import TLS_ON_PLAINTEXT
 
 from support import freePort
@@ -110,16 +111,22 @@ def test_emptyLinesForgottenWithTheRequest() -> None:
     assert [kind for kind, _ in recorder.events] == ["head", "complete"] * 3
 
 
-def test_simpleFormAfterEmptyLines() -> None:
+def test_cachedHeadAfterEmptyLines() -> None:
     """
-    The one-step parse of a whole request honours the empty lines read
-    before it: a request line that no longer fits falls to the strict
-    path, which refuses it.
+    A head accepted before, and kept in the listener's cache, is still held
+    to the request-line limit left by the empty lines read before it: one
+    that no longer fits is refused with 414, as the first time it would
+    have been.
     """
-    parser, _ = requestParser(maxRequestLine=LIMIT)
-    parser.dataReceived(b"\r\n" * 100)
+    cache = HeadCache()
     line = b"GET /" + b"a" * (LIMIT - 120) + b" HTTP/1.1"
-    assert parser.simpleRequest(request(line, b"Host: a")) is None
+    for _ in range(2):
+        first, recorder = requestParser(maxRequestLine=LIMIT, cache=cache)
+        first.dataReceived(request(line, b"Host: a"))
+        assert [kind for kind, _ in recorder.events] == ["head", "complete"]
+    assert cache.find(request(line, b"Host: a")) is not None
+    parser, _ = requestParser(maxRequestLine=LIMIT, cache=cache)
+    parser.dataReceived(b"\r\n" * 100)
     with pytest.raises(HTTPParseError) as caught:
         parser.dataReceived(request(line, b"Host: a"))
     assert caught.value.status == 414

@@ -9,13 +9,12 @@ import pytest
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.message import BodyKind, Headers
 from lbproxy.http.parser import RequestParser, ResponseParser
-from lbproxy.http.serialize import (
-    encodeChunk,
-    errorResponse,
-    lastChunk,
-    requestHeadBytes,
-    responseHeadBytes,
-)
+from lbproxy.http.serialize import HeadWriter, encodeChunk, errorResponse, lastChunk
+
+#: The writer the tests write heads with, as a listener's front does.
+WRITER = HeadWriter()
+requestHeadBytes = WRITER.requestHead
+responseHeadBytes = WRITER.responseHead
 
 
 class Collector:
@@ -251,21 +250,59 @@ def test_checkedResponseHeadRemembered():
     """
     A response head with a length is the same bytes however often it is
     built, for each status, reason, fields and length; heads with long
-    field blocks are built each time, not kept.
+    field blocks are built each time, not kept, and the writer keeps at
+    most its bound.
     """
-    from lbproxy.http import serialize
-
+    writer = HeadWriter(maxHeads=8)
     fields = b"Server: x\r\nContent-Type: text/plain\r\n"
-    first = serialize.checkedResponseHeadBytes(200, b"OK", fields, BodyKind.LENGTH, 5)
-    again = serialize.checkedResponseHeadBytes(200, b"OK", fields, BodyKind.LENGTH, 5)
-    assert first == again == b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 5\r\n\r\n"
-    assert serialize.checkedResponseHeadBytes(200, b"OK", fields, BodyKind.LENGTH, 6).endswith(
+    first = writer.checkedResponseHead(200, b"OK", fields, BodyKind.LENGTH, 5)
+    again = writer.checkedResponseHead(200, b"OK", fields, BodyKind.LENGTH, 5)
+    assert first is again
+    assert first == b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 5\r\n\r\n"
+    assert writer.checkedResponseHead(200, b"OK", fields, BodyKind.LENGTH, 6).endswith(
         b"Content-Length: 6\r\n\r\n"
     )
-    assert serialize.checkedResponseHeadBytes(404, b"Nope", fields, BodyKind.LENGTH, 5).startswith(
+    assert writer.checkedResponseHead(404, b"Nope", fields, BodyKind.LENGTH, 5).startswith(
         b"HTTP/1.1 404 Nope\r\n"
     )
     long = b"X-Long: " + b"a" * 2000 + b"\r\n"
-    head = serialize.checkedResponseHeadBytes(200, b"OK", long, BodyKind.LENGTH, 1)
+    head = writer.checkedResponseHead(200, b"OK", long, BodyKind.LENGTH, 1)
     assert head == b"HTTP/1.1 200 OK\r\n" + long + b"Content-Length: 1\r\n\r\n"
-    assert (200, b"OK", long, 1) not in serialize._lengthHeads
+    assert (200, b"OK", long, 1) not in writer._lengthHeads
+    for length in range(100):
+        writer.checkedResponseHead(200, b"OK", fields, BodyKind.LENGTH, length)
+    assert len(writer._lengthHeads) <= 8
+
+
+@pytest.mark.parametrize(
+    "kind, length, framing",
+    [
+        (BodyKind.CHUNKED, None, b"Transfer-Encoding: chunked\r\n"),
+        (BodyKind.UNTIL_CLOSE, None, b""),
+        (BodyKind.NONE, 7, b"Content-Length: 7\r\n"),
+        (BodyKind.NONE, None, b""),
+    ],
+)
+def test_checkedResponseHeadSameAsGeneral(kind, length, framing):
+    """
+    A response head from checked field lines is what the general writer
+    writes for the same fields, whatever the framing.
+    """
+    headers = Headers([(b"Server", b"x"), (b"ETag", b'"1"')])
+    fields = b"Server: x\r\nETag: \"1\"\r\n"
+    checked = WRITER.checkedResponseHead(200, b"OK", fields, kind, length)
+    assert checked == WRITER.responseHead(200, b"OK", headers, kind, length)
+    assert checked == b"HTTP/1.1 200 OK\r\n" + fields + framing + b"\r\n"
+
+
+def test_knownLinesBounded():
+    """
+    The field lines a writer remembers as checked stay within its bound,
+    whatever a peer sends, and unsafe ones are still refused after.
+    """
+    writer = HeadWriter(maxEntries=16)
+    for index in range(200):
+        writer.fieldBlock([(b"x-n", b"X-N", b"%d" % (index,))])
+    assert len(writer._lines) <= 17 and len(writer._names) <= 17
+    with pytest.raises(ValueError):
+        writer.fieldBlock([(b"x-n", b"X-N", b"1\r\nX-Injected: 1")])

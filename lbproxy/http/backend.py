@@ -41,6 +41,7 @@ from zope.interface import Interface, implementer
 
 from lbproxy.core.connect import BackendConnector
 from lbproxy.http.errors import HTTPParseError
+from lbproxy.http.headcache import HeadCache
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.message import BodyKind, ResponseHead
 from lbproxy.http.parser import ResponseParser
@@ -52,9 +53,15 @@ class IBackendUser(Interface):
     What a L{BackendHTTPConnection} tells the client connection using it.
     """
 
-    def responseHeadReceived(head):
+    def responseHeadReceived(head, body):
         """
         A response head (interim or final, a L{ResponseHead}) arrived.
+
+        C{body} is L{None} when the body, if any, is still to come (as
+        L{responseBodyReceived}, then L{responseCompleted}); or the whole
+        body of a final response that arrived whole in one read (see
+        L{lbproxy.http.parser.ResponseParser.wholeMessage}), which it
+        completes: nothing more follows for it.
         """
 
     def responseBodyReceived(data):
@@ -66,15 +73,6 @@ class IBackendUser(Interface):
         """
         The response whose head came last ended (for an interim response:
         its head was all there was).
-        """
-
-    def responseReceived(head, body, complete):
-        """
-        A final response head in the simple form (see
-        L{lbproxy.http.parser.ResponseParser.simpleResponse}) arrived in one
-        read with C{body}, the start of its body or all of it: the same as
-        L{responseHeadReceived}, L{responseBodyReceived} (when C{body} is
-        not empty) and, when C{complete}, L{responseCompleted}, in one call.
         """
 
     def backendFailed(connection, error, closed):
@@ -126,8 +124,12 @@ class BackendHTTPConnection(Protocol):
 
     log = Logger()
 
-    def __init__(self) -> None:
-        self.parser = ResponseParser(self)
+    def __init__(self, responseHeads: HeadCache | None = None) -> None:
+        """
+        @param responseHeads: the L{HeadCache} of the pool's response
+            heads, or L{None} to parse every head.
+        """
+        self.parser = ResponseParser(self, cache=responseHeads)
         self.user = None
         self.server = None
         self.bytesReceived = 0
@@ -168,11 +170,11 @@ class BackendHTTPConnection(Protocol):
                 self._unsolicited(len(data), "on an idle connection, answering no request")
             return
         self.bytesReceived += len(data)
-        # The common case: a whole response head in the simple form, with
-        # as much of the body as came, in one step.
-        simple = self.parser.simpleResponse(data)
-        if simple is not None:
-            user.responseReceived(*simple)
+        # The common case: a whole response in one read, which the parser
+        # takes in one step (its head from the cache, mostly).
+        whole = self.parser.wholeMessage(data)
+        if whole is not None:
+            user.responseHeadReceived(whole[0], whole[1])
             return
         try:
             self.parser.dataReceived(data)
@@ -280,7 +282,7 @@ class BackendHTTPConnection(Protocol):
     def headersComplete(self, head: ResponseHead) -> None:
         user = self.user
         if user is not None:
-            user.responseHeadReceived(head)
+            user.responseHeadReceived(head, None)
 
     def bodyData(self, data: bytes) -> None:
         user = self.user
@@ -416,14 +418,18 @@ class BackendHTTPConnection(Protocol):
 
 class BackendProtocolFactory(Factory):
     """
-    Builds L{BackendHTTPConnection}s for the connector.
+    Builds L{BackendHTTPConnection}s for the connector, sharing
+    C{responseHeads} (a L{HeadCache}, or L{None}).
     """
 
     noisy = False
     protocol = BackendHTTPConnection
 
+    def __init__(self, responseHeads: HeadCache | None = None) -> None:
+        self.responseHeads = responseHeads
+
     def buildProtocol(self, addr) -> BackendHTTPConnection:
-        return BackendHTTPConnection()
+        return BackendHTTPConnection(self.responseHeads)
 
 
 class IdleConnections:
@@ -536,6 +542,8 @@ class BackendPool:
     @ivar pool: the L{lbproxy.core.pool.Pool}.
     @ivar connector: places new connections (retries, redispatch).
     @ivar factory: builds the protocol of each new connection.
+    @ivar responseHeads: the L{HeadCache} of the servers' response heads,
+        which the connections' parsers share.
     @ivar sendProxy: the PROXY protocol version written at the start of
         each new connection (C{"none"}, C{"v1"}, C{"v2"}).
     @ivar reuse: whether idle connections are kept (C{reuseMaxIdle} > 0 and
@@ -555,7 +563,8 @@ class BackendPool:
         self.pool = pool
         self._reactor = reactor
         self.connector = BackendConnector(pool, reactor)
-        self.factory = BackendProtocolFactory()
+        self.responseHeads = HeadCache()
+        self.factory = BackendProtocolFactory(self.responseHeads)
         options = pool.options
         self.maxIdle = options.reuseMaxIdle if options is not None else 0
         self.idleTimeout = options.reuseIdleTimeout if options is not None else 0.0

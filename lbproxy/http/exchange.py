@@ -61,8 +61,8 @@ class Exchange:
         they are bounded by the pool's C{1 + retries} together, whether a
         connect failed or a fresh connection died under the request.
     @ivar headBytes: the head as sent to the backend.
-    @ivar body: a whole request body that came with the head (a simple
-        request, see L{lbproxy.http.parser.RequestParser.simpleRequest}),
+    @ivar body: the whole request body, when the request came whole in
+        one read (see L{lbproxy.http.parser.RequestParser.wholeMessage}),
         sent after the head; else C{b""} and the body streams.
     @ivar chunked: the request body is sent chunked.
     @ivar upgrade: a websocket upgrade was passed on.

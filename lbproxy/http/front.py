@@ -73,12 +73,7 @@ from lbproxy.http.paths import PathNormalizer
 from lbproxy.http.persistence import CookiePersistence
 from lbproxy.http.rewrite import RequestRewriter, retryable, stripHopByHop
 from lbproxy.http.routing import Router
-from lbproxy.http.serialize import (
-    checkedResponseHeadBytes,
-    encodeChunk,
-    lastChunk,
-    responseHeadBytes,
-)
+from lbproxy.http.serialize import HeadWriter, encodeChunk, lastChunk
 from lbproxy.core.pool import Pool
 from lbproxy.core.proxyprotocol import ProxyHeaderParser, ProxyProtocolError
 from lbproxy.core.relay import Relay, RelayResult, setNoDelay
@@ -192,7 +187,7 @@ class HTTPProxyProtocol(Protocol):
         setNoDelay(transport)
         transport.registerProducer(self, True)
         self._producing = True
-        self.parser = RequestParser(self, **factory.parserLimits)
+        self.parser = RequestParser(self, cache=factory.requestHeads, **factory.parserLimits)
         if (
             listener.acceptProxy
             and listener.tls is None
@@ -218,11 +213,11 @@ class HTTPProxyProtocol(Protocol):
                 return
         now = self._lastRead = self._seconds()
         if self.exchange is None:
-            # The common case: one whole request in one read, in the simple
-            # form the parser takes in one step.
-            simple = self.parser.simpleRequest(data)
-            if simple is not None:
-                self._simpleRequest(simple[0], simple[1], now)
+            # The common case: one whole request in one read, which the
+            # parser takes in one step (its head from the cache, mostly).
+            whole = self.parser.wholeMessage(data)
+            if whole is not None:
+                self._wholeRequest(whole[0], whole[1], now)
                 return
         if self._firstByte is None and self.exchange is None:
             self._firstByte = now
@@ -402,12 +397,13 @@ class HTTPProxyProtocol(Protocol):
             return
         self._place(exchange, head)
 
-    def _simpleRequest(self, head: RequestHead, body: bytes, now: float) -> None:
+    def _wholeRequest(self, head: RequestHead, body: bytes, now: float) -> None:
         """
-        A whole request arrived in one read, in the simple form
-        (L{RequestParser.simpleRequest}), C{body} its complete body: it is
+        A whole request arrived in one read
+        (L{RequestParser.wholeMessage}), C{body} its complete body: it is
         placed as L{headersComplete} would, and sent at once with its body.
         """
+        self.parser.pauseParsing()
         exchange = self.exchange = Exchange(
             head, self._acceptTime, self._firstByte or now, now
         )
@@ -613,9 +609,36 @@ class HTTPProxyProtocol(Protocol):
 
     # -- IBackendUser: the response -----------------------------------------
 
-    def responseHeadReceived(self, head: ResponseHead) -> None:
+    def responseHeadReceived(self, head: ResponseHead, body: bytes | None) -> None:
         exchange = self.exchange
         request = exchange.head
+        fields = head.fields
+        if body is not None and fields is not None and exchange.stickiness is None:
+            # The common case: a whole final response in one read
+            # (ResponseParser.wholeMessage), its field lines ready: head
+            # and body sent in one write.
+            now = self._lastServerRead = self._seconds()
+            exchange.response = head
+            exchange.responseTime = now
+            exchange.status = head.status
+            self._phase = _RESPONSE
+            self._phaseStart = now
+            keepAlive = exchange.keepAlive = (
+                request.keepAlive and exchange.requestComplete and not self.factory.stopping
+            )
+            if not keepAlive:
+                fields += b"Connection: close\r\n"
+            elif request.version == (1, 0):
+                fields += b"Connection: keep-alive\r\n"
+            data = self.factory.writer.checkedResponseHead(
+                head.status, head.reason, fields, head.bodyKind, head.contentLength
+            )
+            if body:
+                data += body
+            exchange.bytesOut += len(data)
+            self._writes.write(self.transport, data)
+            self._finish(exchange)
+            return
         headers = head.headers
         if head.interim:
             if request.version >= (1, 1):
@@ -633,7 +656,6 @@ class HTTPProxyProtocol(Protocol):
         self._phase = _RESPONSE
         self._phaseStart = now
         stickiness = exchange.stickiness
-        fields = head.fields
         if fields is None or stickiness is not None:
             stripHopByHop(headers, head.connection)
         kind = head.bodyKind
@@ -651,12 +673,12 @@ class HTTPProxyProtocol(Protocol):
             and not self.factory.stopping
         )
         if fields is not None and stickiness is None:
-            # A simple response: its field lines are ready, checked.
+            # Its field lines are ready.
             if not keepAlive:
                 fields += b"Connection: close\r\n"
             elif request.version == (1, 0):
                 fields += b"Connection: keep-alive\r\n"
-            data = checkedResponseHeadBytes(
+            data = self.factory.writer.checkedResponseHead(
                 head.status, head.reason, fields, kind, head.contentLength
             )
             exchange.bytesOut += len(data)
@@ -671,47 +693,18 @@ class HTTPProxyProtocol(Protocol):
                 headers, exchange.server, stickiness, secure=self.factory.secure
             )
         self._writeHead(exchange, head, kind)
-
-    def responseReceived(self, head: ResponseHead, body: bytes, complete: bool) -> None:
-        exchange = self.exchange
-        if exchange.stickiness is not None:
-            # The persistence cookie changes the fields: the general way.
-            self.responseHeadReceived(head)
-            if body and self.exchange is exchange and exchange.backend is not None:
+        if body is not None and self.exchange is exchange and exchange.backend is not None:
+            # The whole response came with its head (and writing the head
+            # did not end the exchange).
+            if body:
                 self.responseBodyReceived(body)
-            if complete and self.exchange is exchange and exchange.backend is not None:
-                self.responseCompleted()
-            return
-        # What responseHeadReceived does for a final response with a
-        # length or no body, its head and body sent in one write.
-        request = exchange.head
-        now = self._lastServerRead = self._seconds()
-        exchange.response = head
-        exchange.responseTime = now
-        exchange.status = head.status
-        self._phase = _RESPONSE
-        self._phaseStart = now
-        fields = head.fields
-        keepAlive = exchange.keepAlive = (
-            request.keepAlive and exchange.requestComplete and not self.factory.stopping
-        )
-        if not keepAlive:
-            fields += b"Connection: close\r\n"
-        elif request.version == (1, 0):
-            fields += b"Connection: keep-alive\r\n"
-        data = checkedResponseHeadBytes(
-            head.status, head.reason, fields, head.bodyKind, head.contentLength
-        )
-        if body:
-            data += body
-        exchange.bytesOut += len(data)
-        self._writes.write(self.transport, data)
-        if complete:
-            self._finish(exchange)
+            self.responseCompleted()
 
     def _writeHead(self, exchange: Exchange, head: ResponseHead, kind: BodyKind) -> None:
         try:
-            data = responseHeadBytes(head.status, head.reason, head.headers, kind, head.contentLength)
+            data = self.factory.writer.responseHead(
+                head.status, head.reason, head.headers, kind, head.contentLength
+            )
         except ValueError:
             exchange.response = None
             exchange.status = -1
@@ -1070,7 +1063,8 @@ class HTTPProxyFactory(HTTPListenerFactory):
         self._reactor = reactor
         self.router = Router(listener, pools)
         self.paths = PathNormalizer(listener.paths) if listener.paths.normalize else None
-        self.rewriter = RequestRewriter(listener)
+        self.writer = HeadWriter()
+        self.rewriter = RequestRewriter(listener, writer=self.writer)
         self.secure = self.rewriter.proto == "https"
         self._routes: dict[Pool, PoolRoute] = {}
         self.privateBackends: list[BackendPool] = []

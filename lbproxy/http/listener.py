@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet.protocol import ServerFactory
 
 from lbproxy.http.accesslog import AccessLog
+from lbproxy.http.headcache import HeadCache
 
 
 def requestParserLimits(limits) -> dict:
@@ -31,6 +32,7 @@ class HTTPListenerFactory(ServerFactory):
 
     @ivar listener: the L{lbproxy.config.ListenerConfig}.
     @ivar parserLimits: keyword arguments of the connections' parsers.
+    @ivar requestHeads: the L{HeadCache} the connections' parsers share.
     @ivar accessLog: the listener's L{AccessLog}.
     @ivar logAll: whether every request is logged (log_requests = "all"),
         or only errors and abnormal ends.
@@ -46,6 +48,7 @@ class HTTPListenerFactory(ServerFactory):
         self.listener = listener
         self._reactor = reactor
         self.parserLimits = requestParserLimits(listener.limits)
+        self.requestHeads = HeadCache()
         self.accessLog = AccessLog(listener.accessLog, reactor)
         self.logAll = listener.logRequests == "all"
         self.sessions = set()

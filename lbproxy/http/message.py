@@ -50,6 +50,13 @@ HOP_BY_HOP = frozenset(
 #: an HTTP/1.1 request without Host is invalid at the backend.
 _PROTECTED = frozenset({b"host"})
 
+#: One header field as L{Headers} keeps it: C{(lowercased name, name,
+#: value)}, the value without surrounding whitespace. A plain tuple rather
+#: than a named one: every pass over the fields unpacks it, and CPython
+#: unpacks only exact tuples without its generic (about three times
+#: slower) path.
+FieldEntry = tuple[bytes, bytes, bytes]
+
 
 class Headers:
     """
@@ -236,11 +243,12 @@ class RequestHead:
     @ivar rawTarget: the target as the client sent it, when the listener's
         path normalisation (L{lbproxy.http.paths}) changed L{target};
         L{None} otherwise.
-    @ivar checked: every field was found in the simple form (see
-        L{lbproxy.http.parser.RequestParser.simpleRequest}): names are
-        tokens, values visible ASCII with SP or HTAB only inside, so each
-        can be written as C{name: value} without checking it again. Only
-        the parser sets it.
+    @ivar checked: the parser built the head and its target is in origin
+        form: every field is as llhttp accepted it (a token name, a value
+        without CTLs but HTAB), and the target visible ASCII, so the head
+        can be written from its values without checking them again (see
+        L{lbproxy.http.serialize.receivedFieldLines}). Only the parser
+        sets it.
     """
 
     method: bytes
@@ -291,10 +299,10 @@ class ResponseHead:
     @ivar trailers: as for L{RequestHead.trailers}.
     @ivar connection: as for L{RequestHead.connection}.
     @ivar fields: the field lines the proxy writes for the response,
-        without the hop-by-hop and framing fields, when the parser found
-        the head in the simple form (see
-        L{lbproxy.http.parser.ResponseParser.simpleResponse}) and built
-        them from its checked values; L{None} otherwise.
+        without the hop-by-hop and framing fields (and those Connection
+        names), when the parser built the head: written from the values
+        llhttp accepted (see L{lbproxy.http.serialize.receivedFieldLines});
+        L{None} for a head made otherwise.
     """
 
     status: int

@@ -132,7 +132,7 @@ class RedirectProtocol(Protocol):
             self.transport.loseConnection()
             return
         factory.sessions.add(self)
-        self.parser = RequestParser(self, **factory.parserLimits)
+        self.parser = RequestParser(self, cache=factory.requestHeads, **factory.parserLimits)
         self._wait(factory.listener.requestTimeout)
 
     def dataReceived(self, data: bytes) -> None:

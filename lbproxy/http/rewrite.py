@@ -29,7 +29,7 @@ from __future__ import annotations
 from lbproxy.http.context import requestURI
 from lbproxy.http.forwarded import ForwardingHeaders, TrustedNetworks, parseAddress
 from lbproxy.http.message import HOP_BY_HOP, BodyKind, Headers, RequestHead
-from lbproxy.http.serialize import checkedRequestHeadBytes, fieldBlock, requestHeadBytes
+from lbproxy.http.serialize import HeadWriter, checkedRequestHeadBytes
 from lbproxy.tls.server import clientSubject
 
 #: Methods whose requests may be sent again (RFC 9110 §9.2.2).
@@ -46,11 +46,11 @@ _DROPPED = HOP_BY_HOP | _FORWARDING
 _CLOSE = (b"connection", b"Connection", b"close")
 #: What Connection cannot make the proxy drop (see L{Headers.removeHopByHop}).
 _PROTECTED = frozenset({b"host"})
-#: Hop-by-hop fields plus those a Connection field names, by the options it
-#: names; few different option sets come back again and again. Only sets of
-#: up to L{_DROP_SET_SIZE} options are kept, at most 256 of them.
-_dropSets: dict[frozenset[bytes], frozenset[bytes]] = {}
+#: The Connection option sets whose dropped fields a rewriter keeps (see
+#: L{RequestRewriter._checkedDropSet}): sets of up to L{_DROP_SET_SIZE}
+#: options, at most L{_DROP_SETS} of them.
 _DROP_SET_SIZE = 4
+_DROP_SETS = 256
 
 
 #: Addresses whose rewriting facts a rewriter keeps (see
@@ -104,8 +104,8 @@ class Peer:
         "_addedBlock",
         "_hostField",
         "_subject",
-        "_lastSimple",
-        "_lastSimpleBytes",
+        "_lastChecked",
+        "_lastCheckedBytes",
     )
 
     def __init__(self, rewriter: RequestRewriter, client, local, transport=None) -> None:
@@ -122,13 +122,13 @@ class Peer:
         # (no request arrives before it), and cannot change afterwards
         # (renegotiation is refused).
         self._subject = _UNKNOWN
-        # The proxy's fields for requests in the simple form, written once.
+        # The proxy's fields for checked requests, written once.
         self._addedBlock: bytes | None = None
-        # The last request in the simple form (what its backend head was
-        # written from) and that head: a keep-alive client tends to send
-        # the same request again.
-        self._lastSimple: tuple | None = None
-        self._lastSimpleBytes = b""
+        # The last checked request (what its backend head was written
+        # from) and that head: a keep-alive client tends to send the same
+        # request again.
+        self._lastChecked: tuple | None = None
+        self._lastCheckedBytes = b""
 
 
 class RequestRewriter:
@@ -138,16 +138,22 @@ class RequestRewriter:
     @ivar forwarding: the listener's L{ForwardingHeaders}.
     @ivar proto: C{"http"} or C{"https"}, as clients connect to the
         listener (X-Forwarded-Proto).
+    @ivar writer: the listener's L{HeadWriter}.
     """
 
-    def __init__(self, listener, proto: str | None = None) -> None:
+    def __init__(
+        self, listener, proto: str | None = None, writer: HeadWriter | None = None
+    ) -> None:
         """
         @param listener: a L{lbproxy.config.ListenerConfig}; its
             C{trustedProxies} and C{forwarded} are used.
         @param proto: the scheme clients use; by default C{"https"} for a
             listener bound with a TLS endpoint (C{ssl:}, C{tls:}), else
             C{"http"}.
+        @param writer: the L{HeadWriter} the heads are written with; by
+            default one of the rewriter's own.
         """
+        self.writer = writer if writer is not None else HeadWriter()
         if proto is None:
             proto = "https" if listenerIsTLS(listener) else "http"
         self.forwarding = ForwardingHeaders(
@@ -160,11 +166,11 @@ class RequestRewriter:
         self.subjectHeader = name.encode("ascii")
         self._subjectKey = self.subjectHeader.lower()
         self._dropped = _DROPPED | {self._subjectKey}
-        # For heads in the simple form, Content-Length too (the framing is
-        # written from the parsed length); then by the Connection options
-        # that name more fields, for the few sets that come back.
-        self._simpleDropped = self._dropped | {b"content-length"}
-        self._simpleDropSets: dict[frozenset[bytes], frozenset[bytes]] = {}
+        # For checked heads, Content-Length too (the framing is written
+        # from the parsed values); then by the Connection options that name
+        # more fields, for the few sets that come back.
+        self._checkedDropped = self._dropped | {b"content-length"}
+        self._checkedDropSets: dict[frozenset[bytes], frozenset[bytes]] = {}
         self._clients: dict[str, tuple[bool, tuple[bytes, bytes, bytes]]] = {}
         self._locals: dict[tuple[str, int | None], tuple] = {}
 
@@ -266,35 +272,28 @@ class RequestRewriter:
                 headers.add(b"Connection", b"close")
             xff = headers.get(b"x-forwarded-for")
         elif head.checked and head.authority is not None:
-            # A head in the simple form (see RequestParser.simpleRequest):
-            # its fields need no second check, the proxy's own are checked
-            # and joined once per connection. The head written last on the
-            # connection is written again for a request with the same
-            # method, target, fields and framing.
-            contentLength = head.contentLength if head.bodyKind is BodyKind.LENGTH else None
+            # A head whose values the parser found writable as they are
+            # (RequestHead.checked): its fields need no second check, the
+            # proxy's own are checked and joined once per connection. The
+            # head written last on the connection is written again for a
+            # request with the same method, target, fields and framing.
+            bodyKind = head.bodyKind
+            contentLength = head.contentLength if bodyKind is BodyKind.LENGTH else None
             connection = head.connection
             items = head.headers._items
             key = (
                 head.method,
                 head.target,
                 head.authority,
+                bodyKind,
                 contentLength,
                 closeBackend,
                 connection,
                 tuple(items),
             )
-            if key == peer._lastSimple:
-                return peer._lastSimpleBytes, False, peer._added[0][2]
-            if connection:
-                dropped = self._simpleDropSets.get(connection)
-                if dropped is None:
-                    dropped = self._simpleDropped | (connection - _PROTECTED)
-                    if len(connection) <= _DROP_SET_SIZE:
-                        if len(self._simpleDropSets) >= 256:
-                            self._simpleDropSets.clear()
-                        self._simpleDropSets[connection] = dropped
-            else:
-                dropped = self._simpleDropped
+            if key == peer._lastChecked:
+                return peer._lastCheckedBytes, False, peer._added[0][2]
+            dropped = self._checkedDropped if not connection else self._checkedDropSet(connection)
             lines = [
                 b"%s: %s\r\n" % (name, value)
                 for lowered, name, value in items
@@ -302,16 +301,18 @@ class RequestRewriter:
             ]
             added = peer._addedBlock
             if added is None:
-                added = peer._addedBlock = fieldBlock(
+                added = peer._addedBlock = self.writer.fieldBlock(
                     peer._added + [subject] if subject is not None else peer._added
                 )
             lines.append(added)
             lines.append(b"X-Forwarded-Host: %s\r\n" % (head.authority,))
             if closeBackend:
                 lines.append(b"Connection: close\r\n")
-            data = checkedRequestHeadBytes(head.method, head.target, b"".join(lines), contentLength)
-            peer._lastSimple = key
-            peer._lastSimpleBytes = data
+            data = checkedRequestHeadBytes(
+                head.method, head.target, b"".join(lines), bodyKind, contentLength
+            )
+            peer._lastChecked = key
+            peer._lastCheckedBytes = data
             return data, False, peer._added[0][2]
         else:
             # The common case in one pass: hop-by-hop and forwarding fields
@@ -345,10 +346,25 @@ class RequestRewriter:
         target = head.target if head.targetForm == "origin" else requestURI(head)
         if target is None:
             raise ValueError("no origin-form target for the request")
-        data = requestHeadBytes(
+        data = self.writer.requestHead(
             head.method, target, headers, head.bodyKind, head.contentLength
         )
         return data, websocket, xff
+
+    def _checkedDropSet(self, connection: frozenset[bytes]) -> frozenset[bytes]:
+        """
+        The fields a checked head whose Connection options are
+        C{connection} loses: hop-by-hop, forwarding, framing, and those
+        the options name; kept for the few option sets that come back.
+        """
+        dropped = self._checkedDropSets.get(connection)
+        if dropped is None:
+            dropped = self._checkedDropped | (connection - _PROTECTED)
+            if len(connection) <= _DROP_SET_SIZE:
+                if len(self._checkedDropSets) >= _DROP_SETS:
+                    self._checkedDropSets.clear()
+                self._checkedDropSets[connection] = dropped
+        return dropped
 
 
 def stripHopByHop(headers: Headers, connection: frozenset[bytes] | None = None) -> None:
@@ -368,14 +384,8 @@ def stripHopByHop(headers: Headers, connection: frozenset[bytes] | None = None) 
             if item[0] == b"connection":
                 dropped = HOP_BY_HOP | (headers.connectionTokens() - _PROTECTED)
                 break
-    elif connection:
-        dropped = _dropSets.get(connection)
-        if dropped is None:
-            dropped = HOP_BY_HOP | (connection - _PROTECTED)
-            if len(connection) <= _DROP_SET_SIZE:
-                if len(_dropSets) >= 256:
-                    _dropSets.clear()
-                _dropSets[connection] = dropped
+    elif not connection <= HOP_BY_HOP:
+        dropped = HOP_BY_HOP | (connection - _PROTECTED)
     headers._items = [item for item in items if item[0] not in dropped]
 
 
