@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from lbproxy.tcp.front import formatAddress
+from lbproxy.core.format import formatAddress
 
 #: The demo web servers, as (name, server endpoint string). demo.toml's pool
 #: names the same servers at the same addresses.

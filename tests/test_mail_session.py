@@ -399,7 +399,7 @@ class MailSessionTests(MailSessionCase):
             )
             [line] = self.sessionLines(events)
             self.assertIn(f" -> {home.qualifiedName} user=alice ", line)
-            self.assertIn(f"result=unavailable", line)
+            self.assertIn("result=unavailable", line)
             self.assertTrue(line.endswith(f"(its store {home.qualifiedName} is {state.value})"), line)
             other = next(
                 user

@@ -23,7 +23,8 @@ from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.core.proxyprotocol import buildV1, buildV2
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
-from lbproxy.tcp.front import TCPProxyFactory, TCPProxyProtocol, formatAddress, formatSeconds
+from lbproxy.core.format import formatAddress, formatSeconds
+from lbproxy.tcp.front import TCPProxyFactory, TCPProxyProtocol
 
 from test_relay import FakeTCPTransport
 

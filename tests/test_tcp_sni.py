@@ -25,7 +25,8 @@ from lbproxy.core.proxyprotocol import buildV1
 from lbproxy.selectors.keyhash import KeyHash
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 from lbproxy.service import frontFactory
-from lbproxy.tcp.front import SNIFlowContext, SNIRoutes, TCPProxyFactory
+from lbproxy.tcp.front import TCPProxyFactory
+from lbproxy.tcp.sni import SNIFlowContext, SNIRoutes
 
 from test_clienthello import handshakeMessage, pyOpenSSLHello, pythonHello, records
 from test_relay import FakeTCPTransport

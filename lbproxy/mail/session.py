@@ -70,7 +70,7 @@ from lbproxy.mail.placement import Placement
 from lbproxy.mail.sasl import Credentials
 from lbproxy.mail.throttle import FailedLogins
 from lbproxy.core.relay import Relay, RelayResult
-from lbproxy.tcp.front import formatAddress, formatSeconds
+from lbproxy.core.format import formatAddress, formatSeconds
 from lbproxy.tls.client import sslErrorText
 
 SESSION_FORMAT = (

@@ -29,6 +29,8 @@ from zope.interface import implementer
 
 from lbproxy.core.connect import BackendConnection, BackendConnector, describeFailure
 from lbproxy.core.context import FlowContext
+from lbproxy.core.format import formatAddress, formatSeconds
+from lbproxy.tcp.sni import SNIFlowContext, SNIRoutes
 from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
 from lbproxy.core.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
 from lbproxy.core.relay import Relay, RelayResult
@@ -39,91 +41,6 @@ SESSION_FORMAT = (
     "tcp {client} {listener} -> {server}{sniField} in={bytesIn} out={bytesOut} "
     "connect={connect}{queueField} duration={duration} end={end}{details}"
 )
-
-
-class SNIFlowContext(FlowContext):
-    """
-    Selection context of a connection of a listener with SNI routes: also
-    provides key C{"sni"}, the server name of its ClientHello (None
-    without one, and the flow is then placed as a hashing selector places
-    flows without a key).
-    """
-
-    def __init__(self, client: IAddress, local: IAddress, sni: str | None) -> None:
-        super().__init__(client, local)
-        self.sni = sni
-
-    def key(self, spec: str) -> bytes | None:
-        if spec == "sni":
-            return None if self.sni is None else self.sni.encode("ascii")
-        return super().key(spec)
-
-
-class SNIRoutes:
-    """
-    The SNI routes of a TCP listener: server name to pool.
-
-    An exact name wins; then the most specific C{*.example.com} wildcard
-    whose suffix ends the name (any depth below it, not C{example.com}
-    itself); among routes naming the same name, the first.
-    """
-
-    def __init__(self, routes, pools: dict) -> None:
-        self.exact: dict[str, object] = {}
-        self.wildcards: dict[str, object] = {}
-        for route in routes:
-            pool = pools[route.pool]
-            for name in route.sni:
-                if name.startswith("*."):
-                    self.wildcards.setdefault(name[1:], pool)
-                else:
-                    self.exact.setdefault(name, pool)
-
-    def __bool__(self) -> bool:
-        return bool(self.exact or self.wildcards)
-
-    def poolFor(self, name: str):
-        """
-        The pool routed to for server name C{name} (lower case), or None.
-        """
-        pool = self.exact.get(name)
-        if pool is not None or not self.wildcards:
-            return pool
-        dot = name.find(".")
-        while dot >= 0:
-            pool = self.wildcards.get(name[dot:])
-            if pool is not None:
-                return pool
-            dot = name.find(".", dot + 1)
-        return None
-
-
-def formatAddress(address: IAddress) -> str:
-    """
-    C{host:port}, C{[v6host]:port}, or the text of a non-IP address.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None or port is None:
-        name = getattr(address, "name", None)
-        if isinstance(name, bytes):
-            return name.decode("utf-8", "replace")
-        return str(name or address)
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
-
-
-def formatSeconds(seconds: float | None) -> str:
-    """
-    A duration for a log line: milliseconds below a second, else seconds;
-    C{-} for none.
-    """
-    if seconds is None:
-        return "-"
-    if seconds < 1.0:
-        return f"{seconds * 1000:.1f}ms"
-    return f"{seconds:.3f}s"
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)

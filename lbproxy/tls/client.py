@@ -54,7 +54,7 @@ from zope.interface import implementer
 
 from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.errors import ConfigError, TLSHandshakeFailed
-from lbproxy.health.checks import endpointArguments
+from lbproxy.core.endpoints import endpointArguments
 
 _VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 
