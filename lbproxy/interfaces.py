@@ -128,3 +128,17 @@ class IHealthCheck(Interface):
             probe could not be made for lbproxy's own limits, which counts
             neither way.
         """
+
+
+class IProxiedAddresses(Interface):
+    """
+    A protocol that can be told, before C{makeConnection}, that its
+    connection's client and local addresses are not the TCP peer's and
+    host's: a trusted proxy's PROXY header named them.
+    """
+
+    def proxiedAddresses(client, local):
+        """
+        The connection about to be made comes from C{client} to C{local}
+        (both L{twisted.internet.interfaces.IAddress}).
+        """

@@ -22,12 +22,12 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.core.acceptproxy import (
     AcceptProxyFactory,
-    IProxiedAddresses,
     ProxyHeaderReader,
     readsProxyHeaderItself,
 )
 from lbproxy.config import ListenerConfig, MailListenerConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
+from lbproxy.interfaces import IProxiedAddresses
 from lbproxy.http.redirect import RedirectFactory
 from lbproxy.mail.imap import IMAPProxyFactory
 from lbproxy.core.proxyprotocol import buildV1, buildV2

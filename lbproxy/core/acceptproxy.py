@@ -22,26 +22,12 @@ connection with one log line; the front never sees it.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface
 
+from lbproxy.interfaces import IProxiedAddresses
 from lbproxy.core.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
-
-
-class IProxiedAddresses(Interface):
-    """
-    A protocol that can be told, before C{makeConnection}, that its
-    connection's client and local addresses are not the TCP peer's and
-    host's: a trusted proxy's PROXY header named them.
-    """
-
-    def proxiedAddresses(client: IAddress, local: IAddress) -> None:
-        """
-        The connection about to be made comes from C{client} to C{local}.
-        """
 
 
 class ProxyHeaderReader(Protocol):

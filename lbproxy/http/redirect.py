@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.core.acceptproxy import IProxiedAddresses
+from lbproxy.interfaces import IProxiedAddresses
 from lbproxy.http.context import requestURI
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange

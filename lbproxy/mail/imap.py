@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import re
 
+from zope.interface import implementer
+
 from lbproxy.mail.arguments import hasControl
+from lbproxy.mail.interfaces import IMailDialogHooks, IMailFrontHooks
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
 from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory
 
@@ -231,6 +234,7 @@ def clientIDParams(pairs: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes,
     return kept
 
 
+@implementer(IMailFrontHooks)
 class IMAPFront(MailFrontProtocol):
     """
     The client side of an IMAP session before login.
@@ -447,6 +451,7 @@ _SETUP = "setup"
 _LOGIN = "login"
 
 
+@implementer(IMailDialogHooks)
 class IMAPDialog(BackendDialog):
     """
     The server side of an IMAP login: greeting, optional STARTTLS,

@@ -8,40 +8,9 @@ L{BackendDialog} (the server side before relaying), and serves a listener
 with a L{MailProxyFactory} subclass naming both. The base classes do the
 protocol-independent work; the subclasses parse and answer commands.
 
-The client side, L{MailFrontProtocol}, calls these hooks of its subclass:
-
-  - C{greet()}: the connection is accepted; write the greeting.
-  - C{lineReceived(line)}: one pre-login line, CRLF (or LF) removed. Lines
-    are delivered one at a time, and none while a login is in progress
-    (the rest stays buffered: pipelined commands are answered, or relayed
-    after a successful login, in order).
-  - C{lineTooLong()}: a line exceeded C{limits.line}; write the protocol's
-    error. The base class closes the connection afterwards.
-  - C{loginTimedOut()}: C{timeouts.login} passed; write a goodbye. The
-    base class closes afterwards.
-  - C{makeDialog(credentials)}: a new L{BackendDialog} for one backend
-    connection attempt of the login being placed.
-  - C{loginUnavailable(detail)}: no server could take the login; write
-    the protocol's temporary-failure answer (IMAP C{NO [UNAVAILABLE]},
-    POP3 C{-ERR [SYS/TEMP]}).
-  - C{tooManyFailures()}: the connection reached C{auth.max_failures};
-    write a goodbye if the protocol has one. The base class closes.
-  - C{failedLoginReply()}: the answer to a login refused by lbproxy
-    itself (IMAP C{NO [AUTHENTICATIONFAILED]}, POP3 C{-ERR [AUTH]}),
-    sent after the failure delay like a store's refusal.
-  - C{tlsStarted()} (optional): STARTTLS/STLS switched the connection to
-    TLS; forget whatever the plaintext session established.
-
-and offers these to it: L{send}, L{readBytes}, L{startTLS}, L{login},
-L{rejectLogin}, L{close}, and the policy properties L{tlsActive},
-L{loginAllowed} and L{startTLSOffered}.
-
-The server side, L{BackendDialog}, calls C{start()} of its subclass once
-the backend connection is placed (after any PROXY header was sent) and
-C{lineReceived(line)} for each line the server sends; the subclass ends
-the dialog with L{BackendDialog.accept}, L{BackendDialog.refuse} or
-L{BackendDialog.fail}, and may call L{BackendDialog.startTLS} after the
-server's STARTTLS/STLS go-ahead.
+The hooks a subclass implements are declared by
+L{lbproxy.mail.interfaces.IMailFrontHooks} (the client side) and
+L{lbproxy.mail.interfaces.IMailDialogHooks} (the server side).
 """
 
 from __future__ import annotations
@@ -57,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.core.acceptproxy import IProxiedAddresses
+from lbproxy.interfaces import IProxiedAddresses
 from lbproxy.config.mail import normaliseUser
 from lbproxy.core.connect import BackendConnection, BackendConnector
 from lbproxy.errors import ConnectFailed, NoServerAvailable

@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.core.acceptproxy import IProxiedAddresses
+from lbproxy.interfaces import IProxiedAddresses
 
 # Largest plaintext of one TLS record.
 _RECORD = 16384
