@@ -21,15 +21,16 @@ from __future__ import annotations
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from lbproxy.core.acceptproxy import AcceptProxyFactory, readsProxyHeaderItself
 from lbproxy.config import Config, ListenerConfig
+from lbproxy.core.acceptproxy import AcceptProxyFactory
+from lbproxy.core.model import Balancer
+from lbproxy.core.pool import Pool
 from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.listening import ListenerService
+from lbproxy.modes import findMode
 from lbproxy.openfiles import OpenFileLimit
-from lbproxy.core.pool import Pool
-from lbproxy.core.model import Balancer
-from lbproxy.tls.server import HANDSHAKE_TIMEOUT, ServerTLS, wrapFactory
+from lbproxy.tls.server import ServerTLS, wrapFactory
 
 
 def loadListenerTLS(config: Config) -> dict[str, ServerTLS]:
@@ -50,7 +51,8 @@ def loadListenerTLS(config: Config) -> dict[str, ServerTLS]:
 
 def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor, serverTLS: ServerTLS | None = None):
     """
-    The protocol factory serving one listener, by its mode.
+    The protocol factory serving one listener, built by the front of its
+    mode (L{lbproxy.modes}).
 
     @param pools: every live pool by name: an HTTP listener's routes may
         send requests to pools other than its own.
@@ -58,27 +60,7 @@ def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor, serv
         C{[tls]}: for fronts that start TLS themselves (STARTTLS); implicit
         TLS is added around the returned factory by the caller.
     """
-    if listener.mode == "tcp":
-        from lbproxy.tcp.front import TCPProxyFactory
-
-        return TCPProxyFactory(listener, pools[listener.pool], reactor=reactor, pools=pools)
-    if listener.mode == "http" and listener.redirectHttps is not None:
-        from lbproxy.http.redirect import RedirectFactory
-
-        return RedirectFactory(listener, reactor)
-    if listener.mode == "http":
-        from lbproxy.http.front import HTTPProxyFactory
-
-        return HTTPProxyFactory(listener, pools, reactor)
-    if listener.mode == "imap":
-        from lbproxy.mail.imap import IMAPProxyFactory
-
-        return IMAPProxyFactory(listener, pools, reactor, serverTLS)
-    if listener.mode == "pop3":
-        from lbproxy.mail.pop3 import POP3ProxyFactory
-
-        return POP3ProxyFactory(listener, pools, reactor, serverTLS)
-    raise ValueError(f"unknown listener mode {listener.mode!r}")
+    return findMode(listener.mode).buildFactory(listener, pools, reactor, serverTLS)
 
 
 def wrapFront(listener: ListenerConfig, front, reactor, serverTLS: ServerTLS | None = None):
@@ -88,13 +70,11 @@ def wrapFront(listener: ListenerConfig, front, reactor, serverTLS: ServerTLS | N
     whose front does not read the PROXY header itself, inside an
     L{AcceptProxyFactory}, so the header is read before the handshake.
     """
+    mode = findMode(listener.mode)
     factory = front
     if listener.tls is not None and not listener.tls.starttls:
-        # An HTTP client has its request timeout for the handshake and the
-        # request head together.
-        handshake = listener.requestTimeout if listener.mode == "http" else HANDSHAKE_TIMEOUT
-        factory = wrapFactory(serverTLS, factory, reactor, handshake)
-    if listener.acceptProxy and not readsProxyHeaderItself(listener):
+        factory = wrapFactory(serverTLS, factory, reactor, mode.handshakeTimeout(listener))
+    if listener.acceptProxy and not mode.readsProxyHeader(listener):
         factory = AcceptProxyFactory(factory, listener, reactor)
     return factory
 

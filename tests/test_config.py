@@ -15,10 +15,10 @@ import pytest
 from zope.interface import implementer
 
 from lbproxy import config as configModule
+from lbproxy.tcp.config import TCPListenerConfig
 from lbproxy.config import (
     Config,
     HealthConfig,
-    ListenerConfig,
     PoolConfig,
     ServerConfig,
     loadBytes,
@@ -484,7 +484,7 @@ def test_minimalDefaults():
     assert config == Config(
         source="lb.toml",
         listeners={
-            "web": ListenerConfig(
+            "web": TCPListenerConfig(
                 name="web",
                 bind="tcp:8080:interface=127.0.0.1",
                 pool="web",
@@ -564,7 +564,7 @@ host = "www.example.com"
 expect_status = [204, "300-302"]
 """
     config = loadBytes(text.encode(), "lb.toml")
-    assert config.listeners["front"] == ListenerConfig(
+    assert config.listeners["front"] == TCPListenerConfig(
         name="front",
         bind="tcp6:port=8443:interface=\\:\\:1",
         pool="back",

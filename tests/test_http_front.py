@@ -22,11 +22,9 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.config import (
     CookieConfig,
-    HTTPLimits,
-    ListenerConfig,
     PoolConfig,
-    RouteConfig,
 )
+from lbproxy.http.config import HTTPLimits, HTTPListenerConfig, RouteConfig
 from lbproxy.http.backend import BackendHTTPConnection, IBackendUser
 from lbproxy.http.front import HTTPProxyFactory, HTTPProxyProtocol
 from lbproxy.http.interfaces import IHTTPMessageReceiver
@@ -45,12 +43,12 @@ HOST = IPv4Address("TCP", "198.51.100.1", 8080)
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-def makeListener(**kwargs) -> ListenerConfig:
+def makeListener(**kwargs) -> HTTPListenerConfig:
     kwargs.setdefault("name", "web")
     kwargs.setdefault("bind", "tcp:8080")
     kwargs.setdefault("pool", "web")
     kwargs.setdefault("mode", "http")
-    return ListenerConfig(**kwargs)
+    return HTTPListenerConfig(**kwargs)
 
 
 def makePool(name="web", count=2, basePort=8001, selector=None, servers=None, **options) -> Pool:

@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from memoryconnections import acceptClient, completeAttempt, refuseAttempt
-from lbproxy.config import ListenerConfig, PoolConfig
-from lbproxy.config.mail import MailLimits, MailListenerConfig
+from lbproxy.config import PoolConfig
+from lbproxy.mail.config import MailLimits, MailListenerConfig
 from lbproxy.config.tls import BackendTLSConfig, CertificateConfig, ListenerTLSConfig
 from lbproxy.interfaces import ISelectionContext
 from lbproxy.mail.context import MailFlowContext
@@ -144,15 +144,10 @@ class FakeBackendTLS:
 
 
 def makeListener(mail=None, tls=None, **kwargs):
-    return ListenerConfig(
-        name="toy",
-        bind="tcp:143",
-        pool="store",
-        mode="imap",
-        tls=tls,
-        mail=mail or MailListenerConfig(authFailureDelay=2.0, loginTimeout=60.0),
-        **kwargs,
-    )
+    """
+    An IMAP listener of pool "store"; C{mail} holds its mail settings.
+    """
+    return MailListenerConfig(name="toy", bind="tcp:143", pool="store", mode="imap", tls=tls, **(mail or {}), **kwargs)
 
 
 def makePool(name="store", count=2, retries=2, selector=None, **options):
@@ -215,7 +210,7 @@ class MailSessionTests(MailSessionCase):
         A line over limits.line, even without its LF yet, gets the
         protocol error and the connection is closed.
         """
-        mail = MailListenerConfig(limits=MailLimits(line=512))
+        mail = dict(limits=MailLimits(line=512))
         self.makeFactory(makeListener(mail))
         front, client = self.accept()
         front.dataReceived(b"x" * 510 + b"\r\n")
@@ -276,7 +271,7 @@ class MailSessionTests(MailSessionCase):
         The normalised user is the selector's "user" key, and user_pools
         sends listed users to their own pool.
         """
-        mail = MailListenerConfig(userDomain="example.com", userPools=(("bob@example.com", "other"),))
+        mail = dict(userDomain="example.com", userPools=(("bob@example.com", "other"),))
         pools = {
             "store": makePool(selector=KeyHash(key="user")),
             "other": makePool("other", count=1),
@@ -299,7 +294,7 @@ class MailSessionTests(MailSessionCase):
         A refused login is answered after the failure delay, pipelined
         commands wait for it, and the cap closes the connection.
         """
-        mail = MailListenerConfig(authFailureDelay=2.0, maxAuthFailures=2)
+        mail = dict(authFailureDelay=2.0, maxAuthFailures=2)
         self.makeFactory(makeListener(mail))
         front, client = self.accept()
         front.dataReceived(b"LOGIN alice wrong\r\nNOOP\r\n")
@@ -508,7 +503,7 @@ class MailSessionTests(MailSessionCase):
         self.assertEqual(self.factory.sessions, set())
 
     def test_tlsRequired(self):
-        mail = MailListenerConfig(tlsRequired=True)
+        mail = dict(tlsRequired=True)
         self.makeFactory(makeListener(mail, tls=STARTTLS), serverTLS=FakeServerTLS())
         front, client = self.accept()
         self.assertFalse(front.loginAllowed)

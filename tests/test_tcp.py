@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from memoryconnections import acceptClient, completeAttempt, refuseAttempt
-from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config import PoolConfig
+from lbproxy.tcp.config import TCPListenerConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.core.proxyprotocol import buildV1, buildV2
@@ -37,7 +38,7 @@ def makeListener(**kwargs):
     kwargs.setdefault("name", "web")
     kwargs.setdefault("bind", "tcp:8080")
     kwargs.setdefault("pool", "web")
-    return ListenerConfig(**kwargs)
+    return TCPListenerConfig(**kwargs)
 
 
 def makePool(count=2, sendProxy="none", retries=2, maxconn=0, queueTimeout=5.0):

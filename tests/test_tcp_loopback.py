@@ -19,7 +19,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config import PoolConfig
+from lbproxy.tcp.config import TCPListenerConfig
 from lbproxy.core.pool import Pool, Server
 from lbproxy.core.proxyprotocol import ProxyHeaderParser
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
@@ -192,7 +193,7 @@ class LoopbackTests(TestCase):
             name="pool", servers=(), retries=retries, connectTimeout=2.0, sendProxy=sendProxy
         )
         self.pool = Pool("pool", servers, SmoothWeightedRoundRobin(), options)
-        listener = ListenerConfig(
+        listener = TCPListenerConfig(
             name="front",
             bind="tcp:0:interface=127.0.0.1",
             pool="pool",

@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from memoryconnections import acceptClient, completeAttempt
-from lbproxy.config import ListenerConfig, PoolConfig, RouteConfig
+from lbproxy.config import PoolConfig
+from lbproxy.tcp.config import SNIRouteConfig, TCPListenerConfig
 from lbproxy.interfaces import ISelectionContext
 from lbproxy.core.pool import Pool, Server
 from lbproxy.core.proxyprotocol import buildV1
@@ -43,20 +44,20 @@ def makePool(name: str) -> Pool:
     return Pool(name, [server], SmoothWeightedRoundRobin(), PoolConfig(name=name, servers=()))
 
 
-def makeListener(**kwargs) -> ListenerConfig:
+def makeListener(**kwargs) -> TCPListenerConfig:
     kwargs.setdefault("name", "front")
     kwargs.setdefault("bind", "tcp:443")
     kwargs.setdefault("pool", "default")
     kwargs.setdefault(
         "routes",
         (
-            RouteConfig(pool="api", sni=("api.example.test", "api2.example.test")),
-            RouteConfig(pool="wild", sni=("*.example.test",)),
-            RouteConfig(pool="deep", sni=("*.eu.example.test",)),
-            RouteConfig(pool="default", sni=("api.example.test",)),
+            SNIRouteConfig(pool="api", sni=("api.example.test", "api2.example.test")),
+            SNIRouteConfig(pool="wild", sni=("*.example.test",)),
+            SNIRouteConfig(pool="deep", sni=("*.eu.example.test",)),
+            SNIRouteConfig(pool="default", sni=("api.example.test",)),
         ),
     )
-    return ListenerConfig(**kwargs)
+    return TCPListenerConfig(**kwargs)
 
 
 class SNIRoutesTests(SynchronousTestCase):

@@ -164,16 +164,3 @@ class AcceptProxyFactory(ServerFactory):
         if wrapped is None or not self.listener.trustsProxyFrom(getattr(addr, "host", "")):
             return wrapped
         return ProxyHeaderReader(self, wrapped)
-
-
-def readsProxyHeaderItself(listener) -> bool:
-    """
-    Whether C{listener}'s front reads a PROXY header as its first bytes
-    (plain TCP and HTTP proxying); every other listener with
-    C{accept_proxy} needs an L{AcceptProxyFactory}.
-    """
-    return (
-        listener.tls is None
-        and listener.mode in ("tcp", "http")
-        and listener.redirectHttps is None
-    )

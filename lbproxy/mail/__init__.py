@@ -9,7 +9,7 @@ A mail session flows in four steps:
      CVE-2011-0411 rule (nothing pipelined after STARTTLS) and
      backpressure on the replies apply here.
   2. B{Placement}: the user name, normalised
-     (L{lbproxy.config.mail.normaliseUser}), picks the pool (the listener's
+     (L{lbproxy.mail.config.normaliseUser}), picks the pool (the listener's
      C{user_pools}, else its pool) and is the selector's C{"user"} key
      (L{lbproxy.mail.context.MailFlowContext}), so every session of one
      user reaches the same server: the store holding its mailbox, or

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 
-from lbproxy.config.mail import STORES_REPLICAS
+from lbproxy.config import STORES_REPLICAS
 from lbproxy.core.connect import BackendConnector
 from lbproxy.errors import ConnectFailed
 from lbproxy.mail.context import MailFlowContext

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.interfaces import IProxiedAddresses
-from lbproxy.config.mail import normaliseUser
+from lbproxy.mail.config import normaliseUser
 from lbproxy.core.connect import BackendConnection, BackendConnector
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.mail.arguments import asText, loginRefusal
@@ -352,8 +352,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self._reactor = reactor
         listener = factory.listener
         self.listener = listener
-        self.mail = listener.mail
-        self.maxLine = self.mail.limits.line
+        self.maxLine = listener.limits.line
         self.client: IAddress | None = None
         self.local: IAddress | None = None
         self._proxied: tuple[IAddress, IAddress] | None = None
@@ -395,7 +394,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         """
         Credentials may be sent now: TLS is not required, or active.
         """
-        return self.tlsActive or not self.mail.tlsRequired
+        return self.tlsActive or not self.listener.tlsRequired
 
     @property
     def startTLSOffered(self) -> bool:
@@ -440,7 +439,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
             return
         factory.sessions.add(self)
         self._replies.register(transport)
-        self._loginTimer = self._reactor.callLater(self.mail.loginTimeout, self._loginTimedOut)
+        self._loginTimer = self._reactor.callLater(self.listener.loginTimeout, self._loginTimedOut)
         self.greet()
 
     def dataReceived(self, data: bytes) -> None:
@@ -557,17 +556,17 @@ class MailFrontProtocol(Protocol, LineBuffer):
         No line is delivered meanwhile. Credentials no store may see
         (L{loginRefusal}) are refused as a failed login.
         """
-        self.user = user = normaliseUser(asText(credentials.user), self.mail.userDomain)
+        self.user = user = normaliseUser(asText(credentials.user), self.listener.userDomain)
         failedLogins = self.factory.failedLogins
         if failedLogins is not None and failedLogins.refused(self.client, self.protocolName):
             self.rejectLogin(self.failedLoginReply(), counted=False)
             return
-        refusal = loginRefusal(credentials, self.mail.limits.user)
+        refusal = loginRefusal(credentials, self.listener.limits.user)
         if refusal is not None:
             self._warnLogin("refused before any store", refusal)
             self.rejectLogin(self.failedLoginReply())
             return
-        poolName = self.mail.poolFor(user, self.listener.pool)
+        poolName = self.listener.poolFor(user)
         pool = self.factory.pools[poolName]
         self.state = _PLACING
         self._holding = True
@@ -609,7 +608,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self._holding = True
         self.transport.pauseProducing()
         self._delayTimer = self._reactor.callLater(
-            self.mail.authFailureDelay, self._delayOver, reply
+            self.listener.authFailureDelay, self._delayOver, reply
         )
 
     # Placement.
@@ -712,7 +711,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if self.state != _DELAYING:
             return
         self.send(reply)
-        if self.failures >= self.mail.maxAuthFailures:
+        if self.failures >= self.listener.maxAuthFailures:
             self.tooManyFailures()
             self.close("too-many-failures", f"{self.failures} failed logins")
             return
@@ -783,7 +782,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if self.state in (_RELAYING, _CLOSED):
             return
         self.loginTimedOut()
-        self.close("login-timeout", f"no login within {self.mail.loginTimeout:g}s")
+        self.close("login-timeout", f"no login within {self.listener.loginTimeout:g}s")
 
     def _lineOverflow(self) -> None:
         self.lineTooLong()
@@ -887,7 +886,7 @@ class MailProxyFactory(ServerFactory):
         self.connectors: dict[str, BackendConnector] = {}
         self.sessions: set[MailFrontProtocol] = set()
         self.rejected = 0
-        limit = listener.mail.addressLimit
+        limit = listener.addressLimit
         self.failedLogins = FailedLogins(limit, reactor, listener.name) if limit.maxFailures else None
 
     def __repr__(self) -> str:
