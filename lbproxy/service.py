@@ -13,14 +13,16 @@ C{accept_proxy}, a listener whose front does not read the PROXY header
 itself gets an L{lbproxy.acceptproxy.AcceptProxyFactory} outermost, so
 the header is read before the handshake.
 
-Later packages (admin, ha) add their services beside these.
+Later packages (admin, ha) add their services beside these: with
+C{[ha]}, the heartbeat (L{lbproxy.ha.service.HAService}) is the C{ha}
+child, added last.
 """
 
 from __future__ import annotations
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from lbproxy.acceptproxy import AcceptProxyFactory, readsProxyHeaderItself
@@ -29,6 +31,7 @@ from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.pool import Pool
 from lbproxy.runtime import Balancer
+from lbproxy.sockets import serverEndpoint
 from lbproxy.tls.server import HANDSHAKE_TIMEOUT, ServerTLS, wrapFactory
 
 
@@ -135,7 +138,7 @@ class BalancerService(MultiService):
             if pool.options.health is not None:
                 HealthMonitor(pool, reactor=reactor).setServiceParent(health)
         for listener in config.listeners.values():
-            endpoint = serverFromString(reactor, listener.bind)
+            endpoint = serverEndpoint(reactor, listener.bind, listener.freebind)
             serverTLS = self.serverTLS.get(listener.name)
             front = frontFactory(listener, self.balancer.pools, reactor, serverTLS)
             factory = wrapFront(listener, front, reactor, serverTLS)
@@ -146,6 +149,27 @@ class BalancerService(MultiService):
             service._raiseSynchronously = True
             service.setName(f"listener:{listener.name}")
             service.setServiceParent(self)
+
+    def stopService(self):
+        """
+        Stop the children, the last added first, as a C{MultiService}
+        does; but the children whose C{stopsFirst} is true (the HA
+        heartbeat, which hands the virtual addresses over while the
+        listeners still serve) are stopped, and waited for, before the
+        others are asked to.
+        """
+        first = [s for s in self if getattr(s, "stopsFirst", False) and s.running]
+        if not first:
+            return super().stopService()
+        Service.stopService(self)
+
+        def rest(_):
+            return DeferredList(
+                [maybeDeferred(s.stopService) for s in reversed(list(self)) if s not in first]
+            )
+
+        stopped = DeferredList([maybeDeferred(s.stopService) for s in first])
+        return stopped.addCallback(rest).addCallback(lambda _: None)
 
     def reloadTLS(self) -> dict[str, str | None]:
         """

@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from lbproxy.config import Config, loadBytes, loadFile
-from lbproxy.errors import ConfigError
+from lbproxy.errors import CannotStart, ConfigError
 
 #: How the built-in demo configuration is named in messages.
 DEMO_SOURCE = "demo.toml (built in)"
@@ -144,8 +144,9 @@ class ReloadOnHangup(Service):
 class _BriefListenErrors:
     """
     An C{excepthook} that reports an uncaught L{CannotListenError} (a
-    listener's port is taken or not permitted) as one line on stderr and in
-    the log, and hands every other exception to the previous hook.
+    listener's port is taken or not permitted) or L{CannotStart} (the HA
+    heartbeat lacks a privilege or its interface) as one line on stderr
+    and in the log, and hands every other exception to the previous hook.
     """
 
     log = Logger()
@@ -155,7 +156,7 @@ class _BriefListenErrors:
         self.stderr = stderr
 
     def __call__(self, kind, value, traceback) -> None:
-        if not isinstance(value, CannotListenError):
+        if not isinstance(value, (CannotListenError, CannotStart)):
             self.previous(kind, value, traceback)
             return
         self.log.critical("cannot start: {error}", error=value)
@@ -178,6 +179,10 @@ def makeService(options: Options):
     from lbproxy.service import BalancerService
 
     service = BalancerService(options.config, reactor, options.serverTLS, options.balancer)
+    if options.config.ha is not None:
+        from lbproxy.ha.service import attach
+
+        attach(service, options.config.ha, reactor)
     reload = ReloadOnHangup(service, reactor)
     reload.setName("reload-on-hangup")
     reload.setServiceParent(service)

@@ -22,6 +22,7 @@ from lbproxy.context import KEYS, keySupported
 from lbproxy.errors import ConfigError, OptionError
 from lbproxy.http.syntax import isFieldValue
 from lbproxy.selectors import findSelector, selectorNames
+from lbproxy.sockets import tcpBind
 from lbproxy.config.mail import (
     CLIENT_ADDRESS,
     MAIL_IDLE_TIMEOUT,
@@ -29,6 +30,7 @@ from lbproxy.config.mail import (
     MailListenerConfig,
     parseMailListener,
 )
+from lbproxy.config.ha import HAConfig, parseHA
 from lbproxy.config.table import Table, oneOf, show
 from lbproxy.config.tls import (
     BackendTLSConfig,
@@ -214,6 +216,9 @@ class ListenerConfig:
     helloTimeout: float = 5.0
     #: IMAP and POP3 listeners only.
     mail: MailListenerConfig | None = None
+    #: Listen with IP_FREEBIND (L{lbproxy.sockets}): on by default for a
+    #: listener bound to a virtual address of C{[ha]}.
+    freebind: bool = False
 
     def poolsUsed(self) -> set[str]:
         """
@@ -244,6 +249,8 @@ class Config:
     source: str
     listeners: dict[str, ListenerConfig]
     pools: dict[str, PoolConfig]
+    #: C{[ha]}: this node's part in an active/passive pair; None: alone.
+    ha: HAConfig | None = None
 
 
 def loadFile(path: str) -> Config:
@@ -283,17 +290,19 @@ def parse(data: dict, source: str) -> Config:
         pools[name] = _parsePool(poolsTable.table(name, required=True), name)
     if not pools:
         raise ConfigError(source, "pools", "expected at least one pool")
+    haTable = root.table("ha")
+    ha = parseHA(haTable, pools) if haTable.present else None
     listenersTable = root.table("listeners", required=True)
     listeners = {}
     for name in listenersTable.keys():
         listeners[name] = _parseListener(
-            listenersTable.table(name, required=True), name, pools
+            listenersTable.table(name, required=True), name, pools, ha
         )
     if not listeners:
         raise ConfigError(source, "listeners", "expected at least one listener")
     _checkHTTPPoolSettings(source, pools, listeners)
     root.done()
-    return Config(source=source, listeners=listeners, pools=pools)
+    return Config(source=source, listeners=listeners, pools=pools, ha=ha)
 
 
 #: Listener keys each mode takes beyond bind, pool, mode, maxconn,
@@ -317,9 +326,13 @@ def _modesTaking(key: str, table: dict) -> str:
     return " or ".join(modes)
 
 
-def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
+def _parseListener(t: Table, name: str, pools: dict, ha: HAConfig | None = None) -> ListenerConfig:
     t.checkName(name)
     bind = t.endpoint("bind", server=True, required=True)
+    tcp = tcpBind(bind)
+    freebind = t.boolean("freebind", tcp is not None and ha is not None and ha.isVirtual(tcp[1]))
+    if freebind and tcp is None:
+        t.fail("freebind", f'expected only on a "tcp:" or "tcp6:" listener, got bind = {bind!r}')
     mode = t.choice("mode", MODES, "tcp")
     for key in sorted(set().union(*_MODE_KEYS.values()) - set(_MODE_KEYS[mode])):
         if key in t.data:
@@ -356,6 +369,7 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
         acceptProxy=t.networks("accept_proxy"),
         tls=tls,
         redirectHttps=redirect,
+        freebind=freebind,
     )
     if mode in ("tcp", "http"):
         kwargs["routes"] = tuple(
