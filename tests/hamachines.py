@@ -24,7 +24,7 @@ def address(text: str):
     return ipaddress.ip_address(text)
 
 
-def advertFrom(sender: str, priority: int, interval: float = 1.0, solicit: bool = False) -> Advert:
+def advertFrom(sender: str, priority: int, interval: float = 1.0, solicit: bool = False, yielding: bool = False) -> Advert:
     return Advert(
         group=GROUP,
         priority=priority,
@@ -32,6 +32,7 @@ def advertFrom(sender: str, priority: int, interval: float = 1.0, solicit: bool 
         sequence=next(_sequences),
         sender=address(sender),
         solicit=solicit,
+        yielding=yielding,
     )
 
 
@@ -47,13 +48,16 @@ class RecordingActions:
         self.sent: list[tuple[float, int, bool, float | None]] = []
         self.roles: list[tuple[float, Role, Role, str]] = []
         self.reannounced: list[str] = []
+        self.yielded = 0
         self.link: Link | None = None
         self.machine: Heartbeat | None = None
 
-    def sendAdvert(self, priority, solicit, due):
+    def sendAdvert(self, priority, solicit, due, yielding):
         self.sent.append((self.clock.seconds(), priority, solicit, due))
+        if yielding:
+            self.yielded += 1
         if self.link is not None:
-            self.link.carry(self.machine, priority, solicit)
+            self.link.carry(self.machine, priority, solicit, yielding)
 
     def roleChanged(self, old, new, reason):
         self.roles.append((self.clock.seconds(), old, new, reason))
@@ -93,7 +97,7 @@ class Link:
         actions.link = self
         self.machines.append(heartbeat)
 
-    def carry(self, sender: Heartbeat, priority: int, solicit: bool) -> None:
+    def carry(self, sender: Heartbeat, priority: int, solicit: bool, yielding: bool = False) -> None:
         if sender in self.cut:
             return
         advert = Advert(
@@ -103,6 +107,7 @@ class Link:
             sequence=next(_sequences),
             sender=sender.settings.address,
             solicit=solicit,
+            yielding=yielding,
         )
         for other in self.machines:
             if other is not sender:

@@ -69,6 +69,12 @@ def test_roundTripIPv6SenderSolicitPriorityZero():
     assert decoded.leaving and decoded.solicit
 
 
+def test_roundTripYield():
+    original = advert(yielding=True)
+    decoded = decode(encode(original, KEY), KEY, 51)
+    assert decoded.yielding and not decoded.solicit and not decoded.fromMaster
+
+
 def test_intervalCentiseconds():
     assert intervalCentiseconds(0.1) == 10
     assert intervalCentiseconds(40.95) == 4095
@@ -127,7 +133,7 @@ def test_extraBytes():
 
 def test_signedButOutOfRange():
     body = bytearray(encode(advert(addresses=()), KEY)[:-DIGEST_SIZE])
-    for offset, value, what in ((7, 255, "priority"), (10, 0x02, "flags")):
+    for offset, value, what in ((7, 255, "priority"), (10, 0x04, "flags")):
         changed = bytearray(body)
         changed[offset] = value
         with pytest.raises(AdvertRejected) as caught:

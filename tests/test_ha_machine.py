@@ -276,6 +276,36 @@ def test_dualMasterWinnerReannounces():
     assert actions.reannounced and PEER in actions.reannounced[0]
 
 
+def test_masterSteppingDownYields():
+    """
+    A master stepping down for a better one sends one last advert flagged
+    yield, so that a winner which had not heard it learns of the dual
+    master.
+    """
+    heartbeat, actions, clock = becomeMaster(priority=100)
+    heartbeat.receive(advertFrom(PEER, 150))
+    assert actions.yielded == 1
+    assert actions.sent[-1][1:3] == (100, False)
+
+
+def test_winnerReannouncesOnAYield():
+    heartbeat, actions, clock = becomeMaster(priority=200)
+    count = len(actions.sent)
+    heartbeat.receive(advertFrom(PEER, 100, yielding=True))
+    assert heartbeat.role is Role.MASTER
+    assert actions.reannounced == [f"{PEER} stepped down as master for us"]
+    assert len(actions.sent) == count
+
+
+def test_backupIgnoresAYield():
+    heartbeat, actions, clock = machine(priority=100)
+    heartbeat.start()
+    heartbeat.receive(advertFrom(PEER, 200))
+    heartbeat.receive(advertFrom("192.0.2.13", 50, yielding=True))
+    assert heartbeat.master == address(PEER)
+    assert not heartbeat.peers[address("192.0.2.13")].master
+
+
 def test_masterHearingPriorityZeroAdvertises():
     heartbeat, actions, clock = becomeMaster(priority=100)
     count = len(actions.sent)
@@ -491,6 +521,7 @@ def test_partitionThenHeal():
     clock.pump([0.1] * 20)
     assert masters(a, b) == [a]
     assert aActions.reannounced
+    assert bActions.yielded
 
 
 def test_gracefulHandoverOnTheLink():

@@ -107,6 +107,9 @@ class HAConfig:
     channelPort: int = CHANNEL_PORT
     announceCount: int = 5
     announceInterval: float = 1.0
+    #: Seconds the kernel keeps a virtual address the master stopped
+    #: renewing (it was killed).
+    addressLifetime: int = 3
     notify: NotifyConfig = NotifyConfig()
     track: tuple[TrackConfig, ...] = ()
 
@@ -178,6 +181,7 @@ def parseHA(t: Table, pools: dict) -> HAConfig:
         channelPort=channelPort,
         announceCount=t.integer("announce_count", 1, 100, 5),
         announceInterval=t.duration("announce_interval", 1.0),
+        addressLifetime=t.integer("address_lifetime", 2, 3600, 3),
         notify=_parseNotify(t.table("notify")),
         track=_parseTrack(t, pools),
     )

@@ -10,7 +10,15 @@ netlink (pyroute2, no C{ip} command run), and announced to the link:
 
 An announcement goes out at once, then C{count - 1} more times every
 C{interval} (a host may miss one); removing the addresses stops the
-repeats. IPv6 addresses are added without duplicate address detection
+repeats.
+
+The addresses are added with a lifetime (C{lifetime} seconds, the
+kernel's own address lifetimes, for IPv4 as for IPv6) that the master
+renews every third of it. When lbproxy is killed (SIGKILL, a crash) it
+cannot remove them, but the kernel does once the lifetime runs out:
+until then that host still answers ARP and neighbour solicitations for
+them, with connection refusals, for hosts that ask it rather than the
+new master. IPv6 addresses are added without duplicate address detection
 (C{nodad}): DAD would leave them unusable ("tentative") for a second or
 more, while the peer that held them is the very node DAD would find.
 
@@ -27,6 +35,7 @@ import ipaddress
 import socket
 import struct
 
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -90,6 +99,7 @@ class NetlinkAddresses:
         reactor,
         count: int = 5,
         interval: float = 1.0,
+        lifetime: int = 3,
     ) -> None:
         self.interface = interface
         self.addresses = addresses
@@ -103,6 +113,8 @@ class NetlinkAddresses:
         self._icmp6: socket.socket | None = None
         self._repeat = None
         self.announcements = 0
+        self.lifetime = lifetime
+        self._renewal = None
 
     def open(self) -> None:
         """
@@ -147,6 +159,7 @@ class NetlinkAddresses:
 
     def close(self) -> None:
         self._stopRepeats()
+        self._stopRenewal()
         for name in ("_packet", "_icmp6", "_ipr"):
             resource = getattr(self, name)
             if resource is not None:
@@ -157,7 +170,11 @@ class NetlinkAddresses:
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-        extra = {"flags": IFA_F_NODAD} if interface.version == 6 and command == "add" else {}
+        extra = {}
+        if command != "del":
+            extra["IFA_CACHEINFO"] = {"ifa_preferred": self.lifetime, "ifa_valid": self.lifetime}
+            if interface.version == 6:
+                extra["flags"] = IFA_F_NODAD
         try:
             self._ipr.addr(
                 command,
@@ -183,9 +200,25 @@ class NetlinkAddresses:
         done = [str(a) for a in self.addresses if self._change("add", a)]
         if done:
             self.log.info("ha: added {addresses} to {interface}", addresses=", ".join(done), interface=self.interface)
+        if self._renewal is None:
+            self._renewal = LoopingCall(self._renew)
+            self._renewal.clock = self._reactor
+            self._renewal.start(self.lifetime / 3, now=False)
+
+    def _renew(self) -> None:
+        for interface in self.addresses:
+            # "replace" adds the address again if it expired meanwhile (a
+            # stalled process).
+            self._change("replace", interface)
+
+    def _stopRenewal(self) -> None:
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
+        self._renewal = None
 
     def remove(self) -> None:
         self._stopRepeats()
+        self._stopRenewal()
         done = [str(a) for a in self.addresses if self._change("del", a)]
         if done:
             self.log.info(

@@ -12,7 +12,9 @@ address, then a 32-byte HMAC-SHA256 over everything before it::
     7   priority    0-254; 0: the sender is leaving, take over now
     8   interval    centiseconds between adverts, 10-4095 (0.1 s to 40.95 s)
     10  flags       bit 0: solicit (a starting node asks the master to
-                    advertise at once); the other bits are 0
+                    advertise at once); bit 1: yield (the sender was
+                    master and steps down for the receiver); the other
+                    bits are 0
     11  count       virtual addresses that follow
     12  sequence    64 bits, strictly increasing per sender (see L{Sequence})
     20  sender      16 bytes: the sender's address (IPv4 as ::ffff:a.b.c.d),
@@ -45,6 +47,9 @@ VERSION = 1
 KIND_ADVERT = 1
 #: A starting node asks the master to advertise at once.
 FLAG_SOLICIT = 0x01
+#: A master steps down for a better one (which then announces again).
+FLAG_YIELD = 0x02
+_FLAGS = FLAG_SOLICIT | FLAG_YIELD
 
 _HEADER = struct.Struct("!4sBBBBHBBQ16s")
 _ADDRESS = struct.Struct("!16sB")
@@ -100,8 +105,17 @@ class Advert:
     sender: Address
     addresses: tuple[Interface, ...] = ()
     solicit: bool = False
+    yielding: bool = False
     #: Set by L{decode}: the signed bytes, for tests and diagnostics.
     size: int = field(default=0, compare=False)
+
+    @property
+    def fromMaster(self) -> bool:
+        """
+        The sender says it is master (not a solicit, not a yield; priority
+        0 is a master leaving).
+        """
+        return not self.solicit and not self.yielding
 
     @property
     def leaving(self) -> bool:
@@ -150,7 +164,7 @@ def encode(advert: Advert, key: bytes) -> bytes:
             advert.group,
             advert.priority,
             intervalCentiseconds(advert.interval),
-            FLAG_SOLICIT if advert.solicit else 0,
+            (FLAG_SOLICIT if advert.solicit else 0) | (FLAG_YIELD if advert.yielding else 0),
             len(advert.addresses),
             advert.sequence,
             _pack16(advert.sender),
@@ -190,7 +204,7 @@ def decode(data: bytes, key: bytes, group: int) -> Advert:
         raise AdvertRejected("malformed", f"priority {priority}, expected 0 to 254")
     if not MIN_INTERVAL_CS <= interval <= MAX_INTERVAL_CS:
         raise AdvertRejected("malformed", f"interval {interval}cs, expected {MIN_INTERVAL_CS} to {MAX_INTERVAL_CS}")
-    if flags & ~FLAG_SOLICIT:
+    if flags & ~_FLAGS:
         raise AdvertRejected("malformed", f"unknown flags 0x{flags:02x}")
     senderAddress = _unpack16(sender)
     addresses = []
@@ -208,6 +222,7 @@ def decode(data: bytes, key: bytes, group: int) -> Advert:
         sender=senderAddress,
         addresses=tuple(addresses),
         solicit=bool(flags & FLAG_SOLICIT),
+        yielding=bool(flags & FLAG_YIELD),
         size=len(data),
     )
 

@@ -15,11 +15,12 @@ class IHeartbeatActions(Interface):
     synchronously.
     """
 
-    def sendAdvert(priority, solicit, due):
+    def sendAdvert(priority, solicit, due, yielding):
         """
         Send one advert with C{priority} (0: leaving).
 
         @param solicit: a starting node asks the master to answer at once.
+        @param yielding: this master steps down for a better one.
         @param due: for a periodic advert, the clock time it was due (the
             driver measures how late it went out); None otherwise.
         """

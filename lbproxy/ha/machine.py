@@ -42,7 +42,10 @@ What differs from VRRPv3, and why:
   - A master that hears a master of lower priority (a dual master, after
     a partition heals) stays master, advertises at once and announces its
     addresses again (L{IHeartbeatActions.reannounce}): hosts may have
-    learned the loser's link-layer address.
+    learned the loser's link-layer address. The loser may hear the winner
+    first and step down before the winner ever hears it: so a master
+    stepping down sends one last advert, flagged I{yield}, on which the
+    winner announces again too.
   - Health (L{setHealth}): a failed condition of the C{fault} kind puts
     the node in C{FAULT} (a master sends priority 0 first, so the backup
     takes over after only its skew); weighted conditions lower the
@@ -237,7 +240,7 @@ class Heartbeat:
         self._stopped = stopped = Deferred()
         self._cancelTimers()
         if not awaitPeer:
-            self._actions.sendAdvert(0, False, None)
+            self._actions.sendAdvert(0, False, None, False)
             self._finishStop("stopped; no peer to hand over to")
             return stopped
         self._advertDue = self._clock.seconds()
@@ -254,25 +257,34 @@ class Heartbeat:
         An authenticated advert from another node of the group arrived.
         """
         now = self._clock.seconds()
-        self.peers[advert.sender] = PeerSeen(now, advert.priority, advert.interval, not advert.solicit)
+        self.peers[advert.sender] = PeerSeen(now, advert.priority, advert.interval, advert.fromMaster)
         if self.role is Role.MASTER:
             self._receiveAsMaster(advert)
         elif self.role is Role.BACKUP:
             self._receiveAsBackup(advert)
-        elif self.role is Role.FAULT and not advert.solicit and not advert.leaving:
+        elif self.role is Role.FAULT and advert.fromMaster and not advert.leaving:
             self.master = advert.sender
 
     def _receiveAsMaster(self, advert: Advert) -> None:
         if self.leaving:
-            if advert.priority and not advert.solicit:
+            if advert.priority and advert.fromMaster:
                 self._handedOver(advert.sender)
+            return
+        if advert.yielding:
+            # Another master stepped down for us on hearing us (a dual
+            # master, seen first from its side): hosts may have learned
+            # its link-layer address for ours.
+            self._actions.reannounce(f"{advert.sender} stepped down as master for us")
             return
         if advert.solicit or advert.leaving:
             # A starting node asks, or another master is leaving: tell
             # them who is master now.
-            self._actions.sendAdvert(self.priority, False, None)
+            self._actions.sendAdvert(self.priority, False, None, False)
             return
         if not self._beats(advert):
+            # Tell the winner we step down: if it had not heard us, it
+            # learns there was a dual master and announces again.
+            self._actions.sendAdvert(self.priority, False, None, True)
             self._becomeBackup(
                 advert,
                 f"master {advert.sender} has priority {advert.priority} "
@@ -292,11 +304,11 @@ class Heartbeat:
             theirs=advert.priority,
             ours=self.priority,
         )
-        self._actions.sendAdvert(self.priority, False, None)
+        self._actions.sendAdvert(self.priority, False, None, False)
         self._actions.reannounce(f"dual master with {advert.sender} resolved in our favour")
 
     def _receiveAsBackup(self, advert: Advert) -> None:
-        if advert.solicit:
+        if not advert.fromMaster:
             return
         if advert.leaving:
             if self.master is None or advert.sender == self.master:
@@ -339,7 +351,7 @@ class Heartbeat:
         if fault is not None and self.role is not Role.FAULT:
             if self.role is Role.MASTER:
                 # Hand over at once: the backup waits only its skew.
-                self._actions.sendAdvert(0, False, None)
+                self._actions.sendAdvert(0, False, None, False)
             self._cancelTimers()
             self._setRole(Role.FAULT, fault)
             return
@@ -354,7 +366,7 @@ class Heartbeat:
                 configured=self.settings.priority,
             )
             if self.role is Role.MASTER:
-                self._actions.sendAdvert(self.priority, False, None)
+                self._actions.sendAdvert(self.priority, False, None, False)
 
     def peerGone(self, address: Address, reason: str) -> None:
         """
@@ -387,7 +399,7 @@ class Heartbeat:
         self.master = None
         self.masterInterval = self.settings.interval
         self._setRole(Role.BACKUP, why)
-        self._actions.sendAdvert(self.priority, True, None)
+        self._actions.sendAdvert(self.priority, True, None, False)
         wait = self.settings.interval + self.skewTime()
         self._armDown(wait, f"no master heard within {wait:g}s of looking for one")
 
@@ -402,7 +414,7 @@ class Heartbeat:
         self._cancelTimers()
         self.master = None
         self.masterInterval = self.settings.interval
-        self._actions.sendAdvert(self.priority, False, None)
+        self._actions.sendAdvert(self.priority, False, None, False)
         self._setRole(Role.MASTER, reason)
         self._advertDue = self._clock.seconds()
         self._scheduleAdvert()
@@ -435,11 +447,11 @@ class Heartbeat:
             # Far behind (a stalled process): restart the schedule from
             # now rather than sending a burst to catch up.
             self._advertDue = now
-        self._actions.sendAdvert(self.priority, False, due)
+        self._actions.sendAdvert(self.priority, False, due, False)
         self._scheduleAdvert()
 
     def _leavingAdvert(self) -> None:
-        self._actions.sendAdvert(0, False, None)
+        self._actions.sendAdvert(0, False, None, False)
         self._advertDue += self.settings.interval
         self._advertTimer = self._clock.callLater(
             max(0.0, self._advertDue - self._clock.seconds()), self._leavingAdvert

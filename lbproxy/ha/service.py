@@ -144,7 +144,12 @@ class HAService(Service):
         self.config = config
         self._reactor = reactor
         self.addresses = addresses or NetlinkAddresses(
-            config.interface, config.virtualAddresses, reactor, config.announceCount, config.announceInterval
+            config.interface,
+            config.virtualAddresses,
+            reactor,
+            config.announceCount,
+            config.announceInterval,
+            config.addressLifetime,
         )
         self.notifier = notifier or CommandNotifier(config.notify, config.group, reactor)
         self._sequence = sequence or Sequence()
@@ -247,7 +252,7 @@ class HAService(Service):
 
     # IHeartbeatActions
 
-    def sendAdvert(self, priority: int, solicit: bool, due: float | None) -> None:
+    def sendAdvert(self, priority: int, solicit: bool, due: float | None, yielding: bool = False) -> None:
         advert = Advert(
             group=self.config.group,
             priority=priority,
@@ -256,6 +261,7 @@ class HAService(Service):
             sender=self.config.address,
             addresses=self.config.virtualAddresses,
             solicit=solicit,
+            yielding=yielding,
         )
         if due is not None:
             self.sendLate.record(self._reactor.seconds() - due)
@@ -276,6 +282,7 @@ class HAService(Service):
                 self.log.failure("ha: role observer {observer!r} failed", observer=observer)
 
     def reannounce(self, reason: str) -> None:
+        self.log.info("ha: announcing the virtual addresses again: {reason}", reason=reason)
         self.addresses.announce()
 
     # Receiving
