@@ -18,6 +18,7 @@ shares, so a test can place its own events among them).
 
 L{analyse} turns the requests into what the scenarios report: requests
 lost, and the longest gap between two successful responses.
+L{lbproxyNodeConfig} is the configuration of an lbproxy node of the pair.
 """
 
 from __future__ import annotations
@@ -27,6 +28,63 @@ import asyncio
 import json
 import sys
 import time
+
+
+#: The pair's virtual addresses.
+VIP = "192.0.2.100"
+VIP6 = "2001:db8::100"
+
+
+def lbproxyNodeConfig(
+    host, peer, keyFile: str, priority: int, interval: str = "200ms", extra: str = "", notify: str = "", listeners: str = ""
+) -> str:
+    """
+    The configuration of an lbproxy node of the pair (C{host} and C{peer}
+    have C{address}): a TCP listener on each virtual address in front of
+    the two backends, health checked every 200 ms.
+
+    @param extra: more keys of C{[ha]}.
+    @param notify: a notify command for every role.
+    @param listeners: more tables, e.g. a listener on the host's own address.
+    """
+    escaped6 = VIP6.replace(":", "\\\\:")
+    roles = "\n".join(f'{role} = ["{notify}"]' for role in ("master", "backup", "fault", "stop")) if notify else ""
+    return f"""
+[ha]
+group = 51
+priority = {priority}
+interval = "{interval}"
+interface = "eth0"
+address = "{host.address}"
+peers = ["{peer.address}"]
+key_file = "{keyFile}"
+virtual_addresses = ["{VIP}/24", "{VIP6}/64"]
+{extra}
+
+[ha.notify]
+{roles}
+
+[pools.web]
+servers = [
+    {{ name = "be1", address = "192.0.2.21:8080" }},
+    {{ name = "be2", address = "192.0.2.22:8080" }},
+]
+
+[pools.web.health]
+interval = "200ms"
+timeout = "150ms"
+fall = 2
+rise = 1
+
+[listeners.web]
+bind = "tcp:80:interface={VIP}"
+pool = "web"
+
+[listeners.web6]
+bind = "tcp6:port=80:interface={escaped6}"
+pool = "web"
+{listeners}
+"""
 
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: bytes) -> None:

@@ -27,57 +27,12 @@ peers = benchModule("failover_peers")
 
 #: Host name -> last byte of its addresses in 192.0.2.0/24 and 2001:db8::/64.
 HOSTS = {"a": 11, "b": 12, "client": 50, "be1": 21, "be2": 22, "stranger": 66}
-VIP = "192.0.2.100"
-VIP6 = "2001:db8::100"
+VIP = peers.VIP
+VIP6 = peers.VIP6
 KEY = b"0123456789abcdef-a-test-key-of-the-pair"
 PEERS_SCRIPT = str(Path(CHECKOUT) / "bench" / "failover_peers.py")
 #: Seconds a node may take to start (twistd's first plugin scan).
 STARTUP = 30.0
-
-
-def nodeConfig(
-    host, peer, keyFile: Path, notifyScript: Path | None, priority: int, interval: str = "200ms", extra: str = ""
-) -> str:
-    notify = ""
-    if notifyScript is not None:
-        notify = "\n".join(
-            f'{role} = ["{notifyScript}"]' for role in ("master", "backup", "fault", "stop")
-        )
-    return f"""
-[ha]
-group = 51
-priority = {priority}
-interval = "{interval}"
-interface = "eth0"
-address = "{host.address}"
-peers = ["{peer.address}"]
-key_file = "{keyFile}"
-virtual_addresses = ["{VIP}/24", "{VIP6}/64"]
-{extra}
-
-[ha.notify]
-{notify}
-
-[pools.web]
-servers = [
-    {{ name = "be1", address = "192.0.2.21:8080" }},
-    {{ name = "be2", address = "192.0.2.22:8080" }},
-]
-
-[pools.web.health]
-interval = "200ms"
-timeout = "150ms"
-fall = 2
-rise = 1
-
-[listeners.web]
-bind = "tcp:80:interface={VIP}"
-pool = "web"
-
-[listeners.web6]
-bind = "tcp6:port=80:interface=2001\\\\:db8\\\\:\\\\:100"
-pool = "web"
-"""
 
 
 class Node:
@@ -180,7 +135,9 @@ class HAPair:
             notify.write_text(f'#!/bin/sh\necho "$1" >> "{node.notifyLog}"\n')
             notify.chmod(0o755)
             node.configPath.write_text(
-                nodeConfig(node.host, peer.host, self.keyFile, notify, priority, interval, extra)
+                peers.lbproxyNodeConfig(
+                    node.host, peer.host, str(self.keyFile), priority, interval, extra, notify=str(notify)
+                )
             )
 
     def startBoth(self) -> None:

@@ -248,6 +248,9 @@ class NetlinkAddresses:
         if left > 1:
             self._repeat = self._reactor.callLater(self.interval, self._announceOnce, left - 1)
 
+    def silence(self) -> None:
+        self._stopRepeats()
+
     def _stopRepeats(self) -> None:
         if self._repeat is not None and self._repeat.active():
             self._repeat.cancel()

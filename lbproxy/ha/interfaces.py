@@ -89,6 +89,12 @@ class IVirtualAddresses(Interface):
         address.
         """
 
+    def silence():
+        """
+        Stop repeating announcements (a master handing over: the new
+        master's announcements must be the last a host hears).
+        """
+
     def close():
         """
         Release the sockets used.

@@ -222,6 +222,9 @@ class HAService(Service):
     def stopService(self) -> Deferred:
         super().stopService()
         self.tracker.stop()
+        # A host that heard our repeat after the new master's announcement
+        # would send to us once we have let the addresses go.
+        self.addresses.silence()
         if self.channel is not None:
             awaitPeer = self.channel.connected()
         else:
