@@ -36,6 +36,8 @@ from harness import (
     lbproxyEnv,
     machineInfo,
     makeWorkdir,
+    nginxPreamble,
+    nginxTempPaths,
     runMain,
     say,
     toolVersion,
@@ -65,6 +67,10 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--client-duration", type=float, default=3.0, help="seconds of client traffic per run")
     parser.add_argument("--load-duration", type=float, default=10.0, help="seconds of wrk load (scenario load)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (scenario load)")
+    parser.add_argument(
+        "--load-nodes", default="master,backup", choices=("master,backup", "master", "backup"),
+        help="which nodes wrk loads (scenario load; default both at once)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
     parser.add_argument("--twistd", default=None, help="twistd to run lbproxy with")
@@ -76,6 +82,49 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     if not 0.1 <= args.interval <= 40 or not 0.5 <= args.client_duration <= 60:
         parser.error("--interval from 0.1 to 40 s, --client-duration from 0.5 to 60 s")
     return args
+
+
+#: The load scenario's pool of nginx servers, with a listener on the
+#: virtual address and one on the node's own address.
+LOAD_TABLES = """
+[pools.load]
+servers = [
+    {{ name = "be1", address = "192.0.2.21:8081" }},
+    {{ name = "be2", address = "192.0.2.22:8081" }},
+]
+
+[listeners.load]
+bind = "tcp:8081:interface={vip}"
+pool = "load"
+
+[listeners.own]
+bind = "tcp:8000:interface={own}"
+pool = "load"
+"""
+
+
+def startNginx(group: ProcessGroup, host, workdir: str) -> None:
+    """
+    An nginx in C{host} on port 8081 answering every request with a short
+    body, keep-alive unbounded: the servers of the load scenario.
+    """
+    prefix = os.path.join(workdir, f"nginx-{host.name}")
+    for sub in ("logs", "tmp"):
+        os.makedirs(os.path.join(prefix, sub), exist_ok=True)
+    config = os.path.join(prefix, "nginx.conf")
+    with open(config, "w") as f:
+        f.write(
+            nginxPreamble(prefix)
+            + nginxTempPaths(os.path.join(prefix, "tmp"))
+            + f"""    keepalive_requests 1000000;
+    server {{
+        listen {host.address}:8081;
+        location / {{ return 200 "{host.name}\\n"; }}
+    }}
+}}
+"""
+        )
+    group.start(f"nginx-{host.name}", host.argv(findExecutable("nginx"), "-p", prefix, "-c", config))
 
 
 def keepalivedConfig(host, peer, priority: int, interval: float, workdir: str) -> str:
@@ -142,7 +191,7 @@ class Node:
             with open(base + ".toml", "w") as f:
                 f.write(lbproxyNodeConfig(
                     self.host, peer, self.run.keyFile, priority, f"{round(args.interval * 1000)}ms",
-                    listeners=f'\n[listeners.own]\nbind = "tcp:8000:interface={self.host.address}"\npool = "web"\n',
+                    listeners=LOAD_TABLES.format(own=self.host.address, vip=VIP),
                 ))
             twistd = args.twistd or besidePython("twistd")
             self._spawn(
@@ -297,6 +346,10 @@ class Run:
         figures = analyse(requests)
         return {"takeoverMs": round(took * 1000, 1), **figures}
 
+    def loadTargets(self) -> list[str]:
+        urls = {"master": f"http://{VIP}:8081/", "backup": f"http://{self.hosts['b'].address}:8000/"}
+        return [urls[name] for name in self.args.load_nodes.split(",")]
+
     def load(self) -> dict:
         """
         wrk saturates both lbproxy nodes (the master through the virtual
@@ -314,7 +367,7 @@ class Run:
                 client.argv(wrk, "-t1", f"-c{self.args.connections}", f"-d{seconds}", url),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             )
-            for url in (f"http://{VIP}/", f"http://{self.hosts['b'].address}:8000/")
+            for url in self.loadTargets()
         ]
         began = time.monotonic()
         outputs = [p.communicate(timeout=self.args.load_duration + 60)[0] for p in loads]
@@ -358,6 +411,8 @@ def run(args: argparse.Namespace) -> int:
             for name in ("be1", "be2"):
                 host = hosts[name]
                 group.start(name, host.argv(sys.executable, PEERS, "backend", "--address", host.address, "--port", "8080", "--name", name))
+                if "load" in args.scenarios:
+                    startNginx(group, host, workdir)
             time.sleep(1.0)
             group.checkAlive()
             measurement = Run(args, hosts, group, workdir)

@@ -106,10 +106,18 @@ class Options(usage.Options):
     def _loadTLS(self) -> None:
         """
         Read and check every TLS file of the configuration: the listeners'
-        certificates and the pools' (loaded with the pools).
+        certificates and the pools' (loaded with the pools); and the files
+        of C{[ha]} (its key, its commands).
         """
         from lbproxy.runtime import Balancer
         from lbproxy.service import loadListenerTLS
+
+        if self.config.ha is not None:
+            from dataclasses import replace
+
+            from lbproxy.config.ha import loadFiles
+
+            self.config = replace(self.config, ha=loadFiles(self.config.ha, self.config.source))
 
         self.serverTLS = loadListenerTLS(self.config)
         self.balancer = Balancer(self.config)

@@ -2,9 +2,11 @@
 The C{[ha]} table: a node of an active/passive pair (see README.rst,
 "High availability").
 
-Everything is checked when the configuration is loaded (so by C{--check}
-too), including the key file: it must be readable by its owner only, and
-its content never appears in a message or a C{repr}.
+The table is checked when the configuration is loaded; the files it
+names are read and checked by L{loadFiles}, as the TLS files are, when
+the daemon starts and by C{--check}: the key file must be accessible by
+its owner only, and its content never appears in a message or a
+C{repr}; the commands must be executable.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import ipaddress
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lbproxy.config.table import Table, oneOf, show
+from lbproxy.errors import ConfigError
 from lbproxy.ha.advert import MAX_INTERVAL_CS, MIN_INTERVAL_CS, Address, Interface
 
 #: Default UDP port of the adverts, and TCP port of the channel.
@@ -87,7 +90,8 @@ class HAConfig:
 
     @ivar peers: the other nodes' addresses (unicast adverts); empty:
         adverts go to C{multicastGroup}.
-    @ivar key: the shared key's bytes (never shown).
+    @ivar key: the shared key's bytes (never shown), once L{loadFiles}
+        has read it.
     """
 
     group: int
@@ -96,8 +100,8 @@ class HAConfig:
     interface: str
     address: Address
     virtualAddresses: tuple[Interface, ...]
-    key: bytes = field(repr=False)
-    keyFile: str = ""
+    keyFile: str
+    key: bytes = field(default=b"", repr=False)
     peers: tuple[Address, ...] = ()
     multicastGroup: Address | None = None
     port: int = ADVERT_PORT
@@ -170,7 +174,6 @@ def parseHA(t: Table, pools: dict) -> HAConfig:
         interface=interface,
         address=address,
         virtualAddresses=_virtualAddresses(t, address),
-        key=_readKey(t, keyFile),
         keyFile=keyFile,
         peers=tuple(peers),
         multicastGroup=multicast,
@@ -231,27 +234,46 @@ def _virtualAddresses(t: Table, own: Address) -> tuple[Interface, ...]:
     return tuple(found)
 
 
-def _readKey(t: Table, path: str) -> bytes:
+def loadFiles(ha: HAConfig, source: str) -> HAConfig:
     """
-    The key in C{path}: the file's bytes without trailing white space; the
-    file must be accessible by its owner only.
+    C{ha} with its key read from C{key_file}, after checking that the file
+    is accessible by its owner only and that every command is executable.
+
+    @raise ConfigError: naming the key, one line, without the key's bytes.
     """
+    for name in NOTIFY_ROLES:
+        _checkExecutable(source, f"ha.notify.{name}", getattr(ha.notify, name))
+    for index, condition in enumerate(ha.track):
+        _checkExecutable(source, f"ha.track[{index}].command", condition.command)
+    return replace(ha, key=_readKey(source, ha.keyFile))
+
+
+def _checkExecutable(source: str, key: str, argv: tuple[str, ...]) -> None:
+    if argv and (not os.access(argv[0], os.X_OK) or os.path.isdir(argv[0])):
+        raise ConfigError(source, key, f"expected an executable program, got {argv[0]!r} (missing or not executable)")
+
+
+def _readKey(source: str, path: str) -> bytes:
+    """
+    The key in C{path}: the file's bytes without trailing white space.
+    """
+
+    def fail(message: str):
+        raise ConfigError(source, "ha.key_file", message)
+
     try:
         with open(path, "rb") as f:
             info = os.fstat(f.fileno())
-            raw = f.read(MAX_KEY_SIZE + 1)
+            raw = f.read(MAX_KEY_SIZE + 1) if stat.S_ISREG(info.st_mode) else b""
     except OSError as e:
-        t.fail("key_file", f"cannot read {path!r}: {e.strerror}")
+        fail(f"cannot read {path!r}: {e.strerror}")
     if not stat.S_ISREG(info.st_mode):
-        t.fail("key_file", f"expected a regular file, got {path!r}")
+        fail(f"expected a regular file, got {path!r}")
     if info.st_mode & 0o077:
-        t.fail(
-            "key_file",
-            f"expected a file only its owner can access (chmod 600), got mode {stat.S_IMODE(info.st_mode):04o} on {path!r}",
-        )
+        fail(f"expected a file only its owner can access (chmod 600), got mode {stat.S_IMODE(info.st_mode):04o} on {path!r}")
     key = raw.rstrip()
     if not MIN_KEY_SIZE <= len(key) <= MAX_KEY_SIZE:
-        t.fail("key_file", f"expected a key of {MIN_KEY_SIZE} to {MAX_KEY_SIZE} bytes in {path!r}, got {len(key)} bytes")
+        fail(f"expected a key of {MIN_KEY_SIZE} to {MAX_KEY_SIZE} bytes in {path!r}, got {len(key)} bytes")
     return key
 
 
@@ -259,11 +281,8 @@ def _command(t: Table, key: str, value) -> tuple[str, ...]:
     expected = 'expected a command as an array of strings, its program an absolute path, such as ["/usr/local/bin/check"]'
     if not isinstance(value, list) or not value or not all(isinstance(a, str) and "\0" not in a for a in value):
         t.fail(key, f"{expected}, got {show(value)}")
-    program = value[0]
-    if not os.path.isabs(program):
-        t.fail(key, f"{expected}, got {program!r}")
-    if not os.access(program, os.X_OK) or os.path.isdir(program):
-        t.fail(key, f"expected an executable program, got {program!r} (missing or not executable)")
+    if not os.path.isabs(value[0]):
+        t.fail(key, f"{expected}, got {value[0]!r}")
     return tuple(value)
 
 

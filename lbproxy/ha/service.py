@@ -141,6 +141,8 @@ class HAService(Service):
         notifier: INotifier | None = None,
         sequence: Sequence | None = None,
     ) -> None:
+        if not config.key:
+            raise ValueError("the [ha] key is not loaded (see lbproxy.config.ha.loadFiles)")
         self.config = config
         self._reactor = reactor
         self.addresses = addresses or NetlinkAddresses(
