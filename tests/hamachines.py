@@ -1,7 +1,8 @@
 """
 State machines of the heartbeat on one L{task.Clock}, with recorded
 actions and, for several nodes, a simulated link between them that can
-lose adverts or be cut.
+lose adverts or be cut; and stand-ins for the heartbeat service's system
+parts (addresses, notify, socket, balancer).
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ import itertools
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from twisted.internet.defer import succeed
+
+from lbproxy.config.ha import HAConfig, TrackConfig
 from lbproxy.ha.advert import Advert
-from lbproxy.ha.interfaces import IHeartbeatActions
+from lbproxy.ha.interfaces import IHeartbeatActions, INotifier, IVirtualAddresses
 from lbproxy.ha.machine import Heartbeat, MachineSettings, Role
+from lbproxy.ha.tracking import IBalancerHealth
+from lbproxy.pool import Pool, Server
+from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
 GROUP = 51
 _sequences = itertools.count(1)
@@ -134,3 +141,87 @@ def pair(clock: Clock | None = None, first: dict | None = None, second: dict | N
 
 def masters(*machines: Heartbeat) -> list[Heartbeat]:
     return [m for m in machines if m.role is Role.MASTER]
+
+
+# Stand-ins for the service's parts
+
+KEY = b"k" * 32
+OWN = ipaddress.ip_address("192.0.2.11")
+PEER = ipaddress.ip_address("192.0.2.12")
+VIPS = (ipaddress.ip_interface("192.0.2.100/24"),)
+
+
+def haConfig(**changes) -> HAConfig:
+    values = dict(
+        group=51,
+        priority=200,
+        interval=0.2,
+        interface="eth0",
+        address=OWN,
+        virtualAddresses=VIPS,
+        keyFile="/unused",
+        key=KEY,
+        peers=(PEER,),
+        channelPort=0,
+        track=(TrackConfig("pool", pool="web"),),
+    )
+    values.update(changes)
+    return HAConfig(**values)
+
+
+@implementer(IVirtualAddresses)
+class FakeAddresses:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def open(self):
+        self.calls.append("open")
+
+    def add(self):
+        self.calls.append("add")
+
+    def remove(self):
+        self.calls.append("remove")
+
+    def announce(self):
+        self.calls.append("announce")
+
+    def silence(self):
+        self.calls.append("silence")
+
+    def close(self):
+        self.calls.append("close")
+
+
+@implementer(INotifier)
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def notify(self, role, previous, reason):
+        self.calls.append((role, previous, reason))
+        return succeed(None)
+
+
+class FakeSocket:
+    sendErrors = 0
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@implementer(IBalancerHealth)
+class FakeBalancer:
+    def __init__(self) -> None:
+        self.pools = {"web": Pool("web", [Server("a", "x:1"), Server("b", "x:2")], SmoothWeightedRoundRobin())}
+        self.unbound: list[str] = []
+
+    def unboundListeners(self):
+        return list(self.unbound)

@@ -10,8 +10,6 @@ master after a heal, forged adverts change nothing.
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
 
 import pytest

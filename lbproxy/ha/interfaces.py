@@ -5,7 +5,7 @@ lbproxy (L{IHeartbeatStatus}), and the parts that touch the system
 (L{IVirtualAddresses}, L{INotifier}), which tests replace.
 """
 
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 
 class IHeartbeatActions(Interface):

@@ -81,7 +81,12 @@ class Tracker:
         balancer: IBalancerHealth,
         changed: Callable[[str | None, int], None],
         reactor,
+        runner=runCommand,
     ) -> None:
+        """
+        @param runner: runs a check command (L{runCommand}'s signature).
+        """
+        self._runner = runner
         self.states = [ConditionState(c) for c in conditions]
         self._balancer = balancer
         self._changed = changed
@@ -200,7 +205,7 @@ class Tracker:
         if key in self._running:
             return
         config = state.config
-        d = runCommand(self._reactor, config.command, config.timeout)
+        d = self._runner(self._reactor, config.command, config.timeout)
         self._running[key] = d
 
         def ended(result: CommandResult) -> None:
