@@ -200,7 +200,7 @@ def test_latencyStats():
         stats.record(ms / 1000)
     assert stats.quantile(0.5) == 5
     assert stats.plain()["maxMs"] == 40
-    assert stats.describe() == "p50 <= 5ms, p99 <= 40ms, max 40.0ms"
+    assert stats.describe() == "p50 <= 5.0ms, p99 <= 40.0ms, max 40.0ms"
 
 
 # The balancer's service tree

@@ -90,7 +90,7 @@ class LatencyStats:
     def describe(self) -> str:
         if not self.count:
             return "none"
-        return f"p50 <= {self.quantile(0.5):g}ms, p99 <= {self.quantile(0.99):g}ms, max {self.maximum:.1f}ms"
+        return f"p50 <= {self.quantile(0.5):.1f}ms, p99 <= {self.quantile(0.99):.1f}ms, max {self.maximum:.1f}ms"
 
 
 @implementer(IBalancerHealth)
