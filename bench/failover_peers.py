@@ -36,7 +36,15 @@ VIP6 = "2001:db8::100"
 
 
 def lbproxyNodeConfig(
-    host, peer, keyFile: str, priority: int, interval: str = "200ms", extra: str = "", notify: str = "", listeners: str = ""
+    host,
+    peer,
+    keyFile: str,
+    priority: int,
+    interval: str = "200ms",
+    extra: str = "",
+    notify: str = "",
+    listeners: str = "",
+    multicastIPv6: bool = False,
 ) -> str:
     """
     The configuration of an lbproxy node of the pair (C{host} and C{peer}
@@ -46,7 +54,14 @@ def lbproxyNodeConfig(
     @param extra: more keys of C{[ha]}.
     @param notify: a notify command for every role.
     @param listeners: more tables, e.g. a listener on the host's own address.
+    @param multicastIPv6: adverts from the host's IPv6 address to the
+        multicast group ff02::12 (no peers, no channel) instead of unicast
+        IPv4 to the peer.
     """
+    if multicastIPv6:
+        nodes = f'address = "{host.address6}"\nchannel_port = 0'
+    else:
+        nodes = f'address = "{host.address}"\npeers = ["{peer.address}"]'
     escaped6 = VIP6.replace(":", "\\\\:")
     roles = "\n".join(f'{role} = ["{notify}"]' for role in ("master", "backup", "fault", "stop")) if notify else ""
     return f"""
@@ -55,8 +70,7 @@ group = 51
 priority = {priority}
 interval = "{interval}"
 interface = "eth0"
-address = "{host.address}"
-peers = ["{peer.address}"]
+{nodes}
 key_file = "{keyFile}"
 virtual_addresses = ["{VIP}/24", "{VIP6}/64"]
 {extra}

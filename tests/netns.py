@@ -129,14 +129,15 @@ class HAPair:
                     pytest.fail(f"backend {name} did not start:\n{backend.describe()}")
                 time.sleep(0.02)
 
-    def configure(self, interval: str = "200ms", extra: str = "", priorities=(254, 250)) -> None:
+    def configure(self, interval: str = "200ms", extra: str = "", priorities=(254, 250), multicastIPv6: bool = False) -> None:
         for node, peer, priority in ((self.a, self.b, priorities[0]), (self.b, self.a, priorities[1])):
             notify = self.directory / f"notify-{node.label}.sh"
             notify.write_text(f'#!/bin/sh\necho "$1" >> "{node.notifyLog}"\n')
             notify.chmod(0o755)
             node.configPath.write_text(
                 peers.lbproxyNodeConfig(
-                    node.host, peer.host, str(self.keyFile), priority, interval, extra, notify=str(notify)
+                    node.host, peer.host, str(self.keyFile), priority, interval, extra, notify=str(notify),
+                    multicastIPv6=multicastIPv6,
                 )
             )
 
@@ -149,7 +150,7 @@ class HAPair:
         self.a.waitForLog(r"ha: master \(was backup\)")
         self.b.start()
         self.b.waitForLog(r"ha: backup \(was init\)")
-        if "channel_port = 0" not in self.b.configPath.read_text():
+        if "channel_port = 0" not in self.b.configPath.read_text() and "peers" in self.b.configPath.read_text():
             self.b.waitForLog(r"ha: channel to 192\.0\.2\.11 is up")
         assert self.a.hasVIP() and not self.b.hasVIP()
 

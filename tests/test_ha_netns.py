@@ -103,6 +103,23 @@ def test_gracefulStopLosesNothing(haPair):
     assert figures6["lost"] == 0, figures6
 
 
+def test_multicastIPv6Adverts(haPair):
+    """
+    Without peers the adverts go to the multicast group ff02::12, from the
+    nodes' IPv6 addresses; the pair works as with unicast.
+    """
+    haPair.configure(multicastIPv6=True)
+    haPair.startBoth()
+    client = haPair.client(2.0)
+    time.sleep(0.8)
+    haPair.a.stop()
+    figures = peers.analyse(haPair.clientResults(client))
+    report("graceful stop, multicast IPv6 adverts", figures)
+    assert figures["lost"] == 0, figures
+    haPair.b.waitForLog(r"ha: master \(was backup\): master 2001:db8::11 is leaving \(priority 0\)")
+    assert "dropped" not in haPair.b.log
+
+
 def partition(pair, add: bool) -> None:
     """
     Cut (or restore) the traffic between the two nodes only: each still

@@ -184,6 +184,13 @@ class AdvertSocket:
         self.sendErrors = 0
         family = _family(config.address)
         port = config.port
+        self._ancillary = []
+        if config.multicastGroup is not None and family == socket.AF_INET6:
+            # The kernel would pick the link-local address as the source
+            # of a link-scope multicast; the advert names our own.
+            self._ancillary = [
+                (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, config.address.packed + struct.pack("@I", interfaceIndex))
+            ]
         if config.multicastGroup is not None:
             group = str(config.multicastGroup)
             self._destinations = [(group, port, 0, interfaceIndex) if family == socket.AF_INET6 else (group, port)]
@@ -203,7 +210,7 @@ class AdvertSocket:
     def send(self, data: bytes) -> None:
         for destination in self._destinations:
             try:
-                self.socket.sendto(data, destination)
+                self.socket.sendmsg([data], self._ancillary, 0, destination)
             except OSError as e:
                 # A full buffer or an unreachable peer: this advert is
                 # lost, as it could be on the wire; the next one follows.
