@@ -14,6 +14,15 @@ from hamachines import address, advertFrom, machine, masters, pair
 PEER = "192.0.2.12"
 
 
+def hear(heartbeat, clock, priority: int, times: int, every: float = 1.0) -> None:
+    """
+    C{times} adverts of C{PEER} with C{priority}, C{every} seconds apart.
+    """
+    for _ in range(times):
+        heartbeat.receive(advertFrom(PEER, priority))
+        clock.advance(every)
+
+
 def test_recordingActionsProvideTheInterface():
     _, actions, _ = machine()
     assert verifyObject(IHeartbeatActions, actions)
@@ -134,9 +143,7 @@ def test_masterSilentForTheDownInterval():
 def test_eachAdvertRestartsTheDownTimer():
     heartbeat, actions, clock = machine(priority=100)
     heartbeat.start()
-    for _ in range(10):
-        heartbeat.receive(advertFrom(PEER, 200))
-        clock.advance(3)
+    hear(heartbeat, clock, 200, 10, every=3)
     assert heartbeat.role is Role.BACKUP
 
 
@@ -194,27 +201,21 @@ def test_preemptTakesOverFromALowerMasterAtOnce():
 def test_noPreemptFollowsALowerMaster():
     heartbeat, actions, clock = machine(priority=200, preempt=False)
     heartbeat.start()
-    for _ in range(10):
-        heartbeat.receive(advertFrom(PEER, 100))
-        clock.advance(1)
+    hear(heartbeat, clock, 100, 10)
     assert heartbeat.role is Role.BACKUP
 
 
 def test_equalPriorityNeverPreempts():
     heartbeat, actions, clock = machine(priority=100, address="192.0.2.99")
     heartbeat.start()
-    for _ in range(10):
-        heartbeat.receive(advertFrom(PEER, 100))
-        clock.advance(1)
+    hear(heartbeat, clock, 100, 10)
     assert heartbeat.role is Role.BACKUP
 
 
 def test_preemptDelay():
     heartbeat, actions, clock = machine(priority=200, preemptDelay=5.0)
     heartbeat.start()
-    for _ in range(4):
-        heartbeat.receive(advertFrom(PEER, 100))
-        clock.advance(1)
+    hear(heartbeat, clock, 100, 4)
     assert heartbeat.role is Role.BACKUP
     heartbeat.receive(advertFrom(PEER, 100))
     clock.advance(1)
@@ -225,14 +226,10 @@ def test_preemptDelay():
 def test_preemptDelayStartsAgainAfterABetterMaster():
     heartbeat, actions, clock = machine(priority=200, preemptDelay=5.0)
     heartbeat.start()
-    for _ in range(3):
-        heartbeat.receive(advertFrom(PEER, 100))
-        clock.advance(1)
+    hear(heartbeat, clock, 100, 3)
     heartbeat.receive(advertFrom(PEER, 250))
     clock.advance(1)
-    for _ in range(4):
-        heartbeat.receive(advertFrom(PEER, 100))
-        clock.advance(1)
+    hear(heartbeat, clock, 100, 4)
     assert heartbeat.role is Role.BACKUP
     clock.advance(1)
     assert heartbeat.role is Role.MASTER

@@ -28,21 +28,29 @@ def report(what: str, figures: dict) -> None:
     print(f"\n{what}: {figures}")
 
 
+def killDuringTraffic(pair, what: str) -> tuple[float, dict]:
+    """
+    SIGKILL node a 1 s into 3 s of client traffic: the seconds until b
+    owns the address, and what the client saw.
+    """
+    pair.startBoth()
+    client = pair.client(3.0)
+    time.sleep(1.0)
+    killed = time.monotonic()
+    pair.a.process.kill()
+    took = waitFor(pair.b.hasVIP, "b to own the virtual address") - killed
+    figures = peers.analyse(pair.clientResults(client))
+    report(what, {"takeoverMs": round(took * 1000, 1), **figures})
+    return took, figures
+
+
 def test_sigkillMasterDuringTraffic(haPair):
     """
     The master's process is killed: its kernel closes the channel and
     refuses the reconnection, and the backup takes over at once.
     """
     haPair.configure()
-    haPair.startBoth()
-    client = haPair.client(3.0)
-    time.sleep(1.0)
-    killed = time.monotonic()
-    haPair.a.process.kill()
-    took = waitFor(haPair.b.hasVIP, "b to own the virtual address") - killed
-    requests = haPair.clientResults(client)
-    figures = peers.analyse(requests)
-    report("SIGKILL", {"takeoverMs": round(took * 1000, 1), **figures})
+    took, figures = killDuringTraffic(haPair, "SIGKILL")
     assert took < DOWN + 1.0
     haPair.b.waitForLog(r"ha: master \(was backup\): master 192\.0\.2\.11 is gone: its channel closed")
     assert figures["servedBy"] == ["be1", "be2"]
@@ -61,14 +69,7 @@ def test_sigkillMasterWithoutChannel(haPair):
     after Master_Down_Interval.
     """
     haPair.configure(extra="channel_port = 0")
-    haPair.startBoth()
-    client = haPair.client(3.0)
-    time.sleep(1.0)
-    killed = time.monotonic()
-    haPair.a.process.kill()
-    took = waitFor(haPair.b.hasVIP, "b to own the virtual address") - killed
-    figures = peers.analyse(haPair.clientResults(client))
-    report("SIGKILL without channel", {"takeoverMs": round(took * 1000, 1), **figures})
+    took, figures = killDuringTraffic(haPair, "SIGKILL without channel")
     haPair.b.waitForLog(r"ha: master \(was backup\): master 192\.0\.2\.11 silent for 0\.605s")
     assert took < DOWN + 1.0
     assert figures["lost"] < figures["requests"] / 2
