@@ -58,8 +58,13 @@ class CommandTests(TestCase):
 
 class NotifyTests(TestCase):
     async def test_inOrderWithArguments(self):
-        path = self.mktemp()
-        script = self.mktemp()
+        import shutil
+        import tempfile
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "notified")
+        script = os.path.join(directory, "notify.sh")
         with open(script, "w") as f:
             f.write(f'#!/bin/sh\nsleep 0.$((RANDOM % 3)) 2>/dev/null; echo "$*" >> {path}\n')
         os.chmod(script, 0o755)
