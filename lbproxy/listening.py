@@ -23,12 +23,12 @@ import stat
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import fail
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 
 from lbproxy.config import Config, ListenerConfig
 from lbproxy.config.endpoints import BindAddress, EndpointError, parseBind, plainReason
 from lbproxy.errors import ConfigError
+from lbproxy.sockets import serverEndpoint
 
 
 class ListenerStartError(Exception):
@@ -67,7 +67,9 @@ def checkListenAddresses(config: Config, bindTest=None) -> None:
                 continue
             if bind.kind == "unix":
                 _checkUnixPath(bind.path)
-            elif bind.kind == "inet" and bind.host is not None:
+            elif bind.kind == "inet" and bind.host is not None and not listener.freebind:
+                # With IP_FREEBIND the address may arrive later (a virtual
+                # address the HA heartbeat adds on takeover).
                 _checkLocal(bind, bindTest)
         except EndpointError as e:
             raise ConfigError(config.source, _bindKey(listener), e.describe(listener.bind))
@@ -169,7 +171,7 @@ class ListenerService(StreamServerEndpointService):
 
     def __init__(self, listener: ListenerConfig, source: str, factory, reactor) -> None:
         try:
-            endpoint = serverFromString(reactor, listener.bind)
+            endpoint = serverEndpoint(reactor, listener.bind, listener.freebind)
         except Exception as error:
             endpoint = _Unusable(error)
         super().__init__(endpoint, factory)

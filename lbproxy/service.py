@@ -13,12 +13,15 @@ C{accept_proxy}, a listener whose front does not read the PROXY header
 itself gets an L{lbproxy.core.acceptproxy.AcceptProxyFactory} outermost, so
 the header is read before the handshake.
 
-Later packages (admin, ha) add their services beside these.
+Later packages (admin, ha) add their services beside these: with
+C{[ha]}, the heartbeat (L{lbproxy.ha.service.HAService}) is the C{ha}
+child, added last.
 """
 
 from __future__ import annotations
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from lbproxy.config import Config, ListenerConfig
@@ -131,6 +134,27 @@ class BalancerService(MultiService):
         """
         OpenFileLimit(self.config).apply()
         super().privilegedStartService()
+
+    def stopService(self):
+        """
+        Stop the children, the last added first, as a C{MultiService}
+        does; but the children whose C{stopsFirst} is true (the HA
+        heartbeat, which hands the virtual addresses over while the
+        listeners still serve) are stopped, and waited for, before the
+        others are asked to.
+        """
+        first = [s for s in self if getattr(s, "stopsFirst", False) and s.running]
+        if not first:
+            return super().stopService()
+        Service.stopService(self)
+
+        def rest(_):
+            return DeferredList(
+                [maybeDeferred(s.stopService) for s in reversed(list(self)) if s not in first]
+            )
+
+        stopped = DeferredList([maybeDeferred(s.stopService) for s in first])
+        return stopped.addCallback(rest).addCallback(lambda _: None)
 
     def reloadTLS(self) -> dict[str, str | None]:
         """

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from lbproxy.config import Config, loadBytes, loadFile
-from lbproxy.errors import ConfigError
+from lbproxy.errors import CannotStart, ConfigError
 from lbproxy.listening import ListenerStartError, checkListenAddresses
 
 #: How the built-in demo configuration is named in messages.
@@ -113,10 +113,18 @@ class Options(usage.Options):
     def _loadTLS(self) -> None:
         """
         Read and check every TLS file of the configuration: the listeners'
-        certificates and the pools' (loaded with the pools).
+        certificates and the pools' (loaded with the pools); and the files
+        of C{[ha]} (its key, its commands).
         """
         from lbproxy.core.model import Balancer
         from lbproxy.service import loadListenerTLS
+
+        if self.config.ha is not None:
+            from dataclasses import replace
+
+            from lbproxy.config.ha import loadFiles
+
+            self.config = replace(self.config, ha=loadFiles(self.config.ha, self.config.source))
 
         self.serverTLS = loadListenerTLS(self.config)
         self.balancer = Balancer(self.config)
@@ -152,8 +160,9 @@ class _BriefListenErrors:
     """
     An C{excepthook} that reports an uncaught L{ListenerStartError} or
     L{CannotListenError} (a listener's or a demo server's port is taken or
-    not permitted) as one line on stderr and in the log, and hands every
-    other exception to the previous hook.
+    not permitted) or L{CannotStart} (the HA heartbeat lacks a privilege
+    or its interface) as one line on stderr and in the log, and hands
+    every other exception to the previous hook.
     """
 
     log = Logger()
@@ -163,7 +172,7 @@ class _BriefListenErrors:
         self.stderr = stderr
 
     def __call__(self, kind, value, traceback) -> None:
-        if not isinstance(value, (ListenerStartError, CannotListenError)):
+        if not isinstance(value, (ListenerStartError, CannotListenError, CannotStart)):
             self.previous(kind, value, traceback)
             return
         self.log.critical("cannot start: {error}", error=value)
@@ -186,6 +195,10 @@ def makeService(options: Options):
     from lbproxy.service import BalancerService
 
     service = BalancerService(options.config, reactor, options.serverTLS, options.balancer)
+    if options.config.ha is not None:
+        from lbproxy.ha.service import attach
+
+        attach(service, options.config.ha, reactor)
     reload = ReloadOnHangup(service, reactor)
     reload.setName("reload-on-hangup")
     reload.setServiceParent(service)

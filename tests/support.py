@@ -77,19 +77,26 @@ def checkoutEnvironment() -> dict[str, str]:
 
 def benchHarness():
     """
-    bench/harness.py, loaded from its file under a distinct name: bench/
-    is not a package, and putting it on sys.path would expose a top-level
-    C{harness} module to every test.
+    bench/harness.py (see L{benchModule}).
     """
-    name = "lbproxy_bench_harness"
-    if name not in sys.modules:
-        path = os.path.join(CHECKOUT, "bench", "harness.py")
-        spec = importlib.util.spec_from_file_location(name, path)
+    return benchModule("harness")
+
+
+def benchModule(name: str):
+    """
+    bench/NAME.py, loaded from its file under a distinct name: bench/ is
+    not a package, and putting it on sys.path would expose its modules
+    (a top-level C{harness}...) to every test.
+    """
+    qualified = f"lbproxy_bench_{name}"
+    if qualified not in sys.modules:
+        path = os.path.join(CHECKOUT, "bench", f"{name}.py")
+        spec = importlib.util.spec_from_file_location(qualified, path)
         module = importlib.util.module_from_spec(spec)
         # dataclasses look their module up in sys.modules.
-        sys.modules[name] = module
+        sys.modules[qualified] = module
         spec.loader.exec_module(module)
-    return sys.modules[name]
+    return sys.modules[qualified]
 
 
 def freePort(host: str = "127.0.0.1") -> int:

@@ -672,7 +672,7 @@ EVERY_KEY = {
         "routes", "trusted_proxies", "forwarded", "access_log", "log_requests", "limits",
         "paths", "sni_fallback",
         "tls", "redirect_https",
-        "tls_required", "user_pools", "user_domain", "auth",
+        "tls_required", "user_pools", "user_domain", "auth", "freebind",
     },
     "listener tls": {
         "certificates", "min_version", "ciphers", "alpn", "client_verify", "client_ca",
@@ -699,6 +699,13 @@ EVERY_KEY = {
     },
     "pool reuse": {"max_idle", "idle_timeout", "mode"},
     "server": {"name", "address", "weight", "backup", "maxconn", "cookie"},
+    "ha": {
+        "interface", "address", "peers", "key_file", "virtual_addresses", "group", "priority", "interval",
+        "preempt", "preempt_delay", "port", "channel_port", "handover_timeout", "announce_count",
+        "announce_interval", "address_lifetime", "notify", "track", "multicast_group",
+    },
+    "ha notify": {"master", "backup", "fault", "stop", "timeout"},
+    "ha track": {"type", "pool", "min_up", "weight", "command", "interval", "timeout", "fall", "rise"},
     "health": {
         "type", "interval", "timeout", "rise", "fall", "passive_fall",
         "method", "path", "host", "expect_status", "expect", "send", "tls",
@@ -749,4 +756,10 @@ def test_referenceUsesEveryKey():
         used["health"] |= set(pool.get("health", {}))
         for server in pool["servers"]:
             used["server"] |= set(server)
+    ha = data["ha"]
+    # multicast_group goes without peers: shown commented out.
+    used["ha"] |= set(ha) | {"multicast_group"}
+    used["ha notify"] |= set(ha["notify"])
+    for condition in ha["track"]:
+        used["ha track"] |= set(condition)
     assert used == EVERY_KEY

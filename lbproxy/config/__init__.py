@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lbproxy.config.endpoints import checkOverlaps
+from lbproxy.config.ha import HAConfig, parseHA
 from lbproxy.config.table import Table, oneOf, show
 from lbproxy.config.tls import (
     BackendTLSConfig,
@@ -28,6 +29,7 @@ from lbproxy.config.tls import (
 )
 from lbproxy.errors import ConfigError, OptionError
 from lbproxy.selectors import findSelector, selectorNames
+from lbproxy.sockets import tcpBind
 
 PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
 #: Which client connections an idle HTTP backend connection may serve
@@ -162,6 +164,9 @@ class ListenerConfig:
     idleTimeout: float = 300.0
     acceptProxy: tuple = ()
     tls: ListenerTLSConfig | None = None
+    #: Listen with IP_FREEBIND (L{lbproxy.sockets}): on by default for a
+    #: listener bound to a virtual address of C{[ha]}.
+    freebind: bool = False
 
     def poolsUsed(self) -> set[str]:
         """
@@ -187,6 +192,8 @@ class Config:
     source: str
     listeners: dict[str, ListenerConfig]
     pools: dict[str, PoolConfig]
+    #: C{[ha]}: this node's part in an active/passive pair; None: alone.
+    ha: HAConfig | None = None
 
 
 def loadFile(path: str) -> Config:
@@ -228,30 +235,36 @@ def parse(data: dict, source: str) -> Config:
         pools[name] = _parsePool(poolsTable.table(name, required=True), name)
     if not pools:
         raise ConfigError(source, "pools", "expected at least one pool")
+    haTable = root.table("ha")
+    ha = parseHA(haTable, pools) if haTable.present else None
     listenersTable = root.table("listeners", required=True)
     listeners = {}
     for name in listenersTable.keys():
         listeners[name] = _parseListener(
-            listenersTable.table(name, required=True), name, pools
+            listenersTable.table(name, required=True), name, pools, ha
         )
     if not listeners:
         raise ConfigError(source, "listeners", "expected at least one listener")
     checkOverlaps(source, [(f"listeners.{name}.bind", listener.bind) for name, listener in listeners.items()])
     _checkModePoolSettings(source, pools, listeners)
     root.done()
-    return Config(source=source, listeners=listeners, pools=pools)
+    return Config(source=source, listeners=listeners, pools=pools, ha=ha)
 
 
 #: Keys every listener has; the rest of its table belongs to its mode.
-COMMON_KEYS = ("bind", "mode", "pool", "maxconn", "accept_proxy", "tls", "timeouts")
+COMMON_KEYS = ("bind", "mode", "pool", "maxconn", "accept_proxy", "freebind", "tls", "timeouts")
 
 
-def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
+def _parseListener(t: Table, name: str, pools: dict, ha: HAConfig | None = None) -> ListenerConfig:
     from lbproxy.modes import allModes, keySpecIn, modesWhere
 
     t.checkName(name)
     modes = allModes()
     bind = t.endpoint("bind", server=True, required=True)
+    tcp = tcpBind(bind)
+    freebind = t.boolean("freebind", tcp is not None and ha is not None and ha.isVirtual(tcp[1]))
+    if freebind and tcp is None:
+        t.fail("freebind", f'expected only on a "tcp:" or "tcp6:" listener, got bind = {bind!r}')
     modeName = t.choice("mode", tuple(modes), "tcp")
     mode = modes[modeName]
     timeouts = t.table("timeouts")
@@ -275,6 +288,7 @@ def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
         maxconn=t.integer("maxconn", 0, 1_000_000, 10000),
         idleTimeout=timeouts.duration("idle", mode.idleTimeout),
         acceptProxy=t.networks("accept_proxy"),
+        freebind=freebind,
         tls=parseListenerTLS(tlsTable, mode.tlsRules, modeName) if tlsTable.present else None,
     )
     listener = mode.parseListener(t, timeouts, common, pools)

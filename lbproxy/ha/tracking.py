@@ -1,0 +1,233 @@
+"""
+The balancer's health as the heartbeat sees it: the conditions of
+C{[[ha.track]]}, each holding or failed, summed up as a fault (the node
+must not serve) and a priority penalty.
+
+What is read of the balancer is narrow (L{IBalancerHealth}): which
+listeners are not bound (polled, it is a few attribute reads), and the
+pools, whose servers' states arrive through the pool's own observers.
+A check command runs every C{interval} and counts after C{fall} failures
+or C{rise} successes in a row.
+
+Every change is one log line naming the condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
+
+from lbproxy.config.ha import TrackConfig
+from lbproxy.ha.commands import CommandResult, runCommand
+from lbproxy.core.pool import ServerState
+
+#: Seconds between two looks at the listeners.
+LISTENER_POLL = 0.5
+
+
+class IBalancerHealth(Interface):
+    """
+    What the heartbeat reads of the running balancer.
+    """
+
+    pools = Attribute("The live pools by name (L{lbproxy.core.pool.Pool}, with addObserver and servers).")
+
+    def unboundListeners():
+        """
+        The names of the listeners not listening now (a list, empty when
+        all are bound).
+        """
+
+
+@dataclass
+class ConditionState:
+    """
+    One condition, for the snapshot.
+
+    @ivar detail: what was last found (C{"1 of 2 servers up"}, a command's
+        exit status...).
+    """
+
+    config: TrackConfig
+    ok: bool = True
+    detail: str = ""
+    successes: int = 0
+    failures: int = 0
+
+    def plain(self) -> dict:
+        return {
+            "name": self.config.name,
+            "ok": self.ok,
+            "action": "fault" if not self.config.weight else f"priority -{self.config.weight}",
+            "detail": self.detail,
+        }
+
+
+class Tracker:
+    """
+    Follows the conditions and tells C{changed(fault, penalty)} whenever
+    their sum changes (see L{lbproxy.ha.machine.Heartbeat.setHealth}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        conditions: tuple[TrackConfig, ...],
+        balancer: IBalancerHealth,
+        changed: Callable[[str | None, int], None],
+        reactor,
+        runner=runCommand,
+    ) -> None:
+        """
+        @param runner: runs a check command (L{runCommand}'s signature).
+        """
+        self._runner = runner
+        self.states = [ConditionState(c) for c in conditions]
+        self._balancer = balancer
+        self._changed = changed
+        self._reactor = reactor
+        self._loops: list[LoopingCall] = []
+        self._observed: list = []
+        self._running: dict[int, object] = {}
+        self._summary: tuple[str | None, int] = (None, 0)
+        self._stopped = False
+
+    def summary(self) -> tuple[str | None, int]:
+        """
+        C{(fault, penalty)} now: the failed fault conditions named (or
+        None), and the weights of the failed weighted ones added up.
+        """
+        faults = [s.config.name for s in self.states if not s.ok and not s.config.weight]
+        penalty = sum(s.config.weight for s in self.states if not s.ok)
+        fault = ("failed: " + "; ".join(faults)) if faults else None
+        return fault, penalty
+
+    def start(self) -> None:
+        """
+        Look at every condition now, then follow them.
+        """
+        pools = set()
+        for state in self.states:
+            kind = state.config.kind
+            if kind == "pool":
+                pools.add(state.config.pool)
+            elif kind == "pools":
+                pools.update(self._balancer.pools)
+            elif kind == "command":
+                loop = LoopingCall(self._runCheck, state)
+                loop.clock = self._reactor
+                loop.start(state.config.interval, now=True)
+                self._loops.append(loop)
+        if any(state.config.kind == "listeners" for state in self.states):
+            loop = LoopingCall(self._lookAtListeners)
+            loop.clock = self._reactor
+            self._loops.append(loop)
+            loop.start(LISTENER_POLL, now=False)
+        for name in sorted(pools):
+            pool = self._balancer.pools[name]
+            pool.addObserver(self._serverChanged)
+            self._observed.append(pool)
+        self._lookAtListeners()
+        self._lookAtPools()
+        self._summary = self.summary()
+
+    def stop(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        for pool in self._observed:
+            pool.removeObserver(self._serverChanged)
+        self._observed = []
+        # A check command still running ends on its own (its timeout
+        # bounds it); its result is not looked at.
+        self._stopped = True
+
+    # Looking
+
+    def _set(self, state: ConditionState, ok: bool, detail: str) -> None:
+        state.detail = detail
+        if ok == state.ok:
+            return
+        state.ok = ok
+        action = "fault" if not state.config.weight else f"priority -{state.config.weight}"
+        if ok:
+            self.log.info("ha: condition holds again: {name} ({detail})", name=state.config.name, detail=detail)
+        else:
+            self.log.warn(
+                "ha: condition failed ({action}): {name} ({detail})",
+                name=state.config.name,
+                detail=detail,
+                action=action,
+            )
+        summary = self.summary()
+        if summary != self._summary:
+            self._summary = summary
+            self._changed(*summary)
+
+    def _lookAtListeners(self) -> None:
+        for state in self.states:
+            if state.config.kind == "listeners":
+                unbound = list(self._balancer.unboundListeners())
+                self._set(
+                    state,
+                    not unbound,
+                    "all bound" if not unbound else "not bound: " + ", ".join(unbound),
+                )
+
+    def _serverChanged(self, server, old, new, reason) -> None:
+        if (old is ServerState.UP) != (new is ServerState.UP):
+            self._lookAtPools()
+
+    def _lookAtPools(self) -> None:
+        pools = self._balancer.pools
+        for state in self.states:
+            kind = state.config.kind
+            if kind == "pool":
+                pool = pools[state.config.pool]
+                up = _up(pool)
+                self._set(state, up >= state.config.minUp, f"{up} of {len(pool.servers)} servers up")
+            elif kind == "pools":
+                down = [name for name, pool in sorted(pools.items()) if not _up(pool)]
+                self._set(
+                    state,
+                    len(down) < len(pools),
+                    f"{len(pools) - len(down)} of {len(pools)} pools have a server up",
+                )
+
+    def _runCheck(self, state: ConditionState) -> None:
+        key = id(state)
+        if key in self._running:
+            return
+        config = state.config
+        d = self._runner(self._reactor, config.command, config.timeout)
+        self._running[key] = d
+
+        def ended(result: CommandResult) -> None:
+            self._running.pop(key, None)
+            if self._stopped:
+                return
+            if result.ok:
+                state.successes += 1
+                state.failures = 0
+            else:
+                state.failures += 1
+                state.successes = 0
+            detail = result.describe()
+            if state.ok and state.failures >= config.fall:
+                self._set(state, False, f"{detail}, {state.failures} times in a row")
+            elif not state.ok and state.successes >= config.rise:
+                self._set(state, True, f"{detail}, {state.successes} times in a row")
+            else:
+                state.detail = detail
+
+        d.addCallback(ended)
+
+
+def _up(pool) -> int:
+    return sum(1 for server in pool.servers if server.state is ServerState.UP)
