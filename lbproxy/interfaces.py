@@ -215,3 +215,17 @@ class IFrontPlugin(Interface):
         """
         Seconds a client of this listener has for its TLS handshake.
         """
+
+
+class IBalancerHealth(Interface):
+    """
+    What the heartbeat reads of the running balancer.
+    """
+
+    pools = Attribute("The live pools by name (L{lbproxy.core.pool.Pool}, with addObserver and servers).")
+
+    def unboundListeners():
+        """
+        The names of the listeners not listening now (a list, empty when
+        all are bound).
+        """

@@ -28,6 +28,7 @@ from twisted.internet.error import CannotListenError
 from lbproxy.config import Config, ListenerConfig
 from lbproxy.config.endpoints import BindAddress, EndpointError, parseBind, plainReason
 from lbproxy.errors import ConfigError
+from lbproxy.core.model import Listener, ListenerState
 from lbproxy.sockets import serverEndpoint
 
 
@@ -167,14 +168,19 @@ class ListenerService(StreamServerEndpointService):
     failure to open it, including an endpoint string that cannot be turned
     into an endpoint on this machine (a systemd socket that was not
     passed), raises L{ListenerStartError} there.
+
+    The live L{Listener} follows it: its C{port} and its state (serving
+    once the port is open, failed when it cannot be, stopped once closed).
     """
 
-    def __init__(self, listener: ListenerConfig, source: str, factory, reactor) -> None:
+    def __init__(self, listener: Listener | ListenerConfig, source: str, factory, reactor) -> None:
+        listener = Listener.of(listener)
+        config = listener.config
         try:
-            endpoint = serverEndpoint(reactor, listener.bind, listener.freebind)
+            endpoint = serverEndpoint(reactor, config.bind, config.freebind)
         except Exception as error:
             endpoint = _Unusable(error)
-        super().__init__(endpoint, factory)
+        super().__init__(_Following(endpoint, listener), factory)
         self.listener = listener
         self.source = source
         # Raise from privilegedStartService instead of logging the failure
@@ -186,7 +192,45 @@ class ListenerService(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except Exception as error:
-            raise listenFailure(self.listener, self.source, error) from error
+            raise listenFailure(self.listener.config, self.source, error) from error
+
+    def stopService(self):
+        stopped = super().stopService()
+        listener = self.listener
+
+        def closed(result):
+            if listener.state is not ListenerState.FAILED:
+                listener.setState(ListenerState.STOPPED)
+            listener.port = None
+            return result
+
+        if stopped is None:
+            return closed(None)
+        return stopped.addBoth(closed)
+
+
+class _Following:
+    """
+    A listener's endpoint, telling the live L{Listener} how listening went.
+    """
+
+    def __init__(self, endpoint, listener: Listener) -> None:
+        self.endpoint = endpoint
+        self.listener = listener
+
+    def listen(self, factory):
+        listener = self.listener
+
+        def listening(port):
+            listener.port = port
+            listener.setState(ListenerState.SERVING)
+            return port
+
+        def failed(reason):
+            listener.setState(ListenerState.FAILED, reason.getErrorMessage())
+            return reason
+
+        return self.endpoint.listen(factory).addCallbacks(listening, failed)
 
 
 class _Unusable:

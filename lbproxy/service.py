@@ -26,12 +26,11 @@ from twisted.logger import Logger
 
 from lbproxy.config import Config, ListenerConfig
 from lbproxy.core.acceptproxy import AcceptProxyFactory
-from lbproxy.core.model import Balancer
+from lbproxy.core.model import Balancer, Listener
 from lbproxy.core.pool import Pool
 from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.listening import ListenerService
-from lbproxy.modes import findMode
 from lbproxy.openfiles import OpenFileLimit
 from lbproxy.tls.server import ServerTLS, wrapFactory
 
@@ -52,7 +51,7 @@ def loadListenerTLS(config: Config) -> dict[str, ServerTLS]:
     return loaded
 
 
-def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor, serverTLS: ServerTLS | None = None):
+def frontFactory(listener: Listener | ListenerConfig, pools: dict[str, Pool], reactor, serverTLS: ServerTLS | None = None):
     """
     The protocol factory serving one listener, built by the front of its
     mode (L{lbproxy.modes}).
@@ -63,21 +62,26 @@ def frontFactory(listener: ListenerConfig, pools: dict[str, Pool], reactor, serv
         C{[tls]}: for fronts that start TLS themselves (STARTTLS); implicit
         TLS is added around the returned factory by the caller.
     """
-    return findMode(listener.mode).buildFactory(listener, pools, reactor, serverTLS)
+    listener = Listener.of(listener)
+    return listener.mode.buildFactory(listener, pools, reactor, serverTLS)
 
 
-def wrapFront(listener: ListenerConfig, front, reactor, serverTLS: ServerTLS | None = None):
+def wrapFront(listener: Listener | ListenerConfig, front, reactor, serverTLS: ServerTLS | None = None):
     """
     What a listener's port serves: its C{front} factory inside TLS
     termination (implicit TLS) and, with C{accept_proxy} on a listener
     whose front does not read the PROXY header itself, inside an
     L{AcceptProxyFactory}, so the header is read before the handshake.
+
+    @param listener: the live listener (or, outside a balancer, its config).
     """
-    mode = findMode(listener.mode)
+    listener = Listener.of(listener)
+    config = listener.config
+    mode = listener.mode
     factory = front
-    if listener.tls is not None and not listener.tls.starttls:
-        factory = wrapFactory(serverTLS, factory, reactor, mode.handshakeTimeout(listener))
-    if listener.acceptProxy and not mode.readsProxyHeader(listener):
+    if config.tls is not None and not config.tls.starttls:
+        factory = wrapFactory(serverTLS, factory, reactor, mode.handshakeTimeout(config))
+    if config.acceptProxy and not mode.readsProxyHeader(config):
         factory = AcceptProxyFactory(factory, listener, reactor)
     return factory
 
@@ -86,7 +90,8 @@ class BalancerService(MultiService):
     """
     Everything one config runs: health monitors and listeners.
 
-    @ivar balancer: the live pools, shared by all fronts.
+    @ivar balancer: the live model (L{Balancer}): the pools and listeners
+        every front, check and operation works on.
     @ivar serverTLS: the L{ServerTLS} of each listener with C{[tls]}, by
         listener name.
     """
@@ -110,6 +115,7 @@ class BalancerService(MultiService):
         self._reactor = reactor
         self.config = config
         self.balancer = Balancer(config) if balancer is None else balancer
+        self.balancer.setClock(reactor)
         self.serverTLS = loadListenerTLS(config) if serverTLS is None else serverTLS
         health = MultiService()
         health.setName("health")
@@ -117,10 +123,10 @@ class BalancerService(MultiService):
         for pool in self.balancer.pools.values():
             if pool.options.health is not None:
                 HealthMonitor(pool, reactor=reactor).setServiceParent(health)
-        for listener in config.listeners.values():
+        for listener in self.balancer.listeners.values():
             serverTLS = self.serverTLS.get(listener.name)
-            front = frontFactory(listener, self.balancer.pools, reactor, serverTLS)
-            factory = wrapFront(listener, front, reactor, serverTLS)
+            listener.factory = listener.mode.buildFactory(listener, self.balancer.pools, reactor, serverTLS)
+            factory = wrapFront(listener, listener.factory, reactor, serverTLS)
             # Bind errors (port in use, permission) stop startup with one
             # line naming the listener instead of being logged while the
             # daemon runs without it.

@@ -19,7 +19,7 @@ from lbproxy.config.ha import HAConfig, TrackConfig
 from lbproxy.ha.advert import Advert
 from lbproxy.ha.interfaces import IHeartbeatActions, INotifier, IVirtualAddresses
 from lbproxy.ha.machine import Heartbeat, MachineSettings, Role
-from lbproxy.ha.tracking import IBalancerHealth
+from lbproxy.interfaces import IBalancerHealth
 from lbproxy.core.pool import Pool, Server
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 

@@ -112,6 +112,7 @@ class HAPair:
         self.hosts = hosts
         self.processes = processes
         self.directory = directory
+        self._clientOut: dict = {}
         self.keyFile = directory / "ha.key"
         self.keyFile.write_bytes(KEY)
         self.keyFile.chmod(0o600)
@@ -155,21 +156,28 @@ class HAPair:
         assert self.a.hasVIP() and not self.b.hasVIP()
 
     def client(self, duration: float, address: str = VIP, timeout: float = 1.0) -> Process:
-        self.clientOut = self.directory / f"client-{time.monotonic_ns()}.json"
+        """
+        Start a client opening a connection to C{address} every 10 ms for
+        C{duration} seconds; L{clientResults} reads what it found.
+        """
+        out = self.directory / f"client-{time.monotonic_ns()}.json"
         host = self.hosts["client"]
-        return self.processes(
+        process = self.processes(
             host.argv(
                 sys.executable, PEERS_SCRIPT, "client", "--address", address, "--port", "80",
-                "--out", str(self.clientOut), "--duration", str(duration), "--timeout", str(timeout),
+                "--out", str(out), "--duration", str(duration), "--timeout", str(timeout),
             ),
             f"client-{len(self.processes.started)}",
         )
+        # Each client its own file: two may run at once (IPv4 and IPv6).
+        self._clientOut[process] = out
+        return process
 
     def clientResults(self, process: Process) -> list:
         import json
 
         process.wait(60)
-        return json.loads(self.clientOut.read_text())["requests"]
+        return json.loads(self._clientOut.pop(process).read_text())["requests"]
 
     def owners(self) -> list[str]:
         return [node.label for node in (self.a, self.b) if node.hasVIP()]

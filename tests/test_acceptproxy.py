@@ -249,11 +249,12 @@ class ReaderTests(SynchronousTestCase):
 
 
 def test_whoReadsTheHeader():
-    assert readsProxyHeaderItself(listener("http", tls=None))
-    assert readsProxyHeaderItself(listener("tcp", tls=None))
-    assert not readsProxyHeaderItself(listener("http"))
-    assert not readsProxyHeaderItself(listener("tcp"))
-    assert not readsProxyHeaderItself(listener("imap", tls=None))
-    assert not readsProxyHeaderItself(listener("pop3"))
+    """
+    No built-in front reads the PROXY header itself: every listener with
+    accept_proxy gets the shared reader, in front of TLS when it has some.
+    """
+    for mode in ("tcp", "http", "imap", "pop3"):
+        for tls in (None, TLS):
+            assert not readsProxyHeaderItself(listener(mode, tls=tls))
     redirect = HTTPListenerConfig(name="plain", bind="tcp:80", pool="", redirectHttps=443)
     assert not readsProxyHeaderItself(redirect)

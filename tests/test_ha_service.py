@@ -13,7 +13,7 @@ import io
 import json
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
@@ -27,9 +27,9 @@ from lbproxy.ha.advert import Advert, decode, encode
 from lbproxy.ha.interfaces import IHeartbeatActions, IHeartbeatStatus, INotifier, IVirtualAddresses
 from lbproxy.ha.machine import Role
 from lbproxy.ha.notify import CommandNotifier
-from lbproxy.ha.service import HAService, LatencyStats, ServiceTreeHealth
+from lbproxy.ha.service import HAService, LatencyStats
 from hamachines import KEY, OWN, PEER, VIPS, FakeAddresses, FakeBalancer, FakeNotifier, FakeSocket, haConfig
-from lbproxy.ha.tracking import IBalancerHealth
+from lbproxy.interfaces import IBalancerHealth
 from lbproxy.ha.transport import AdvertFilter
 from lbproxy.core.pool import ServerState
 from lbproxy.service import BalancerService
@@ -243,21 +243,6 @@ def test_balancerStopsTheHeartbeatFirst():
     assert stopped == [] and not d.called
     ha.stopping.callback(None)
     assert stopped == ["listener:web"] and d.called
-
-
-def test_serviceTreeHealth():
-    root = BalancerService(Config("x.toml", {}, {}), Clock(), serverTLS={})
-
-    class Bound(Service):
-        def __init__(self, connected: bool | None):
-            self._waitingForPort = None if connected is None else succeed(type("P", (), {"connected": connected})())
-
-    for name, connected in (("up", True), ("closed", False), ("never", None)):
-        service = Bound(connected)
-        service.setName(f"listener:{name}")
-        service.setServiceParent(root)
-    # Its "health" child is not a listener.
-    assert ServiceTreeHealth(root).unboundListeners() == ["closed", "never"]
 
 
 def test_cannotStartIsOneLine():

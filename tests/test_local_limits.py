@@ -352,7 +352,7 @@ class HealthCheckTests(SynchronousTestCase):
                 self.emfile()
                 self.reactor.advance(2)
             self.assertIs(server.state, ServerState.UP)
-            health = monitor.health[server]
+            health = server.health
             self.assertEqual((health.failures, health.successes, health.skipped), (0, 0, 30))
             server.setState(ServerState.DOWN, "operator")
             for _ in range(3):

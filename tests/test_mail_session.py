@@ -500,7 +500,7 @@ class MailSessionTests(MailSessionCase):
         front.connectionLost(DONE)
         self.assertTrue(server.disconnected)
         self.assertEqual(self.pools["store"].servers[0].active, 0)
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.factory.listener.sessions, set())
 
     def test_tlsRequired(self):
         mail = dict(tlsRequired=True)
@@ -590,7 +590,7 @@ class MailSessionTests(MailSessionCase):
         self.accept()
         front, client = self.accept()
         self.assertTrue(client.disconnecting)
-        self.assertEqual(self.factory.rejected, 1)
+        self.assertEqual(self.factory.listener.counters.refused, 1)
 
     def test_repliesUnreadStopReading(self):
         """

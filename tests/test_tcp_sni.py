@@ -25,7 +25,7 @@ from lbproxy.core.pool import Pool, Server
 from lbproxy.core.proxyprotocol import buildV1
 from lbproxy.selectors.keyhash import KeyHash
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
-from lbproxy.service import frontFactory
+from lbproxy.service import frontFactory, wrapFront
 from lbproxy.tcp.front import TCPProxyFactory
 from lbproxy.tcp.sni import SNIFlowContext, SNIRoutes
 
@@ -198,7 +198,7 @@ class SNIFrontTests(SynchronousTestCase):
         (line,) = self.sessionLines(events)
         self.assertIn("front -> default/- sni=- in=0 out=0", line)
         self.assertTrue(line.endswith("end=no-sni (ClientHello without a server name)"), line)
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.factory.listener.sessions, set())
 
     def test_notTLSDefault(self):
         """
@@ -289,7 +289,8 @@ class SNIFrontTests(SynchronousTestCase):
         """
         import ipaddress
 
-        self.makeFactory(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),))
+        front = self.makeFactory(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),))
+        self.factory = wrapFront(front.listener, front, self.reactor)
         hello = pyOpenSSLHello(b"www.example.test")
         header = buildV1(IPv4Address("TCP", "203.0.113.9", 5555), HOST)
         protocol, client = self.accept()
@@ -299,7 +300,7 @@ class SNIFrontTests(SynchronousTestCase):
         self.assertEqual(self.connectedPort(), PORTS["wild"])
         leg, backend = self.succeed()
         self.assertEqual(backend.value(), hello)
-        self.assertEqual(protocol.client.host, "203.0.113.9")
+        self.assertEqual(protocol.wrapped.client.host, "203.0.113.9")
 
     def test_sendProxyOfRoutedPool(self):
         """

@@ -329,7 +329,7 @@ class TestRedirectProtocol:
         other = StringTransport()
         second.makeConnection(other)
         assert other.value().startswith(b"HTTP/1.1 503 ")
-        assert protocol.factory.rejected == 1
+        assert protocol.factory.listener.counters.refused == 1
 
     def test_bodyTooLarge(self):
         from lbproxy.http.config import HTTPLimits

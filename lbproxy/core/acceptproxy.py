@@ -113,6 +113,7 @@ class ProxyHeaderReader(Protocol):
         self.transport.loseConnection()
 
     def _logRefusal(self, detail: str) -> None:
+        self.factory.listener.counters.errors += 1
         peer = self.transport.getPeer()
         self.log.warn(
             "{listener}: closed the connection of trusted proxy {peer}: {detail}",
@@ -134,15 +135,18 @@ class AcceptProxyFactory(ServerFactory):
 
     @ivar wrappedFactory: the listener's factory (its TLS layer, if any,
         included).
-    @ivar listener: the L{lbproxy.config.ListenerConfig}.
+    @ivar listener: the live L{lbproxy.core.model.Listener}; a bad or late
+        header counts as one of its errors.
     @ivar timeout: seconds a trusted peer has to send its header.
     """
 
     noisy = False
 
     def __init__(self, wrappedFactory, listener, reactor, timeout: float = PROXY_HEADER_TIMEOUT) -> None:
+        from lbproxy.core.model import Listener
+
         self.wrappedFactory = wrappedFactory
-        self.listener = listener
+        self.listener = Listener.of(listener)
         self.reactor = reactor
         self.timeout = timeout
 
@@ -161,6 +165,6 @@ class AcceptProxyFactory(ServerFactory):
 
     def buildProtocol(self, addr):
         wrapped = self.wrappedFactory.buildProtocol(addr)
-        if wrapped is None or not self.listener.trustsProxyFrom(getattr(addr, "host", "")):
+        if wrapped is None or not self.listener.config.trustsProxyFrom(getattr(addr, "host", "")):
             return wrapped
         return ProxyHeaderReader(self, wrapped)

@@ -9,6 +9,7 @@ may choose from, and checks the selector's answer.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Iterable
 
 from twisted.logger import Logger
@@ -34,6 +35,71 @@ class ServerState(enum.Enum):
 
 StateObserver = Callable[["Server", ServerState, ServerState, str], None]
 
+#: The classes of HTTP status a server's and a listener's responses are
+#: counted by: index 1 to 5 for 1xx to 5xx, 0 for anything else (no
+#: response).
+STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def statusIndex(status: int | None) -> int:
+    """
+    The index in a C{responses} counter list of a response with C{status}.
+    """
+    if status is None or not 100 <= status < 600:
+        return 0
+    return status // 100
+
+
+class _SystemClock:
+    """
+    What pools read the time from until the service gives them its reactor.
+    """
+
+    @staticmethod
+    def seconds() -> float:
+        return time.time()
+
+
+class ServerHealth:
+    """
+    What active checks last found about one server (written by its pool's
+    L{lbproxy.health.monitor.HealthMonitor}, read by the stats page).
+
+    @ivar healthy: outcome of the last probe; None before the first one.
+    @ivar reason: "ok", or why the last probe failed.
+    @ivar lastCheck: reactor time the last probe finished, or None.
+    @ivar duration: seconds the last probe took, or None.
+    @ivar successes: consecutive successful probes.
+    @ivar failures: consecutive failed probes.
+    @ivar checks: probes finished since the monitor started.
+    @ivar skipped: probes not made for lbproxy's own limits (out of file
+        descriptors...), counted in neither C{successes} nor C{failures}.
+    """
+
+    __slots__ = ("healthy", "reason", "lastCheck", "duration", "successes", "failures", "checks", "skipped")
+
+    def __init__(self) -> None:
+        self.healthy: bool | None = None
+        self.reason = ""
+        self.lastCheck: float | None = None
+        self.duration: float | None = None
+        self.successes = 0
+        self.failures = 0
+        self.checks = 0
+        self.skipped = 0
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, ServerHealth):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"ServerHealth({fields})"
+
+    def snapshot(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
 
 @implementer(IServer)
 class Server:
@@ -43,8 +109,16 @@ class Server:
     @ivar totalConnections: flows ever assigned to the server.
     @ivar connectFailures: consecutive failed connection attempts (reset by
         a successful one).
+    @ivar connectErrors: failed connection attempts, ever.
     @ivar responseErrors: HTTP responses the server broke (closed or reset
         before its end, invalid, followed by bytes answering no request).
+    @ivar bytesIn: bytes clients sent it, counted when each flow (TCP,
+        mail) or request (HTTP) ends.
+    @ivar bytesOut: bytes it sent to clients, likewise.
+    @ivar responses: HTTP responses it gave, by L{STATUS_CLASSES}.
+    @ivar downs: times it went from up to down.
+    @ivar since: when it entered its state (the pool's clock).
+    @ivar health: what active checks last found (L{ServerHealth}).
     @ivar passiveFall: consecutive failed connection attempts that mark an
         up server down (passive health check); 0 disables it. Only set when
         active checks run, since they are what bring the server back.
@@ -73,7 +147,14 @@ class Server:
         self.active = 0
         self.totalConnections = 0
         self.connectFailures = 0
+        self.connectErrors = 0
         self.responseErrors = 0
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.responses = [0] * len(STATUS_CLASSES)
+        self.downs = 0
+        self.since = 0.0
+        self.health = ServerHealth()
         #: The count the last success cleared (see L{connectFailed}).
         self._clearedFailures = 0
         self.pool: Pool | None = None
@@ -125,6 +206,7 @@ class Server:
             self.connectFailures = self._clearedFailures
         self._clearedFailures = 0
         self.connectFailures += 1
+        self.connectErrors += 1
         if (
             self.passiveFall
             and self.connectFailures >= self.passiveFall
@@ -144,8 +226,34 @@ class Server:
         if old is state:
             return
         self.state = state
+        if old is ServerState.UP and state is ServerState.DOWN:
+            self.downs += 1
         if self.pool is not None:
+            self.since = self.pool.clock.seconds()
             self.pool.serverStateChanged(self, old, reason)
+
+    def snapshot(self, now: float) -> dict:
+        """
+        The server as plain data (for the stats page, metrics and peers).
+        """
+        return {
+            "name": self.name,
+            "address": self.address,
+            "state": self.state.value,
+            "for": now - self.since,
+            "weight": self.weight,
+            "backup": self.backup,
+            "maxconn": self.maxconn,
+            "sessions": self.active,
+            "total": self.totalConnections,
+            "bytesIn": self.bytesIn,
+            "bytesOut": self.bytesOut,
+            "responses": dict(zip(STATUS_CLASSES, self.responses)),
+            "connectErrors": self.connectErrors,
+            "responseErrors": self.responseErrors,
+            "downs": self.downs,
+            "check": self.health.snapshot(),
+        }
 
 
 class Pool:
@@ -170,6 +278,9 @@ class Pool:
 
     log = Logger()
     tls = None
+    #: Where the time of state changes is read (the service sets its
+    #: reactor).
+    clock = _SystemClock()
 
     def __init__(
         self,
@@ -256,6 +367,19 @@ class Pool:
         Flows waiting in the queue.
         """
         return len(self._waiters)
+
+    def snapshot(self, now: float) -> dict:
+        """
+        The pool and its servers as plain data.
+        """
+        options = self.options
+        return {
+            "name": self.name,
+            "selector": getattr(options, "selector", type(self.selector).__name__),
+            "queue": len(self._waiters),
+            "available": len(self.eligible()),
+            "servers": [server.snapshot(now) for server in self.servers],
+        }
 
     def mayQueue(self, context: ISelectionContext) -> bool:
         """

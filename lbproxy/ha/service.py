@@ -29,7 +29,6 @@ import errno
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.config.ha import HAConfig
@@ -40,7 +39,8 @@ from lbproxy.ha.channel import Channel
 from lbproxy.ha.interfaces import IHeartbeatActions, IHeartbeatStatus, INotifier, IVirtualAddresses
 from lbproxy.ha.machine import Heartbeat, MachineSettings, Role
 from lbproxy.ha.notify import CommandNotifier
-from lbproxy.ha.tracking import IBalancerHealth, Tracker
+from lbproxy.ha.tracking import Tracker
+from lbproxy.interfaces import IBalancerHealth
 from lbproxy.ha.transport import AdvertFilter, AdvertSocket, openAdvertSocket
 
 
@@ -91,30 +91,6 @@ class LatencyStats:
         if not self.count:
             return "none"
         return f"p50 <= {self.quantile(0.5):.1f}ms, p99 <= {self.quantile(0.99):.1f}ms, max {self.maximum:.1f}ms"
-
-
-@implementer(IBalancerHealth)
-class ServiceTreeHealth:
-    """
-    L{IBalancerHealth} of a L{lbproxy.service.BalancerService}: its pools,
-    and its C{listener:NAME} services' ports.
-    """
-
-    def __init__(self, balancerService) -> None:
-        self._service = balancerService
-        self.pools = balancerService.balancer.pools
-
-    def unboundListeners(self) -> list[str]:
-        unbound = []
-        for service in self._service:
-            name = service.name or ""
-            if not name.startswith("listener:"):
-                continue
-            waiting = getattr(service, "_waitingForPort", None)
-            port = waiting.result if waiting is not None and waiting.called else None
-            if port is None or isinstance(port, Failure) or not getattr(port, "connected", False):
-                unbound.append(name.split(":", 1)[1])
-        return unbound
 
 
 @implementer(IHeartbeatActions, IHeartbeatStatus)
@@ -358,8 +334,11 @@ def attach(balancerService, config: HAConfig, reactor) -> HAService:
     Add the heartbeat of C{config} to C{balancerService} (after its
     listeners, so it starts once they are bound, and stops before them).
     """
-    ha = HAService(config, ServiceTreeHealth(balancerService), reactor)
+    balancer = balancerService.balancer
+    ha = HAService(config, balancer, reactor)
     ha.setName("ha")
     ha.setServiceParent(balancerService)
+    balancer.addPart("ha", ha.snapshot)
+    ha.addObserver(lambda old, new, reason: balancer.announce("ha", f"group {config.group}", old, new, reason))
     return ha
 

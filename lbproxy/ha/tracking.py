@@ -19,28 +19,14 @@ from dataclasses import dataclass
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
 
 from lbproxy.config.ha import TrackConfig
+from lbproxy.interfaces import IBalancerHealth
 from lbproxy.ha.commands import CommandResult, runCommand
 from lbproxy.core.pool import ServerState
 
 #: Seconds between two looks at the listeners.
 LISTENER_POLL = 0.5
-
-
-class IBalancerHealth(Interface):
-    """
-    What the heartbeat reads of the running balancer.
-    """
-
-    pools = Attribute("The live pools by name (L{lbproxy.core.pool.Pool}, with addObserver and servers).")
-
-    def unboundListeners():
-        """
-        The names of the listeners not listening now (a list, empty when
-        all are bound).
-        """
 
 
 @dataclass

@@ -16,8 +16,6 @@ its state and the skipped probes are logged, one line a second at most.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
@@ -29,32 +27,6 @@ from lbproxy.health.episodes import REPEAT_INTERVAL, FailureLog
 from lbproxy.interfaces import IHealthCheck
 from lbproxy.core.limits import LimitLog, plural
 from lbproxy.core.pool import Pool, Server, ServerState
-
-
-@dataclass
-class ServerHealth:
-    """
-    What active checks last found about one server, for status pages.
-
-    @ivar healthy: outcome of the last probe; None before the first one.
-    @ivar reason: "ok", or why the last probe failed.
-    @ivar lastCheck: reactor time the last probe finished, or None.
-    @ivar duration: seconds the last probe took, or None.
-    @ivar successes: consecutive successful probes.
-    @ivar failures: consecutive failed probes.
-    @ivar checks: probes finished since the monitor started.
-    @ivar skipped: probes not made for lbproxy's own limits (out of file
-        descriptors...), counted in neither C{successes} nor C{failures}.
-    """
-
-    healthy: bool | None = None
-    reason: str = ""
-    lastCheck: float | None = None
-    duration: float | None = None
-    successes: int = 0
-    failures: int = 0
-    checks: int = 0
-    skipped: int = 0
 
 
 _PROBED_SERVING = {ServerState.UP, ServerState.DRAIN}
@@ -77,7 +49,8 @@ class HealthMonitor(Service):
     probe still running when the next one is due is not doubled; the due
     probe is skipped.
 
-    @ivar health: a L{ServerHealth} per server of the pool.
+    What each probe found is kept in the live model: the server's
+    C{health} (L{lbproxy.core.pool.ServerHealth}).
     """
 
     log = Logger()
@@ -102,7 +75,6 @@ class HealthMonitor(Service):
         self.config = pool.options.health
         self._reactor = reactor
         self.check = check if check is not None else buildCheck(reactor, self.config)
-        self.health: dict[Server, ServerHealth] = {s: ServerHealth() for s in pool.servers}
         self._seenState: dict[Server, ServerState] = {}
         self._loops: dict[Server, LoopingCall] = {}
         self._starts: dict[Server, object] = {}
@@ -217,7 +189,7 @@ class HealthMonitor(Service):
                 result,
                 server=server.qualifiedName,
             )
-        health = self.health.setdefault(server, ServerHealth())
+        health = server.health
         state = server.state
         seen = self._seenState.get(server)
         if seen is not state:
@@ -258,7 +230,7 @@ class HealthMonitor(Service):
         A probe of C{server} could not be made for lbproxy's own limit:
         the server keeps its state and its counts.
         """
-        self.health.setdefault(server, ServerHealth()).skipped += 1
+        server.health.skipped += 1
         limit = str(skipped)
 
         def emit(count: int) -> None:

@@ -48,16 +48,13 @@ class HTTPMode(FrontMode):
             )
 
     def buildFactory(self, listener, pools, reactor, serverTLS=None):
-        if listener.redirectHttps is not None:
+        if listener.config.redirectHttps is not None:
             from lbproxy.http.redirect import RedirectFactory
 
             return RedirectFactory(listener, reactor)
         from lbproxy.http.front import HTTPProxyFactory
 
         return HTTPProxyFactory(listener, pools, reactor)
-
-    def readsProxyHeader(self, config) -> bool:
-        return config.tls is None and config.redirectHttps is None
 
     def handshakeTimeout(self, config) -> float:
         # A client has its request timeout for the handshake and the

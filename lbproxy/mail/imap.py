@@ -307,7 +307,7 @@ class IMAPFront(MailFrontProtocol):
         size = int(match.group(1))
         synchronizing = not match.group(2)
         tag = self._tagOf(self._lines[0])
-        limits = self.listener.limits
+        limits = self.config.limits
         tooBig = size > limits.literal or self._commandSize + size > limits.line + 2 * limits.literal
         if tag is None or tooBig:
             self._resetCommand()

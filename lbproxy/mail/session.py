@@ -26,9 +26,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.interfaces import IProxiedAddresses
 from lbproxy.mail.config import normaliseUser
 from lbproxy.core.connect import BackendConnection, BackendConnector
+from lbproxy.core.model import Listener
+from lbproxy.core.session import FrontConnection
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.mail.arguments import asText, loginRefusal
 from lbproxy.mail.backpressure import ReplyBackpressure
@@ -316,6 +317,9 @@ class _DialogFactory(Factory):
         return self.front.makeDialog(self.credentials)
 
 
+#: How a session ends without an error.
+_CLEAN_ENDS = frozenset({"client-closed", "server-closed", "logout"})
+
 # Session states.
 _PRELOGIN = "prelogin"
 _PLACING = "placing"
@@ -324,17 +328,18 @@ _RELAYING = "relaying"
 _CLOSED = "closed"
 
 
-@implementer(IHalfCloseableProtocol, IProxiedAddresses, IHandshakeListener)
-class MailFrontProtocol(Protocol, LineBuffer):
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
+class MailFrontProtocol(FrontConnection, LineBuffer):
     """
     One client connection of an IMAP or POP3 listener (see the module
     docstring for the hooks a subclass implements).
 
+    What every front does with a connection (its listener's C{maxconn},
+    the addresses of a trusted proxy's PROXY header, the phase timer, the
+    relay's hand-over) is L{FrontConnection}'s.
+
     @cvar protocolName: C{"imap"} or C{"pop3"}, first word of the log line.
     @ivar factory: the L{MailProxyFactory}.
-    @ivar client: the client's address (the PROXY header's source, when a
-        trusted proxy sent one).
-    @ivar local: the address the client connected to.
     @ivar clientTLS: C{"none"}, C{"starttls"} or C{"implicit"}.
     @ivar user: the normalised user of the last login attempt, or None.
     @ivar failures: failed logins on this connection.
@@ -348,15 +353,12 @@ class MailFrontProtocol(Protocol, LineBuffer):
     log = Logger()
 
     def __init__(self, factory: MailProxyFactory, reactor) -> None:
+        super().__init__(factory.listener, reactor)
         self.factory = factory
-        self._reactor = reactor
-        listener = factory.listener
-        self.listener = listener
-        self.maxLine = listener.limits.line
-        self.client: IAddress | None = None
-        self.local: IAddress | None = None
-        self._proxied: tuple[IAddress, IAddress] | None = None
-        self.clientTLS = TLS_NONE
+        config = self.config
+        self.maxLine = config.limits.line
+        tls = config.tls
+        self.clientTLS = TLS_IMPLICIT if tls is not None and not tls.starttls else TLS_NONE
         self.user: str | None = None
         self.failures = 0
         self.relay: Relay | None = None
@@ -364,11 +366,8 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self.dialog: BackendDialog | None = None
         self.result = "none"
         self.state = _PRELOGIN
-        self._leg = None
-        self._started = 0.0
         self._bytesIn = 0
         self._bytesOut = 0
-        self._loginTimer = None
         self._delayTimer = None
         self._connecting: Deferred | None = None
         self._placement = None
@@ -376,7 +375,6 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self._clientTLSVersion: str | None = None
         self._tlsEstablished = False
         self.lastDetail = ""
-        self._logged = False
         self._replies = ReplyBackpressure(reactor, self._repliesUnread, self._repliesRead)
         self._initBuffer()
 
@@ -394,7 +392,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         """
         Credentials may be sent now: TLS is not required, or active.
         """
-        return self.tlsActive or not self.listener.tlsRequired
+        return self.tlsActive or not self.config.tlsRequired
 
     @property
     def startTLSOffered(self) -> bool:
@@ -402,7 +400,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         STARTTLS/STLS can be used now: the listener offers it and the
         connection is not encrypted yet.
         """
-        tls = self.listener.tls
+        tls = self.config.tls
         return (
             tls is not None
             and tls.starttls
@@ -412,58 +410,35 @@ class MailFrontProtocol(Protocol, LineBuffer):
 
     # Connection events.
 
-    def proxiedAddresses(self, client: IAddress, local: IAddress) -> None:
-        """
-        A trusted proxy's PROXY header named the client (C{accept_proxy}).
-        """
-        self._proxied = (client, local)
+    def refused(self) -> None:
+        self.state = _CLOSED
+        self._finish("maxconn", f"listener at its maxconn of {self.config.maxconn}")
+        self.transport.loseConnection()
 
-    def connectionMade(self) -> None:
-        factory = self.factory
-        transport = self.transport
-        self._started = self._reactor.seconds()
-        if self._proxied is not None:
-            self.client, self.local = self._proxied
-        else:
-            self.client = transport.getPeer()
-            self.local = transport.getHost()
-        tls = self.listener.tls
-        if tls is not None and not tls.starttls:
-            self.clientTLS = TLS_IMPLICIT
-        maxconn = self.listener.maxconn
-        if maxconn and len(factory.sessions) >= maxconn:
-            factory.rejected += 1
-            self.state = _CLOSED
-            self._finish("maxconn", f"listener at its maxconn of {maxconn}")
-            transport.loseConnection()
-            return
-        factory.sessions.add(self)
-        self._replies.register(transport)
-        self._loginTimer = self._reactor.callLater(self.listener.loginTimeout, self._loginTimedOut)
+    def accepted(self) -> None:
+        self._replies.register(self.transport)
+        self.timer.enter("login", self.config.loginTimeout)
         self.greet()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._leg is not None:
-            self._leg.dataReceived(data)
-            return
         if self.state == _CLOSED:
             return
         self._bytesIn += len(data)
         self._feed(data)
 
     def readConnectionLost(self) -> None:
-        if self._leg is not None:
-            self._leg.readConnectionLost()
+        if self.relayLeg is not None:
+            self.relayLeg.readConnectionLost()
         elif self.state != _CLOSED:
             self.close("client-closed")
 
     def writeConnectionLost(self) -> None:
-        if self._leg is not None:
-            self._leg.writeConnectionLost()
+        if self.relayLeg is not None:
+            self.relayLeg.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._leg is not None:
-            self._leg.connectionLost(reason)
+        if self.relayLeg is not None:
+            self.relayLeg.connectionLost(reason)
             return
         if self.state != _CLOSED:
             self.state = _CLOSED
@@ -556,17 +531,17 @@ class MailFrontProtocol(Protocol, LineBuffer):
         No line is delivered meanwhile. Credentials no store may see
         (L{loginRefusal}) are refused as a failed login.
         """
-        self.user = user = normaliseUser(asText(credentials.user), self.listener.userDomain)
+        self.user = user = normaliseUser(asText(credentials.user), self.config.userDomain)
         failedLogins = self.factory.failedLogins
         if failedLogins is not None and failedLogins.refused(self.client, self.protocolName):
             self.rejectLogin(self.failedLoginReply(), counted=False)
             return
-        refusal = loginRefusal(credentials, self.listener.limits.user)
+        refusal = loginRefusal(credentials, self.config.limits.user)
         if refusal is not None:
             self._warnLogin("refused before any store", refusal)
             self.rejectLogin(self.failedLoginReply())
             return
-        poolName = self.listener.poolFor(user)
+        poolName = self.config.poolFor(user)
         pool = self.factory.pools[poolName]
         self.state = _PLACING
         self._holding = True
@@ -603,12 +578,13 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if counted and self.factory.failedLogins is not None:
             self.factory.failedLogins.failed(self.client)
         self.failures += 1
+        self.listener.counters.loginFailures += 1
         self.result = "failed"
         self.state = _DELAYING
         self._holding = True
         self.transport.pauseProducing()
         self._delayTimer = self._reactor.callLater(
-            self.listener.authFailureDelay, self._delayOver, reply
+            self.config.authFailureDelay, self._delayOver, reply
         )
 
     # Placement.
@@ -711,7 +687,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if self.state != _DELAYING:
             return
         self.send(reply)
-        if self.failures >= self.listener.maxAuthFailures:
+        if self.failures >= self.config.maxAuthFailures:
             self.tooManyFailures()
             self.close("too-many-failures", f"{self.failures} failed logins")
             return
@@ -749,13 +725,12 @@ class MailFrontProtocol(Protocol, LineBuffer):
     def _handOff(self, answer: DialogResult) -> None:
         self.state = _RELAYING
         self.result = "ok"
-        self._stopLoginTimer()
+        self.listener.counters.logins += 1
         self._stopped = True
         self._replies.unregister()
         self.send(answer.reply)
-        relay = self.relay = Relay(self._reactor, idleTimeout=self.listener.idleTimeout)
-        self._leg = relay.client
-        relay.client.makeConnection(self.transport)
+        relay = self.relay = Relay(self._reactor, idleTimeout=self.config.idleTimeout)
+        self.relayTo(relay.client)
         self.dialog.attach(relay.server)
         pipelined = self._takeBuffer()
         if pipelined:
@@ -777,28 +752,21 @@ class MailFrontProtocol(Protocol, LineBuffer):
 
     # Timers and the end.
 
-    def _loginTimedOut(self) -> None:
-        self._loginTimer = None
+    def phaseExpired(self, phase: str) -> None:
         if self.state in (_RELAYING, _CLOSED):
             return
         self.loginTimedOut()
-        self.close("login-timeout", f"no login within {self.listener.loginTimeout:g}s")
+        self.close("login-timeout", f"no login within {self.config.loginTimeout:g}s")
 
     def _lineOverflow(self) -> None:
         self.lineTooLong()
         self.close("line-too-long", f"a line longer than {self.maxLine} bytes")
 
-    def _stopLoginTimer(self) -> None:
-        if self._loginTimer is not None:
-            if self._loginTimer.active():
-                self._loginTimer.cancel()
-            self._loginTimer = None
-
     def _teardown(self) -> None:
         """
         Stop timers and drop any backend work in progress.
         """
-        self._stopLoginTimer()
+        self.timer.stop()
         if self._delayTimer is not None:
             if self._delayTimer.active():
                 self._delayTimer.cancel()
@@ -815,19 +783,21 @@ class MailFrontProtocol(Protocol, LineBuffer):
 
     def _finish(self, end: str, detail: str = "", bytesIn=None, bytesOut=None) -> None:
         """
-        The session is over: free its slots and log its one line.
+        The session is over: free its slots, count it, and log its one
+        line.
         """
-        if self._logged:
+        bytesIn = self._bytesIn if bytesIn is None else bytesIn
+        bytesOut = self._bytesOut if bytesOut is None else bytesOut
+        if not self.ended(bytesIn, bytesOut, error=end not in _CLEAN_ENDS):
             return
-        self._logged = True
-        factory = self.factory
-        factory.sessions.discard(self)
         connection = self.connection
-        server = self._lastServer or f"{self.listener.pool}/-"
+        server = self._lastServer or f"{self.config.pool}/-"
         serverTLS = "-"
         if self.relay is not None and connection is not None:
             connection.release()
             server = connection.server.qualifiedName
+            connection.server.bytesIn += bytesIn
+            connection.server.bytesOut += bytesOut
             serverTLS = self.dialog.tls
             if self.dialog.tlsVersion is not None:
                 serverTLS = f"{serverTLS}/{self.dialog.tlsVersion}"
@@ -838,7 +808,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
             clientTLS = f"{clientTLS}/{self._clientTLSVersion}"
         if detail == "" and self.result == "unavailable":
             detail = self.lastDetail
-        durationSeconds = self._reactor.seconds() - self._started
+        durationSeconds = self._reactor.seconds() - self.started
         self.log.info(
             SESSION_FORMAT,
             protocol=self.protocolName,
@@ -850,8 +820,8 @@ class MailFrontProtocol(Protocol, LineBuffer):
             serverTLS=serverTLS,
             result=self.result,
             failures=self.failures,
-            bytesIn=self._bytesIn if bytesIn is None else bytesIn,
-            bytesOut=self._bytesOut if bytesOut is None else bytesOut,
+            bytesIn=bytesIn,
+            bytesOut=bytesOut,
             duration=formatSeconds(durationSeconds),
             durationSeconds=durationSeconds,
             end=end,
@@ -866,31 +836,31 @@ class MailProxyFactory(ServerFactory):
 
     Subclasses set C{protocol} to their L{MailFrontProtocol}.
 
-    @ivar listener: the L{lbproxy.config.ListenerConfig} (with C{mail}).
+    @ivar listener: the live L{lbproxy.core.model.Listener} (its C{config}
+        a L{lbproxy.mail.config.MailListenerConfig}).
     @ivar pools: every live pool by name (C{user_pools} may name several).
     @ivar serverTLS: the listener's L{lbproxy.tls.server.ServerTLS} (its
         C{creator} is used for STARTTLS), or None.
-    @ivar sessions: the connections being served (counted for maxconn).
-    @ivar rejected: connections closed because the listener was full.
     @ivar failedLogins: the L{FailedLogins} of the client addresses, or
         None without C{auth.address_max_failures}.
     """
 
     protocol = MailFrontProtocol
 
+    noisy = False
+
     def __init__(self, listener, pools: dict, reactor, serverTLS=None) -> None:
-        self.listener = listener
+        self.listener = listener = Listener.of(listener)
+        self.config = listener.config
         self.pools = pools
         self._reactor = reactor
         self.serverTLS = serverTLS
         self.connectors: dict[str, BackendConnector] = {}
-        self.sessions: set[MailFrontProtocol] = set()
-        self.rejected = 0
-        limit = listener.addressLimit
+        limit = self.config.addressLimit
         self.failedLogins = FailedLogins(limit, reactor, listener.name) if limit.maxFailures else None
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.listener.name} -> {self.listener.pool}>"
+        return f"<{type(self).__name__} {self.listener.name} -> {self.config.pool}>"
 
     def connectorFor(self, poolName: str) -> BackendConnector:
         """

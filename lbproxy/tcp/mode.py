@@ -30,7 +30,4 @@ class TCPMode(FrontMode):
     def buildFactory(self, listener, pools, reactor, serverTLS=None):
         from lbproxy.tcp.front import TCPProxyFactory
 
-        return TCPProxyFactory(listener, pools[listener.pool], reactor=reactor, pools=pools)
-
-    def readsProxyHeader(self, config) -> bool:
-        return config.tls is None
+        return TCPProxyFactory(listener, pools[listener.config.pool], reactor=reactor, pools=pools)
