@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import fail
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
