@@ -131,12 +131,13 @@ class Method:
 @dataclass(frozen=True)
 class Unchanged:
     """
-    The function C{target} (a dotted path) is the code lbproxy's copy was
-    written from: its fingerprint (L{fingerprint}) is C{reviewed}.
+    The function C{target} (a dotted path) is code that lbproxy writes out:
+    its fingerprint (L{fingerprint}) is one of C{reviewed}, those of the
+    Twisted releases the copy was reviewed against.
     """
 
     target: str
-    reviewed: str
+    reviewed: tuple[str, ...]
     users: tuple[str, ...]
 
     @property
@@ -149,12 +150,12 @@ class Unchanged:
         except (ImportError, AttributeError):
             return f"there is no {self.target}"
         now = fingerprint(function)
-        if now == self.reviewed:
+        if now in self.reviewed:
             return None
         return (
-            f"{self.target} changed (fingerprint {now}, reviewed {self.reviewed}): "
-            "review what lbproxy writes out of it against the new code, then record "
-            "the new fingerprint in tests/test_twisted_internals.py"
+            f"{self.target} changed (fingerprint {now}, reviewed {', '.join(self.reviewed)}): "
+            "review what lbproxy writes out of it against the new code, then add "
+            "the new fingerprint to its row in tests/test_twisted_internals.py"
         )
 
 
@@ -435,8 +436,8 @@ INTERNALS = [
         ("EPollReactor",), "listenUNIX", ("address", "factory", "backlog", "mode", "wantPID"), (REACTOR,)
     ),
     Method(("EPollReactor",), "adoptStreamPort", ("fileDescriptor", "addressFamily", "factory"), (REACTOR,)),
-    Unchanged("twisted.internet.epollreactor.EPollReactor.doPoll", "425337360c59", (REACTOR,)),
-    Unchanged("twisted.internet.posixbase._PollLikeMixin._doReadOrWrite", "468516f23002", (REACTOR,)),
+    Unchanged("twisted.internet.epollreactor.EPollReactor.doPoll", ("425337360c59",), (REACTOR,)),
+    Unchanged("twisted.internet.posixbase._PollLikeMixin._doReadOrWrite", ("468516f23002",), (REACTOR,)),
     Attribute(("twisted.internet.main",), "CONNECTION_DONE", error.ConnectionDone, (REACTOR,)),
     Attribute(("twisted.internet.main",), "CONNECTION_LOST", error.ConnectionLost, (REACTOR,)),
     # The reactor's read of a plain TCP connection.
@@ -445,18 +446,18 @@ INTERNALS = [
     Attribute(CONNECTIONS, "connected", int, (REACTOR, WRITEBATCH, DIRECTWRITE)),
     Attribute(CONNECTIONS, "_aborting", bool, (REACTOR, WRITEBATCH)),
     Attribute(CONNECTIONS, "protocol", None, (REACTOR, HANDOVER)),
-    Unchanged("twisted.internet.tcp.Connection.doRead", "77bf25257adc", (REACTOR,)),
-    Unchanged("twisted.internet.tcp.Connection._dataReceived", "3bc59391dd37", (REACTOR,)),
+    Unchanged("twisted.internet.tcp.Connection.doRead", ("77bf25257adc",), (REACTOR,)),
+    Unchanged("twisted.internet.tcp.Connection._dataReceived", ("3bc59391dd37",), (REACTOR,)),
     Attribute(("twisted.internet.endpoints",), "_WrappingProtocol", type, (REACTOR,)),
     Attribute(("_WrappingProtocol",), "_wrappedProtocol", Recorder, (REACTOR,)),
-    Unchanged("twisted.internet.endpoints._WrappingProtocol.dataReceived", "183208e73420", (REACTOR,)),
+    Unchanged("twisted.internet.endpoints._WrappingProtocol.dataReceived", ("183208e73420",), (REACTOR,)),
     # The reactor's listening ports (AcceptGuard).
     Attribute(("tcp.Port",), "socket", socket.socket, (REACTOR,)),
     Attribute(("tcp.Port",), "connected", (bool, int), (REACTOR,)),
     Attribute(("tcp.Port",), "disconnecting", (bool, int), (REACTOR,)),
     Behaviour("tcp.Port accepts through its socket attribute until EAGAIN", acceptsThroughSocket, (REACTOR,)),
-    Unchanged("twisted.internet.tcp.Port.doRead", "060588c03bd9", (REACTOR,)),
-    Unchanged("twisted.internet.tcp._accept", "91ab1e984309", (REACTOR,)),
+    Unchanged("twisted.internet.tcp.Port.doRead", ("060588c03bd9",), (REACTOR,)),
+    Unchanged("twisted.internet.tcp._accept", ("91ab1e984309",), (REACTOR,)),
     # The write buffers of a plain TCP connection.
     Attribute(CONNECTIONS, "TLS", bool, (WRITEBATCH, TLSBATCH, DIRECTWRITE)),
     Attribute(CONNECTIONS, "disconnecting", int, (WRITEBATCH, DIRECTWRITE)),
@@ -471,9 +472,9 @@ INTERNALS = [
     Attribute(CONNECTIONS, "producerPaused", (bool, int), (WRITEBATCH,)),
     Method(CONNECTIONS, "_maybePauseProducer", (), (WRITEBATCH,)),
     Method(CONNECTIONS, "startWriting", (), (WRITEBATCH,)),
-    Unchanged("twisted.internet.abstract.FileDescriptor.write", "e0523071ac34", (WRITEBATCH, DIRECTWRITE)),
-    Unchanged("twisted.internet.abstract.FileDescriptor.doWrite", "4ac68fc6933f", (WRITEBATCH,)),
-    Unchanged("twisted.internet.tcp.Connection.writeSomeData", "51b2e9dcfdec", (WRITEBATCH,)),
+    Unchanged("twisted.internet.abstract.FileDescriptor.write", ("e0523071ac34",), (WRITEBATCH, DIRECTWRITE)),
+    Unchanged("twisted.internet.abstract.FileDescriptor.doWrite", ("4ac68fc6933f",), (WRITEBATCH,)),
+    Unchanged("twisted.internet.tcp.Connection.writeSomeData", ("51b2e9dcfdec",), (WRITEBATCH,)),
     Behaviour("startTLS sets the TCP connection's TLS flag", startTLSMarksTheConnection, (WRITEBATCH, DIRECTWRITE)),
     # Twisted's TLS over the batch.
     Attribute(CONNECTIONS, "__dict__", dict, (TLSBATCH,)),
