@@ -48,7 +48,7 @@ from zope.interface import implementer
 
 from certs import CertificateAuthority
 from support import CHECKOUT
-from test_reactor import Recorder, _iterateUntil
+from test_reactor import Recorder, _FailingAccept, _iterateUntil
 from tlsmemory import clientContext
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="lbproxy's reactor is epoll, Linux only")
@@ -279,24 +279,6 @@ def iterationOrder(world: World) -> None:
     assert calls == ["runUntilCurrent", "doIteration"], f"an iteration called {calls}"
 
 
-class _NoneWaiting:
-    """
-    A listening socket with no connection waiting: C{accept} fails with
-    C{EAGAIN}.
-    """
-
-    def __init__(self, sock) -> None:
-        self._sock = sock
-        self.accepts = 0
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-    def accept(self):
-        self.accepts += 1
-        raise BlockingIOError(errno.EAGAIN, "none waiting")
-
-
 def acceptsThroughSocket(world: World) -> None:
     """
     A listening port accepts through its C{socket} attribute, and C{EAGAIN}
@@ -304,13 +286,13 @@ def acceptsThroughSocket(world: World) -> None:
     """
     port = world["tcp.Port"]
     real = port.socket
-    standIn = port.socket = _NoneWaiting(real)
+    noneWaiting = port.socket = _FailingAccept(real, errno.EAGAIN)
     try:
         with capturedLogs() as events:
             port.doRead()
     finally:
         port.socket = real
-    assert standIn.accepts == 1, f"the port called its socket's accept {standIn.accepts} times"
+    assert noneWaiting.calls == 1, f"the port called its socket's accept {noneWaiting.calls} times"
     assert not events, f"the port logged {len(events)} events"
 
 
