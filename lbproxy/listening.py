@@ -25,6 +25,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import fail
 from twisted.internet.error import CannotListenError
 
+from lbproxy._twisted.listen import raiseListenErrors
 from lbproxy.config import Config, ListenerConfig
 from lbproxy.config.endpoints import BindAddress, EndpointError, parseBind, plainReason
 from lbproxy.errors import ConfigError
@@ -185,7 +186,7 @@ class ListenerService(StreamServerEndpointService):
         self.source = source
         # Raise from privilegedStartService instead of logging the failure
         # while the daemon runs without the listener.
-        self._raiseSynchronously = True
+        raiseListenErrors(self)
         self.setName(f"listener:{listener.name}")
 
     def privilegedStartService(self) -> None:

@@ -8,6 +8,7 @@ instead when LBPROXY_REQUIRE_INTEGRATION=1, so CI cannot pass by skipping.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
@@ -97,6 +98,47 @@ def benchModule(name: str):
         sys.modules[qualified] = module
         spec.loader.exec_module(module)
     return sys.modules[qualified]
+
+
+#: The reactors the tests can run on, by the name LBPROXY_TEST_REACTOR
+#: gives: lbproxy's (the default on Linux: what "twistd lbproxy" runs on)
+#: and Twisted's own epoll reactor (what "--reactor=epoll" gives), on which
+#: test_reactors runs the loopback tests again. Each module has install()
+#: and its EPollReactor class.
+TEST_REACTORS = {
+    "lbproxy": "lbproxy._twisted.reactor",
+    "epoll": "twisted.internet.epollreactor",
+}
+
+#: The variable that chooses the reactor.
+TEST_REACTOR_VARIABLE = "LBPROXY_TEST_REACTOR"
+
+
+def reactorUnderTest() -> str | None:
+    """
+    The name of the reactor this run installs (see L{TEST_REACTORS}), or
+    L{None}, Twisted's default, off Linux, where lbproxy's reactor does
+    not run.
+    """
+    name = os.environ.get(TEST_REACTOR_VARIABLE)
+    if name is None:
+        return "lbproxy" if sys.platform == "linux" else None
+    if name not in TEST_REACTORS:
+        raise pytest.UsageError(f"{TEST_REACTOR_VARIABLE}={name!r}: expected one of {', '.join(TEST_REACTORS)}")
+    return name
+
+
+def installReactorUnderTest() -> None:
+    """
+    Install the reactor L{reactorUnderTest} names (tests/conftest.py does,
+    before any test module imports the reactor).
+    """
+    name = reactorUnderTest()
+    if name is None:
+        return
+    if "twisted.internet.reactor" in sys.modules:
+        raise pytest.UsageError(f"a reactor was installed before the tests could install the {name} reactor")
+    importlib.import_module(TEST_REACTORS[name]).install()
 
 
 def freePort(host: str = "127.0.0.1") -> int:

@@ -378,8 +378,8 @@ class HTTPLoopbackTests(TestCase):
         session = None
         for _ in range(1000):
             yield deferLater(reactor, 0.01, lambda: None)
-            if factory.sessions:
-                (session,) = factory.sessions
+            if factory.listener.sessions:
+                (session,) = factory.listener.sessions
                 exchange = session.exchange
                 if exchange is not None and exchange.backend is not None:
                     if exchange.backend.readingPaused:

@@ -8,11 +8,12 @@ on both legs, and the session log line.
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
 from zope.interface.verify import verifyObject
 
 from memoryconnections import acceptClient, completeAttempt, refuseAttempt
@@ -707,7 +708,8 @@ class RelayUnderStartTLSTests(MailSessionCase):
 
     def test_serverCloseClosesTLSClient(self):
         front, client, dialog, server = self.relaying()
-        client.TLS = True
+        # What startTLS does to a TCP transport.
+        alsoProvides(client, ISSLTransport)
         dialog.readConnectionLost()
         self.assertTrue(client.disconnecting)
         self.assertFalse(client.writeDisconnecting)

@@ -26,6 +26,7 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbproxy._twisted.handover import handOver
 from lbproxy.interfaces import IProxiedAddresses
 from lbproxy.core.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
 
@@ -82,11 +83,9 @@ class ProxyHeaderReader(Protocol):
         if header.source is not None:
             IProxiedAddresses(wrapped).proxiedAddresses(header.source, header.destination)
         transport = self.transport
-        if getattr(transport, "protocol", None) is self:
-            # As startTLS does: the transport now delivers straight to the
-            # wrapped protocol.
-            transport.protocol = wrapped
-        else:
+        # The transport delivers straight to the wrapped protocol from now
+        # on, or (a transport without a "protocol") through this reader.
+        if not handOver(transport, self, wrapped):
             self._forwarding = True
         self._handedOver = True
         wrapped.makeConnection(transport)

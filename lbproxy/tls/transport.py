@@ -5,10 +5,10 @@ L{ServerTLSTransport} sits between a TCP transport and a front's protocol,
 as Twisted's C{TLSMemoryBIOProtocol} does, with fewer layers per request:
 what the front writes is encrypted at once (C{SSL_write}) and the records
 are read back from the memory BIO and handed to the TCP transport (or to
-the HTTP front's write batch, see L{lbproxy._twisted.writebatch}); what the client
-sends is fed to the memory BIO and decrypted record by record, all of it
-given to the front in one C{dataReceived}. The TLS record headers of what
-arrives are counted, so that reading stops after the last complete
+the HTTP front's write batch, see L{lbproxy._twisted.tlsbatch}); what the
+client sends is fed to the memory BIO and decrypted record by record, all
+of it given to the front in one C{dataReceived}. The TLS record headers of
+what arrives are counted, so that reading stops after the last complete
 record instead of asking OpenSSL once more and catching its
 C{WantReadError}, and ciphertext is read back with a buffer large enough
 for what was just encrypted: in the steady state no exception is raised.
@@ -89,6 +89,9 @@ class ServerTLSTransport(Protocol):
     @ivar factory: the L{ServerTLSFactory}.
     @ivar disconnecting: C{loseConnection} or C{abortConnection} was called.
     @ivar connected: between C{makeConnection} and C{connectionLost}.
+    @ivar sendRecords: called with the encrypted records to send: the TCP
+        transport's C{write}, unless a write batch takes them
+        (L{lbproxy._twisted.tlsbatch}).
     """
 
     __slots__ = (
@@ -97,8 +100,7 @@ class ServerTLSTransport(Protocol):
         "disconnecting",
         "connected",
         "_conn",
-        "_lowerWrite",
-        "_batch",
+        "sendRecords",
         "_handshakeDone",
         "_aborted",
         "_closed",
@@ -123,8 +125,7 @@ class ServerTLSTransport(Protocol):
         self.connected = False
         self.disconnecting = False
         self._conn: SSL.Connection | None = None
-        self._lowerWrite = None
-        self._batch = None
+        self.sendRecords = None
         self._handshakeDone = False
         self._aborted = False
         # The TLS layer is done: shut down, failed, or the TCP connection lost.
@@ -156,7 +157,7 @@ class ServerTLSTransport(Protocol):
         conn = factory.creator.serverConnectionForTLS(self)
         conn.set_accept_state()
         self._conn = conn
-        self._lowerWrite = transport.write
+        self.sendRecords = transport.write
         self.connected = True
         self.transport = transport
         self._deadline = factory.reactor.callLater(factory.handshakeTimeout, self._handshakeTimedOut)
@@ -368,7 +369,7 @@ class ServerTLSTransport(Protocol):
                 return
             except _Error:
                 return
-            self._lowerWrite(data)
+            self.sendRecords(data)
             if len(data) < _DRAIN:
                 return
 
@@ -390,7 +391,7 @@ class ServerTLSTransport(Protocol):
                 return
             room = size + _OVERHEAD
             out = conn.bio_read(room)
-            self._lowerWrite(out)
+            self.sendRecords(out)
             if len(out) == room:
                 self._drainOutput()
             if sent < size:
@@ -548,16 +549,6 @@ class ServerTLSTransport(Protocol):
         if conn is None:
             return None
         return conn.get_alpn_proto_negotiated() or None
-
-    # -- the write batch -------------------------------------------------------
-
-    def sendRecordsWith(self, batch, write) -> None:
-        """
-        Hand the records to C{write} (a write batch's, for the TCP
-        transport) instead of the TCP transport's own C{write}.
-        """
-        self._batch = batch
-        self._lowerWrite = write
 
 
 class ServerTLSFactory(ServerFactory):
