@@ -61,6 +61,24 @@ def twistd() -> str:
     return path
 
 
+def readmeCodeBlock(heading: str) -> str:
+    """
+    The first Python code block of README.rst's section C{heading}.
+    """
+    import textwrap
+
+    with open(os.path.join(CHECKOUT, "README.rst")) as f:
+        text = f.read()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    block = section.split(".. code-block:: python\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line)
+    return textwrap.dedent("\n".join(lines))
+
+
 def checkoutEnvironment() -> dict[str, str]:
     """
     The environment for a subprocess that must run the lbproxy under test:
