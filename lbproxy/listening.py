@@ -28,8 +28,8 @@ from twisted.internet.error import CannotListenError
 from lbproxy._twisted.listen import raiseListenErrors
 from lbproxy.config import Config, ListenerConfig
 from lbproxy.config.endpoints import BindAddress, EndpointError, parseBind, plainReason
-from lbproxy.errors import ConfigError
 from lbproxy.core.model import Listener, ListenerState
+from lbproxy.errors import ConfigError
 from lbproxy.sockets import serverEndpoint
 
 

@@ -22,13 +22,14 @@ connection with one log line; the front never sees it.
 
 from __future__ import annotations
 
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbproxy._twisted.handover import handOver
-from lbproxy.interfaces import IProxiedAddresses
 from lbproxy.core.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
+from lbproxy.core.wrapping import FactoryLayer
+from lbproxy.interfaces import IProxiedAddresses
 
 
 class ProxyHeaderReader(Protocol):
@@ -127,7 +128,7 @@ class ProxyHeaderReader(Protocol):
             timer.cancel()
 
 
-class AcceptProxyFactory(ServerFactory):
+class AcceptProxyFactory(FactoryLayer):
     """
     Wraps a listener's factory: connections from a peer in the listener's
     C{accept_proxy} start with a PROXY header read by a L{ProxyHeaderReader}.
@@ -139,28 +140,12 @@ class AcceptProxyFactory(ServerFactory):
     @ivar timeout: seconds a trusted peer has to send its header.
     """
 
-    noisy = False
-
     def __init__(self, wrappedFactory, listener, reactor, timeout: float = PROXY_HEADER_TIMEOUT) -> None:
         from lbproxy.core.model import Listener
 
-        self.wrappedFactory = wrappedFactory
+        super().__init__(wrappedFactory, reactor)
         self.listener = Listener.of(listener)
-        self.reactor = reactor
         self.timeout = timeout
-
-    def __repr__(self) -> str:
-        return f"<AcceptProxyFactory {self.wrappedFactory!r}>"
-
-    def logPrefix(self) -> str:
-        prefix = getattr(self.wrappedFactory, "logPrefix", None)
-        return prefix() if prefix is not None else self.wrappedFactory.__class__.__name__
-
-    def doStart(self) -> None:
-        self.wrappedFactory.doStart()
-
-    def doStop(self) -> None:
-        self.wrappedFactory.doStop()
 
     def buildProtocol(self, addr):
         wrapped = self.wrappedFactory.buildProtocol(addr)

@@ -22,10 +22,10 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
-from lbproxy.interfaces import IServer, ISelectionContext
 from lbproxy.core.limits import LimitLog, describeLocalLimit, localLimit, plural
 from lbproxy.core.proxyprotocol import buildHeader
+from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
+from lbproxy.interfaces import IServer, ISelectionContext
 
 
 class Lease:

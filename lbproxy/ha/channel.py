@@ -57,8 +57,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 from lbproxy.config.ha import HAConfig
-from lbproxy.ha.advert import Address, _pack16
 from lbproxy.core.limits import LimitLog
+from lbproxy.ha.advert import Address, _pack16
 
 VERSION = b"1"
 MAX_LINE = 512

@@ -40,8 +40,8 @@ from lbproxy.ha.interfaces import IHeartbeatActions, IHeartbeatStatus, INotifier
 from lbproxy.ha.machine import Heartbeat, MachineSettings, Role
 from lbproxy.ha.notify import CommandNotifier
 from lbproxy.ha.tracking import Tracker
-from lbproxy.interfaces import IBalancerHealth
 from lbproxy.ha.transport import AdvertFilter, AdvertSocket, openAdvertSocket
+from lbproxy.interfaces import IBalancerHealth
 
 
 class LatencyStats:

@@ -21,9 +21,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from lbproxy.config.ha import TrackConfig
-from lbproxy.interfaces import IBalancerHealth
-from lbproxy.ha.commands import CommandResult, runCommand
 from lbproxy.core.pool import ServerState
+from lbproxy.ha.commands import CommandResult, runCommand
+from lbproxy.interfaces import IBalancerHealth
 
 #: Seconds between two looks at the listeners.
 LISTENER_POLL = 0.5

@@ -32,8 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.config.ha import HAConfig
-from lbproxy.ha.advert import DROP_CAUSES, MAX_SIZE, Address, Advert, AdvertRejected, ReplayGuard, decode
 from lbproxy.core.limits import LimitLog, plural
+from lbproxy.ha.advert import DROP_CAUSES, MAX_SIZE, Address, Advert, AdvertRejected, ReplayGuard, decode
 
 #: Datagrams read in one readiness event at most (the rest wait for the
 #: next reactor iteration).

@@ -25,9 +25,9 @@ from zope.interface import implementer
 
 from lbproxy.config import HealthConfig
 from lbproxy.core.endpoints import hostHeader
+from lbproxy.core.limits import describeLocalLimit, localLimit
 from lbproxy.errors import TLSHandshakeFailed
 from lbproxy.interfaces import IHealthCheck, IServer
-from lbproxy.core.limits import describeLocalLimit, localLimit
 
 #: Most bytes an HTTP check reads before it has the final status line
 #: (interim 1xx responses included).

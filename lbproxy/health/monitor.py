@@ -22,11 +22,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbproxy.core.limits import LimitLog, plural
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.health.checks import HealthCheckFailed, HealthCheckSkipped, buildCheck
 from lbproxy.health.episodes import REPEAT_INTERVAL, FailureLog
 from lbproxy.interfaces import IHealthCheck
-from lbproxy.core.limits import LimitLog, plural
-from lbproxy.core.pool import Pool, Server, ServerState
 
 
 _PROBED_SERVING = {ServerState.UP, ServerState.DRAIN}

@@ -80,11 +80,11 @@ from lbproxy.http.serialize import (
     lastChunk,
     responseHeadBytes,
 )
+from lbproxy._twisted.writebatch import WriteBatch
 from lbproxy.core.pool import Pool, statusIndex
 from lbproxy.core.relay import Relay, RelayResult, setNoDelay
 from lbproxy.core.session import FrontConnection, PhaseTimer
 from lbproxy.tls.client import tlsFailureText
-from lbproxy._twisted.writebatch import WriteBatch
 
 # Phases of a client connection; each has its own timeout.
 _IDLE = "idle"  # keep-alive, before the first byte of the next request

@@ -65,9 +65,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lbproxy.config import CookieConfig
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.http.context import parseCookies
 from lbproxy.http.message import Headers, RequestHead
-from lbproxy.core.pool import Pool, Server, ServerState
 
 #: How far in the future a cookie's dates may be before it is ignored.
 _FUTURE_SLACK = 86400

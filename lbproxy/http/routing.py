@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import re
 
+from lbproxy.core.pool import Pool
 from lbproxy.http.config import HTTPListenerConfig, RouteConfig
 from lbproxy.http.context import requestHost, requestPath
 from lbproxy.http.message import RequestHead
-from lbproxy.core.pool import Pool
 
 
 class _Rule:

@@ -25,8 +25,8 @@ from __future__ import annotations
 from zope.interface import implementer
 
 from lbproxy.mail.interfaces import IMailDialogHooks, IMailFrontHooks
-from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
 from lbproxy.mail.logtext import printable
+from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
 from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory
 
 #: Commands of the TRANSACTION state (RFC 1939, 2449), refused before login

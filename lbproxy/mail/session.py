@@ -26,21 +26,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.mail.config import normaliseUser
 from lbproxy.core.connect import BackendConnection, BackendConnector
+from lbproxy.core.format import formatAddress, formatSeconds
 from lbproxy.core.model import Listener
+from lbproxy.core.relay import Relay, RelayResult
 from lbproxy.core.session import FrontConnection
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.mail.arguments import asText, loginRefusal
 from lbproxy.mail.backpressure import ReplyBackpressure
+from lbproxy.mail.config import normaliseUser
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.lines import LineBuffer
 from lbproxy.mail.logtext import describeLost, printable, tlsVersion
 from lbproxy.mail.placement import Placement
 from lbproxy.mail.sasl import Credentials
 from lbproxy.mail.throttle import FailedLogins
-from lbproxy.core.relay import Relay, RelayResult
-from lbproxy.core.format import formatAddress, formatSeconds
 from lbproxy.tls.client import sslErrorText
 
 SESSION_FORMAT = (

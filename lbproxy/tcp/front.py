@@ -32,10 +32,10 @@ from lbproxy.core.connect import BackendConnection, BackendConnector, describeFa
 from lbproxy.core.context import FlowContext
 from lbproxy.core.format import formatAddress, formatSeconds
 from lbproxy.core.model import Listener
-from lbproxy.core.session import FrontConnection
-from lbproxy.tcp.sni import SNIFlowContext, SNIRoutes
-from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
 from lbproxy.core.relay import Relay, RelayResult
+from lbproxy.core.session import FrontConnection
+from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
+from lbproxy.tcp.sni import SNIFlowContext, SNIRoutes
 from lbproxy.tls.client import sslErrorText
 from lbproxy.tls.clienthello import ClientHelloError, ClientHelloReader
 

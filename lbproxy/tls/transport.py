@@ -41,11 +41,12 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     ITransport,
 )
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lbproxy.core.wrapping import FactoryLayer
 from lbproxy.interfaces import IProxiedAddresses
 
 # Largest plaintext of one TLS record.
@@ -551,7 +552,7 @@ class ServerTLSTransport(Protocol):
         return conn.get_alpn_proto_negotiated() or None
 
 
-class ServerTLSFactory(ServerFactory):
+class ServerTLSFactory(FactoryLayer):
     """
     Terminates TLS in front of a listener's factory.
 
@@ -562,27 +563,12 @@ class ServerTLSFactory(ServerFactory):
     """
 
     protocol = ServerTLSTransport
-    noisy = False
+    logSuffix = " (TLS)"
 
     def __init__(self, creator, wrappedFactory, reactor, handshakeTimeout: float) -> None:
+        super().__init__(wrappedFactory, reactor)
         self.creator = creator
-        self.wrappedFactory = wrappedFactory
-        self.reactor = reactor
         self.handshakeTimeout = handshakeTimeout
-
-    def __repr__(self) -> str:
-        return f"<ServerTLSFactory {self.wrappedFactory!r}>"
-
-    def logPrefix(self) -> str:
-        prefix = getattr(self.wrappedFactory, "logPrefix", None)
-        name = prefix() if prefix is not None else self.wrappedFactory.__class__.__name__
-        return f"{name} (TLS)"
-
-    def doStart(self) -> None:
-        self.wrappedFactory.doStart()
-
-    def doStop(self) -> None:
-        self.wrappedFactory.doStop()
 
     def buildProtocol(self, addr):
         wrapped = self.wrappedFactory.buildProtocol(addr)
