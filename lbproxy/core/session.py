@@ -142,7 +142,11 @@ class FrontConnection(Protocol):
     listener = None
     config = None
 
-    def __init__(self, listener, reactor) -> None:
+    def __init__(self, listener, reactor, timerStep: float | None = None) -> None:
+        """
+        @param timerStep: the L{PhaseTimer}'s step, for a front whose
+            connections change phase many times a second.
+        """
         self.listener = listener
         self.config = listener.config
         self._reactor = reactor
@@ -150,7 +154,7 @@ class FrontConnection(Protocol):
         self.client: IAddress | None = None
         self.local: IAddress | None = None
         self.started = 0.0
-        self.timer = PhaseTimer(reactor, self.phaseExpired)
+        self.timer = PhaseTimer(reactor, self.phaseExpired, timerStep)
         self.finished = False
         self._admitted = False
 

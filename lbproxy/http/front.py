@@ -83,7 +83,7 @@ from lbproxy.http.serialize import (
 from lbproxy._twisted.writebatch import WriteBatch
 from lbproxy.core.pool import Pool, statusIndex
 from lbproxy.core.relay import Relay, RelayResult, setNoDelay
-from lbproxy.core.session import FrontConnection, PhaseTimer
+from lbproxy.core.session import FrontConnection
 from lbproxy.tls.client import tlsFailureText
 
 # Phases of a client connection; each has its own timeout.
@@ -136,8 +136,7 @@ class HTTPProxyProtocol(FrontConnection):
     log = Logger()
 
     def __init__(self, factory: HTTPProxyFactory, reactor) -> None:
-        super().__init__(factory.listener, reactor)
-        self.timer = PhaseTimer(reactor, self.phaseExpired, factory.timerStep)
+        super().__init__(factory.listener, reactor, factory.timerStep)
         self.factory = factory
         self._seconds = reactor.seconds
         self._writes = factory.writes
