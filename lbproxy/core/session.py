@@ -141,6 +141,8 @@ class FrontConnection(Protocol):
 
     listener = None
     config = None
+    #: The relay's client leg once L{relayTo} handed the connection over.
+    relayLeg = None
 
     def __init__(self, listener, reactor, timerStep: float | None = None) -> None:
         """
@@ -213,8 +215,6 @@ class FrontConnection(Protocol):
         self.relayLeg = leg
         self.dataReceived = leg.dataReceived
         leg.makeConnection(self.transport)
-
-    relayLeg = None
 
     def ended(self, bytesIn: int = 0, bytesOut: int = 0, error: bool = False) -> bool:
         """
