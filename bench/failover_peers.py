@@ -5,6 +5,8 @@ bench/netns.py (stdlib only)::
     python failover_peers.py backend --address A --port P --name NAME
     python failover_peers.py client --address VIP --port P --out FILE \\
         [--spacing 0.01] [--duration 5] [--timeout 1]
+    python failover_peers.py sticky --address VIP --port P --out FILE \\
+        --sources A,B,... [--timeout 1]
 
 C{backend}: a small HTTP/1.1 server answering every request with its
 name, one request per connection.
@@ -15,6 +17,11 @@ each and records whether a 200 came back within C{timeout}; writes one
 JSON document to C{--out}: C{requests}, a list of C{[start, end, ok,
 detail]} on the CLOCK_MONOTONIC of the machine (which every namespace
 shares, so a test can place its own events among them).
+
+C{sticky}: one request from each source address in turn (addresses the
+client's host has), recording which backend answered; writes
+C{{"sticky": [[source, ok, detail], ...]}}: with a stick table on the
+source address, the same sources reach the same backends on either node.
 
 L{analyse} turns the requests into what the scenarios report: requests
 lost, and the longest gap between two successful responses.
@@ -122,12 +129,13 @@ async def backend(address: str, port: int, name: str) -> None:
         await server.serve_forever()
 
 
-async def _request(address: str, port: int, timeout: float) -> tuple[bool, str]:
+async def _request(address: str, port: int, timeout: float, source: str | None = None) -> tuple[bool, str]:
     writer = None
     try:
         async def exchange():
             nonlocal writer
-            reader, writer = await asyncio.open_connection(address, port)
+            local = (source, 0) if source else None
+            reader, writer = await asyncio.open_connection(address, port, local_addr=local)
             writer.write(b"GET / HTTP/1.1\r\nHost: failover\r\nConnection: close\r\n\r\n")
             return await reader.read(4096)
 
@@ -169,6 +177,36 @@ async def client(address: str, port: int, spacing: float, duration: float, timeo
     return results
 
 
+async def sticky(address: str, port: int, sources: list[str], timeout: float) -> list:
+    """
+    One request from each of C{sources}, one after the other (so that a
+    round-robin pool meets them in this order).
+    """
+    results = []
+    for source in sources:
+        ok, detail = await _request(address, port, timeout, source)
+        results.append([source, ok, detail])
+    return results
+
+
+def stickSources(first: int, count: int) -> list[str]:
+    """
+    C{count} client source addresses of 192.0.2.0/24 from C{.first} on.
+    """
+    return [f"192.0.2.{n}" for n in range(first, first + count)]
+
+
+def honoured(before: list, after: list) -> dict:
+    """
+    How many sources of C{before} (L{sticky} results) reached the same
+    backend in C{after}.
+    """
+    pinned = {source: detail for source, ok, detail in before if ok}
+    again = {source: detail for source, ok, detail in after if ok}
+    same = sum(1 for source, detail in pinned.items() if again.get(source) == detail)
+    return {"honoured": same, "of": len(pinned)}
+
+
 def analyse(requests: list, since: float | None = None, until: float | None = None) -> dict:
     """
     Requests lost, and the longest time without a successful response
@@ -202,9 +240,23 @@ def main(argv: list[str]) -> int:
     c.add_argument("--spacing", type=float, default=0.01)
     c.add_argument("--duration", type=float, default=5.0)
     c.add_argument("--timeout", type=float, default=1.0)
+    s = sub.add_parser("sticky")
+    s.add_argument("--address", required=True)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--sources", required=True, help="comma-separated source addresses")
+    s.add_argument("--timeout", type=float, default=1.0)
     args = parser.parse_args(argv)
     if args.role == "backend":
         asyncio.run(backend(args.address, args.port, args.name))
+        return 0
+    if args.role == "sticky":
+        sources = [a for a in args.sources.split(",") if a]
+        if not 0 < len(sources) <= 1000:
+            parser.error("--sources must name 1 to 1000 addresses")
+        results = asyncio.run(sticky(args.address, args.port, sources, args.timeout))
+        with open(args.out, "w") as f:
+            json.dump({"sticky": results}, f)
         return 0
     if not 0 < args.duration <= 600 or not 0.001 <= args.spacing <= 10:
         parser.error("--duration must be at most 600 s and --spacing at least 1 ms")

@@ -5,6 +5,7 @@ same network namespaces, side by side in one run.
     python bench/run_failover.py                  # 5 rounds, adverts every 0.2 s
     python bench/run_failover.py --rounds 9 --interval 1.0 --json failover.json
     python bench/run_failover.py --scenarios load --load-duration 10
+    python bench/run_failover.py --scenarios stick --stick-clients 32
 
 Needs root, iproute2, keepalived and HAProxy (Debian packages); see
 bench/README.rst for what is measured and how to read it.
@@ -23,7 +24,7 @@ import sys
 import time
 
 import netns
-from failover_peers import VIP, VIP6, analyse, lbproxyNodeConfig
+from failover_peers import VIP, VIP6, analyse, honoured, lbproxyNodeConfig, stickSources
 from harness import (
     REPO,
     BenchError,
@@ -45,7 +46,7 @@ from harness import (
 )
 
 TARGETS = ("lbproxy", "keepalived")
-SCENARIOS = ("startup", "sigkill", "graceful", "load")
+SCENARIOS = ("startup", "sigkill", "graceful", "load", "stick")
 HOSTS = {"a": 11, "b": 12, "client": 50, "be1": 21, "be2": 22}
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "failover_peers.py")
 #: The log line of a starting heartbeat, by target.
@@ -64,7 +65,10 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument(
         "--scenarios", default="startup,sigkill,graceful",
-        help=f"subset of {','.join(SCENARIOS)} (default all but load)",
+        help=f"subset of {','.join(SCENARIOS)} (default all but load and stick)",
+    )
+    parser.add_argument(
+        "--stick-clients", type=int, default=32, help="client source addresses pinned (scenario stick; 1 to 100)"
     )
     parser.add_argument("--client-duration", type=float, default=3.0, help="seconds of client traffic per run")
     parser.add_argument("--load-duration", type=float, default=10.0, help="seconds of wrk load (scenario load)")
@@ -83,6 +87,8 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         parser.error("expected at least one target, one scenario and one round")
     if not 0.1 <= args.interval <= 40 or not 0.5 <= args.client_duration <= 60:
         parser.error("--interval from 0.1 to 40 s, --client-duration from 0.5 to 60 s")
+    if not 1 <= args.stick_clients <= 100:
+        parser.error("--stick-clients from 1 to 100")
     return args
 
 
@@ -103,6 +109,26 @@ pool = "load"
 bind = "tcp:8000:interface={own}"
 pool = "load"
 """
+
+
+#: The stick scenario's table: lbproxy's, and HAProxy's with its peers
+#: (each HAProxy is started with -L and its node's name).
+LBPROXY_STICK = """
+[pools.web.stick]
+on = "src"
+expire = "30m"
+"""
+HAPROXY_STICK = """
+peers lbha
+    peer a 192.0.2.11:10000
+    peer b 192.0.2.12:10000
+"""
+HAPROXY_STICK_BACKEND = """    stick-table type ip size 100k expire 30m peers lbha
+    stick on src
+"""
+#: The first of the client's source addresses in the stick scenario (its
+#: own, .50, shifts the round-robin turns first).
+STICK_FIRST = 130
 
 
 def startNginx(group: ProcessGroup, host, workdir: str) -> None:
@@ -152,8 +178,8 @@ vrrp_instance lbha {{
 """
 
 
-def haproxyConfig() -> str:
-    return f"""
+def haproxyConfig(stick: bool = False) -> str:
+    return (HAPROXY_STICK if stick else "") + f"""
 global
     maxconn 4000
 defaults
@@ -168,7 +194,7 @@ backend web
     balance roundrobin
     server be1 192.0.2.21:8080
     server be2 192.0.2.22:8080
-"""
+""" + (HAPROXY_STICK_BACKEND if stick else "")
 
 
 class Node:
@@ -176,10 +202,11 @@ class Node:
     The processes of one node of one target.
     """
 
-    def __init__(self, run: Run, name: str, target: str) -> None:
+    def __init__(self, run: Run, name: str, target: str, stick: bool = False) -> None:
         self.run = run
         self.name = name
         self.target = target
+        self.stick = stick
         self.host = run.hosts[name]
         self.processes: list[subprocess.Popen] = []
         self.log = os.path.join(run.workdir, f"{target}-{name}-{run.serial}.log")
@@ -193,7 +220,7 @@ class Node:
             with open(base + ".toml", "w") as f:
                 f.write(lbproxyNodeConfig(
                     self.host, peer, self.run.keyFile, priority, f"{round(args.interval * 1000)}ms",
-                    listeners=LOAD_TABLES.format(own=self.host.address, vip=VIP),
+                    listeners=LOAD_TABLES.format(own=self.host.address, vip=VIP) + (LBPROXY_STICK if self.stick else ""),
                 ))
             twistd = args.twistd or besidePython("twistd")
             self._spawn(
@@ -202,10 +229,13 @@ class Node:
             )
         else:
             with open(base + ".haproxy.cfg", "w") as f:
-                f.write(haproxyConfig())
+                f.write(haproxyConfig(self.stick))
             with open(base + ".keepalived.conf", "w") as f:
                 f.write(keepalivedConfig(self.host, peer, priority, args.interval, self.run.workdir))
-            self._spawn([findExecutable("haproxy"), "-db", "-f", base + ".haproxy.cfg"], log=self.log + ".haproxy")
+            self._spawn(
+                [findExecutable("haproxy"), "-db", "-L", self.name, "-f", base + ".haproxy.cfg"],
+                log=self.log + ".haproxy",
+            )
             self._spawn(
                 [
                     findExecutable("keepalived"), "--dont-fork", "--log-console", "--log-detail", "--vrrp",
@@ -281,9 +311,9 @@ class Run:
         with open(os.open(self.keyFile, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write(os.urandom(24).hex())
 
-    def pair(self, target: str, startB: bool = True) -> tuple[Node, Node]:
+    def pair(self, target: str, startB: bool = True, stick: bool = False) -> tuple[Node, Node]:
         self.serial += 1
-        a, b = Node(self, "a", target), Node(self, "b", target)
+        a, b = Node(self, "a", target, stick), Node(self, "b", target, stick)
         a.start()
         waitFor(a.hasVIP, f"{target} node a to take the virtual address")
         if startB:
@@ -349,6 +379,47 @@ class Run:
             b.stop()
         figures = analyse(requests)
         return {"takeoverMs": round(took * 1000, 1), **figures}
+
+    def sticky(self, sources: list[str]) -> list:
+        """
+        One request from each of C{sources} in turn: C{[source, ok, backend]}.
+        """
+        out = os.path.join(self.workdir, f"sticky-{self.serial}.json")
+        process = subprocess.run(
+            self.hosts["client"].argv(
+                sys.executable, PEERS, "sticky", "--address", VIP, "--port", "80", "--out", out,
+                "--sources", ",".join(sources), "--timeout", "2",
+            ),
+            stdin=subprocess.DEVNULL,
+            timeout=60 + 2 * len(sources),
+        )
+        if process.returncode:
+            raise BenchError(f"the sticky client failed with status {process.returncode}")
+        with open(out) as f:
+            return json.load(f)["sticky"]
+
+    def stick(self, target: str) -> dict:
+        """
+        Clients pinned by their source address on the master (a stick
+        table, replicated to the backup), then SIGKILL of every process
+        of the master: how many of them the backup sends to the same
+        backend. A first request from the client's own address shifts
+        the master's round-robin turns, so without replication none would.
+        """
+        sources = stickSources(STICK_FIRST, self.args.stick_clients)
+        a, b = self.pair(target, stick=True)
+        try:
+            self.sticky(["192.0.2.50"])
+            pinned = self.sticky(sources)
+            # The updates go out within tens of milliseconds.
+            time.sleep(1.0)
+            a.signal(signal.SIGKILL, True)
+            waitFor(b.hasVIP, f"{target} node b to take over")
+            after = self.sticky(sources)
+        finally:
+            a.stop()
+            b.stop()
+        return {**honoured(pinned, after), "clients": len(sources)}
 
     def loadTargets(self) -> list[str]:
         urls = {"master": f"http://{VIP}:8081/", "backup": f"http://{self.hosts['b'].address}:8000/"}
@@ -417,6 +488,9 @@ def run(args: argparse.Namespace) -> int:
                 group.start(name, host.argv(sys.executable, PEERS, "backend", "--address", host.address, "--port", "8080", "--name", name))
                 if "load" in args.scenarios:
                     startNginx(group, host, workdir)
+            if "stick" in args.scenarios:
+                for address in stickSources(STICK_FIRST, args.stick_clients):
+                    hosts["client"].run("ip", "addr", "add", f"{address}/24", "dev", "eth0")
             time.sleep(1.0)
             group.checkAlive()
             measurement = Run(args, hosts, group, workdir)
@@ -434,6 +508,8 @@ def run(args: argparse.Namespace) -> int:
                             figures = measurement.startup(target)
                         elif scenario == "load":
                             figures = measurement.load()
+                        elif scenario == "stick":
+                            figures = measurement.stick(target)
                         else:
                             figures = measurement.failover(target, scenario)
                         results.setdefault((scenario, target), []).append(figures)
@@ -468,7 +544,7 @@ def report(results: dict, args) -> str:
                 "-", "-", "-", f"(process {median([r['processMs'] for r in runs]):.0f})",
             ])
             continue
-        if scenario == "load":
+        if scenario in ("load", "stick"):
             continue
         lost = [r.get("lost") for r in runs if r.get("lost") is not None]
         gaps = [r["gapMs"] for r in runs if "gapMs" in r]
@@ -493,6 +569,11 @@ def report(results: dict, args) -> str:
                 f"backup handled adverts after {r['backup'].get('receiveDelay')}; "
                 f"role changed: {r['roleChanged']}"
             )
+    stick = [(target, results[("stick", target)]) for target in TARGETS if ("stick", target) in results]
+    if stick:
+        lines.append("\nstick entries honoured by the backup after SIGKILL of the master (each round):")
+        for target, runs in stick:
+            lines.append(f"  {target}: " + ", ".join(f"{r['honoured']} of {r['of']}" for r in runs))
     sigkill = results.get(("sigkill", "lbproxy"))
     graceful = results.get(("graceful", "lbproxy"))
     if sigkill and args.interval == 0.2:

@@ -3,6 +3,7 @@ The service tree of a running lbproxy::
 
     BalancerService (MultiService)
       health        MultiService, one HealthMonitor per checked pool
+      stick         StickSweeper, when a pool has a stick table
       listener:NAME ListenerService, one per listener
 
 A listener with C{[tls]} (and no STARTTLS) gets its front's factory
@@ -28,6 +29,7 @@ from lbproxy.config import Config, ListenerConfig
 from lbproxy.core.acceptproxy import AcceptProxyFactory
 from lbproxy.core.model import Balancer, Listener
 from lbproxy.core.pool import Pool
+from lbproxy.core.stick import StickSweeper
 from lbproxy.errors import ConfigError
 from lbproxy.health.monitor import HealthMonitor
 from lbproxy.listening import ListenerService
@@ -123,6 +125,10 @@ class BalancerService(MultiService):
         for pool in self.balancer.pools.values():
             if pool.options.health is not None:
                 HealthMonitor(pool, reactor=reactor).setServiceParent(health)
+        if any(pool.stick is not None for pool in self.balancer.pools.values()):
+            sweeper = StickSweeper(self.balancer, reactor)
+            sweeper.setName("stick")
+            sweeper.setServiceParent(self)
         for listener in self.balancer.listeners.values():
             serverTLS = self.serverTLS.get(listener.name)
             listener.factory = listener.mode.buildFactory(listener, self.balancer.pools, reactor, serverTLS)

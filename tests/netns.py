@@ -130,7 +130,18 @@ class HAPair:
                     pytest.fail(f"backend {name} did not start:\n{backend.describe()}")
                 time.sleep(0.02)
 
-    def configure(self, interval: str = "200ms", extra: str = "", priorities=(254, 250), multicastIPv6: bool = False) -> None:
+    def configure(
+        self,
+        interval: str = "200ms",
+        extra: str = "",
+        priorities=(254, 250),
+        multicastIPv6: bool = False,
+        tables: str = "",
+    ) -> None:
+        """
+        Write both nodes' configurations: C{extra} keys of C{[ha]}, and
+        C{tables} more tables (C{[pools.web.stick]}...).
+        """
         for node, peer, priority in ((self.a, self.b, priorities[0]), (self.b, self.a, priorities[1])):
             notify = self.directory / f"notify-{node.label}.sh"
             notify.write_text(f'#!/bin/sh\necho "$1" >> "{node.notifyLog}"\n')
@@ -138,7 +149,7 @@ class HAPair:
             node.configPath.write_text(
                 peers.lbproxyNodeConfig(
                     node.host, peer.host, str(self.keyFile), priority, interval, extra, notify=str(notify),
-                    multicastIPv6=multicastIPv6,
+                    listeners=tables, multicastIPv6=multicastIPv6,
                 )
             )
 
@@ -178,6 +189,33 @@ class HAPair:
 
         process.wait(60)
         return json.loads(self._clientOut.pop(process).read_text())["requests"]
+
+    def addClientAddresses(self, addresses: list[str]) -> None:
+        """
+        Give the client host more addresses to send from.
+        """
+        for address in addresses:
+            self.hosts["client"].run("ip", "addr", "add", f"{address}/24", "dev", "eth0")
+
+    def sticky(self, sources: list[str], address: str = VIP) -> list:
+        """
+        One request from each of C{sources} in turn; C{[source, ok,
+        backend]} for each (see bench/failover_peers.py).
+        """
+        import json
+
+        out = self.directory / f"sticky-{time.monotonic_ns()}.json"
+        host = self.hosts["client"]
+        process = self.processes(
+            host.argv(
+                sys.executable, PEERS_SCRIPT, "sticky", "--address", address, "--port", "80",
+                "--out", str(out), "--sources", ",".join(sources),
+                "--timeout", "2",
+            ),
+            f"sticky-{len(self.processes.started)}",
+        )
+        process.wait(60)
+        return json.loads(out.read_text())["sticky"]
 
     def owners(self) -> list[str]:
         return [node.label for node in (self.a, self.b) if node.hasVIP()]

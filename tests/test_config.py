@@ -690,7 +690,7 @@ EVERY_KEY = {
     "route header": {"name", "value"},
     "pool": {
         "selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls",
-        "client_address", "max_queue", "stores",
+        "client_address", "max_queue", "stores", "stick",
     },
     "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version", "starttls"},
     "pool timeouts": {"connect", "queue", "response", "server"},
@@ -698,6 +698,7 @@ EVERY_KEY = {
         "name", "indirect", "nocache", "httponly", "secure", "path", "domain", "maxidle", "maxlife",
     },
     "pool reuse": {"max_idle", "idle_timeout", "mode"},
+    "pool stick": {"on", "expire", "size", "replicate"},
     "server": {"name", "address", "weight", "backup", "maxconn", "cookie"},
     "ha": {
         "interface", "address", "peers", "key_file", "virtual_addresses", "group", "priority", "interval",
@@ -752,6 +753,7 @@ def test_referenceUsesEveryKey():
         used["pool timeouts"] |= set(pool.get("timeouts", {}))
         used["pool cookie"] |= set(pool.get("cookie", {}))
         used["pool reuse"] |= set(pool.get("reuse", {}))
+        used["pool stick"] |= set(pool.get("stick", {}))
         used["pool tls"] |= set(pool.get("tls", {}))
         used["health"] |= set(pool.get("health", {}))
         for server in pool["servers"]:

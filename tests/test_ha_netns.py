@@ -247,3 +247,58 @@ def test_forgedAdvertsChangeNothing(haPair):
     summary = haPair.b.waitForLog(r"ha: stopped; .* dropped: (.*)").group(1)
     for cause in ("auth 3", "source 3", "replay 3", "ttl 3", "group 3", "truncated 3"):
         assert cause in summary, summary
+
+
+STICK = """
+[pools.web.stick]
+on = "src"
+expire = "30m"
+"""
+
+
+def test_stickEntriesSurviveFailover(haPair):
+    """
+    Clients pinned by their source address on the master keep their
+    backend on the backup after the master is killed: the entries made
+    before the backup joined (its full resync) and after (incremental
+    updates). The killed node comes back as a new process: it is sent
+    the new master's entries, its old ones and the new ones, before it
+    preempts, and every client keeps its backend on it too.
+
+    Round-robin alone would send every one of them elsewhere: a first
+    request from the client's own address shifts the master's turns by
+    one, and the nodes' turns would otherwise run alike.
+    """
+    before, during, after = peers.stickSources(130, 8), peers.stickSources(138, 8), peers.stickSources(146, 4)
+    haPair.addClientAddresses(before + during + after)
+    haPair.configure(tables=STICK, extra='preempt_delay = "3s"')
+    a, b = haPair.a, haPair.b
+    a.start()
+    a.waitForLog(r"ha: master \(was backup\)")
+    assert all(ok for _, ok, _ in haPair.sticky(["192.0.2.50"]))
+    pinned = haPair.sticky(before)
+    b.start()
+    b.waitForLog(r"ha: stick tables: full resync from 192\.0\.2\.11 received: 9 entries applied")
+    pinned += haPair.sticky(during)
+    assert all(ok for _, ok, _ in pinned), pinned
+    assert {backend for _, _, backend in pinned} == {"be1", "be2"}
+    # The incremental updates go out within 20 ms; leave them ample time.
+    time.sleep(2.0)
+    a.process.kill()
+    waitFor(b.hasVIP, "b to own the virtual address")
+    onBackup = haPair.sticky(before + during)
+    figures = peers.honoured(pinned, onBackup)
+    report("stick entries honoured after SIGKILL of the master", figures)
+    assert figures == {"honoured": 16, "of": 16}, (pinned, onBackup)
+    pinned += haPair.sticky(after)
+    assert all(ok for _, ok, _ in pinned), pinned
+    mark = len(b.log)
+    a.start()
+    a.waitForLog(r"ha: stick tables: full resync from 192\.0\.2\.12 received: 21 entries applied")
+    a.waitForLog(r"ha: master \(was backup\): preempting master 192\.0\.2\.12")
+    waitFor(lambda: haPair.owners() == ["a"], "a to be the only owner again")
+    b.waitForLog(r"ha: backup \(was master\)", after=mark)
+    back = haPair.sticky(before + during + after)
+    figures = peers.honoured(pinned, back)
+    report("stick entries honoured on the old master back", figures)
+    assert figures == {"honoured": 20, "of": 20}, (pinned, back)

@@ -147,11 +147,17 @@ INSTANCES = {
     "lbproxy.core.pool.Server": lambda: Server("a", "tcp:host=127.0.0.1:port=9001"),
     "lbproxy.core.relay.RelayLeg": lambda: RelayLeg(Relay(Clock()), "client"),
     "lbproxy.core.session.FrontConnection": lambda: connected("tcp"),
+    "lbproxy.ha.channel._ReadWhileHeard": lambda: importlib.import_module("lbproxy.ha.channel")._ReadWhileHeard(
+        StringTransport()
+    ),
     "lbproxy.ha.addresses.NetlinkAddresses": lambda: importlib.import_module("lbproxy.ha.addresses").NetlinkAddresses(
         "eth0", (), Clock()
     ),
     "lbproxy.ha.notify.CommandNotifier": lambda: importlib.import_module("lbproxy.ha.notify").CommandNotifier(
         importlib.import_module("hamachines").haConfig().notify, 1, Clock()
+    ),
+    "lbproxy.ha.replication.Replication": lambda: importlib.import_module("lbproxy.ha.replication").Replication(
+        {}, (), Clock()
     ),
     "lbproxy.ha.service.HAService": haService,
     "lbproxy.ha.transport.AdvertSocket": advertSocket,

@@ -20,6 +20,7 @@ from typing import Any
 
 from lbproxy.config.endpoints import checkOverlaps
 from lbproxy.config.ha import HAConfig, parseHA
+from lbproxy.config.stick import StickConfig, parseStick, settleReplication
 from lbproxy.config.table import Table, oneOf, show
 from lbproxy.config.tls import (
     BackendTLSConfig,
@@ -142,6 +143,8 @@ class PoolConfig:
     #: for a mail pool) or "replicas" (every mailbox on every server);
     #: None when not set.
     stores: str | None = None
+    #: The stick table (L{lbproxy.config.stick}); None: none.
+    stick: StickConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ def parse(data: dict, source: str) -> Config:
         raise ConfigError(source, "pools", "expected at least one pool")
     haTable = root.table("ha")
     ha = parseHA(haTable, pools) if haTable.present else None
+    pools = settleReplication(source, pools, ha)
     listenersTable = root.table("listeners", required=True)
     listeners = {}
     for name in listenersTable.keys():
@@ -294,14 +298,18 @@ def _parseListener(t: Table, name: str, pools: dict, ha: HAConfig | None = None)
     listener = mode.parseListener(t, timeouts, common, pools)
     for used in sorted(listener.poolsUsed()):
         poolConfig = pools[used]
-        key = poolConfig.selectorOptions.get("key")
-        if isinstance(key, str) and not keySpecIn(mode.selectionKeys, key):
-            kinds = sorted(k + "NAME" if k.endswith(":") else k for k in mode.selectionKeys)
-            t.fail(
-                "pool",
-                f"pool {used!r} hashes on key {key!r}, which a {modeName} listener "
-                f"cannot provide; expected {oneOf(kinds)}",
-            )
+        keys = (
+            ("hashes on", poolConfig.selectorOptions.get("key")),
+            ("sticks on", poolConfig.stick.on if poolConfig.stick is not None else None),
+        )
+        for what, key in keys:
+            if isinstance(key, str) and not keySpecIn(mode.selectionKeys, key):
+                kinds = sorted(k + "NAME" if k.endswith(":") else k for k in mode.selectionKeys)
+                t.fail(
+                    "pool",
+                    f"pool {used!r} {what} key {key!r}, which a {modeName} listener "
+                    f"cannot provide; expected {oneOf(kinds)}",
+                )
         _checkStrictPoolSettings(t, modes, mode, used, poolConfig)
         mode.checkPool(t, listener, used, poolConfig)
     timeouts.done()
@@ -389,6 +397,7 @@ def _parsePool(t: Table, name: str) -> PoolConfig:
         cookies.add(server.cookie)
     health = t.table("health")
     cookie = t.table("cookie")
+    stick = t.table("stick")
     reuse = t.table("reuse")
     tls = t.table("tls")
     backendTLS = parseBackendTLS(tls) if tls.present else None
@@ -412,6 +421,7 @@ def _parsePool(t: Table, name: str) -> PoolConfig:
         tls=backendTLS,
         clientAddress=t.choice("client_address", CLIENT_ADDRESSES, "none"),
         stores=t.choice("stores", STORES, None) if "stores" in t.data else None,
+        stick=parseStick(stick) if stick.present else None,
     )
     for key in ("idle_timeout", "mode"):
         if key in reuse.data and not pool.reuseMaxIdle:

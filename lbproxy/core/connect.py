@@ -416,6 +416,9 @@ class _ConnectAttempts:
                 transport.abortConnection()
             return
         server.connectSucceeded()
+        stick = getattr(self.connector.pool, "stick", None)
+        if stick is not None:
+            stick.record(self.context, server)
         if self.preamble and self.connector.tls is None:
             protocol.transport.write(self.preamble)
         self.result.callback(

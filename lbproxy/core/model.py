@@ -24,17 +24,20 @@ from zope.interface import implementer
 
 from lbproxy.config import Config, ListenerConfig, PoolConfig
 from lbproxy.core.pool import STATUS_CLASSES, Pool, Server, ServerState, statusIndex
+from lbproxy.core.stick import StickTable, keySalt
 from lbproxy.interfaces import IBalancerHealth
 from lbproxy.selectors import findSelector
 from lbproxy.tls.client import BackendTLS
 
 
-def buildPool(config: PoolConfig, source: str = "") -> Pool:
+def buildPool(config: PoolConfig, source: str = "", salt: bytes | None = None) -> Pool:
     """
     The live pool of C{config}, with its TLS files loaded when it has
-    C{[tls]}.
+    C{[tls]}, and its stick table when it has C{[stick]}.
 
     @param source: the config file, named by errors.
+    @param salt: the key of the stick table's digests
+        (L{lbproxy.core.stick.keySalt}); random when None.
     @raise ConfigError: a TLS file of the pool is unusable.
     """
     plugin = findSelector(config.selector)
@@ -54,6 +57,8 @@ def buildPool(config: PoolConfig, source: str = "") -> Pool:
             server.passiveFall = config.health.passiveFall
         servers.append(server)
     pool = Pool(config.name, servers, plugin.build(config.selectorOptions), config)
+    if config.stick is not None:
+        pool.stick = StickTable(config.stick, pool, salt if salt is not None else keySalt(None))
     if config.tls is not None:
         # One BackendTLS per pool, shared by its connectors (one per
         # front), its health checks and the mail fronts' STARTTLS.
@@ -269,7 +274,8 @@ class Balancer:
         self.clock = Pool.clock
         self._observers: list[Observer] = []
         self._parts: dict[str, Callable[[], dict]] = {}
-        self.pools = {name: buildPool(pc, config.source) for name, pc in config.pools.items()}
+        salt = keySalt(config)
+        self.pools = {name: buildPool(pc, config.source, salt) for name, pc in config.pools.items()}
         for pool in self.pools.values():
             pool.addObserver(self._serverChanged)
         self.listeners = {name: Listener(lc, balancer=self) for name, lc in config.listeners.items()}

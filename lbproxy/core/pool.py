@@ -278,6 +278,9 @@ class Pool:
 
     log = Logger()
     tls = None
+    #: The pool's L{lbproxy.core.stick.StickTable} when it has C{[stick]}
+    #: (set by L{lbproxy.core.model.buildPool}), else None.
+    stick = None
     #: Where the time of state changes is read (the service sets its
     #: reactor).
     clock = _SystemClock()
@@ -379,6 +382,7 @@ class Pool:
             "queue": len(self._waiters),
             "available": len(self.eligible()),
             "servers": [server.snapshot(now) for server in self.servers],
+            "stick": self.stick.snapshot() if self.stick is not None else None,
         }
 
     def mayQueue(self, context: ISelectionContext) -> bool:
@@ -438,9 +442,15 @@ class Pool:
 
     def pick(self, context: ISelectionContext) -> Server | None:
         """
-        Ask the selector for a server for C{context}; None when no server may
-        take the flow.
+        The server C{context}'s flow is pinned to in the pool's stick table
+        when it can take the flow, else the selector's pick; None when no
+        server may take the flow.
         """
+        stick = self.stick
+        if stick is not None:
+            pinned = stick.lookup(context)
+            if pinned is not None:
+                return pinned
         servers = self.eligible()
         if not servers:
             return None

@@ -39,8 +39,12 @@ addresses (a proof cannot be reflected or relayed)::
 
 A line longer than L{MAX_LINE}, an unexpected line, a wrong proof, or no
 proof within L{HANDSHAKE_TIMEOUT} closes the connection with one log
-line. The protocol is line-based so that the stick-table replication can
-be added to it.
+line. After the handshake, the lines other than PING belong to the
+stick-table replication (L{lbproxy.ha.replication}, an
+L{IChannelMessages}), which says which it refuses. While the peer does not
+read what this node sends (the connection's buffer is full), this node
+stops reading what the peer sends: a peer cannot make it queue answers
+without bound.
 """
 
 from __future__ import annotations
@@ -52,13 +56,16 @@ import os
 from collections.abc import Callable
 
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
 
 from lbproxy.config.ha import HAConfig
 from lbproxy.core.limits import LimitLog
 from lbproxy.ha.advert import Address, _pack16
+from lbproxy.ha.interfaces import IChannelMessages
 
 VERSION = b"1"
 MAX_LINE = 512
@@ -78,6 +85,27 @@ def proof(key: bytes, role: bytes, prover: Address, verifier: Address, group: in
     """
     message = _LABEL + role + b"\0" + _pack16(prover) + _pack16(verifier) + bytes([group]) + verifierNonce + proverNonce
     return hmac.new(key, message, hashlib.sha256).hexdigest().encode("ascii")
+
+
+@implementer(IPushProducer)
+class _ReadWhileHeard:
+    """
+    The producer of a channel connection's transport: while what this node
+    writes piles up (the peer does not read it), the connection is not
+    read either.
+    """
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class ChannelProtocol(LineOnlyReceiver):
@@ -104,6 +132,7 @@ class ChannelProtocol(LineOnlyReceiver):
             self.channel.refused(self.peer, "not a configured peer")
             self.transport.abortConnection()
             return
+        self.transport.registerProducer(_ReadWhileHeard(self.transport), True)
         self.sendLine(b"LBHA-CHANNEL %s %d %s" % (VERSION, self.channel.config.group, self.nonce.hex().encode()))
         self._timer = self.channel.reactor.callLater(HANDSHAKE_TIMEOUT, self._fail, "no handshake in time")
 
@@ -145,9 +174,23 @@ class ChannelProtocol(LineOnlyReceiver):
             self._schedulePing()
             self.channel.up(self)
             return None
-        if line != b"PING":
-            return self._fail(f"an unexpected line {line[:32]!r}")
+        if line == b"PING":
+            return None
+        messages = self.channel.messages
+        if messages is None:
+            problem = f"an unexpected line {line[:32]!r}"
+        else:
+            problem = messages.lineReceived(self, line)
+        if problem is not None:
+            self._fail(problem)
         return None
+
+    def close(self) -> None:
+        """
+        Close the connection once what is written is sent.
+        """
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def _schedulePing(self) -> None:
         self._ping = self.channel.reactor.callLater(PING_INTERVAL, self._sendPing)
@@ -195,14 +238,24 @@ class Channel:
 
     @param gone: called with a peer's address and a reason when its
         process is known to be gone.
+    @param messages: what the connections carry besides the heartbeat
+        (the stick-table replication), or None.
     """
 
     log = Logger()
 
-    def __init__(self, config: HAConfig, reactor, gone: Callable[[Address, str], None], nonce=lambda: os.urandom(16)) -> None:
+    def __init__(
+        self,
+        config: HAConfig,
+        reactor,
+        gone: Callable[[Address, str], None],
+        nonce=lambda: os.urandom(16),
+        messages: IChannelMessages | None = None,
+    ) -> None:
         self.config = config
         self.reactor = reactor
         self.nonce = nonce
+        self.messages = messages
         self._gone = gone
         self._port = None
         self._running = False
@@ -246,7 +299,7 @@ class Channel:
         self._attempting.clear()
         for protocols in self.connections.values():
             for protocol in list(protocols):
-                protocol.transport.loseConnection()
+                protocol.close()
         if self._port is not None:
             port, self._port = self._port, None
             return port.stopListening()
@@ -286,9 +339,13 @@ class Channel:
         self.connections[protocol.peer].add(protocol)
         if not wasConnected:
             self.log.info("ha: channel to {peer} is up", peer=str(protocol.peer))
+        if self.messages is not None:
+            self.messages.connectionUp(protocol)
 
     def lost(self, protocol: ChannelProtocol, reason) -> None:
         peer = protocol.peer
+        if protocol.authenticated and self.messages is not None:
+            self.messages.connectionLost(protocol)
         if protocol.connector:
             self._attempting.pop(peer, None)
         protocols = self.connections.get(peer)

@@ -2,7 +2,9 @@
 The interfaces between the heartbeat's parts: what the state machine asks
 of the node (L{IHeartbeatActions}), what the node offers the rest of
 lbproxy (L{IHeartbeatStatus}), and the parts that touch the system
-(L{IVirtualAddresses}, L{INotifier}), which tests replace.
+(L{IVirtualAddresses}, L{INotifier}), which tests replace, and what the
+channel between the nodes carries besides its heartbeat
+(L{IChannelMessages}).
 """
 
 from zope.interface import Interface
@@ -113,4 +115,34 @@ class INotifier(Interface):
 
         @return: a L{Deferred} that fires when the command has ended or
             was stopped for taking too long (never fails).
+        """
+
+
+class IChannelMessages(Interface):
+    """
+    What the channel between the nodes (L{lbproxy.ha.channel}) carries
+    beyond its handshake and PINGs: the stick-table replication
+    (L{lbproxy.ha.replication}). The channel hands it each authenticated
+    connection, either direction (C{protocol.connector} tells which, and
+    C{protocol.peer} the peer's address), and every line received on one.
+    """
+
+    def connectionUp(protocol):
+        """
+        C{protocol}, a channel connection, is authenticated: it may send
+        lines (C{protocol.sendLine}, C{protocol.transport.writeSequence}).
+        """
+
+    def connectionLost(protocol):
+        """
+        The authenticated connection C{protocol} is gone.
+        """
+
+    def lineReceived(protocol, line):
+        """
+        C{line} (bytes, without its delimiter, at most the channel's
+        C{MAX_LINE}) arrived on the authenticated connection C{protocol}.
+
+        @return: None, or why the line is not acceptable (one line of
+            text): the channel then logs it and closes the connection.
         """

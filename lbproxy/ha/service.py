@@ -1,8 +1,9 @@
 """
 The heartbeat in the daemon: L{HAService} wires the state machine to its
-socket, the channel, the virtual addresses, the notify commands and the
-balancer's health, and offers the node's HA state as plain data
-(L{HAService.snapshot}) and observers of its role changes.
+socket, the channel (and the stick-table replication it carries), the
+virtual addresses, the notify commands and the balancer's health, and
+offers the node's HA state as plain data (L{HAService.snapshot}) and
+observers of its role changes.
 
 Start: in twistd's privileged start, the netlink and announcement
 sockets are opened (a missing privilege or interface is one line and the
@@ -39,6 +40,7 @@ from lbproxy.ha.channel import Channel
 from lbproxy.ha.interfaces import IHeartbeatActions, IHeartbeatStatus, INotifier, IVirtualAddresses
 from lbproxy.ha.machine import Heartbeat, MachineSettings, Role
 from lbproxy.ha.notify import CommandNotifier
+from lbproxy.ha.replication import Replication
 from lbproxy.ha.tracking import Tracker
 from lbproxy.ha.transport import AdvertFilter, AdvertSocket, openAdvertSocket
 from lbproxy.interfaces import IBalancerHealth
@@ -116,7 +118,12 @@ class HAService(Service):
         addresses: IVirtualAddresses | None = None,
         notifier: INotifier | None = None,
         sequence: Sequence | None = None,
+        stickTables: dict | None = None,
     ) -> None:
+        """
+        @param stickTables: the stick tables to replicate to the peers over
+            the channel, by pool name (L{lbproxy.ha.replication}).
+        """
         if not config.key:
             raise ValueError("the [ha] key is not loaded (see lbproxy.config.ha.loadFiles)")
         self.config = config
@@ -145,7 +152,10 @@ class HAService(Service):
         )
         self.filter = AdvertFilter(config, reactor)
         self.tracker = Tracker(config.track, balancer, self.machine.setHealth, reactor)
-        self.channel = Channel(config, reactor, self.machine.peerGone) if config.channelPort else None
+        self.replication = Replication(stickTables or {}, config.peers, reactor) if config.channelPort else None
+        self.channel = (
+            Channel(config, reactor, self.machine.peerGone, messages=self.replication) if config.channelPort else None
+        )
         self.socket: AdvertSocket | None = None
         self.advertsSent = 0
         self.sendLate = LatencyStats()
@@ -225,6 +235,8 @@ class HAService(Service):
             dropped=", ".join(f"{k} {v}" for k, v in self.filter.dropped.items() if v) or "none",
         )
         waits = [self._notified]
+        if self.replication is not None:
+            self.replication.stop()
         if self.channel is not None:
             stopped = self.channel.stop()
             if stopped is not None:
@@ -318,6 +330,7 @@ class HAService(Service):
                 for t in machine.transitions
             ],
             "dropped": dict(self.filter.dropped),
+            "replication": self.replication.snapshot() if self.replication is not None else None,
             "conditions": [state.plain() for state in self.tracker.states],
             "fault": machine.fault,
             "adverts": {
@@ -335,7 +348,10 @@ def attach(balancerService, config: HAConfig, reactor) -> HAService:
     listeners, so it starts once they are bound, and stops before them).
     """
     balancer = balancerService.balancer
-    ha = HAService(config, balancer, reactor)
+    tables = {
+        name: pool.stick for name, pool in balancer.pools.items() if pool.stick is not None and pool.stick.replicate
+    }
+    ha = HAService(config, balancer, reactor, stickTables=tables)
     ha.setName("ha")
     ha.setServiceParent(balancerService)
     balancer.addPart("ha", ha.snapshot)

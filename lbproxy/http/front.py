@@ -402,6 +402,9 @@ class HTTPProxyProtocol(FrontConnection):
             exchange.reused = True
             exchange.connectTime = 0.0
             exchange.lease = Lease(server)
+            if pool.stick is not None:
+                # A new connection is recorded by the connector.
+                pool.stick.record(context, server)
             self._attach(exchange, connection)
         else:
             self._connect(exchange, server)

@@ -118,11 +118,17 @@ def mailPoolProblem(name: str, pool) -> str | None:
     listener, or None. A pool of distinct stores must place each user on
     one server whatever the servers' state (see L{lbproxy.mail.placement}):
     no backup server, and with several servers a selector hashing the
-    user (a plugin selector is trusted to).
+    user (a plugin selector is trusted to). It has no use for a stick
+    table: the user's store is its only server.
     """
     if pool.stores == STORES_REPLICAS:
         return None
     replicas = f'stores = "{STORES_REPLICAS}" when every server holds every mailbox'
+    if pool.stick is not None:
+        return (
+            f"pool {name!r} has a stick table, but its servers hold distinct mailboxes: each user "
+            f"always goes to the store holding its mailbox; expected no [pools.{name}.stick], or {replicas}"
+        )
     for server in pool.servers:
         if server.backup:
             return (
