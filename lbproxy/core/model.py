@@ -19,14 +19,32 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.config import Config, ListenerConfig, PoolConfig
+from lbproxy.config import Config, ListenerConfig, PoolConfig, ServerConfig
 from lbproxy.core.pool import STATUS_CLASSES, Pool, Server, ServerState, statusIndex
 from lbproxy.interfaces import IBalancerHealth
 from lbproxy.selectors import findSelector
 from lbproxy.tls.client import BackendTLS
+
+
+def buildServer(config: ServerConfig, pool: PoolConfig) -> Server:
+    """
+    A new live server of C{config}, in a pool of C{pool}'s settings.
+    """
+    server = Server(
+        name=config.name,
+        address=config.address,
+        weight=config.weight,
+        backup=config.backup,
+        maxconn=config.maxconn,
+        cookie=config.cookie,
+    )
+    if pool.health is not None:
+        server.passiveFall = pool.health.passiveFall
+    return server
 
 
 def buildPool(config: PoolConfig, source: str = "") -> Pool:
@@ -40,19 +58,7 @@ def buildPool(config: PoolConfig, source: str = "") -> Pool:
     plugin = findSelector(config.selector)
     if plugin is None:
         raise KeyError(f"selector {config.selector!r} is no longer installed")
-    servers = []
-    for sc in config.servers:
-        server = Server(
-            name=sc.name,
-            address=sc.address,
-            weight=sc.weight,
-            backup=sc.backup,
-            maxconn=sc.maxconn,
-            cookie=sc.cookie,
-        )
-        if config.health is not None:
-            server.passiveFall = config.health.passiveFall
-        servers.append(server)
+    servers = [buildServer(sc, config) for sc in config.servers]
     pool = Pool(config.name, servers, plugin.build(config.selectorOptions), config)
     if config.tls is not None:
         # One BackendTLS per pool, shared by its connectors (one per
@@ -187,6 +193,8 @@ class Listener:
         self.since = self._now()
         self.sessions: set = set()
         self.counters = ListenerCounters()
+        # (sessions still awaited, Deferred) of whenSessionsEnd.
+        self._awaited: list[tuple[set, Deferred]] = []
 
     @classmethod
     def of(cls, listener) -> Listener:
@@ -222,6 +230,43 @@ class Listener:
         C{session} is over: it no longer counts against C{maxconn}.
         """
         self.sessions.discard(session)
+        if self._awaited:
+            self._ended(session)
+
+    def whenSessionsEnd(self, sessions=None) -> Deferred:
+        """
+        A L{Deferred} firing once every session of C{sessions} (by default,
+        those it serves now) has left: what a reload waits for before it
+        lets the factory that served them go, and a shutdown before it
+        closes the listener for good.
+        """
+        remaining = set(self.sessions if sessions is None else sessions) & self.sessions
+        done: Deferred = Deferred()
+        if not remaining:
+            done.callback(None)
+        else:
+            self._awaited.append((remaining, done))
+        return done
+
+    def _ended(self, session) -> None:
+        finished = []
+        for remaining, done in self._awaited:
+            remaining.discard(session)
+            if not remaining:
+                finished.append(done)
+        if finished:
+            self._awaited = [(r, d) for r, d in self._awaited if r]
+            for done in finished:
+                done.callback(None)
+
+    def reconfigure(self, config: ListenerConfig, mode) -> None:
+        """
+        Serve new connections with C{config} (and the front C{mode}) from
+        now on: its sessions, counters and state stay, and the connections
+        already open keep the settings they started with.
+        """
+        self.config = config
+        self.mode = mode
 
     def setState(self, state: ListenerState, reason: str = "") -> None:
         """
@@ -269,10 +314,13 @@ class Balancer:
         self.clock = Pool.clock
         self._observers: list[Observer] = []
         self._parts: dict[str, Callable[[], dict]] = {}
-        self.pools = {name: buildPool(pc, config.source) for name, pc in config.pools.items()}
-        for pool in self.pools.values():
-            pool.addObserver(self._serverChanged)
+        self.pools: dict[str, Pool] = {}
+        for name, pc in config.pools.items():
+            self.addPool(buildPool(pc, config.source))
         self.listeners = {name: Listener(lc, balancer=self) for name, lc in config.listeners.items()}
+        #: Listeners no longer configured (removed by a reload, or bound
+        #: elsewhere) whose sessions have not all ended.
+        self.draining: list[Listener] = []
 
     def __repr__(self) -> str:
         return f"<Balancer {len(self.listeners)} listeners, {len(self.pools)} pools>"
@@ -317,6 +365,61 @@ class Balancer:
     def _serverChanged(self, server: Server, old: ServerState, new: ServerState, reason: str) -> None:
         self.announce("server", server.qualifiedName, old.value, new.value, reason)
 
+    def _serverEdited(self, server: Server, what: str, old: str, new: str, reason: str) -> None:
+        self.announce(f"server-{what}", server.qualifiedName, old, new, reason)
+
+    # Changing what runs (the admin API, a reload).
+
+    def addPool(self, pool: Pool, reason: str = "") -> None:
+        """
+        Run C{pool} under its name (a new one, or one replacing a pool of
+        that name: see L{removePool}).
+        """
+        pool.clock = self.clock
+        pool.addObserver(self._serverChanged)
+        pool.addChangeObserver(self._serverEdited)
+        self.pools[pool.name] = pool
+        if reason:
+            self.announce("pool", pool.name, "", "added", reason)
+
+    def removePool(self, name: str, reason: str = "") -> Pool:
+        """
+        Take pool C{name} out of the balancer: no listener of the running
+        config uses it (connections already placed on its servers go on).
+        """
+        pool = self.pools.pop(name)
+        pool.removeObserver(self._serverChanged)
+        pool.removeChangeObserver(self._serverEdited)
+        self.announce("pool", name, "running", "removed", reason)
+        return pool
+
+    def addListener(self, listener: Listener, reason: str = "") -> Listener:
+        """
+        Run C{listener} (built with this balancer) under its name; its port
+        is the service's business.
+        """
+        self.listeners[listener.name] = listener
+        if reason:
+            self.announce("listener", listener.name, "", listener.state.value, reason)
+        return listener
+
+    def retireListener(self, name: str, reason: str = "") -> Listener:
+        """
+        Listener C{name} leaves the running config: it moves to
+        L{draining} until its sessions end (see L{forgetListener}).
+        """
+        listener = self.listeners.pop(name)
+        self.draining.append(listener)
+        self.announce("listener", name, listener.state.value, "retired", reason)
+        return listener
+
+    def forgetListener(self, listener: Listener) -> None:
+        """
+        A retired listener closed its last session: it is gone.
+        """
+        if listener in self.draining:
+            self.draining.remove(listener)
+
     # What other parts add to the snapshot.
 
     def addPart(self, name: str, snapshot: Callable[[], dict]) -> None:
@@ -339,6 +442,7 @@ class Balancer:
             "time": now,
             "listeners": [listener.snapshot(now) for listener in self.listeners.values()],
             "pools": [pool.snapshot(now) for pool in self.pools.values()],
+            "draining": [listener.snapshot(now) for listener in self.draining],
         }
         for name, part in self._parts.items():
             plain[name] = part()
