@@ -122,6 +122,9 @@ class Server:
     @ivar connectFailures: consecutive failed connection attempts (reset by
         a successful one).
     @ivar connectErrors: failed connection attempts, ever.
+    @ivar retries: failed connection attempts after which the flow was
+        tried again (on another server, or this one), as HAProxy's
+        C{wretr}.
     @ivar responseErrors: HTTP responses the server broke (closed or reset
         before its end, invalid, followed by bytes answering no request).
     @ivar bytesIn: bytes clients sent it, counted when each flow (TCP,
@@ -160,6 +163,7 @@ class Server:
         self.totalConnections = 0
         self.connectFailures = 0
         self.connectErrors = 0
+        self.retries = 0
         self.responseErrors = 0
         self.bytesIn = 0
         self.bytesOut = 0
@@ -184,9 +188,13 @@ class Server:
         a stick table) may still be sent to it: it is up or draining, and
         not full. The selector is offered only servers that are up
         (L{Pool.eligible}); pins reach draining servers too, as HAProxy's
-        C{drain} does; a server in maintenance or removed takes nothing.
+        C{drain} does, unless their last health check failed; a server in
+        maintenance or removed takes nothing.
         """
-        return self.state in _PINNABLE and not self.removed and not self.full
+        state = self.state
+        if state is ServerState.DRAIN and self.health.healthy is False:
+            return False
+        return state in _PINNABLE and not self.removed and not self.full
 
     @property
     def full(self) -> bool:
@@ -297,6 +305,7 @@ class Server:
             "bytesOut": self.bytesOut,
             "responses": dict(zip(STATUS_CLASSES, self.responses)),
             "connectErrors": self.connectErrors,
+            "retries": self.retries,
             "responseErrors": self.responseErrors,
             "downs": self.downs,
             "removed": self.removed,

@@ -94,6 +94,10 @@ _BODY = "body"  # forwarding the request body: client idle / server timeout
 _WAIT = "wait"  # request sent, response head awaited: response timeout (504)
 _RESPONSE = "response"  # forwarding the response body: server / client timeout
 
+#: Seconds a keep-alive connection may stay idle after a response once
+#: its listener stops.
+STOPPING_IDLE = 1.0
+
 _TUNNEL_ENDS = {
     "client-closed": "--",
     "server-closed": "--",
@@ -809,6 +813,11 @@ class HTTPProxyProtocol(FrontConnection):
         if parser.bufferedBytes:
             self._firstByte = now
             self.timer.enter(_HEAD, self.config.requestTimeout, now)
+        elif self.factory.stopping:
+            # The listener stops: a client sending its next request at
+            # once gets it answered with Connection: close; an idle one is
+            # not waited for long.
+            self.timer.enter(_IDLE, min(self.config.keepaliveTimeout, STOPPING_IDLE), now)
         else:
             self.timer.enter(_IDLE, self.config.keepaliveTimeout, now)
         try:
@@ -873,6 +882,7 @@ class HTTPProxyProtocol(FrontConnection):
         counters.bytesOut += exchange.bytesOut
         if exchange.head is not None:
             counters.requests += 1
+            counters.countDuration(now - exchange.firstByte)
         index = statusIndex(status)
         counters.responses[index] += 1
         normal = exchange.termination == "--"
@@ -966,6 +976,15 @@ class HTTPProxyProtocol(FrontConnection):
 
     def _keepaliveExpired(self) -> None:
         self._closeClient()
+
+    def listenerStopping(self) -> None:
+        """
+        The listener stops: a connection idle between two requests is
+        closed now; one serving a request closes after its response
+        (C{Connection: close}, from the factory's C{stopping}).
+        """
+        if not self._closed and self.exchange is None and self._firstByte is None and self.relayLeg is None:
+            self._closeClient()
 
     def _requestTimedOut(self) -> None:
         exchange = Exchange(None, self._acceptTime, self._firstByte, None)
