@@ -59,7 +59,7 @@ class DaemonConfig:
 
 
 def parseAdmin(t: Table) -> AdminConfig:
-    bind = t.endpoint("bind", server=True) or DEFAULT_ADMIN_BIND
+    bind = t.endpoint("bind", server=True) if "bind" in t.data else DEFAULT_ADMIN_BIND
     allowRemote = t.boolean("allow_remote", False)
     tokenFile = t.string("token_file", default=None)
     if tokenFile is not None and (not tokenFile or "\0" in tokenFile):
