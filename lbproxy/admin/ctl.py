@@ -285,3 +285,7 @@ def run() -> None:
     The console script's entry point.
     """
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
