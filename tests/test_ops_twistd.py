@@ -297,3 +297,56 @@ def test_statsPageInChromium(processes, tmp_path):  # noqa: F811
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-s"]))
+
+
+def test_metricsMatchTheTraffic(processes, tmp_path):  # noqa: F811
+    """
+    A scrape of /metrics, parsed with prometheus_client's parser, counts
+    exactly the requests sent: by status class, bytes sent to the client,
+    each on the servers, and in the duration histogram.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+    import socket
+
+    nginx = startNginx(processes, tmp_path, "nginx", count=2)
+    daemon = Daemon(processes, tmp_path, [server("a", nginx.ports[0]), server("b", nginx.ports[1])])
+    received = 0
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
+        for index in range(53):
+            path = "/" if index < 50 else "/static/missing"
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int([line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")][0].split(b":")[1])
+            while len(body) < length:
+                body += s.recv(65536)
+            received += len(head) + 4 + len(body)
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.admin, timeout=10)
+    connection.request("GET", "/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def value(name, **labels):
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("lbproxy_listener_http_requests_total", listener="web") == 53
+    assert value("lbproxy_listener_http_responses_total", listener="web", code="2xx") == 50
+    assert value("lbproxy_listener_http_responses_total", listener="web", code="4xx") == 3
+    assert value("lbproxy_listener_sent_bytes_total", listener="web") == received
+    # Ours, and the one that found the daemon listening.
+    assert value("lbproxy_listener_connections_total", listener="web") == 2
+    assert value("lbproxy_listener_http_request_duration_seconds_count", listener="web") == 53
+    assert value("lbproxy_listener_http_request_duration_seconds_bucket", listener="web", le="+Inf") == 53
+    assert 0 < value("lbproxy_listener_http_request_duration_seconds_sum", listener="web") < 53 * 5
+    per = [value("lbproxy_server_sessions_total", pool="web", server=name) for name in ("a", "b")]
+    assert per == [27, 26]
+    sent = [value("lbproxy_server_sent_bytes_total", pool="web", server=name) for name in ("a", "b")]
+    assert sum(sent) == received
+    assert value("lbproxy_server_state", pool="web", server="a", state="up") == 1
