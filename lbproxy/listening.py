@@ -134,14 +134,6 @@ _HINTS = {
 }
 
 
-def listenFailure(listener: ListenerConfig, source: str, error: BaseException) -> ListenerStartError:
-    """
-    The one-line error for C{listener}, whose socket could not be opened
-    because of C{error}.
-    """
-    return bindFailure(listener.bind, _bindKey(listener), source, error)
-
-
 def bindFailure(value: str, key: str, source: str, error: BaseException) -> ListenerStartError:
     """
     The one-line error for the socket of C{value} (a server endpoint
@@ -280,7 +272,46 @@ class FactorySwitch(FactoryLayer):
             factory.doStop()
 
 
-class ListenerService(StreamServerEndpointService):
+def endpointFor(reactor, bind: str, freebind: bool = False):
+    """
+    The server endpoint of C{bind}; one whose C{listen} fails with the
+    reason when the string cannot be turned into an endpoint on this
+    machine (a systemd socket that was not passed).
+    """
+    try:
+        return serverEndpoint(reactor, bind, freebind)
+    except Exception as error:
+        return _Unusable(error)
+
+
+class SocketService(StreamServerEndpointService):
+    """
+    A listening socket opened once, in L{privilegedStartService} (before
+    twistd drops privileges; or by a reload before the service joins the
+    tree): any failure to open it raises L{ListenerStartError}, one line
+    naming C{key} (the config key of C{bind}), instead of being logged
+    while the daemon runs without it.
+    """
+
+    def __init__(self, endpoint, factory, bind: str, key: str, source: str) -> None:
+        super().__init__(endpoint, factory)
+        self.bind = bind
+        self.key = key
+        self.source = source
+        self._opened = False
+        raiseListenErrors(self)
+
+    def privilegedStartService(self) -> None:
+        if self._opened:
+            return
+        self._opened = True
+        try:
+            super().privilegedStartService()
+        except Exception as error:
+            raise bindFailure(self.bind, self.key, self.source, error) from error
+
+
+class ListenerService(SocketService):
     """
     The listening socket of one listener, opened in
     L{privilegedStartService} (before twistd drops privileges). Any
@@ -312,33 +343,14 @@ class ListenerService(StreamServerEndpointService):
     def __init__(self, listener: Listener | ListenerConfig, source: str, factory, reactor, front=None) -> None:
         listener = Listener.of(listener)
         config = listener.config
-        try:
-            endpoint = serverEndpoint(reactor, config.bind, config.freebind)
-        except Exception as error:
-            endpoint = _Unusable(error)
         self.switch = FactorySwitch(factory, listener, reactor, front)
-        super().__init__(_Following(endpoint, listener), self.switch)
+        endpoint = _Following(endpointFor(reactor, config.bind, config.freebind), listener)
+        super().__init__(endpoint, self.switch, config.bind, _bindKey(config), source)
         self.listener = listener
-        self.source = source
         self.grace: float | None = None
         self._reactor = reactor
         self._draining: Deferred | None = None
-        self._opened = False
-        # Raise from privilegedStartService instead of logging the failure
-        # while the daemon runs without the listener.
-        raiseListenErrors(self)
         self.setName(f"listener:{listener.name}")
-
-    def privilegedStartService(self) -> None:
-        if self._opened:
-            # Opened already (a listener a reload adds opens its port
-            # before it joins the service tree).
-            return
-        self._opened = True
-        try:
-            super().privilegedStartService()
-        except Exception as error:
-            raise listenFailure(self.listener.config, self.source, error) from error
 
     def replaceFactory(self, factory, front) -> Deferred:
         """

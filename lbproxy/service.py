@@ -128,8 +128,8 @@ class BalancerService(MultiService):
         #: How a reload reads the configuration again (set by the twistd
         #: plugin); None: this service cannot reload.
         self.loader: Callable[[], Config] | None = None
-        #: Told of each reload (L{lbproxy.admin.notify}): C{reloading()},
-        #: then C{reloaded(ok, message)}.
+        #: The L{lbproxy.interfaces.IReloadObserver}s told of each reload
+        #: (systemd's notifications).
         self.reloadObservers: list = []
         self.started = reactor.seconds()
         self.reloads = {"applied": 0, "refused": 0}

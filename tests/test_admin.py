@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -61,7 +63,9 @@ class AdminTestsMixin:
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
         self.adminPort, self.port = freePort(), freePort()
-        tokenFile = self.mktemp()
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        tokenFile = os.path.join(directory, "admin.token")
         with open(tokenFile, "w") as f:
             f.write(TOKEN + "\n")
         os.chmod(tokenFile, 0o600)

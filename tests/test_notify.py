@@ -14,7 +14,7 @@ from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
 
 from lbproxy.admin.notify import SystemdNotifier
-from processes import processes, startLbproxy, waitUntil  # noqa: F401
+from processes import processes, waitUntil  # noqa: F401
 from support import freePort
 
 

@@ -31,6 +31,7 @@ servers = [{{ name = "slow", address = "127.0.0.1:{backend}" }}]
 bind = "tcp:{http}:interface=127.0.0.1"
 mode = "http"
 pool = "web"
+timeouts.request = "1s"
 
 [listeners.raw]
 bind = "tcp:{tcp}:interface=127.0.0.1"
@@ -40,12 +41,17 @@ pool = "web"
 
 class SlowBackend(Protocol):
     """
-    Answers each request head 0.3 s after it arrives.
+    Answers each request head 0.3 s after it arrives; C{GET /streamed}
+    gets its head at once and its body 0.3 s later.
     """
 
     def dataReceived(self, data):
         if b"\r\n\r\n" in data:
-            reactor.callLater(0.3, self.answer)
+            if data.startswith(b"GET /streamed "):
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+                reactor.callLater(0.3, self.transport.write, b"slow")
+            else:
+                reactor.callLater(0.3, self.answer)
 
     def answer(self):
         if self.transport.connected:
@@ -123,6 +129,27 @@ class GracefulStop(TestCase):
         while not stopped:
             yield _later(0.01)
         self.assertEqual(listener.state, ListenerState.STOPPED)
+
+    @inlineCallbacks
+    def test_keepAliveResponseUnderWayThenIdle(self):
+        """
+        A keep-alive connection whose response head went out before the
+        stop finishes its response, then is closed once idle for a moment
+        (not after the keep-alive timeout), and the stop waits for it.
+        """
+        service = self.start("30s")
+        client = yield self.connect(self.http)
+        client.transport.write(b"GET /streamed HTTP/1.1\r\nHost: x\r\n\r\n")
+        while b"\r\n\r\n" not in client.received:
+            yield _later(0.01)
+        stopping = service.stopService()
+        stopped = []
+        stopping.addCallback(stopped.append)
+        received = yield client.closed
+        self.assertTrue(received.endswith(b"slow"))
+        self.assertNotIn(b"onnection: close", received)
+        while not stopped:
+            yield _later(0.01)
 
     @inlineCallbacks
     def test_sessionsClosedAfterTheGracePeriod(self):

@@ -11,7 +11,8 @@ of C{[admin] token_file}, compared in constant time).
     as the config's are.
   - C{DELETE /api/servers/POOL/SERVER}: remove a server (it leaves
     selection at once, and is gone when its last flow ends).
-  - C{GET /api/listeners/NAME/sessions}: the sessions a listener serves.
+  - C{GET /api/listeners/NAME/sessions}: the sessions a listener serves
+    (how many, and the oldest 1000).
   - C{POST /api/reload}: a full reload (as SIGHUP).
 
 Every answer is a JSON object: C{{"ok": true, ...}} or C{{"error": "one
@@ -46,6 +47,8 @@ from lbproxy.errors import ConfigError
 
 #: The largest request body the API reads.
 MAX_BODY = 64 * 1024
+#: The most sessions a listener's list shows (the oldest first).
+MAX_SESSIONS = 1000
 #: The states an operator sets, by the API's (and HAProxy's) words.
 STATES = {"ready": ServerState.UP, "drain": ServerState.DRAIN, "maint": ServerState.MAINT}
 #: The header naming the operator behind a request.
@@ -216,8 +219,9 @@ class API(Resource):
         if listener is None:
             raise APIError(404, f"no listener {name!r}")
         now = self.service.balancer.clock.seconds()
-        sessions = sorted((describeSession(s, now) for s in listener.sessions), key=lambda s: -s["age"])
-        return 200, {"ok": True, "listener": name, "count": len(sessions), "sessions": sessions}
+        oldest = sorted(listener.sessions, key=lambda s: getattr(s, "started", now))[:MAX_SESSIONS]
+        sessions = [describeSession(s, now) for s in oldest]
+        return 200, {"ok": True, "listener": name, "count": len(listener.sessions), "sessions": sessions}
 
     # Changing.
 

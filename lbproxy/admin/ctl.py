@@ -251,7 +251,8 @@ def _run(options, out: TextIO) -> int:
         for session in answer["sessions"]:
             rows.append([str(session["client"]), f"{session['age']:.1f}s", str(session["phase"] or "-"),
                          str(session["server"] or "-"), "-" if session["requests"] is None else str(session["requests"])])
-        out.write(f"{answer['count']} sessions on listener {answer['listener']}\n")
+        shown = "" if len(answer["sessions"]) == answer["count"] else f" (the oldest {len(answer['sessions'])} shown)"
+        out.write(f"{answer['count']} sessions on listener {answer['listener']}{shown}\n")
         if len(rows) > 1:
             _table(rows, out)
     else:

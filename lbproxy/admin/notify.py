@@ -19,8 +19,12 @@ import time
 
 from twisted.application.service import Service
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from lbproxy.interfaces import IReloadObserver
 
 
+@implementer(IReloadObserver)
 class SystemdNotifier(Service):
     """
     Tells systemd how the daemon is doing. A child of the
@@ -82,7 +86,7 @@ class SystemdNotifier(Service):
             self._socket.close()
             self._socket = None
 
-    # Reload observer.
+    # IReloadObserver
 
     def reloading(self) -> None:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import json
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from lbproxy._twisted.listen import raiseListenErrors
 from lbproxy.admin import metrics, stats
 from lbproxy.admin.api import API, BoundedContent, TokenCheck
 from lbproxy.config.admin import AdminConfig
-from lbproxy.listening import bindFailure
-from lbproxy.sockets import serverEndpoint
+from lbproxy.listening import SocketService, endpointFor
 
 #: Seconds an admin connection may stay idle.
 IDLE_TIMEOUT = 30
@@ -115,7 +112,7 @@ def adminRoot(service, tokens: TokenCheck) -> Resource:
     return root
 
 
-class AdminService(StreamServerEndpointService):
+class AdminService(SocketService):
     """
     The admin listener of C{service} (a L{lbproxy.service.BalancerService}),
     opened in L{privilegedStartService} like the listeners: a failure to
@@ -126,28 +123,16 @@ class AdminService(StreamServerEndpointService):
 
     def __init__(self, service, config: AdminConfig, reactor) -> None:
         self.config = config
-        self.source = service.config.source
         self.tokens = TokenCheck(config.token, reactor)
         site = AdminSite(adminRoot(service, self.tokens), reactor)
-        try:
-            endpoint = serverEndpoint(reactor, config.bind)
-        except Exception as error:
-            from lbproxy.listening import _Unusable
-
-            endpoint = _Unusable(error)
-        super().__init__(endpoint, site)
-        raiseListenErrors(self)
+        super().__init__(endpointFor(reactor, config.bind), site, config.bind, "admin.bind", service.config.source)
         self.setName("admin")
-        self._opened = False
 
     def privilegedStartService(self) -> None:
-        if self._opened:
+        opened = self._opened
+        super().privilegedStartService()
+        if opened:
             return
-        self._opened = True
-        try:
-            super().privilegedStartService()
-        except Exception as error:
-            raise bindFailure(self.config.bind, "admin.bind", self.source, error) from error
         api = "off (no token_file)" if self.config.token is None else "on"
         self.log.info("admin listener on {bind}: stats, metrics; runtime API {api}", bind=self.config.bind, api=api)
 

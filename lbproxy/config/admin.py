@@ -10,11 +10,10 @@ whoever reaches it and its token would cross the network.
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, replace
 
 from lbproxy.config.endpoints import EndpointError, parseBind
+from lbproxy.config.secrets import readSecret
 from lbproxy.config.table import Table
 from lbproxy.errors import ConfigError
 
@@ -108,23 +107,9 @@ def loadToken(admin: AdminConfig, source: str) -> AdminConfig:
     if admin.tokenFile is None:
         return admin
     path = admin.tokenFile
-
-    def fail(message: str):
-        raise ConfigError(source, "admin.token_file", message)
-
-    try:
-        with open(path, "rb") as f:
-            info = os.fstat(f.fileno())
-            raw = f.read(MAX_TOKEN_SIZE + 1) if stat.S_ISREG(info.st_mode) else b""
-    except OSError as e:
-        fail(f"cannot read {path!r}: {e.strerror}")
-    if not stat.S_ISREG(info.st_mode):
-        fail(f"expected a regular file, got {path!r}")
-    if info.st_mode & 0o077:
-        fail(f"expected a file only its owner can access (chmod 600), got mode {stat.S_IMODE(info.st_mode):04o} on {path!r}")
-    token = raw.rstrip()
-    if not MIN_TOKEN_SIZE <= len(token) <= MAX_TOKEN_SIZE:
-        fail(f"expected a token of {MIN_TOKEN_SIZE} to {MAX_TOKEN_SIZE} bytes in {path!r}, got {len(token)} bytes")
+    token = readSecret(source, "admin.token_file", path, MIN_TOKEN_SIZE, MAX_TOKEN_SIZE, "token")
     if any(byte < 0x21 or byte > 0x7E for byte in token):
-        fail(f"expected a token of printable ASCII characters without spaces in {path!r}")
+        raise ConfigError(
+            source, "admin.token_file", f"expected a token of printable ASCII characters without spaces in {path!r}"
+        )
     return replace(admin, token=token)

@@ -35,17 +35,7 @@ def buildServer(config: ServerConfig, pool: PoolConfig) -> Server:
     """
     A new live server of C{config}, in a pool of C{pool}'s settings.
     """
-    server = Server(
-        name=config.name,
-        address=config.address,
-        weight=config.weight,
-        backup=config.backup,
-        maxconn=config.maxconn,
-        cookie=config.cookie,
-    )
-    if pool.health is not None:
-        server.passiveFall = pool.health.passiveFall
-    return server
+    return Server.fromConfig(config, pool.health)
 
 
 def buildPool(config: PoolConfig, source: str = "") -> Pool:

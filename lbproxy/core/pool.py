@@ -178,6 +178,25 @@ class Server:
         #: flows it has, and leaves the model when the last one ends.
         self.removed = False
 
+    @classmethod
+    def fromConfig(cls, config, health=None) -> Server:
+        """
+        A new server of C{config} (a L{lbproxy.config.ServerConfig}), in a
+        pool whose health checks are C{health} (a
+        L{lbproxy.config.HealthConfig}, or None).
+        """
+        server = cls(
+            name=config.name,
+            address=config.address,
+            weight=config.weight,
+            backup=config.backup,
+            maxconn=config.maxconn,
+            cookie=config.cookie,
+        )
+        if health is not None:
+            server.passiveFall = health.passiveFall
+        return server
+
     def __repr__(self) -> str:
         return f"<Server {self.name} {self.address} {self.state.value}>"
 
@@ -436,17 +455,7 @@ class Pool:
                 raise ValueError(f"pool {self.name} already has a server {config.name!r}")
             if config.cookie and other.cookie == config.cookie:
                 raise ValueError(f"pool {self.name} already has the cookie value {config.cookie!r} (server {other.name})")
-        server = Server(
-            name=config.name,
-            address=config.address,
-            weight=config.weight,
-            backup=config.backup,
-            maxconn=config.maxconn,
-            cookie=config.cookie,
-        )
-        health = getattr(self.options, "health", None)
-        if health is not None:
-            server.passiveFall = health.passiveFall
+        server = Server.fromConfig(config, getattr(self.options, "health", None))
         if self.tls is not None:
             self.tls.load(self.servers + (server,))
         return self.adoptServer(server, reason)

@@ -94,8 +94,7 @@ _BODY = "body"  # forwarding the request body: client idle / server timeout
 _WAIT = "wait"  # request sent, response head awaited: response timeout (504)
 _RESPONSE = "response"  # forwarding the response body: server / client timeout
 
-#: Seconds a keep-alive connection may stay idle after a response once
-#: its listener stops.
+#: Seconds a keep-alive connection may idle once its listener stops.
 STOPPING_IDLE = 1.0
 
 _TUNNEL_ENDS = {
@@ -813,13 +812,10 @@ class HTTPProxyProtocol(FrontConnection):
         if parser.bufferedBytes:
             self._firstByte = now
             self.timer.enter(_HEAD, self.config.requestTimeout, now)
-        elif self.factory.stopping:
-            # The listener stops: a client sending its next request at
-            # once gets it answered with Connection: close; an idle one is
-            # not waited for long.
-            self.timer.enter(_IDLE, min(self.config.keepaliveTimeout, STOPPING_IDLE), now)
         else:
-            self.timer.enter(_IDLE, self.config.keepaliveTimeout, now)
+            # Once the listener stops, an idle client is not waited for long.
+            keepalive = self.config.keepaliveTimeout
+            self.timer.enter(_IDLE, min(keepalive, STOPPING_IDLE) if self.factory.stopping else keepalive, now)
         try:
             parser.resumeParsing()
         except HTTPParseError as error:
@@ -979,8 +975,7 @@ class HTTPProxyProtocol(FrontConnection):
 
     def listenerStopping(self) -> None:
         """
-        The listener stops: a connection idle between two requests is
-        closed now; one serving a request closes after its response
+        Closed now when idle between requests; else after the response
         (C{Connection: close}, from the factory's C{stopping}).
         """
         if not self._closed and self.exchange is None and self._firstByte is None and self.relayLeg is None:
