@@ -251,6 +251,8 @@ class BalancerService(MultiService):
         for observer in self.reloadObservers:
             observer.reloading()
         try:
+            if not self.running:
+                raise ReloadRefused("lbproxy is stopping")
             if self.loader is None:
                 raise ReloadRefused("this lbproxy was started without a configuration to read again")
             try:

@@ -159,6 +159,15 @@ class Reloading(TestCase):
             'pools.web.servers[0].weight: expected an integer from 0 to 256, got "x"',
         )
 
+    def test_noReloadWhileStopping(self):
+        port = freePort()
+        text = config([("front", port, "tcp")], [("a", self.backends[0], 1)])
+        service = self.start(text)
+        service.stopService()
+        ok, line = self.reload(service, text.replace("tcp:", "tcp6:"))
+        self.assertFalse(ok)
+        self.assertTrue(line.endswith("refused, the running configuration stays: lbproxy is stopping"))
+
     def test_haChangeRefused(self):
         port = freePort()
         service = self.start(config([("front", port, "tcp")], [("a", self.backends[0], 1)]))
