@@ -229,3 +229,22 @@ class IBalancerHealth(Interface):
         The names of the listeners not listening now (a list, empty when
         all are bound).
         """
+
+
+class IReloadObserver(Interface):
+    """
+    Told of each reload of the running balancer
+    (L{lbproxy.service.BalancerService.reloadObservers}): systemd's
+    notifications follow them.
+    """
+
+    def reloading():
+        """
+        A reload begins.
+        """
+
+    def reloaded(ok, line):
+        """
+        The reload is over: applied (C{ok}) or refused; C{line} is what was
+        logged.
+        """

@@ -706,6 +706,8 @@ EVERY_KEY = {
         "announce_interval", "address_lifetime", "notify", "track", "multicast_group",
     },
     "ha notify": {"master", "backup", "fault", "stop", "timeout"},
+    "admin": {"bind", "token_file", "allow_remote"},
+    "daemon": {"grace"},
     "ha track": {"type", "pool", "min_up", "weight", "command", "interval", "timeout", "fall", "rise"},
     "health": {
         "type", "interval", "timeout", "rise", "fall", "passive_fall",
@@ -764,4 +766,6 @@ def test_referenceUsesEveryKey():
     used["ha notify"] |= set(ha["notify"])
     for condition in ha["track"]:
         used["ha track"] |= set(condition)
+    used["admin"] |= set(data["admin"])
+    used["daemon"] |= set(data["daemon"])
     assert used == EVERY_KEY

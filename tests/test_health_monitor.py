@@ -375,3 +375,36 @@ class MisbehavingCheckTests(MonitorTestMixin, SynchronousTestCase):
 
     def test_scriptedCheckProvidesInterface(self) -> None:
         self.assertTrue(verifyObject(IHealthCheck, self.check))
+
+
+class ChangingServersTests(MonitorTestMixin, SynchronousTestCase):
+    def test_addedServerIsProbed(self) -> None:
+        """
+        A server added to a monitored pool is probed at once, then every
+        interval.
+        """
+        pool = makePool()
+        self.monitor(pool)
+        self.clock.advance(1)
+        pool.addServer(ServerConfig("b", "tcp:host=127.0.0.1:port=8009"))
+        self.assertEqual(self.check.callsFor("b"), [1.0])
+        self.tick(2)
+        self.assertEqual(self.check.callsFor("b"), [1.0, 3.0, 5.0])
+
+    def test_removedServerIsNoLongerProbed(self) -> None:
+        """
+        A server removed from the pool is not probed any more, and a probe
+        of it still running is cancelled without being recorded.
+        """
+        pool = makePool(("a", "b"))
+        self.monitor(pool)
+        self.tick(1)
+        self.check.outcomes["b"] = "pending"
+        self.tick(1)
+        before = len(self.check.callsFor("b"))
+        server = pool.removeServer("b")
+        self.assertEqual(len(self.check.cancelled), 1)
+        checks = server.health.checks
+        self.tick(5)
+        self.assertEqual(len(self.check.callsFor("b")), before)
+        self.assertEqual(server.health.checks, checks)

@@ -190,6 +190,9 @@ INSTANCES = {
     "lbproxy.sockets.BuiltSocketEndpoint": lambda: importlib.import_module("lbproxy.sockets").BuiltSocketEndpoint(
         Clock(), socket.AF_INET, "127.0.0.1", 0
     ),
+    "lbproxy.admin.notify.SystemdNotifier": lambda: importlib.import_module("lbproxy.admin.notify").SystemdNotifier(
+        "/run/systemd/notify", Clock()
+    ),
     "lbproxy.tcp.front.TCPProxyProtocol": lambda: connected("tcp"),
     "lbproxy.tls.client.HandshakeEndpoint": handshakeEndpoint,
     "lbproxy.tls.client.UnverifiedClientCreator": lambda: importlib.import_module(

@@ -96,8 +96,8 @@ class StateTests(SynchronousTestCase):
     def test_listenerFollowsItsPort(self):
         """
         A listener is starting until its port is open, serving while it is,
-        and stopped once closed; each change reaches the observers with
-        its time.
+        draining once closed while its sessions end (none here), then
+        stopped; each change reaches the observers with its time.
         """
         listener = self.model.listeners["front"]
         reactor = MemoryReactorClock()
@@ -118,7 +118,8 @@ class StateTests(SynchronousTestCase):
             [(c.kind, c.name, c.old, c.new, c.time) for c in self.changes],
             [
                 ("listener", "front", "starting", "serving", 1005.0),
-                ("listener", "front", "serving", "stopped", 1008.0),
+                ("listener", "front", "serving", "draining", 1008.0),
+                ("listener", "front", "draining", "stopped", 1008.0),
             ],
         )
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="lbproxy's react
 
 #: The in-process tests over real sockets that drive the data path: the
 #: TCP, HTTP, TLS and mail fronts, the relay, the write batch, health
-#: checks.
+#: checks, a reload's sockets and a graceful stop.
 LOOPBACK = (
     "tests/test_tcp_loopback.py",
     "tests/test_tcp_sni_loopback.py",
@@ -38,6 +38,8 @@ LOOPBACK = (
     "tests/test_tls_backend_loopback.py",
     "tests/test_writebatch.py",
     "tests/test_health_loopback.py",
+    "tests/test_reload.py",
+    "tests/test_shutdown.py",
     "tests/test_mail_prelogin.py",
     "tests/test_mail_imap_dovecot.py",
     "tests/test_mail_pop3_dovecot.py",

@@ -199,7 +199,7 @@ def test_makeServiceTree(good, keepExcepthook):
     service = tap.makeService(options)
     assert isinstance(service, BalancerService)
     assert IService.providedBy(service)
-    assert childNames(service) == ["health", "listener:admin", "listener:web", "reload-on-hangup"]
+    assert childNames(service) == ["health", "listener:admin", "listener:web", "reload-on-hangup", "reopen-on-usr1", "stick"]
     health = service.getServiceNamed("health")
     assert [m.pool.name for m in health] == ["web"]
     for name in ("listener:admin", "listener:web"):
@@ -217,7 +217,7 @@ def test_makeServiceDemo(keepExcepthook):
     """
     options, _, _ = parse()
     service = tap.makeService(options)
-    assert childNames(service) == ["demo", "health", "listener:demo", "reload-on-hangup"]
+    assert childNames(service) == ["demo", "health", "listener:demo", "reload-on-hangup", "reopen-on-usr1", "stick"]
     demoService = service.getServiceNamed("demo")
     assert isinstance(demoService, demo.DemoService)
     assert childNames(demoService) == ["demo:web1", "demo:web2"]

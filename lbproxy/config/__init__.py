@@ -18,6 +18,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from lbproxy.config.admin import AdminConfig, DaemonConfig, parseAdmin, parseDaemon
 from lbproxy.config.endpoints import checkOverlaps
 from lbproxy.config.ha import HAConfig, parseHA
 from lbproxy.config.stick import StickConfig, parseStick, settleReplication
@@ -197,6 +198,10 @@ class Config:
     pools: dict[str, PoolConfig]
     #: C{[ha]}: this node's part in an active/passive pair; None: alone.
     ha: HAConfig | None = None
+    #: C{[admin]}: the admin listener; None: off.
+    admin: AdminConfig | None = None
+    #: C{[daemon]}: how the daemon stops.
+    daemon: DaemonConfig = DaemonConfig()
 
 
 def loadFile(path: str) -> Config:
@@ -249,10 +254,16 @@ def parse(data: dict, source: str) -> Config:
         )
     if not listeners:
         raise ConfigError(source, "listeners", "expected at least one listener")
-    checkOverlaps(source, [(f"listeners.{name}.bind", listener.bind) for name, listener in listeners.items()])
+    adminTable = root.table("admin")
+    admin = parseAdmin(adminTable) if adminTable.present else None
+    daemon = parseDaemon(root.table("daemon"))
+    binds = [(f"listeners.{name}.bind", listener.bind) for name, listener in listeners.items()]
+    if admin is not None:
+        binds.append(("admin.bind", admin.bind))
+    checkOverlaps(source, binds)
     _checkModePoolSettings(source, pools, listeners)
     root.done()
-    return Config(source=source, listeners=listeners, pools=pools, ha=ha)
+    return Config(source=source, listeners=listeners, pools=pools, ha=ha, admin=admin, daemon=daemon)
 
 
 #: Keys every listener has; the rest of its table belongs to its mode.
@@ -484,6 +495,16 @@ def _parseSelector(t: Table) -> tuple[str, dict]:
     except OptionError as e:
         t.fail("selector" + (f".{e.key}" if e.key else ""), e.message)
     return selectorName, options
+
+
+def parseServer(data: dict, path: str, source: str) -> ServerConfig:
+    """
+    A server's settings from C{data} (a server table, or the admin API's
+    JSON), checked as a config file's are.
+
+    @raise ConfigError: naming C{path}'s key.
+    """
+    return _parseServer(Table(data, path, source))
 
 
 def _parseServer(t: Table) -> ServerConfig:

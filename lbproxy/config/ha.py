@@ -14,9 +14,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import stat
 from dataclasses import dataclass, field, replace
 
+from lbproxy.config.secrets import readSecret
 from lbproxy.config.table import Table, oneOf, show
 from lbproxy.errors import ConfigError
 from lbproxy.ha.advert import MAX_INTERVAL_CS, MIN_INTERVAL_CS, Address, Interface
@@ -257,24 +257,7 @@ def _readKey(source: str, path: str) -> bytes:
     """
     The key in C{path}: the file's bytes without trailing white space.
     """
-
-    def fail(message: str):
-        raise ConfigError(source, "ha.key_file", message)
-
-    try:
-        with open(path, "rb") as f:
-            info = os.fstat(f.fileno())
-            raw = f.read(MAX_KEY_SIZE + 1) if stat.S_ISREG(info.st_mode) else b""
-    except OSError as e:
-        fail(f"cannot read {path!r}: {e.strerror}")
-    if not stat.S_ISREG(info.st_mode):
-        fail(f"expected a regular file, got {path!r}")
-    if info.st_mode & 0o077:
-        fail(f"expected a file only its owner can access (chmod 600), got mode {stat.S_IMODE(info.st_mode):04o} on {path!r}")
-    key = raw.rstrip()
-    if not MIN_KEY_SIZE <= len(key) <= MAX_KEY_SIZE:
-        fail(f"expected a key of {MIN_KEY_SIZE} to {MAX_KEY_SIZE} bytes in {path!r}, got {len(key)} bytes")
-    return key
+    return readSecret(source, "ha.key_file", path, MIN_KEY_SIZE, MAX_KEY_SIZE, "key")
 
 
 def _command(t: Table, key: str, value) -> tuple[str, ...]:

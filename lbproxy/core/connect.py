@@ -172,6 +172,8 @@ class BackendConnector:
             L{lbproxy.core.pool.Server.connectFailed}).
         """
         server.connectFailed(reason, established)
+        if retrying:
+            server.retries += 1
         self.log.warn(
             "connect to {server} failed: {reason}; {action}",
             server=getattr(server, "qualifiedName", server.name),

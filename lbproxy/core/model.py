@@ -16,18 +16,27 @@ costs the data path no allocation.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lbproxy.config import Config, ListenerConfig, PoolConfig
+from lbproxy.config import Config, ListenerConfig, PoolConfig, ServerConfig
 from lbproxy.core.pool import STATUS_CLASSES, Pool, Server, ServerState, statusIndex
 from lbproxy.core.stick import StickTable, keySalt
 from lbproxy.interfaces import IBalancerHealth
 from lbproxy.selectors import findSelector
 from lbproxy.tls.client import BackendTLS
+
+
+def buildServer(config: ServerConfig, pool: PoolConfig) -> Server:
+    """
+    A new live server of C{config}, in a pool of C{pool}'s settings.
+    """
+    return Server.fromConfig(config, pool.health)
 
 
 def buildPool(config: PoolConfig, source: str = "", salt: bytes | None = None) -> Pool:
@@ -43,19 +52,7 @@ def buildPool(config: PoolConfig, source: str = "", salt: bytes | None = None) -
     plugin = findSelector(config.selector)
     if plugin is None:
         raise KeyError(f"selector {config.selector!r} is no longer installed")
-    servers = []
-    for sc in config.servers:
-        server = Server(
-            name=sc.name,
-            address=sc.address,
-            weight=sc.weight,
-            backup=sc.backup,
-            maxconn=sc.maxconn,
-            cookie=sc.cookie,
-        )
-        if config.health is not None:
-            server.passiveFall = config.health.passiveFall
-        servers.append(server)
+    servers = [buildServer(sc, config) for sc in config.servers]
     pool = Pool(config.name, servers, plugin.build(config.selectorOptions), config)
     if config.stick is not None:
         pool.stick = StickTable(config.stick, pool, salt if salt is not None else keySalt(None))
@@ -65,6 +62,11 @@ def buildPool(config: PoolConfig, source: str = "", salt: bytes | None = None) -
         pool.tls = BackendTLS(config.name, config.tls, source)
         pool.tls.load(pool.servers)
     return pool
+
+
+#: The upper bounds (seconds) of the buckets HTTP request durations are
+#: counted in: Prometheus' default buckets.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class ListenerState(enum.Enum):
@@ -101,6 +103,13 @@ class ListenerCounters:
     @ivar responses: HTTP responses sent, by L{STATUS_CLASSES}.
     @ivar logins: successful mail logins.
     @ivar loginFailures: refused mail logins.
+    @ivar durations: HTTP requests by duration (from the first byte of the
+        request to the end of the response), one count per bucket of
+        L{DURATION_BUCKETS} (a request in the first bucket whose bound it
+        does not exceed), the last one for longer ones: the request
+        duration histogram of the metrics, counted at the cost of one
+        increment per request.
+    @ivar durationSum: the seconds of those requests added up.
     """
 
     __slots__ = (
@@ -113,6 +122,8 @@ class ListenerCounters:
         "responses",
         "logins",
         "loginFailures",
+        "durations",
+        "durationSum",
     )
 
     def __init__(self) -> None:
@@ -125,13 +136,23 @@ class ListenerCounters:
         self.responses = [0] * len(STATUS_CLASSES)
         self.logins = 0
         self.loginFailures = 0
+        self.durations = [0] * (len(DURATION_BUCKETS) + 1)
+        self.durationSum = 0.0
 
     def countResponse(self, status: int | None) -> None:
         self.responses[statusIndex(status)] += 1
 
+    def countDuration(self, seconds: float) -> None:
+        """
+        Count one HTTP request that took C{seconds}.
+        """
+        self.durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.durationSum += seconds
+
     def snapshot(self) -> dict:
         plain = {name: getattr(self, name) for name in self.__slots__}
         plain["responses"] = dict(zip(STATUS_CLASSES, self.responses))
+        plain["durations"] = {**dict(zip((f"{b:g}" for b in DURATION_BUCKETS), self.durations)), "+Inf": self.durations[-1]}
         return plain
 
 
@@ -192,6 +213,8 @@ class Listener:
         self.since = self._now()
         self.sessions: set = set()
         self.counters = ListenerCounters()
+        # (sessions still awaited, Deferred) of whenSessionsEnd.
+        self._awaited: list[tuple[set, Deferred]] = []
 
     @classmethod
     def of(cls, listener) -> Listener:
@@ -227,6 +250,43 @@ class Listener:
         C{session} is over: it no longer counts against C{maxconn}.
         """
         self.sessions.discard(session)
+        if self._awaited:
+            self._ended(session)
+
+    def whenSessionsEnd(self, sessions=None) -> Deferred:
+        """
+        A L{Deferred} firing once every session of C{sessions} (by default,
+        those it serves now) has left: what a reload waits for before it
+        lets the factory that served them go, and a shutdown before it
+        closes the listener for good.
+        """
+        remaining = set(self.sessions if sessions is None else sessions) & self.sessions
+        done: Deferred = Deferred()
+        if not remaining:
+            done.callback(None)
+        else:
+            self._awaited.append((remaining, done))
+        return done
+
+    def _ended(self, session) -> None:
+        finished = []
+        for remaining, done in self._awaited:
+            remaining.discard(session)
+            if not remaining:
+                finished.append(done)
+        if finished:
+            self._awaited = [(r, d) for r, d in self._awaited if r]
+            for done in finished:
+                done.callback(None)
+
+    def reconfigure(self, config: ListenerConfig, mode) -> None:
+        """
+        Serve new connections with C{config} (and the front C{mode}) from
+        now on: its sessions, counters and state stay, and the connections
+        already open keep the settings they started with.
+        """
+        self.config = config
+        self.mode = mode
 
     def setState(self, state: ListenerState, reason: str = "") -> None:
         """
@@ -274,11 +334,16 @@ class Balancer:
         self.clock = Pool.clock
         self._observers: list[Observer] = []
         self._parts: dict[str, Callable[[], dict]] = {}
-        salt = keySalt(config)
-        self.pools = {name: buildPool(pc, config.source, salt) for name, pc in config.pools.items()}
-        for pool in self.pools.values():
-            pool.addObserver(self._serverChanged)
+        #: The key of the stick tables' digests, the same for every pool
+        #: built while it runs (a reload's too).
+        self.salt = keySalt(config)
+        self.pools: dict[str, Pool] = {}
+        for name, pc in config.pools.items():
+            self.addPool(buildPool(pc, config.source, self.salt))
         self.listeners = {name: Listener(lc, balancer=self) for name, lc in config.listeners.items()}
+        #: Listeners no longer configured (removed by a reload, or bound
+        #: elsewhere) whose sessions have not all ended.
+        self.draining: list[Listener] = []
 
     def __repr__(self) -> str:
         return f"<Balancer {len(self.listeners)} listeners, {len(self.pools)} pools>"
@@ -323,6 +388,61 @@ class Balancer:
     def _serverChanged(self, server: Server, old: ServerState, new: ServerState, reason: str) -> None:
         self.announce("server", server.qualifiedName, old.value, new.value, reason)
 
+    def _serverEdited(self, server: Server, what: str, old: str, new: str, reason: str) -> None:
+        self.announce(f"server-{what}", server.qualifiedName, old, new, reason)
+
+    # Changing what runs (the admin API, a reload).
+
+    def addPool(self, pool: Pool, reason: str = "") -> None:
+        """
+        Run C{pool} under its name (a new one, or one replacing a pool of
+        that name: see L{removePool}).
+        """
+        pool.clock = self.clock
+        pool.addObserver(self._serverChanged)
+        pool.addChangeObserver(self._serverEdited)
+        self.pools[pool.name] = pool
+        if reason:
+            self.announce("pool", pool.name, "", "added", reason)
+
+    def removePool(self, name: str, reason: str = "") -> Pool:
+        """
+        Take pool C{name} out of the balancer: no listener of the running
+        config uses it (connections already placed on its servers go on).
+        """
+        pool = self.pools.pop(name)
+        pool.removeObserver(self._serverChanged)
+        pool.removeChangeObserver(self._serverEdited)
+        self.announce("pool", name, "running", "removed", reason)
+        return pool
+
+    def addListener(self, listener: Listener, reason: str = "") -> Listener:
+        """
+        Run C{listener} (built with this balancer) under its name; its port
+        is the service's business.
+        """
+        self.listeners[listener.name] = listener
+        if reason:
+            self.announce("listener", listener.name, "", listener.state.value, reason)
+        return listener
+
+    def retireListener(self, name: str, reason: str = "") -> Listener:
+        """
+        Listener C{name} leaves the running config: it moves to
+        L{draining} until its sessions end (see L{forgetListener}).
+        """
+        listener = self.listeners.pop(name)
+        self.draining.append(listener)
+        self.announce("listener", name, listener.state.value, "retired", reason)
+        return listener
+
+    def forgetListener(self, listener: Listener) -> None:
+        """
+        A retired listener closed its last session: it is gone.
+        """
+        if listener in self.draining:
+            self.draining.remove(listener)
+
     # What other parts add to the snapshot.
 
     def addPart(self, name: str, snapshot: Callable[[], dict]) -> None:
@@ -345,6 +465,7 @@ class Balancer:
             "time": now,
             "listeners": [listener.snapshot(now) for listener in self.listeners.values()],
             "pools": [pool.snapshot(now) for pool in self.pools.values()],
+            "draining": [listener.snapshot(now) for listener in self.draining],
         }
         for name, part in self._parts.items():
             plain[name] = part()

@@ -201,6 +201,14 @@ class FrontConnection(Protocol):
         The deadline of C{phase} passed.
         """
 
+    def listenerStopping(self) -> None:
+        """
+        The listener stops serving (the daemon stops, or a reload removed
+        it): a front whose connection is idle between two requests closes
+        it. By default nothing: a session runs to its end, within the
+        listener's grace period.
+        """
+
     # What a subclass calls.
 
     def relayTo(self, leg) -> None:

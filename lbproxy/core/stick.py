@@ -39,13 +39,11 @@ from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
 from lbproxy.config.stick import StickConfig
-from lbproxy.core.pool import Server, ServerState
+from lbproxy.core.pool import Server
 from lbproxy.interfaces import ISelectionContext
 
 #: Bytes of an entry's key (a BLAKE2b digest).
 KEY_SIZE = 16
-#: The states of a server a pin still reaches.
-PINNABLE = frozenset({ServerState.UP, ServerState.DRAIN})
 #: An entry used again is passed on to the peer once this share of its
 #: expiry has gone by since it last was, at most every L{MAX_REFRESH}
 #: seconds: a hot entry costs a few updates a minute, and the peer's copy
@@ -174,7 +172,7 @@ class StickTable:
             self.misses += 1
             return None
         server = self.server(entry.server)
-        if server is None or server.state not in PINNABLE or server.full or server in context.excluded:
+        if server is None or not server.pinnable or server in context.excluded:
             self.redispatched += 1
             return None
         self.hits += 1

@@ -42,7 +42,8 @@ class HealthMonitor(Service):
     probes are spread evenly over the first interval, the first server's
     running at once, so many servers are not all probed together.
 
-    Servers in MAINT are not probed. Servers in DRAIN are probed and their
+    Servers added to the pool while it runs are probed from then on, and
+    servers removed from it no longer are. Servers in MAINT are not probed. Servers in DRAIN are probed and their
     health recorded, but their state is the operator's and stays DRAIN;
     when the operator puts one back UP, the failures counted while it
     drained still count towards C{fall}. A
@@ -86,6 +87,7 @@ class HealthMonitor(Service):
     def startService(self) -> None:
         super().startService()
         self.pool.addObserver(self.failureLog.stateChanged)
+        self.pool.addChangeObserver(self._serversChanged)
         servers = self.pool.servers
         for index, server in enumerate(servers):
             self._seenState[server] = server.state
@@ -101,6 +103,7 @@ class HealthMonitor(Service):
         super().stopService()
         try:
             self.pool.removeObserver(self.failureLog.stateChanged)
+            self.pool.removeChangeObserver(self._serversChanged)
         except ValueError:
             pass  # Stopped without having started.
         self.failureLog.forget()
@@ -116,6 +119,30 @@ class HealthMonitor(Service):
         for probe in running.values():
             probe.cancel()
         self.limitLog.flush()
+
+    def _serversChanged(self, server: Server, what: str, old: str, new: str, reason: str) -> None:
+        """
+        A server was added to the pool (probed from now on) or removed
+        from it (no longer probed).
+        """
+        if what == "added":
+            self._seenState[server] = server.state
+            self._startLoop(server)
+        elif what == "removed":
+            self._forget(server)
+
+    def _forget(self, server: Server) -> None:
+        call = self._starts.pop(server, None)
+        if call is not None and call.active():
+            call.cancel()
+        loop = self._loops.pop(server, None)
+        if loop is not None and loop.running:
+            loop.stop()
+        probe = self._running.pop(server, None)
+        if probe is not None:
+            probe.cancel()
+        self._seenState.pop(server, None)
+        self.failureLog.forgetServer(server)
 
     def _startLoop(self, server: Server) -> None:
         self._starts.pop(server, None)
@@ -163,7 +190,7 @@ class HealthMonitor(Service):
     ) -> None:
         if self._running.get(server) is probe:
             del self._running[server]
-        if isinstance(result, Failure) and result.check(CancelledError) and not self.running:
+        if isinstance(result, Failure) and result.check(CancelledError) and (not self.running or server.removed):
             return
         try:
             self._record(server, result, started)

@@ -94,6 +94,9 @@ _BODY = "body"  # forwarding the request body: client idle / server timeout
 _WAIT = "wait"  # request sent, response head awaited: response timeout (504)
 _RESPONSE = "response"  # forwarding the response body: server / client timeout
 
+#: Seconds a keep-alive connection may idle once its listener stops.
+STOPPING_IDLE = 1.0
+
 _TUNNEL_ENDS = {
     "client-closed": "--",
     "server-closed": "--",
@@ -812,7 +815,9 @@ class HTTPProxyProtocol(FrontConnection):
             self._firstByte = now
             self.timer.enter(_HEAD, self.config.requestTimeout, now)
         else:
-            self.timer.enter(_IDLE, self.config.keepaliveTimeout, now)
+            # Once the listener stops, an idle client is not waited for long.
+            keepalive = self.config.keepaliveTimeout
+            self.timer.enter(_IDLE, min(keepalive, STOPPING_IDLE) if self.factory.stopping else keepalive, now)
         try:
             parser.resumeParsing()
         except HTTPParseError as error:
@@ -875,6 +880,7 @@ class HTTPProxyProtocol(FrontConnection):
         counters.bytesOut += exchange.bytesOut
         if exchange.head is not None:
             counters.requests += 1
+            counters.countDuration(now - exchange.firstByte)
         index = statusIndex(status)
         counters.responses[index] += 1
         normal = exchange.termination == "--"
@@ -968,6 +974,14 @@ class HTTPProxyProtocol(FrontConnection):
 
     def _keepaliveExpired(self) -> None:
         self._closeClient()
+
+    def listenerStopping(self) -> None:
+        """
+        Closed now when idle between requests; else after the response
+        (C{Connection: close}, from the factory's C{stopping}).
+        """
+        if not self._closed and self.exchange is None and self._firstByte is None and self.relayLeg is None:
+            self._closeClient()
 
     def _requestTimedOut(self) -> None:
         exchange = Exchange(None, self._acceptTime, self._firstByte, None)
