@@ -230,6 +230,17 @@ class IBalancerHealth(Interface):
         all are bound).
         """
 
+    def addObserver(observer):
+        """
+        Call C{observer(change)} with a L{lbproxy.core.model.StateChange}
+        for every change of state: listeners, servers, pools.
+        """
+
+    def removeObserver(observer):
+        """
+        Stop calling C{observer}.
+        """
+
 
 class IReloadObserver(Interface):
     """

@@ -20,6 +20,7 @@ from lbproxy.ha.advert import Advert
 from lbproxy.ha.interfaces import IHeartbeatActions, INotifier, IVirtualAddresses
 from lbproxy.ha.machine import Heartbeat, MachineSettings, Role
 from lbproxy.interfaces import IBalancerHealth
+from lbproxy.core.model import StateChange
 from lbproxy.core.pool import Pool, Server
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
@@ -219,9 +220,36 @@ class FakeSocket:
 
 @implementer(IBalancerHealth)
 class FakeBalancer:
+    """
+    A balancer's health as the live model gives it: pools whose servers'
+    changes, and listeners whose binding, are announced to the observers.
+    """
+
     def __init__(self) -> None:
-        self.pools = {"web": Pool("web", [Server("a", "x:1"), Server("b", "x:2")], SmoothWeightedRoundRobin())}
+        self.pools: dict[str, Pool] = {}
         self.unbound: list[str] = []
+        self.observers: list = []
+        self.addPool(Pool("web", [Server("a", "x:1"), Server("b", "x:2")], SmoothWeightedRoundRobin()))
 
     def unboundListeners(self):
         return list(self.unbound)
+
+    def addObserver(self, observer) -> None:
+        self.observers.append(observer)
+
+    def removeObserver(self, observer) -> None:
+        self.observers.remove(observer)
+
+    def announce(self, kind: str, name: str, old: str, new: str) -> None:
+        change = StateChange(kind, name, old, new, "", 0.0)
+        for observer in list(self.observers):
+            observer(change)
+
+    def addPool(self, pool: Pool) -> None:
+        self.pools[pool.name] = pool
+        pool.addObserver(lambda server, old, new, reason: self.announce("server", server.name, old.value, new.value))
+        self.announce("pool", pool.name, "", "added")
+
+    def setUnbound(self, names: list[str]) -> None:
+        self.unbound = list(names)
+        self.announce("listener", ",".join(names), "serving", "stopped")

@@ -1,7 +1,7 @@
 """
-The tracked conditions on a task.Clock: pools through their observers,
-listeners polled, check commands with rise and fall, fault or weight, and
-one log line naming each change.
+The tracked conditions on a task.Clock: pools and listeners through the
+live model's observers, check commands with rise and fall, fault or
+weight, and one log line naming each change.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.logger import globalLogPublisher
 
 from lbproxy.config.ha import DEFAULT_TRACK, TrackConfig
 from lbproxy.ha.commands import CommandResult
-from lbproxy.ha.tracking import LISTENER_POLL, Tracker
+from lbproxy.ha.tracking import Tracker
 from lbproxy.core.pool import ServerState
 from hamachines import FakeBalancer
 from lbproxy.core.pool import Pool, Server
@@ -76,7 +76,7 @@ def test_weightLowersPriorityInstead():
 
 def test_defaultConditions():
     balancer = FakeBalancer()
-    balancer.pools["api"] = Pool("api", [Server("c", "x:3")], SmoothWeightedRoundRobin())
+    balancer.addPool(Pool("api", [Server("c", "x:3")], SmoothWeightedRoundRobin()))
     t, _, changes, clock = tracker(DEFAULT_TRACK, balancer)
     t.start()
     balancer.pools["api"].servers[0].setState(ServerState.DOWN)
@@ -84,8 +84,7 @@ def test_defaultConditions():
     for server in balancer.pools["web"].servers:
         server.setState(ServerState.DOWN)
     assert changes == [("failed: some pool has a server up", 0)]
-    balancer.unbound = ["www"]
-    clock.advance(LISTENER_POLL)
+    balancer.setUnbound(["www"])
     assert changes[-1] == ("failed: every listener is bound; some pool has a server up", 0)
     assert t.states[0].detail == "not bound: www"
 
@@ -133,3 +132,29 @@ def test_stopForgetsPools():
     for server in balancer.pools["web"].servers:
         server.setState(ServerState.DOWN)
     assert changes == []
+
+
+def test_poolAddedWhileRunning():
+    """
+    A pool a reload adds counts for "some pool has a server up" as soon
+    as the model announces it.
+    """
+    balancer = FakeBalancer()
+    t, _, changes, _ = tracker((TrackConfig("pools"),), balancer)
+    t.start()
+    for server in balancer.pools["web"].servers:
+        server.setState(ServerState.DOWN)
+    assert changes == [("failed: some pool has a server up", 0)]
+    balancer.addPool(Pool("api", [Server("c", "x:3")], SmoothWeightedRoundRobin()))
+    assert changes[-1] == (None, 0)
+    assert t.states[0].detail == "1 of 2 pools have a server up"
+
+
+def test_trackedPoolGone():
+    balancer = FakeBalancer()
+    t, _, changes, _ = tracker((TrackConfig("pool", pool="web"),), balancer)
+    t.start()
+    del balancer.pools["web"]
+    balancer.announce("pool", "web", "running", "removed")
+    assert (t.states[0].ok, t.states[0].detail) == (False, "the pool is gone")
+    assert changes == [(f"failed: {t.states[0].config.name}", 0)]

@@ -4,8 +4,10 @@ C{[[ha.track]]}, each holding or failed, summed up as a fault (the node
 must not serve) and a priority penalty.
 
 What is read of the balancer is narrow (L{IBalancerHealth}): which
-listeners are not bound (polled, it is a few attribute reads), and the
-pools, whose servers' states arrive through the pool's own observers.
+listeners are not bound, and how many servers of its pools are up, looked
+at again on every change of state the live model announces (a listener
+bound or closed, a server up or down, a pool or server a reload added or
+removed).
 A check command runs every C{interval} and counts after C{fall} failures
 or C{rise} successes in a row.
 
@@ -25,8 +27,9 @@ from lbproxy.core.pool import ServerState
 from lbproxy.ha.commands import CommandResult, runCommand
 from lbproxy.interfaces import IBalancerHealth
 
-#: Seconds between two looks at the listeners.
-LISTENER_POLL = 0.5
+#: The kinds of change of the live model after which the conditions are
+#: looked at again (L{lbproxy.core.model.StateChange}).
+_RELEVANT = frozenset({"listener", "server", "server-removed", "server-added", "pool"})
 
 
 @dataclass
@@ -78,7 +81,7 @@ class Tracker:
         self._changed = changed
         self._reactor = reactor
         self._loops: list[LoopingCall] = []
-        self._observed: list = []
+        self._observing = False
         self._running: dict[int, object] = {}
         self._summary: tuple[str | None, int] = (None, 0)
         self._stopped = False
@@ -97,27 +100,14 @@ class Tracker:
         """
         Look at every condition now, then follow them.
         """
-        pools = set()
         for state in self.states:
-            kind = state.config.kind
-            if kind == "pool":
-                pools.add(state.config.pool)
-            elif kind == "pools":
-                pools.update(self._balancer.pools)
-            elif kind == "command":
+            if state.config.kind == "command":
                 loop = LoopingCall(self._runCheck, state)
                 loop.clock = self._reactor
                 loop.start(state.config.interval, now=True)
                 self._loops.append(loop)
-        if any(state.config.kind == "listeners" for state in self.states):
-            loop = LoopingCall(self._lookAtListeners)
-            loop.clock = self._reactor
-            self._loops.append(loop)
-            loop.start(LISTENER_POLL, now=False)
-        for name in sorted(pools):
-            pool = self._balancer.pools[name]
-            pool.addObserver(self._serverChanged)
-            self._observed.append(pool)
+        self._balancer.addObserver(self._modelChanged)
+        self._observing = True
         self._lookAtListeners()
         self._lookAtPools()
         self._summary = self.summary()
@@ -127,9 +117,9 @@ class Tracker:
             if loop.running:
                 loop.stop()
         self._loops = []
-        for pool in self._observed:
-            pool.removeObserver(self._serverChanged)
-        self._observed = []
+        if self._observing:
+            self._balancer.removeObserver(self._modelChanged)
+            self._observing = False
         # A check command still running ends on its own (its timeout
         # bounds it); its result is not looked at.
         self._stopped = True
@@ -166,8 +156,9 @@ class Tracker:
                     "all bound" if not unbound else "not bound: " + ", ".join(unbound),
                 )
 
-    def _serverChanged(self, server, old, new, reason) -> None:
-        if (old is ServerState.UP) != (new is ServerState.UP):
+    def _modelChanged(self, change) -> None:
+        if change.kind in _RELEVANT:
+            self._lookAtListeners()
             self._lookAtPools()
 
     def _lookAtPools(self) -> None:
@@ -175,7 +166,10 @@ class Tracker:
         for state in self.states:
             kind = state.config.kind
             if kind == "pool":
-                pool = pools[state.config.pool]
+                pool = pools.get(state.config.pool)
+                if pool is None:
+                    self._set(state, False, "the pool is gone")
+                    continue
                 up = _up(pool)
                 self._set(state, up >= state.config.minUp, f"{up} of {len(pool.servers)} servers up")
             elif kind == "pools":
