@@ -173,11 +173,11 @@ INSTANCES = {
     "lbproxy.mail.backpressure.ReplyBackpressure": lambda: importlib.import_module(
         "lbproxy.mail.backpressure"
     ).ReplyBackpressure(Clock(), lambda: None, lambda: None),
+    "lbproxy.mail.dialog.BackendDialog": lambda: dialog("pop3"),
     "lbproxy.mail.imap.IMAPDialog": lambda: dialog("imap"),
     "lbproxy.mail.imap.IMAPFront": lambda: connected("imap"),
     "lbproxy.mail.pop3.POP3Dialog": lambda: dialog("pop3"),
     "lbproxy.mail.pop3.POP3Front": lambda: connected("pop3"),
-    "lbproxy.mail.session.BackendDialog": lambda: dialog("pop3"),
     "lbproxy.mail.session.MailFrontProtocol": lambda: connected("imap"),
     "lbproxy.modes.FrontMode": lambda: findMode("tcp"),
     "lbproxy.selectors.base.SelectorPlugin": lambda: findSelector("roundrobin"),

@@ -23,8 +23,8 @@ from lbproxy.config.tls import BackendTLSConfig, CertificateConfig, ListenerTLSC
 from lbproxy.interfaces import ISelectionContext
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain, encodePlain
+from lbproxy.mail.dialog import BackendDialog
 from lbproxy.mail.session import (
-    BackendDialog,
     MailFrontProtocol,
     SESSION_FORMAT,
     MailProxyFactory,

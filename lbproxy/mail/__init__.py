@@ -15,7 +15,7 @@ A mail session flows in four steps:
      user reaches the same server: the store holding its mailbox, or
      none when that store cannot take it (L{placement}; only a pool of
      replicas redispatches to the selector's next choice).
-  3. B{Hand-off}: a backend dialog (L{lbproxy.mail.session.BackendDialog})
+  3. B{Hand-off}: a backend dialog (L{lbproxy.mail.dialog.BackendDialog})
      reads the server's greeting, upgrades with STARTTLS/STLS when the pool
      asks for it, tells the server the client's address, replays the login
      and returns the server's answer, which the client gets as if the

@@ -33,7 +33,8 @@ from zope.interface import implementer
 from lbproxy.mail.arguments import hasControl
 from lbproxy.mail.interfaces import IMailDialogHooks, IMailFrontHooks
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
-from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory
+from lbproxy.mail.dialog import BackendDialog
+from lbproxy.mail.session import MailFrontProtocol, MailProxyFactory
 
 # RFC 9051 formal syntax: ATOM-CHAR is any CHAR except atom-specials;
 # ASTRING-CHAR adds "]"; a tag is ASTRING-CHARs without "+".

@@ -27,7 +27,8 @@ from zope.interface import implementer
 from lbproxy.mail.interfaces import IMailDialogHooks, IMailFrontHooks
 from lbproxy.mail.logtext import printable
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
-from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory
+from lbproxy.mail.dialog import BackendDialog
+from lbproxy.mail.session import MailFrontProtocol, MailProxyFactory
 
 #: Commands of the TRANSACTION state (RFC 1939, 2449), refused before login
 #: with an answer saying so.
