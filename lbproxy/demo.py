@@ -23,7 +23,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from lbproxy.tcp.front import formatAddress
+from lbproxy._twisted.listen import raiseListenErrors
+from lbproxy.core.format import formatAddress
 
 #: The demo web servers, as (name, server endpoint string). demo.toml's pool
 #: names the same servers at the same addresses.
@@ -108,11 +109,10 @@ class DemoService(MultiService):
         self.url = url
         self.servers = tuple(servers)
         for name, bind in self.servers:
-            service = StreamServerEndpointService(
-                serverFromString(reactor, bind), demoSite(name, reactor)
-            )
             # A taken port stops startup, as it does for the listeners.
-            service._raiseSynchronously = True
+            service = raiseListenErrors(
+                StreamServerEndpointService(serverFromString(reactor, bind), demoSite(name, reactor))
+            )
             service.setName(f"demo:{name}")
             service.setServiceParent(self)
 

@@ -91,3 +91,11 @@ class TLSHandshakeFailed(Exception):
     reason, such as C{TLS: certificate verify failed (unable to get local
     issuer certificate)}.
     """
+
+
+class CannotStart(Exception):
+    """
+    lbproxy cannot run as configured, found when it starts (a missing
+    privilege, a network interface that does not exist): C{str()} is the
+    one line the operator sees.
+    """

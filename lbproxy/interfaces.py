@@ -59,7 +59,8 @@ class ISelectionContext(Interface):
 
         @param spec: a key specification such as C{"src"} (client address),
             C{"5tuple"}; HTTP and mail fronts add their own (C{"uri"},
-            C{"header:NAME"}, C{"user"} ...). See L{lbproxy.core.context.KEYS}.
+            C{"header:NAME"}, C{"user"} ...); each mode lists the keys it
+            provides (L{IFrontPlugin.selectionKeys}).
         @rtype: L{bytes} or L{None}
         """
 
@@ -127,4 +128,134 @@ class IHealthCheck(Interface):
             fails with L{lbproxy.health.checks.HealthCheckSkipped} when the
             probe could not be made for lbproxy's own limits, which counts
             neither way.
+        """
+
+
+class IProxiedAddresses(Interface):
+    """
+    A protocol that can be told, before C{makeConnection}, that its
+    connection's client and local addresses are not the TCP peer's and
+    host's: a trusted proxy's PROXY header named them.
+    """
+
+    def proxiedAddresses(client, local):
+        """
+        The connection about to be made comes from C{client} to C{local}
+        (both L{twisted.internet.interfaces.IAddress}).
+        """
+
+
+class IFrontPlugin(Interface):
+    """
+    A protocol front: what serves the listeners of one C{mode}, discovered
+    with C{getPlugins(IFrontPlugin, lbproxy.plugins)} (L{lbproxy.modes}).
+
+    The config loader parses the keys every listener has (C{bind},
+    C{mode}, C{pool}, C{maxconn}, C{accept_proxy}, C{tls},
+    C{timeouts.idle}) and hands the rest of the listener's table to the
+    front; the service asks it for the listener's protocol factory.
+    """
+
+    name = Attribute('The mode that selects it, e.g. "http" (str).')
+    description = Attribute("One line saying what it serves (str).")
+    listenerKeys = Attribute(
+        "Keys of a listener table it reads beyond the common ones (tuple of "
+        "str): another mode's listener with one of them is told which mode "
+        "takes it."
+    )
+    timeoutKeys = Attribute("Keys of the listener's timeouts table it reads beyond idle (tuple of str).")
+    selectionKeys = Attribute(
+        'Key specifications its flows provide to hashing selectors (frozenset of str; "header:" takes an argument).'
+    )
+    poolSettings = Attribute(
+        "The pool settings it applies that other modes may not (tuple of lbproxy.modes.PoolSetting)."
+    )
+    tlsRules = Attribute("What its listeners' [tls] table may hold (lbproxy.modes.TLSRules).")
+    idleTimeout = Attribute("Default of timeouts.idle in seconds (float).")
+
+    def parseListener(table, timeouts, common, pools):
+        """
+        Validate the mode's own keys of a listener table.
+
+        @param table: the listener's L{lbproxy.config.table.Table}.
+        @param timeouts: its C{timeouts} table.
+        @param common: the common settings, as keyword arguments of
+            L{lbproxy.config.ListenerConfig}.
+        @param pools: every L{lbproxy.config.PoolConfig} by name.
+        @return: a L{lbproxy.config.ListenerConfig} (or a subclass holding
+            the mode's settings).
+        @raise lbproxy.errors.ConfigError: through C{table.fail}.
+        """
+
+    def checkPool(table, listener, name, pool):
+        """
+        Refuse, with C{table.fail}, a pool C{name} (a PoolConfig) that
+        C{listener} uses but cannot serve as configured.
+        """
+
+    def buildFactory(listener, pools, reactor, serverTLS):
+        """
+        The protocol factory serving C{listener} (a
+        L{lbproxy.core.model.Listener}).
+
+        @param pools: every live pool by name.
+        @param serverTLS: the listener's loaded certificates when it has a
+            C{[tls]} table, for a front that starts TLS itself (STARTTLS);
+            implicit TLS is added around the factory by the service.
+        """
+
+    def readsProxyHeader(config):
+        """
+        Whether the front reads a trusted peer's PROXY header itself, as the
+        first bytes of its stream; otherwise the service puts the shared
+        reader in front of it (L{lbproxy.core.acceptproxy}).
+        """
+
+    def handshakeTimeout(config):
+        """
+        Seconds a client of this listener has for its TLS handshake.
+        """
+
+
+class IBalancerHealth(Interface):
+    """
+    What the heartbeat reads of the running balancer.
+    """
+
+    pools = Attribute("The live pools by name (L{lbproxy.core.pool.Pool}, with addObserver and servers).")
+
+    def unboundListeners():
+        """
+        The names of the listeners not listening now (a list, empty when
+        all are bound).
+        """
+
+    def addObserver(observer):
+        """
+        Call C{observer(change)} with a L{lbproxy.core.model.StateChange}
+        for every change of state: listeners, servers, pools.
+        """
+
+    def removeObserver(observer):
+        """
+        Stop calling C{observer}.
+        """
+
+
+class IReloadObserver(Interface):
+    """
+    Told of each reload of the running balancer
+    (L{lbproxy.service.BalancerService.reloadObservers}): systemd's
+    notifications follow them.
+    """
+
+    def reloading():
+        """
+        A reload begins.
+        """
+
+    def reloaded(ok, line):
+        """
+        The reload is over: applied (C{ok}) or refused; C{line} is what was
+        logged.
         """

@@ -6,8 +6,12 @@ listener on 127.0.0.1:8080 in front of two small web servers it starts on
 127.0.0.1:8081 and :8082.
 
 This is the only module that imports the global reactor, and the only
-one that installs a signal handler: C{SIGHUP} reloads the TLS
-certificates (L{BalancerService.reloadTLS}) without a restart.
+one that installs signal handlers: C{SIGHUP} reloads the whole
+configuration (L{BalancerService.reload}, see L{lbproxy.reload}) without
+closing a listening socket; C{SIGUSR1} reopens the HTTP access logs (after
+twistd's own handler, which rotates its log file when it has one).
+C{SIGTERM} is twistd's: it stops the service tree, which stops gracefully
+(L{BalancerService.stopService}).
 
 Errors an operator makes are reported as one line, without a traceback:
 
@@ -44,11 +48,36 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from lbproxy.config import Config, loadBytes, loadFile
-from lbproxy.errors import ConfigError
+from lbproxy.errors import CannotStart, ConfigError
 from lbproxy.listening import ListenerStartError, checkListenAddresses
 
 #: How the built-in demo configuration is named in messages.
 DEMO_SOURCE = "demo.toml (built in)"
+
+
+def loadConfig(path: str | None) -> Config:
+    """
+    The configuration at C{path} (the built-in demo for None) with
+    everything checked that can be without listening: what
+    L{checkListenAddresses} finds, the files of C{[ha]} (its key, its
+    commands) and the admin token. Certificates are read by the caller
+    (at startup by L{Options}, at a reload by L{lbproxy.reload.prepare}).
+
+    @raise ConfigError: one line.
+    """
+    from dataclasses import replace
+
+    config = demoConfig() if path is None else loadFile(path)
+    checkListenAddresses(config)
+    if config.ha is not None:
+        from lbproxy.config.ha import loadFiles
+
+        config = replace(config, ha=loadFiles(config.ha, config.source))
+    if config.admin is not None:
+        from lbproxy.config.admin import loadToken
+
+        config = replace(config, admin=loadToken(config.admin, config.source))
+    return config
 
 
 def demoConfig() -> Config:
@@ -97,8 +126,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self.demo = self["config"] is None
         try:
-            self.config = demoConfig() if self.demo else loadFile(self["config"])
-            checkListenAddresses(self.config)
+            self.config = loadConfig(self["config"])
             self._loadTLS()
         except ConfigError as e:
             self.stderr.write(f"lbproxy: {e}\n")
@@ -122,38 +150,69 @@ class Options(usage.Options):
         self.balancer = Balancer(self.config)
 
 
-class ReloadOnHangup(Service):
+class SignalHandler(Service):
     """
-    While running, C{SIGHUP} makes C{target.reloadTLS()} run in the
-    reactor thread (the handler only schedules it: a signal can arrive
-    in the middle of anything). Stopping puts the previous handler back.
+    While running, signal C{number} makes C{action()} run in the reactor
+    thread (the handler only schedules it: a signal can arrive in the
+    middle of anything), after the handler it replaced when that was a
+    Python function (twistd's log rotation on SIGUSR1). Stopping puts the
+    previous handler back.
     """
 
-    def __init__(self, target, reactor) -> None:
-        self.target = target
+    number = signal.SIGHUP
+
+    def __init__(self, action, reactor) -> None:
+        self.action = action
         self._reactor = reactor
         self._previous = None
 
     def startService(self) -> None:
         super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+        self._previous = signal.signal(self.number, self._received)
 
     def stopService(self) -> None:
         super().stopService()
         if self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
+            signal.signal(self.number, self._previous)
             self._previous = None
 
-    def _hangup(self, number, frame) -> None:
-        self._reactor.callFromThread(self.target.reloadTLS)
+    def _received(self, number, frame) -> None:
+        if callable(self._previous):
+            self._previous(number, frame)
+        self._reactor.callFromThread(self.action)
+
+
+class ReloadOnHangup(SignalHandler):
+    """
+    C{SIGHUP} reloads the configuration (C{target.reload("SIGHUP")}).
+    """
+
+    def __init__(self, target, reactor) -> None:
+        super().__init__(lambda: target.reload("SIGHUP"), reactor)
+        self.target = target
+
+    def _received(self, number, frame) -> None:
+        # Never twistd's or anybody's SIGHUP handler before: ours alone.
+        self._reactor.callFromThread(self.action)
+
+
+class ReopenOnUSR1(SignalHandler):
+    """
+    C{SIGUSR1} reopens the HTTP listeners' access logs (after a rotation
+    moved them away: C{logrotate}'s C{postrotate}), after twistd's own
+    handler, which rotates twistd's log file when it writes one.
+    """
+
+    number = signal.SIGUSR1
 
 
 class _BriefListenErrors:
     """
     An C{excepthook} that reports an uncaught L{ListenerStartError} or
     L{CannotListenError} (a listener's or a demo server's port is taken or
-    not permitted) as one line on stderr and in the log, and hands every
-    other exception to the previous hook.
+    not permitted) or L{CannotStart} (the HA heartbeat lacks a privilege
+    or its interface) as one line on stderr and in the log, and hands
+    every other exception to the previous hook.
     """
 
     log = Logger()
@@ -163,7 +222,7 @@ class _BriefListenErrors:
         self.stderr = stderr
 
     def __call__(self, kind, value, traceback) -> None:
-        if not isinstance(value, (ListenerStartError, CannotListenError)):
+        if not isinstance(value, (ListenerStartError, CannotListenError, CannotStart)):
             self.previous(kind, value, traceback)
             return
         self.log.critical("cannot start: {error}", error=value)
@@ -186,9 +245,23 @@ def makeService(options: Options):
     from lbproxy.service import BalancerService
 
     service = BalancerService(options.config, reactor, options.serverTLS, options.balancer)
+    service.loader = lambda: loadConfig(options["config"])
+    if options.config.ha is not None:
+        from lbproxy.ha.service import attach
+
+        attach(service, options.config.ha, reactor)
     reload = ReloadOnHangup(service, reactor)
     reload.setName("reload-on-hangup")
     reload.setServiceParent(service)
+    reopen = ReopenOnUSR1(service.reopenLogs, reactor)
+    reopen.setName("reopen-on-usr1")
+    reopen.setServiceParent(service)
+    from lbproxy.admin.notify import SystemdNotifier
+
+    notifier = SystemdNotifier.fromEnvironment(reactor)
+    if notifier is not None:
+        notifier.setName("systemd-notify")
+        notifier.setServiceParent(service)
     if options.demo:
         from lbproxy.demo import DemoService
 

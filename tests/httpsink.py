@@ -13,6 +13,8 @@ through a proxy in front of it and measure the proxy alone:
     answer is a JSON report (C{bytes}, C{sha256}, C{chunked}: whether the
     body came chunked); to C{/pause/MS}, the server also stops reading for
     MS milliseconds once the head arrived, as a slow server would;
+  - C{GET /delay/MS}: the JSON report, MS milliseconds after the request
+    (a slow server);
   - C{GET} with C{Upgrade: websocket}: C{101 Switching Protocols}, then
     every byte received is echoed;
   - any other request: a JSON report of what the server saw.
@@ -163,6 +165,9 @@ class SinkProtocol(Protocol):
             )
         elif self.url.startswith(b"/bytes/"):
             self.answerBytes(int(self.url[len(b"/bytes/"):]))
+        elif self.url.startswith(b"/delay/"):
+            delay = int(self.url[len(b"/delay/"):])
+            self.factory.reactor.callLater(delay / 1000, self.answerJSON, {"delayed": delay})
         else:
             self.answerJSON({"method": method.decode("ascii"), "path": self.url.decode("latin-1")})
 

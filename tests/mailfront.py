@@ -106,9 +106,9 @@ class MailFrontMixin:
         self.balancer = Balancer(config)
         serverTLS = loadListenerTLS(config).get(name)
         front = self.factory = frontFactory(listener, self.balancer.pools, reactor, serverTLS)
-        port = reactor.listenTCP(0, wrapFront(listener, front, reactor, serverTLS), interface="127.0.0.1")
+        port = reactor.listenTCP(0, wrapFront(front.listener, front, reactor, serverTLS), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        sessions = self.factory.sessions
+        sessions = self.factory.listener.sessions
         self.addCleanup(lambda: Deferred.fromCoroutine(self.sessionsOver(sessions)))
         return port.getHost().port
 
@@ -120,7 +120,7 @@ class MailFrontMixin:
         Wait until the proxy has finished (and logged) every session.
         """
         if sessions is None:
-            sessions = self.factory.sessions
+            sessions = self.factory.listener.sessions
         deadline = time.monotonic() + TIMEOUT
         while sessions and time.monotonic() < deadline:
             await deferLater(reactor, 0.01, lambda: None)

@@ -22,12 +22,15 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.core.acceptproxy import (
     AcceptProxyFactory,
-    IProxiedAddresses,
     ProxyHeaderReader,
-    readsProxyHeaderItself,
 )
-from lbproxy.config import ListenerConfig, MailListenerConfig
+from lbproxy.config import ListenerConfig
+from lbproxy.http.config import HTTPListenerConfig
+from lbproxy.mail.config import MailListenerConfig
+from lbproxy.modes import findMode
+from lbproxy.tcp.config import TCPListenerConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
+from lbproxy.interfaces import IProxiedAddresses
 from lbproxy.http.redirect import RedirectFactory
 from lbproxy.mail.imap import IMAPProxyFactory
 from lbproxy.core.proxyprotocol import buildV1, buildV2
@@ -41,18 +44,23 @@ DESTINATION = IPv4Address("TCP", "203.0.113.1", 993)
 TLS = ListenerTLSConfig(certificates=(CertificateConfig("c.pem", "c.pem"),))
 
 
+_CONFIGS = {"imap": MailListenerConfig, "pop3": MailListenerConfig, "http": HTTPListenerConfig, "tcp": TCPListenerConfig}
+
+
 def listener(mode: str = "imap", tls=TLS, **kwargs) -> ListenerConfig:
-    extra = {"mail": MailListenerConfig()} if mode in ("imap", "pop3") else {}
-    return ListenerConfig(
+    return _CONFIGS[mode](
         name="front",
         bind="tcp:993",
         pool="store",
         mode=mode,
         tls=tls,
         acceptProxy=(ipaddress.ip_network("127.0.0.0/8"),),
-        **extra,
         **kwargs,
     )
+
+
+def readsProxyHeaderItself(config: ListenerConfig) -> bool:
+    return findMode(config.mode).readsProxyHeader(config)
 
 
 @implementer(IProxiedAddresses)
@@ -108,7 +116,7 @@ class ReaderTests(SynchronousTestCase):
         imap = IMAPProxyFactory(listener(tls=None), {}, self.clock)
         verifyObject(IProxiedAddresses, imap.buildProtocol(PROXY))
         redirect = RedirectFactory(
-            ListenerConfig(name="plain", bind="tcp:80", pool="", mode="http", redirectHttps=443),
+            HTTPListenerConfig(name="plain", bind="tcp:80", pool="", redirectHttps=443),
             self.clock,
         )
         verifyObject(IProxiedAddresses, redirect.buildProtocol(PROXY))
@@ -216,7 +224,7 @@ class ReaderTests(SynchronousTestCase):
         An HTTP redirect listener behind the balancer that sends PROXY
         headers to every port: it takes the header, then redirects.
         """
-        redirect = ListenerConfig(
+        redirect = HTTPListenerConfig(
             name="plain",
             bind="tcp:80",
             pool="",
@@ -241,11 +249,12 @@ class ReaderTests(SynchronousTestCase):
 
 
 def test_whoReadsTheHeader():
-    assert readsProxyHeaderItself(listener("http", tls=None))
-    assert readsProxyHeaderItself(listener("tcp", tls=None))
-    assert not readsProxyHeaderItself(listener("http"))
-    assert not readsProxyHeaderItself(listener("tcp"))
-    assert not readsProxyHeaderItself(listener("imap", tls=None))
-    assert not readsProxyHeaderItself(listener("pop3"))
-    redirect = ListenerConfig(name="plain", bind="tcp:80", pool="", mode="http", redirectHttps=443)
+    """
+    No built-in front reads the PROXY header itself: every listener with
+    accept_proxy gets the shared reader, in front of TLS when it has some.
+    """
+    for mode in ("tcp", "http", "imap", "pop3"):
+        for tls in (None, TLS):
+            assert not readsProxyHeaderItself(listener(mode, tls=tls))
+    redirect = HTTPListenerConfig(name="plain", bind="tcp:80", pool="", redirectHttps=443)
     assert not readsProxyHeaderItself(redirect)

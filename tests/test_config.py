@@ -15,10 +15,10 @@ import pytest
 from zope.interface import implementer
 
 from lbproxy import config as configModule
+from lbproxy.tcp.config import TCPListenerConfig
 from lbproxy.config import (
     Config,
     HealthConfig,
-    ListenerConfig,
     PoolConfig,
     ServerConfig,
     loadBytes,
@@ -484,7 +484,7 @@ def test_minimalDefaults():
     assert config == Config(
         source="lb.toml",
         listeners={
-            "web": ListenerConfig(
+            "web": TCPListenerConfig(
                 name="web",
                 bind="tcp:8080:interface=127.0.0.1",
                 pool="web",
@@ -564,7 +564,7 @@ host = "www.example.com"
 expect_status = [204, "300-302"]
 """
     config = loadBytes(text.encode(), "lb.toml")
-    assert config.listeners["front"] == ListenerConfig(
+    assert config.listeners["front"] == TCPListenerConfig(
         name="front",
         bind="tcp6:port=8443:interface=\\:\\:1",
         pool="back",
@@ -672,7 +672,7 @@ EVERY_KEY = {
         "routes", "trusted_proxies", "forwarded", "access_log", "log_requests", "limits",
         "paths", "sni_fallback",
         "tls", "redirect_https",
-        "tls_required", "user_pools", "user_domain", "auth",
+        "tls_required", "user_pools", "user_domain", "auth", "freebind",
     },
     "listener tls": {
         "certificates", "min_version", "ciphers", "alpn", "client_verify", "client_ca",
@@ -690,7 +690,7 @@ EVERY_KEY = {
     "route header": {"name", "value"},
     "pool": {
         "selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls",
-        "client_address", "max_queue", "stores",
+        "client_address", "max_queue", "stores", "stick",
     },
     "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version", "starttls"},
     "pool timeouts": {"connect", "queue", "response", "server"},
@@ -698,7 +698,17 @@ EVERY_KEY = {
         "name", "indirect", "nocache", "httponly", "secure", "path", "domain", "maxidle", "maxlife",
     },
     "pool reuse": {"max_idle", "idle_timeout", "mode"},
+    "pool stick": {"on", "expire", "size", "replicate"},
     "server": {"name", "address", "weight", "backup", "maxconn", "cookie"},
+    "ha": {
+        "interface", "address", "peers", "key_file", "virtual_addresses", "group", "priority", "interval",
+        "preempt", "preempt_delay", "port", "channel_port", "handover_timeout", "announce_count",
+        "announce_interval", "address_lifetime", "notify", "track", "multicast_group",
+    },
+    "ha notify": {"master", "backup", "fault", "stop", "timeout"},
+    "admin": {"bind", "token_file", "allow_remote"},
+    "daemon": {"grace"},
+    "ha track": {"type", "pool", "min_up", "weight", "command", "interval", "timeout", "fall", "rise"},
     "health": {
         "type", "interval", "timeout", "rise", "fall", "passive_fall",
         "method", "path", "host", "expect_status", "expect", "send", "tls",
@@ -745,8 +755,17 @@ def test_referenceUsesEveryKey():
         used["pool timeouts"] |= set(pool.get("timeouts", {}))
         used["pool cookie"] |= set(pool.get("cookie", {}))
         used["pool reuse"] |= set(pool.get("reuse", {}))
+        used["pool stick"] |= set(pool.get("stick", {}))
         used["pool tls"] |= set(pool.get("tls", {}))
         used["health"] |= set(pool.get("health", {}))
         for server in pool["servers"]:
             used["server"] |= set(server)
+    ha = data["ha"]
+    # multicast_group goes without peers: shown commented out.
+    used["ha"] |= set(ha) | {"multicast_group"}
+    used["ha notify"] |= set(ha["notify"])
+    for condition in ha["track"]:
+        used["ha track"] |= set(condition)
+    used["admin"] |= set(data["admin"])
+    used["daemon"] |= set(data["daemon"])
     assert used == EVERY_KEY

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lbproxy.config import RouteConfig, loadBytes, loadFile
+from lbproxy.config import loadBytes, loadFile
 from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.errors import ConfigError
+from lbproxy.tcp.config import SNIRouteConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -164,8 +165,8 @@ def test_sniRoutes():
         ']\n'
     )
     assert listener.routes == (
-        RouteConfig(pool="api", sni=("api.example.test",)),
-        RouteConfig(pool="api", sni=("*.example.test", "example.test")),
+        SNIRouteConfig(pool="api", sni=("api.example.test",)),
+        SNIRouteConfig(pool="api", sni=("*.example.test", "example.test")),
     )
     assert listener.sniFallback == "default"
     assert listener.helloTimeout == 5.0

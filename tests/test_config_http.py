@@ -13,13 +13,11 @@ import pytest
 
 from lbproxy.config import (
     CookieConfig,
-    HTTPLimits,
-    ListenerConfig,
     PoolConfig,
-    RouteConfig,
     ServerConfig,
     loadBytes,
 )
+from lbproxy.http.config import HTTPLimits, HTTPListenerConfig, RouteConfig
 from lbproxy.errors import ConfigError
 
 HTTP = """\
@@ -78,7 +76,7 @@ def pool(extra: str, base: str = HTTP) -> str:
 
 DURATION = 'expected a duration in seconds or a string such as "500ms", "5s", "2m"'
 ONLY_HTTP = 'expected only with mode = "http"'
-POOL_ONLY_HTTP = 'expected only in a pool used by a mode = "http" listener (TCP listeners do not apply it)'
+POOL_ONLY_HTTP = 'expected only in a pool used by a mode = "http" listener (no listener using this pool applies it)'
 HOST = 'expected a host name such as "www.example.com" or "*.example.com"'
 PREFIX = (
     "expected a path starting with / of visible ASCII characters without ? or # "
@@ -92,7 +90,7 @@ CONDITION = "expected at least one condition (host, path_prefix, path_regex, hea
 
 def test_httpDefaults():
     config = load(HTTP)
-    assert config.listeners["web"] == ListenerConfig(
+    assert config.listeners["web"] == HTTPListenerConfig(
         name="web", bind="tcp:8080:interface=127.0.0.1", pool="web", mode="http"
     )
     web = config.listeners["web"]
@@ -166,7 +164,7 @@ servers = [{ name = "c", address = "127.0.0.1:8083" }]
 """
     config = load(text)
     web = config.listeners["web"]
-    assert web == ListenerConfig(
+    assert web == HTTPListenerConfig(
         name="web",
         bind="tcp:8080:interface=127.0.0.1",
         pool="web",
@@ -544,8 +542,8 @@ def test_serverCookieErrors(fields, expected):
 
 def test_cookiePoolBehindTcpListener():
     assert loadError(pool('[pools.web.cookie]\nname = "S"\n', base=TCP)) == (
-        "listeners.web.pool: pool 'web' has cookie persistence, which only an HTTP listener "
-        'can apply; expected mode = "http" or a pool without cookie'
+        "listeners.web.pool: pool 'web' has cookie persistence (cookie), which a tcp listener "
+        'does not do; expected mode = "http", or a pool without cookie'
     )
 
 

@@ -136,8 +136,8 @@ class TestALPN:
 
     def test_httpRefusesH2(self):
         assert loadError(config('alpn = ["h2", "http/1.1"]\n')) == (
-            'listeners.web.tls.alpn[0]: expected only "http/1.1" on an HTTP listener '
-            "(lbproxy speaks HTTP/1.1), got 'h2'"
+            'listeners.web.tls.alpn[0]: expected only "http/1.1" on a mode = "http" listener '
+            "(the protocols it speaks), got 'h2'"
         )
 
     def test_tcpAnyProtocol(self):

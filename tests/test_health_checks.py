@@ -23,8 +23,8 @@ from lbproxy.health.checks import (
     HTTPCheck,
     TCPCheck,
     buildCheck,
-    hostHeader,
 )
+from lbproxy.core.endpoints import hostHeader
 from lbproxy.interfaces import IHealthCheck
 from lbproxy.core.pool import Server
 

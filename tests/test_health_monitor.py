@@ -15,7 +15,8 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.config import HealthConfig, PoolConfig, ServerConfig
 from lbproxy.health.checks import HealthCheckFailed, HTTPCheck
-from lbproxy.health.monitor import HealthMonitor, ServerHealth
+from lbproxy.core.pool import ServerHealth
+from lbproxy.health.monitor import HealthMonitor
 from lbproxy.interfaces import IHealthCheck
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
@@ -144,18 +145,18 @@ class SchedulingTests(MonitorTestMixin, SynchronousTestCase):
         self.tick(3)
         self.assertEqual(self.check.callsFor("a"), [0.0])
         self.check.pending[0].callback(None)
-        self.assertEqual(monitor.health[monitor.pool.servers[0]].checks, 1)
+        self.assertEqual(monitor.pool.servers[0].health.checks, 1)
         self.tick()
         self.assertEqual(self.check.callsFor("a"), [0.0, 8.0])
 
     def test_maintSkipped(self) -> None:
         pool = makePool(("a", "b"))
         pool.server("a").setState(ServerState.MAINT)
-        monitor = self.monitor(pool)
+        self.monitor(pool)
         self.tick(3)
         self.assertEqual(self.check.callsFor("a"), [])
         self.assertEqual(len(self.check.callsFor("b")), 3)
-        self.assertEqual(monitor.health[pool.server("a")], ServerHealth())
+        self.assertEqual(pool.server("a").health, ServerHealth())
         pool.server("a").setState(ServerState.DOWN, "maintenance over")
         self.tick()
         self.assertEqual(self.check.callsFor("a"), [8.0])
@@ -167,7 +168,7 @@ class SchedulingTests(MonitorTestMixin, SynchronousTestCase):
         monitor.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.check.cancelled, self.check.pending)
-        self.assertEqual(monitor.health[monitor.pool.server("a")].checks, 0)
+        self.assertEqual(monitor.pool.server("a").health.checks, 0)
         self.assertEqual(self.check.calls, [(0.0, "a")])
 
     def test_restart(self) -> None:
@@ -217,12 +218,12 @@ class RiseFallTests(MonitorTestMixin, SynchronousTestCase):
 
     def test_successInterruptsFall(self) -> None:
         pool = makePool()
-        monitor = self.monitor(pool)
+        self.monitor(pool)
         for outcome in ("refused", "refused", True, "refused", "refused"):
             self.check.outcomes["a"] = outcome
             self.tick()
         self.assertIs(pool.server("a").state, ServerState.UP)
-        self.assertEqual(monitor.health[pool.server("a")].failures, 2)
+        self.assertEqual(pool.server("a").health.failures, 2)
         self.tick()
         self.assertIs(pool.server("a").state, ServerState.DOWN)
 
@@ -251,8 +252,8 @@ class RiseFallTests(MonitorTestMixin, SynchronousTestCase):
 
     def test_healthRecord(self) -> None:
         pool = makePool()
-        monitor = self.monitor(pool)
-        record = monitor.health[pool.server("a")]
+        self.monitor(pool)
+        record = pool.server("a").health
         self.assertEqual((record.healthy, record.reason, record.lastCheck), (True, "ok", 0.0))
         self.check.outcomes["a"] = "pending"
         self.tick()
@@ -268,12 +269,12 @@ class RiseFallTests(MonitorTestMixin, SynchronousTestCase):
         pool = makePool()
         pool.server("a").setState(ServerState.DRAIN)
         self.check.outcomes["a"] = "connection refused"
-        monitor = self.monitor(pool)
+        self.monitor(pool)
         self.tick(4)
         server = pool.server("a")
         self.assertIs(server.state, ServerState.DRAIN)
-        self.assertEqual(monitor.health[server].failures, 5)
-        self.assertEqual(monitor.health[server].reason, "connection refused")
+        self.assertEqual(server.health.failures, 5)
+        self.assertEqual(server.health.reason, "connection refused")
         # Back to UP, the failures seen while draining still count.
         server.setState(ServerState.UP, "operator")
         self.tick()
@@ -282,25 +283,25 @@ class RiseFallTests(MonitorTestMixin, SynchronousTestCase):
     def test_drainHealthyNotRaised(self) -> None:
         pool = makePool()
         pool.server("a").setState(ServerState.DRAIN)
-        monitor = self.monitor(pool)
+        self.monitor(pool)
         self.tick(3)
         self.assertIs(pool.server("a").state, ServerState.DRAIN)
-        self.assertTrue(monitor.health[pool.server("a")].healthy)
+        self.assertTrue(pool.server("a").health.healthy)
 
     def test_resultWhileEnteringMaintChangesNothing(self) -> None:
         pool = makePool(fall=1)
         self.check.outcomes["a"] = "pending"
-        monitor = self.monitor(pool)
+        self.monitor(pool)
         pool.server("a").setState(ServerState.MAINT)
         self.check.pending[0].errback(HealthCheckFailed("connection refused"))
         self.assertIs(pool.server("a").state, ServerState.MAINT)
-        self.assertEqual(monitor.health[pool.server("a")].reason, "connection refused")
+        self.assertEqual(pool.server("a").health.reason, "connection refused")
 
     def test_externalDownNeedsRiseSuccesses(self) -> None:
         pool = makePool()
-        monitor = self.monitor(pool)
+        self.monitor(pool)
         self.tick(3)
-        self.assertEqual(monitor.health[pool.server("a")].successes, 4)
+        self.assertEqual(pool.server("a").health.successes, 4)
         pool.server("a").setState(ServerState.DOWN, "passive")
         self.tick()
         self.assertIs(pool.server("a").state, ServerState.DOWN)
@@ -313,11 +314,11 @@ class MisbehavingCheckTests(MonitorTestMixin, SynchronousTestCase):
     def test_raisingCheckCountsAsFailureAndLoopGoesOn(self) -> None:
         pool = makePool()
         self.check.outcomes["a"] = RuntimeError("bug in check")
-        monitor = self.monitor(pool)
+        self.monitor(pool)
         self.tick(5)
         self.assertEqual(len(self.check.callsFor("a")), 6)
         self.assertIs(pool.server("a").state, ServerState.DOWN)
-        self.assertEqual(monitor.health[pool.server("a")].reason, "check error: RuntimeError")
+        self.assertEqual(pool.server("a").health.reason, "check error: RuntimeError")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 6)
         self.check.outcomes["a"] = True
         self.tick(2)
@@ -326,10 +327,10 @@ class MisbehavingCheckTests(MonitorTestMixin, SynchronousTestCase):
     def test_unexpectedFailureCountsAsFailure(self) -> None:
         pool = makePool(fall=1)
         self.check.outcomes["a"] = "pending"
-        monitor = self.monitor(pool)
+        self.monitor(pool)
         self.check.pending[0].errback(ZeroDivisionError())
         self.assertIs(pool.server("a").state, ServerState.DOWN)
-        self.assertEqual(monitor.health[pool.server("a")].reason, "check error: ZeroDivisionError")
+        self.assertEqual(pool.server("a").health.reason, "check error: ZeroDivisionError")
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.tick()
         self.assertEqual(len(self.check.callsFor("a")), 2)
@@ -374,3 +375,36 @@ class MisbehavingCheckTests(MonitorTestMixin, SynchronousTestCase):
 
     def test_scriptedCheckProvidesInterface(self) -> None:
         self.assertTrue(verifyObject(IHealthCheck, self.check))
+
+
+class ChangingServersTests(MonitorTestMixin, SynchronousTestCase):
+    def test_addedServerIsProbed(self) -> None:
+        """
+        A server added to a monitored pool is probed at once, then every
+        interval.
+        """
+        pool = makePool()
+        self.monitor(pool)
+        self.clock.advance(1)
+        pool.addServer(ServerConfig("b", "tcp:host=127.0.0.1:port=8009"))
+        self.assertEqual(self.check.callsFor("b"), [1.0])
+        self.tick(2)
+        self.assertEqual(self.check.callsFor("b"), [1.0, 3.0, 5.0])
+
+    def test_removedServerIsNoLongerProbed(self) -> None:
+        """
+        A server removed from the pool is not probed any more, and a probe
+        of it still running is cancelled without being recorded.
+        """
+        pool = makePool(("a", "b"))
+        self.monitor(pool)
+        self.tick(1)
+        self.check.outcomes["b"] = "pending"
+        self.tick(1)
+        before = len(self.check.callsFor("b"))
+        server = pool.removeServer("b")
+        self.assertEqual(len(self.check.cancelled), 1)
+        checks = server.health.checks
+        self.tick(5)
+        self.assertEqual(len(self.check.callsFor("b")), before)
+        self.assertEqual(server.health.checks, checks)

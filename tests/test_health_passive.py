@@ -140,7 +140,7 @@ class PassiveThenActiveTests(SynchronousTestCase):
 
     def test_activeChecksBringServerBackAfterRise(self) -> None:
         self.clock.pump([2.0] * 3)
-        self.assertGreaterEqual(self.monitor.health[self.server].successes, 3)
+        self.assertGreaterEqual(self.server.health.successes, 3)
         self.server.connectFailed("connection refused")
         self.server.connectFailed("connection refused")
         self.assertIs(self.server.state, ServerState.DOWN)

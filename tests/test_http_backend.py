@@ -21,7 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config import PoolConfig
+from lbproxy.http.config import HTTPListenerConfig
 from lbproxy.core.connect import BackendConnector
 from lbproxy.core.context import FlowContext
 from lbproxy.http.backend import (
@@ -319,7 +320,7 @@ def parse(data: bytes) -> RequestHead:
 
 class RewriteTests(SynchronousTestCase):
     def rewriter(self, **listener):
-        config = ListenerConfig(name="web", bind="tcp:8080", pool="web", mode="http", **listener)
+        config = HTTPListenerConfig(name="web", bind="tcp:8080", pool="web", mode="http", **listener)
         return RequestRewriter(config)
 
     def test_oneLineFastPathMatchesForwardingHeaders(self):
@@ -452,7 +453,7 @@ class RewriteTests(SynchronousTestCase):
         self.assertEqual(xff, b"unknown")
 
     def test_tlsListenerIsHttps(self):
-        config = ListenerConfig(
+        config = HTTPListenerConfig(
             name="web", bind="ssl:8443:privateKey=k.pem", pool="web", mode="http"
         )
         rewriter = RequestRewriter(config)

@@ -9,7 +9,8 @@ import pytest
 from twisted.internet.address import IPv4Address, IPv6Address
 from zope.interface.verify import verifyObject
 
-from lbproxy.core.context import KEYS, FlowContext
+from lbproxy.core.context import FlowContext
+from lbproxy.http.mode import HTTPMode
 from lbproxy.http.context import (
     HTTPFlowContext,
     parseCookies,
@@ -86,7 +87,7 @@ def test_everyHTTPKeyKindAnswers():
         b"/p?q=1", b"Host: a", b"X-K: v", b"Cookie: c=1"
     )
     ctx = context(head)
-    for kind in KEYS["http"]:
+    for kind in HTTPMode.selectionKeys:
         spec = kind + {"header:": "x-k", "cookie:": "c", "url_param:": "q"}.get(kind, "")
         assert ctx.key(spec) is not None, spec
 

@@ -22,12 +22,11 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.config import (
     CookieConfig,
-    HTTPLimits,
-    ListenerConfig,
     PoolConfig,
-    RouteConfig,
 )
+from lbproxy.http.config import HTTPLimits, HTTPListenerConfig, RouteConfig
 from lbproxy.http.backend import BackendHTTPConnection, IBackendUser
+from lbproxy.service import wrapFront
 from lbproxy.http.front import HTTPProxyFactory, HTTPProxyProtocol
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.core.pool import Pool, Server, ServerState
@@ -45,12 +44,12 @@ HOST = IPv4Address("TCP", "198.51.100.1", 8080)
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-def makeListener(**kwargs) -> ListenerConfig:
+def makeListener(**kwargs) -> HTTPListenerConfig:
     kwargs.setdefault("name", "web")
     kwargs.setdefault("bind", "tcp:8080")
     kwargs.setdefault("pool", "web")
     kwargs.setdefault("mode", "http")
-    return ListenerConfig(**kwargs)
+    return HTTPListenerConfig(**kwargs)
 
 
 def makePool(name="web", count=2, basePort=8001, selector=None, servers=None, **options) -> Pool:
@@ -1486,16 +1485,16 @@ class ListenerTests(ProxyTestCase):
         second = self.connectClient(IPv4Address("TCP", "192.0.2.9", 40009))
         self.assertTrue(second.received().startswith(b"HTTP/1.1 503 "))
         self.assertTrue(second.closing)
-        self.assertEqual(self.factory.rejected, 1)
+        self.assertEqual(self.factory.listener.counters.refused, 1)
         self.assertLastRecord(termination="RR", status=503)
 
     def test_sessionsForgotten(self):
         self.makeFactory()
         client = self.connectClient()
-        self.assertEqual(self.factory.sessions, {client.protocol})
+        self.assertEqual(self.factory.listener.sessions, {client.protocol})
         self.exchange(client, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         client.close()
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.factory.listener.sessions, set())
 
     def test_stopClosesIdleAndLog(self):
         self.makeFactory()
@@ -1515,7 +1514,8 @@ class ProxyProtocolTests(ProxyTestCase):
         """
         import ipaddress
 
-        self.makeFactory(makeListener(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),)))
+        front = self.makeFactory(makeListener(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),)))
+        self.factory = wrapFront(front.listener, front, self.reactor)
         client = self.connectClient()
         client.send(b"PROXY TCP4 203.0.113.9 198.51.100.1 5555 80\r\nGET / HT")
         client.send(b"TP/1.1\r\nHost: a\r\n\r\n")
@@ -1527,13 +1527,20 @@ class ProxyProtocolTests(ProxyTestCase):
         self.assertLastRecord(client=("203.0.113.9", 5555), status=200)
 
     def test_badProxyHeader(self):
+        """
+        A trusted peer whose connection does not start with a PROXY header
+        is closed by the shared reader: the front never sees it.
+        """
         import ipaddress
 
-        self.makeFactory(makeListener(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),)))
+        front = self.makeFactory(makeListener(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),)))
+        self.factory = wrapFront(front.listener, front, self.reactor)
         client = self.connectClient()
         client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        self.assertTrue(client.received().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(client.received(), b"")
+        self.assertTrue(client.transport.disconnecting)
         self.assertEqual(len(self.reactor.tcpClients), 0)
+        self.assertEqual(front.listener.counters.errors, 1)
 
     def test_untrustedPeerSendsNoProxyHeader(self):
         import ipaddress

@@ -20,7 +20,8 @@ from twisted.web import resource, server
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config import PoolConfig
+from lbproxy.http.config import HTTPListenerConfig
 from lbproxy.http.front import HTTPProxyFactory
 from lbproxy.http.parser import ResponseParser
 from lbproxy.core.pool import Pool, Server, ServerState
@@ -283,7 +284,7 @@ class HTTPLoopbackTests(TestCase):
             SmoothWeightedRoundRobin(),
             PoolConfig(name="web", servers=(), **options),
         )
-        listener = listener or ListenerConfig(name="web", bind="tcp:0", pool="web", mode="http")
+        listener = listener or HTTPListenerConfig(name="web", bind="tcp:0", pool="web", mode="http")
         factory = HTTPProxyFactory(listener, {"web": pool}, reactor)
         factory.accessLog = RecordingLog()
         self.factories = getattr(self, "factories", []) + [factory]
@@ -377,8 +378,8 @@ class HTTPLoopbackTests(TestCase):
         session = None
         for _ in range(1000):
             yield deferLater(reactor, 0.01, lambda: None)
-            if factory.sessions:
-                (session,) = factory.sessions
+            if factory.listener.sessions:
+                (session,) = factory.listener.sessions
                 exchange = session.exchange
                 if exchange is not None and exchange.backend is not None:
                     if exchange.backend.readingPaused:

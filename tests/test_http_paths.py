@@ -12,7 +12,7 @@ import random
 import pytest
 from twisted.internet.address import IPv4Address
 
-from lbproxy.config import ListenerConfig, RouteConfig
+from lbproxy.http.config import HTTPListenerConfig, RouteConfig
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.message import Headers, RequestHead
 from lbproxy.http.paths import (
@@ -303,7 +303,7 @@ def test_noPathNoNormalisation(target: bytes, form: str, method: bytes) -> None:
 # -- through the front ----------------------------------------------------------
 
 
-def adminListener(**kwargs) -> ListenerConfig:
+def adminListener(**kwargs) -> HTTPListenerConfig:
     return makeListener(routes=(RouteConfig(pool="admin", pathPrefix="/admin"),), **kwargs)
 
 

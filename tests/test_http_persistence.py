@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from lbproxy.config import CookieConfig
+from lbproxy.config import CookieConfig, ServerConfig
 from lbproxy.http.context import parseCookies
 from lbproxy.http.message import Headers, RequestHead
 from lbproxy.http.persistence import CookiePersistence, Stickiness, splitDirectives
@@ -146,14 +146,43 @@ def test_invalid(value):
     assert p.inspect(head(b"SRV=" + value), makePool()) == Stickiness(None, "I")
 
 
-@pytest.mark.parametrize(
-    "state", [ServerState.DOWN, ServerState.DRAIN, ServerState.MAINT]
-)
-def test_serverNotUpIsRedispatched(state):
+@pytest.mark.parametrize("state", [ServerState.DOWN, ServerState.MAINT])
+def test_serverDownOrInMaintenanceIsRedispatched(state):
     p, _ = persistence()
     pool = makePool()
     pool.server("web1").setState(state)
     assert p.inspect(head(b"SRV=web1"), pool) == Stickiness(None, "D")
+
+
+def test_drainingServerKeepsItsPinnedClients():
+    """
+    A draining server gets no new client from the selector, but a client
+    pinned to it by its cookie still reaches it (HAProxy's drain); a full
+    one does not.
+    """
+    p, _ = persistence()
+    pool = makePool()
+    server = pool.server("web1")
+    server.setState(ServerState.DRAIN)
+    assert server not in pool.eligible()
+    assert p.inspect(head(b"SRV=web1"), pool).server is server
+    server.maxconn = 1
+    server.acquire()
+    assert p.inspect(head(b"SRV=web1"), pool) == Stickiness(None, "D")
+
+
+def test_removedAndAddedServers():
+    """
+    A cookie naming a server taken out of the pool is invalid (its client
+    is redispatched); one naming a server added while running is valid.
+    """
+    p, _ = persistence()
+    pool = makePool()
+    assert p.inspect(head(b"SRV=web1"), pool).outcome == "V"
+    pool.removeServer("web1")
+    assert p.inspect(head(b"SRV=web1"), pool) == Stickiness(None, "I")
+    added = pool.addServer(ServerConfig("web9", "tcp:127.0.0.1:9", cookie="w9"))
+    assert p.inspect(head(b"SRV=w9"), pool).server is added
 
 
 def test_fullServerIsRedispatched():

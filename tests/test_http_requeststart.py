@@ -17,7 +17,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
-from lbproxy.config import HTTPLimits
+from lbproxy.http.config import HTTPLimits
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.front import HTTPProxyFactory
 from lbproxy.http.headcache import HeadCache

@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from lbproxy.config import ListenerConfig, RouteConfig, loadBytes
+from lbproxy.config import loadBytes
+from lbproxy.http.config import HTTPListenerConfig, RouteConfig
 from lbproxy.http.message import Headers, RequestHead
 from lbproxy.http.routing import Router
 from lbproxy.core.pool import Pool, Server
@@ -24,7 +25,7 @@ def pools(*names: str) -> dict[str, Pool]:
 
 def router(*routes: RouteConfig, default: str = "default") -> Router:
     names = {default} | {route.pool for route in routes}
-    listener = ListenerConfig(
+    listener = HTTPListenerConfig(
         name="web", bind="tcp:0", pool=default, mode="http", routes=routes
     )
     return Router(listener, pools(*sorted(names)))
@@ -41,7 +42,7 @@ def test_noRoutes():
 
 
 def test_missingPoolIsKeyError():
-    listener = ListenerConfig(
+    listener = HTTPListenerConfig(
         name="web", bind="tcp:0", pool="default", mode="http",
         routes=(RouteConfig(pool="gone", methods=frozenset({b"GET"})),),
     )
@@ -237,7 +238,7 @@ def test_firstMatchWins():
 
 def test_routeReturnsLivePools():
     names = pools("default", "p")
-    listener = ListenerConfig(
+    listener = HTTPListenerConfig(
         name="web", bind="tcp:0", pool="default", mode="http",
         routes=(RouteConfig(pool="p", pathPrefix="/p"),),
     )

@@ -27,7 +27,9 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from lbproxy.config import HealthConfig, ListenerConfig, PoolConfig, ServerConfig
+from lbproxy.config import HealthConfig, PoolConfig, ServerConfig
+from lbproxy.http.config import HTTPListenerConfig
+from lbproxy.tcp.config import TCPListenerConfig
 from lbproxy.core.connect import BackendConnector
 from lbproxy.core.context import FlowContext
 from lbproxy.errors import ConnectFailed, LocalLimitReached
@@ -255,7 +257,7 @@ class FrontTests(SynchronousTestCase):
 
     def test_tcp(self):
         pool = makePool()
-        factory = TCPProxyFactory(ListenerConfig(name="web", bind="tcp:8080", pool="web"), pool, self.reactor)
+        factory = TCPProxyFactory(TCPListenerConfig(name="web", bind="tcp:8080", pool="web"), pool, self.reactor)
         client = FakeTCPTransport()
         with capturedLogs() as events:
             protocol = acceptClient(factory, client, PEER, HOST)
@@ -278,7 +280,7 @@ class FrontTests(SynchronousTestCase):
         limit), and the server untouched.
         """
         pool = makePool()
-        listener = ListenerConfig(name="web", bind="tcp:8080", pool="web", mode="http")
+        listener = HTTPListenerConfig(name="web", bind="tcp:8080", pool="web")
         factory = HTTPProxyFactory(listener, {"web": pool}, self.reactor)
         records = []
         factory.accessLog.log = records.append
@@ -350,7 +352,7 @@ class HealthCheckTests(SynchronousTestCase):
                 self.emfile()
                 self.reactor.advance(2)
             self.assertIs(server.state, ServerState.UP)
-            health = monitor.health[server]
+            health = server.health
             self.assertEqual((health.failures, health.successes, health.skipped), (0, 0, 30))
             server.setState(ServerState.DOWN, "operator")
             for _ in range(3):

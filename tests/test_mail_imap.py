@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from memoryconnections import acceptClient, completeAttempt
-from lbproxy.config.mail import MailLimits, MailListenerConfig
+from lbproxy.mail.config import MailLimits
 from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.mail.imap import (
     IMAPFront,
@@ -153,7 +153,7 @@ class IMAPFrontTests(SynchronousTestCase):
         AUTHENTICATE refused; after STARTTLS the client asks again and
         gets AUTH=PLAIN and no STARTTLS.
         """
-        mail = MailListenerConfig(tlsRequired=True)
+        mail = dict(tlsRequired=True)
         self.makeFactory(makeListener(mail, tls=STARTTLS), serverTLS=FakeServerTLS())
         front = self.accept()
         front.dataReceived(b"a CAPABILITY\r\n")
@@ -228,7 +228,7 @@ class IMAPFrontTests(SynchronousTestCase):
         a non-synchronizing one BAD and the connection closed (its bytes
         follow anyway).
         """
-        mail = MailListenerConfig(limits=MailLimits(literal=256))
+        mail = dict(limits=MailLimits(literal=256))
         self.makeFactory(makeListener(mail))
         front = self.accept()
         front.dataReceived(b"a LOGIN {257}\r\n")
@@ -269,7 +269,7 @@ class IMAPFrontTests(SynchronousTestCase):
         self.assertEqual(dialog.credentials.password, b"secret")
 
     def test_authenticateRefusals(self):
-        mail = MailListenerConfig(authFailureDelay=2.0, maxAuthFailures=3)
+        mail = dict(authFailureDelay=2.0, maxAuthFailures=3)
         self.makeFactory(makeListener(mail))
         front = self.accept()
         front.dataReceived(b"a AUTHENTICATE PLAIN\r\n*\r\n")
@@ -351,7 +351,7 @@ class IMAPFrontTests(SynchronousTestCase):
         line = self.refusedBeforeAnyStore(b"a LOGIN " + b"x" * 257 + b" secret\r\n")
         self.assertIn("the user name is 257 bytes long, over limits.user (256)", line)
         self.refusedBeforeAnyStore(
-            b"a LOGIN {40+}\r\n" + b"y" * 40 + b" secret\r\n", mail=MailListenerConfig(limits=MailLimits(user=32))
+            b"a LOGIN {40+}\r\n" + b"y" * 40 + b" secret\r\n", mail=dict(limits=MailLimits(user=32))
         )
         self.makeFactory()
         front = self.accept()

@@ -475,7 +475,7 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
                 return recvUntil(sock, b"never")
 
         self.assertEqual(await self.inThread(run), b"")
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.factory.listener.sessions, set())
 
     async def test_implicitTLS(self):
         port = self.startProxy(listenerTLS="implicit")

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from memoryconnections import acceptClient, completeAttempt
-from lbproxy.config.mail import MailLimits, MailListenerConfig
+from lbproxy.mail.config import MailLimits
 from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.mail.pop3 import POP3Dialog, POP3Front, POP3ProxyFactory
 from lbproxy.mail.sasl import Credentials, encodePlain
@@ -50,7 +50,7 @@ class POP3Tests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
 
     def makeFactory(self, mail=None, tls=None, pool=None, serverTLS=None):
-        listener = makeListener(mail or MailListenerConfig(authFailureDelay=2.0), tls=tls)
+        listener = makeListener(mail, tls=tls)
         self.pools = {"store": pool or makePool()}
         self.factory = POP3ProxyFactory(listener, self.pools, self.reactor, serverTLS=serverTLS)
         return self.factory
@@ -104,7 +104,7 @@ class POP3Tests(SynchronousTestCase):
         SASL; USER, PASS and AUTH are refused. After STLS, CAPA offers them
         and no longer STLS.
         """
-        self.makeFactory(MailListenerConfig(tlsRequired=True), tls=STARTTLS, serverTLS=FakeServerTLS())
+        self.makeFactory(dict(tlsRequired=True), tls=STARTTLS, serverTLS=FakeServerTLS())
         front, client = self.accept()
         front.dataReceived(b"CAPA\r\n")
         caps = capaLines(client.value())
@@ -399,7 +399,7 @@ class POP3Tests(SynchronousTestCase):
         The POP3 words for a line over the limit, the login timeout and
         too many failed logins; each closes the connection.
         """
-        self.makeFactory(MailListenerConfig(limits=MailLimits(line=512), maxAuthFailures=1, authFailureDelay=0.5))
+        self.makeFactory(dict(limits=MailLimits(line=512), maxAuthFailures=1, authFailureDelay=0.5))
         front, client = self.accept()
         front.dataReceived(b"USER " + b"x" * 600)
         self.assertEqual(client.value(), b"-ERR Line too long.\r\n")

@@ -118,7 +118,7 @@ class FloodTests(MailFrontMixin, TestCase):
 
         sock, written = await deferToThread(run)
         self.addCleanup(sock.close)
-        [session] = self.factory.sessions
+        [session] = self.factory.listener.sessions
         read = session._bytesIn
         self.assertLess(read, READ_BOUND, f"lbproxy read {read} of {written} bytes")
         self.assertLess(len(session._buffer), 1024 * 1024)
@@ -173,7 +173,7 @@ class FloodTests(MailFrontMixin, TestCase):
 
         sock, written = await deferToThread(run)
         self.addCleanup(sock.close)
-        [session] = self.factory.sessions
+        [session] = self.factory.listener.sessions
         self.assertLess(session._bytesIn, READ_BOUND, f"lbproxy read {session._bytesIn} of {written} bytes")
         self.assertTrue(session._replies.paused)
 

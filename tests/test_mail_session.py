@@ -8,22 +8,23 @@ on both legs, and the session log line.
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
 from zope.interface.verify import verifyObject
 
 from memoryconnections import acceptClient, completeAttempt, refuseAttempt
-from lbproxy.config import ListenerConfig, PoolConfig
-from lbproxy.config.mail import MailLimits, MailListenerConfig
+from lbproxy.config import PoolConfig
+from lbproxy.mail.config import MailLimits, MailListenerConfig
 from lbproxy.config.tls import BackendTLSConfig, CertificateConfig, ListenerTLSConfig
 from lbproxy.interfaces import ISelectionContext
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain, encodePlain
+from lbproxy.mail.dialog import BackendDialog
 from lbproxy.mail.session import (
-    BackendDialog,
     MailFrontProtocol,
     SESSION_FORMAT,
     MailProxyFactory,
@@ -144,15 +145,10 @@ class FakeBackendTLS:
 
 
 def makeListener(mail=None, tls=None, **kwargs):
-    return ListenerConfig(
-        name="toy",
-        bind="tcp:143",
-        pool="store",
-        mode="imap",
-        tls=tls,
-        mail=mail or MailListenerConfig(authFailureDelay=2.0, loginTimeout=60.0),
-        **kwargs,
-    )
+    """
+    An IMAP listener of pool "store"; C{mail} holds its mail settings.
+    """
+    return MailListenerConfig(name="toy", bind="tcp:143", pool="store", mode="imap", tls=tls, **(mail or {}), **kwargs)
 
 
 def makePool(name="store", count=2, retries=2, selector=None, **options):
@@ -215,7 +211,7 @@ class MailSessionTests(MailSessionCase):
         A line over limits.line, even without its LF yet, gets the
         protocol error and the connection is closed.
         """
-        mail = MailListenerConfig(limits=MailLimits(line=512))
+        mail = dict(limits=MailLimits(line=512))
         self.makeFactory(makeListener(mail))
         front, client = self.accept()
         front.dataReceived(b"x" * 510 + b"\r\n")
@@ -276,7 +272,7 @@ class MailSessionTests(MailSessionCase):
         The normalised user is the selector's "user" key, and user_pools
         sends listed users to their own pool.
         """
-        mail = MailListenerConfig(userDomain="example.com", userPools=(("bob@example.com", "other"),))
+        mail = dict(userDomain="example.com", userPools=(("bob@example.com", "other"),))
         pools = {
             "store": makePool(selector=KeyHash(key="user")),
             "other": makePool("other", count=1),
@@ -299,7 +295,7 @@ class MailSessionTests(MailSessionCase):
         A refused login is answered after the failure delay, pipelined
         commands wait for it, and the cap closes the connection.
         """
-        mail = MailListenerConfig(authFailureDelay=2.0, maxAuthFailures=2)
+        mail = dict(authFailureDelay=2.0, maxAuthFailures=2)
         self.makeFactory(makeListener(mail))
         front, client = self.accept()
         front.dataReceived(b"LOGIN alice wrong\r\nNOOP\r\n")
@@ -399,7 +395,7 @@ class MailSessionTests(MailSessionCase):
             )
             [line] = self.sessionLines(events)
             self.assertIn(f" -> {home.qualifiedName} user=alice ", line)
-            self.assertIn(f"result=unavailable", line)
+            self.assertIn("result=unavailable", line)
             self.assertTrue(line.endswith(f"(its store {home.qualifiedName} is {state.value})"), line)
             other = next(
                 user
@@ -505,10 +501,10 @@ class MailSessionTests(MailSessionCase):
         front.connectionLost(DONE)
         self.assertTrue(server.disconnected)
         self.assertEqual(self.pools["store"].servers[0].active, 0)
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.factory.listener.sessions, set())
 
     def test_tlsRequired(self):
-        mail = MailListenerConfig(tlsRequired=True)
+        mail = dict(tlsRequired=True)
         self.makeFactory(makeListener(mail, tls=STARTTLS), serverTLS=FakeServerTLS())
         front, client = self.accept()
         self.assertFalse(front.loginAllowed)
@@ -595,7 +591,7 @@ class MailSessionTests(MailSessionCase):
         self.accept()
         front, client = self.accept()
         self.assertTrue(client.disconnecting)
-        self.assertEqual(self.factory.rejected, 1)
+        self.assertEqual(self.factory.listener.counters.refused, 1)
 
     def test_repliesUnreadStopReading(self):
         """
@@ -712,7 +708,8 @@ class RelayUnderStartTLSTests(MailSessionCase):
 
     def test_serverCloseClosesTLSClient(self):
         front, client, dialog, server = self.relaying()
-        client.TLS = True
+        # What startTLS does to a TCP transport.
+        alsoProvides(client, ISSLTransport)
         dialog.readConnectionLost()
         self.assertTrue(client.disconnecting)
         self.assertFalse(client.writeDisconnecting)

@@ -12,7 +12,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from memoryconnections import acceptClient, completeAttempt
-from lbproxy.config.mail import AddressFailureLimit, MailListenerConfig
+from lbproxy.mail.config import AddressFailureLimit
 from lbproxy.mail.imap import IMAPProxyFactory
 from lbproxy.mail.pop3 import POP3ProxyFactory
 from lbproxy.mail.throttle import FailedLogins
@@ -130,7 +130,7 @@ class AcrossConnectionsTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
 
     def makeFactory(self, factoryClass, **limit):
-        mail = MailListenerConfig(
+        mail = dict(
             authFailureDelay=2.0, addressLimit=AddressFailureLimit(maxFailures=2, window=600.0, **limit)
         )
         self.factory = factoryClass(makeListener(mail), {"store": makePool(count=1)}, self.reactor)

@@ -10,7 +10,6 @@ import re
 import resource
 import shutil
 
-import pytest
 from twisted.logger import Logger, formatEvent
 
 from lbproxy.config import loadBytes

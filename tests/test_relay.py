@@ -416,7 +416,7 @@ def test_directWriterOnlyForPlainTCP():
     """
     from twisted.internet.testing import StringTransport
 
-    from lbproxy.core.relay import directWriter
+    from lbproxy._twisted.directwrite import directWriter
 
     transport = StringTransport()
     assert directWriter(transport) == transport.write

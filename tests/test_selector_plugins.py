@@ -15,7 +15,8 @@ from zope.interface.verify import verifyObject
 
 import lbproxy.plugins
 from lbproxy.config import loadBytes
-from lbproxy.core.context import ALL_KEYS, KEYS, FlowContext, keyKnown
+from lbproxy.core.context import FlowContext
+from lbproxy.modes import allModes, allSelectionKeys, keyKnown
 from lbproxy.errors import ConfigError, OptionError
 from lbproxy.interfaces import IBackendSelector, ISelectorPlugin
 from lbproxy.core.model import buildPool
@@ -104,9 +105,10 @@ def test_hashOptions(options, expected):
 
 
 def test_allKeysCoverModes():
-    for kinds in KEYS.values():
-        assert kinds <= ALL_KEYS
-    assert KEYS["tcp"] == {"src", "src_port", "dst", "5tuple", "sni"}
+    modes = allModes()
+    for mode in modes.values():
+        assert mode.selectionKeys <= allSelectionKeys()
+    assert modes["tcp"].selectionKeys == {"src", "src_port", "dst", "5tuple", "sni"}
 
 
 @pytest.mark.parametrize("spec", ["src", "dst", "src_port", "5tuple", "sni", "uri", "user", "header:X-User"])

@@ -9,8 +9,6 @@ import io
 import os
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 from twisted.application.internet import StreamServerEndpointService
@@ -25,7 +23,7 @@ from lbproxy.core.context import FlowContext
 from lbproxy.interfaces import IBackendSelector, ISelectorPlugin
 from lbproxy.core.pool import Server
 from lbproxy.service import BalancerService
-from support import CHECKOUT, checkoutEnvironment, twistd
+from support import checkoutEnvironment, readmeCodeBlock, twistd
 
 GOOD = """\
 [listeners.web]
@@ -201,7 +199,7 @@ def test_makeServiceTree(good, keepExcepthook):
     service = tap.makeService(options)
     assert isinstance(service, BalancerService)
     assert IService.providedBy(service)
-    assert childNames(service) == ["health", "listener:admin", "listener:web", "reload-on-hangup"]
+    assert childNames(service) == ["health", "listener:admin", "listener:web", "reload-on-hangup", "reopen-on-usr1", "stick"]
     health = service.getServiceNamed("health")
     assert [m.pool.name for m in health] == ["web"]
     for name in ("listener:admin", "listener:web"):
@@ -219,7 +217,7 @@ def test_makeServiceDemo(keepExcepthook):
     """
     options, _, _ = parse()
     service = tap.makeService(options)
-    assert childNames(service) == ["demo", "health", "listener:demo", "reload-on-hangup"]
+    assert childNames(service) == ["demo", "health", "listener:demo", "reload-on-hangup", "reopen-on-usr1", "stick"]
     demoService = service.getServiceNamed("demo")
     assert isinstance(demoService, demo.DemoService)
     assert childNames(demoService) == ["demo:web1", "demo:web2"]
@@ -311,15 +309,7 @@ def readmePluginExample() -> str:
     """
     The Python block of README.rst's "Writing a selector plugin" section.
     """
-    text = (Path(CHECKOUT) / "README.rst").read_text()
-    section = text.split("\nWriting a selector plugin\n", 1)[1]
-    block = section.split(".. code-block:: python\n\n", 1)[1]
-    lines = []
-    for line in block.splitlines():
-        if line and not line.startswith("    "):
-            break
-        lines.append(line)
-    return textwrap.dedent("\n".join(lines))
+    return readmeCodeBlock("Writing a selector plugin")
 
 
 def test_readmePluginExampleSelects():

@@ -18,12 +18,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from memoryconnections import acceptClient, completeAttempt, refuseAttempt
-from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config import PoolConfig
+from lbproxy.tcp.config import TCPListenerConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.core.proxyprotocol import buildV1, buildV2
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
-from lbproxy.tcp.front import TCPProxyFactory, TCPProxyProtocol, formatAddress, formatSeconds
+from lbproxy.core.format import formatAddress, formatSeconds
+from lbproxy.service import wrapFront
+from lbproxy.tcp.front import TCPProxyFactory, TCPProxyProtocol
 
 from test_relay import FakeTCPTransport
 
@@ -36,7 +39,7 @@ def makeListener(**kwargs):
     kwargs.setdefault("name", "web")
     kwargs.setdefault("bind", "tcp:8080")
     kwargs.setdefault("pool", "web")
-    return ListenerConfig(**kwargs)
+    return TCPListenerConfig(**kwargs)
 
 
 def makePool(count=2, sendProxy="none", retries=2, maxconn=0, queueTimeout=5.0):
@@ -145,7 +148,7 @@ class TCPFrontTests(SynchronousTestCase):
         self.assertEqual(event["bytesOut"], 612)
         self.assertAlmostEqual(event["connectSeconds"], 0.0004)
         self.assertEqual(self.pool.servers[0].active, 0)
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.factory.listener.sessions, set())
 
     def test_halfCloseThroughFront(self):
         self.makeFactory()
@@ -190,7 +193,7 @@ class TCPFrontTests(SynchronousTestCase):
         (line,) = self.sessionLines(events)
         self.assertIn("web -> web/- in=0 out=0 connect=- ", line)
         self.assertIn("end=no-server", line)
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.factory.listener.sessions, set())
 
     def test_connectFailed(self):
         self.makeFactory(pool=makePool(count=1, retries=1))
@@ -234,7 +237,7 @@ class TCPFrontTests(SynchronousTestCase):
             self.assertTrue(thirdTransport.disconnecting)
             third.connectionLost(DONE)
         self.assertEqual(len(self.reactor.tcpClients), 2)
-        self.assertEqual(self.factory.rejected, 1)
+        self.assertEqual(self.factory.listener.counters.refused, 1)
         (line,) = self.sessionLines(events)
         self.assertIn("end=maxconn (listener at its maxconn of 2)", line)
         first.connectionLost(DONE)
@@ -337,7 +340,7 @@ class TCPFrontTests(SynchronousTestCase):
         self.assertEqual(self.reactor.tcpClients, [])
         (line,) = self.sessionLines(events)
         self.assertIn("end=tls-handshake-failed (no shared cipher)", line)
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.factory.listener.sessions, set())
 
     def test_sendProxyV1(self):
         self.makeFactory(pool=makePool(sendProxy="v1"))
@@ -358,19 +361,29 @@ class TCPFrontTests(SynchronousTestCase):
     def trustedListener(self, **kwargs):
         return makeListener(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),), **kwargs)
 
+    def makeTrusted(self, pool=None):
+        """
+        A listener trusting PROXY headers from PEER, served as the service
+        serves it: the shared header reader in front of the TCP front.
+        """
+        factory = self.makeFactory(listener=self.trustedListener(), pool=pool)
+        self.factory = wrapFront(factory.listener, factory, self.reactor)
+        return factory
+
     def test_acceptProxyV1FromTrusted(self):
         """
         A trusted peer's PROXY header gives the flow's client and local
         addresses; bytes after it are relayed, the header is not.
         """
-        self.makeFactory(listener=self.trustedListener(), pool=makePool(sendProxy="v1"))
+        self.makeTrusted(pool=makePool(sendProxy="v1"))
         with capturedLogs() as events:
-            protocol, client = self.accept()
+            reader, client = self.accept()
             self.assertEqual(client.producerState, "producing")
             self.assertEqual(self.reactor.tcpClients, [])
-            protocol.dataReceived(b"PROXY TCP4 203.0.113.5 198.51.100.9 5555 ")
+            reader.dataReceived(b"PROXY TCP4 203.0.113.5 198.51.100.9 5555 ")
             self.assertEqual(self.reactor.tcpClients, [])
-            protocol.dataReceived(b"443\r\nGET /")
+            reader.dataReceived(b"443\r\nGET /")
+            protocol = reader.wrapped
             self.assertEqual(client.producerState, "paused")
             self.assertEqual(protocol.client, IPv4Address("TCP", "203.0.113.5", 5555))
             self.assertEqual(protocol.local, IPv4Address("TCP", "198.51.100.9", 443))
@@ -379,7 +392,7 @@ class TCPFrontTests(SynchronousTestCase):
                 backend.value(),
                 b"PROXY TCP4 203.0.113.5 198.51.100.9 5555 443\r\nGET /",
             )
-            protocol.connectionLost(DONE)
+            reader.connectionLost(DONE)
             leg.connectionLost(DONE)
         (line,) = self.sessionLines(events)
         self.assertTrue(line.startswith("tcp 203.0.113.5:5555 web -> web/s0 in=5 "))
@@ -388,20 +401,20 @@ class TCPFrontTests(SynchronousTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_acceptProxyV2FromTrusted(self):
-        self.makeFactory(listener=self.trustedListener())
-        protocol, client = self.accept()
+        self.makeTrusted()
+        reader, client = self.accept()
         source = IPv4Address("TCP", "203.0.113.5", 5555)
-        protocol.dataReceived(buildV2(source, HOST) + b"data")
-        self.assertEqual(protocol.client, source)
+        reader.dataReceived(buildV2(source, HOST) + b"data")
+        self.assertEqual(reader.wrapped.client, source)
         leg, backend = self.succeed()
         self.assertEqual(backend.value(), b"data")
 
     def test_acceptProxyLocalKeepsRealAddresses(self):
-        self.makeFactory(listener=self.trustedListener())
-        protocol, client = self.accept()
-        protocol.dataReceived(b"PROXY UNKNOWN\r\n")
-        self.assertEqual(protocol.client, PEER)
-        self.assertEqual(protocol.local, HOST)
+        self.makeTrusted()
+        reader, client = self.accept()
+        reader.dataReceived(b"PROXY UNKNOWN\r\n")
+        self.assertEqual(reader.wrapped.client, PEER)
+        self.assertEqual(reader.wrapped.local, HOST)
         self.assertEqual(len(self.reactor.tcpClients), 1)
 
     def test_untrustedHeaderPassesThrough(self):
@@ -409,10 +422,12 @@ class TCPFrontTests(SynchronousTestCase):
         A peer outside accept_proxy is not parsed: its PROXY header is just
         bytes for the backend.
         """
-        self.makeFactory(
+        factory = self.makeFactory(
             listener=makeListener(acceptProxy=(ipaddress.ip_network("10.0.0.0/8"),))
         )
+        self.factory = wrapFront(factory.listener, factory, self.reactor)
         protocol, client = self.accept()
+        self.assertIsInstance(protocol, TCPProxyProtocol)
         self.assertEqual(len(self.reactor.tcpClients), 1)
         line = buildV1(IPv4Address("TCP", "1.2.3.4", 1), HOST)
         protocol.dataReceived(line)
@@ -421,61 +436,64 @@ class TCPFrontTests(SynchronousTestCase):
         self.assertEqual(protocol.client, PEER)
 
     def test_malformedHeaderFromTrusted(self):
-        self.makeFactory(listener=self.trustedListener())
+        """
+        A bad header closes the connection with the reader's one line; the
+        front never sees the connection, and the listener counts an error.
+        """
+        front = self.makeTrusted()
         with capturedLogs() as events:
-            protocol, client = self.accept()
-            protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+            reader, client = self.accept()
+            reader.dataReceived(b"GET / HTTP/1.1\r\n")
             self.assertTrue(client.disconnecting)
-            protocol.connectionLost(DONE)
+            reader.connectionLost(DONE)
         self.assertEqual(self.reactor.tcpClients, [])
-        (line,) = self.sessionLines(events)
-        self.assertIn("end=bad-proxy-header (not a PROXY protocol header)", line)
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.sessionLines(events), [])
+        self.assertIn(
+            "web: closed the connection of trusted proxy 192.0.2.7:40000: not a PROXY protocol header",
+            [formatEvent(e) for e in events],
+        )
+        self.assertEqual(front.listener.sessions, set())
+        self.assertEqual(front.listener.counters.errors, 1)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_missingHeaderTimesOut(self):
-        self.makeFactory(listener=self.trustedListener())
+        self.makeTrusted()
         with capturedLogs() as events:
-            protocol, client = self.accept()
-            protocol.dataReceived(b"PROXY TCP4 ")
+            reader, client = self.accept()
+            reader.dataReceived(b"PROXY TCP4 ")
             self.reactor.advance(4.9)
             self.assertFalse(client.disconnecting)
             self.reactor.advance(0.1)
             self.assertTrue(client.disconnecting)
-            protocol.connectionLost(DONE)
-        (line,) = self.sessionLines(events)
-        self.assertIn("end=bad-proxy-header (no complete PROXY header within 5s)", line)
+            reader.connectionLost(DONE)
+        self.assertIn(
+            "web: closed the connection of trusted proxy 192.0.2.7:40000: no complete PROXY header within 5s",
+            [formatEvent(e) for e in events],
+        )
 
     def test_closedBeforeHeader(self):
         """
         A trusted peer that connects and leaves without a byte (a TCP
-        health check) is a plain client close, not a bad header.
+        health check) is not logged: nothing was wrong.
         """
-        self.makeFactory(listener=self.trustedListener())
-        for fin in (True, False):
-            with capturedLogs() as events:
-                protocol, client = self.accept()
-                if fin:
-                    protocol.readConnectionLost()
-                    self.assertTrue(client.disconnecting)
-                protocol.connectionLost(DONE)
-            (line,) = self.sessionLines(events)
-            self.assertIn("end=client-closed (before sending a PROXY header)", line)
-        self.assertEqual(self.factory.sessions, set())
+        front = self.makeTrusted()
+        with capturedLogs() as events:
+            reader, client = self.accept()
+            reader.connectionLost(DONE)
+        self.assertEqual([e for e in events if e.get("log_level").name in ("warn", "error")], [])
+        self.assertEqual(front.listener.sessions, set())
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_partialHeaderThenClose(self):
-        self.makeFactory(listener=self.trustedListener())
+        self.makeTrusted()
         with capturedLogs() as events:
-            protocol, client = self.accept()
-            protocol.dataReceived(b"PROXY TCP4 1.2.3.4")
-            protocol.readConnectionLost()
-            self.assertTrue(client.disconnecting)
-            protocol.connectionLost(DONE)
-        (line,) = self.sessionLines(events)
+            reader, client = self.accept()
+            reader.dataReceived(b"PROXY TCP4 1.2.3.4")
+            reader.connectionLost(DONE)
         self.assertIn(
-            "end=bad-proxy-header (connection closed before a complete PROXY header)",
-            line,
+            "web: closed the connection of trusted proxy 192.0.2.7:40000: "
+            "connection closed before a complete PROXY header",
+            [formatEvent(e) for e in events],
         )
 
     def test_formatting(self):

@@ -19,10 +19,12 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config import PoolConfig
+from lbproxy.tcp.config import TCPListenerConfig
 from lbproxy.core.pool import Pool, Server
 from lbproxy.core.proxyprotocol import ProxyHeaderParser
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
+from lbproxy.service import wrapFront
 from lbproxy.tcp.front import TCPProxyFactory
 
 from support import freePort
@@ -192,14 +194,14 @@ class LoopbackTests(TestCase):
             name="pool", servers=(), retries=retries, connectTimeout=2.0, sendProxy=sendProxy
         )
         self.pool = Pool("pool", servers, SmoothWeightedRoundRobin(), options)
-        listener = ListenerConfig(
+        listener = TCPListenerConfig(
             name="front",
             bind="tcp:0:interface=127.0.0.1",
             pool="pool",
             acceptProxy=acceptProxy,
         )
         self.factory = TCPProxyFactory(listener, self.pool, reactor)
-        self.proxyPort = self.listen(self.factory)
+        self.proxyPort = self.listen(wrapFront(self.factory.listener, self.factory, reactor))
         return self.proxyPort
 
     async def request(self, payload):
@@ -220,7 +222,7 @@ class LoopbackTests(TestCase):
             replies = []
             for i in range(4):
                 replies.append(await self.request(b"hello %d" % i))
-            await waitFor(lambda: not self.factory.sessions)
+            await waitFor(lambda: not self.factory.listener.sessions)
         self.assertEqual(
             replies, [b"b0:hello 0", b"b1:hello 1", b"b0:hello 2", b"b1:hello 3"]
         )
@@ -265,7 +267,7 @@ class LoopbackTests(TestCase):
         self.startProxy(ports, maxconn=1)
         with capturedLogs() as events:
             replies = await gatherResults([Deferred.fromCoroutine(self.request(b"q%d" % i)) for i in range(8)])
-            await waitFor(lambda: not self.factory.sessions)
+            await waitFor(lambda: not self.factory.listener.sessions)
         self.assertEqual(sorted(replies), sorted(b"b0:q%d" % i for i in range(8)))
         self.assertEqual(backend.most, 1)
         lines = [formatEvent(e) for e in events if e.get("log_namespace") == "lbproxy.tcp.front.TCPProxyProtocol"]
@@ -339,8 +341,8 @@ class LoopbackTests(TestCase):
         await connectProtocol(endpoint, reader)
         await waitFor(lambda: backendFactory.instances)
         backend = backendFactory.instances[0]
-        await waitFor(lambda: self.factory.sessions)
-        (session,) = self.factory.sessions
+        await waitFor(lambda: self.factory.listener.sessions)
+        (session,) = self.factory.listener.sessions
         peak = [0]
 
         def sample():

@@ -18,14 +18,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from memoryconnections import acceptClient, completeAttempt
-from lbproxy.config import ListenerConfig, PoolConfig, RouteConfig
+from lbproxy.config import PoolConfig
+from lbproxy.tcp.config import SNIRouteConfig, TCPListenerConfig
 from lbproxy.interfaces import ISelectionContext
 from lbproxy.core.pool import Pool, Server
 from lbproxy.core.proxyprotocol import buildV1
 from lbproxy.selectors.keyhash import KeyHash
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
-from lbproxy.service import frontFactory
-from lbproxy.tcp.front import SNIFlowContext, SNIRoutes, TCPProxyFactory
+from lbproxy.service import frontFactory, wrapFront
+from lbproxy.tcp.front import TCPProxyFactory
+from lbproxy.tcp.sni import SNIFlowContext, SNIRoutes
 
 from test_clienthello import handshakeMessage, pyOpenSSLHello, pythonHello, records
 from test_relay import FakeTCPTransport
@@ -42,20 +44,20 @@ def makePool(name: str) -> Pool:
     return Pool(name, [server], SmoothWeightedRoundRobin(), PoolConfig(name=name, servers=()))
 
 
-def makeListener(**kwargs) -> ListenerConfig:
+def makeListener(**kwargs) -> TCPListenerConfig:
     kwargs.setdefault("name", "front")
     kwargs.setdefault("bind", "tcp:443")
     kwargs.setdefault("pool", "default")
     kwargs.setdefault(
         "routes",
         (
-            RouteConfig(pool="api", sni=("api.example.test", "api2.example.test")),
-            RouteConfig(pool="wild", sni=("*.example.test",)),
-            RouteConfig(pool="deep", sni=("*.eu.example.test",)),
-            RouteConfig(pool="default", sni=("api.example.test",)),
+            SNIRouteConfig(pool="api", sni=("api.example.test", "api2.example.test")),
+            SNIRouteConfig(pool="wild", sni=("*.example.test",)),
+            SNIRouteConfig(pool="deep", sni=("*.eu.example.test",)),
+            SNIRouteConfig(pool="default", sni=("api.example.test",)),
         ),
     )
-    return ListenerConfig(**kwargs)
+    return TCPListenerConfig(**kwargs)
 
 
 class SNIRoutesTests(SynchronousTestCase):
@@ -196,7 +198,7 @@ class SNIFrontTests(SynchronousTestCase):
         (line,) = self.sessionLines(events)
         self.assertIn("front -> default/- sni=- in=0 out=0", line)
         self.assertTrue(line.endswith("end=no-sni (ClientHello without a server name)"), line)
-        self.assertEqual(self.factory.sessions, set())
+        self.assertEqual(self.factory.listener.sessions, set())
 
     def test_notTLSDefault(self):
         """
@@ -287,7 +289,8 @@ class SNIFrontTests(SynchronousTestCase):
         """
         import ipaddress
 
-        self.makeFactory(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),))
+        front = self.makeFactory(acceptProxy=(ipaddress.ip_network("192.0.2.0/24"),))
+        self.factory = wrapFront(front.listener, front, self.reactor)
         hello = pyOpenSSLHello(b"www.example.test")
         header = buildV1(IPv4Address("TCP", "203.0.113.9", 5555), HOST)
         protocol, client = self.accept()
@@ -297,7 +300,7 @@ class SNIFrontTests(SynchronousTestCase):
         self.assertEqual(self.connectedPort(), PORTS["wild"])
         leg, backend = self.succeed()
         self.assertEqual(backend.value(), hello)
-        self.assertEqual(protocol.client.host, "203.0.113.9")
+        self.assertEqual(protocol.wrapped.client.host, "203.0.113.9")
 
     def test_sendProxyOfRoutedPool(self):
         """

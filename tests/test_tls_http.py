@@ -15,7 +15,8 @@ from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
 from certs import CertificateAuthority
-from lbproxy.config import ListenerConfig, PoolConfig
+from lbproxy.config import PoolConfig
+from lbproxy.http.config import HTTPListenerConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.http.front import HTTPProxyFactory
 from lbproxy.http.interfaces import IHTTPMessageReceiver
@@ -54,12 +55,12 @@ def fields(data: bytes) -> list[tuple[bytes, bytes]]:
     return [tuple(line.split(b": ", 1)) for line in lines]
 
 
-def listener(**kwargs) -> ListenerConfig:
+def listener(**kwargs) -> HTTPListenerConfig:
     kwargs.setdefault("name", "web")
     kwargs.setdefault("bind", "tcp:8443")
     kwargs.setdefault("pool", "web")
     kwargs.setdefault("mode", "http")
-    return ListenerConfig(**kwargs)
+    return HTTPListenerConfig(**kwargs)
 
 
 class HandshakeTransport:
@@ -328,10 +329,10 @@ class TestRedirectProtocol:
         other = StringTransport()
         second.makeConnection(other)
         assert other.value().startswith(b"HTTP/1.1 503 ")
-        assert protocol.factory.rejected == 1
+        assert protocol.factory.listener.counters.refused == 1
 
     def test_bodyTooLarge(self):
-        from lbproxy.config import HTTPLimits
+        from lbproxy.http.config import HTTPLimits
 
         protocol, transport, _, _ = self.connect(limits=HTTPLimits(bodySize=4))
         protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n")

@@ -74,12 +74,12 @@ def logged():
 
 def test_listenersWrapped(setup):
     service = BalancerService(loadFile(str(setup["config"])), MemoryReactorClock())
-    web = service.getServiceNamed("listener:web").factory
+    web = service.getServiceNamed("listener:web").switch.wrappedFactory
     assert isinstance(web, ServerTLSFactory)
     assert isinstance(web.wrappedFactory, HTTPProxyFactory)
     assert web.wrappedFactory.secure
-    assert isinstance(service.getServiceNamed("listener:plain").factory, RedirectFactory)
-    raw = service.getServiceNamed("listener:raw").factory
+    assert isinstance(service.getServiceNamed("listener:plain").switch.wrappedFactory, RedirectFactory)
+    raw = service.getServiceNamed("listener:raw").switch.wrappedFactory
     assert isinstance(raw, ServerTLSFactory)
     assert sorted(service.serverTLS) == ["raw", "web"]
     assert all(isinstance(s, ServerTLS) for s in service.serverTLS.values())
@@ -157,20 +157,49 @@ def test_hangupSchedulesAReload():
     reactor = FakeReactor()
 
     class Target:
-        def reloadTLS(self):
-            pass
+        def __init__(self):
+            self.reloads = []
+
+        def reload(self, who):
+            self.reloads.append(who)
 
     target = Target()
     previous = signal.getsignal(signal.SIGHUP)
     service = tap.ReloadOnHangup(target, reactor)
     service.startService()
     try:
-        assert signal.getsignal(signal.SIGHUP) == service._hangup
+        assert signal.getsignal(signal.SIGHUP) == service._received
         os.kill(os.getpid(), signal.SIGHUP)
-        assert reactor.calls == [target.reloadTLS]
+        (scheduled,) = reactor.calls
+        scheduled()
+        assert target.reloads == ["SIGHUP"]
     finally:
         service.stopService()
     assert signal.getsignal(signal.SIGHUP) == previous
+
+
+def test_usr1ReopensAfterThePreviousHandler():
+    """
+    SIGUSR1 runs the handler it replaced first (twistd's log rotation),
+    then schedules the reopening of the access logs.
+    """
+    reactor = FakeReactor()
+    before = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: before.append(number))
+    try:
+        reopened = []
+        service = tap.ReopenOnUSR1(lambda: reopened.append(True), reactor)
+        service.startService()
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert before == [signal.SIGUSR1]
+            (scheduled,) = reactor.calls
+            scheduled()
+            assert reopened == [True]
+        finally:
+            service.stopService()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def parse(*argv):

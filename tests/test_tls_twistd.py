@@ -94,15 +94,16 @@ def test_sighupReload(processes, tmp_path):
         install(second, cert, key)
         daemon.popen.send_signal(signal.SIGHUP)
         waitUntil(lambda: presented(port, ca) == "second", "the new certificate after SIGHUP")
-        assert "TLS reload of listener web: certificates loaded" in daemon.stdout
+        assert "reload asked by SIGHUP applied" in daemon.stdout
         again = request(established)
         assert again["requests"] == 2
 
-        # A key that does not match: logged, the second certificate stays.
+        # A key that does not match: the reload is refused in one line,
+        # the second certificate stays.
         shutil.copy(first.key, key)
         daemon.popen.send_signal(signal.SIGHUP)
-        waitUntil(lambda: "failed" in daemon.stdout, "the failed reload in the log")
-        failures = [line for line in daemon.stdout.splitlines() if "TLS reload" in line and "failed" in line]
+        waitUntil(lambda: "refused" in daemon.stdout, "the refused reload in the log")
+        failures = [line for line in daemon.stdout.splitlines() if "reload asked by SIGHUP refused" in line]
         assert len(failures) == 1
         assert f"listeners.web.tls.certificates[0].key: the private key in {key} does not belong" in failures[0]
         assert presented(port, ca) == "second"
@@ -110,7 +111,7 @@ def test_sighupReload(processes, tmp_path):
         # Gone altogether: the same.
         cert.unlink()
         daemon.popen.send_signal(signal.SIGHUP)
-        waitUntil(lambda: "No such file" in daemon.stdout, "the second failed reload in the log")
+        waitUntil(lambda: "No such file" in daemon.stdout, "the second refused reload in the log")
         assert presented(port, ca) == "second"
         assert daemon.running()
     finally:

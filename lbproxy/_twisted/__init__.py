@@ -2,9 +2,29 @@
 The only place where lbproxy relies on Twisted's private internals.
 
 Everything here works below Twisted's public API for speed or for errors
-an operator must see: the reactor's dispatch and read path (L{reactor}),
-writes batched per reactor iteration (L{writebatch}). The canary test
-(C{tests/test_twisted_internals.py}) checks every attribute and method
-these modules use, so a Twisted upgrade that moves one fails there, naming
-it, instead of somewhere in the data path.
+an operator must see:
+
+  - L{reactor}: the reactor's dispatch and read path, and listening
+    sockets that pause when lbproxy runs out of descriptors;
+  - L{writebatch}: writes to TCP connections batched per reactor
+    iteration, and L{tlsbatch}: the records of TLS transports over them
+    sent with the batch;
+  - L{directwrite}: the relay's writes sent at once when nothing is
+    queued;
+  - L{handover}: a connection handed from one protocol to the next (the
+    PROXY header reader stepping out of the way);
+  - L{listen}: listening errors raised at startup instead of logged.
+
+The rest of lbproxy uses Twisted's public API and these modules. The
+canary test (C{tests/test_twisted_internals.py}) checks every internal
+attribute, method and behaviour these modules use, so a Twisted upgrade
+that moves one fails there, naming it and the module that relies on it,
+instead of somewhere in the data path.
 """
+
+from twisted.internet import tcp
+
+#: The exact classes of Twisted's plain TCP connections, whose buffers,
+#: socket and reads these modules work with; subclasses may send and
+#: receive differently (UNIX ones pass descriptors along).
+PLAIN_TCP = frozenset({tcp.Server, tcp.Client})

@@ -47,16 +47,12 @@ from twisted.internet.endpoints import _WrappingProtocol
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 
+from lbproxy._twisted import PLAIN_TCP
 from lbproxy.core.limits import LimitLog, describeLocalLimit
 
 #: The largest read a connection grows to (from Twisted's 64 KiB) once its
 #: reads fill the buffer.
 _BULK_READ = 262144
-
-# Only the exact plain TCP connection classes, whose doRead is a recv and
-# a dataReceived (once connected, and until aborted).
-_PLAIN = frozenset({tcp.Server, tcp.Client})
-
 
 #: Seconds a listening socket stops accepting after running out of
 #: descriptors, buffers or memory.
@@ -216,7 +212,7 @@ class EPollReactor(epollreactor.EPollReactor):
                 continue
             if (
                 event == EPOLLIN
-                and type(selectable) in _PLAIN
+                and type(selectable) in PLAIN_TCP
                 and selectable.connected
                 and not selectable._aborting
             ):

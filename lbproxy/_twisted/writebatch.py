@@ -20,15 +20,14 @@ Because the data is in the transport's own buffer, everything else behaves
 as with C{transport.write}: later writes queue behind it, C{loseConnection}
 sends it before closing, C{abortConnection} drops it, and the transport
 pauses its producer when too much is buffered. Transports other than plain
-TCP connections (TLS, UNIX sockets, test transports) get a plain
-C{transport.write}; for TLS over a plain TCP connection (lbproxy's own
-L{ServerTLSTransport} of implicit-TLS listeners, or
-C{TLSMemoryBIOProtocol}, as Twisted's TLS endpoints make), the data is
-encrypted at once and what the TLS layer writes to the TCP connection
-goes through the batch, from that write on: the encrypted records are
-sent at the end of the iteration too, without the writability round
-trip, and (for C{TLSMemoryBIOProtocol}) without the per-connection
-C{callLater(0)} of Twisted's C{BufferingTLSTransport}.
+TCP connections (UNIX sockets, test transports) get a plain
+C{transport.write}; for TLS over a plain TCP connection the data is
+encrypted at once and the encrypted records go through the batch
+(L{lbproxy._twisted.tlsbatch}).
+
+This works on the write buffers of Twisted's plain TCP connections
+(C{_tempDataBuffer}, C{_tempDataLen}, C{dataBuffer}, C{offset}) and their
+socket, below Twisted's public API.
 """
 
 from __future__ import annotations
@@ -36,16 +35,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from errno import ENOBUFS, EWOULDBLOCK
 
-from functools import partial
-
-from twisted.internet import tcp
-from twisted.protocols.tls import TLSMemoryBIOProtocol, _AggregateSmallWrites
-
+from lbproxy._twisted import PLAIN_TCP
+from lbproxy._twisted.tlsbatch import writeTLS
 from lbproxy.tls.transport import ServerTLSTransport
-
-# Only the exact plain TCP transport classes, whose buffering this relies
-# on; subclasses may send differently (UNIX ones pass descriptors along).
-_PLAIN = frozenset({tcp.Server, tcp.Client})
 
 # Errors of send() that only mean "not now" (as for tcp.Connection).
 _TRY_LATER = frozenset({EWOULDBLOCK, ENOBUFS})
@@ -62,6 +54,9 @@ class WriteBatch:
         self._pending: dict = {}
         self._call = None
         self._afterEvents = getattr(reactor, "callAfterEvents", None)
+        # The TLS transports' records are sent with this very function
+        # object, by which they know whose they are (tlsbatch).
+        self._sendTo = self.write
         # The batch is due to be flushed by callAfterEvents.
         self._due = False
 
@@ -69,17 +64,9 @@ class WriteBatch:
         """
         Write C{data} to C{transport}.
         """
-        kind = type(transport)
-        if kind not in _PLAIN or transport.TLS:
-            if kind is ServerTLSTransport:
-                if transport._batch is not self:
-                    self._adoptServerTLS(transport)
+        if type(transport) not in PLAIN_TCP or transport.TLS:
+            if not writeTLS(self._sendTo, transport, data):
                 transport.write(data)
-                return
-            if isinstance(transport, TLSMemoryBIOProtocol) and self._adoptTLS(transport):
-                self._writeTLS(transport, data)
-                return
-            transport.write(data)
             return
         if not data or not transport.connected or transport._writeDisconnected:
             # What FileDescriptor.write ignores.
@@ -98,49 +85,6 @@ class WriteBatch:
             afterEvents(self.flush)
         else:
             self._call = self._reactor.callLater(0, self.flush)
-
-    def _adoptServerTLS(self, tls: ServerTLSTransport) -> None:
-        """
-        Send the records C{tls} encrypts with this batch when its TCP
-        connection is a plain one; its own C{write} encrypts at once.
-        """
-        lower = tls.transport
-        if type(lower) in _PLAIN and not lower.TLS:
-            tls.sendRecordsWith(self, partial(self.write, lower))
-        else:
-            tls.sendRecordsWith(self, lower.write)
-
-    def _adoptTLS(self, tls: TLSMemoryBIOProtocol) -> bool:
-        """
-        Send what C{tls} writes to its TCP connection with this batch;
-        L{False} when that is not a plain TCP connection (or another batch
-        sends it).
-        """
-        lower = tls.transport
-        if type(lower) not in _PLAIN or lower.TLS:
-            return False
-        write = vars(lower).get("write")
-        if write is None:
-            # The TLS layer calls its transport's write: the batch's, for
-            # this connection only.
-            write = lower.write = partial(self.write, lower)
-        return isinstance(write, partial) and write.func == self.write
-
-    def _writeTLS(self, tls: TLSMemoryBIOProtocol, data: bytes) -> None:
-        """
-        Encrypt C{data} now: its records join the batch with the TCP
-        connection's other data. A C{BufferingTLSTransport} would instead
-        keep it for a C{callLater(0)} of its own, per connection and
-        iteration; what it holds already from plain writes goes first.
-        """
-        aggregator = getattr(tls, "_aggregator", None)
-        if type(aggregator) is not _AggregateSmallWrites:
-            # A plain TLSMemoryBIOProtocol, or one whose connection is
-            # gone (its writes are dropped).
-            tls.write(data)
-            return
-        aggregator.flush()
-        TLSMemoryBIOProtocol.write(tls, data)
 
     def writeSequence(self, transport, pieces: Sequence[bytes]) -> None:
         """

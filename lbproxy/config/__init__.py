@@ -18,22 +18,10 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from lbproxy.core.context import KEYS, keySupported
-from lbproxy.errors import ConfigError, OptionError
-from lbproxy.http.paths import PathsConfig
-from lbproxy.http.syntax import isFieldValue
-from lbproxy.selectors import findSelector, selectorNames
-from lbproxy.config.mail import (
-    CLIENT_ADDRESS,
-    MAIL_IDLE_TIMEOUT,
-    MAIL_MODES,
-    STORES,
-    MailListenerConfig,
-    mailPoolProblem,
-    parseMailListener,
-)
+from lbproxy.config.admin import AdminConfig, DaemonConfig, parseAdmin, parseDaemon
 from lbproxy.config.endpoints import checkOverlaps
-from lbproxy.config.paths import checkRoutePaths, parsePaths
+from lbproxy.config.ha import HAConfig, parseHA
+from lbproxy.config.stick import StickConfig, parseStick, settleReplication
 from lbproxy.config.table import Table, oneOf, show
 from lbproxy.config.tls import (
     BackendTLSConfig,
@@ -41,11 +29,10 @@ from lbproxy.config.tls import (
     parseBackendTLS,
     parseListenerTLS,
 )
+from lbproxy.errors import ConfigError, OptionError
+from lbproxy.selectors import findSelector, selectorNames
+from lbproxy.sockets import tcpBind
 
-MODES = ("tcp", "http", "imap", "pop3")
-SNI_FALLBACK = ("default", "reject")
-#: Which requests an HTTP listener's access log gets a line for.
-LOG_REQUESTS = ("all", "errors")
 PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
 #: Which client connections an idle HTTP backend connection may serve
 #: (HAProxy's http-reuse): only the one that used it, any but for a
@@ -53,10 +40,17 @@ PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
 REUSE_MODES = ("never", "safe", "always")
 HEALTH_TYPES = ("tcp", "http", "banner")
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
+#: How a pool's servers learn the client's address besides the PROXY
+#: protocol: IMAP's ID command, POP3's XCLIENT (see the mail fronts).
+CLIENT_ADDRESSES = ("none", "id", "xclient")
+#: What a mail pool's servers hold (its C{stores} key): by default each
+#: user's mailbox on one of them ("distinct"), or every mailbox on every
+#: one ("replicas", a shared or replicated store).
+STORES_DISTINCT = "distinct"
+STORES_REPLICAS = "replicas"
+STORES = (STORES_DISTINCT, STORES_REPLICAS)
 _COOKIE_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _COOKIE_ATTRIBUTE = re.compile(r"[\x21-\x3a\x3c-\x7e]{1,256}")
-_ROUTE_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
-_ROUTE_PATH = re.compile(r"/[\x21-\x22\x24-\x3e\x40-\x7e]*")
 
 
 @dataclass(frozen=True)
@@ -114,41 +108,6 @@ class CookieConfig:
 
 
 @dataclass(frozen=True)
-class RouteConfig:
-    """
-    One routing rule of an HTTP listener: every condition given must match.
-
-    @ivar host: exact host (lower case, no port) or a C{*.example.com}
-        wildcard matching any subdomain.
-    @ivar pathRegex: a pattern compiled from bytes, searched in the path
-        (normalised unless the listener turns that off; see
-        L{lbproxy.http.routing}).
-    @ivar header: C{(name, value)}: the request has the header (lower-case
-        name), with exactly this value unless the value is None.
-    """
-
-    pool: str
-    host: str | None = None
-    pathPrefix: str | None = None
-    pathRegex: re.Pattern | None = None
-    header: tuple[bytes, bytes | None] | None = None
-    methods: frozenset[bytes] = frozenset()
-    #: TCP listeners: server names (exact or C{*.example.com}, lower case)
-    #: matched against the SNI of the client's TLS ClientHello, read
-    #: without terminating TLS.
-    sni: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class HTTPLimits:
-    requestLine: int = 8192
-    headerSize: int = 32768
-    headerCount: int = 100
-    #: Largest request body in bytes, 0 for no limit.
-    bodySize: int = 0
-
-
-@dataclass(frozen=True)
 class PoolConfig:
     name: str
     servers: tuple[ServerConfig, ...]
@@ -185,10 +144,22 @@ class PoolConfig:
     #: for a mail pool) or "replicas" (every mailbox on every server);
     #: None when not set.
     stores: str | None = None
+    #: The stick table (L{lbproxy.config.stick}); None: none.
+    stick: StickConfig | None = None
 
 
 @dataclass(frozen=True)
 class ListenerConfig:
+    """
+    What every listener has, whatever its mode; each mode's front adds its
+    own settings in a subclass (L{lbproxy.interfaces.IFrontPlugin}).
+
+    @ivar pool: the pool its flows go to ("" for a listener without one).
+    @ivar acceptProxy: the networks whose connections start with a PROXY
+        protocol header.
+    @ivar tls: TLS termination; None: plaintext.
+    """
+
     name: str
     bind: str
     pool: str
@@ -196,53 +167,16 @@ class ListenerConfig:
     maxconn: int = 10000
     idleTimeout: float = 300.0
     acceptProxy: tuple = ()
-    # HTTP
-    routes: tuple[RouteConfig, ...] = ()
-    #: Clients whose X-Forwarded-For / Forwarded values are kept.
-    trustedProxies: tuple = ()
-    #: Also send the RFC 7239 Forwarded header.
-    forwarded: bool = False
-    #: File the access log is appended to; None: the daemon's log.
-    accessLog: str | None = None
-    #: "all" requests, or only "errors": those answered by lbproxy itself
-    #: or by the server with a status of 500 or above, or that ended
-    #: abnormally (a termination state other than "--"), as HAProxy's
-    #: C{option dontlog-normal}.
-    logRequests: str = "all"
-    limits: HTTPLimits = HTTPLimits()
-    #: Path normalisation before routing (L{lbproxy.http.paths}).
-    paths: PathsConfig = PathsConfig()
-    #: Time a client has to send a complete request head (408).
-    requestTimeout: float = 10.0
-    #: Idle time allowed between two requests of a keep-alive client.
-    keepaliveTimeout: float = 60.0
-    #: Idle time of an upgraded (WebSocket) tunnel.
-    tunnelTimeout: float = 3600.0
-    #: TLS termination; None: plaintext (or, for TCP listeners with SNI
-    #: routes, TLS passed through untouched).
     tls: ListenerTLSConfig | None = None
-    #: HTTP: answer every request with a redirect to https on this port
-    #: instead of proxying it (the listener has no pool then).
-    redirectHttps: int | None = None
-    #: TCP with SNI routes: what a connection whose ClientHello is
-    #: malformed or carries no server name gets: "default" (the listener's
-    #: pool) or "reject" (closed).
-    sniFallback: str = "default"
-    #: TCP with SNI routes: time a client has to send its ClientHello.
-    helloTimeout: float = 5.0
-    #: IMAP and POP3 listeners only.
-    mail: MailListenerConfig | None = None
+    #: Listen with IP_FREEBIND (L{lbproxy.sockets}): on by default for a
+    #: listener bound to a virtual address of C{[ha]}.
+    freebind: bool = False
 
     def poolsUsed(self) -> set[str]:
         """
         The names of every pool this listener can send flows to.
         """
-        used = {route.pool for route in self.routes}
-        if self.pool:
-            used.add(self.pool)
-        if self.mail is not None:
-            used.update(pool for _, pool in self.mail.userPools)
-        return used
+        return {self.pool} if self.pool else set()
 
     def trustsProxyFrom(self, host: str) -> bool:
         """
@@ -262,6 +196,12 @@ class Config:
     source: str
     listeners: dict[str, ListenerConfig]
     pools: dict[str, PoolConfig]
+    #: C{[ha]}: this node's part in an active/passive pair; None: alone.
+    ha: HAConfig | None = None
+    #: C{[admin]}: the admin listener; None: off.
+    admin: AdminConfig | None = None
+    #: C{[daemon]}: how the daemon stops.
+    daemon: DaemonConfig = DaemonConfig()
 
 
 def loadFile(path: str) -> Config:
@@ -303,300 +243,142 @@ def parse(data: dict, source: str) -> Config:
         pools[name] = _parsePool(poolsTable.table(name, required=True), name)
     if not pools:
         raise ConfigError(source, "pools", "expected at least one pool")
+    haTable = root.table("ha")
+    ha = parseHA(haTable, pools) if haTable.present else None
+    pools = settleReplication(source, pools, ha)
     listenersTable = root.table("listeners", required=True)
     listeners = {}
     for name in listenersTable.keys():
         listeners[name] = _parseListener(
-            listenersTable.table(name, required=True), name, pools
+            listenersTable.table(name, required=True), name, pools, ha
         )
     if not listeners:
         raise ConfigError(source, "listeners", "expected at least one listener")
-    checkOverlaps(source, [(f"listeners.{name}.bind", listener.bind) for name, listener in listeners.items()])
-    _checkHTTPPoolSettings(source, pools, listeners)
+    adminTable = root.table("admin")
+    admin = parseAdmin(adminTable) if adminTable.present else None
+    daemon = parseDaemon(root.table("daemon"))
+    binds = [(f"listeners.{name}.bind", listener.bind) for name, listener in listeners.items()]
+    if admin is not None:
+        binds.append(("admin.bind", admin.bind))
+    checkOverlaps(source, binds)
+    _checkModePoolSettings(source, pools, listeners)
     root.done()
-    return Config(source=source, listeners=listeners, pools=pools)
+    return Config(source=source, listeners=listeners, pools=pools, ha=ha, admin=admin, daemon=daemon)
 
 
-#: Listener keys each mode takes beyond bind, pool, mode, maxconn,
-#: accept_proxy, tls and timeouts.idle.
-_MODE_KEYS = {
-    "tcp": ("routes", "sni_fallback"),
-    "http": ("routes", "trusted_proxies", "forwarded", "access_log", "log_requests", "limits", "paths", "redirect_https"),
-    "imap": ("tls_required", "user_pools", "user_domain", "limits", "auth"),
-    "pop3": ("tls_required", "user_pools", "user_domain", "limits", "auth"),
-}
-_MODE_TIMEOUTS = {
-    "tcp": ("hello",),
-    "http": ("request", "keepalive", "tunnel"),
-    "imap": ("login",),
-    "pop3": ("login",),
-}
+#: Keys every listener has; the rest of its table belongs to its mode.
+COMMON_KEYS = ("bind", "mode", "pool", "maxconn", "accept_proxy", "freebind", "tls", "timeouts")
 
 
-def _modesTaking(key: str, table: dict) -> str:
-    modes = [f'"{mode}"' for mode in MODES if key in table[mode]]
-    return " or ".join(modes)
+def _parseListener(t: Table, name: str, pools: dict, ha: HAConfig | None = None) -> ListenerConfig:
+    from lbproxy.modes import allModes, keySpecIn, modesWhere
 
-
-def _parseListener(t: Table, name: str, pools: dict) -> ListenerConfig:
     t.checkName(name)
+    modes = allModes()
     bind = t.endpoint("bind", server=True, required=True)
-    mode = t.choice("mode", MODES, "tcp")
-    for key in sorted(set().union(*_MODE_KEYS.values()) - set(_MODE_KEYS[mode])):
-        if key in t.data:
-            t.fail(key, f"expected only with mode = {_modesTaking(key, _MODE_KEYS)}")
+    tcp = tcpBind(bind)
+    freebind = t.boolean("freebind", tcp is not None and ha is not None and ha.isVirtual(tcp[1]))
+    if freebind and tcp is None:
+        t.fail("freebind", f'expected only on a "tcp:" or "tcp6:" listener, got bind = {bind!r}')
+    modeName = t.choice("mode", tuple(modes), "tcp")
+    mode = modes[modeName]
     timeouts = t.table("timeouts")
-    for key in sorted(set().union(*_MODE_TIMEOUTS.values()) - set(_MODE_TIMEOUTS[mode])):
-        if key in timeouts.data:
-            timeouts.fail(key, f"expected only with mode = {_modesTaking(key, _MODE_TIMEOUTS)}")
-    redirect = None
-    if "redirect_https" in t.data:
-        redirect = t.integer("redirect_https", 1, 65535, 443)
-        for key in ("pool", "routes", "tls"):
-            if key in t.data:
-                t.fail(key, "expected no pool, routes or tls with redirect_https (every request is redirected)")
-        for key in ("trusted_proxies", "forwarded"):
-            if key in t.data:
-                t.fail(key, "expected no forwarding settings with redirect_https (no request is forwarded)")
-        if "paths" in t.data:
-            t.fail("paths", "expected no paths table with redirect_https (no request is routed or forwarded)")
-        if "tunnel" in timeouts.data:
-            timeouts.fail("tunnel", "expected no tunnel timeout with redirect_https (no request is forwarded)")
-        pool = ""
-    else:
-        pool = t.string("pool", required=True)
-        if pool not in pools:
-            t.fail("pool", f"expected the name of a pool ({oneOf(pools)}), got {pool!r}")
+    for key in sorted(set(t.data) - set(COMMON_KEYS) - set(mode.listenerKeys)):
+        taking = modesWhere(lambda m: key in m.listenerKeys)
+        if taking:
+            t.fail(key, f"expected only with mode = {taking}")
+    for key in sorted(set(timeouts.data) - {"idle"} - set(mode.timeoutKeys)):
+        taking = modesWhere(lambda m: key in m.timeoutKeys)
+        if taking:
+            timeouts.fail(key, f"expected only with mode = {taking}")
+    pool = t.string("pool", default="")
+    if pool and pool not in pools:
+        t.fail("pool", f"expected the name of a pool ({oneOf(pools)}), got {pool!r}")
     tlsTable = t.table("tls")
-    tls = parseListenerTLS(tlsTable, mode) if tlsTable.present else None
-    kwargs: dict[str, Any] = dict(
+    common: dict[str, Any] = dict(
         name=name,
         bind=bind,
         pool=pool,
-        mode=mode,
+        mode=modeName,
         maxconn=t.integer("maxconn", 0, 1_000_000, 10000),
-        idleTimeout=timeouts.duration("idle", MAIL_IDLE_TIMEOUT if mode in MAIL_MODES else 300.0),
+        idleTimeout=timeouts.duration("idle", mode.idleTimeout),
         acceptProxy=t.networks("accept_proxy"),
-        tls=tls,
-        redirectHttps=redirect,
+        freebind=freebind,
+        tls=parseListenerTLS(tlsTable, mode.tlsRules, modeName) if tlsTable.present else None,
     )
-    if mode in ("tcp", "http"):
-        kwargs["routes"] = tuple(
-            _parseRoute(t.tableAt("routes", index, item), pools, mode)
-            for index, item in enumerate(t.list("routes"))
-        )
-    if mode == "tcp":
-        if kwargs["routes"] and tls is not None:
-            t.fail("routes", "expected either SNI routes (TLS passed through) or a [tls] table (TLS terminated), not both")
-        if "sni_fallback" in t.data and not kwargs["routes"]:
-            t.fail("sni_fallback", "expected only with SNI routes")
-        if "hello" in timeouts.data and not kwargs["routes"]:
-            timeouts.fail("hello", "expected only with SNI routes")
-        kwargs.update(
-            sniFallback=t.choice("sni_fallback", SNI_FALLBACK, "default"),
-            helloTimeout=timeouts.duration("hello", 5.0),
-        )
-    elif mode == "http":
-        limits = t.table("limits")
-        kwargs.update(
-            trustedProxies=t.networks("trusted_proxies"),
-            forwarded=t.boolean("forwarded", False),
-            accessLog=t.string("access_log", default=None),
-            logRequests=t.choice("log_requests", LOG_REQUESTS, "all"),
-            limits=HTTPLimits(
-                requestLine=limits.integer("request_line", 256, 1 << 20, 8192),
-                headerSize=limits.integer("header_size", 1024, 1 << 22, 32768),
-                headerCount=limits.integer("header_count", 8, 10000, 100),
-                bodySize=limits.integer("body_size", 0, 1 << 62, 0),
-            ),
-            requestTimeout=timeouts.duration("request", 10.0),
-            keepaliveTimeout=timeouts.duration("keepalive", 60.0),
-            tunnelTimeout=timeouts.duration("tunnel", 3600.0),
-            paths=parsePaths(t.table("paths")),
-        )
-        limits.done()
-        checkRoutePaths(t, kwargs["routes"], kwargs["paths"])
-        if kwargs["accessLog"] is not None and not kwargs["accessLog"]:
-            t.fail("access_log", "expected a file path, got ''")
-    else:
-        kwargs["mail"] = parseMailListener(
-            t, timeouts, pools, None if tls is None else tls.starttls
-        )
-    listener = ListenerConfig(**kwargs)
+    listener = mode.parseListener(t, timeouts, common, pools)
     for used in sorted(listener.poolsUsed()):
-        _checkPoolFits(t, used, pools[used], mode)
-        if mode == "tcp" and not listener.routes and pools[used].selectorOptions.get("key") == "sni":
-            t.fail(
-                "pool",
-                f"pool {used!r} hashes on key 'sni', which only a TCP listener with "
-                "SNI routes provides",
-            )
+        poolConfig = pools[used]
+        keys = (
+            ("hashes on", poolConfig.selectorOptions.get("key")),
+            ("sticks on", poolConfig.stick.on if poolConfig.stick is not None else None),
+        )
+        for what, key in keys:
+            if isinstance(key, str) and not keySpecIn(mode.selectionKeys, key):
+                kinds = sorted(k + "NAME" if k.endswith(":") else k for k in mode.selectionKeys)
+                t.fail(
+                    "pool",
+                    f"pool {used!r} {what} key {key!r}, which a {modeName} listener "
+                    f"cannot provide; expected {oneOf(kinds)}",
+                )
+        _checkStrictPoolSettings(t, modes, mode, used, poolConfig)
+        mode.checkPool(t, listener, used, poolConfig)
     timeouts.done()
     t.done()
     return listener
 
 
-#: Pool settings only the HTTP data path applies: (key path, PoolConfig field).
-_HTTP_POOL_SETTINGS = (
-    ("reuse.max_idle", "reuseMaxIdle"),
-    ("reuse.mode", "reuseMode"),
-    ("reuse.idle_timeout", "reuseIdleTimeout"),
-    ("timeouts.response", "responseTimeout"),
-    ("timeouts.server", "serverTimeout"),
-)
+def _poolSettings(modes) -> dict:
+    """
+    Every mode-specific pool setting by key: the setting and the modes that
+    apply it.
+    """
+    settings: dict = {}
+    for mode in modes.values():
+        for setting in mode.poolSettings:
+            settings.setdefault(setting.key, (setting, []))[1].append(mode.name)
+    return settings
 
 
-def _checkHTTPPoolSettings(source: str, pools: dict, listeners: dict) -> None:
+def _checkStrictPoolSettings(t: Table, modes, mode, name: str, pool: PoolConfig) -> None:
     """
-    Refuse HTTP-only settings on a pool that only TCP listeners use, where
-    they would do nothing.
+    Refuse a pool with a strict setting (L{lbproxy.modes.PoolSetting}) that
+    C{mode} does not apply: its listener would serve the pool wrongly.
     """
-    httpPools = set()
-    tcpPools = set()
+    own = {setting.key for setting in mode.poolSettings}
+    for key, (setting, applying) in sorted(_poolSettings(modes).items()):
+        if setting.strict and key not in own and setting.isSet(pool):
+            expected = " or ".join(f'"{m}"' for m in sorted(applying))
+            t.fail(
+                "pool",
+                f"pool {name!r} {setting.what or 'sets ' + key} ({key}), which a {mode.name} listener "
+                f"does not do; expected mode = {expected}, or a pool without {key}",
+            )
+
+
+def _checkModePoolSettings(source: str, pools: dict, listeners: dict) -> None:
+    """
+    Refuse a mode-specific pool setting on a pool that no listener applying
+    it uses, where it would do nothing.
+    """
+    from lbproxy.modes import allModes
+
+    modes = allModes()
+    applied: dict[str, set[str]] = {}
     for listener in listeners.values():
-        used = listener.poolsUsed()
-        (httpPools if listener.mode == "http" else tcpPools).update(used)
-    defaults = PoolConfig.__dataclass_fields__
-    for name in sorted(tcpPools - httpPools):
-        for key, attribute in _HTTP_POOL_SETTINGS:
-            if getattr(pools[name], attribute) != defaults[attribute].default:
+        keys = {setting.key for setting in modes[listener.mode].poolSettings}
+        for used in listener.poolsUsed():
+            applied.setdefault(used, set()).update(keys)
+    for key, (setting, applying) in sorted(_poolSettings(modes).items()):
+        expected = " or ".join(f'"{m}"' for m in sorted(applying))
+        for name in sorted(pools):
+            if setting.isSet(pools[name]) and key not in applied.get(name, ()):
                 raise ConfigError(
                     source,
                     f"pools.{name}.{key}",
-                    'expected only in a pool used by a mode = "http" listener '
-                    "(TCP listeners do not apply it)",
+                    f"expected only in a pool used by a mode = {expected} listener "
+                    "(no listener using this pool applies it)",
                 )
-
-
-def _checkPoolFits(t: Table, name: str, pool: PoolConfig, mode: str) -> None:
-    """
-    Refuse a pool whose settings a listener of C{mode} cannot apply.
-    """
-    key = pool.selectorOptions.get("key")
-    if isinstance(key, str) and not keySupported(mode, key):
-        t.fail(
-            "pool",
-            f"pool {name!r} hashes on key {key!r}, which a {mode} listener "
-            f"cannot provide; expected {oneOf(KEYS.get(mode, ()))}",
-        )
-    if mode == "http" and pool.sendProxy != "none" and pool.reuseMaxIdle:
-        t.fail(
-            "pool",
-            f"pool {name!r} sends the PROXY protocol on reused backend connections, "
-            "which would announce one client's address for another's requests; "
-            "expected reuse.max_idle = 0 or send_proxy = \"none\"",
-        )
-    if pool.tls is not None and pool.tls.starttls and mode not in MAIL_MODES:
-        t.fail(
-            "pool",
-            f"pool {name!r} upgrades server connections with STARTTLS, which only "
-            'IMAP and POP3 listeners do; expected mode = "imap" or "pop3"',
-        )
-    if mode in MAIL_MODES:
-        problem = mailPoolProblem(name, pool)
-        if problem is not None:
-            t.fail("pool", problem)
-    elif pool.stores is not None:
-        t.fail(
-            "pool",
-            f"pool {name!r} says what its mail stores hold (stores), which only IMAP and "
-            'POP3 listeners use; expected mode = "imap" or "pop3"',
-        )
-    if pool.clientAddress not in CLIENT_ADDRESS.get(mode, ("none",)):
-        t.fail(
-            "pool",
-            f"pool {name!r} passes the client address with {pool.clientAddress!r}, "
-            f"which a {mode} listener cannot send; expected "
-            + oneOf(CLIENT_ADDRESS.get(mode, ("none",))),
-        )
-    if mode != "http" and pool.cookie is not None:
-        t.fail(
-            "pool",
-            f"pool {name!r} has cookie persistence, which only an HTTP listener "
-            'can apply; expected mode = "http" or a pool without cookie',
-        )
-
-
-def _parseRoute(t: Table, pools: dict, mode: str) -> RouteConfig:
-    pool = t.string("pool", required=True)
-    if pool not in pools:
-        t.fail("pool", f"expected the name of a pool ({oneOf(pools)}), got {pool!r}")
-    if mode == "tcp":
-        return _parseSNIRoute(t, pool)
-    if "sni" in t.data:
-        t.fail("sni", 'expected only in routes of a mode = "tcp" listener (HTTP routes match host)')
-    host = t.string("host", default=None)
-    if host is not None:
-        if not _ROUTE_HOST.fullmatch(host.lower()):
-            t.fail("host", f'expected a host name such as "www.example.com" or "*.example.com", got {host!r}')
-        host = host.lower()
-    prefix = t.string("path_prefix", default=None)
-    if prefix is not None and not _ROUTE_PATH.fullmatch(prefix):
-        t.fail(
-            "path_prefix",
-            "expected a path starting with / of visible ASCII characters without ? or # "
-            f"(percent-encode others, as clients send them), got {prefix!r}",
-        )
-    regex = t.string("path_regex", default=None)
-    pattern = None
-    if regex is not None:
-        # Paths are bytes (normalised, never fully decoded): compile to match bytes.
-        try:
-            pattern = re.compile(regex.encode("utf-8"))
-        except re.error as e:
-            t.fail("path_regex", f"expected a regular expression, got {regex!r} ({e})")
-        if pattern.search(b"") is not None:
-            t.fail("path_regex", f"expected a regular expression that does not match every path, got {regex!r}")
-    header = None
-    headerTable = t.table("header")
-    if headerTable.present:
-        headerName = headerTable.string("name", required=True)
-        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", headerName):
-            headerTable.fail("name", f"expected a header name, got {headerName!r}")
-        value = headerTable.string("value", default=None)
-        if value is not None and not isFieldValue(value.encode("utf-8")):
-            headerTable.fail(
-                "value",
-                "expected a header value without control characters or surrounding "
-                f"whitespace (it would never match), got {value!r}",
-            )
-        header = (headerName.lower().encode("ascii"), value.encode("utf-8") if value is not None else None)
-        headerTable.done()
-    methods = t.list("methods")
-    for index, method in enumerate(methods):
-        if not isinstance(method, str) or not re.fullmatch(r"[A-Z]+", method):
-            raise ConfigError(t.source, f"{t._key('methods')}[{index}]", f'expected a method such as "GET", got {show(method)}')
-    t.done()
-    route = RouteConfig(
-        pool=pool,
-        host=host,
-        pathPrefix=prefix,
-        pathRegex=pattern,
-        header=header,
-        methods=frozenset(m.encode("ascii") for m in methods),
-    )
-    if route == RouteConfig(pool=pool):
-        raise ConfigError(
-            t.source,
-            t.path,
-            "expected at least one condition (host, path_prefix, path_regex, header, methods) besides pool",
-        )
-    return route
-
-
-def _parseSNIRoute(t: Table, pool: str) -> RouteConfig:
-    for key in ("host", "path_prefix", "path_regex", "header", "methods"):
-        if key in t.data:
-            t.fail(key, 'expected only in routes of a mode = "http" listener (TCP routes match sni)')
-    value = t.get("sni", required=True)
-    names = value if isinstance(value, list) else [value]
-    if not names:
-        t.fail("sni", "expected at least one server name")
-    for name in names:
-        if not isinstance(name, str) or not _ROUTE_HOST.fullmatch(name.lower()):
-            t.fail("sni", f'expected a server name such as "www.example.com" or "*.example.com", or an array of them, got {show(name)}')
-    t.done()
-    return RouteConfig(pool=pool, sni=tuple(name.lower() for name in names))
 
 
 def _parsePool(t: Table, name: str) -> PoolConfig:
@@ -626,6 +408,7 @@ def _parsePool(t: Table, name: str) -> PoolConfig:
         cookies.add(server.cookie)
     health = t.table("health")
     cookie = t.table("cookie")
+    stick = t.table("stick")
     reuse = t.table("reuse")
     tls = t.table("tls")
     backendTLS = parseBackendTLS(tls) if tls.present else None
@@ -647,8 +430,9 @@ def _parsePool(t: Table, name: str) -> PoolConfig:
         responseTimeout=timeouts.duration("response", 30.0),
         serverTimeout=timeouts.duration("server", 60.0),
         tls=backendTLS,
-        clientAddress=t.choice("client_address", ("none", "id", "xclient"), "none"),
+        clientAddress=t.choice("client_address", CLIENT_ADDRESSES, "none"),
         stores=t.choice("stores", STORES, None) if "stores" in t.data else None,
+        stick=parseStick(stick) if stick.present else None,
     )
     for key in ("idle_timeout", "mode"):
         if key in reuse.data and not pool.reuseMaxIdle:
@@ -711,6 +495,16 @@ def _parseSelector(t: Table) -> tuple[str, dict]:
     except OptionError as e:
         t.fail("selector" + (f".{e.key}" if e.key else ""), e.message)
     return selectorName, options
+
+
+def parseServer(data: dict, path: str, source: str) -> ServerConfig:
+    """
+    A server's settings from C{data} (a server table, or the admin API's
+    JSON), checked as a config file's are.
+
+    @raise ConfigError: naming C{path}'s key.
+    """
+    return _parseServer(Table(data, path, source))
 
 
 def _parseServer(t: Table) -> ServerConfig:

@@ -486,6 +486,10 @@ class _NullReactor:
 
     nameResolver = None
 
+    def installNameResolver(self, resolver):
+        previous, self.nameResolver = self.nameResolver, resolver
+        return previous
+
 
 def _twisted(parse, value: str, expected: str = "") -> None:
     """

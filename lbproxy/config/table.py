@@ -13,6 +13,8 @@ from lbproxy.config.endpoints import EndpointError, parseAddress, parseBind
 from lbproxy.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: A host name to match: exact, or a C{*.example.com} wildcard (lower case).
+HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 

@@ -104,9 +104,10 @@ class BackendTLSConfig:
     starttls: bool = False
 
 
-def parseListenerTLS(t: Table, mode: str) -> ListenerTLSConfig:
+def parseListenerTLS(t: Table, rules, mode: str) -> ListenerTLSConfig:
     """
-    Validate C{[listeners.NAME.tls]} of a listener of C{mode}.
+    Validate C{[listeners.NAME.tls]} of a listener of C{mode}, whose front
+    allows what its L{lbproxy.modes.TLSRules} C{rules} say.
     """
     certificates = []
     items = t.list("certificates", required=True)
@@ -130,16 +131,16 @@ def parseListenerTLS(t: Table, mode: str) -> ListenerTLSConfig:
     ciphers = t.string("ciphers", default=DEFAULT_CIPHERS)
     if not _CIPHERS.fullmatch(ciphers):
         t.fail("ciphers", f'expected an OpenSSL cipher list such as "ECDHE-RSA-AES128-GCM-SHA256", got {ciphers!r}')
-    alpnDefault = ["http/1.1"] if mode == "http" else []
-    alpn = t.list("alpn") if "alpn" in t.data else alpnDefault
+    alpn = t.list("alpn") if "alpn" in t.data else list(rules.alpn)
     t.seen.add("alpn")
     for index, protocol in enumerate(alpn):
         if not isinstance(protocol, str) or not _ALPN.fullmatch(protocol):
             t.fail(f"alpn[{index}]", f'expected a protocol name such as "http/1.1", got {show(protocol)}')
-        if mode == "http" and protocol != "http/1.1":
+        if rules.alpnAllowed is not None and protocol not in rules.alpnAllowed:
+            allowed = " or ".join(f'"{name}"' for name in rules.alpnAllowed)
             t.fail(
                 f"alpn[{index}]",
-                f'expected only "http/1.1" on an HTTP listener (lbproxy speaks HTTP/1.1), got {protocol!r}',
+                f"expected only {allowed} on a mode = \"{mode}\" listener (the protocols it speaks), got {protocol!r}",
             )
     clientVerify = t.choice("client_verify", CLIENT_VERIFY, "none")
     clientCA = _path(t, "client_ca", default=None)
@@ -149,13 +150,17 @@ def parseListenerTLS(t: Table, mode: str) -> ListenerTLSConfig:
         t.fail("client_verify", 'expected "optional" or "required" with client_ca (or no client_ca)')
     header = t.string("client_subject_header", default="X-Client-Subject")
     if "client_subject_header" in t.data:
-        if mode != "http":
-            t.fail("client_subject_header", 'expected only with mode = "http"')
+        if not rules.clientSubjectHeader:
+            from lbproxy.modes import modesWhere
+
+            t.fail("client_subject_header", f"expected only with mode = {modesWhere(lambda m: m.tlsRules.clientSubjectHeader)}")
         if not _HEADER_NAME.fullmatch(header):
             t.fail("client_subject_header", f"expected a header name, got {header!r}")
     starttls = t.boolean("starttls", False)
-    if starttls and mode not in ("imap", "pop3"):
-        t.fail("starttls", 'expected only with mode = "imap" or "pop3"')
+    if starttls and not rules.startTLS:
+        from lbproxy.modes import modesWhere
+
+        t.fail("starttls", f"expected only with mode = {modesWhere(lambda m: m.tlsRules.startTLS)}")
     t.done()
     return ListenerTLSConfig(
         certificates=tuple(certificates),

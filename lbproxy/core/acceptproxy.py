@@ -22,26 +22,14 @@ connection with one log line; the front never sees it.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface
 
+from lbproxy._twisted.handover import handOver
 from lbproxy.core.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
-
-
-class IProxiedAddresses(Interface):
-    """
-    A protocol that can be told, before C{makeConnection}, that its
-    connection's client and local addresses are not the TCP peer's and
-    host's: a trusted proxy's PROXY header named them.
-    """
-
-    def proxiedAddresses(client: IAddress, local: IAddress) -> None:
-        """
-        The connection about to be made comes from C{client} to C{local}.
-        """
+from lbproxy.core.wrapping import FactoryLayer
+from lbproxy.interfaces import IProxiedAddresses
 
 
 class ProxyHeaderReader(Protocol):
@@ -96,11 +84,9 @@ class ProxyHeaderReader(Protocol):
         if header.source is not None:
             IProxiedAddresses(wrapped).proxiedAddresses(header.source, header.destination)
         transport = self.transport
-        if getattr(transport, "protocol", None) is self:
-            # As startTLS does: the transport now delivers straight to the
-            # wrapped protocol.
-            transport.protocol = wrapped
-        else:
+        # The transport delivers straight to the wrapped protocol from now
+        # on, or (a transport without a "protocol") through this reader.
+        if not handOver(transport, self, wrapped):
             self._forwarding = True
         self._handedOver = True
         wrapped.makeConnection(transport)
@@ -127,6 +113,7 @@ class ProxyHeaderReader(Protocol):
         self.transport.loseConnection()
 
     def _logRefusal(self, detail: str) -> None:
+        self.factory.listener.counters.errors += 1
         peer = self.transport.getPeer()
         self.log.warn(
             "{listener}: closed the connection of trusted proxy {peer}: {detail}",
@@ -141,53 +128,27 @@ class ProxyHeaderReader(Protocol):
             timer.cancel()
 
 
-class AcceptProxyFactory(ServerFactory):
+class AcceptProxyFactory(FactoryLayer):
     """
     Wraps a listener's factory: connections from a peer in the listener's
     C{accept_proxy} start with a PROXY header read by a L{ProxyHeaderReader}.
 
     @ivar wrappedFactory: the listener's factory (its TLS layer, if any,
         included).
-    @ivar listener: the L{lbproxy.config.ListenerConfig}.
+    @ivar listener: the live L{lbproxy.core.model.Listener}; a bad or late
+        header counts as one of its errors.
     @ivar timeout: seconds a trusted peer has to send its header.
     """
 
-    noisy = False
-
     def __init__(self, wrappedFactory, listener, reactor, timeout: float = PROXY_HEADER_TIMEOUT) -> None:
-        self.wrappedFactory = wrappedFactory
-        self.listener = listener
-        self.reactor = reactor
+        from lbproxy.core.model import Listener
+
+        super().__init__(wrappedFactory, reactor)
+        self.listener = Listener.of(listener)
         self.timeout = timeout
-
-    def __repr__(self) -> str:
-        return f"<AcceptProxyFactory {self.wrappedFactory!r}>"
-
-    def logPrefix(self) -> str:
-        prefix = getattr(self.wrappedFactory, "logPrefix", None)
-        return prefix() if prefix is not None else self.wrappedFactory.__class__.__name__
-
-    def doStart(self) -> None:
-        self.wrappedFactory.doStart()
-
-    def doStop(self) -> None:
-        self.wrappedFactory.doStop()
 
     def buildProtocol(self, addr):
         wrapped = self.wrappedFactory.buildProtocol(addr)
-        if wrapped is None or not self.listener.trustsProxyFrom(getattr(addr, "host", "")):
+        if wrapped is None or not self.listener.config.trustsProxyFrom(getattr(addr, "host", "")):
             return wrapped
         return ProxyHeaderReader(self, wrapped)
-
-
-def readsProxyHeaderItself(listener) -> bool:
-    """
-    Whether C{listener}'s front reads a PROXY header as its first bytes
-    (plain TCP and HTTP proxying); every other listener with
-    C{accept_proxy} needs an L{AcceptProxyFactory}.
-    """
-    return (
-        listener.tls is None
-        and listener.mode in ("tcp", "http")
-        and listener.redirectHttps is None
-    )

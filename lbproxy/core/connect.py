@@ -22,10 +22,10 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
-from lbproxy.interfaces import IServer, ISelectionContext
 from lbproxy.core.limits import LimitLog, describeLocalLimit, localLimit, plural
 from lbproxy.core.proxyprotocol import buildHeader
+from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
+from lbproxy.interfaces import IServer, ISelectionContext
 
 
 class Lease:
@@ -172,6 +172,8 @@ class BackendConnector:
             L{lbproxy.core.pool.Server.connectFailed}).
         """
         server.connectFailed(reason, established)
+        if retrying:
+            server.retries += 1
         self.log.warn(
             "connect to {server} failed: {reason}; {action}",
             server=getattr(server, "qualifiedName", server.name),
@@ -416,6 +418,9 @@ class _ConnectAttempts:
                 transport.abortConnection()
             return
         server.connectSucceeded()
+        stick = getattr(self.connector.pool, "stick", None)
+        if stick is not None:
+            stick.record(self.context, server)
         if self.preamble and self.connector.tls is None:
             protocol.transport.write(self.preamble)
         self.result.callback(

@@ -1,9 +1,11 @@
 """
 Selection contexts: what a selector knows about the flow it places.
 
-Hashing selectors take a C{key} option naming what to hash. Which keys
-exist depends on the listener's mode; L{KEYS} lists them so the config
-loader can refuse a key that a listener's mode cannot provide.
+Hashing selectors take a C{key} option naming what to hash. Every flow
+provides the client and local addresses (L{FlowContext}); each mode's
+front adds its own keys in a subclass and lists them in its
+C{selectionKeys} (L{lbproxy.modes}), so the config loader can refuse a key
+that a listener's mode cannot provide.
 """
 
 from __future__ import annotations
@@ -16,53 +18,7 @@ from zope.interface import implementer
 
 from lbproxy.interfaces import ISelectionContext
 
-#: Key specifications each listener mode provides. A spec ending in ":" takes
-#: an argument (e.g. "header:User-Agent").
-_TCP_KEYS = frozenset({"src", "src_port", "dst", "5tuple"})
-KEYS: dict[str, frozenset[str]] = {
-    # "sni": the server name of the ClientHello, on TCP listeners with SNI
-    # routes (lbproxy.tcp.front.SNIFlowContext; the config refuses it elsewhere).
-    "tcp": _TCP_KEYS | {"sni"},
-    # lbproxy.http.context.HTTPFlowContext provides these.
-    "http": _TCP_KEYS
-    | {"uri", "path", "host", "header:", "cookie:", "url_param:"},
-    # The mail fronts place a session once the user has logged in: "user"
-    # is the normalised user name (lbproxy.mail).
-    "imap": _TCP_KEYS | {"user"},
-    "pop3": _TCP_KEYS | {"user"},
-}
-
-#: Every key specification some listener mode provides, including those the
-#: HTTP and mail fronts add: selector plugins check their C{key} option
-#: against it, and the config loader then checks the key against the modes
-#: of the listeners using the pool (L{keySupported}).
-ALL_KEYS: frozenset[str] = frozenset().union(
-    *KEYS.values(), {"uri", "header:", "user"}
-)
-
 IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
-
-
-def _specIn(kinds: frozenset[str], spec: str) -> bool:
-    kind, sep, argument = spec.partition(":")
-    if not sep:
-        return spec in kinds
-    return bool(argument) and (kind + ":") in kinds
-
-
-def keySupported(mode: str, spec: str) -> bool:
-    """
-    Whether listeners in C{mode} can provide key C{spec}.
-    """
-    return _specIn(KEYS.get(mode, frozenset()), spec)
-
-
-def keyKnown(spec: str) -> bool:
-    """
-    Whether C{spec} is a well-formed key of any listener mode: a known kind,
-    or C{kind:argument} for a kind that takes an argument.
-    """
-    return _specIn(ALL_KEYS, spec)
 
 
 def addressBytes(address: IAddress) -> bytes:

@@ -42,10 +42,8 @@ drained the proxy's buffer (64 KiB for a TCP transport).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -58,6 +56,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from lbproxy._twisted.directwrite import directWriter
 
 CLIENT = "client"
 SERVER = "server"
@@ -106,52 +106,6 @@ def setNoDelay(transport) -> None:
             tcp.setTcpNoDelay(True)
         except OSError:
             pass
-
-
-_PLAIN_TCP = (tcp.Server, tcp.Client)
-
-
-def directWriter(transport) -> Callable[[bytes], None]:
-    """
-    A write function for C{transport} that sends at once when nothing is
-    queued.
-
-    Twisted's C{write} queues the bytes, registers the socket for
-    writability, sends on the next reactor iteration and unregisters: two
-    C{epoll_ctl} calls and one more pass of the loop per relayed chunk.
-    When the transport has nothing queued, sending straight away puts the
-    same bytes on the wire in the same order for less; whatever the kernel
-    does not take goes through C{transport.write}, which keeps the
-    producer accounting (pausing the peer above C{bufferSize}) as it was.
-
-    Only plain TCP connections get this; any other transport (TLS, UNIX,
-    test transports) gets its own C{write}.
-    """
-    write = transport.write
-    if type(transport) not in _PLAIN_TCP:
-        return write
-    send = transport.socket.send
-
-    def directWrite(data: bytes) -> None:
-        if (
-            transport._tempDataLen
-            or transport.dataBuffer
-            or transport.disconnecting
-            or transport.TLS
-            or not transport.connected
-        ):
-            write(data)
-            return
-        try:
-            sent = send(data)
-        except OSError:
-            # EAGAIN, or an error Twisted reports on its own attempt.
-            write(data)
-            return
-        if sent < len(data):
-            write(data[sent:])
-
-    return directWrite
 
 
 def _discard(data: bytes) -> None:
@@ -443,16 +397,16 @@ class Relay:
         if peer.transport is not None and not peer.lost:
             halfClose = getattr(peer.transport, "loseWriteConnection", None)
             # A TLS transport is closed whole: TLS has no half-close. A TCP
-            # transport switched to TLS by startTLS (mail STARTTLS; its TLS
-            # attribute is set) would shut its socket under the TLS layer
-            # without a close_notify, and Twisted's TLSMemoryBIOProtocol
+            # transport switched to TLS by startTLS (mail STARTTLS; it then
+            # provides ISSLTransport) would shut its socket under the TLS
+            # layer without a close_notify, and Twisted's TLSMemoryBIOProtocol
             # (TLS to servers) passes loseWriteConnection through to the
             # TCP transport below it, whose shut socket then breaks the TLS
             # layer when the peer's own close_notify arrives. lbproxy's
             # listener transport (lbproxy.tls.transport) closes whole
             # either way.
             transport = peer.transport
-            if halfClose is None or getattr(transport, "TLS", False) or ISSLTransport.providedBy(transport):
+            if halfClose is None or ISSLTransport.providedBy(transport):
                 transport.loseConnection()
             else:
                 halfClose()

@@ -24,10 +24,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.config import HealthConfig
-from lbproxy.config.endpoints import splitEndpoint
+from lbproxy.core.endpoints import hostHeader
+from lbproxy.core.limits import describeLocalLimit, localLimit
 from lbproxy.errors import TLSHandshakeFailed
 from lbproxy.interfaces import IHealthCheck, IServer
-from lbproxy.core.limits import describeLocalLimit, localLimit
 
 #: Most bytes an HTTP check reads before it has the final status line
 #: (interim 1xx responses included).
@@ -37,7 +37,6 @@ MAX_STATUS_BYTES = 8192
 MAX_BANNER_BYTES = 4096
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([1-5][0-9]{2})(?: [^\r\n]*)?")
-_DEFAULT_PORTS = {"tcp": 80, "tcp6": 80, "ssl": 443, "tls": 443}
 
 
 class HealthCheckFailed(Exception):
@@ -88,47 +87,6 @@ def connectFailureReason(reason: Failure) -> str:
     if isinstance(e, error.NoRouteError):
         return "no route to host"
     return f"connect failed: {_short(e)}"
-
-
-def endpointArguments(address: str) -> tuple[str, list[str], dict[str, str]]:
-    """
-    Split a client endpoint string into its type, positional and keyword
-    arguments, honouring backslash escapes as Twisted's parser does.
-    """
-    kind, args, options = splitEndpoint(address)
-    return kind, args, dict(options)
-
-
-def hostHeader(address: str, tls=None) -> str:
-    """
-    The HTTP Host header for a server addressed by the client endpoint
-    string C{address}: its host, with the port when it is not the scheme's
-    default; C{localhost} for endpoints without a host (UNIX sockets).
-
-    @param tls: the L{lbproxy.tls.client.BackendTLS} the request goes
-        over, if any: the scheme is then https (default port 443), and its
-        C{serverName}, when configured, is the host (the name the server's
-        certificate is checked for, and the one sent by SNI).
-    """
-    kind, args, kwargs = endpointArguments(address)
-    host = kwargs.get("host")
-    port = kwargs.get("port")
-    if kind in _DEFAULT_PORTS:
-        if host is None and args:
-            host, args = args[0], args[1:]
-        if port is None and args:
-            port = args[0]
-    defaultPort = _DEFAULT_PORTS.get(kind)
-    if tls is not None:
-        defaultPort = 443
-        host = tls.config.serverName or host
-    if not host:
-        return "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    if port is not None and port.isdigit() and int(port) != defaultPort:
-        host = f"{host}:{int(port)}"
-    return host
 
 
 def _asciiHost(host: str) -> bytes:

@@ -160,3 +160,9 @@ class FailureLog:
         Drop every episode (the monitor stopped).
         """
         self._episodes.clear()
+
+    def forgetServer(self, server: Server) -> None:
+        """
+        Drop the episode of C{server} (it left the pool).
+        """
+        self._episodes.pop(server, None)

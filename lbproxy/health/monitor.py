@@ -16,45 +16,17 @@ its state and the skipped probes are logged, one line a second at most.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbproxy.core.limits import LimitLog, plural
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.health.checks import HealthCheckFailed, HealthCheckSkipped, buildCheck
 from lbproxy.health.episodes import REPEAT_INTERVAL, FailureLog
 from lbproxy.interfaces import IHealthCheck
-from lbproxy.core.limits import LimitLog, plural
-from lbproxy.core.pool import Pool, Server, ServerState
-
-
-@dataclass
-class ServerHealth:
-    """
-    What active checks last found about one server, for status pages.
-
-    @ivar healthy: outcome of the last probe; None before the first one.
-    @ivar reason: "ok", or why the last probe failed.
-    @ivar lastCheck: reactor time the last probe finished, or None.
-    @ivar duration: seconds the last probe took, or None.
-    @ivar successes: consecutive successful probes.
-    @ivar failures: consecutive failed probes.
-    @ivar checks: probes finished since the monitor started.
-    @ivar skipped: probes not made for lbproxy's own limits (out of file
-        descriptors...), counted in neither C{successes} nor C{failures}.
-    """
-
-    healthy: bool | None = None
-    reason: str = ""
-    lastCheck: float | None = None
-    duration: float | None = None
-    successes: int = 0
-    failures: int = 0
-    checks: int = 0
-    skipped: int = 0
 
 
 _PROBED_SERVING = {ServerState.UP, ServerState.DRAIN}
@@ -70,14 +42,16 @@ class HealthMonitor(Service):
     probes are spread evenly over the first interval, the first server's
     running at once, so many servers are not all probed together.
 
-    Servers in MAINT are not probed. Servers in DRAIN are probed and their
+    Servers added to the pool while it runs are probed from then on, and
+    servers removed from it no longer are. Servers in MAINT are not probed. Servers in DRAIN are probed and their
     health recorded, but their state is the operator's and stays DRAIN;
     when the operator puts one back UP, the failures counted while it
     drained still count towards C{fall}. A
     probe still running when the next one is due is not doubled; the due
     probe is skipped.
 
-    @ivar health: a L{ServerHealth} per server of the pool.
+    What each probe found is kept in the live model: the server's
+    C{health} (L{lbproxy.core.pool.ServerHealth}).
     """
 
     log = Logger()
@@ -102,7 +76,6 @@ class HealthMonitor(Service):
         self.config = pool.options.health
         self._reactor = reactor
         self.check = check if check is not None else buildCheck(reactor, self.config)
-        self.health: dict[Server, ServerHealth] = {s: ServerHealth() for s in pool.servers}
         self._seenState: dict[Server, ServerState] = {}
         self._loops: dict[Server, LoopingCall] = {}
         self._starts: dict[Server, object] = {}
@@ -114,6 +87,7 @@ class HealthMonitor(Service):
     def startService(self) -> None:
         super().startService()
         self.pool.addObserver(self.failureLog.stateChanged)
+        self.pool.addChangeObserver(self._serversChanged)
         servers = self.pool.servers
         for index, server in enumerate(servers):
             self._seenState[server] = server.state
@@ -129,6 +103,7 @@ class HealthMonitor(Service):
         super().stopService()
         try:
             self.pool.removeObserver(self.failureLog.stateChanged)
+            self.pool.removeChangeObserver(self._serversChanged)
         except ValueError:
             pass  # Stopped without having started.
         self.failureLog.forget()
@@ -144,6 +119,30 @@ class HealthMonitor(Service):
         for probe in running.values():
             probe.cancel()
         self.limitLog.flush()
+
+    def _serversChanged(self, server: Server, what: str, old: str, new: str, reason: str) -> None:
+        """
+        A server was added to the pool (probed from now on) or removed
+        from it (no longer probed).
+        """
+        if what == "added":
+            self._seenState[server] = server.state
+            self._startLoop(server)
+        elif what == "removed":
+            self._forget(server)
+
+    def _forget(self, server: Server) -> None:
+        call = self._starts.pop(server, None)
+        if call is not None and call.active():
+            call.cancel()
+        loop = self._loops.pop(server, None)
+        if loop is not None and loop.running:
+            loop.stop()
+        probe = self._running.pop(server, None)
+        if probe is not None:
+            probe.cancel()
+        self._seenState.pop(server, None)
+        self.failureLog.forgetServer(server)
 
     def _startLoop(self, server: Server) -> None:
         self._starts.pop(server, None)
@@ -191,7 +190,7 @@ class HealthMonitor(Service):
     ) -> None:
         if self._running.get(server) is probe:
             del self._running[server]
-        if isinstance(result, Failure) and result.check(CancelledError) and not self.running:
+        if isinstance(result, Failure) and result.check(CancelledError) and (not self.running or server.removed):
             return
         try:
             self._record(server, result, started)
@@ -217,7 +216,7 @@ class HealthMonitor(Service):
                 result,
                 server=server.qualifiedName,
             )
-        health = self.health.setdefault(server, ServerHealth())
+        health = server.health
         state = server.state
         seen = self._seenState.get(server)
         if seen is not state:
@@ -258,7 +257,7 @@ class HealthMonitor(Service):
         A probe of C{server} could not be made for lbproxy's own limit:
         the server keeps its state and its counts.
         """
-        self.health.setdefault(server, ServerHealth()).skipped += 1
+        server.health.skipped += 1
         limit = str(skipped)
 
         def emit(count: int) -> None:

@@ -40,12 +40,12 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from lbproxy.core.connect import BackendConnector
+from lbproxy.core.relay import setNoDelay
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.headcache import HeadCache
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.message import BodyKind, ResponseHead
 from lbproxy.http.parser import ResponseParser
-from lbproxy.core.relay import setNoDelay
 
 
 class IBackendUser(Interface):

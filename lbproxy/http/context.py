@@ -2,8 +2,8 @@
 What an HTTP request offers to routing rules and hashing selectors.
 
 L{HTTPFlowContext} is the selection context of one request: the TCP keys of
-L{lbproxy.core.context.FlowContext} plus the request's own (see
-L{lbproxy.core.context.KEYS}):
+L{lbproxy.core.context.FlowContext} plus the request's own (listed in
+L{lbproxy.http.mode.HTTPMode.selectionKeys}):
 
   - C{"uri"}: the target's path and query as the backend sees them in
     origin form (for an absolute-form target, what follows the authority,

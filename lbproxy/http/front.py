@@ -29,10 +29,11 @@ transport (a client that does not read pauses the backend connection),
 and each backend connection is the producer of its transport (a backend
 that does not read pauses the client).
 
-Timeouts use one timer per connection that wakes at most every
-L{HTTPProxyFactory.timerStep} seconds and compares the time of the last
-relevant event with the limit of the connection's current phase: nothing
-is rescheduled per request or per chunk.
+Timeouts: each phase of a connection (a request head awaited, a body
+forwarded, a response awaited...) has a deadline on the connection's
+L{PhaseTimer}, which wakes at most every L{HTTPProxyFactory.timerStep}
+seconds: entering a phase or reading more of a body moves a deadline,
+nothing is rescheduled per request or per chunk.
 
 A reused connection that the backend closed or reset before any byte of
 the response (the keep-alive race) is not an error: an idempotent request
@@ -54,7 +55,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -74,21 +75,22 @@ from lbproxy.http.persistence import CookiePersistence
 from lbproxy.http.rewrite import RequestRewriter, retryable, stripHopByHop
 from lbproxy.http.routing import Router
 from lbproxy.http.serialize import HeadWriter, encodeChunk, lastChunk
-from lbproxy.core.pool import Pool
-from lbproxy.core.proxyprotocol import ProxyHeaderParser, ProxyProtocolError
-from lbproxy.core.relay import Relay, RelayResult, setNoDelay
-from lbproxy.tls.client import tlsFailureText
 from lbproxy._twisted.writebatch import WriteBatch
+from lbproxy.core.pool import Pool, statusIndex
+from lbproxy.core.relay import Relay, RelayResult, setNoDelay
+from lbproxy.core.session import FrontConnection
+from lbproxy.tls.client import tlsFailureText
 
 # Phases of a client connection; each has its own timeout.
-_IDLE = 0  # keep-alive, before the first byte of the next request
-_HEAD = 1  # receiving a request head: request timeout (408)
-_CONNECT = 2  # placing the request: the connector's connect timeout
-_BODY = 3  # forwarding the request body: client idle / server timeout
-_WAIT = 4  # request sent, response head awaited: response timeout (504)
-_RESPONSE = 5  # forwarding the response body: server / client timeout
-_TUNNEL = 6  # relayed: the relay's idle timeout
-_CLOSED = 7
+_IDLE = "idle"  # keep-alive, before the first byte of the next request
+_HEAD = "head"  # receiving a request head: request timeout (408)
+_CONNECT = "connect"  # placing the request: the connector's connect timeout
+_BODY = "body"  # forwarding the request body: client idle / server timeout
+_WAIT = "wait"  # request sent, response head awaited: response timeout (504)
+_RESPONSE = "response"  # forwarding the response body: server / client timeout
+
+#: Seconds a keep-alive connection may idle once its listener stops.
+STOPPING_IDLE = 1.0
 
 _TUNNEL_ENDS = {
     "client-closed": "--",
@@ -118,12 +120,11 @@ class PoolRoute:
 
 
 @implementer(IHTTPMessageReceiver, IPushProducer, IHalfCloseableProtocol, IBackendUser)
-class HTTPProxyProtocol(Protocol):
+class HTTPProxyProtocol(FrontConnection):
     """
-    One client connection of an HTTP listener.
+    One client connection of an HTTP listener (what every front does with
+    a connection is L{FrontConnection}'s).
 
-    @ivar client: the client's address.
-    @ivar local: the address the client connected to.
     @ivar parser: the L{RequestParser} of the connection.
     @ivar exchange: the L{Exchange} being served, or L{None} between
         requests.
@@ -133,97 +134,64 @@ class HTTPProxyProtocol(Protocol):
     log = Logger()
 
     def __init__(self, factory: HTTPProxyFactory, reactor) -> None:
+        super().__init__(factory.listener, reactor, factory.timerStep)
         self.factory = factory
-        self._reactor = reactor
         self._seconds = reactor.seconds
         self._writes = factory.writes
-        self.client = None
-        self.local = None
         self._peer = None
         self.parser: RequestParser | None = None
         self.exchange: Exchange | None = None
         self.requests = 0
-        self._phase = _HEAD
-        self._phaseStart = 0.0
-        self._timer = None
         self._acceptTime = 0.0
         self._firstByte: float | None = None
-        self._lastRead = 0.0
-        self._lastServerRead = 0.0
         self._readPaused = False
         self._backendFull = False
-        self._backendFullSince = 0.0
         self._writeBlocked = False
         self._writeBlockedSince = 0.0
         self._readClosed = False
         self._closed = False
-        self._leg = None
-        self._proxyHeader: ProxyHeaderParser | None = None
         # Registered as the streaming producer of the client transport.
         self._producing = False
 
     def __repr__(self) -> str:
-        return f"<HTTPProxyProtocol {self.factory.listener.name} requests={self.requests}>"
+        return f"<HTTPProxyProtocol {self.listener.name} requests={self.requests}>"
 
     # -- connection ---------------------------------------------------------
 
-    def connectionMade(self) -> None:
+    def accepted(self) -> None:
         factory = self.factory
-        listener = factory.listener
         transport = self.transport
-        now = self._seconds()
-        self.client = transport.getPeer()
-        self.local = transport.getHost()
+        self._acceptTime = self.started
         self._peer = factory.rewriter.peer(self.client, self.local, transport)
-        self._acceptTime = now
-        if listener.maxconn and len(factory.sessions) >= listener.maxconn:
-            factory.rejected += 1
-            self._closed = True
-            self._phase = _CLOSED
-            exchange = Exchange(None, now, None, None)
-            self._sendError(exchange, 503, "RR")
-            return
-        factory.sessions.add(self)
         setNoDelay(transport)
         transport.registerProducer(self, True)
         self._producing = True
         self.parser = RequestParser(self, cache=factory.requestHeads, **factory.parserLimits)
-        if (
-            listener.acceptProxy
-            and listener.tls is None
-            and listener.trustsProxyFrom(getattr(self.client, "host", ""))
-        ):
-            # A trusted proxy in front: its PROXY header comes first, within
-            # the request timeout.
-            self._proxyHeader = ProxyHeaderParser()
-        self._phase = _HEAD
-        self._phaseStart = now
-        self._timer = self._reactor.callLater(factory.timerStep, self._checkTimeouts)
+        self.timer.enter(_HEAD, self.config.requestTimeout, self.started)
+
+    def refused(self) -> None:
+        self._acceptTime = self.started
+        self._closed = True
+        self._sendError(Exchange(None, self.started, None, None), 503, "RR")
 
     def dataReceived(self, data: bytes) -> None:
-        leg = self._leg
-        if leg is not None:
-            leg.dataReceived(data)
-            return
         if self._closed:
             return
-        if self._proxyHeader is not None:
-            data = self._proxyHeaderReceived(data)
-            if not data:
-                return
-        now = self._lastRead = self._seconds()
-        if self.exchange is None:
+        now = self._seconds()
+        exchange = self.exchange
+        if exchange is None:
             # The common case: one whole request in one read, which the
             # parser takes in one step (its head from the cache, mostly).
             whole = self.parser.wholeMessage(data)
             if whole is not None:
                 self._wholeRequest(whole[0], whole[1], now)
                 return
-        if self._firstByte is None and self.exchange is None:
-            self._firstByte = now
-            if self._phase == _IDLE:
-                self._phase = _HEAD
-                self._phaseStart = now
+            if self._firstByte is None:
+                self._firstByte = now
+                if self.timer.phase == _IDLE:
+                    self.timer.enter(_HEAD, self.config.requestTimeout, now)
+        elif not self._backendFull and self.timer.phase == _BODY:
+            self.timer.extend(now + self.config.idleTimeout)
         parser = self.parser
         try:
             parser.dataReceived(data)
@@ -233,31 +201,9 @@ class HTTPProxyProtocol(Protocol):
         if parser.paused and not self._readPaused and parser.bufferedBytes:
             self._updateReading()
 
-    def _proxyHeaderReceived(self, data: bytes) -> bytes:
-        """
-        Feed the trusted peer's PROXY header; return what follows it once
-        it is complete. The header's source becomes the client.
-        """
-        if self._firstByte is None:
-            self._firstByte = self._seconds()
-        try:
-            parsed = self._proxyHeader.feed(data)
-        except ProxyProtocolError as error:
-            self._proxyHeader = None
-            self._requestFailed(HTTPParseError(400, f"invalid PROXY header: {error}"))
-            return b""
-        if parsed is None:
-            return b""
-        header, rest = parsed
-        self._proxyHeader = None
-        if header.source is not None:
-            self.client, self.local = header.source, header.destination
-            self._peer = self.factory.rewriter.peer(self.client, self.local, self.transport)
-        return rest
-
     def readConnectionLost(self) -> None:
-        if self._leg is not None:
-            self._leg.readConnectionLost()
+        if self.relayLeg is not None:
+            self.relayLeg.readConnectionLost()
             return
         if self._closed:
             return
@@ -277,23 +223,21 @@ class HTTPProxyProtocol(Protocol):
             self._closeClient()
 
     def writeConnectionLost(self) -> None:
-        if self._leg is not None:
-            self._leg.writeConnectionLost()
+        if self.relayLeg is not None:
+            self.relayLeg.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         for backends in self.factory.privateBackends:
             backends.forget(self)
-        if self._leg is not None:
-            self._leg.connectionLost(reason)
+        if self.relayLeg is not None:
+            self.relayLeg.connectionLost(reason)
             return
         if self._closed:
             # The proxy closed it, after logging what there was.
-            self.factory.sessions.discard(self)
+            self.ended()
             return
         self._closed = True
-        self._phase = _CLOSED
-        self._stopTimer()
-        self.factory.sessions.discard(self)
+        self.ended()
         exchange = self.exchange
         if exchange is not None:
             if exchange.response is not None:
@@ -328,10 +272,9 @@ class HTTPProxyProtocol(Protocol):
         C{abort}, drop it (a close-delimited body was cut short: the client
         could not tell it from a complete one).
         """
-        self._phase = _CLOSED
         self._closed = True
         self._firstByte = None
-        self._stopTimer()
+        self.timer.stop()
         if self.parser is not None:
             # Nothing more of what the client sent is looked at.
             self.parser.pauseParsing()
@@ -366,16 +309,19 @@ class HTTPProxyProtocol(Protocol):
 
     def pauseProducing(self) -> None:
         self._writeBlocked = True
-        self._writeBlockedSince = self._seconds()
+        now = self._writeBlockedSince = self._seconds()
+        if self.timer.phase == _RESPONSE:
+            self.timer.enter(_RESPONSE, self.config.idleTimeout, now)
         exchange = self.exchange
         if exchange is not None and exchange.backend is not None:
             exchange.backend.pauseReading()
 
     def resumeProducing(self) -> None:
         self._writeBlocked = False
-        # The backend was paused for the client: its silence did not count.
-        self._lastServerRead = self._seconds()
         exchange = self.exchange
+        if self.timer.phase == _RESPONSE:
+            # The backend was paused for the client: its silence did not count.
+            self.timer.enter(_RESPONSE, exchange.route.pool.options.serverTimeout)
         if exchange is not None and exchange.backend is not None:
             exchange.backend.resumeReading()
 
@@ -455,6 +401,9 @@ class HTTPProxyProtocol(Protocol):
             exchange.reused = True
             exchange.connectTime = 0.0
             exchange.lease = Lease(server)
+            if pool.stick is not None:
+                # A new connection is recorded by the connector.
+                pool.stick.record(context, server)
             self._attach(exchange, connection)
         else:
             self._connect(exchange, server)
@@ -479,8 +428,7 @@ class HTTPProxyProtocol(Protocol):
         if backend is not None and exchange.chunked:
             self._writes.write(backend.transport, lastChunk(exchange.head.trailers))
         if exchange.response is None:
-            self._phase = _WAIT
-            self._phaseStart = self._seconds()
+            self.timer.enter(_WAIT, exchange.route.pool.options.responseTimeout)
 
     def _requestFailed(self, error: HTTPParseError) -> None:
         """
@@ -509,7 +457,7 @@ class HTTPProxyProtocol(Protocol):
         emit = self.log.info if error.reason == TLS_ON_PLAINTEXT else self.log.debug
         emit(
             "listener {listener}: refused a request from {client}: {status} {reason}",
-            listener=self.factory.listener.name,
+            listener=self.listener.name,
             client=self.client,
             status=error.status,
             reason=error.reason,
@@ -518,7 +466,7 @@ class HTTPProxyProtocol(Protocol):
     # -- placing the request ------------------------------------------------
 
     def _connect(self, exchange: Exchange, server) -> None:
-        self._phase = _CONNECT
+        self.timer.enter(_CONNECT, None)
         route = exchange.route
         backends = route.backends
         attempts = None
@@ -568,7 +516,7 @@ class HTTPProxyProtocol(Protocol):
             self.log.failure(
                 "placing a request of listener {listener} failed",
                 reason,
-                listener=self.factory.listener.name,
+                listener=self.listener.name,
             )
             self._sendError(exchange, 502, "SC")
 
@@ -583,7 +531,6 @@ class HTTPProxyProtocol(Protocol):
         self._backendFull = backend.writeBlocked
         now = self._seconds()
         exchange.sentTime = now
-        self._lastRead = now
         transport = backend.transport
         self._writes.write(transport, exchange.headBytes)
         if exchange.requestComplete:
@@ -595,11 +542,9 @@ class HTTPProxyProtocol(Protocol):
             # Or sent again after the keep-alive race: the body was empty.
             if exchange.chunked:
                 self._writes.write(transport, lastChunk(exchange.head.trailers))
-            self._phase = _WAIT
-            self._phaseStart = now
+            self.timer.enter(_WAIT, exchange.route.pool.options.responseTimeout, now)
             return
-        self._phase = _BODY
-        self._phaseStart = now
+        self._enterBody(now)
         try:
             self.parser.resumeParsing()
         except HTTPParseError as error:
@@ -612,40 +557,13 @@ class HTTPProxyProtocol(Protocol):
     def responseHeadReceived(self, head: ResponseHead, body: bytes | None) -> None:
         exchange = self.exchange
         request = exchange.head
-        fields = head.fields
-        if body is not None and fields is not None and exchange.stickiness is None:
-            # The common case: a whole final response in one read
-            # (ResponseParser.wholeMessage), its field lines ready: head
-            # and body sent in one write.
-            now = self._lastServerRead = self._seconds()
-            exchange.response = head
-            exchange.responseTime = now
-            exchange.status = head.status
-            self._phase = _RESPONSE
-            self._phaseStart = now
-            keepAlive = exchange.keepAlive = (
-                request.keepAlive and exchange.requestComplete and not self.factory.stopping
-            )
-            if not keepAlive:
-                fields += b"Connection: close\r\n"
-            elif request.version == (1, 0):
-                fields += b"Connection: keep-alive\r\n"
-            data = self.factory.writer.checkedResponseHead(
-                head.status, head.reason, fields, head.bodyKind, head.contentLength
-            )
-            if body:
-                data += body
-            exchange.bytesOut += len(data)
-            self._writes.write(self.transport, data)
-            self._finish(exchange)
-            return
         headers = head.headers
         if head.interim:
             if request.version >= (1, 1):
                 stripHopByHop(headers, head.connection)
                 self._writeHead(exchange, head, BodyKind.NONE)
             return
-        now = self._lastServerRead = self._seconds()
+        now = self._seconds()
         exchange.response = head
         exchange.responseTime = now
         exchange.status = head.status
@@ -653,9 +571,9 @@ class HTTPProxyProtocol(Protocol):
             headers.removeHopByHop(keepWebSocket=True)
             self._writeHead(exchange, head, BodyKind.NONE)
             return
-        self._phase = _RESPONSE
-        self._phaseStart = now
+        self._enterResponse(exchange, now)
         stickiness = exchange.stickiness
+        fields = head.fields
         if fields is None or stickiness is not None:
             stripHopByHop(headers, head.connection)
         kind = head.bodyKind
@@ -673,7 +591,8 @@ class HTTPProxyProtocol(Protocol):
             and not self.factory.stopping
         )
         if fields is not None and stickiness is None:
-            # Its field lines are ready.
+            # Its field lines are ready (the common case): the head, and a
+            # whole body that came with it, in one write.
             if not keepAlive:
                 fields += b"Connection: close\r\n"
             elif request.version == (1, 0):
@@ -681,8 +600,12 @@ class HTTPProxyProtocol(Protocol):
             data = self.factory.writer.checkedResponseHead(
                 head.status, head.reason, fields, kind, head.contentLength
             )
+            if body:
+                data += body
             exchange.bytesOut += len(data)
             self._writes.write(self.transport, data)
+            if body is not None:
+                self._finish(exchange)
             return
         if not keepAlive:
             headers.add(b"Connection", b"close")
@@ -715,7 +638,8 @@ class HTTPProxyProtocol(Protocol):
 
     def responseBodyReceived(self, data: bytes) -> None:
         exchange = self.exchange
-        self._lastServerRead = self._seconds()
+        if not self._writeBlocked:
+            self.timer.extend(self._seconds() + exchange.route.pool.options.serverTimeout)
         if exchange.chunkedOut:
             pieces = encodeChunk(data)
             exchange.bytesOut += len(data) + len(pieces[0]) + 2
@@ -801,12 +725,14 @@ class HTTPProxyProtocol(Protocol):
 
     def backendWriteBlocked(self) -> None:
         self._backendFull = True
-        self._backendFullSince = self._seconds()
+        if self.timer.phase == _BODY:
+            self._enterBody(self._seconds())
         self._updateReading()
 
     def backendWriteUnblocked(self) -> None:
         self._backendFull = False
-        self._lastRead = self._seconds()
+        if self.timer.phase == _BODY:
+            self._enterBody(self._seconds())
         self._updateReading()
 
     def _resend(self, exchange: Exchange, server) -> None:
@@ -860,10 +786,11 @@ class HTTPProxyProtocol(Protocol):
         parser = self.parser
         if parser.bufferedBytes:
             self._firstByte = now
-            self._phase = _HEAD
+            self.timer.enter(_HEAD, self.config.requestTimeout, now)
         else:
-            self._phase = _IDLE
-        self._phaseStart = now
+            # Once the listener stops, an idle client is not waited for long.
+            keepalive = self.config.keepaliveTimeout
+            self.timer.enter(_IDLE, min(keepalive, STOPPING_IDLE) if self.factory.stopping else keepalive, now)
         try:
             parser.resumeParsing()
         except HTTPParseError as error:
@@ -913,10 +840,32 @@ class HTTPProxyProtocol(Protocol):
         self._closeClient(abort=exchange.closeDelimited)
 
     def _log(self, exchange: Exchange) -> float:
+        """
+        Count C{exchange} on the listener and its server, and log it (every
+        request, or only errors and abnormal ends with C{log_requests =
+        "errors"}).
+        """
         now = self._seconds()
         factory = self.factory
-        if factory.logAll or exchange.termination != "--" or not 100 <= exchange.status < 500:
-            factory.accessLog.log(exchange.record(self.client, factory.listener.name, now))
+        status = exchange.status
+        counters = self.listener.counters
+        counters.bytesIn += exchange.bytesIn
+        counters.bytesOut += exchange.bytesOut
+        if exchange.head is not None:
+            counters.requests += 1
+            counters.countDuration(now - exchange.firstByte)
+        index = statusIndex(status)
+        counters.responses[index] += 1
+        normal = exchange.termination == "--"
+        if not normal:
+            counters.errors += 1
+        server = exchange.server
+        if server is not None:
+            server.responses[index] += 1
+            server.bytesIn += exchange.bytesIn
+            server.bytesOut += exchange.bytesOut
+        if factory.logAll or not normal or not 100 <= status < 500:
+            factory.accessLog.log(exchange.record(self.client, self.listener.name, now))
         return now
 
     # -- tunnels ------------------------------------------------------------
@@ -926,18 +875,15 @@ class HTTPProxyProtocol(Protocol):
         The backend switched protocols: relay both connections as they are.
         """
         backend = exchange.backend
-        self._phase = _TUNNEL
-        self._stopTimer()
         relay = exchange.relay = Relay(
-            self._reactor, idleTimeout=self.factory.listener.tunnelTimeout or None
+            self._reactor, idleTimeout=self.config.tunnelTimeout or None
         )
         clientRest = self.parser.detachTunnel()
         self._producing = False
         self.transport.unregisterProducer()
         backendRest = backend.handOver(relay.server)
-        self._leg = relay.client
         self._readPaused = False
-        relay.client.makeConnection(self.transport)
+        self.relayTo(relay.client)
         relay.server.makeConnection(backend.transport)
         if clientRest:
             relay.client.dataReceived(clientRest)
@@ -952,7 +898,7 @@ class HTTPProxyProtocol(Protocol):
         exchange = self.exchange
         self.exchange = None
         self._closed = True
-        self.factory.sessions.discard(self)
+        self.ended()
         exchange.backend = None
         if exchange.lease is not None:
             exchange.lease.release()
@@ -963,56 +909,52 @@ class HTTPProxyProtocol(Protocol):
 
     # -- timeouts -----------------------------------------------------------
 
-    def _stopTimer(self) -> None:
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            if timer.active():
-                timer.cancel()
+    def _enterBody(self, now: float) -> None:
+        """
+        The request body is being forwarded: the client may stay silent
+        C{timeouts.idle}, or, while the server does not read, the server
+        C{timeouts.server}.
+        """
+        if self._backendFull:
+            self.timer.enter(_BODY, self.exchange.route.pool.options.serverTimeout, now)
+        else:
+            self.timer.enter(_BODY, self.config.idleTimeout, now)
 
-    def _checkTimeouts(self) -> None:
+    def _enterResponse(self, exchange: Exchange, now: float) -> None:
         """
-        Act on the current phase's timeout if it passed, and wake again.
+        The response is being forwarded: the server may stay silent
+        C{timeouts.server}, or, while the client does not read, the client
+        C{timeouts.idle} from when it stopped.
         """
-        self._timer = None
-        phase = self._phase
-        if phase == _CLOSED or phase == _TUNNEL:
+        if self._writeBlocked:
+            self.timer.enter(_RESPONSE, self.config.idleTimeout, self._writeBlockedSince)
+        else:
+            self.timer.enter(_RESPONSE, exchange.route.pool.options.serverTimeout, now)
+
+    def phaseExpired(self, phase: str) -> None:
+        if self._closed:
             return
-        factory = self.factory
-        listener = factory.listener
-        exchange = self.exchange
-        limit = since = None
         if phase == _IDLE:
-            limit, since, expire = listener.keepaliveTimeout, self._phaseStart, self._keepaliveExpired
+            self._keepaliveExpired()
         elif phase == _HEAD:
-            limit, since, expire = listener.requestTimeout, self._phaseStart, self._requestTimedOut
+            self._requestTimedOut()
         elif phase == _BODY:
-            if self._backendFull:
-                limit = exchange.route.pool.options.serverTimeout
-                since, expire = self._backendFullSince, self._serverStalled
-            else:
-                limit, since, expire = listener.idleTimeout, self._lastRead, self._clientStalled
+            self._serverStalled() if self._backendFull else self._clientStalled()
         elif phase == _WAIT:
-            limit = exchange.route.pool.options.responseTimeout
-            since, expire = self._phaseStart, self._responseTimedOut
+            self._responseTimedOut()
         elif phase == _RESPONSE:
-            if self._writeBlocked:
-                limit, since, expire = listener.idleTimeout, self._writeBlockedSince, self._clientStalled
-            else:
-                limit = exchange.route.pool.options.serverTimeout
-                since, expire = self._lastServerRead, self._serverStalled
-        step = factory.timerStep
-        if limit:
-            remaining = since + limit - self._seconds()
-            if remaining <= 0:
-                expire()
-                return
-            if remaining < step:
-                step = remaining
-        self._timer = self._reactor.callLater(step, self._checkTimeouts)
+            self._clientStalled() if self._writeBlocked else self._serverStalled()
 
     def _keepaliveExpired(self) -> None:
         self._closeClient()
+
+    def listenerStopping(self) -> None:
+        """
+        Closed now when idle between requests; else after the response
+        (C{Connection: close}, from the factory's C{stopping}).
+        """
+        if not self._closed and self.exchange is None and self._firstByte is None and self.relayLeg is None:
+            self._closeClient()
 
     def _requestTimedOut(self) -> None:
         exchange = Exchange(None, self._acceptTime, self._firstByte, None)
@@ -1032,7 +974,8 @@ class HTTPProxyFactory(HTTPListenerFactory):
     """
     Serves one HTTP listener.
 
-    @ivar listener: the L{lbproxy.config.ListenerConfig}.
+    @ivar listener: the live L{lbproxy.core.model.Listener} (its C{config}
+        an L{lbproxy.http.config.HTTPListenerConfig}).
     @ivar pools: the live pools by name (the listener's and its routes').
     @ivar router: the listener's L{Router}.
     @ivar paths: the listener's L{PathNormalizer}, or L{None} when it does
@@ -1043,8 +986,6 @@ class HTTPProxyFactory(HTTPListenerFactory):
     @ivar secure: clients connect with TLS (X-Forwarded-Proto https, Secure
         persistence cookies).
     @ivar accessLog: the listener's L{lbproxy.http.accesslog.AccessLog}.
-    @ivar sessions: the client connections being served (for maxconn).
-    @ivar rejected: connections refused because the listener was full.
     @ivar staleRetries: requests sent again after the keep-alive race.
     @ivar redispatched: requests sent again to another server after a fresh
         connection closed under them.
@@ -1058,9 +999,9 @@ class HTTPProxyFactory(HTTPListenerFactory):
     def __init__(self, listener, pools: dict[str, Pool] | Pool, reactor) -> None:
         if isinstance(pools, Pool):
             pools = {pools.name: pools}
-        self.listener = listener
+        super().__init__(listener, reactor)
+        listener = self.config
         self.pools = pools
-        self._reactor = reactor
         self.router = Router(listener, pools)
         self.paths = PathNormalizer(listener.paths) if listener.paths.normalize else None
         self.writer = HeadWriter()
@@ -1080,7 +1021,6 @@ class HTTPProxyFactory(HTTPListenerFactory):
             options = route.pool.options
             timeouts += [options.responseTimeout, options.serverTimeout]
         self.timerStep = min((t for t in timeouts if t and t > 0), default=60.0)
-        super().__init__(listener, reactor)
         self.writes = WriteBatch(reactor)
         self.staleRetries = 0
         self.redispatched = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from twisted.internet.protocol import ServerFactory
 
+from lbproxy.core.model import Listener
 from lbproxy.http.accesslog import AccessLog
 from lbproxy.http.headcache import HeadCache
 
@@ -30,14 +31,13 @@ class HTTPListenerFactory(ServerFactory):
     answers with; a subclass names its C{protocol}, built with the factory
     and the reactor.
 
-    @ivar listener: the L{lbproxy.config.ListenerConfig}.
+    @ivar listener: the live L{lbproxy.core.model.Listener}.
+    @ivar config: its L{lbproxy.http.config.HTTPListenerConfig}.
     @ivar parserLimits: keyword arguments of the connections' parsers.
     @ivar requestHeads: the L{HeadCache} the connections' parsers share.
     @ivar accessLog: the listener's L{AccessLog}.
     @ivar logAll: whether every request is logged (log_requests = "all"),
         or only errors and abnormal ends.
-    @ivar sessions: the client connections being served (for maxconn).
-    @ivar rejected: connections refused because the listener was full.
     @ivar stopping: the listener is stopping: responses close their
         connections.
     """
@@ -45,14 +45,17 @@ class HTTPListenerFactory(ServerFactory):
     noisy = False
 
     def __init__(self, listener, reactor) -> None:
-        self.listener = listener
+        """
+        @param listener: the live listener (or, outside a balancer, its
+            config).
+        """
+        self.listener = listener = Listener.of(listener)
+        self.config = config = listener.config
         self._reactor = reactor
-        self.parserLimits = requestParserLimits(listener.limits)
+        self.parserLimits = requestParserLimits(config.limits)
         self.requestHeads = HeadCache()
-        self.accessLog = AccessLog(listener.accessLog, reactor)
-        self.logAll = listener.logRequests == "all"
-        self.sessions = set()
-        self.rejected = 0
+        self.accessLog = AccessLog(config.accessLog, reactor)
+        self.logAll = config.logRequests == "all"
         self.stopping = False
 
     def buildProtocol(self, addr):
@@ -64,4 +67,4 @@ class HTTPListenerFactory(ServerFactory):
         """
         if self.stopping:
             self.stopping = False
-            self.accessLog = AccessLog(self.listener.accessLog, self._reactor)
+            self.accessLog = AccessLog(self.config.accessLog, self._reactor)

@@ -44,8 +44,10 @@ access log's cookie field). The first, from L{CookiePersistence.inspect}:
 
   - C{N}: the request had no persistence cookie;
   - C{V}: valid: the request goes to the server it names;
-  - C{D}: it names a server that cannot take the flow now (down, drain,
-    maintenance or at its maxconn): redispatched;
+  - C{D}: it names a server that cannot take the flow now (down,
+    maintenance or at its maxconn): redispatched. A draining server still
+    takes the clients pinned to it (L{lbproxy.core.pool.Server.pinnable});
+    the selector sends it no others;
   - C{I}: invalid: unknown token, malformed value or date in the future:
     redispatched;
   - C{O}: old: issued more than maxlife ago: redispatched;
@@ -65,9 +67,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lbproxy.config import CookieConfig
+from lbproxy.core.pool import Pool, Server
 from lbproxy.http.context import parseCookies
 from lbproxy.http.message import Headers, RequestHead
-from lbproxy.core.pool import Pool, Server, ServerState
 
 #: How far in the future a cookie's dates may be before it is ignored.
 _FUTURE_SLACK = 86400
@@ -106,7 +108,7 @@ class CookiePersistence:
         self._reactor = reactor
         self._name = config.name.encode("ascii")
         self._dated = config.maxidle is not None or config.maxlife is not None
-        self._tokens: dict[Pool, dict[bytes, Server]] = {}
+        self._tokens: dict[Pool, tuple[int, dict[bytes, Server]]] = {}
         attributes = [b"Path=" + config.path.encode("ascii")]
         if config.domain is not None:
             attributes.append(b"Domain=" + config.domain.encode("ascii"))
@@ -115,11 +117,14 @@ class CookiePersistence:
         self._attributes = b"; " + b"; ".join(attributes)
 
     def _serversByToken(self, pool: Pool) -> dict[bytes, Server]:
-        tokens = self._tokens.get(pool)
-        if tokens is None:
-            tokens = {server.cookie.encode("ascii"): server for server in pool.servers}
-            self._tokens[pool] = tokens
-        return tokens
+        cached = self._tokens.get(pool)
+        if cached is None or cached[0] != pool.generation:
+            # The pool's servers changed (added, removed, a cookie value).
+            cached = self._tokens[pool] = (
+                pool.generation,
+                {server.cookie.encode("ascii"): server for server in pool.servers},
+            )
+        return cached[1]
 
     def inspect(self, head: RequestHead, pool: Pool) -> Stickiness:
         """
@@ -171,7 +176,7 @@ class CookiePersistence:
                     return Stickiness(None, "O")
                 if maxidle is not None and now - last > maxidle:
                     return Stickiness(None, "E")
-        if server.state is not ServerState.UP or server.full:
+        if not server.pinnable:
             return Stickiness(None, "D")
         return Stickiness(server, "V", first, last, refresh)
 

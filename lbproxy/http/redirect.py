@@ -22,12 +22,12 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.core.acceptproxy import IProxiedAddresses
+from lbproxy.core.session import FrontConnection
 from lbproxy.http.context import requestURI
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange
@@ -95,60 +95,48 @@ def redirectResponse(status: int, location: bytes, keepAlive: bool) -> bytes:
     )
 
 
-@implementer(IHTTPMessageReceiver, IProxiedAddresses)
-class RedirectProtocol(Protocol):
+@implementer(IHTTPMessageReceiver)
+class RedirectProtocol(FrontConnection):
     """
-    One client connection of a redirecting listener.
+    One client connection of a redirecting listener (what every front does
+    with a connection is L{FrontConnection}'s).
     """
 
     log = Logger()
 
     def __init__(self, factory: RedirectFactory, reactor) -> None:
+        super().__init__(factory.listener, reactor)
         self.factory = factory
-        self._reactor = reactor
-        self.client = None
         self.parser: RequestParser | None = None
         self._exchange: Exchange | None = None
         self._acceptTime = 0.0
         self._firstByte: float | None = None
-        self._timer = None
         self._closed = False
 
-    def proxiedAddresses(self, client, local) -> None:
-        """
-        A trusted proxy's PROXY header named the client (C{accept_proxy}).
-        """
-        self.client = client
+    def accepted(self) -> None:
+        self._acceptTime = self.started
+        self.parser = RequestParser(self, cache=self.factory.requestHeads, **self.factory.parserLimits)
+        self._wait("head", self.config.requestTimeout)
 
-    def connectionMade(self) -> None:
-        factory = self.factory
-        if self.client is None:
-            self.client = self.transport.getPeer()
-        self._acceptTime = self._reactor.seconds()
-        if factory.listener.maxconn and len(factory.sessions) >= factory.listener.maxconn:
-            factory.rejected += 1
-            self._closed = True
-            self.transport.write(errorResponse(503))
-            self.transport.loseConnection()
-            return
-        factory.sessions.add(self)
-        self.parser = RequestParser(self, cache=factory.requestHeads, **factory.parserLimits)
-        self._wait(factory.listener.requestTimeout)
+    def refused(self) -> None:
+        self._closed = True
+        self.ended(error=True)
+        self.transport.write(errorResponse(503))
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
         if self._firstByte is None:
             self._firstByte = self._reactor.seconds()
-            self._wait(self.factory.listener.requestTimeout)
+            self._wait("head", self.config.requestTimeout)
         try:
             self.parser.dataReceived(data)
         except HTTPParseError as error:
             self._fail(error.status, "PR" if self._exchange is None else "PD")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.factory.sessions.discard(self)
-        self._stopTimer()
+        self.ended()
         if not self._closed and self._exchange is not None:
             self._exchange.termination = "CD"
             self._log(self._exchange)
@@ -160,7 +148,7 @@ class RedirectProtocol(Protocol):
         now = self._reactor.seconds()
         exchange = self._exchange = Exchange(head, self._acceptTime, self._firstByte or now, now)
         self._firstByte = None
-        location = redirectTarget(head, self.factory.listener.redirectHttps)
+        location = redirectTarget(head, self.config.redirectHttps)
         if location is None or head.method == b"CONNECT":
             self._fail(400, "PR")
             return
@@ -174,7 +162,7 @@ class RedirectProtocol(Protocol):
         exchange.termination = "LR"
         self.transport.write(data)
         # The body, if any, is read and dropped within the idle timeout.
-        self._wait(self.factory.listener.idleTimeout)
+        self._wait("body", self.config.idleTimeout)
 
     def bodyData(self, data: bytes) -> None:
         exchange = self._exchange
@@ -191,7 +179,7 @@ class RedirectProtocol(Protocol):
         if not exchange.keepAlive:
             self._close()
             return
-        self._wait(self.factory.listener.keepaliveTimeout)
+        self._wait("idle", self.config.keepaliveTimeout)
 
     # -- helpers ------------------------------------------------------------
 
@@ -208,7 +196,7 @@ class RedirectProtocol(Protocol):
 
     def _close(self) -> None:
         self._closed = True
-        self._stopTimer()
+        self.timer.stop()
         if self.parser is not None:
             self.parser.pauseParsing()
         self.transport.loseConnection()
@@ -216,26 +204,24 @@ class RedirectProtocol(Protocol):
     def _log(self, exchange: Exchange) -> float:
         now = self._reactor.seconds()
         factory = self.factory
+        counters = self.listener.counters
+        if exchange.head is not None:
+            counters.requests += 1
+        counters.countResponse(exchange.status)
+        counters.bytesIn += exchange.bytesIn
+        counters.bytesOut += exchange.bytesOut
         # A redirect is the normal answer here; with log_requests =
         # "errors", only refused requests (400) are logged.
+        if exchange.status >= 400 or exchange.termination not in ("LR", "--"):
+            counters.errors += 1
         if factory.logAll or exchange.status >= 400:
-            factory.accessLog.log(exchange.record(self.client, factory.listener.name, now))
+            factory.accessLog.log(exchange.record(self.client, self.listener.name, now))
         return now
 
-    def _wait(self, timeout: float) -> None:
-        self._stopTimer()
-        if timeout:
-            self._timer = self._reactor.callLater(timeout, self._timedOut)
+    def _wait(self, phase: str, timeout: float) -> None:
+        self.timer.enter(phase, timeout)
 
-    def _stopTimer(self) -> None:
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            if timer.active():
-                timer.cancel()
-
-    def _timedOut(self) -> None:
-        self._timer = None
+    def phaseExpired(self, phase: str) -> None:
         if self._closed:
             return
         if self._firstByte is not None and self._exchange is None:
@@ -255,9 +241,7 @@ class RedirectFactory(HTTPListenerFactory):
     """
     Serves one listener with C{redirect_https}.
 
-    @ivar listener: its L{lbproxy.config.ListenerConfig}.
-    @ivar sessions: the client connections open (for maxconn).
-    @ivar rejected: connections refused because the listener was full.
+    @ivar listener: the live L{lbproxy.core.model.Listener}.
     @ivar stopping: the listener is stopping: responses close their
         connections.
     """

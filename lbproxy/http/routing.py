@@ -1,7 +1,7 @@
 """
 Choosing the pool of an HTTP request by a listener's ordered rules.
 
-Each L{lbproxy.config.RouteConfig} names a pool and up to five conditions;
+Each L{lbproxy.http.config.RouteConfig} names a pool and up to five conditions;
 a rule applies when every condition it gives holds. The first rule that
 applies wins; when none does, the request goes to the listener's own pool.
 
@@ -41,10 +41,10 @@ from __future__ import annotations
 
 import re
 
-from lbproxy.config import ListenerConfig, RouteConfig
+from lbproxy.core.pool import Pool
+from lbproxy.http.config import HTTPListenerConfig, RouteConfig
 from lbproxy.http.context import requestHost, requestPath
 from lbproxy.http.message import RequestHead
-from lbproxy.core.pool import Pool
 
 
 class _Rule:
@@ -121,7 +121,7 @@ class Router:
     @ivar default: the listener's pool, for requests no rule matches.
     """
 
-    def __init__(self, listener: ListenerConfig, pools: dict[str, Pool]) -> None:
+    def __init__(self, listener: HTTPListenerConfig, pools: dict[str, Pool]) -> None:
         """
         @param pools: the live pools by name; must hold the listener's pool
             and every pool its routes name (the config loader checked they

@@ -9,13 +9,13 @@ A mail session flows in four steps:
      CVE-2011-0411 rule (nothing pipelined after STARTTLS) and
      backpressure on the replies apply here.
   2. B{Placement}: the user name, normalised
-     (L{lbproxy.config.mail.normaliseUser}), picks the pool (the listener's
+     (L{lbproxy.mail.config.normaliseUser}), picks the pool (the listener's
      C{user_pools}, else its pool) and is the selector's C{"user"} key
      (L{lbproxy.mail.context.MailFlowContext}), so every session of one
      user reaches the same server: the store holding its mailbox, or
      none when that store cannot take it (L{placement}; only a pool of
      replicas redispatches to the selector's next choice).
-  3. B{Hand-off}: a backend dialog (L{lbproxy.mail.session.BackendDialog})
+  3. B{Hand-off}: a backend dialog (L{lbproxy.mail.dialog.BackendDialog})
      reads the server's greeting, upgrades with STARTTLS/STLS when the pool
      asks for it, tells the server the client's address, replays the login
      and returns the server's answer, which the client gets as if the

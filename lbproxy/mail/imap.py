@@ -28,9 +28,13 @@ from __future__ import annotations
 
 import re
 
+from zope.interface import implementer
+
 from lbproxy.mail.arguments import hasControl
+from lbproxy.mail.interfaces import IMailDialogHooks, IMailFrontHooks
 from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
-from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory
+from lbproxy.mail.dialog import BackendDialog
+from lbproxy.mail.session import MailFrontProtocol, MailProxyFactory
 
 # RFC 9051 formal syntax: ATOM-CHAR is any CHAR except atom-specials;
 # ASTRING-CHAR adds "]"; a tag is ASTRING-CHARs without "+".
@@ -231,6 +235,7 @@ def clientIDParams(pairs: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes,
     return kept
 
 
+@implementer(IMailFrontHooks)
 class IMAPFront(MailFrontProtocol):
     """
     The client side of an IMAP session before login.
@@ -303,7 +308,7 @@ class IMAPFront(MailFrontProtocol):
         size = int(match.group(1))
         synchronizing = not match.group(2)
         tag = self._tagOf(self._lines[0])
-        limits = self.mail.limits
+        limits = self.config.limits
         tooBig = size > limits.literal or self._commandSize + size > limits.line + 2 * limits.literal
         if tag is None or tooBig:
             self._resetCommand()
@@ -447,6 +452,7 @@ _SETUP = "setup"
 _LOGIN = "login"
 
 
+@implementer(IMailDialogHooks)
 class IMAPDialog(BackendDialog):
     """
     The server side of an IMAP login: greeting, optional STARTTLS,

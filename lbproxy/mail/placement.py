@@ -35,12 +35,12 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 
-from lbproxy.config.mail import STORES_REPLICAS
+from lbproxy.config import STORES_REPLICAS
 from lbproxy.core.connect import BackendConnector
+from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.errors import ConnectFailed
 from lbproxy.mail.context import MailFlowContext
 from lbproxy.mail.sasl import Credentials
-from lbproxy.core.pool import Pool, Server, ServerState
 
 
 def homeServer(pool: Pool, context: MailFlowContext) -> Server | None:

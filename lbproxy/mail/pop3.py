@@ -22,9 +22,13 @@ logged in. The server's answer to the password is the client's answer.
 
 from __future__ import annotations
 
-from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
+from zope.interface import implementer
+
+from lbproxy.mail.interfaces import IMailDialogHooks, IMailFrontHooks
 from lbproxy.mail.logtext import printable
-from lbproxy.mail.session import BackendDialog, MailFrontProtocol, MailProxyFactory
+from lbproxy.mail.sasl import Credentials, SASLError, decodePlain
+from lbproxy.mail.dialog import BackendDialog
+from lbproxy.mail.session import MailFrontProtocol, MailProxyFactory
 
 #: Commands of the TRANSACTION state (RFC 1939, 2449), refused before login
 #: with an answer saying so.
@@ -42,6 +46,7 @@ def printableLine(line: bytes) -> str:
     return printable(line.decode("ascii", "replace"), 120)
 
 
+@implementer(IMailFrontHooks)
 class POP3Front(MailFrontProtocol):
     """
     The client side of a POP3 session before login.
@@ -204,6 +209,7 @@ _PASS = "pass"
 _AUTH = "auth"
 
 
+@implementer(IMailDialogHooks)
 class POP3Dialog(BackendDialog):
     """
     The server side of a POP3 login: greeting, optional STLS, optional

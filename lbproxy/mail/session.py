@@ -1,76 +1,53 @@
 """
 What the IMAP and POP3 fronts share: the pre-login session with its limits,
-timers and TLS policy, placement on a backend, the backend dialog and the
-hand-off to the relay.
+timers and TLS policy, placement on a backend and the hand-off to the relay.
 
 A front subclasses L{MailFrontProtocol} (the client side) and
-L{BackendDialog} (the server side before relaying), and serves a listener
+L{lbproxy.mail.dialog.BackendDialog} (the server side before relaying,
+in its own module), and serves a listener
 with a L{MailProxyFactory} subclass naming both. The base classes do the
 protocol-independent work; the subclasses parse and answer commands.
 
-The client side, L{MailFrontProtocol}, calls these hooks of its subclass:
-
-  - C{greet()}: the connection is accepted; write the greeting.
-  - C{lineReceived(line)}: one pre-login line, CRLF (or LF) removed. Lines
-    are delivered one at a time, and none while a login is in progress
-    (the rest stays buffered: pipelined commands are answered, or relayed
-    after a successful login, in order).
-  - C{lineTooLong()}: a line exceeded C{limits.line}; write the protocol's
-    error. The base class closes the connection afterwards.
-  - C{loginTimedOut()}: C{timeouts.login} passed; write a goodbye. The
-    base class closes afterwards.
-  - C{makeDialog(credentials)}: a new L{BackendDialog} for one backend
-    connection attempt of the login being placed.
-  - C{loginUnavailable(detail)}: no server could take the login; write
-    the protocol's temporary-failure answer (IMAP C{NO [UNAVAILABLE]},
-    POP3 C{-ERR [SYS/TEMP]}).
-  - C{tooManyFailures()}: the connection reached C{auth.max_failures};
-    write a goodbye if the protocol has one. The base class closes.
-  - C{failedLoginReply()}: the answer to a login refused by lbproxy
-    itself (IMAP C{NO [AUTHENTICATIONFAILED]}, POP3 C{-ERR [AUTH]}),
-    sent after the failure delay like a store's refusal.
-  - C{tlsStarted()} (optional): STARTTLS/STLS switched the connection to
-    TLS; forget whatever the plaintext session established.
-
-and offers these to it: L{send}, L{readBytes}, L{startTLS}, L{login},
-L{rejectLogin}, L{close}, and the policy properties L{tlsActive},
-L{loginAllowed} and L{startTLSOffered}.
-
-The server side, L{BackendDialog}, calls C{start()} of its subclass once
-the backend connection is placed (after any PROXY header was sent) and
-C{lineReceived(line)} for each line the server sends; the subclass ends
-the dialog with L{BackendDialog.accept}, L{BackendDialog.refuse} or
-L{BackendDialog.fail}, and may call L{BackendDialog.startTLS} after the
-server's STARTTLS/STLS go-ahead.
+The hooks a subclass implements are declared by
+L{lbproxy.mail.interfaces.IMailFrontHooks} (the client side) and
+L{lbproxy.mail.interfaces.IMailDialogHooks} (the server side).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.core.acceptproxy import IProxiedAddresses
-from lbproxy.config.mail import normaliseUser
 from lbproxy.core.connect import BackendConnection, BackendConnector
+from lbproxy.core.format import formatAddress, formatSeconds
+from lbproxy.core.model import Listener
+from lbproxy.core.relay import Relay, RelayResult
+from lbproxy.core.session import FrontConnection
 from lbproxy.errors import ConnectFailed, NoServerAvailable
 from lbproxy.mail.arguments import asText, loginRefusal
 from lbproxy.mail.backpressure import ReplyBackpressure
+from lbproxy.mail.config import normaliseUser
 from lbproxy.mail.context import MailFlowContext
+from lbproxy.mail.dialog import (
+    TLS_IMPLICIT,
+    TLS_NONE,
+    TLS_STARTTLS,
+    BackendDialog,
+    DialogFailed,
+    DialogResult,
+    _DialogFactory,
+)
 from lbproxy.mail.lines import LineBuffer
-from lbproxy.mail.logtext import describeLost, printable, tlsVersion
+from lbproxy.mail.logtext import printable, tlsVersion
 from lbproxy.mail.placement import Placement
 from lbproxy.mail.sasl import Credentials
 from lbproxy.mail.throttle import FailedLogins
-from lbproxy.core.relay import Relay, RelayResult
-from lbproxy.tcp.front import formatAddress, formatSeconds
 from lbproxy.tls.client import sslErrorText
 
 SESSION_FORMAT = (
@@ -79,273 +56,9 @@ SESSION_FORMAT = (
     "duration={duration} end={end}{details}"
 )
 
-# How the client leg is encrypted.
-TLS_NONE = "none"
-TLS_STARTTLS = "starttls"
-TLS_IMPLICIT = "implicit"
 
-
-@dataclass(frozen=True)
-class DialogResult:
-    """
-    How a server answered a replayed login.
-
-    @ivar accepted: the server accepted the login; the session is handed
-        off to the relay.
-    @ivar reply: the bytes the client gets as the answer to its login
-        command (IMAP: the server's untagged responses and its tagged
-        answer, under the client's tag).
-    @ivar rest: bytes the server sent after its answer, relayed to the
-        client after C{reply}.
-    """
-
-    accepted: bool
-    reply: bytes
-    rest: bytes = b""
-
-
-class DialogFailed(Exception):
-    """
-    The server could not be used: no or a bad greeting, STARTTLS refused
-    or attacked, a TLS failure, the connection lost.
-
-    @ivar detail: one line for the session log.
-    @ivar retryable: nothing of the login was sent yet, so the selector's
-        next server may be tried.
-    """
-
-    def __init__(self, detail: str, retryable: bool = True) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retryable = retryable
-
-
-@implementer(IHalfCloseableProtocol, IHandshakeListener)
-class BackendDialog(Protocol, LineBuffer):
-    """
-    The backend connection of one login attempt, before relaying: read the
-    greeting, optionally STARTTLS, tell the client's address, replay the
-    login, and report the server's answer on L{result}.
-
-    After an accepted login the dialog stays the connection's protocol and
-    passes every event on to the relay's server leg (L{attach}).
-
-    @ivar front: the L{MailFrontProtocol} the login came from.
-    @ivar credentials: the L{Credentials} to replay.
-    @ivar server: the server connected to (set by L{begin}).
-    @ivar pool: the L{lbproxy.core.pool.Pool} of C{server}.
-    @ivar result: fires with a L{DialogResult}, or fails with
-        L{DialogFailed}.
-    @ivar loginSent: the credentials were sent (a failure after that is
-        not retried on another server).
-    @ivar tls: C{"none"}, C{"starttls"} or C{"implicit"}, for the log.
-    @ivar tlsVersion: the TLS version negotiated with the server, read
-        when it accepted the login; None without TLS.
-    @ivar farewell: what the server said as it closed the connection
-        (IMAP C{* BYE ...}), for the log; set by the subclass.
-    """
-
-    log = Logger()
-
-    #: Longest line accepted from a server before the relay starts.
-    maxLine = 65536
-
-    def __init__(self, front: MailFrontProtocol, credentials: Credentials) -> None:
-        self.front = front
-        self.credentials = credentials
-        self.server = None
-        self.pool = None
-        self.result: Deferred[DialogResult] = Deferred()
-        self.loginSent = False
-        self.tls = TLS_NONE
-        self.tlsVersion: str | None = None
-        self.farewell: str | None = None
-        self._handshaking = False
-        self._leg = None
-        self._done = False
-        self._greetingTimer = None
-        self._initBuffer()
-
-    # What the session calls.
-
-    def begin(self, server, pool) -> None:
-        """
-        The connection to C{server} of C{pool} is placed (the connector
-        sent the pool's PROXY header): start the greeting timer (the pool's
-        connect timeout) and hand over to the subclass's C{start}.
-        """
-        self.server = server
-        self.pool = pool
-        options = pool.options
-        if options.tls is not None and not options.tls.starttls:
-            self.tls = TLS_IMPLICIT
-        reactor = self.front._reactor
-        self._greetingTimer = reactor.callLater(options.connectTimeout, self._greetingTimedOut)
-        self.start()
-        self._deliver()
-
-    def attach(self, leg) -> None:
-        """
-        Pass this connection to C{leg} (the relay's server leg): from now
-        on every event of the connection goes to it.
-        """
-        self._leg = leg
-        leg.makeConnection(self.transport)
-
-    def abandon(self) -> None:
-        """
-        The session no longer needs this connection: close it.
-        """
-        self._finish()
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    # What the subclass calls.
-
-    def send(self, data: bytes) -> None:
-        self.transport.write(data)
-
-    def greetingReceived(self) -> None:
-        """
-        The server's greeting arrived: stop the greeting timer.
-        """
-        if self._greetingTimer is not None:
-            if self._greetingTimer.active():
-                self._greetingTimer.cancel()
-            self._greetingTimer = None
-
-    def startTLS(self) -> None:
-        """
-        The server said go ahead to STARTTLS/STLS: switch to TLS with the
-        pool's settings. Bytes the server sent after its go-ahead would be
-        taken as if they came over TLS (the curl CVE-2021-22947 class):
-        they fail the dialog instead.
-        """
-        if self._buffer:
-            count = len(self._buffer)
-            self._takeBuffer()
-            self.log.warn(
-                "server {server} sent {count} bytes after its STARTTLS answer, "
-                "before TLS; closing",
-                server=self.server.qualifiedName,
-                count=count,
-            )
-            self.fail(f"{count} bytes after the server's STARTTLS answer")
-            self.transport.abortConnection()
-            return
-        tls = self.front.factory.backendTLSFor(self.pool.name)
-        if tls is None:
-            self.fail("the pool has no TLS settings for STARTTLS")
-            self.transport.abortConnection()
-            return
-        self.tls = TLS_STARTTLS
-        self._handshaking = True
-        self.transport.startTLS(tls.creatorFor(self.server))
-
-    def handshakeCompleted(self) -> None:
-        """
-        The STARTTLS handshake with the server succeeded: a connection
-        lost from now on is no longer a TLS failure.
-        """
-        self._handshaking = False
-
-    def accept(self, reply: bytes) -> None:
-        """
-        The server accepted the login; C{reply} goes to the client. What
-        is still buffered is relayed to the client after it.
-        """
-        if not self._conclude():
-            return
-        self.tlsVersion = tlsVersion(self.transport)
-        self.result.callback(DialogResult(True, reply, self._takeBuffer()))
-
-    def refuse(self, reply: bytes) -> None:
-        """
-        The server refused the login; C{reply} goes to the client (after
-        the failure delay). The session closes this connection.
-        """
-        if not self._conclude():
-            return
-        self.result.callback(DialogResult(False, reply))
-
-    def fail(self, detail: str) -> None:
-        """
-        The server cannot be used; C{detail} is one line for the log.
-        """
-        if not self._conclude():
-            return
-        self.result.errback(DialogFailed(detail, retryable=not self.loginSent))
-
-    # Protocol events.
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._leg is not None:
-            self._leg.dataReceived(data)
-        elif not self._done:
-            if self.server is None:
-                self._buffer += data
-            else:
-                self._feed(data)
-
-    def readConnectionLost(self) -> None:
-        if self._leg is not None:
-            self._leg.readConnectionLost()
-        else:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        if self._leg is not None:
-            self._leg.writeConnectionLost()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._leg is not None:
-            self._leg.connectionLost(reason)
-            return
-        if not self._done:
-            detail = describeLost(reason, self._handshaking)
-            if self.farewell is not None:
-                detail += f" (the server said: {self.farewell})"
-            self.fail(detail)
-
-    def _lineOverflow(self) -> None:
-        self.fail(f"server sent a line longer than {self.maxLine} bytes")
-        self.transport.abortConnection()
-
-    def _greetingTimedOut(self) -> None:
-        self._greetingTimer = None
-        self.fail(f"no greeting within {self.pool.options.connectTimeout:g}s")
-        self.transport.abortConnection()
-
-    def _finish(self) -> None:
-        self._done = True
-        self.greetingReceived()
-
-    def _conclude(self) -> bool:
-        """
-        The dialog has its answer: end it and deliver no more lines.
-        False when it had ended already (the answer is dropped).
-        """
-        if self._done:
-            return False
-        self._finish()
-        self._stopped = True
-        return True
-
-
-class _DialogFactory(Factory):
-    """
-    Builds one L{BackendDialog} per connection attempt of a login.
-    """
-
-    noisy = False
-
-    def __init__(self, front: MailFrontProtocol, credentials: Credentials) -> None:
-        self.front = front
-        self.credentials = credentials
-
-    def buildProtocol(self, addr):
-        return self.front.makeDialog(self.credentials)
-
+#: How a session ends without an error.
+_CLEAN_ENDS = frozenset({"client-closed", "server-closed", "logout"})
 
 # Session states.
 _PRELOGIN = "prelogin"
@@ -355,17 +68,18 @@ _RELAYING = "relaying"
 _CLOSED = "closed"
 
 
-@implementer(IHalfCloseableProtocol, IProxiedAddresses, IHandshakeListener)
-class MailFrontProtocol(Protocol, LineBuffer):
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
+class MailFrontProtocol(FrontConnection, LineBuffer):
     """
     One client connection of an IMAP or POP3 listener (see the module
     docstring for the hooks a subclass implements).
 
+    What every front does with a connection (its listener's C{maxconn},
+    the addresses of a trusted proxy's PROXY header, the phase timer, the
+    relay's hand-over) is L{FrontConnection}'s.
+
     @cvar protocolName: C{"imap"} or C{"pop3"}, first word of the log line.
     @ivar factory: the L{MailProxyFactory}.
-    @ivar client: the client's address (the PROXY header's source, when a
-        trusted proxy sent one).
-    @ivar local: the address the client connected to.
     @ivar clientTLS: C{"none"}, C{"starttls"} or C{"implicit"}.
     @ivar user: the normalised user of the last login attempt, or None.
     @ivar failures: failed logins on this connection.
@@ -379,16 +93,12 @@ class MailFrontProtocol(Protocol, LineBuffer):
     log = Logger()
 
     def __init__(self, factory: MailProxyFactory, reactor) -> None:
+        super().__init__(factory.listener, reactor)
         self.factory = factory
-        self._reactor = reactor
-        listener = factory.listener
-        self.listener = listener
-        self.mail = listener.mail
-        self.maxLine = self.mail.limits.line
-        self.client: IAddress | None = None
-        self.local: IAddress | None = None
-        self._proxied: tuple[IAddress, IAddress] | None = None
-        self.clientTLS = TLS_NONE
+        config = self.config
+        self.maxLine = config.limits.line
+        tls = config.tls
+        self.clientTLS = TLS_IMPLICIT if tls is not None and not tls.starttls else TLS_NONE
         self.user: str | None = None
         self.failures = 0
         self.relay: Relay | None = None
@@ -396,11 +106,8 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self.dialog: BackendDialog | None = None
         self.result = "none"
         self.state = _PRELOGIN
-        self._leg = None
-        self._started = 0.0
         self._bytesIn = 0
         self._bytesOut = 0
-        self._loginTimer = None
         self._delayTimer = None
         self._connecting: Deferred | None = None
         self._placement = None
@@ -408,7 +115,6 @@ class MailFrontProtocol(Protocol, LineBuffer):
         self._clientTLSVersion: str | None = None
         self._tlsEstablished = False
         self.lastDetail = ""
-        self._logged = False
         self._replies = ReplyBackpressure(reactor, self._repliesUnread, self._repliesRead)
         self._initBuffer()
 
@@ -426,7 +132,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         """
         Credentials may be sent now: TLS is not required, or active.
         """
-        return self.tlsActive or not self.mail.tlsRequired
+        return self.tlsActive or not self.config.tlsRequired
 
     @property
     def startTLSOffered(self) -> bool:
@@ -434,7 +140,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         STARTTLS/STLS can be used now: the listener offers it and the
         connection is not encrypted yet.
         """
-        tls = self.listener.tls
+        tls = self.config.tls
         return (
             tls is not None
             and tls.starttls
@@ -444,58 +150,35 @@ class MailFrontProtocol(Protocol, LineBuffer):
 
     # Connection events.
 
-    def proxiedAddresses(self, client: IAddress, local: IAddress) -> None:
-        """
-        A trusted proxy's PROXY header named the client (C{accept_proxy}).
-        """
-        self._proxied = (client, local)
+    def refused(self) -> None:
+        self.state = _CLOSED
+        self._finish("maxconn", f"listener at its maxconn of {self.config.maxconn}")
+        self.transport.loseConnection()
 
-    def connectionMade(self) -> None:
-        factory = self.factory
-        transport = self.transport
-        self._started = self._reactor.seconds()
-        if self._proxied is not None:
-            self.client, self.local = self._proxied
-        else:
-            self.client = transport.getPeer()
-            self.local = transport.getHost()
-        tls = self.listener.tls
-        if tls is not None and not tls.starttls:
-            self.clientTLS = TLS_IMPLICIT
-        maxconn = self.listener.maxconn
-        if maxconn and len(factory.sessions) >= maxconn:
-            factory.rejected += 1
-            self.state = _CLOSED
-            self._finish("maxconn", f"listener at its maxconn of {maxconn}")
-            transport.loseConnection()
-            return
-        factory.sessions.add(self)
-        self._replies.register(transport)
-        self._loginTimer = self._reactor.callLater(self.mail.loginTimeout, self._loginTimedOut)
+    def accepted(self) -> None:
+        self._replies.register(self.transport)
+        self.timer.enter("login", self.config.loginTimeout)
         self.greet()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._leg is not None:
-            self._leg.dataReceived(data)
-            return
         if self.state == _CLOSED:
             return
         self._bytesIn += len(data)
         self._feed(data)
 
     def readConnectionLost(self) -> None:
-        if self._leg is not None:
-            self._leg.readConnectionLost()
+        if self.relayLeg is not None:
+            self.relayLeg.readConnectionLost()
         elif self.state != _CLOSED:
             self.close("client-closed")
 
     def writeConnectionLost(self) -> None:
-        if self._leg is not None:
-            self._leg.writeConnectionLost()
+        if self.relayLeg is not None:
+            self.relayLeg.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._leg is not None:
-            self._leg.connectionLost(reason)
+        if self.relayLeg is not None:
+            self.relayLeg.connectionLost(reason)
             return
         if self.state != _CLOSED:
             self.state = _CLOSED
@@ -588,17 +271,17 @@ class MailFrontProtocol(Protocol, LineBuffer):
         No line is delivered meanwhile. Credentials no store may see
         (L{loginRefusal}) are refused as a failed login.
         """
-        self.user = user = normaliseUser(asText(credentials.user), self.mail.userDomain)
+        self.user = user = normaliseUser(asText(credentials.user), self.config.userDomain)
         failedLogins = self.factory.failedLogins
         if failedLogins is not None and failedLogins.refused(self.client, self.protocolName):
             self.rejectLogin(self.failedLoginReply(), counted=False)
             return
-        refusal = loginRefusal(credentials, self.mail.limits.user)
+        refusal = loginRefusal(credentials, self.config.limits.user)
         if refusal is not None:
             self._warnLogin("refused before any store", refusal)
             self.rejectLogin(self.failedLoginReply())
             return
-        poolName = self.mail.poolFor(user, self.listener.pool)
+        poolName = self.config.poolFor(user)
         pool = self.factory.pools[poolName]
         self.state = _PLACING
         self._holding = True
@@ -635,12 +318,13 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if counted and self.factory.failedLogins is not None:
             self.factory.failedLogins.failed(self.client)
         self.failures += 1
+        self.listener.counters.loginFailures += 1
         self.result = "failed"
         self.state = _DELAYING
         self._holding = True
         self.transport.pauseProducing()
         self._delayTimer = self._reactor.callLater(
-            self.mail.authFailureDelay, self._delayOver, reply
+            self.config.authFailureDelay, self._delayOver, reply
         )
 
     # Placement.
@@ -743,7 +427,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
         if self.state != _DELAYING:
             return
         self.send(reply)
-        if self.failures >= self.mail.maxAuthFailures:
+        if self.failures >= self.config.maxAuthFailures:
             self.tooManyFailures()
             self.close("too-many-failures", f"{self.failures} failed logins")
             return
@@ -781,13 +465,12 @@ class MailFrontProtocol(Protocol, LineBuffer):
     def _handOff(self, answer: DialogResult) -> None:
         self.state = _RELAYING
         self.result = "ok"
-        self._stopLoginTimer()
+        self.listener.counters.logins += 1
         self._stopped = True
         self._replies.unregister()
         self.send(answer.reply)
-        relay = self.relay = Relay(self._reactor, idleTimeout=self.listener.idleTimeout)
-        self._leg = relay.client
-        relay.client.makeConnection(self.transport)
+        relay = self.relay = Relay(self._reactor, idleTimeout=self.config.idleTimeout)
+        self.relayTo(relay.client)
         self.dialog.attach(relay.server)
         pipelined = self._takeBuffer()
         if pipelined:
@@ -809,28 +492,21 @@ class MailFrontProtocol(Protocol, LineBuffer):
 
     # Timers and the end.
 
-    def _loginTimedOut(self) -> None:
-        self._loginTimer = None
+    def phaseExpired(self, phase: str) -> None:
         if self.state in (_RELAYING, _CLOSED):
             return
         self.loginTimedOut()
-        self.close("login-timeout", f"no login within {self.mail.loginTimeout:g}s")
+        self.close("login-timeout", f"no login within {self.config.loginTimeout:g}s")
 
     def _lineOverflow(self) -> None:
         self.lineTooLong()
         self.close("line-too-long", f"a line longer than {self.maxLine} bytes")
 
-    def _stopLoginTimer(self) -> None:
-        if self._loginTimer is not None:
-            if self._loginTimer.active():
-                self._loginTimer.cancel()
-            self._loginTimer = None
-
     def _teardown(self) -> None:
         """
         Stop timers and drop any backend work in progress.
         """
-        self._stopLoginTimer()
+        self.timer.stop()
         if self._delayTimer is not None:
             if self._delayTimer.active():
                 self._delayTimer.cancel()
@@ -847,19 +523,21 @@ class MailFrontProtocol(Protocol, LineBuffer):
 
     def _finish(self, end: str, detail: str = "", bytesIn=None, bytesOut=None) -> None:
         """
-        The session is over: free its slots and log its one line.
+        The session is over: free its slots, count it, and log its one
+        line.
         """
-        if self._logged:
+        bytesIn = self._bytesIn if bytesIn is None else bytesIn
+        bytesOut = self._bytesOut if bytesOut is None else bytesOut
+        if not self.ended(bytesIn, bytesOut, error=end not in _CLEAN_ENDS):
             return
-        self._logged = True
-        factory = self.factory
-        factory.sessions.discard(self)
         connection = self.connection
-        server = self._lastServer or f"{self.listener.pool}/-"
+        server = self._lastServer or f"{self.config.pool}/-"
         serverTLS = "-"
         if self.relay is not None and connection is not None:
             connection.release()
             server = connection.server.qualifiedName
+            connection.server.bytesIn += bytesIn
+            connection.server.bytesOut += bytesOut
             serverTLS = self.dialog.tls
             if self.dialog.tlsVersion is not None:
                 serverTLS = f"{serverTLS}/{self.dialog.tlsVersion}"
@@ -870,7 +548,7 @@ class MailFrontProtocol(Protocol, LineBuffer):
             clientTLS = f"{clientTLS}/{self._clientTLSVersion}"
         if detail == "" and self.result == "unavailable":
             detail = self.lastDetail
-        durationSeconds = self._reactor.seconds() - self._started
+        durationSeconds = self._reactor.seconds() - self.started
         self.log.info(
             SESSION_FORMAT,
             protocol=self.protocolName,
@@ -882,8 +560,8 @@ class MailFrontProtocol(Protocol, LineBuffer):
             serverTLS=serverTLS,
             result=self.result,
             failures=self.failures,
-            bytesIn=self._bytesIn if bytesIn is None else bytesIn,
-            bytesOut=self._bytesOut if bytesOut is None else bytesOut,
+            bytesIn=bytesIn,
+            bytesOut=bytesOut,
             duration=formatSeconds(durationSeconds),
             durationSeconds=durationSeconds,
             end=end,
@@ -898,31 +576,31 @@ class MailProxyFactory(ServerFactory):
 
     Subclasses set C{protocol} to their L{MailFrontProtocol}.
 
-    @ivar listener: the L{lbproxy.config.ListenerConfig} (with C{mail}).
+    @ivar listener: the live L{lbproxy.core.model.Listener} (its C{config}
+        a L{lbproxy.mail.config.MailListenerConfig}).
     @ivar pools: every live pool by name (C{user_pools} may name several).
     @ivar serverTLS: the listener's L{lbproxy.tls.server.ServerTLS} (its
         C{creator} is used for STARTTLS), or None.
-    @ivar sessions: the connections being served (counted for maxconn).
-    @ivar rejected: connections closed because the listener was full.
     @ivar failedLogins: the L{FailedLogins} of the client addresses, or
         None without C{auth.address_max_failures}.
     """
 
     protocol = MailFrontProtocol
 
+    noisy = False
+
     def __init__(self, listener, pools: dict, reactor, serverTLS=None) -> None:
-        self.listener = listener
+        self.listener = listener = Listener.of(listener)
+        self.config = listener.config
         self.pools = pools
         self._reactor = reactor
         self.serverTLS = serverTLS
         self.connectors: dict[str, BackendConnector] = {}
-        self.sessions: set[MailFrontProtocol] = set()
-        self.rejected = 0
-        limit = listener.mail.addressLimit
+        limit = self.config.addressLimit
         self.failedLogins = FailedLogins(limit, reactor, listener.name) if limit.maxFailures else None
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.listener.name} -> {self.listener.pool}>"
+        return f"<{type(self).__name__} {self.listener.name} -> {self.config.pool}>"
 
     def connectorFor(self, poolName: str) -> BackendConnector:
         """

@@ -37,7 +37,7 @@ from collections import OrderedDict
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
-from lbproxy.config.mail import AddressFailureLimit
+from lbproxy.mail.config import AddressFailureLimit
 
 
 class _Window:

@@ -1,10 +1,12 @@
 """
-The built-in selectors, registered through the same plugin mechanism a
-third party uses.
+The built-in selectors and protocol fronts, registered through the same
+plugin mechanism a third party uses.
 """
 
 import random
 
+from lbproxy.http.mode import HTTPMode
+from lbproxy.mail.mode import IMAPMode, POP3Mode
 from lbproxy.selectors.base import SelectorPlugin
 from lbproxy.selectors.first import FirstAvailable
 from lbproxy.selectors.keyhash import METHODS, KeyHash
@@ -13,6 +15,12 @@ from lbproxy.selectors.maglev import DEFAULT_TABLE_SIZE, Maglev
 from lbproxy.selectors.options import keySpec, oneOf, primeBetween
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 from lbproxy.selectors.twochoices import RandomTwoChoices
+from lbproxy.tcp.mode import TCPMode
+
+tcp = TCPMode()
+http = HTTPMode()
+imap = IMAPMode()
+pop3 = POP3Mode()
 
 
 def _randomTwoChoices() -> RandomTwoChoices:

@@ -55,7 +55,7 @@ class KeyHash:
     server is full or already tried for the flow, the next usable server
     in config order takes it, so every node decides the same.
 
-    @param key: a key specification of L{lbproxy.core.context.KEYS}.
+    @param key: a key specification (L{lbproxy.modes.allSelectionKeys}).
     @param method: C{"hash"}: a stable 64-bit hash of the key's bytes
         (BLAKE2b); C{"xor"}: the XOR hash of the five-tuple when C{key} is
         C{"5tuple"} (L{xorFiveTuple}, so with equal weights the server is

@@ -107,7 +107,7 @@ class Maglev:
     every node makes the same second choice. Flows without a value for the
     key are placed by round-robin.
 
-    @param key: a key specification of L{lbproxy.core.context.KEYS}.
+    @param key: a key specification (L{lbproxy.modes.allSelectionKeys}).
     @param table_size: the prime number of table slots, M. It should be
         well above 100 times the number of servers for an even spread (and
         must exceed the sum of the weights for every server to own slots).

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lbproxy.core.context import ALL_KEYS, keyKnown
 
 
 def describe(value: Any) -> str:
@@ -33,14 +32,16 @@ def describe(value: Any) -> str:
 
 def keySpec(value: Any) -> str:
     """
-    A key specification of L{lbproxy.core.context.ALL_KEYS}: a kind such as
+    A key specification some mode provides (L{lbproxy.modes.allSelectionKeys}): a kind such as
     C{"src"}, or C{"kind:argument"} (C{"header:X-User"}) for the kinds that
     take an argument. Whether the listener's mode can provide it is checked
     later, by the config loader.
     """
+    from lbproxy.modes import allSelectionKeys, keyKnown
+
     if not isinstance(value, str) or not keyKnown(value):
         kinds = ", ".join(
-            sorted(k + "NAME" if k.endswith(":") else k for k in ALL_KEYS)
+            sorted(k + "NAME" if k.endswith(":") else k for k in allSelectionKeys())
         )
         raise ValueError(
             f'expected a key such as "src" or "header:NAME" (one of {kinds}), '

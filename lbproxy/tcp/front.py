@@ -2,10 +2,11 @@
 The L4 TCP front: one listener relaying each connection to a server of its
 pool.
 
-Per connection: enforce the listener's C{maxconn}; read a PROXY header
-first when the peer is a trusted proxy (C{accept_proxy}); on a listener
-with SNI routes, read the client's TLS ClientHello (without terminating
-TLS) and choose the pool by its server name; pick and connect a server
+Per connection (after what every front shares, L{lbproxy.core.session}:
+the listener's C{maxconn}, the addresses of a trusted proxy's PROXY
+header): on a listener with SNI routes, read the client's TLS ClientHello
+(without terminating TLS) and choose the pool by its server name; pick and
+connect a server
 (L{lbproxy.core.connect}); send the pool's PROXY header (C{send_proxy}) to it;
 then relay bytes both ways (L{lbproxy.core.relay}), starting with the bytes
 read so far, untouched. Every connection ends with one log line::
@@ -22,18 +23,24 @@ from __future__ import annotations
 from OpenSSL import SSL
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.core.connect import BackendConnection, BackendConnector, describeFailure
 from lbproxy.core.context import FlowContext
-from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
-from lbproxy.core.proxyprotocol import PROXY_HEADER_TIMEOUT, ProxyHeaderParser, ProxyProtocolError
+from lbproxy.core.format import formatAddress, formatSeconds
+from lbproxy.core.model import Listener
 from lbproxy.core.relay import Relay, RelayResult
+from lbproxy.core.session import FrontConnection
+from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
+from lbproxy.tcp.sni import SNIFlowContext, SNIRoutes
 from lbproxy.tls.client import sslErrorText
 from lbproxy.tls.clienthello import ClientHelloError, ClientHelloReader
+
+#: How a session ends without an error: a side closed, cleanly.
+_CLEAN_ENDS = frozenset({"client-closed", "server-closed"})
 
 SESSION_FORMAT = (
     "tcp {client} {listener} -> {server}{sniField} in={bytesIn} out={bytesOut} "
@@ -41,101 +48,11 @@ SESSION_FORMAT = (
 )
 
 
-class SNIFlowContext(FlowContext):
-    """
-    Selection context of a connection of a listener with SNI routes: also
-    provides key C{"sni"}, the server name of its ClientHello (None
-    without one, and the flow is then placed as a hashing selector places
-    flows without a key).
-    """
-
-    def __init__(self, client: IAddress, local: IAddress, sni: str | None) -> None:
-        super().__init__(client, local)
-        self.sni = sni
-
-    def key(self, spec: str) -> bytes | None:
-        if spec == "sni":
-            return None if self.sni is None else self.sni.encode("ascii")
-        return super().key(spec)
-
-
-class SNIRoutes:
-    """
-    The SNI routes of a TCP listener: server name to pool.
-
-    An exact name wins; then the most specific C{*.example.com} wildcard
-    whose suffix ends the name (any depth below it, not C{example.com}
-    itself); among routes naming the same name, the first.
-    """
-
-    def __init__(self, routes, pools: dict) -> None:
-        self.exact: dict[str, object] = {}
-        self.wildcards: dict[str, object] = {}
-        for route in routes:
-            pool = pools[route.pool]
-            for name in route.sni:
-                if name.startswith("*."):
-                    self.wildcards.setdefault(name[1:], pool)
-                else:
-                    self.exact.setdefault(name, pool)
-
-    def __bool__(self) -> bool:
-        return bool(self.exact or self.wildcards)
-
-    def poolFor(self, name: str):
-        """
-        The pool routed to for server name C{name} (lower case), or None.
-        """
-        pool = self.exact.get(name)
-        if pool is not None or not self.wildcards:
-            return pool
-        dot = name.find(".")
-        while dot >= 0:
-            pool = self.wildcards.get(name[dot:])
-            if pool is not None:
-                return pool
-            dot = name.find(".", dot + 1)
-        return None
-
-
-def formatAddress(address: IAddress) -> str:
-    """
-    C{host:port}, C{[v6host]:port}, or the text of a non-IP address.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None or port is None:
-        name = getattr(address, "name", None)
-        if isinstance(name, bytes):
-            return name.decode("utf-8", "replace")
-        return str(name or address)
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
-
-
-def formatSeconds(seconds: float | None) -> str:
-    """
-    A duration for a log line: milliseconds below a second, else seconds;
-    C{-} for none.
-    """
-    if seconds is None:
-        return "-"
-    if seconds < 1.0:
-        return f"{seconds * 1000:.1f}ms"
-    return f"{seconds:.3f}s"
-
-
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
-class TCPProxyProtocol(Protocol):
+class TCPProxyProtocol(FrontConnection):
     """
     One client connection of a TCP listener.
 
-    @ivar peer: the connection's peer address (a trusted proxy's own
-        address when it sends a PROXY header).
-    @ivar client: the client's address: the PROXY header's source when a
-        trusted proxy sent one, else the connection's peer.
-    @ivar local: the address the client connected to, likewise.
     @ivar relay: the L{Relay} once the flow is being placed, else None.
     @ivar connection: the L{BackendConnection} once connected, else None.
     @ivar pool: the pool the flow goes to: the listener's, or the one its
@@ -151,54 +68,29 @@ class TCPProxyProtocol(Protocol):
     log = Logger()
 
     def __init__(self, factory: TCPProxyFactory, reactor) -> None:
+        super().__init__(factory.listener, reactor)
         self.factory = factory
-        self._reactor = reactor
-        self.peer: IAddress | None = None
-        self.client: IAddress | None = None
-        self.local: IAddress | None = None
         self.relay: Relay | None = None
         self.connection: BackendConnection | None = None
         self.pool = factory.pool
         self.sni: str | None = None
         self._hello: ClientHelloReader | None = None
-        self._helloTimer = None
-        self._leg = None
-        self._parser: ProxyHeaderParser | None = None
-        self._headerBytes = 0
-        self._headerTimer = None
         self._connecting = None
-        self._started = 0.0
-        self._logged = False
         # Seconds waited in the pool's queue by a connection that timed out there.
         self._queueSeconds = 0.0
         self._awaitingHandshake = False
 
-    def connectionMade(self) -> None:
-        factory = self.factory
-        listener = factory.listener
-        transport = self.transport
-        self._started = self._reactor.seconds()
-        self.peer = self.client = transport.getPeer()
-        self.local = transport.getHost()
-        if listener.maxconn and len(factory.sessions) >= listener.maxconn:
-            factory.rejected += 1
-            self._finish("maxconn", detail=f"listener at its maxconn of {listener.maxconn}")
-            transport.loseConnection()
-            return
-        factory.sessions.add(self)
-        if listener.tls is not None:
+    def accepted(self) -> None:
+        if self.config.tls is not None:
             # The TLS layer reads on until the handshake is done.
             self._awaitingHandshake = True
             return
-        transport.pauseProducing()
-        if listener.trustsProxyFrom(getattr(self.peer, "host", "")):
-            self._parser = ProxyHeaderParser()
-            self._headerTimer = self._reactor.callLater(
-                factory.proxyHeaderTimeout, self._headerTimedOut
-            )
-            transport.resumeProducing()
-        else:
-            self._afterHeader(b"")
+        self.transport.pauseProducing()
+        self._begin()
+
+    def refused(self) -> None:
+        self._finish("maxconn", detail=f"listener at its maxconn of {self.config.maxconn}")
+        self.transport.loseConnection()
 
     def handshakeCompleted(self) -> None:
         """
@@ -207,37 +99,32 @@ class TCPProxyProtocol(Protocol):
         if self._awaitingHandshake:
             self._awaitingHandshake = False
             self.transport.pauseProducing()
-            self._afterHeader(b"")
+            self._begin()
 
-    # Events of the client connection: to the relay once the flow is being
-    # placed, to the PROXY header parser before.
+    # Events of the client connection before the relay takes them over
+    # (FrontConnection.relayTo).
 
     def dataReceived(self, data: bytes) -> None:
         if self._awaitingHandshake:
             self.handshakeCompleted()
-        leg = self._leg
-        if leg is not None:
-            leg.dataReceived(data)
-        elif self._hello is not None:
+            if self.relayLeg is not None:
+                self.relayLeg.dataReceived(data)
+                return
+        if self._hello is not None:
             self._helloReceived(data)
-        elif self._parser is not None:
-            self._headerReceived(data)
 
     def readConnectionLost(self) -> None:
-        if self._awaitingHandshake:
+        if self.relayLeg is not None:
+            self.relayLeg.readConnectionLost()
+        elif self._awaitingHandshake:
             self.transport.loseConnection()
-        elif self._leg is not None:
-            self._leg.readConnectionLost()
         elif self._hello is not None:
             self._helloAbandoned("connection closed")
             self.transport.loseConnection()
-        elif self._parser is not None:
-            self._headerAbandoned("connection closed")
-            self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
-        if self._leg is not None:
-            self._leg.writeConnectionLost()
+        if self.relayLeg is not None:
+            self.relayLeg.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._awaitingHandshake:
@@ -247,80 +134,27 @@ class TCPProxyProtocol(Protocol):
             else:
                 detail = describeFailure(reason)
             self._finish("tls-handshake-failed", detail=detail)
-            return
-        if self._leg is not None:
-            self._leg.connectionLost(reason)
+        elif self.relayLeg is not None:
+            self.relayLeg.connectionLost(reason)
         elif self._hello is not None:
             self._helloAbandoned("connection lost")
-        elif not self._logged:
-            self._headerAbandoned("connection lost")
 
-    def _headerAbandoned(self, how: str) -> None:
-        """
-        The trusted peer left before its PROXY header was complete. With
-        no byte at all it is a plain close (a TCP health check, say).
-        """
-        self._parser = None
-        self._stopHeaderTimer()
-        if self._headerBytes:
-            self._finish("bad-proxy-header", detail=f"{how} before a complete PROXY header")
-        else:
-            self._finish("client-closed", detail="before sending a PROXY header")
-
-    # The PROXY header from a trusted proxy.
-
-    def _headerReceived(self, data: bytes) -> None:
-        self._headerBytes += len(data)
-        try:
-            parsed = self._parser.feed(data)
-        except ProxyProtocolError as e:
-            self._badHeader(str(e))
-            return
-        if parsed is None:
-            return
-        header, rest = parsed
-        self._parser = None
-        self._stopHeaderTimer()
-        if header.source is not None:
-            self.client, self.local = header.source, header.destination
-        self.transport.pauseProducing()
-        self._afterHeader(rest)
-
-    def _headerTimedOut(self) -> None:
-        self._headerTimer = None
-        self._badHeader(
-            f"no complete PROXY header within {self.factory.proxyHeaderTimeout:g}s"
-        )
-
-    def _stopHeaderTimer(self) -> None:
-        if self._headerTimer is not None:
-            if self._headerTimer.active():
-                self._headerTimer.cancel()
-            self._headerTimer = None
-
-    def _badHeader(self, detail: str) -> None:
-        self._parser = None
-        self._stopHeaderTimer()
-        self._finish("bad-proxy-header", detail=detail)
-        self.transport.loseConnection()
+    def phaseExpired(self, phase: str) -> None:
+        self._helloTimedOut()
 
     # The ClientHello, on a listener with SNI routes.
 
-    def _afterHeader(self, held: bytes) -> None:
+    def _begin(self) -> None:
         """
-        The connection is admitted and any PROXY header read: read the
+        The connection is admitted (and its TLS handshake done): read the
         ClientHello when the listener routes by SNI, else place the flow.
         """
         if not self.factory.sniRoutes:
-            self._beginFlow(held)
+            self._beginFlow(b"")
             return
         self._hello = ClientHelloReader()
-        self._helloTimer = self._reactor.callLater(
-            self.factory.listener.helloTimeout, self._helloTimedOut
-        )
+        self.timer.enter("hello", self.config.helloTimeout)
         self.transport.resumeProducing()
-        if held:
-            self._helloReceived(held)
 
     def _helloReceived(self, data: bytes) -> None:
         reader = self._hello
@@ -331,7 +165,7 @@ class TCPProxyProtocol(Protocol):
             return
         if hello is None:
             return
-        self._stopHelloTimer()
+        self.timer.stop()
         self._hello = None
         self.sni = hello.serverName
         if hello.serverName is None:
@@ -344,16 +178,15 @@ class TCPProxyProtocol(Protocol):
         self._beginFlow(reader.received)
 
     def _helloTimedOut(self) -> None:
-        self._helloTimer = None
         reader = self._hello
-        detail = f"no complete ClientHello within {self.factory.listener.helloTimeout:g}s"
+        detail = f"no complete ClientHello within {self.config.helloTimeout:g}s"
         if reader.size:
             detail += f" ({reader.size} bytes received)"
         self._helloFailed("bad-clienthello", detail)
 
     def _helloFailed(self, end: str, detail: str) -> None:
         reader, self._hello = self._hello, None
-        self._stopHelloTimer()
+        self.timer.stop()
         self._fallBack(end, detail, reader.received)
 
     def _fallBack(self, end: str, detail: str, held: bytes) -> None:
@@ -361,13 +194,13 @@ class TCPProxyProtocol(Protocol):
         No server name to route by: the listener's pool gets the flow
         (C{sni_fallback = "default"}), or the connection is closed.
         """
-        if self.factory.listener.sniFallback == "reject":
+        if self.config.sniFallback == "reject":
             self._finish(end, detail=detail)
             self.transport.loseConnection()
             return
         self.log.debug(
             "listener {listener}: {detail}; to its pool {pool}",
-            listener=self.factory.listener.name,
+            listener=self.listener.name,
             detail=detail,
             pool=self.pool.name,
         )
@@ -379,25 +212,18 @@ class TCPProxyProtocol(Protocol):
         The client left before its ClientHello was complete.
         """
         reader, self._hello = self._hello, None
-        self._stopHelloTimer()
+        self.timer.stop()
         if reader.size:
             self._finish("bad-clienthello", detail=f"{how} before a complete ClientHello ({reader.size} bytes)")
         else:
             self._finish("client-closed", detail="before sending a ClientHello")
 
-    def _stopHelloTimer(self) -> None:
-        if self._helloTimer is not None:
-            if self._helloTimer.active():
-                self._helloTimer.cancel()
-            self._helloTimer = None
-
     # Placing the flow.
 
     def _beginFlow(self, held: bytes) -> None:
         factory = self.factory
-        relay = self.relay = Relay(self._reactor, idleTimeout=factory.listener.idleTimeout)
-        self._leg = relay.client
-        relay.client.makeConnection(self.transport)
+        relay = self.relay = Relay(self._reactor, idleTimeout=self.config.idleTimeout)
+        self.relayTo(relay.client)
         if held:
             relay.client.dataReceived(held)
         relay.finished.addCallback(self._relayFinished)
@@ -432,7 +258,7 @@ class TCPProxyProtocol(Protocol):
             self.log.failure(
                 "placing a connection of listener {listener} failed",
                 reason,
-                listener=self.factory.listener.name,
+                listener=self.listener.name,
             )
             end, detail = "internal-error", reason.getErrorMessage()
         self.relay.close(end, detail)
@@ -447,31 +273,32 @@ class TCPProxyProtocol(Protocol):
         self, end: str, bytesIn: int = 0, bytesOut: int = 0, detail: str = ""
     ) -> None:
         """
-        The session is over: free its slots and log its one line.
+        The session is over: free its slots, count it, and log its one
+        line.
         """
-        if self._logged:
+        if not self.ended(bytesIn, bytesOut, error=end not in _CLEAN_ENDS):
             return
-        self._logged = True
         factory = self.factory
-        factory.sessions.discard(self)
         connection = self.connection
         if connection is not None:
             connection.release()
             server = connection.server.qualifiedName
             connectSeconds = connection.connectTime
             queueSeconds = connection.queueTime
+            connection.server.bytesIn += bytesIn
+            connection.server.bytesOut += bytesOut
         else:
             server = f"{self.pool.name}/-"
             connectSeconds = None
             queueSeconds = self._queueSeconds
-        durationSeconds = self._reactor.seconds() - self._started
+        durationSeconds = self._reactor.seconds() - self.started
         self.log.info(
             SESSION_FORMAT,
             client=formatAddress(self.client),
             clientHost=getattr(self.client, "host", None),
             clientPort=getattr(self.client, "port", None),
             peer=formatAddress(self.peer),
-            listener=factory.listener.name,
+            listener=self.listener.name,
             pool=self.pool.name,
             server=server,
             sni=self.sni,
@@ -495,34 +322,30 @@ class TCPProxyFactory(ServerFactory):
     Serves one TCP listener: relays its connections to servers of a pool,
     or, with SNI routes, of the pool the client's server name chooses.
 
-    @ivar listener: the L{lbproxy.config.ListenerConfig}; C{maxconn} 0
-        means no limit.
+    @ivar listener: the live L{lbproxy.core.model.Listener} (its
+        C{config} a L{lbproxy.tcp.config.TCPListenerConfig}).
     @ivar pool: the listener's L{lbproxy.core.pool.Pool}.
     @ivar connector: the L{BackendConnector} placing flows on the pool.
     @ivar sniRoutes: the listener's L{SNIRoutes} (empty without routes).
-    @ivar sessions: the connections being served (counted for maxconn).
-    @ivar rejected: connections closed because the listener was full.
     """
 
     protocol = TCPProxyProtocol
-    proxyHeaderTimeout = PROXY_HEADER_TIMEOUT
+    noisy = False
 
     def __init__(self, listener, pool, reactor, pools: dict | None = None) -> None:
         """
         @param pools: every live pool by name, for the listener's SNI
             routes (needed only when it has routes).
         """
-        self.listener = listener
+        self.listener = listener = Listener.of(listener)
         self.pool = pool
         self._reactor = reactor
         self.connector = BackendConnector(pool, reactor)
-        self.sniRoutes = SNIRoutes(listener.routes, pools or {pool.name: pool})
+        self.sniRoutes = SNIRoutes(listener.config.routes, pools or {pool.name: pool})
         self._connectors = {pool: self.connector}
         for routed in (*self.sniRoutes.exact.values(), *self.sniRoutes.wildcards.values()):
             if routed not in self._connectors:
                 self._connectors[routed] = BackendConnector(routed, reactor)
-        self.sessions: set[TCPProxyProtocol] = set()
-        self.rejected = 0
 
     def __repr__(self) -> str:
         return f"<TCPProxyFactory {self.listener.name} -> {self.pool.name}>"

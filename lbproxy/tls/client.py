@@ -53,8 +53,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.config.tls import BackendTLSConfig
+from lbproxy.core.endpoints import endpointArguments
 from lbproxy.errors import ConfigError, TLSHandshakeFailed
-from lbproxy.health.checks import endpointArguments
 
 _VERSIONS = {"1.2": TLSVersion.TLSv1_2, "1.3": TLSVersion.TLSv1_3}
 

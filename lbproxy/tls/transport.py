@@ -5,10 +5,10 @@ L{ServerTLSTransport} sits between a TCP transport and a front's protocol,
 as Twisted's C{TLSMemoryBIOProtocol} does, with fewer layers per request:
 what the front writes is encrypted at once (C{SSL_write}) and the records
 are read back from the memory BIO and handed to the TCP transport (or to
-the HTTP front's write batch, see L{lbproxy._twisted.writebatch}); what the client
-sends is fed to the memory BIO and decrypted record by record, all of it
-given to the front in one C{dataReceived}. The TLS record headers of what
-arrives are counted, so that reading stops after the last complete
+the HTTP front's write batch, see L{lbproxy._twisted.tlsbatch}); what the
+client sends is fed to the memory BIO and decrypted record by record, all
+of it given to the front in one C{dataReceived}. The TLS record headers of
+what arrives are counted, so that reading stops after the last complete
 record instead of asking OpenSSL once more and catching its
 C{WantReadError}, and ciphertext is read back with a buffer large enough
 for what was just encrypted: in the steady state no exception is raised.
@@ -41,12 +41,13 @@ from twisted.internet.interfaces import (
     ISSLTransport,
     ITransport,
 )
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.core.acceptproxy import IProxiedAddresses
+from lbproxy.core.wrapping import FactoryLayer
+from lbproxy.interfaces import IProxiedAddresses
 
 # Largest plaintext of one TLS record.
 _RECORD = 16384
@@ -89,6 +90,9 @@ class ServerTLSTransport(Protocol):
     @ivar factory: the L{ServerTLSFactory}.
     @ivar disconnecting: C{loseConnection} or C{abortConnection} was called.
     @ivar connected: between C{makeConnection} and C{connectionLost}.
+    @ivar sendRecords: called with the encrypted records to send: the TCP
+        transport's C{write}, unless a write batch takes them
+        (L{lbproxy._twisted.tlsbatch}).
     """
 
     __slots__ = (
@@ -97,8 +101,7 @@ class ServerTLSTransport(Protocol):
         "disconnecting",
         "connected",
         "_conn",
-        "_lowerWrite",
-        "_batch",
+        "sendRecords",
         "_handshakeDone",
         "_aborted",
         "_closed",
@@ -123,8 +126,7 @@ class ServerTLSTransport(Protocol):
         self.connected = False
         self.disconnecting = False
         self._conn: SSL.Connection | None = None
-        self._lowerWrite = None
-        self._batch = None
+        self.sendRecords = None
         self._handshakeDone = False
         self._aborted = False
         # The TLS layer is done: shut down, failed, or the TCP connection lost.
@@ -156,7 +158,7 @@ class ServerTLSTransport(Protocol):
         conn = factory.creator.serverConnectionForTLS(self)
         conn.set_accept_state()
         self._conn = conn
-        self._lowerWrite = transport.write
+        self.sendRecords = transport.write
         self.connected = True
         self.transport = transport
         self._deadline = factory.reactor.callLater(factory.handshakeTimeout, self._handshakeTimedOut)
@@ -368,7 +370,7 @@ class ServerTLSTransport(Protocol):
                 return
             except _Error:
                 return
-            self._lowerWrite(data)
+            self.sendRecords(data)
             if len(data) < _DRAIN:
                 return
 
@@ -390,7 +392,7 @@ class ServerTLSTransport(Protocol):
                 return
             room = size + _OVERHEAD
             out = conn.bio_read(room)
-            self._lowerWrite(out)
+            self.sendRecords(out)
             if len(out) == room:
                 self._drainOutput()
             if sent < size:
@@ -549,18 +551,8 @@ class ServerTLSTransport(Protocol):
             return None
         return conn.get_alpn_proto_negotiated() or None
 
-    # -- the write batch -------------------------------------------------------
 
-    def sendRecordsWith(self, batch, write) -> None:
-        """
-        Hand the records to C{write} (a write batch's, for the TCP
-        transport) instead of the TCP transport's own C{write}.
-        """
-        self._batch = batch
-        self._lowerWrite = write
-
-
-class ServerTLSFactory(ServerFactory):
+class ServerTLSFactory(FactoryLayer):
     """
     Terminates TLS in front of a listener's factory.
 
@@ -571,27 +563,12 @@ class ServerTLSFactory(ServerFactory):
     """
 
     protocol = ServerTLSTransport
-    noisy = False
+    logSuffix = " (TLS)"
 
     def __init__(self, creator, wrappedFactory, reactor, handshakeTimeout: float) -> None:
+        super().__init__(wrappedFactory, reactor)
         self.creator = creator
-        self.wrappedFactory = wrappedFactory
-        self.reactor = reactor
         self.handshakeTimeout = handshakeTimeout
-
-    def __repr__(self) -> str:
-        return f"<ServerTLSFactory {self.wrappedFactory!r}>"
-
-    def logPrefix(self) -> str:
-        prefix = getattr(self.wrappedFactory, "logPrefix", None)
-        name = prefix() if prefix is not None else self.wrappedFactory.__class__.__name__
-        return f"{name} (TLS)"
-
-    def doStart(self) -> None:
-        self.wrappedFactory.doStart()
-
-    def doStop(self) -> None:
-        self.wrappedFactory.doStop()
 
     def buildProtocol(self, addr):
         wrapped = self.wrappedFactory.buildProtocol(addr)

@@ -1,5 +1,5 @@
 """
-Settings of IMAP and POP3 listeners (C{mode = "imap"} / C{"pop3"}).
+The settings of IMAP and POP3 listeners (C{mode = "imap"} / C{"pop3"}).
 """
 
 from __future__ import annotations
@@ -7,27 +7,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from lbproxy.config import STORES_REPLICAS, ListenerConfig
 from lbproxy.config.table import Table, oneOf, show
 
-MAIL_MODES = ("imap", "pop3")
-
-#: How a pool's servers learn the client's address, by listener mode (the
-#: PROXY protocol, C{send_proxy}, works for both).
-CLIENT_ADDRESS = {"imap": ("none", "id"), "pop3": ("none", "xclient")}
-
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
-
-#: What a mail pool's servers hold (its C{stores} key): by default each
-#: user's mailbox on one of them ("distinct"), or every mailbox on every
-#: one ("replicas", a shared or replicated store).
-STORES_DISTINCT = "distinct"
-STORES_REPLICAS = "replicas"
-STORES = (STORES_DISTINCT, STORES_REPLICAS)
 
 #: Built-in selectors that place a user on one server when they hash the
 #: user; the others never do.
 _USER_HASHING = ("hash", "maglev")
 _NOT_PLACING = ("roundrobin", "leastconn", "random2", "first")
+
+#: Default idle timeout of a mail session after login: IMAP IDLE clients
+#: re-issue their command every 29 minutes at most.
+MAIL_IDLE_TIMEOUT = 1800.0
 
 
 @dataclass(frozen=True)
@@ -63,9 +55,9 @@ class AddressFailureLimit:
 
 
 @dataclass(frozen=True)
-class MailListenerConfig:
+class MailListenerConfig(ListenerConfig):
     """
-    What an IMAP or POP3 listener adds to a listener.
+    An IMAP or POP3 listener: what it adds to every listener's settings.
 
     @ivar tlsRequired: refuse LOGIN/USER/PASS/AUTHENTICATE until the
         connection is encrypted (and advertise LOGINDISABLED, hide
@@ -84,6 +76,7 @@ class MailListenerConfig:
     @ivar addressLimit: failed logins allowed per client address.
     """
 
+    idleTimeout: float = MAIL_IDLE_TIMEOUT
     tlsRequired: bool = False
     userPools: tuple[tuple[str, str], ...] = ()
     userDomain: str | None = None
@@ -93,19 +86,19 @@ class MailListenerConfig:
     authFailureDelay: float = 2.0
     addressLimit: AddressFailureLimit = AddressFailureLimit()
 
-    def poolFor(self, user: str, default: str) -> str:
+    def poolFor(self, user: str) -> str:
         """
         The pool serving normalised user C{user}.
         """
         for name, pool in self.userPools:
             if name == user:
                 return pool
-        return default
+        return self.pool
 
-
-#: Default idle timeout of a mail session after login: IMAP IDLE clients
-#: re-issue their command every 29 minutes at most.
-MAIL_IDLE_TIMEOUT = 1800.0
+    def poolsUsed(self) -> set[str]:
+        used = super().poolsUsed()
+        used.update(pool for _, pool in self.userPools)
+        return used
 
 
 def normaliseUser(user: str, domain: str | None) -> str:
@@ -125,11 +118,17 @@ def mailPoolProblem(name: str, pool) -> str | None:
     listener, or None. A pool of distinct stores must place each user on
     one server whatever the servers' state (see L{lbproxy.mail.placement}):
     no backup server, and with several servers a selector hashing the
-    user (a plugin selector is trusted to).
+    user (a plugin selector is trusted to). It has no use for a stick
+    table: the user's store is its only server.
     """
     if pool.stores == STORES_REPLICAS:
         return None
     replicas = f'stores = "{STORES_REPLICAS}" when every server holds every mailbox'
+    if pool.stick is not None:
+        return (
+            f"pool {name!r} has a stick table, but its servers hold distinct mailboxes: each user "
+            f"always goes to the store holding its mailbox; expected no [pools.{name}.stick], or {replicas}"
+        )
     for server in pool.servers:
         if server.backup:
             return (
@@ -151,13 +150,14 @@ def mailPoolProblem(name: str, pool) -> str | None:
     return None
 
 
-def parseMailListener(t: Table, timeouts: Table, pools: dict, tlsStartTLS: bool | None) -> MailListenerConfig:
+def parseMailListener(t: Table, timeouts: Table, common: dict, pools: dict) -> MailListenerConfig:
     """
-    Validate the mail keys of a listener table.
-
-    @param tlsStartTLS: None when the listener has no TLS, else whether it
-        uses STARTTLS (False: implicit TLS).
+    Validate the mail keys of a listener table; C{common} holds the
+    settings every listener has.
     """
+    if not common["pool"]:
+        t.fail("pool", "required key is missing")
+    tlsStartTLS = None if common["tls"] is None else common["tls"].starttls
     domain = t.string("user_domain", default=None)
     if domain is not None:
         if not _DOMAIN.fullmatch(domain.lower()):
@@ -184,6 +184,7 @@ def parseMailListener(t: Table, timeouts: Table, pools: dict, tlsStartTLS: bool 
     limits = t.table("limits")
     auth = t.table("auth")
     config = MailListenerConfig(
+        **common,
         tlsRequired=required,
         userPools=tuple(userPools),
         userDomain=domain,

@@ -1,0 +1,35 @@
+"""
+How log lines write addresses and durations, the same in every front.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress
+
+
+def formatAddress(address: IAddress) -> str:
+    """
+    C{host:port}, C{[v6host]:port}, or the text of a non-IP address.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        name = getattr(address, "name", None)
+        if isinstance(name, bytes):
+            return name.decode("utf-8", "replace")
+        return str(name or address)
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def formatSeconds(seconds: float | None) -> str:
+    """
+    A duration for a log line: milliseconds below a second, else seconds;
+    C{-} for none.
+    """
+    if seconds is None:
+        return "-"
+    if seconds < 1.0:
+        return f"{seconds * 1000:.1f}ms"
+    return f"{seconds:.3f}s"

@@ -1,0 +1,246 @@
+"""
+What every front does the same way with a client connection of one of its
+listeners: L{FrontConnection}, the base of the TCP, HTTP and mail fronts'
+protocols.
+
+  - B{Admission}: the connection is counted on its live
+    L{lbproxy.core.model.Listener}, which refuses it past the listener's
+    C{maxconn}; the front then answers as its protocol does (L{refused}).
+  - B{Addresses}: C{peer} is the connection's peer; C{client} and C{local}
+    are what a trusted proxy's PROXY header named
+    (L{lbproxy.interfaces.IProxiedAddresses}, told by the shared header
+    reader of L{lbproxy.core.acceptproxy}), else the connection's own.
+  - B{Phase}: the one thing the connection is waiting for now (a request
+    head, a login, a ClientHello...) and its deadline (L{PhaseTimer}).
+  - B{Relay}: once a flow is placed, the client connection's events go to
+    the relay's client leg (L{relayTo}), at no cost per read.
+  - B{End}: L{ended} runs once, however many ways the connection ends;
+    the session leaves the listener's C{maxconn} and its bytes are counted.
+    The front writes its own log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+
+from lbproxy.interfaces import IProxiedAddresses
+
+
+class PhaseTimer:
+    """
+    A connection's current phase and its deadline, on one timer.
+
+    L{enter} starts a phase with a time limit; L{extend} moves its deadline
+    later (activity in a phase limited by idleness), which costs a float
+    assignment: the reactor's timer is only armed again when it fires
+    before the deadline. When the deadline passes, C{expired(phase)} is
+    called once.
+
+    With a C{step}, the timer is never moved when a phase begins: it wakes
+    every C{step} seconds at most while a deadline is set, and a phase
+    expires up to C{step} late. A connection that changes phase many times
+    a second (HTTP keep-alive requests) then costs the reactor's timer
+    nothing per phase.
+
+    @ivar phase: the current phase's name (the front's own words), or
+        None once stopped.
+    @ivar since: when the phase began (the reactor's clock).
+    @ivar deadline: when it expires, or None when it has no limit.
+    """
+
+    __slots__ = ("_reactor", "_expired", "_step", "_call", "phase", "since", "deadline")
+
+    def __init__(self, reactor, expired: Callable[[str], None], step: float | None = None) -> None:
+        self._reactor = reactor
+        self._expired = expired
+        self._step = step
+        self._call = None
+        self.phase: str | None = None
+        self.since = 0.0
+        self.deadline: float | None = None
+
+    def enter(self, phase: str, limit: float | None, now: float | None = None) -> None:
+        """
+        Begin C{phase}, to expire C{limit} seconds from C{now} (or never,
+        for C{None} or 0).
+        """
+        if now is None:
+            now = self._reactor.seconds()
+        self.phase = phase
+        self.since = now
+        if not limit:
+            self.deadline = None
+            return
+        deadline = self.deadline = now + limit
+        call = self._call
+        step = self._step
+        if call is None:
+            wait = deadline - self._reactor.seconds()
+            self._call = self._reactor.callLater(max(0.0, min(wait, step) if step else wait), self._fire)
+        elif not step and call.getTime() > deadline:
+            call.reset(max(0.0, deadline - self._reactor.seconds()))
+
+    def extend(self, deadline: float) -> None:
+        """
+        Move the current phase's deadline to C{deadline} (later than it was:
+        the timer finds out when it fires).
+        """
+        if self.deadline is not None:
+            self.deadline = deadline
+
+    def stop(self) -> None:
+        """
+        No phase any more: nothing expires.
+        """
+        self.phase = None
+        self.deadline = None
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _fire(self) -> None:
+        self._call = None
+        deadline = self.deadline
+        if deadline is None or self.phase is None:
+            return
+        now = self._reactor.seconds()
+        if now < deadline:
+            wait = deadline - now
+            step = self._step
+            self._call = self._reactor.callLater(min(wait, step) if step else wait, self._fire)
+            return
+        self.deadline = None
+        self._expired(self.phase)
+
+
+@implementer(IProxiedAddresses)
+class FrontConnection(Protocol):
+    """
+    The base of every front's client connection protocol (see the module
+    docstring).
+
+    A subclass implements L{accepted} (the connection may be served) and
+    L{refused} (the listener is full), and calls L{ended} exactly when its
+    session is over (it runs once). L{phaseExpired} is called when the
+    current phase's deadline passes.
+
+    @ivar listener: the live L{lbproxy.core.model.Listener}.
+    @ivar config: its config (the listener's mode's settings).
+    @ivar peer: the connection's peer address.
+    @ivar client: the client's address (a trusted proxy's PROXY header's
+        source, else C{peer}).
+    @ivar local: the address the client connected to, likewise.
+    @ivar started: when the connection was accepted.
+    @ivar timer: the connection's L{PhaseTimer}.
+    @ivar finished: whether L{ended} ran.
+    """
+
+    listener = None
+    config = None
+    #: The relay's client leg once L{relayTo} handed the connection over.
+    relayLeg = None
+
+    def __init__(self, listener, reactor, timerStep: float | None = None) -> None:
+        """
+        @param timerStep: the L{PhaseTimer}'s step, for a front whose
+            connections change phase many times a second.
+        """
+        self.listener = listener
+        self.config = listener.config
+        self._reactor = reactor
+        self.peer: IAddress | None = None
+        self.client: IAddress | None = None
+        self.local: IAddress | None = None
+        self.started = 0.0
+        self.timer = PhaseTimer(reactor, self.phaseExpired, timerStep)
+        self.finished = False
+        self._admitted = False
+
+    # IProxiedAddresses
+
+    def proxiedAddresses(self, client: IAddress, local: IAddress) -> None:
+        self.client = client
+        self.local = local
+
+    # Protocol
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        self.started = self._reactor.seconds()
+        self.peer = transport.getPeer()
+        if self.client is None:
+            self.client = self.peer
+            self.local = transport.getHost()
+        if not self.listener.admit(self):
+            self.refused()
+            return
+        self._admitted = True
+        self.accepted()
+
+    # What a subclass implements.
+
+    def accepted(self) -> None:
+        """
+        The connection is admitted: begin serving it.
+        """
+
+    def refused(self) -> None:
+        """
+        The listener is at its C{maxconn}: answer as the protocol does,
+        close, and call L{ended}.
+        """
+        self.ended(error=True)
+        self.transport.loseConnection()
+
+    def phaseExpired(self, phase: str) -> None:
+        """
+        The deadline of C{phase} passed.
+        """
+
+    def listenerStopping(self) -> None:
+        """
+        The listener stops serving (the daemon stops, or a reload removed
+        it): a front whose connection is idle between two requests closes
+        it. By default nothing: a session runs to its end, within the
+        listener's grace period.
+        """
+
+    # What a subclass calls.
+
+    def relayTo(self, leg) -> None:
+        """
+        From now on the client connection's events go to C{leg}, the relay's
+        client leg: its C{dataReceived} takes this protocol's place (an
+        instance attribute, so a read costs no call through this class), and
+        the half-close and loss events are forwarded (see the subclasses'
+        C{readConnectionLost} and C{connectionLost}).
+        """
+        self.timer.stop()
+        self.relayLeg = leg
+        self.dataReceived = leg.dataReceived
+        leg.makeConnection(self.transport)
+
+    def ended(self, bytesIn: int = 0, bytesOut: int = 0, error: bool = False) -> bool:
+        """
+        The session is over: it leaves the listener's C{maxconn}, its bytes
+        and (when C{error}) an error are counted on the listener. Runs once:
+        returns True the first time (the caller then writes its log line),
+        False after.
+        """
+        if self.finished:
+            return False
+        self.finished = True
+        self.timer.stop()
+        listener = self.listener
+        if self._admitted:
+            listener.leave(self)
+        counters = listener.counters
+        counters.bytesIn += bytesIn
+        counters.bytesOut += bytesOut
+        if error:
+            counters.errors += 1
+        return True
