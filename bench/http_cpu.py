@@ -1,7 +1,7 @@
 """
 CPU cost per request of lbproxy's HTTP front, in one process, in memory.
 
-The front (L{lbproxy.http.front.HTTPProxyFactory}, built from the same
+The front (L{lbproxy.http.factory.HTTPProxyFactory}, built from the same
 generated config as in run_http.py: round robin over two servers, access
 log to a file, 64 idle connections kept per server) serves keep-alive
 clients through fake transports: each request is the exact head wrk sends,

@@ -28,9 +28,9 @@ from lbproxy.core.context import FlowContext
 from lbproxy.http.backend import (
     BackendHTTPConnection,
     BackendPool,
-    IBackendUser,
     IdleConnections,
 )
+from lbproxy.http.interfaces import IBackendUser
 from lbproxy.http.forwarded import ForwardingHeaders, TrustedNetworks
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.message import BodyKind, Headers, RequestHead

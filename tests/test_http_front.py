@@ -25,9 +25,11 @@ from lbproxy.config import (
     PoolConfig,
 )
 from lbproxy.http.config import HTTPLimits, HTTPListenerConfig, RouteConfig
-from lbproxy.http.backend import BackendHTTPConnection, IBackendUser
+from lbproxy.http.backend import BackendHTTPConnection
+from lbproxy.http.interfaces import IBackendUser
 from lbproxy.service import wrapFront
-from lbproxy.http.front import HTTPProxyFactory, HTTPProxyProtocol
+from lbproxy.http.factory import HTTPProxyFactory
+from lbproxy.http.front import HTTPProxyProtocol
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.leastconn import WeightedLeastConnections

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.headcache import HeadCache
-from lbproxy.http.heads import RequestRecord, ResponseRecord
+from lbproxy.http.heads import ResponseRecord
 from lbproxy.http.message import BodyKind, Headers, RequestHead, ResponseHead
 from lbproxy.http.parser import RequestParser, ResponseParser
 from lbproxy.http.rewrite import stripHopByHop

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IPushProducer
 
 from lbproxy.config import PoolConfig
 from lbproxy.http.config import HTTPListenerConfig
-from lbproxy.http.front import HTTPProxyFactory
+from lbproxy.http.factory import HTTPProxyFactory
 from lbproxy.http.parser import ResponseParser
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin

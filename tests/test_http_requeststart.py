@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from lbproxy.http.config import HTTPLimits
 from lbproxy.http.errors import HTTPParseError
-from lbproxy.http.front import HTTPProxyFactory
+from lbproxy.http.factory import HTTPProxyFactory
 from lbproxy.http.headcache import HeadCache
 from lbproxy.http.parser import TLS_ON_PLAINTEXT
 

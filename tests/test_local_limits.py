@@ -35,7 +35,7 @@ from lbproxy.core.context import FlowContext
 from lbproxy.errors import ConnectFailed, LocalLimitReached
 from lbproxy.health.checks import HealthCheckSkipped, TCPCheck
 from lbproxy.health.monitor import HealthMonitor
-from lbproxy.http.front import HTTPProxyFactory
+from lbproxy.http.factory import HTTPProxyFactory
 from lbproxy.core.limits import describeLocalLimit, localLimit
 from lbproxy.mail.imap import IMAPProxyFactory
 from lbproxy.core.pool import Pool, Server, ServerState

@@ -18,7 +18,7 @@ from certs import CertificateAuthority
 from lbproxy.config import PoolConfig
 from lbproxy.http.config import HTTPListenerConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
-from lbproxy.http.front import HTTPProxyFactory
+from lbproxy.http.factory import HTTPProxyFactory
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.http.parser import RequestParser
 from lbproxy.http.redirect import RedirectFactory, RedirectProtocol, redirectHost, redirectTarget

@@ -19,7 +19,7 @@ from certs import CertificateAuthority
 from lbproxy import tap
 from lbproxy.config import loadFile
 from lbproxy.errors import ConfigError
-from lbproxy.http.front import HTTPProxyFactory
+from lbproxy.http.factory import HTTPProxyFactory
 from lbproxy.http.redirect import RedirectFactory
 from lbproxy.service import BalancerService, loadListenerTLS
 from lbproxy.tls.server import ServerTLS

@@ -4,7 +4,7 @@ for reuse.
 
 A L{BackendHTTPConnection} parses the responses of one backend connection
 and passes them to its current I{user}, the client connection whose request
-it carries (an L{IBackendUser}). Between requests it waits, without a user,
+it carries (an L{lbproxy.http.interfaces.IBackendUser}). Between requests it waits, without a user,
 in the L{IdleConnections} of its server, most recently used first; it leaves
 that list when a request takes it, when the backend closes it, when the
 list holds more than the pool's C{reuseMaxIdle}, or after
@@ -37,7 +37,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from lbproxy.core.connect import BackendConnector
 from lbproxy.core.relay import setNoDelay
@@ -48,52 +48,6 @@ from lbproxy.http.message import BodyKind, ResponseHead
 from lbproxy.http.parser import ResponseParser
 
 
-class IBackendUser(Interface):
-    """
-    What a L{BackendHTTPConnection} tells the client connection using it.
-    """
-
-    def responseHeadReceived(head, body):
-        """
-        A response head (interim or final, a L{ResponseHead}) arrived.
-
-        C{body} is L{None} when the body, if any, is still to come (as
-        L{responseBodyReceived}, then L{responseCompleted}); or the whole
-        body of a final response that arrived whole in one read (see
-        L{lbproxy.http.parser.ResponseParser.wholeMessage}), which it
-        completes: nothing more follows for it.
-        """
-
-    def responseBodyReceived(data):
-        """
-        The next piece of the response body arrived.
-        """
-
-    def responseCompleted():
-        """
-        The response whose head came last ended (for an interim response:
-        its head was all there was).
-        """
-
-    def backendFailed(connection, error, closed):
-        """
-        The connection broke before the response ended: C{error} is the
-        L{HTTPParseError} (status 502) saying why; C{closed} is true when
-        the backend closed or reset the connection, false when it sent
-        something that is not a valid response.
-        """
-
-    def backendWriteBlocked():
-        """
-        The backend stopped reading: stop reading the request body from the
-        client.
-        """
-
-    def backendWriteUnblocked():
-        """
-        The backend reads again.
-        """
-
 
 @implementer(IHTTPMessageReceiver, IPushProducer, IHalfCloseableProtocol)
 class BackendHTTPConnection(Protocol):
@@ -102,10 +56,10 @@ class BackendHTTPConnection(Protocol):
 
     The connection registers itself as the streaming producer of its own
     transport: when the backend stops reading what the proxy writes, its
-    user hears of it (L{IBackendUser.backendWriteBlocked}) and pauses the
+    user hears of it (L{lbproxy.http.interfaces.IBackendUser.backendWriteBlocked}) and pauses the
     client.
 
-    @ivar user: the L{IBackendUser} whose request the connection carries,
+    @ivar user: the L{lbproxy.http.interfaces.IBackendUser} whose request the connection carries,
         or L{None} while idle.
     @ivar server: the server connected to (set by whoever connected it).
     @ivar parser: the L{ResponseParser} of the responses.
@@ -669,6 +623,5 @@ __all__ = [
     "BackendHTTPConnection",
     "BackendPool",
     "BackendProtocolFactory",
-    "IBackendUser",
     "IdleConnections",
 ]

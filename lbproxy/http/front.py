@@ -53,6 +53,8 @@ for the request.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import connectionDone
@@ -61,25 +63,22 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.core.connect import BackendConnection, Lease
+from lbproxy.core.pool import statusIndex
+from lbproxy.core.relay import setNoDelay
+from lbproxy.core.session import FrontConnection
 from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
-from lbproxy.http.backend import BackendHTTPConnection, BackendPool, IBackendUser
+from lbproxy.http.backend import BackendHTTPConnection
 from lbproxy.http.context import HTTPFlowContext
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange
-from lbproxy.http.interfaces import IHTTPMessageReceiver
-from lbproxy.http.listener import HTTPListenerFactory
-from lbproxy.http.message import BodyKind, RequestHead, ResponseHead
+from lbproxy.http.interfaces import IBackendUser, IHTTPMessageReceiver
+from lbproxy.http.message import RequestHead
 from lbproxy.http.parser import TLS_ON_PLAINTEXT, RequestParser
-from lbproxy.http.paths import PathNormalizer
-from lbproxy.http.persistence import CookiePersistence
-from lbproxy.http.rewrite import RequestRewriter, retryable, stripHopByHop
-from lbproxy.http.routing import Router
-from lbproxy.http.serialize import HeadWriter, encodeChunk, lastChunk
-from lbproxy._twisted.writebatch import WriteBatch
-from lbproxy.core.pool import Pool, statusIndex
-from lbproxy.core.relay import Relay, RelayResult, setNoDelay
-from lbproxy.core.session import FrontConnection
-from lbproxy.tls.client import tlsFailureText
+from lbproxy.http.response import ResponseForwarding
+from lbproxy.http.serialize import encodeChunk, lastChunk
+
+if TYPE_CHECKING:
+    from lbproxy.http.factory import HTTPProxyFactory
 
 # Phases of a client connection; each has its own timeout.
 _IDLE = "idle"  # keep-alive, before the first byte of the next request
@@ -92,38 +91,14 @@ _RESPONSE = "response"  # forwarding the response body: server / client timeout
 #: Seconds a keep-alive connection may idle once its listener stops.
 STOPPING_IDLE = 1.0
 
-_TUNNEL_ENDS = {
-    "client-closed": "--",
-    "server-closed": "--",
-    "client-reset": "CT",
-    "server-reset": "ST",
-    "idle-timeout": "cT",
-}
-
-
-class PoolRoute:
-    """
-    What a listener keeps per pool it routes to.
-
-    @ivar pool: the L{Pool}.
-    @ivar backends: its L{BackendPool} (connector, idle connections).
-    @ivar persistence: its L{CookiePersistence}, or L{None} without cookie.
-    """
-
-    __slots__ = ("pool", "backends", "persistence")
-
-    def __init__(self, pool: Pool, reactor) -> None:
-        self.pool = pool
-        self.backends = BackendPool(pool, reactor)
-        cookie = pool.options.cookie if pool.options is not None else None
-        self.persistence = CookiePersistence(cookie, reactor) if cookie is not None else None
 
 
 @implementer(IHTTPMessageReceiver, IPushProducer, IHalfCloseableProtocol, IBackendUser)
-class HTTPProxyProtocol(FrontConnection):
+class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
     """
     One client connection of an HTTP listener (what every front does with
-    a connection is L{FrontConnection}'s).
+    a connection is L{FrontConnection}'s; how a server's answer reaches the
+    client, L{ResponseForwarding}'s, in L{lbproxy.http.response}).
 
     @ivar parser: the L{RequestParser} of the connection.
     @ivar exchange: the L{Exchange} being served, or L{None} between
@@ -552,176 +527,7 @@ class HTTPProxyProtocol(FrontConnection):
             return
         self._updateReading()
 
-    # -- IBackendUser: the response -----------------------------------------
-
-    def responseHeadReceived(self, head: ResponseHead, body: bytes | None) -> None:
-        exchange = self.exchange
-        request = exchange.head
-        headers = head.headers
-        if head.interim:
-            if request.version >= (1, 1):
-                stripHopByHop(headers, head.connection)
-                self._writeHead(exchange, head, BodyKind.NONE)
-            return
-        now = self._seconds()
-        exchange.response = head
-        exchange.responseTime = now
-        exchange.status = head.status
-        if head.tunnel:
-            headers.removeHopByHop(keepWebSocket=True)
-            self._writeHead(exchange, head, BodyKind.NONE)
-            return
-        self._enterResponse(exchange, now)
-        stickiness = exchange.stickiness
-        fields = head.fields
-        if fields is None or stickiness is not None:
-            stripHopByHop(headers, head.connection)
-        kind = head.bodyKind
-        if kind is BodyKind.CHUNKED or kind is BodyKind.UNTIL_CLOSE:
-            if request.version >= (1, 1):
-                kind = BodyKind.CHUNKED
-                exchange.chunkedOut = True
-            else:
-                kind = BodyKind.UNTIL_CLOSE
-                exchange.closeDelimited = True
-        keepAlive = exchange.keepAlive = (
-            request.keepAlive
-            and exchange.requestComplete
-            and kind is not BodyKind.UNTIL_CLOSE
-            and not self.factory.stopping
-        )
-        if fields is not None and stickiness is None:
-            # Its field lines are ready (the common case): the head, and a
-            # whole body that came with it, in one write.
-            if not keepAlive:
-                fields += b"Connection: close\r\n"
-            elif request.version == (1, 0):
-                fields += b"Connection: keep-alive\r\n"
-            data = self.factory.writer.checkedResponseHead(
-                head.status, head.reason, fields, kind, head.contentLength
-            )
-            if body:
-                data += body
-            exchange.bytesOut += len(data)
-            self._writes.write(self.transport, data)
-            if body is not None:
-                self._finish(exchange)
-            return
-        if not keepAlive:
-            headers.add(b"Connection", b"close")
-        elif request.version == (1, 0):
-            headers.add(b"Connection", b"keep-alive")
-        if stickiness is not None:
-            exchange.cookie = exchange.route.persistence.responseHeaders(
-                headers, exchange.server, stickiness, secure=self.factory.secure
-            )
-        self._writeHead(exchange, head, kind)
-        if body is not None and self.exchange is exchange and exchange.backend is not None:
-            # The whole response came with its head (and writing the head
-            # did not end the exchange).
-            if body:
-                self.responseBodyReceived(body)
-            self.responseCompleted()
-
-    def _writeHead(self, exchange: Exchange, head: ResponseHead, kind: BodyKind) -> None:
-        try:
-            data = self.factory.writer.responseHead(
-                head.status, head.reason, head.headers, kind, head.contentLength
-            )
-        except ValueError:
-            exchange.response = None
-            exchange.status = -1
-            self._backendBroken(exchange, "PH")
-            return
-        exchange.bytesOut += len(data)
-        self._writes.write(self.transport, data)
-
-    def responseBodyReceived(self, data: bytes) -> None:
-        exchange = self.exchange
-        if not self._writeBlocked:
-            self.timer.extend(self._seconds() + exchange.route.pool.options.serverTimeout)
-        if exchange.chunkedOut:
-            pieces = encodeChunk(data)
-            exchange.bytesOut += len(data) + len(pieces[0]) + 2
-            self._writes.writeSequence(self.transport, pieces)
-        else:
-            exchange.bytesOut += len(data)
-            self._writes.write(self.transport, data)
-
-    def responseCompleted(self) -> None:
-        exchange = self.exchange
-        response = exchange.response
-        if response is None:
-            # The end of an interim response.
-            return
-        if response.tunnel:
-            self._openTunnel(exchange)
-            return
-        if exchange.chunkedOut:
-            try:
-                end = lastChunk(response.trailers)
-            except ValueError:
-                end = lastChunk()
-            exchange.bytesOut += len(end)
-            self._writes.write(self.transport, end)
-        self._finish(exchange)
-
-    def backendFailed(
-        self, connection: BackendHTTPConnection, error: HTTPParseError, closed: bool
-    ) -> None:
-        exchange = self.exchange
-        if exchange is None or exchange.backend is not connection:
-            return
-        if closed and not exchange.reused and exchange.response is None and not connection.bytesReceived:
-            refusal = tlsFailureText(connection.lostReason)
-            if refusal is not None:
-                self._refusedAfterHandshake(exchange, refusal)
-                return
-        if (
-            closed
-            and exchange.response is None
-            and not connection.bytesReceived
-            and not exchange.bytesIn
-            and retryable(exchange.head)
-        ):
-            if exchange.reused:
-                # The keep-alive race: the server is fine, the idle
-                # connection was not.
-                self.factory.staleRetries += 1
-                self._resend(exchange, exchange.server)
-                return
-            if exchange.attempts <= exchange.route.pool.options.retries:
-                # A fresh connection died under the request (the server
-                # crashed or was killed): another server gets it.
-                self.factory.redispatched += 1
-                exchange.context.excluded.add(exchange.server)
-                self._resend(exchange, None)
-                return
-        if exchange.response is None:
-            self._backendBroken(exchange, "SH" if closed else "PH")
-        else:
-            self._backendBroken(exchange, "SD" if closed else "PD")
-
-    def _refusedAfterHandshake(self, exchange: Exchange, refusal: str) -> None:
-        """
-        The server ended a fresh connection with a TLS alert before any of
-        the response: under TLS 1.3 a server refuses the proxy's client
-        certificate (or its lack of one) only after the proxy's side of
-        the handshake is done. The server processed nothing, so this is a
-        failed connect attempt: counted, logged, and redispatched while
-        attempts remain (whatever the method, if no body was sent yet).
-        """
-        retries = exchange.route.pool.options.retries
-        retry = not exchange.bytesIn and exchange.attempts <= retries
-        exchange.route.backends.connector.failedAfterConnect(
-            exchange.server, refusal, retry, exchange.attempts, 1 + retries, established=True
-        )
-        if retry:
-            self.factory.redispatched += 1
-            exchange.context.excluded.add(exchange.server)
-            self._resend(exchange, None)
-        else:
-            self._sendError(exchange, 502, "SC")
+    # -- the backend's reading of the request body --------------------------
 
     def backendWriteBlocked(self) -> None:
         self._backendFull = True
@@ -734,32 +540,6 @@ class HTTPProxyProtocol(FrontConnection):
         if self.timer.phase == _BODY:
             self._enterBody(self._seconds())
         self._updateReading()
-
-    def _resend(self, exchange: Exchange, server) -> None:
-        """
-        The connection carrying an idempotent request closed before any of
-        the response came and before any of its body was sent: send it
-        again on a fresh connection, to C{server} or, if L{None}, to one
-        the pool's selector picks.
-        """
-        exchange.backend = None
-        exchange.reused = False
-        exchange.resends += 1
-        if exchange.lease is not None:
-            exchange.lease.release()
-            exchange.lease = None
-        self._backendFull = False
-        self.parser.pauseParsing()
-        self._connect(exchange, server)
-
-    def _backendBroken(self, exchange: Exchange, termination: str) -> None:
-        """
-        The backend failed the request: a 502 when nothing of the response
-        was sent yet, else the client connection is closed. It counts as
-        an error of the server.
-        """
-        exchange.server.responseErrors += 1
-        self._sendError(exchange, 502, termination)
 
     # -- ending a request ---------------------------------------------------
 
@@ -868,45 +648,6 @@ class HTTPProxyProtocol(FrontConnection):
             factory.accessLog.log(exchange.record(self.client, self.listener.name, now))
         return now
 
-    # -- tunnels ------------------------------------------------------------
-
-    def _openTunnel(self, exchange: Exchange) -> None:
-        """
-        The backend switched protocols: relay both connections as they are.
-        """
-        backend = exchange.backend
-        relay = exchange.relay = Relay(
-            self._reactor, idleTimeout=self.config.tunnelTimeout or None
-        )
-        clientRest = self.parser.detachTunnel()
-        self._producing = False
-        self.transport.unregisterProducer()
-        backendRest = backend.handOver(relay.server)
-        self._readPaused = False
-        self.relayTo(relay.client)
-        relay.server.makeConnection(backend.transport)
-        if clientRest:
-            relay.client.dataReceived(clientRest)
-        if backendRest:
-            relay.server.dataReceived(backendRest)
-        if self._readClosed:
-            relay.client.readConnectionLost()
-        relay.finished.addCallback(self._tunnelFinished)
-        relay.start()
-
-    def _tunnelFinished(self, result: RelayResult) -> None:
-        exchange = self.exchange
-        self.exchange = None
-        self._closed = True
-        self.ended()
-        exchange.backend = None
-        if exchange.lease is not None:
-            exchange.lease.release()
-        exchange.bytesIn += result.bytesIn
-        exchange.bytesOut += result.bytesOut
-        exchange.termination = _TUNNEL_ENDS.get(result.end, "PT")
-        self._log(exchange)
-
     # -- timeouts -----------------------------------------------------------
 
     def _enterBody(self, now: float) -> None:
@@ -969,86 +710,3 @@ class HTTPProxyProtocol(FrontConnection):
     def _responseTimedOut(self) -> None:
         self._sendError(self.exchange, 504, "sH")
 
-
-class HTTPProxyFactory(HTTPListenerFactory):
-    """
-    Serves one HTTP listener.
-
-    @ivar listener: the live L{lbproxy.core.model.Listener} (its C{config}
-        an L{lbproxy.http.config.HTTPListenerConfig}).
-    @ivar pools: the live pools by name (the listener's and its routes').
-    @ivar router: the listener's L{Router}.
-    @ivar paths: the listener's L{PathNormalizer}, or L{None} when it does
-        not normalise paths.
-    @ivar rewriter: the listener's L{RequestRewriter}.
-    @ivar privateBackends: the L{BackendPool}s whose idle connections each
-        serve one client connection (reuse mode C{"never"}).
-    @ivar secure: clients connect with TLS (X-Forwarded-Proto https, Secure
-        persistence cookies).
-    @ivar accessLog: the listener's L{lbproxy.http.accesslog.AccessLog}.
-    @ivar staleRetries: requests sent again after the keep-alive race.
-    @ivar redispatched: requests sent again to another server after a fresh
-        connection closed under them.
-    @ivar stopping: the listener is stopping: responses close their
-        connections.
-    @ivar timerStep: the longest sleep of a connection's timeout timer.
-    """
-
-    protocol = HTTPProxyProtocol
-
-    def __init__(self, listener, pools: dict[str, Pool] | Pool, reactor) -> None:
-        if isinstance(pools, Pool):
-            pools = {pools.name: pools}
-        super().__init__(listener, reactor)
-        listener = self.config
-        self.pools = pools
-        self.router = Router(listener, pools)
-        self.paths = PathNormalizer(listener.paths) if listener.paths.normalize else None
-        self.writer = HeadWriter()
-        self.rewriter = RequestRewriter(listener, writer=self.writer)
-        self.secure = self.rewriter.proto == "https"
-        self._routes: dict[Pool, PoolRoute] = {}
-        self.privateBackends: list[BackendPool] = []
-        used = [pools[listener.pool]] + [pools[route.pool] for route in listener.routes]
-        for pool in used:
-            self.routeFor(pool)
-        timeouts = [
-            listener.requestTimeout,
-            listener.keepaliveTimeout,
-            listener.idleTimeout,
-        ]
-        for route in self._routes.values():
-            options = route.pool.options
-            timeouts += [options.responseTimeout, options.serverTimeout]
-        self.timerStep = min((t for t in timeouts if t and t > 0), default=60.0)
-        self.writes = WriteBatch(reactor)
-        self.staleRetries = 0
-        self.redispatched = 0
-
-    def __repr__(self) -> str:
-        return f"<HTTPProxyFactory {self.listener.name}>"
-
-    def routeFor(self, pool: Pool) -> PoolRoute:
-        """
-        The listener's L{PoolRoute} of C{pool}.
-        """
-        route = self._routes.get(pool)
-        if route is None:
-            route = self._routes[pool] = PoolRoute(pool, self._reactor)
-            if route.backends.mode == "never":
-                self.privateBackends.append(route.backends)
-        return route
-
-    @property
-    def routes(self) -> list[PoolRoute]:
-        return list(self._routes.values())
-
-    def stopFactory(self) -> None:
-        """
-        The listener stopped: close idle backend connections and the access
-        log (records of requests still in flight are dropped).
-        """
-        self.stopping = True
-        for route in self._routes.values():
-            route.backends.closeIdle()
-        self.accessLog.close()

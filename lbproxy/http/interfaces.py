@@ -1,5 +1,6 @@
 """
-What the HTTP message parsers deliver to, and in which order.
+The HTTP front's interfaces: what the message parsers deliver to, and in
+which order; what a backend connection tells the client connection using it.
 """
 
 from zope.interface import Attribute, Interface
@@ -72,4 +73,51 @@ class IHTTPMessageParser(Interface):
         """
         Leave HTTP after a message that opens a tunnel, returning the bytes
         received after it. The parser accepts no more data afterwards.
+        """
+
+
+class IBackendUser(Interface):
+    """
+    What a L{BackendHTTPConnection} tells the client connection using it.
+    """
+
+    def responseHeadReceived(head, body):
+        """
+        A response head (interim or final, a L{ResponseHead}) arrived.
+
+        C{body} is L{None} when the body, if any, is still to come (as
+        L{responseBodyReceived}, then L{responseCompleted}); or the whole
+        body of a final response that arrived whole in one read (see
+        L{lbproxy.http.parser.ResponseParser.wholeMessage}), which it
+        completes: nothing more follows for it.
+        """
+
+    def responseBodyReceived(data):
+        """
+        The next piece of the response body arrived.
+        """
+
+    def responseCompleted():
+        """
+        The response whose head came last ended (for an interim response:
+        its head was all there was).
+        """
+
+    def backendFailed(connection, error, closed):
+        """
+        The connection broke before the response ended: C{error} is the
+        L{HTTPParseError} (status 502) saying why; C{closed} is true when
+        the backend closed or reset the connection, false when it sent
+        something that is not a valid response.
+        """
+
+    def backendWriteBlocked():
+        """
+        The backend stopped reading: stop reading the request body from the
+        client.
+        """
+
+    def backendWriteUnblocked():
+        """
+        The backend reads again.
         """

@@ -52,7 +52,7 @@ class HTTPMode(FrontMode):
             from lbproxy.http.redirect import RedirectFactory
 
             return RedirectFactory(listener, reactor)
-        from lbproxy.http.front import HTTPProxyFactory
+        from lbproxy.http.factory import HTTPProxyFactory
 
         return HTTPProxyFactory(listener, pools, reactor)
 

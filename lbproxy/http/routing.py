@@ -121,6 +121,13 @@ class Router:
     @ivar default: the listener's pool, for requests no rule matches.
     """
 
+    #: Hosts (see L{requestHost}) by authority, kept while the router
+    #: lives: the same few authorities come request after request. Emptied
+    #: when it holds this many; authorities longer than L{_HOST_SIZE} bytes
+    #: are not kept.
+    _HOSTS_LIMIT = 4096
+    _HOST_SIZE = 256
+
     def __init__(self, listener: HTTPListenerConfig, pools: dict[str, Pool]) -> None:
         """
         @param pools: the live pools by name; must hold the listener's pool
@@ -131,6 +138,21 @@ class Router:
         self._rules = tuple(_Rule(route, pools[route.pool]) for route in listener.routes)
         self._needHost = any(rule.needsHost for rule in self._rules)
         self._needPath = any(rule.needsPath for rule in self._rules)
+        self._hosts: dict[bytes, bytes | None] = {}
+
+    def _host(self, head: RequestHead) -> bytes | None:
+        authority = head.authority
+        hosts = self._hosts
+        try:
+            return hosts[authority]
+        except KeyError:
+            pass
+        host = requestHost(head)
+        if authority is not None and len(authority) <= self._HOST_SIZE:
+            if len(hosts) >= self._HOSTS_LIMIT:
+                hosts.clear()
+            hosts[authority] = host
+        return host
 
     def route(self, head: RequestHead) -> Pool:
         """
@@ -139,7 +161,7 @@ class Router:
         rules = self._rules
         if not rules:
             return self.default
-        host = requestHost(head) if self._needHost else None
+        host = self._host(head) if self._needHost else None
         path = requestPath(head) if self._needPath else None
         for rule in rules:
             if rule.matches(head, host, path):

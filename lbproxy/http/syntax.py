@@ -108,33 +108,12 @@ def parseCoding(element: bytes) -> tuple[bytes, bool] | None:
     return match.group(1).lower(), bool(match.group(2))
 
 
-#: Results of L{parseHostPort} by value: the same few Host values come with
-#: request after request. Emptied when it holds L{_HOST_PORTS_LIMIT};
-#: values longer than L{_HOST_PORT_SIZE} bytes are not kept.
-_hostPorts: dict[bytes, tuple[bytes, int | None] | None] = {}
-_HOST_PORTS_LIMIT = 4096
-_HOST_PORT_SIZE = 256
-
-
 def parseHostPort(value: bytes) -> tuple[bytes, int | None] | None:
     """
     Split a Host value or an authority (C{uri-host [ ":" port ]}, RFC 9110
     §7.2) into host and port, or L{None} when it is malformed. IP literals
     must be valid IPv6 addresses; userinfo is refused.
     """
-    try:
-        return _hostPorts[value]
-    except KeyError:
-        pass
-    parsed = _parseHostPort(value)
-    if len(value) <= _HOST_PORT_SIZE:
-        if len(_hostPorts) >= _HOST_PORTS_LIMIT:
-            _hostPorts.clear()
-        _hostPorts[value] = parsed
-    return parsed
-
-
-def _parseHostPort(value: bytes) -> tuple[bytes, int | None] | None:
     match = _HOST_PORT.fullmatch(value)
     if match is None:
         return None

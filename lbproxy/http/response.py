@@ -1,0 +1,272 @@
+"""
+How the HTTP front forwards a server's answer to the client: the response
+head rewritten for the client (hop-by-hop fields, persistence cookie,
+framing) and its body streamed, what a server's failure means for the
+request (sent again, or answered 502/504), and the websocket tunnel a
+C{101 Switching Protocols} opens.
+
+L{ResponseForwarding} is the part of L{lbproxy.http.front.HTTPProxyProtocol}
+that implements L{lbproxy.http.interfaces.IBackendUser}; it works on the
+connection's current L{lbproxy.http.exchange.Exchange}.
+"""
+
+from __future__ import annotations
+
+from lbproxy.core.relay import Relay, RelayResult
+from lbproxy.http.backend import BackendHTTPConnection
+from lbproxy.http.errors import HTTPParseError
+from lbproxy.http.exchange import Exchange
+from lbproxy.http.message import BodyKind, ResponseHead
+from lbproxy.http.rewrite import retryable, stripHopByHop
+from lbproxy.http.serialize import encodeChunk, lastChunk
+from lbproxy.tls.client import tlsFailureText
+
+_TUNNEL_ENDS = {
+    "client-closed": "--",
+    "server-closed": "--",
+    "client-reset": "CT",
+    "server-reset": "ST",
+    "idle-timeout": "cT",
+}
+
+
+class ResponseForwarding:
+    """
+    The response side of an HTTP client connection: the methods of
+    L{lbproxy.http.interfaces.IBackendUser} and what they need. Mixed into
+    L{lbproxy.http.front.HTTPProxyProtocol}, whose state it shares.
+    """
+
+    def responseHeadReceived(self, head: ResponseHead, body: bytes | None) -> None:
+        exchange = self.exchange
+        request = exchange.head
+        headers = head.headers
+        if head.interim:
+            if request.version >= (1, 1):
+                stripHopByHop(headers, head.connection)
+                self._writeHead(exchange, head, BodyKind.NONE)
+            return
+        now = self._seconds()
+        exchange.response = head
+        exchange.responseTime = now
+        exchange.status = head.status
+        if head.tunnel:
+            headers.removeHopByHop(keepWebSocket=True)
+            self._writeHead(exchange, head, BodyKind.NONE)
+            return
+        self._enterResponse(exchange, now)
+        stickiness = exchange.stickiness
+        fields = head.fields
+        if fields is None or stickiness is not None:
+            stripHopByHop(headers, head.connection)
+        kind = head.bodyKind
+        if kind is BodyKind.CHUNKED or kind is BodyKind.UNTIL_CLOSE:
+            if request.version >= (1, 1):
+                kind = BodyKind.CHUNKED
+                exchange.chunkedOut = True
+            else:
+                kind = BodyKind.UNTIL_CLOSE
+                exchange.closeDelimited = True
+        keepAlive = exchange.keepAlive = (
+            request.keepAlive
+            and exchange.requestComplete
+            and kind is not BodyKind.UNTIL_CLOSE
+            and not self.factory.stopping
+        )
+        if fields is not None and stickiness is None:
+            # Its field lines are ready (the common case): the head, and a
+            # whole body that came with it, in one write.
+            if not keepAlive:
+                fields += b"Connection: close\r\n"
+            elif request.version == (1, 0):
+                fields += b"Connection: keep-alive\r\n"
+            data = self.factory.writer.checkedResponseHead(
+                head.status, head.reason, fields, kind, head.contentLength
+            )
+            if body:
+                data += body
+            exchange.bytesOut += len(data)
+            self._writes.write(self.transport, data)
+            if body is not None:
+                self._finish(exchange)
+            return
+        if not keepAlive:
+            headers.add(b"Connection", b"close")
+        elif request.version == (1, 0):
+            headers.add(b"Connection", b"keep-alive")
+        if stickiness is not None:
+            exchange.cookie = exchange.route.persistence.responseHeaders(
+                headers, exchange.server, stickiness, secure=self.factory.secure
+            )
+        self._writeHead(exchange, head, kind)
+        if body is not None and self.exchange is exchange and exchange.backend is not None:
+            # The whole response came with its head (and writing the head
+            # did not end the exchange).
+            if body:
+                self.responseBodyReceived(body)
+            self.responseCompleted()
+
+    def _writeHead(self, exchange: Exchange, head: ResponseHead, kind: BodyKind) -> None:
+        try:
+            data = self.factory.writer.responseHead(
+                head.status, head.reason, head.headers, kind, head.contentLength
+            )
+        except ValueError:
+            exchange.response = None
+            exchange.status = -1
+            self._backendBroken(exchange, "PH")
+            return
+        exchange.bytesOut += len(data)
+        self._writes.write(self.transport, data)
+
+    def responseBodyReceived(self, data: bytes) -> None:
+        exchange = self.exchange
+        if not self._writeBlocked:
+            self.timer.extend(self._seconds() + exchange.route.pool.options.serverTimeout)
+        if exchange.chunkedOut:
+            pieces = encodeChunk(data)
+            exchange.bytesOut += len(data) + len(pieces[0]) + 2
+            self._writes.writeSequence(self.transport, pieces)
+        else:
+            exchange.bytesOut += len(data)
+            self._writes.write(self.transport, data)
+
+    def responseCompleted(self) -> None:
+        exchange = self.exchange
+        response = exchange.response
+        if response is None:
+            # The end of an interim response.
+            return
+        if response.tunnel:
+            self._openTunnel(exchange)
+            return
+        if exchange.chunkedOut:
+            try:
+                end = lastChunk(response.trailers)
+            except ValueError:
+                end = lastChunk()
+            exchange.bytesOut += len(end)
+            self._writes.write(self.transport, end)
+        self._finish(exchange)
+
+    def backendFailed(
+        self, connection: BackendHTTPConnection, error: HTTPParseError, closed: bool
+    ) -> None:
+        exchange = self.exchange
+        if exchange is None or exchange.backend is not connection:
+            return
+        if closed and not exchange.reused and exchange.response is None and not connection.bytesReceived:
+            refusal = tlsFailureText(connection.lostReason)
+            if refusal is not None:
+                self._refusedAfterHandshake(exchange, refusal)
+                return
+        if (
+            closed
+            and exchange.response is None
+            and not connection.bytesReceived
+            and not exchange.bytesIn
+            and retryable(exchange.head)
+        ):
+            if exchange.reused:
+                # The keep-alive race: the server is fine, the idle
+                # connection was not.
+                self.factory.staleRetries += 1
+                self._resend(exchange, exchange.server)
+                return
+            if exchange.attempts <= exchange.route.pool.options.retries:
+                # A fresh connection died under the request (the server
+                # crashed or was killed): another server gets it.
+                self.factory.redispatched += 1
+                exchange.context.excluded.add(exchange.server)
+                self._resend(exchange, None)
+                return
+        if exchange.response is None:
+            self._backendBroken(exchange, "SH" if closed else "PH")
+        else:
+            self._backendBroken(exchange, "SD" if closed else "PD")
+
+    def _refusedAfterHandshake(self, exchange: Exchange, refusal: str) -> None:
+        """
+        The server ended a fresh connection with a TLS alert before any of
+        the response: under TLS 1.3 a server refuses the proxy's client
+        certificate (or its lack of one) only after the proxy's side of
+        the handshake is done. The server processed nothing, so this is a
+        failed connect attempt: counted, logged, and redispatched while
+        attempts remain (whatever the method, if no body was sent yet).
+        """
+        retries = exchange.route.pool.options.retries
+        retry = not exchange.bytesIn and exchange.attempts <= retries
+        exchange.route.backends.connector.failedAfterConnect(
+            exchange.server, refusal, retry, exchange.attempts, 1 + retries, established=True
+        )
+        if retry:
+            self.factory.redispatched += 1
+            exchange.context.excluded.add(exchange.server)
+            self._resend(exchange, None)
+        else:
+            self._sendError(exchange, 502, "SC")
+
+    def _resend(self, exchange: Exchange, server) -> None:
+        """
+        The connection carrying an idempotent request closed before any of
+        the response came and before any of its body was sent: send it
+        again on a fresh connection, to C{server} or, if L{None}, to one
+        the pool's selector picks.
+        """
+        exchange.backend = None
+        exchange.reused = False
+        exchange.resends += 1
+        if exchange.lease is not None:
+            exchange.lease.release()
+            exchange.lease = None
+        self._backendFull = False
+        self.parser.pauseParsing()
+        self._connect(exchange, server)
+
+    def _backendBroken(self, exchange: Exchange, termination: str) -> None:
+        """
+        The backend failed the request: a 502 when nothing of the response
+        was sent yet, else the client connection is closed. It counts as
+        an error of the server.
+        """
+        exchange.server.responseErrors += 1
+        self._sendError(exchange, 502, termination)
+
+    # -- tunnels ------------------------------------------------------------
+
+    def _openTunnel(self, exchange: Exchange) -> None:
+        """
+        The backend switched protocols: relay both connections as they are.
+        """
+        backend = exchange.backend
+        relay = exchange.relay = Relay(
+            self._reactor, idleTimeout=self.config.tunnelTimeout or None
+        )
+        clientRest = self.parser.detachTunnel()
+        self._producing = False
+        self.transport.unregisterProducer()
+        backendRest = backend.handOver(relay.server)
+        self._readPaused = False
+        self.relayTo(relay.client)
+        relay.server.makeConnection(backend.transport)
+        if clientRest:
+            relay.client.dataReceived(clientRest)
+        if backendRest:
+            relay.server.dataReceived(backendRest)
+        if self._readClosed:
+            relay.client.readConnectionLost()
+        relay.finished.addCallback(self._tunnelFinished)
+        relay.start()
+
+    def _tunnelFinished(self, result: RelayResult) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self._closed = True
+        self.ended()
+        exchange.backend = None
+        if exchange.lease is not None:
+            exchange.lease.release()
+        exchange.bytesIn += result.bytesIn
+        exchange.bytesOut += result.bytesOut
+        exchange.termination = _TUNNEL_ENDS.get(result.end, "PT")
+        self._log(exchange)
