@@ -28,19 +28,9 @@ from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
 from support import freePort
+from test_http_front import RecordingLog
 
 pytestmark = pytest.mark.integration
-
-
-class RecordingLog:
-    def __init__(self):
-        self.records = []
-
-    def log(self, record):
-        self.records.append(record)
-
-    def close(self):
-        pass
 
 
 @implementer(IPushProducer)

@@ -323,6 +323,18 @@ class IMAPFrontTests(SynchronousTestCase):
         self.refusedBeforeAnyStore(b'a LOGIN "alice\x7f" secret\r\n')
         self.refusedBeforeAnyStore(b'a LOGIN {7+}\r\nalice\xc2\x85 secret\r\n')
 
+    def test_controlInUserAtom(self):
+        """
+        An atom cannot hold a control character: the command is refused as
+        a syntax error, and no store is asked.
+        """
+        for line in (b"a LOGIN alice\0x secret\r\n", b"a LOGIN alice\x01x secret\r\n"):
+            self.makeFactory()
+            front = self.accept()
+            front.dataReceived(line)
+            self.assertEqual(self.said(), b"a BAD invalid characters\r\n")
+            self.assertEqual(self.reactor.tcpClients, [])
+
     def test_nulInUserQuoted(self):
         self.makeFactory()
         front = self.accept()

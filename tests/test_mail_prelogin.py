@@ -181,6 +181,10 @@ class FloodTests(MailFrontMixin, TestCase):
         port = self.serve("pop3")
         await self.floodAndCheck(port, b"CAPA\r\n", b"IMPLEMENTATION lbproxy\r\n.\r\n")
 
+    async def test_pop3PlaintextSideOfSTLS(self):
+        port = self.serve("pop3", "starttls")
+        await self.floodAndCheck(port, b"CAPA\r\n", b"IMPLEMENTATION lbproxy\r\n.\r\n")
+
 
 class FailedHandshakeTests(MailFrontMixin, TestCase):
     """

@@ -255,7 +255,7 @@ class CountingTests(SynchronousTestCase):
         self.assertEqual((server.bytesIn, server.bytesOut, server.totalConnections), (4, 5, 1))
 
     def test_httpRequests(self):
-        from test_http_front import GET, OK, ProxyTestCase
+        from test_http_front import GET, OK, ProxyTestCase, RecordingLog
 
         case = ProxyTestCase()
         case.setUp()
@@ -264,7 +264,7 @@ class CountingTests(SynchronousTestCase):
         case.pools = model.pools
         case.pool = model.pools["web"]
         case.factory = listener.mode.buildFactory(listener, model.pools, case.reactor)
-        case.log = case.factory.accessLog = _Records()
+        case.log = case.factory.accessLog = RecordingLog()
         client = case.connectClient()
         client.send(GET)
         backend = case.connectBackend()
@@ -277,17 +277,6 @@ class CountingTests(SynchronousTestCase):
         self.assertEqual(counters.errors, 1)
         (server,) = [s for s in model.pools["web"].servers if s.totalConnections]
         self.assertEqual(server.responses[2], 1)
-
-
-class _Records:
-    def __init__(self):
-        self.records = []
-
-    def log(self, record):
-        self.records.append(record)
-
-    def close(self):
-        pass
 
 
 class PhaseTimerTests(SynchronousTestCase):
