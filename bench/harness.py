@@ -498,6 +498,10 @@ class NginxBackends:
 {listens}
         root {root};
         etag off;
+        location = {UPLOAD_PATH} {{
+            client_max_body_size 0;
+            return 200 "uploaded\\n";
+        }}
     }}
 }}
 """
@@ -871,6 +875,25 @@ def parseWrk(output: str) -> WrkResult:
     )
 
 
+#: The path the nginx backends answer a POST of any body on, with a short
+#: body of their own (the upload scenarios).
+UPLOAD_PATH = "/upload"
+
+
+def writeUploadScript(workdir: str, body: bytes) -> str:
+    """
+    A wrk Lua script making every request a POST of C{body}; its path.
+    """
+    path = os.path.join(workdir, "upload.lua")
+    with open(path, "w") as f:
+        f.write(
+            'wrk.method = "POST"\n'
+            f"wrk.body = string.rep(\"x\", {len(body)})\n"
+            'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+        )
+    return path
+
+
 def runWrk(
     url: str,
     duration: float,
@@ -879,6 +902,7 @@ def runWrk(
     cpus: str | None = None,
     measuredPid: int | None = None,
     headers: Sequence[str] = (),
+    script: str | None = None,
 ) -> WrkResult:
     """
     Load C{url} with wrk's keep-alive connections for C{duration} seconds.
@@ -887,8 +911,11 @@ def runWrk(
     recorded too (100 = one full core), in total and in the kernel.
     C{headers} (C{"Name: value"}) are added to every request; with
     C{"Connection: close"} wrk opens a new connection for each request.
+    C{script} is a wrk Lua script (L{writeUploadScript}).
     """
     headerArgs = [arg for header in headers for arg in ("-H", header)]
+    if script is not None:
+        headerArgs += ["-s", script]
     argv = pinned(
         [
             findExecutable("wrk"),
@@ -939,6 +966,7 @@ def profileWhileLoading(
     loadCpus: str | None = None,
     native: bool = False,
     headers: Sequence[str] = (),
+    script: str | None = None,
 ) -> WrkResult:
     """
     Load C{url} with wrk for C{duration} seconds while py-spy samples
@@ -968,7 +996,8 @@ def profileWhileLoading(
     starter.start()
     try:
         result = runWrk(
-            url, duration, connections, cpus=loadCpus, measuredPid=pid, headers=headers
+            url, duration, connections, cpus=loadCpus, measuredPid=pid, headers=headers,
+            script=script,
         )
     finally:
         starter.join()
@@ -1533,6 +1562,18 @@ def latencyCpuCells(series: Series) -> list[str]:
         f"{p99:.2f}" if p99 is not None else "-",
         f"{cpu:.0f}% ({system:.0f}% sys)" if cpu is not None else "-",
     ]
+
+
+def cpuPerRequestCell(series: Series) -> str:
+    """
+    The proxy's CPU time per request, in microseconds (median CPU share
+    over median rate): what a request costs whatever the machine's size.
+    """
+    cpu = series.median("proxyCpuPercent")
+    rate = series.median()
+    if cpu is None or not rate:
+        return "-"
+    return f"{cpu * 1e4 / rate:.1f}"
 
 
 def formatTable(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

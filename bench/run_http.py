@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 from harness import (
     loadBeforeLine,
@@ -33,6 +34,9 @@ from harness import (
     addCommonArguments,
     addLogRequestsArgument,
     LOOPBACK,
+    UPLOAD_PATH,
+    writeUploadScript,
+    cpuPerRequestCell,
     BenchError,
     NginxBackends,
     NginxProxy,
@@ -64,16 +68,39 @@ from harness import (
 
 TARGETS = ("direct", "haproxy", "nginx", "twisted-web", "lbproxy", "lbproxy-tcp")
 PAYLOAD = makePayload("100B", 100)
-# Scenario name -> (extra wrk headers, targets in turn order).
+LARGE = makePayload("1MiB", 1024 * 1024)
+PROXIES = ("direct", "haproxy", "nginx", "lbproxy", "lbproxy-tcp")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """
+    One kind of load: wrk's extra headers, the targets in turn order, the
+    path asked for, and whether each request uploads C{LARGE} (a POST the
+    backends answer with a short body).
+    """
+
+    headers: tuple[str, ...]
+    targets: tuple[str, ...]
+    path: str = PAYLOAD.path
+    upload: bool = False
+
+
 SCENARIOS = {
-    "keepalive": ((), TARGETS),
-    "close": (("Connection: close",), ("direct", "haproxy", "nginx", "lbproxy", "lbproxy-tcp")),
+    "keepalive": Scenario((), TARGETS),
+    "close": Scenario(("Connection: close",), PROXIES),
+    "download": Scenario((), PROXIES, path=LARGE.path),
+    "upload": Scenario((), PROXIES, path=UPLOAD_PATH, upload=True),
 }
 # (scenario, ours, theirs, goal, strictly above): ours/theirs must reach goal.
 GOALS = (
-    ("keepalive", "lbproxy", "haproxy", 0.5, False),
+    ("keepalive", "lbproxy", "haproxy", 0.7, False),
     ("keepalive", "lbproxy", "twisted-web", 10.0, False),
     ("close", "lbproxy", "lbproxy-tcp", 1.0, True),
+    ("download", "lbproxy", "haproxy", 0.8, False),
+    ("download", "lbproxy", "lbproxy-tcp", 0.9, False),
+    ("upload", "lbproxy", "haproxy", 0.8, False),
+    ("upload", "lbproxy", "lbproxy-tcp", 0.9, False),
 )
 # Idle connections lbproxy keeps per server: more than wrk's connections,
 # as HAProxy (http-reuse always) and nginx (keepalive 64) keep.
@@ -126,7 +153,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         )
     args.scenarios = [s for s in SCENARIOS if s in scenarios]
     args.targetsByScenario = {
-        s: [t for t in SCENARIOS[s][1] if t in targets] for s in args.scenarios
+        s: [t for t in SCENARIOS[s].targets if t in targets] for s in args.scenarios
     }
     if not any(args.targetsByScenario.values()):
         parser.error("--targets and --scenarios leave nothing to measure")
@@ -170,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         backendPorts = [freePort(), freePort()]
         servers = [("nginx1", backendPorts[0]), ("nginx2", backendPorts[1])]
         for index, port in enumerate(backendPorts, 1):
-            backend = NginxBackends(workdir, [port], [PAYLOAD], name=f"nginx{index}")
+            backend = NginxBackends(workdir, [port], [PAYLOAD, LARGE], name=f"nginx{index}")
             group.start(f"nginx{index}", pinned(backend.argv(), args.backendCpus))
         for port in backendPorts:
             waitForPort(port, group)
@@ -228,8 +255,8 @@ def run(args: argparse.Namespace) -> int:
                 ["git", "-C", args.lbproxy_source, "describe", "--always", "--dirty"]
             )
 
-        def url(target: str, port: int | None = None) -> str:
-            return f"http://{LOOPBACK}:{port or ports[target]}{PAYLOAD.path}"
+        def url(target: str, port: int | None = None, path: str = PAYLOAD.path) -> str:
+            return f"http://{LOOPBACK}:{port or ports[target]}{path}"
 
         # One request per target on fresh connections; twice through each
         # proxy so round robin reaches both backends.
@@ -241,16 +268,26 @@ def run(args: argparse.Namespace) -> int:
                     verifyBody(url(target), PAYLOAD.body)
         say(f"verified: every target returns the expected {PAYLOAD.name} body")
 
+        uploadScript = None
+        if any(SCENARIOS[s].upload for s in args.scenarios):
+            uploadScript = writeUploadScript(workdir, LARGE.body)
+        for scenario in args.scenarios:
+            if SCENARIOS[scenario].path == LARGE.path:
+                for target in args.targetsByScenario[scenario]:
+                    verifyBody(url(target, path=LARGE.path), LARGE.body)
+
         def measure(target: str, scenario: str, duration: float = args.duration):
             group.checkAlive()
+            kind = SCENARIOS[scenario]
             return runWrk(
-                url(target),
+                url(target, path=kind.path),
                 duration,
                 args.connections,
                 threads=args.threads,
                 cpus=args.loadCpus,
                 measuredPid=pids.get(target),
-                headers=SCENARIOS[scenario][0],
+                headers=kind.headers,
+                script=uploadScript if kind.upload else None,
             )
 
         if args.warmup:
@@ -277,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
         group.checkAlive()
         profiles = []
         if args.profile:
-            profiles = profileLbproxy(args, pids["lbproxy"], url)
+            profiles = profileLbproxy(args, pids["lbproxy"], url, uploadScript)
         logLines = countLines(accessLog) if "lbproxy" in pids else None
 
     sayProfiles(profiles)
@@ -292,7 +329,11 @@ def run(args: argparse.Namespace) -> int:
             "connections": args.connections,
             "threads": args.threads,
             "payload": PAYLOAD.name,
-            "scenarios": {s: SCENARIOS[s][0] for s in args.scenarios},
+            "scenarios": {
+                s: {"headers": SCENARIOS[s].headers, "path": SCENARIOS[s].path,
+                    "upload": LARGE.name if SCENARIOS[s].upload else None}
+                for s in args.scenarios
+            },
             "pin": pins,
             "reactor": args.reactor,
             "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
@@ -316,7 +357,7 @@ def countLines(path: str) -> int:
         return 0
 
 
-def profileLbproxy(args: argparse.Namespace, pid: int, url) -> list:
+def profileLbproxy(args: argparse.Namespace, pid: int, url, uploadScript) -> list:
     """
     One more load run per scenario on lbproxy's HTTP mode, sampled by py-spy.
     """
@@ -330,9 +371,10 @@ def profileLbproxy(args: argparse.Namespace, pid: int, url) -> list:
         path = os.path.join(args.profile, f"lbproxy-http-{scenario}-{kind}.collapsed")
         say(f"profiling lbproxy, {scenario}, for {args.duration:g}s")
         result = profileWhileLoading(
-            pid, url("lbproxy"), args.duration, args.connections,
+            pid, url("lbproxy", path=SCENARIOS[scenario].path), args.duration, args.connections,
             path, pySpy, loadCpus=args.loadCpus, native=args.profile_native,
-            headers=SCENARIOS[scenario][0],
+            headers=SCENARIOS[scenario].headers,
+            script=uploadScript if SCENARIOS[scenario].upload else None,
         )
         profiles.append((scenario, path, result, topFunctions(path)))
     return profiles
@@ -372,11 +414,12 @@ def report(series, args) -> str:
                 target,
                 *rateCells(s),
                 *latencyCpuCells(s),
+                cpuPerRequestCell(s),
                 str(errors),
             ])
     table = formatTable(
         ["scenario", "target", "median req/s", "min", "max", "spread",
-         "p99 ms", "proxy CPU", "errors"],
+         "p99 ms", "proxy CPU", "µs/req", "errors"],
         rows,
     )
     lines = [table]

@@ -229,3 +229,33 @@ def test_tlsConfigsLoad(tmp_path, kind):
     assert f"bind 127.0.0.1:40000 ssl crt {files.bundle} alpn http/1.1" in haproxy
     assert f"ssl-default-bind-ciphers {harness.TLS12_CIPHERS}" in haproxy
     assert "ssl crt" not in harness.haproxyConfig(40000, [("a", 40001)], mode="http")
+
+
+def test_nginxBackendsAnswerUploads(tmp_path):
+    """
+    The backends answer a POST of any size on the upload path with a
+    short body, and serve each payload as a file.
+    """
+    payload = harness.makePayload("1MiB", 1024 * 1024)
+    backends = harness.NginxBackends(str(tmp_path), [40001], [payload])
+    text = open(backends.writeConfig()).read()
+    assert f"location = {harness.UPLOAD_PATH} {{" in text
+    assert "client_max_body_size 0;" in text
+    assert (tmp_path / "nginx" / "html" / "1MiB").read_bytes() == payload.body
+
+
+def test_writeUploadScript(tmp_path):
+    path = harness.writeUploadScript(str(tmp_path), b"x" * 1024)
+    text = open(path).read()
+    assert 'wrk.method = "POST"' in text
+    assert 'string.rep("x", 1024)' in text
+
+
+def test_cpuPerRequestCell():
+    """
+    Half a core at 50,000 requests/s is 10 µs of CPU per request.
+    """
+    series = harness.Series("lbproxy", "keepalive")
+    series.runs.append(harness.WrkResult(50000.0, 0.0, 1, None, None, 0, 0, proxyCpuPercent=50.0))
+    assert harness.cpuPerRequestCell(series) == "10.0"
+    assert harness.cpuPerRequestCell(harness.Series("direct", "keepalive")) == "-"

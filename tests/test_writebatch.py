@@ -167,6 +167,54 @@ class WriteBatchLoopbackTests(TestCase):
         transport.loseConnection()
         self.assertEqual(await receiver.closed, data)
 
+    async def test_writeNowSendsAtOnce(self):
+        """
+        L{WriteBatch.writeNow} sends at once, after what the batch held for
+        the transport, and a write above the buffer size that the kernel
+        takes whole pauses nothing.
+        """
+        sender, receiver = await self.connect()
+        batch = WriteBatch(reactor)
+        transport = sender.transport
+        batch.write(transport, b"head ")
+        body = b"b" * (transport.bufferSize * 2)
+        batch.writeNow(transport, body)
+        self.assertEqual((transport.dataBuffer, transport._tempDataBuffer), (b"", []))
+        self.assertNotIn(transport, reactor.getWriters())
+        self.assertEqual((sender.pauses, sender.resumes), (0, 0))
+        await deferLater(reactor, 0)
+        batch.write(transport, b" tail")
+        transport.unregisterProducer()
+        transport.loseConnection()
+        self.assertEqual(await receiver.closed, b"head " + body + b" tail")
+
+    async def test_writeNowMoreThanTheKernelTakes(self):
+        """
+        What the kernel does not take from L{WriteBatch.writeNow} is left to
+        the reactor: the producer is paused, and resumed once the reactor
+        has sent it; later writes queue behind it.
+        """
+        sender, receiver = await self.connect()
+        receiver.transport.pauseProducing()
+        batch = WriteBatch(reactor)
+        transport = sender.transport
+        chunk = bytes(range(256)) * 4096
+        for _ in range(16):
+            batch.writeNow(transport, chunk)
+        self.assertTrue(transport.dataBuffer)
+        self.assertIn(transport, reactor.getWriters())
+        self.assertTrue(sender.pauses)
+        self.assertTrue(transport.producerPaused)
+        receiver.transport.resumeProducing()
+        for _ in range(500):
+            if not transport.producerPaused:
+                break
+            await deferLater(reactor, 0.01)
+        self.assertEqual(sender.resumes, 1)
+        transport.unregisterProducer()
+        transport.loseConnection()
+        self.assertEqual(await receiver.closed, chunk * 16)
+
     async def test_abortDropsTheBatch(self):
         """
         Data still in the batch when the connection is aborted is dropped,
@@ -289,6 +337,7 @@ class WriteBatchOtherTransportTests(SynchronousTestCase):
         transport = StringTransport()
         batch.write(transport, b"a")
         batch.writeSequence(transport, [b"b", b"c"])
-        self.assertEqual(transport.value(), b"abc")
+        batch.writeNow(transport, b"d")
+        self.assertEqual(transport.value(), b"abcd")
         self.assertEqual(clock.getDelayedCalls(), [])
         batch.flush()

@@ -86,6 +86,35 @@ class WriteBatch:
         else:
             self._call = self._reactor.callLater(0, self.flush)
 
+    def writeNow(self, transport, data: bytes) -> None:
+        """
+        Write C{data}, part of a body, to C{transport} and send it at once,
+        with whatever the batch holds for the transport before it, as the
+        relay sends what it forwards (L{lbproxy._twisted.directwrite}).
+        A transport the reactor is sending to already, or that is not a
+        plain TCP connection, gets L{write}.
+
+        A body arrives in large reads: waiting for the batch would save no
+        send, and a read above the transport's C{bufferSize} would pause
+        its producer (the other connection's reading) until the batch is
+        flushed, on every read. Here the producer is paused only when the
+        kernel leaves more than C{bufferSize} unsent.
+        """
+        if (
+            type(transport) not in PLAIN_TCP
+            or transport.TLS
+            or transport.dataBuffer
+            or not data
+            or not transport.connected
+            or transport.disconnecting
+            or transport._writeDisconnected
+        ):
+            self.write(transport, data)
+            return
+        transport._tempDataBuffer.append(data)
+        transport._tempDataLen += len(data)
+        self._send(transport)
+
     def writeSequence(self, transport, pieces: Sequence[bytes]) -> None:
         """
         Write each of C{pieces} to C{transport}, in order; to a TLS
@@ -122,27 +151,36 @@ class WriteBatch:
                 # the kernel last took only part of its data: the reactor
                 # sends it.
                 continue
-            buffered = transport._tempDataBuffer
-            if not buffered:
-                continue
-            data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
-            try:
-                sent = transport.socket.send(data)
-            except OSError as error:
-                if error.errno not in _TRY_LATER:
-                    # Broken: the reactor's write finds out and reports it.
-                    transport.startWriting()
-                    continue
-                sent = 0
-            # What FileDescriptor.doWrite does with its buffers.
-            transport._tempDataBuffer = []
-            transport._tempDataLen = 0
-            if sent < len(data):
-                transport.dataBuffer = data
-                transport.offset = sent
+            if transport._tempDataBuffer:
+                self._send(transport)
+
+    @staticmethod
+    def _send(transport) -> None:
+        """
+        Send what C{transport}, with nothing in C{dataBuffer}, holds in its
+        temporary buffer; leave what the kernel does not take to the
+        reactor, as C{FileDescriptor.doWrite} leaves its buffers.
+        """
+        buffered = transport._tempDataBuffer
+        data = buffered[0] if len(buffered) == 1 else b"".join(buffered)
+        try:
+            sent = transport.socket.send(data)
+        except OSError as error:
+            if error.errno not in _TRY_LATER:
+                # Broken: the reactor's write finds out and reports it.
                 transport.startWriting()
-            elif transport.producer is not None and (
-                not transport.streamingProducer or transport.producerPaused
-            ):
-                transport.producerPaused = False
-                transport.producer.resumeProducing()
+                return
+            sent = 0
+        transport._tempDataBuffer = []
+        transport._tempDataLen = 0
+        if sent < len(data):
+            transport.dataBuffer = data
+            transport.offset = sent
+            transport.startWriting()
+            if len(data) - sent > transport.bufferSize and not transport.producerPaused:
+                transport._maybePauseProducer()
+        elif transport.producer is not None and (
+            not transport.streamingProducer or transport.producerPaused
+        ):
+            transport.producerPaused = False
+            transport.producer.resumeProducing()

@@ -391,7 +391,7 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
         if exchange.chunked:
             self._writes.writeSequence(exchange.backend.transport, encodeChunk(data))
         else:
-            self._writes.write(exchange.backend.transport, data)
+            self._writes.writeNow(exchange.backend.transport, data)
 
     def messageComplete(self) -> None:
         self.parser.pauseParsing()

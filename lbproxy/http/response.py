@@ -129,7 +129,7 @@ class ResponseForwarding:
             self._writes.writeSequence(self.transport, pieces)
         else:
             exchange.bytesOut += len(data)
-            self._writes.write(self.transport, data)
+            self._writes.writeNow(self.transport, data)
 
     def responseCompleted(self) -> None:
         exchange = self.exchange
