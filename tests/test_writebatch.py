@@ -119,18 +119,20 @@ class WriteBatchLoopbackTests(TestCase):
             await deferLater(reactor, 0.01)
         self.assertEqual(b"".join(receiver.received), b"x" * 100)
 
-    async def test_moreThanTheKernelTakes(self):
+    async def overflowThenDrain(self, write, chunk: bytes, count: int) -> None:
         """
-        What the kernel does not take stays buffered and the reactor sends
-        it later; the transport pauses its producer, then resumes it.
+        Write C{chunk} C{count} times with C{write(batch, transport,
+        chunk)} while the receiver does not read: what the kernel does not
+        take stays buffered for the reactor, and the transport pauses its
+        producer; once the receiver reads again, the reactor sends it all
+        and the producer is resumed once.
         """
         sender, receiver = await self.connect()
         receiver.transport.pauseProducing()
         batch = WriteBatch(reactor)
         transport = sender.transport
-        chunk = bytes(range(256)) * 256
-        for _ in range(64):
-            batch.write(transport, chunk)
+        for _ in range(count):
+            write(batch, transport, chunk)
         self.assertTrue(sender.pauses)
         self.assertTrue(transport.producerPaused)
         await deferLater(reactor, 0)
@@ -145,7 +147,17 @@ class WriteBatchLoopbackTests(TestCase):
         self.assertNotIn(transport, reactor.getWriters())
         transport.unregisterProducer()
         transport.loseConnection()
-        self.assertEqual(await receiver.closed, chunk * 64)
+        self.assertEqual(await receiver.closed, chunk * count)
+
+    async def test_moreThanTheKernelTakes(self):
+        await self.overflowThenDrain(WriteBatch.write, bytes(range(256)) * 256, 64)
+
+    async def test_writeNowMoreThanTheKernelTakes(self):
+        """
+        The same with L{WriteBatch.writeNow}: its sends come at once, the
+        rest waits for the reactor.
+        """
+        await self.overflowThenDrain(WriteBatch.writeNow, bytes(range(256)) * 4096, 16)
 
     async def test_producerResumedWhenAllIsSent(self):
         """
@@ -187,33 +199,6 @@ class WriteBatchLoopbackTests(TestCase):
         transport.unregisterProducer()
         transport.loseConnection()
         self.assertEqual(await receiver.closed, b"head " + body + b" tail")
-
-    async def test_writeNowMoreThanTheKernelTakes(self):
-        """
-        What the kernel does not take from L{WriteBatch.writeNow} is left to
-        the reactor: the producer is paused, and resumed once the reactor
-        has sent it; later writes queue behind it.
-        """
-        sender, receiver = await self.connect()
-        receiver.transport.pauseProducing()
-        batch = WriteBatch(reactor)
-        transport = sender.transport
-        chunk = bytes(range(256)) * 4096
-        for _ in range(16):
-            batch.writeNow(transport, chunk)
-        self.assertTrue(transport.dataBuffer)
-        self.assertIn(transport, reactor.getWriters())
-        self.assertTrue(sender.pauses)
-        self.assertTrue(transport.producerPaused)
-        receiver.transport.resumeProducing()
-        for _ in range(500):
-            if not transport.producerPaused:
-                break
-            await deferLater(reactor, 0.01)
-        self.assertEqual(sender.resumes, 1)
-        transport.unregisterProducer()
-        transport.loseConnection()
-        self.assertEqual(await receiver.closed, chunk * 16)
 
     async def test_abortDropsTheBatch(self):
         """
