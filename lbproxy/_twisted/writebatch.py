@@ -91,8 +91,8 @@ class WriteBatch:
         Write C{data}, part of a body, to C{transport} and send it at once,
         with whatever the batch holds for the transport before it, as the
         relay sends what it forwards (L{lbproxy._twisted.directwrite}).
-        A transport the reactor is sending to already, or that is not a
-        plain TCP connection, gets L{write}.
+        A transport the reactor is sending to already or closing, or that
+        is not a plain TCP connection, gets L{write}.
 
         A body arrives in large reads: waiting for the batch would save no
         send, and a read above the transport's C{bufferSize} would pause
@@ -107,6 +107,7 @@ class WriteBatch:
             or not data
             or not transport.connected
             or transport.disconnecting
+            or transport._writeDisconnecting
             or transport._writeDisconnected
         ):
             self.write(transport, data)
