@@ -40,8 +40,20 @@ class ResponseForwarding:
     def responseHeadReceived(self, head: ResponseHead, body: bytes | None) -> None:
         exchange = self.exchange
         request = exchange.head
+        if body is not None and head.fields is not None and exchange.stickiness is None:
+            # The common case: a whole final response with a length or no
+            # body, as the parser's wholeMessage delivers it (no interim
+            # response, no tunnel, nothing to re-frame), its field lines
+            # ready. It is written and the exchange ends at once, so no
+            # response phase begins.
+            exchange.response = head
+            exchange.responseTime = self._seconds()
+            exchange.status = head.status
+            self._writeReady(exchange, head, head.bodyKind, self._keepAlive(exchange, head.bodyKind), body)
+            self._finish(exchange)
+            return
         headers = head.headers
-        if head.interim:
+        if head.status < 200 and head.interim:
             if request.version >= (1, 1):
                 stripHopByHop(headers, head.connection)
                 self._writeHead(exchange, head, BodyKind.NONE)
@@ -67,26 +79,11 @@ class ResponseForwarding:
             else:
                 kind = BodyKind.UNTIL_CLOSE
                 exchange.closeDelimited = True
-        keepAlive = exchange.keepAlive = (
-            request.keepAlive
-            and exchange.requestComplete
-            and kind is not BodyKind.UNTIL_CLOSE
-            and not self.factory.stopping
-        )
+        keepAlive = self._keepAlive(exchange, kind)
         if fields is not None and stickiness is None:
-            # Its field lines are ready (the common case): the head, and a
-            # whole body that came with it, in one write.
-            if not keepAlive:
-                fields += b"Connection: close\r\n"
-            elif request.version == (1, 0):
-                fields += b"Connection: keep-alive\r\n"
-            data = self.factory.writer.checkedResponseHead(
-                head.status, head.reason, fields, kind, head.contentLength
-            )
-            if body:
-                data += body
-            exchange.bytesOut += len(data)
-            self._writes.write(self.transport, data)
+            # Its field lines are ready: the head, and a whole body that
+            # came with it, in one write.
+            self._writeReady(exchange, head, kind, keepAlive, body)
             if body is not None:
                 self._finish(exchange)
             return
@@ -105,6 +102,41 @@ class ResponseForwarding:
             if body:
                 self.responseBodyReceived(body)
             self.responseCompleted()
+
+    def _keepAlive(self, exchange: Exchange, kind: BodyKind) -> bool:
+        """
+        Whether the client connection persists after the response of
+        C{exchange}, sent with body framing C{kind}; kept on the exchange.
+        """
+        request = exchange.head
+        keepAlive = exchange.keepAlive = (
+            request.keepAlive
+            and exchange.requestComplete
+            and kind is not BodyKind.UNTIL_CLOSE
+            and not self.factory.stopping
+        )
+        return keepAlive
+
+    def _writeReady(
+        self, exchange: Exchange, head: ResponseHead, kind: BodyKind, keepAlive: bool, body: bytes | None
+    ) -> None:
+        """
+        Write the head of C{head}, whose field lines are ready
+        (L{ResponseHead.fields}), framed as C{kind}, with C{body} when the
+        whole body came with it.
+        """
+        fields = head.fields
+        if not keepAlive:
+            fields += b"Connection: close\r\n"
+        elif exchange.head.version == (1, 0):
+            fields += b"Connection: keep-alive\r\n"
+        data = self.factory.writer.checkedResponseHead(
+            head.status, head.reason, fields, kind, head.contentLength
+        )
+        if body:
+            data += body
+        exchange.bytesOut += len(data)
+        self._writes.write(self.transport, data)
 
     def _writeHead(self, exchange: Exchange, head: ResponseHead, kind: BodyKind) -> None:
         try:
