@@ -153,7 +153,10 @@ class HTTPFlowContext(FlowContext):
     protocol = "tcp"
 
     def __init__(self, client: IAddress, local: IAddress, head: RequestHead) -> None:
-        super().__init__(client, local)
+        # FlowContext.__init__, written out: this runs per request.
+        self.client = client
+        self.local = local
+        self.excluded = set()
         self.head = head
         self._cookies: dict[bytes, bytes] | None = None
         self._query: dict[bytes, bytes] | None = None

@@ -53,6 +53,7 @@ for the request.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import CancelledError
@@ -63,6 +64,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.core.connect import BackendConnection, Lease
+from lbproxy.core.model import DURATION_BUCKETS
 from lbproxy.core.pool import statusIndex
 from lbproxy.core.relay import setNoDelay
 from lbproxy.core.session import FrontConnection
@@ -633,7 +635,11 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
         counters.bytesOut += exchange.bytesOut
         if exchange.head is not None:
             counters.requests += 1
-            counters.countDuration(now - exchange.firstByte)
+            # ListenerCounters.countDuration, written out: this runs per
+            # request.
+            seconds = now - exchange.firstByte
+            counters.durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
+            counters.durationSum += seconds
         index = statusIndex(status)
         counters.responses[index] += 1
         normal = exchange.termination == "--"
