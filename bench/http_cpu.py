@@ -27,6 +27,7 @@ Run from the repository root with the interpreter that has Twisted:
     python bench/http_cpu.py --requests 200000 --rounds 7
     python bench/http_cpu.py --profile        # cProfile of one round
     python bench/http_cpu.py --tls both --requests 50000
+    python bench/http_cpu.py --connections    # a connection per request
 
 Reports microseconds of CPU per request (the best of the rounds: other load
 only ever slows a round down) and, with --profile, the functions that take
@@ -50,7 +51,9 @@ sys.path.insert(0, REPO)
 
 import twisted  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.error import ConnectionDone  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 
 from OpenSSL import SSL  # noqa: E402
 from twisted.protocols.tls import TLSMemoryBIOFactory  # noqa: E402
@@ -66,6 +69,9 @@ SERVERS = [("nginx1", 40001), ("nginx2", 40002)]
 BODY = b"x" * 99 + b"\n"
 #: What wrk sends for each request.
 REQUEST = b"GET /100B HTTP/1.1\r\nHost: 127.0.0.1:40000\r\n\r\n"
+#: What wrk sends for each request with C{-H "Connection: close"}.
+CLOSE_REQUEST = b"GET /100B HTTP/1.1\r\nHost: 127.0.0.1:40000\r\nConnection: close\r\n\r\n"
+_CLOSED = Failure(ConnectionDone())
 #: nginx 1.22's answer for a 100-byte static file, body included.
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\n"
@@ -135,13 +141,14 @@ class FakeTransport:
         self.disconnecting = True
 
 
-def buildFront(accessLog: str, reactor, tls=None):
+def buildFront(accessLog: str, reactor, tls=None, reuseMode: str | None = None):
     """
     The HTTP front of the generated config; with C{tls} (the listener's
     certificate files), the L{ServerTLS} of its listener too.
     """
     text = lbproxyConfig(
-        LISTEN_PORT, SERVERS, mode="http", accessLog=accessLog, reuseMaxIdle=64, tls=tls
+        LISTEN_PORT, SERVERS, mode="http", accessLog=accessLog, reuseMaxIdle=64, tls=tls,
+        reuseMode=reuseMode,
     )
     config = loadBytes(text.encode(), "bench.toml")
     balancer = Balancer(config)
@@ -245,6 +252,66 @@ class Bench:
         for client in clients[:rest]:
             client.dataReceived(REQUEST)
             wrappers[client.exchange.backend].dataReceived(RESPONSE)
+        return time.process_time() - started
+
+
+class ConnectionBench(Bench):
+    """
+    A new client connection for each request, closed once it is answered,
+    as wrk's clients do with C{Connection: close}: the cost of accepting,
+    admitting, serving and ending a connection. Idle server connections
+    serve every client (C{reuse.mode = "always"}, as run_http.py runs it),
+    so after the first two requests no server is connected any more.
+    """
+
+    def __init__(self, clients: int, accessLog: str) -> None:
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_800_000_000)
+        self.factory, _ = buildFront(accessLog, self.reactor, reuseMode="always")
+        self.factory.startFactory()
+        self.local = IPv4Address("TCP", "127.0.0.1", LISTEN_PORT)
+        self.clients = clients
+        self.wrappers = {}
+        self.answered = 0
+        self.accepted = 0
+
+    def _serve(self, check: bool = False) -> None:
+        """
+        One client connection: accepted, its request read, the server's
+        answer relayed, then closed by the client once it has it.
+        """
+        client, transport = self._accept(self.accepted % self.clients)
+        self.accepted += 1
+        client.dataReceived(CLOSE_REQUEST)
+        backend = client.exchange.backend
+        if backend is None:
+            # The pool has no idle connection to this server yet.
+            self._connectPending()
+            backend = client.exchange.backend
+        self.wrappers[backend].dataReceived(RESPONSE)
+        if check:
+            received = b"".join(transport.last)
+            if not received.startswith(b"HTTP/1.1 200 OK\r\n") or not received.endswith(
+                b"\r\n\r\n" + BODY
+            ) or b"Connection: close" not in received or not transport.disconnecting:
+                raise SystemExit(f"unexpected answer to a closing client: {received!r}")
+        client.connectionLost(_CLOSED)
+
+    def warmUp(self) -> None:
+        for _ in range(4):
+            self._serve(check=True)
+        for backend in self.wrappers:
+            backend.transport.last.clear()
+
+    def run(self, count: int) -> float:
+        serve = self._serve
+        wrappers = self.wrappers
+        started = time.process_time()
+        for index in range(count):
+            serve()
+            if index % 1000 == 999:
+                for backend in wrappers:
+                    backend.transport.last.clear()
         return time.process_time() - started
 
 
@@ -355,7 +422,8 @@ def measure(bench, args, label: str) -> float:
         print(f"{label}round {index + 1}: {figures[-1]:.2f} us/request", flush=True)
     print(
         f"{label}best {min(figures):.2f} us/request, median {sorted(figures)[len(figures) // 2]:.2f} "
-        f"({args.requests} requests x {args.rounds} rounds, {args.clients} clients; "
+        f"({args.requests} requests x {args.rounds} rounds, {args.clients} clients"
+        f"{', a connection each' if args.connections else ''}; "
         f"Python {platform.python_version()}, Twisted {twisted.__version__})",
         flush=True,
     )
@@ -379,6 +447,10 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--top", type=int, default=30, help="functions printed with --profile")
     parser.add_argument(
+        "--connections", action="store_true",
+        help="a new client connection for each request, closed after it (Connection: close)",
+    )
+    parser.add_argument(
         "--tls",
         choices=("new", "old", "both"),
         help="HTTPS clients, through lbproxy's TLS transport (new), Twisted's (old) or both",
@@ -386,8 +458,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lbproxy-http-cpu-") as workdir:
         if args.tls is None:
-            measure(Bench(args.clients, os.path.join(workdir, "access.log")), args, "")
+            kind = ConnectionBench if args.connections else Bench
+            measure(kind(args.clients, os.path.join(workdir, "access.log")), args, "")
             return 0
+        if args.connections:
+            parser.error("--connections runs plain HTTP clients only")
         certificate = makeCertificate(workdir, "ec")
         kinds = ("old", "new") if args.tls == "both" else (args.tls,)
         best = {}
