@@ -37,6 +37,7 @@ the most time. This is a report, not a test: nothing fails on slow figures.
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import os
 import platform
@@ -259,7 +260,9 @@ class ConnectionBench(Bench):
     """
     A new client connection for each request, closed once it is answered,
     as wrk's clients do with C{Connection: close}: the cost of accepting,
-    admitting, serving and ending a connection. Idle server connections
+    admitting, serving and ending a connection. C{clients} connections are
+    open at any time, as wrk's are: each turn accepts one, and the oldest
+    sends its request, gets its answer and closes. Idle server connections
     serve every client (C{reuse.mode = "always"}, as run_http.py runs it),
     so after the first two requests no server is connected any more.
     """
@@ -270,18 +273,21 @@ class ConnectionBench(Bench):
         self.factory, _ = buildFront(accessLog, self.reactor, reuseMode="always")
         self.factory.startFactory()
         self.local = IPv4Address("TCP", "127.0.0.1", LISTEN_PORT)
-        self.clients = clients
         self.wrappers = {}
         self.answered = 0
         self.accepted = 0
+        self.clients = clients
+        self.waiting = collections.deque(self._accept(index) for index in range(clients))
 
     def _serve(self, check: bool = False) -> None:
         """
-        One client connection: accepted, its request read, the server's
-        answer relayed, then closed by the client once it has it.
+        One turn: a client connection accepted; the oldest sends its
+        request, the server's answer is relayed, and it closes once it has
+        it.
         """
-        client, transport = self._accept(self.accepted % self.clients)
+        self.waiting.append(self._accept(self.accepted % 20000))
         self.accepted += 1
+        client, transport = self.waiting.popleft()
         client.dataReceived(CLOSE_REQUEST)
         backend = client.exchange.backend
         if backend is None:

@@ -978,6 +978,26 @@ class TimeoutTests(ProxyTestCase):
         client.close()
         self.assertEqual(len(self.log.records), 1)
 
+    def test_connectionsShareOneReactorTimer(self):
+        """
+        The deadlines of a listener's connections wait on its timer wheel:
+        however many connections and requests, one reactor timer, gone
+        once the last connection is.
+        """
+        self.makeFactory(makeListener(requestTimeout=5.0, keepaliveTimeout=20.0))
+        before = set(self.reactor.getDelayedCalls())
+        clients = [self.connectClient() for _ in range(5)]
+        for client in clients[:3]:
+            self.exchange(client, GET)
+        # (Besides the idle server connections' expiry.)
+        timers = [call.func for call in self.reactor.getDelayedCalls() if call not in before]
+        self.assertEqual([func for func in timers if func.__name__ != "_expire"], [self.factory.timers._tick])
+        self.assertEqual(len(self.factory.timers), 5)
+        for client in clients:
+            client.close()
+        self.assertEqual(len(self.factory.timers), 0)
+        self.assertNotIn(self.factory.timers._tick, [call.func for call in self.reactor.getDelayedCalls()])
+
     def test_silentConnectionGets408(self):
         self.makeFactory(makeListener(requestTimeout=5.0))
         client = self.connectClient()

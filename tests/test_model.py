@@ -1,7 +1,7 @@
 """
 Tests for lbproxy.core.model: the live model of the running balancer, its
 listeners' admission, states and counters, its observers and its
-snapshot; and lbproxy.core.session.PhaseTimer.
+snapshot.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from zope.interface.verify import verifyObject
 from lbproxy.config import loadBytes
 from lbproxy.core.model import Balancer, Listener, ListenerState, StateChange
 from lbproxy.core.pool import STATUS_CLASSES, ServerState
-from lbproxy.core.session import PhaseTimer
 from lbproxy.interfaces import IBalancerHealth
 from lbproxy.listening import ListenerService
 
@@ -277,71 +276,3 @@ class CountingTests(SynchronousTestCase):
         self.assertEqual(counters.errors, 1)
         (server,) = [s for s in model.pools["web"].servers if s.totalConnections]
         self.assertEqual(server.responses[2], 1)
-
-
-class PhaseTimerTests(SynchronousTestCase):
-    def setUp(self):
-        self.clock = Clock()
-        self.expired = []
-
-    def test_expires(self):
-        timer = PhaseTimer(self.clock, self.expired.append)
-        timer.enter("login", 60)
-        self.clock.advance(59.9)
-        self.assertEqual(self.expired, [])
-        self.clock.advance(0.1)
-        self.assertEqual(self.expired, ["login"])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_extendCostsNoReschedule(self):
-        """
-        Extending a deadline moves no timer: the timer, when it fires
-        early, waits the rest.
-        """
-        timer = PhaseTimer(self.clock, self.expired.append)
-        timer.enter("body", 10)
-        (call,) = self.clock.getDelayedCalls()
-        self.clock.advance(8)
-        timer.extend(18)
-        self.assertEqual(self.clock.getDelayedCalls(), [call])
-        self.clock.advance(2)
-        self.assertEqual(self.expired, [])
-        self.clock.advance(8)
-        self.assertEqual(self.expired, ["body"])
-
-    def test_shorterPhaseMovesTheTimer(self):
-        timer = PhaseTimer(self.clock, self.expired.append)
-        timer.enter("idle", 300)
-        timer.enter("head", 10)
-        self.clock.advance(10)
-        self.assertEqual(self.expired, ["head"])
-
-    def test_noLimitAndStop(self):
-        timer = PhaseTimer(self.clock, self.expired.append)
-        timer.enter("connect", None)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        timer.enter("login", 5)
-        timer.stop()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.clock.advance(10)
-        self.assertEqual((self.expired, timer.phase), ([], None))
-
-    def test_stepped(self):
-        """
-        With a step, entering a phase never moves the timer; an expiry is
-        found at the next wake-up, at most a step late.
-        """
-        timer = PhaseTimer(self.clock, self.expired.append, step=2.0)
-        timer.enter("idle", 60)
-        (call,) = self.clock.getDelayedCalls()
-        self.assertEqual(call.getTime(), 2.0)
-        for _ in range(100):
-            timer.enter("head", 10)
-            timer.enter("wait", 30)
-            timer.enter("idle", 60)
-        self.assertEqual(self.clock.getDelayedCalls(), [call])
-        timer.enter("head", 3)
-        self.clock.advance(2)
-        self.assertEqual(self.expired, [])
-        self.clock.advance(1)
-        self.assertEqual(self.expired, ["head"])

@@ -11,7 +11,8 @@ protocols.
     (L{lbproxy.interfaces.IProxiedAddresses}, told by the shared header
     reader of L{lbproxy.core.acceptproxy}), else the connection's own.
   - B{Phase}: the one thing the connection is waiting for now (a request
-    head, a login, a ClientHello...) and its deadline (L{PhaseTimer}).
+    head, a login, a ClientHello...) and its deadline
+    (L{lbproxy.core.timers.PhaseTimer}).
   - B{Relay}: once a flow is placed, the client connection's events go to
     the relay's client leg (L{relayTo}), at no cost per read.
   - B{End}: L{ended} runs once, however many ways the connection ends;
@@ -21,100 +22,12 @@ protocols.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
+from lbproxy.core.timers import PhaseTimer, TimerWheel
 from lbproxy.interfaces import IProxiedAddresses
-
-
-class PhaseTimer:
-    """
-    A connection's current phase and its deadline, on one timer.
-
-    L{enter} starts a phase with a time limit; L{extend} moves its deadline
-    later (activity in a phase limited by idleness), which costs a float
-    assignment: the reactor's timer is only armed again when it fires
-    before the deadline. When the deadline passes, C{expired(phase)} is
-    called once.
-
-    With a C{step}, the timer is never moved when a phase begins: it wakes
-    every C{step} seconds at most while a deadline is set, and a phase
-    expires up to C{step} late. A connection that changes phase many times
-    a second (HTTP keep-alive requests) then costs the reactor's timer
-    nothing per phase.
-
-    @ivar phase: the current phase's name (the front's own words), or
-        None once stopped.
-    @ivar since: when the phase began (the reactor's clock).
-    @ivar deadline: when it expires, or None when it has no limit.
-    """
-
-    __slots__ = ("_reactor", "_expired", "_step", "_call", "phase", "since", "deadline")
-
-    def __init__(self, reactor, expired: Callable[[str], None], step: float | None = None) -> None:
-        self._reactor = reactor
-        self._expired = expired
-        self._step = step
-        self._call = None
-        self.phase: str | None = None
-        self.since = 0.0
-        self.deadline: float | None = None
-
-    def enter(self, phase: str, limit: float | None, now: float | None = None) -> None:
-        """
-        Begin C{phase}, to expire C{limit} seconds from C{now} (or never,
-        for C{None} or 0).
-        """
-        if now is None:
-            now = self._reactor.seconds()
-        self.phase = phase
-        self.since = now
-        if not limit:
-            self.deadline = None
-            return
-        deadline = self.deadline = now + limit
-        call = self._call
-        step = self._step
-        if call is None:
-            wait = deadline - self._reactor.seconds()
-            self._call = self._reactor.callLater(max(0.0, min(wait, step) if step else wait), self._fire)
-        elif not step and call.getTime() > deadline:
-            call.reset(max(0.0, deadline - self._reactor.seconds()))
-
-    def extend(self, deadline: float) -> None:
-        """
-        Move the current phase's deadline to C{deadline} (later than it was:
-        the timer finds out when it fires).
-        """
-        if self.deadline is not None:
-            self.deadline = deadline
-
-    def stop(self) -> None:
-        """
-        No phase any more: nothing expires.
-        """
-        self.phase = None
-        self.deadline = None
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
-
-    def _fire(self) -> None:
-        self._call = None
-        deadline = self.deadline
-        if deadline is None or self.phase is None:
-            return
-        now = self._reactor.seconds()
-        if now < deadline:
-            wait = deadline - now
-            step = self._step
-            self._call = self._reactor.callLater(min(wait, step) if step else wait, self._fire)
-            return
-        self.deadline = None
-        self._expired(self.phase)
 
 
 @implementer(IProxiedAddresses)
@@ -143,22 +56,24 @@ class FrontConnection(Protocol):
     config = None
     #: The relay's client leg once L{relayTo} handed the connection over.
     relayLeg = None
+    # What every connection begins with, kept on the class until it changes
+    # (a connection per request sets none of them for nothing).
+    peer: IAddress | None = None
+    client: IAddress | None = None
+    local: IAddress | None = None
+    started = 0.0
+    finished = False
+    _admitted = False
 
-    def __init__(self, listener, reactor, timerStep: float | None = None) -> None:
+    def __init__(self, listener, reactor, timers: TimerWheel | None = None) -> None:
         """
-        @param timerStep: the L{PhaseTimer}'s step, for a front whose
-            connections change phase many times a second.
+        @param timers: the L{TimerWheel} of a front whose connections change
+            phase many times a second, for their L{PhaseTimer}s.
         """
         self.listener = listener
         self.config = listener.config
         self._reactor = reactor
-        self.peer: IAddress | None = None
-        self.client: IAddress | None = None
-        self.local: IAddress | None = None
-        self.started = 0.0
-        self.timer = PhaseTimer(reactor, self.phaseExpired, timerStep)
-        self.finished = False
-        self._admitted = False
+        self.timer = PhaseTimer(reactor, self.phaseExpired, timers)
 
     # IProxiedAddresses
 
@@ -234,7 +149,10 @@ class FrontConnection(Protocol):
         if self.finished:
             return False
         self.finished = True
-        self.timer.stop()
+        timer = self.timer
+        if timer.phase is not None:
+            # (A stopped timer waits for nothing.)
+            timer.stop()
         listener = self.listener
         if self._admitted:
             listener.leave(self)

@@ -1,13 +1,14 @@
 """
 The factory of an HTTP listener (C{mode = "http"}): what the listener's
 connections share (router, path normaliser, rewriter, head writer, the
-backend pools of the pools it routes to, the write batch, the timer step).
+backend pools of the pools it routes to, the write batch, the timer wheel).
 """
 
 from __future__ import annotations
 
 from lbproxy._twisted.writebatch import WriteBatch
 from lbproxy.core.pool import Pool
+from lbproxy.core.timers import TimerWheel
 from lbproxy.http.backend import BackendPool
 from lbproxy.http.front import HTTPProxyProtocol
 from lbproxy.http.listener import HTTPListenerFactory
@@ -56,7 +57,7 @@ class HTTPProxyFactory(HTTPListenerFactory):
         connection closed under them.
     @ivar stopping: the listener is stopping: responses close their
         connections.
-    @ivar timerStep: the longest sleep of a connection's timeout timer.
+    @ivar timers: the L{TimerWheel} of the connections' phase deadlines.
     """
 
     protocol = HTTPProxyProtocol
@@ -85,7 +86,10 @@ class HTTPProxyFactory(HTTPListenerFactory):
         for route in self._routes.values():
             options = route.pool.options
             timeouts += [options.responseTimeout, options.serverTimeout]
-        self.timerStep = min((t for t in timeouts if t and t > 0), default=60.0)
+        # A phase expires at most a quarter of a second late (or a quarter
+        # of the shortest timeout, when one is shorter than a second).
+        shortest = min((t for t in timeouts if t and t > 0), default=1.0)
+        self.timers = TimerWheel(reactor, min(1.0, shortest) / 4)
         self.writes = WriteBatch(reactor)
         self.staleRetries = 0
         self.redispatched = 0

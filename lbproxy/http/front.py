@@ -31,9 +31,10 @@ that does not read pauses the client).
 
 Timeouts: each phase of a connection (a request head awaited, a body
 forwarded, a response awaited...) has a deadline on the connection's
-L{PhaseTimer}, which wakes at most every L{HTTPProxyFactory.timerStep}
-seconds: entering a phase or reading more of a body moves a deadline,
-nothing is rescheduled per request or per chunk.
+L{lbproxy.core.timers.PhaseTimer}, on the listener's
+L{lbproxy.core.timers.TimerWheel}: entering a phase or reading more of a
+body moves a deadline, nothing is rescheduled per request or per chunk,
+and a connection costs the reactor no timer of its own.
 
 A reused connection that the backend closed or reset before any byte of
 the response (the keep-alive race) is not an error: an idempotent request
@@ -110,25 +111,28 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
 
     log = Logger()
 
+    # What every connection begins with, kept on the class until it changes
+    # (a connection per request sets most of them never).
+    _peer = None
+    parser: RequestParser | None = None
+    exchange: Exchange | None = None
+    requests = 0
+    _acceptTime = 0.0
+    _firstByte: float | None = None
+    _readPaused = False
+    _backendFull = False
+    _writeBlocked = False
+    _writeBlockedSince = 0.0
+    _readClosed = False
+    _closed = False
+    # Registered as the streaming producer of the client transport.
+    _producing = False
+
     def __init__(self, factory: HTTPProxyFactory, reactor) -> None:
-        super().__init__(factory.listener, reactor, factory.timerStep)
+        super().__init__(factory.listener, reactor, factory.timers)
         self.factory = factory
         self._seconds = reactor.seconds
         self._writes = factory.writes
-        self._peer = None
-        self.parser: RequestParser | None = None
-        self.exchange: Exchange | None = None
-        self.requests = 0
-        self._acceptTime = 0.0
-        self._firstByte: float | None = None
-        self._readPaused = False
-        self._backendFull = False
-        self._writeBlocked = False
-        self._writeBlockedSince = 0.0
-        self._readClosed = False
-        self._closed = False
-        # Registered as the streaming producer of the client transport.
-        self._producing = False
 
     def __repr__(self) -> str:
         return f"<HTTPProxyProtocol {self.listener.name} requests={self.requests}>"
