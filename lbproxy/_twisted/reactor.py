@@ -34,6 +34,10 @@ waiting connection on C{EMFILE} (with a line for each), and on the other
 three errors poll the still readable socket again at once, round after
 round, at full CPU.
 
+Its TCP listening ports accept, and its C{connectTCP} makes, connections
+that keep their attributes in slots (L{lbproxy._twisted.transports}):
+the same transports for less memory per connection.
+
 C{twistd -n lbproxy} installs it unless C{--reactor} names another one.
 """
 
@@ -48,6 +52,7 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 
 from lbproxy._twisted import PLAIN_TCP
+from lbproxy._twisted.transports import LeanConnector, LeanServer
 from lbproxy.core.limits import LimitLog, describeLocalLimit
 
 #: The largest read a connection grows to (from Twisted's 64 KiB) once its
@@ -141,6 +146,16 @@ def guardAccepts(port, reactor, limitLog: LimitLog):
     return port
 
 
+def _leanConnections(port):
+    """
+    Make the listening C{port}, if it is a TCP one, accept
+    L{LeanServer}s; return it.
+    """
+    if type(port) is tcp.Port:
+        port.transport = LeanServer
+    return port
+
+
 class EPollReactor(epollreactor.EPollReactor):
     """
     epoll reactor dispatching readiness events without a log context.
@@ -157,7 +172,9 @@ class EPollReactor(epollreactor.EPollReactor):
     # module docstring); TLS listeners listen through listenTCP.
 
     def listenTCP(self, port, factory, backlog=50, interface=""):
-        return guardAccepts(super().listenTCP(port, factory, backlog, interface), self, self._acceptLimitLog)
+        return guardAccepts(
+            _leanConnections(super().listenTCP(port, factory, backlog, interface)), self, self._acceptLimitLog
+        )
 
     def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
         return guardAccepts(
@@ -166,8 +183,17 @@ class EPollReactor(epollreactor.EPollReactor):
 
     def adoptStreamPort(self, fileDescriptor, addressFamily, factory):
         return guardAccepts(
-            super().adoptStreamPort(fileDescriptor, addressFamily, factory), self, self._acceptLimitLog
+            _leanConnections(super().adoptStreamPort(fileDescriptor, addressFamily, factory)),
+            self,
+            self._acceptLimitLog,
         )
+
+    # Connections with their attributes in slots (lbproxy._twisted.transports).
+
+    def connectTCP(self, host, port, factory, timeout=30.0, bindAddress=None):
+        connector = LeanConnector(host, port, factory, timeout, bindAddress, self)
+        connector.connect()
+        return connector
 
     def callAfterEvents(self, f) -> None:
         """
