@@ -1,7 +1,8 @@
 """
 lbproxy's reactor makes TCP connections with their attributes in slots
 (lbproxy._twisted.transports): they behave as Twisted's, on real loopback
-connections, and keep no instance dictionary.
+connections, and keep no instance dictionary. Its timed calls share what
+they can.
 """
 
 import socket
@@ -170,6 +171,28 @@ def test_ipv6(reactor):
         port.stopListening()
         for _ in range(5):
             reactor.iterate(0)
+
+
+def test_timedCallsShare(reactor):
+    """
+    Timed calls share the reactor's bound methods and an empty keyword
+    mapping, and still fire, move and cancel as Twisted's.
+    """
+    fired = []
+    first = reactor.callLater(0, fired.append, "first")
+    second = reactor.callLater(0.5, fired.append, "second")
+    third = reactor.callLater(0, lambda **kw: fired.append(kw), value=3)
+    assert first.canceller is second.canceller
+    assert first.resetter is second.resetter
+    assert first.kw is second.kw and dict(first.kw) == {}
+    assert third.kw == {"value": 3}
+    second.reset(0)
+    cancelled = reactor.callLater(0, fired.append, "cancelled")
+    cancelled.cancel()
+    _iterateUntil(reactor, lambda: len(fired) == 3)
+    reactor.iterate(0)
+    assert sorted(map(str, fired)) == ["first", "second", "{'value': 3}"]
+    assert not cancelled.active()
 
 
 def test_otherTransportsUntouched():

@@ -519,7 +519,8 @@ INTERNALS = [
     ),
     # The hand-over of a connection.
     Behaviour("a TCP connection delivers to its protocol attribute", protocolHandedOver, (HANDOVER,)),
-    # Connections with their attributes in slots.
+    # Connections with their attributes in slots, and timed calls sharing
+    # what they can.
     Attribute(("tcp.Port",), "transport", type, (REACTOR,)),
     Attribute(("tcp.Port",), "_realPortNumber", int, (TRANSPORTS,)),
     Method(
@@ -548,6 +549,16 @@ INTERNALS = [
         connectionAttributesAreSlots,
         (TRANSPORTS,),
     ),
+    Method(
+        ("twisted.internet.base.DelayedCall",),
+        "__init__",
+        ("self", "time", "func", "args", "kw", "cancel", "reset", "seconds"),
+        (REACTOR,),
+    ),
+    Method(("EPollReactor",), "_cancelCallLater", ("delayedCall",), (REACTOR,)),
+    Method(("EPollReactor",), "_moveCallLaterSooner", ("delayedCall",), (REACTOR,)),
+    Attribute(("EPollReactor",), "_newTimedCalls", list, (REACTOR,)),
+    Unchanged("twisted.internet.base.ReactorBase.callLater", ("744f1b01db8f",), (REACTOR,)),
     # Listening errors.
     Attribute(("StreamServerEndpointService",), "_raiseSynchronously", bool, (LISTEN,)),
     Behaviour("_raiseSynchronously makes listen errors raise", listenErrorsRaised, (LISTEN,)),

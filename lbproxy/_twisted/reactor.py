@@ -46,7 +46,10 @@ from __future__ import annotations
 import errno
 from select import EPOLLIN
 
+from types import MappingProxyType
+
 from twisted.internet import epollreactor, tcp
+from twisted.internet.base import DelayedCall
 from twisted.internet.endpoints import _WrappingProtocol
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
@@ -58,6 +61,9 @@ from lbproxy.core.limits import LimitLog, describeLocalLimit
 #: The largest read a connection grows to (from Twisted's 64 KiB) once its
 #: reads fill the buffer.
 _BULK_READ = 262144
+
+#: The keyword arguments of a timed call given none (read only).
+_NO_KEYWORDS = MappingProxyType({})
 
 #: Seconds a listening socket stops accepting after running out of
 #: descriptors, buffers or memory.
@@ -167,6 +173,30 @@ class EPollReactor(epollreactor.EPollReactor):
         self._afterEvents: list = []
         super().__init__()
         self._acceptLimitLog = LimitLog(self)
+        # Bound once, for every timed call (see callLater).
+        self._cancelTimedCall = self._cancelCallLater
+        self._moveTimedCallSooner = self._moveCallLaterSooner
+
+    def callLater(self, delay, callable, *args, **kw) -> DelayedCall:
+        """
+        As Twisted's C{callLater}, without allocating for each call what
+        they all share: its C{DelayedCall} gets the reactor's two bound
+        methods made once, and one empty keyword dictionary (a timed call
+        never changes it). A connection's timer costs about 190 bytes less
+        while it waits.
+        """
+        assert delay >= 0, f"{delay} is not greater than or equal to 0 seconds"
+        call = DelayedCall(
+            self.seconds() + delay,
+            callable,
+            args,
+            kw or _NO_KEYWORDS,
+            self._cancelTimedCall,
+            self._moveTimedCallSooner,
+            seconds=self.seconds,
+        )
+        self._newTimedCalls.append(call)
+        return call
 
     # Listening ports pause when lbproxy runs out of descriptors (see the
     # module docstring); TLS listeners listen through listenTCP.
