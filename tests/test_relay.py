@@ -416,7 +416,9 @@ def test_directWriterOnlyForPlainTCP():
     """
     from twisted.internet.testing import StringTransport
 
-    from lbproxy._twisted.directwrite import directWriter
+    from lbproxy._twisted.directwrite import transportWrite, writerFor
 
     transport = StringTransport()
-    assert directWriter(transport) == transport.write
+    assert writerFor(transport) is transportWrite
+    transportWrite(transport, b"data")
+    assert transport.value() == b"data"

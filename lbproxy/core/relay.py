@@ -57,7 +57,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy._twisted.directwrite import directWriter
+from lbproxy._twisted.directwrite import writerFor
 
 CLIENT = "client"
 SERVER = "server"
@@ -108,7 +108,7 @@ def setNoDelay(transport) -> None:
             pass
 
 
-def _discard(data: bytes) -> None:
+def _discard(transport, data: bytes) -> None:
     pass
 
 
@@ -124,9 +124,32 @@ class RelayLeg(Protocol):
     @ivar readClosed: the remote end sent FIN.
     @ivar writeClosed: our FIN toward the remote end was sent.
     @ivar lost: the connection is gone.
+
+    Its attributes are slots, and it holds no list until it must hold
+    bytes: a relay of an idle connection costs as little as it can.
     """
 
+    __slots__ = (
+        "relay",
+        "side",
+        "peer",
+        "bytesReceived",
+        "readClosed",
+        "writeClosed",
+        "lost",
+        "producing",
+        "_write",
+        "_target",
+        "_held",
+        "_heldBytes",
+        # Protocol's, which a slot would hide (class defaults).
+        "transport",
+        "connected",
+    )
+
     def __init__(self, relay: Relay, side: str) -> None:
+        self.transport = None
+        self.connected = 0
         self.relay = relay
         self.side = side
         self.peer: RelayLeg | None = None
@@ -137,9 +160,12 @@ class RelayLeg(Protocol):
         # Whether this leg's transport is registered as the producer of
         # the peer's transport.
         self.producing = False
-        # The peer transport's write while relaying; None before that.
+        # While relaying, the function writing to the peer transport
+        # (lbproxy._twisted.directwrite), called with _target (that
+        # transport) and the data; None before that.
         self._write = None
-        self._held: list[bytes] = []
+        self._target = None
+        self._held: list[bytes] | None = None
         self._heldBytes = 0
 
     def __repr__(self) -> str:
@@ -163,7 +189,7 @@ class RelayLeg(Protocol):
             return
         relay = self.relay
         relay.lastActivity = relay._seconds()
-        write(data)
+        write(self._target, data)
 
     def readConnectionLost(self) -> None:
         self.relay._readClosed(self)
@@ -181,8 +207,10 @@ class _LegFactory(Factory):
     """
 
     noisy = False
+    __slots__ = ("_leg", "_built", "numPorts")
 
     def __init__(self, leg: RelayLeg) -> None:
+        self.numPorts = 0
         self._leg = leg
         self._built = False
 
@@ -208,6 +236,24 @@ class Relay:
     """
 
     log = Logger()
+
+    __slots__ = (
+        "_reactor",
+        "_seconds",
+        "idleTimeout",
+        "maxHeld",
+        "client",
+        "server",
+        "finished",
+        "running",
+        "closing",
+        "end",
+        "detail",
+        "_endRank",
+        "lastActivity",
+        "_idleCall",
+        "_done",
+    )
 
     def __init__(
         self,
@@ -293,12 +339,12 @@ class Relay:
         if not server.readClosed:
             clientTransport.registerProducer(serverTransport, True)
             server.producing = True
-        client._write = directWriter(serverTransport)
-        server._write = directWriter(clientTransport)
+        client._write, client._target = writerFor(serverTransport), serverTransport
+        server._write, server._target = writerFor(clientTransport), clientTransport
         for leg in (client, server):
             if leg._held:
                 held = leg._held
-                leg._held = []
+                leg._held = None
                 leg._heldBytes = 0
                 leg.peer.transport.writeSequence(held)
         for leg in (client, server):
@@ -330,7 +376,7 @@ class Relay:
         self._setEnd(end, _DECIDED, detail)
         self.closing = True
         for leg in self.legs:
-            leg._write = _discard
+            leg._write, leg._target = _discard, None
         for leg in self.legs:
             if leg.transport is not None and not leg.lost:
                 leg.transport.abortConnection()
@@ -350,7 +396,7 @@ class Relay:
         transport switched to TLS with C{startTLS} cannot even be asked
         once it is lost: its TLS layer is gone with it).
         """
-        leg._write = _discard
+        leg._write, leg._target = _discard, None
         if leg.producing:
             leg.producing = False
             if not leg.peer.lost:
@@ -368,6 +414,8 @@ class Relay:
     def _hold(self, leg: RelayLeg, data: bytes) -> None:
         if self.closing:
             return
+        if leg._held is None:
+            leg._held = []
         leg._held.append(data)
         leg._heldBytes += len(data)
         leg.transport.pauseProducing()
@@ -445,7 +493,7 @@ class Relay:
             self._idleCall.cancel()
         self._idleCall = None
         for leg in self.legs:
-            leg._held = []
+            leg._held = None
             leg._heldBytes = 0
         self.finished.callback(
             RelayResult(self.end or "closed", self.bytesIn, self.bytesOut, self.detail)
