@@ -81,15 +81,17 @@ def test_connectionDefaults(reactor, tcpPair):
 def test_hostAddressShared(reactor, tcpPair):
     """
     Connections accepted on one local address share one address object;
-    peers have their own.
+    each keeps its peer's address, the same object at each getPeer.
     """
     first, _ = tcpPair()
     port = first.transport.getHost().port
     second, _ = tcpPair()
     assert first.transport.getHost() == IPv4Address("TCP", "127.0.0.1", port)
     assert second.transport.getHost() is second.transport.getHost()
-    assert first.transport.getPeer() is not first.transport.getPeer()
+    assert first.transport.getPeer() is first.transport.getPeer()
     assert first.transport.getPeer() == IPv4Address("TCP", *first.transport.client)
+    assert first.transport.client == ("127.0.0.1", first.transport.getPeer().port)
+    assert first.transport.getPeer() != second.transport.getPeer()
 
 
 def test_logStrings(reactor, tcpPair):
@@ -160,6 +162,8 @@ def test_ipv6(reactor):
         server, client = built[0], connected[0]
         assert type(server.transport) is LeanServer
         assert isinstance(server.transport.getPeer(), IPv6Address)
+        assert server.transport.getPeer() == IPv6Address("TCP", *server.transport.client)
+        assert len(server.transport.client) == 4
         assert isinstance(client.transport.getPeer(), IPv6Address)
         assert isinstance(server.transport.getHost(), IPv6Address)
         client.transport.write(b"six")

@@ -12,7 +12,8 @@ C{tcp.Client} with those attributes in slots (8 bytes each, no
 dictionary), their log strings made when asked for, and their socket's
 C{fileno} looked up when called instead of kept as a bound method;
 L{LeanServer.getHost} returns one address object for every connection
-accepted on the same local address instead of a new one each.
+accepted on the same local address instead of a new one each, and
+L{LeanServer.getPeer} the one it keeps instead of the peer's address tuple.
 
 Everything else is Twisted's own code: an attribute Twisted sets that is
 not a slot here (the C{TLS} flag of C{startTLS}, say) goes to the
@@ -105,6 +106,26 @@ class _ReplacedWhileConnecting:
         setattr(connection, self._slot, None)
 
 
+class _PeerAddress:
+    """
+    The C{client} of a lean server connection: the peer's address tuple
+    from C{accept}, which Twisted keeps to make a new address object at
+    each C{getPeer}. It is kept as the address object instead (what
+    L{LeanServer.getPeer} returns), and the tuple made when read.
+    """
+
+    def __get__(self, connection, owner=None):
+        if connection is None:
+            return self
+        peer = connection._peer
+        if isinstance(peer, address.IPv6Address):
+            return (peer.host, peer.port, peer.flowInfo, peer.scopeID)
+        return (peer.host, peer.port)
+
+    def __set__(self, connection, value) -> None:
+        connection._peer = connection._addressType("TCP", *value)
+
+
 def _protocolName(connection) -> str:
     protocol = getattr(connection, "protocol", None)
     return "Uninitialized" if protocol is None else connection._getLogPrefix(protocol)
@@ -161,9 +182,10 @@ class LeanServer(tcp.Server):
     attributes in slots (see the module docstring).
     """
 
-    __slots__ = _CONNECTION_SLOTS + ("server", "client", "sessionno", "hostname", "_addressType")
+    __slots__ = _CONNECTION_SLOTS + ("server", "_peer", "sessionno", "hostname", "_addressType")
 
     fileno = _SocketFileno()
+    client = _PeerAddress()
     logstr = _MadeWhenRead(
         lambda connection: f"{_protocolName(connection)},{connection.sessionno},{connection.hostname}"
     )
@@ -178,6 +200,13 @@ class LeanServer(tcp.Server):
         _setDefaults(self)
         self._addressType = tcp.Server._addressType
         super().__init__(sock, protocol, client, server, sessionno, reactor)
+
+    def getPeer(self):
+        """
+        The peer's address, the same object each time (an address is not
+        changed by those who read it).
+        """
+        return self._peer
 
     def getHost(self):
         """
