@@ -13,9 +13,9 @@ leg's transport, and:
     both its directions are done;
   - aborts both connections after C{idleTimeout} seconds without a byte
     either way;
-  - counts bytes each way and fires L{Relay.finished} once, with a
-    L{RelayResult} saying how the session ended, when both connections are
-    gone.
+  - counts bytes each way and, once both connections are gone, calls the
+    function given to L{Relay.whenFinished} and fires L{Relay.finished},
+    with a L{RelayResult} saying how the session ended.
 
 Usage by a front::
 
@@ -24,7 +24,7 @@ Usage by a front::
     ...the front passes its transport's events on to relay.client...
     d = connector.connect(context, relay.serverFactory())
     d.addCallback(lambda connection: relay.start())
-    relay.finished.addCallback(logSession)
+    relay.whenFinished(logSession)  # or relay.finished.addCallback(logSession)
 
 A leg is a plain protocol: a front that owns a connection already (the
 TCP front reading a PROXY header, an HTTP front switching to a tunnel)
@@ -229,7 +229,9 @@ class Relay:
     @ivar server: the server leg.
     @ivar finished: fires once with a L{RelayResult} when both connections
         are gone (or, if the backend never connected, when the client's
-        is). It never fails.
+        is). It never fails. It is made when first asked for: a front
+        that keeps its relay for its connection's life passes its one
+        callback to L{whenFinished} instead, for less memory.
     @ivar running: L{start} was called.
     @ivar closing: the session is ending; nothing more is relayed.
     @ivar lastActivity: reactor time of the last byte relayed.
@@ -244,7 +246,9 @@ class Relay:
         "maxHeld",
         "client",
         "server",
-        "finished",
+        "_finished",
+        "_whenFinished",
+        "_result",
         "running",
         "closing",
         "end",
@@ -275,7 +279,9 @@ class Relay:
         self.server = RelayLeg(self, SERVER)
         self.client.peer = self.server
         self.server.peer = self.client
-        self.finished: Deferred[RelayResult] = Deferred()
+        self._finished: Deferred[RelayResult] | None = None
+        self._whenFinished = None
+        self._result: RelayResult | None = None
         self.running = False
         self.closing = False
         self.end: str | None = None
@@ -287,6 +293,36 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay in={self.bytesIn} out={self.bytesOut} end={self.end}>"
+
+    @property
+    def finished(self) -> Deferred[RelayResult]:
+        finished = self._finished
+        if finished is None:
+            finished = self._finished = Deferred()
+            if self._result is not None:
+                finished.callback(self._result)
+        return finished
+
+    def whenFinished(self, f) -> None:
+        """
+        Call C{f} once with the L{RelayResult} when the session is over, as
+        a callback of L{finished} would be (and before those), without the
+        Deferred and its callback chain (about 450 bytes, for as long as
+        the connection lasts). One function per relay; an exception it
+        raises is logged.
+        """
+        if self._whenFinished is not None:
+            raise RuntimeError("the relay already has a function to call when finished")
+        if self._result is not None:
+            self._callWhenFinished(f, self._result)
+        else:
+            self._whenFinished = f
+
+    def _callWhenFinished(self, f, result: RelayResult) -> None:
+        try:
+            f(result)
+        except Exception:
+            self.log.failure("calling {f!r} at the end of a relayed session", f=f)
 
     @property
     def bytesIn(self) -> int:
@@ -495,9 +531,13 @@ class Relay:
         for leg in self.legs:
             leg._held = None
             leg._heldBytes = 0
-        self.finished.callback(
-            RelayResult(self.end or "closed", self.bytesIn, self.bytesOut, self.detail)
-        )
+        result = self._result = RelayResult(self.end or "closed", self.bytesIn, self.bytesOut, self.detail)
+        f = self._whenFinished
+        if f is not None:
+            self._whenFinished = None
+            self._callWhenFinished(f, result)
+        if self._finished is not None:
+            self._finished.callback(result)
 
     def _checkIdle(self) -> None:
         self._idleCall = None
