@@ -115,7 +115,6 @@ class Stage:
         self.snapshot = tracemalloc.take_snapshot().filter_traces(
             [tracemalloc.Filter(False, tracemalloc.__file__)]
         )
-        self.traced = tracemalloc.get_traced_memory()[0]
         self.memory = processMemory(os.getpid())
         self.counts, self.sizes = census()
         self.frames = frames
@@ -164,7 +163,8 @@ def report(before: Stage, after: Stage, connections: int, top: int) -> str:
     lines.append("\nAllocations by file, per connection:")
     lines.append(formatTable(["file", "", "bytes"], rows))
     lines.append(
-        f"\ntraced: {(after.traced - before.traced) / n:.0f} bytes per connection; "
+        f"\nallocated (traced, without the measurement's own): "
+        f"{sum(stat.size_diff for stat in diff) / n:.0f} bytes per connection; "
         f"RSS (with tracemalloc's own): {(after.memory.rss - before.memory.rss) * 1024 / n:.0f}"
     )
     return "\n".join(lines)
