@@ -327,7 +327,11 @@ def run(args: argparse.Namespace) -> int:
             bench.startNginx()
         details = bench.details
         details["haproxyVersion"] = toolVersion([findExecutable("haproxy"), "-v"])
-        if args.lbproxy_source and "lbproxy" in args.targets:
+        if (
+            args.lbproxy_source
+            and "lbproxy" in args.targets
+            and os.path.exists(os.path.join(args.lbproxy_source, ".git"))
+        ):
             details["lbproxyRevision"] = toolVersion(
                 ["git", "-C", args.lbproxy_source, "describe", "--always", "--dirty"]
             )
