@@ -80,9 +80,9 @@ def addRoundArguments(
 
 def addCommonArguments(parser: argparse.ArgumentParser, profiled: str) -> None:
     """
-    The options every benchmark script takes: CPU pinning, which lbproxy to
-    run and how, JSON output, profiling (of C{profiled}, e.g. "per payload")
-    and keeping the work directory.
+    The options every load benchmark script takes: CPU pinning, which
+    lbproxy to run and how, JSON output, profiling (of C{profiled}, e.g.
+    "per payload") and keeping the work directory.
     """
     parser.add_argument(
         "--pin", choices=sorted(PIN_PRESETS), default="none",
@@ -93,6 +93,25 @@ def addCommonArguments(parser: argparse.ArgumentParser, profiled: str) -> None:
     parser.add_argument("--load-cpus", help="taskset CPU list for wrk (overrides --pin)")
     parser.add_argument("--proxy-cpus", help="taskset CPU list for the proxies (overrides --pin)")
     parser.add_argument("--backend-cpus", help="taskset CPU list for nginx (overrides --pin)")
+    addLbproxyArguments(parser)
+    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
+    parser.add_argument(
+        "--profile", metavar="DIR",
+        help=f"after the rounds, load lbproxy once more {profiled} while py-spy "
+        "samples it; write collapsed stacks to DIR and print the top functions",
+    )
+    parser.add_argument(
+        "--profile-native", action="store_true",
+        help="with --profile: include C frames (syscalls), at a higher sampling cost",
+    )
+    addKeepWorkdirArgument(parser)
+
+
+def addLbproxyArguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Which lbproxy to run and how: C{--twistd}, C{--lbproxy-source},
+    C{--reactor} (what L{startLbproxy} reads).
+    """
     parser.add_argument(
         "--twistd", default=None,
         help="twistd to run lbproxy with (default: next to this Python, else on PATH)",
@@ -107,16 +126,9 @@ def addCommonArguments(parser: argparse.ArgumentParser, profiled: str) -> None:
         help="twistd reactor name for lbproxy, e.g. 'epoll' for Twisted's own "
         "(default: none given, so lbproxy runs on the reactor it installs itself)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write all results as JSON")
-    parser.add_argument(
-        "--profile", metavar="DIR",
-        help=f"after the rounds, load lbproxy once more {profiled} while py-spy "
-        "samples it; write collapsed stacks to DIR and print the top functions",
-    )
-    parser.add_argument(
-        "--profile-native", action="store_true",
-        help="with --profile: include C frames (syscalls), at a higher sampling cost",
-    )
+
+
+def addKeepWorkdirArgument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-workdir", action="store_true",
         help="keep the temporary directory with configs and logs",
@@ -216,6 +228,25 @@ class ProcessGroup:
                     f"{name} exited with status {process.returncode}:\n"
                     + self.logTail(name)
                 )
+
+    def stop(self, process: subprocess.Popen, grace: float = 10.0) -> int | None:
+        """
+        Stop one child before the others (a target started afresh for each
+        run): SIGTERM to its process group, SIGKILL after C{grace} seconds;
+        it is then no longer the group's. Returns its exit status.
+        """
+        _signalGroup(process, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        _signalGroup(process, signal.SIGKILL)
+        try:
+            process.wait(2.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self.processes = [(n, p) for n, p in self.processes if p is not process]
+        return process.returncode
 
     def close(self, grace: float = 5.0) -> None:
         """
@@ -392,6 +423,69 @@ def cpuSeconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
+@dataclass(frozen=True)
+class MemoryUse:
+    """
+    A process's resident memory, in KiB: C{rss} (its resident pages,
+    /proc/PID/status VmRSS) and C{pss} (the same with each page shared
+    with other processes divided among them, /proc/PID/smaps_rollup), or
+    None where the kernel does not tell.
+    """
+
+    rss: int
+    pss: int | None = None
+
+
+def parseProcStatusKiB(text: str, key: str) -> int | None:
+    """
+    The C{key} field of a /proc/PID/status or smaps_rollup text (C{"VmRSS:
+    1234 kB"}), in KiB; None when it is absent.
+    """
+    match = re.search(rf"^{re.escape(key)}:\s+(\d+) kB$", text, re.M)
+    return int(match.group(1)) if match else None
+
+
+def processMemory(pid: int) -> MemoryUse:
+    """
+    The resident memory of process C{pid} now (see L{MemoryUse}).
+    """
+    with open(f"/proc/{pid}/status") as f:
+        rss = parseProcStatusKiB(f.read(), "VmRSS")
+    if rss is None:
+        raise BenchError(f"process {pid} has no VmRSS (a zombie?)")
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            pss = parseProcStatusKiB(f.read(), "Pss")
+    except OSError:
+        pss = None
+    return MemoryUse(rss, pss)
+
+
+def raiseOpenFileLimit(needed: int) -> int:
+    """
+    Raise this process's soft open-file limit (C{RLIMIT_NOFILE}) to at
+    least C{needed}, and the hard limit too when that is below and the
+    process may (root); never lower either. Returns the soft limit now.
+    Subprocesses started afterwards inherit it.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return needed
+        except (ValueError, OSError):
+            raise BenchError(
+                f"open-file limit {soft} (hard {hard}) is below the {needed} needed, "
+                "and this process may not raise it: run as root or raise ulimit -n"
+            )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return needed
+
+
 # ---------------------------------------------------------------------------
 # Backends and proxies
 # ---------------------------------------------------------------------------
@@ -521,10 +615,17 @@ def haproxyConfig(
     mode: str = "tcp",
     tlsBundle: str | None = None,
     reuse: str = "always",
+    maxconn: int = 4000,
+    globalLines: Sequence[str] = (),
 ) -> str:
     """
     An HAProxy config with one thread, one frontend on loopback and a
-    round-robin backend over C{servers} (name, port).
+    round-robin backend over C{servers} (name, port), accepting up to
+    C{maxconn} connections at once (the global limit and the frontend's;
+    HAProxy raises its open-file limit to two descriptors per connection,
+    and by default refuses to start where it cannot: C{no strict-limits}
+    in C{globalLines}, further lines of the C{global} section, makes that
+    a warning).
 
     With C{mode="http"}, client connections are kept alive and idle server
     connections are reused as C{reuse} says (C{http-reuse}; by default
@@ -544,8 +645,9 @@ def haproxyConfig(
         httpDefaults = "    timeout http-keep-alive 300s\n    timeout http-request 30s\n"
         httpBackend = f"    http-reuse {reuse}\n"
     tlsGlobal = tlsBind = ""
+    tlsGlobal += "".join(f"    {line}\n" for line in globalLines)
     if tlsBundle is not None:
-        tlsGlobal = (
+        tlsGlobal += (
             f"    ssl-default-bind-ciphers {TLS12_CIPHERS}\n"
             "    ssl-default-bind-options ssl-min-ver TLSv1.2\n"
         )
@@ -553,11 +655,12 @@ def haproxyConfig(
     return f"""\
 global
     nbthread 1
-    maxconn 4000
+    maxconn {maxconn}
     log stderr format raw local0 err
 {tlsGlobal}
 defaults
     mode {mode}
+    maxconn {maxconn}
     timeout connect 5s
     timeout client 300s
     timeout server 300s
@@ -666,6 +769,8 @@ def lbproxyConfig(
     poolLines: Sequence[str] = (),
     tls: TLSFiles | None = None,
     logRequests: str = "all",
+    maxconn: int | None = None,
+    timeouts: dict[str, str] | None = None,
 ) -> str:
     """
     An lbproxy TOML config: one listener on loopback, one pool over
@@ -685,6 +790,9 @@ def lbproxyConfig(
     @param selector: the pool's C{selector} value, as TOML (a string or an
         inline table such as C{{ name = "hash", key = "user" }}).
     @param poolLines: further C{key = value} lines of the pool table.
+    @param maxconn: the listener's C{maxconn} (lbproxy's default otherwise).
+    @param timeouts: the listener's C{[timeouts]} by key, as durations
+        (C{{"idle": "300s"}}).
     """
     serverLines = "\n".join(
         f'    {{ name = "{name}", address = "tcp:{LOOPBACK}:{port}" }},'
@@ -693,6 +801,12 @@ def lbproxyConfig(
     listenerExtra = f'access_log = "{accessLog}"\n' if accessLog is not None else ""
     if logRequests != "all":
         listenerExtra += f'log_requests = "{logRequests}"\n'
+    if maxconn is not None:
+        listenerExtra += f"maxconn = {maxconn}\n"
+    if timeouts:
+        listenerExtra += "\n[listeners.bench.timeouts]\n" + "".join(
+            f'{key} = "{value}"\n' for key, value in timeouts.items()
+        )
     reuseLines = ""
     if reuseMaxIdle is not None:
         reuseLines += f"max_idle = {reuseMaxIdle}\n"
@@ -758,6 +872,36 @@ def lbproxyEnv(source: str | None) -> dict:
             p for p in (source, env.get("PYTHONPATH")) if p
         )
     return env
+
+
+def startLbproxy(
+    args: argparse.Namespace,
+    group: ProcessGroup,
+    workdir: str,
+    name: str,
+    config: str,
+    port: int,
+) -> tuple[subprocess.Popen, str]:
+    """
+    Write C{config} to C{workdir/NAME.toml} and start twistd lbproxy on it
+    as C{NAME} (the options of L{addCommonArguments}: C{--twistd},
+    C{--reactor}, C{--lbproxy-source}; C{args.proxyCpus} when the script
+    pins), once it accepts connections on C{port}; the process and the
+    reactor class it reported.
+    """
+    path = os.path.join(workdir, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(config)
+    twistd = args.twistd or besidePython("twistd")
+    argv = lbproxyArgv(twistd, path, workdir, args.reactor, name=name)
+    process = group.start(
+        name, pinned(argv, getattr(args, "proxyCpus", None)), env=lbproxyEnv(args.lbproxy_source)
+    )
+    try:
+        waitForPort(port, group, timeout=30.0)
+    except BenchError as e:
+        raise BenchError(f"{e}\ntwistd log:\n{fileTail(os.path.join(workdir, name + '.log'), 30)}")
+    return process, reactorInLog(workdir, name) or "unknown"
 
 
 def besidePython(name: str) -> str:

@@ -259,3 +259,81 @@ def test_cpuPerRequestCell():
     series.runs.append(harness.WrkResult(50000.0, 0.0, 1, None, None, 0, 0, proxyCpuPercent=50.0))
     assert harness.cpuPerRequestCell(series) == "10.0"
     assert harness.cpuPerRequestCell(harness.Series("direct", "keepalive")) == "-"
+
+
+STATUS = """\
+Name:\tpython3
+VmPeak:\t  120000 kB
+VmRSS:\t   52344 kB
+RssAnon:\t   40000 kB
+"""
+
+
+def test_parseProcStatusKiB():
+    assert harness.parseProcStatusKiB(STATUS, "VmRSS") == 52344
+    assert harness.parseProcStatusKiB(STATUS, "Rss") is None
+    assert harness.parseProcStatusKiB("Rss:  100 kB\nPss:  80 kB\n", "Pss") == 80
+
+
+def test_processMemoryOfThisProcess():
+    import os
+
+    memory = harness.processMemory(os.getpid())
+    assert memory.rss > 1000
+    assert memory.pss is None or 0 < memory.pss <= memory.rss + 1024
+
+
+def test_raiseOpenFileLimitNeverLowers():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert harness.raiseOpenFileLimit(16) == soft
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
+    if hard != resource.RLIM_INFINITY and hard > soft:
+        try:
+            assert harness.raiseOpenFileLimit(hard) == hard
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_haproxyConfigLimits():
+    """
+    maxconn is the global and the frontends' limit; further global lines
+    (such as no strict-limits) go into the global section.
+    """
+    text = harness.haproxyConfig(40000, [("a", 40001)], maxconn=12000, globalLines=["no strict-limits"])
+    assert text.count("maxconn 12000") == 2
+    globalSection = text.split("defaults")[0]
+    assert "    no strict-limits\n" in globalSection
+    assert "maxconn 4000" in harness.haproxyConfig(40000, [("a", 40001)])
+
+
+def test_lbproxyConfigMaxconnAndTimeouts():
+    """
+    The listener's maxconn and timeouts pass lbproxy's loader.
+    """
+    text = harness.lbproxyConfig(
+        40000, [("a", 40001)], mode="http", maxconn=12000,
+        timeouts={"idle": "300s", "keepalive": "300s"},
+    )
+    config = loadBytes(text.encode(), "bench.toml")
+    listener = config.listeners["bench"]
+    assert listener.maxconn == 12000
+    assert listener.idleTimeout == 300
+    assert listener.keepaliveTimeout == 300
+
+
+def test_processGroupStopsOneChild(tmp_path):
+    """
+    stop() ends one child and forgets it; the others run on until close().
+    """
+    import sys
+
+    with harness.ProcessGroup(str(tmp_path)) as group:
+        argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+        first = group.start("first", argv)
+        second = group.start("second", argv)
+        assert group.stop(first, grace=5) is not None
+        assert [name for name, _ in group.processes] == ["second"]
+        group.checkAlive()
+    assert second.poll() is not None

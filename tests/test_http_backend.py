@@ -412,7 +412,8 @@ class RewriteTests(SynchronousTestCase):
                 head = parse(request)
                 self.assertTrue(head.checked)
                 got = rewriter.rewrite(head, peer, closeBackend)
-                fresh = rewriter.rewrite(head, rewriter.peer(CLIENT, LOCAL), closeBackend)
+                other = self.rewriter()
+                fresh = other.rewrite(head, other.peer(CLIENT, LOCAL), closeBackend)
                 self.assertEqual(got, fresh, (request, closeBackend))
                 written.add(got[0])
         # Two requests repeat the one before; the X-A that Connection names
@@ -420,6 +421,59 @@ class RewriteTests(SynchronousTestCase):
         self.assertEqual(len(written), 2 * (len(requests) - 3))
         chunked = rewriter.rewrite(parse(requests[-1]), peer)[0]
         self.assertTrue(chunked.endswith(b"Transfer-Encoding: chunked\r\n\r\n"), chunked)
+
+    def test_connectionsShareWhatIsTheSame(self):
+        """
+        Connections from one client address to one local address share the
+        proxy's fields, those fields written, and the head written for the
+        same checked request: the same bytes another rewriter writes, and
+        none of another client's.
+        """
+        rewriter = self.rewriter()
+        first = rewriter.peer(CLIENT, LOCAL)
+        second = rewriter.peer(IPv4Address("TCP", "192.0.2.7", 40001), LOCAL)
+        other = rewriter.peer(IPv4Address("TCP", "192.0.2.8", 40000), LOCAL)
+        self.assertIs(first._added, second._added)
+        request = b"GET /a HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"
+        data = rewriter.rewrite(parse(request), first)
+        self.assertIs(rewriter.rewrite(parse(request), second)[0], data[0])
+        self.assertIs(first._addedBlock, second._addedBlock)
+        self.assertIs(first._lastChecked, second._lastChecked)
+        self.assertEqual(data, self.rewriter().rewrite(parse(request), self.rewriter().peer(CLIENT, LOCAL)))
+        elsewhere = rewriter.rewrite(parse(request), other)
+        self.assertIn(b"X-Forwarded-For: 192.0.2.8\r\n", elsewhere[0])
+        self.assertNotIn(b"192.0.2.7", elsewhere[0])
+        self.assertEqual(elsewhere[2], b"192.0.2.8")
+
+    def test_sharedHeadsBounded(self):
+        """
+        The heads connections share are a bounded table, started afresh
+        when full; what a connection wrote last stays its own.
+        """
+        from lbproxy.http.rewrite import _CHECKED_LIMIT
+
+        rewriter = self.rewriter()
+        peer = rewriter.peer(CLIENT, LOCAL)
+        for number in range(_CHECKED_LIMIT + 5):
+            rewriter.rewrite(parse(b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % number), peer)
+        self.assertLessEqual(len(rewriter._checked), _CHECKED_LIMIT)
+        self.assertIn(b"GET /%d " % (_CHECKED_LIMIT + 4), peer._lastChecked[1])
+
+    def test_subjectFieldsNotShared(self):
+        """
+        A connection with a verified client certificate writes its own
+        fields, subject included; others keep theirs.
+        """
+        rewriter = self.rewriter()
+        plain = rewriter.peer(CLIENT, LOCAL)
+        verified = rewriter.peer(CLIENT, LOCAL)
+        verified._subject = (b"x-client-subject", b"X-Client-Subject", b"CN=client")
+        request = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+        withSubject = rewriter.rewrite(parse(request), verified)[0]
+        without = rewriter.rewrite(parse(request), plain)[0]
+        self.assertIn(b"X-Client-Subject: CN=client\r\n", withSubject)
+        self.assertNotIn(b"X-Client-Subject", without)
+        self.assertIsNot(plain._addedBlock, verified._addedBlock)
 
     def test_trustedProxyKeepsChain(self):
         rewriter = self.rewriter(trustedProxies=(ipaddress.ip_network("192.0.2.0/24"),))

@@ -1030,3 +1030,54 @@ def test_responseKeepAlive() -> None:
 def test_headersEquality() -> None:
     (_, head), _ = parseRequests(request(GET, HOST, b"A: 1"))
     assert head.headers == Headers([(b"Host", b"example.com"), (b"A", b"1")])
+
+
+def test_idleParserHoldsLittle() -> None:
+    """
+    A parser lives as long as its connection: its attributes are slots, it
+    keeps no list of pending data while none waits, and it lets go of a
+    message's head once the next message may begin (whole or in pieces).
+    """
+    parser, recorder = requestParser(pauseAfterMessage=True)
+    assert not hasattr(parser, "__dict__")
+    assert parser._pending is None
+    raw = request(b"GET / HTTP/1.1", b"Host: a", body=b"")
+    assert parser.wholeMessage(raw) is not None
+    assert parser._head is None
+    parser.dataReceived(raw[:10])
+    parser.dataReceived(raw[10:])
+    assert [event[0] for event in recorder.events] == ["head", "complete"]
+    assert parser._head is None
+    parser.dataReceived(raw)
+    assert parser._pending == [raw]
+    parser.resumeParsing()
+    assert parser._pending is None
+    assert parser._head is None
+    assert len(recorder.heads) == 2
+
+
+def test_upgradeKeepsItsHead() -> None:
+    """
+    After a request asking for an upgrade, the parser keeps its head until
+    the front decides: HTTP goes on (resumeParsing) when the request keeps
+    the connection alive.
+    """
+    parser, recorder = requestParser()
+    parser.dataReceived(
+        request(b"GET /chat HTTP/1.1", b"Host: a", b"Connection: Upgrade", b"Upgrade: websocket")
+    )
+    assert parser.paused
+    assert parser._head is recorder.heads[0]
+    parser.resumeParsing()
+    parser.dataReceived(request(b"GET / HTTP/1.1", b"Host: a"))
+    assert len(recorder.heads) == 2
+    assert parser._head is None
+
+
+def test_responseParserReleasesHeads() -> None:
+    parser, recorder = responseParser(b"GET", b"GET")
+    parser.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert parser._head is None
+    assert parser.wholeMessage(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") is not None
+    assert parser._head is None
+    assert not hasattr(parser, "__dict__")

@@ -416,7 +416,69 @@ def test_directWriterOnlyForPlainTCP():
     """
     from twisted.internet.testing import StringTransport
 
-    from lbproxy._twisted.directwrite import directWriter
+    from lbproxy._twisted.directwrite import transportWrite, writerFor
 
     transport = StringTransport()
-    assert directWriter(transport) == transport.write
+    assert writerFor(transport) is transportWrite
+    transportWrite(transport, b"data")
+    assert transport.value() == b"data"
+
+
+class WhenFinishedTests(SynchronousTestCase):
+    """
+    Relay.whenFinished: one function called with the result when the
+    session is over, without a Deferred; finished still works, made when
+    asked for, even afterwards.
+    """
+
+    def finish(self, relay):
+        relay.client.makeConnection(FakeTCPTransport())
+        relay.client.connectionLost(DONE)
+
+    def test_calledOnceWithTheResult(self):
+        relay = Relay(Clock())
+        results = []
+        relay.whenFinished(results.append)
+        self.assertIsNone(relay._finished)
+        self.finish(relay)
+        self.assertEqual(results, [RelayResult("client-closed", 0, 0)])
+        relay.close("again")
+        self.assertEqual(len(results), 1)
+
+    def test_beforeFinishedCallbacks(self):
+        relay = Relay(Clock())
+        order = []
+        relay.finished.addCallback(lambda result: order.append("deferred"))
+        relay.whenFinished(lambda result: order.append("function"))
+        self.finish(relay)
+        self.assertEqual(order, ["function", "deferred"])
+
+    def test_afterTheEnd(self):
+        """
+        A function or a Deferred asked for once the session is over get
+        its result at once.
+        """
+        relay = Relay(Clock())
+        self.finish(relay)
+        results = []
+        relay.whenFinished(results.append)
+        self.assertEqual(results, [RelayResult("client-closed", 0, 0)])
+        self.assertEqual(self.successResultOf(relay.finished), results[0])
+
+    def test_oneFunction(self):
+        relay = Relay(Clock())
+        relay.whenFinished(lambda result: None)
+        self.assertRaises(RuntimeError, relay.whenFinished, lambda result: None)
+
+    def test_errorLogged(self):
+        relay = Relay(Clock())
+
+        def broken(result):
+            raise ValueError("front bug")
+
+        relay.whenFinished(broken)
+        results = []
+        relay.finished.addCallback(results.append)
+        self.finish(relay)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(len(results), 1)

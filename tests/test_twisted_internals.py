@@ -59,6 +59,7 @@ TLSBATCH = "lbproxy/_twisted/tlsbatch.py"
 DIRECTWRITE = "lbproxy/_twisted/directwrite.py"
 HANDOVER = "lbproxy/_twisted/handover.py"
 LISTEN = "lbproxy/_twisted/listen.py"
+TRANSPORTS = "lbproxy/_twisted/transports.py"
 
 #: The connected TCP transports of both kinds.
 CONNECTIONS = ("tcp.Server", "tcp.Client")
@@ -383,6 +384,53 @@ def tlsRecordsThroughTransportWrite(world: World) -> None:
     assert received == b"now later", f"the server read {received!r}"
 
 
+def _leanNames(cls) -> set[str]:
+    """
+    The attributes a lean connection class keeps without an instance
+    dictionary: its slots and the names its descriptors take over.
+    """
+    names = set()
+    for klass in cls.__mro__:
+        names.update(vars(klass).get("__slots__", ()))
+        names.update(
+            name for name, value in vars(klass).items()
+            if klass.__module__ == cls.__module__ and hasattr(value, "__set__")
+        )
+    return names
+
+
+def connectionAttributesAreSlots(world: World) -> None:
+    """
+    Every attribute Twisted sets on a TCP connection in a proxied
+    connection's usual life (data both ways, producers, pauses, Nagle off,
+    addresses, half-close, loss) is a slot of the lean class (or taken
+    over by one of its descriptors).
+    """
+    from lbproxy._twisted.transports import LeanClient, LeanServer
+
+    server, client = world.connect()
+    for protocol in (server, client):
+        protocol.transport.setTcpNoDelay(True)
+        protocol.transport.getHost()
+        protocol.transport.getPeer()
+    server.transport.registerProducer(client.transport, True)
+    client.transport.registerProducer(server.transport, True)
+    server.transport.pauseProducing()
+    server.transport.resumeProducing()
+    client.transport.write(b"x" * 100000)
+    server.transport.writeSequence([b"y"])
+    _iterateUntil(world.reactor, lambda: sum(map(len, server.received)) == 100000)
+    server.transport.unregisterProducer()
+    client.transport.unregisterProducer()
+    client.transport.loseWriteConnection()
+    _iterateUntil(world.reactor, lambda: server.transport.disconnected or not server.transport.connected)
+    server.transport.loseConnection()
+    _iterateUntil(world.reactor, lambda: client.transport.disconnected)
+    for transport, lean in ((server.transport, LeanServer), (client.transport, LeanClient)):
+        extra = set(vars(transport)) - _leanNames(lean)
+        assert not extra, f"{type(transport).__name__} set {', '.join(sorted(extra))}, not slots of {lean.__name__}"
+
+
 def listenErrorsRaised(world: World) -> None:
     """
     With C{_raiseSynchronously} set, C{privilegedStartService} raises a
@@ -471,6 +519,46 @@ INTERNALS = [
     ),
     # The hand-over of a connection.
     Behaviour("a TCP connection delivers to its protocol attribute", protocolHandedOver, (HANDOVER,)),
+    # Connections with their attributes in slots, and timed calls sharing
+    # what they can.
+    Attribute(("tcp.Port",), "transport", type, (REACTOR,)),
+    Attribute(("tcp.Port",), "_realPortNumber", int, (TRANSPORTS,)),
+    Method(
+        ("twisted.internet.tcp.Server",),
+        "__init__",
+        ("self", "sock", "protocol", "client", "server", "sessionno", "reactor"),
+        (TRANSPORTS,),
+    ),
+    Method(
+        ("twisted.internet.tcp.Client",), "__init__", ("self", "host", "port", "bindAddress", "connector", "reactor"),
+        (TRANSPORTS,),
+    ),
+    Method(("twisted.internet.tcp.Connector",), "_makeTransport", ("self",), (TRANSPORTS,)),
+    Method(
+        ("twisted.internet.tcp.Connector",),
+        "__init__",
+        ("self", "host", "port", "factory", "timeout", "bindAddress", "reactor"),
+        (REACTOR,),
+    ),
+    Unchanged("twisted.internet.posixbase.PosixReactorBase.connectTCP", ("a0f96c49835c",), (REACTOR,)),
+    Method(CONNECTIONS, "_getLogPrefix", ("applicationObject",), (TRANSPORTS,)),
+    Unchanged("twisted.internet.tcp.Connection.connectionLost", ("9c20b7f302a4",), (TRANSPORTS,)),
+    Unchanged("twisted.internet.tcp.BaseClient.doConnect", ("36c481b8f21b",), (TRANSPORTS,)),
+    Behaviour(
+        "the attributes Twisted sets on a TCP connection are slots of the lean classes",
+        connectionAttributesAreSlots,
+        (TRANSPORTS,),
+    ),
+    Method(
+        ("twisted.internet.base.DelayedCall",),
+        "__init__",
+        ("self", "time", "func", "args", "kw", "cancel", "reset", "seconds"),
+        (REACTOR,),
+    ),
+    Method(("EPollReactor",), "_cancelCallLater", ("delayedCall",), (REACTOR,)),
+    Method(("EPollReactor",), "_moveCallLaterSooner", ("delayedCall",), (REACTOR,)),
+    Attribute(("EPollReactor",), "_newTimedCalls", list, (REACTOR,)),
+    Unchanged("twisted.internet.base.ReactorBase.callLater", ("744f1b01db8f",), (REACTOR,)),
     # Listening errors.
     Attribute(("StreamServerEndpointService",), "_raiseSynchronously", bool, (LISTEN,)),
     Behaviour("_raiseSynchronously makes listen errors raise", listenErrorsRaised, (LISTEN,)),

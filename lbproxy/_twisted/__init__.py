@@ -13,7 +13,8 @@ an operator must see:
     queued;
   - L{handover}: a connection handed from one protocol to the next (the
     PROXY header reader stepping out of the way);
-  - L{listen}: listening errors raised at startup instead of logged.
+  - L{listen}: listening errors raised at startup instead of logged;
+  - L{transports}: TCP connections with their attributes in slots.
 
 The rest of lbproxy uses Twisted's public API and these modules. The
 canary test (C{tests/test_twisted_internals.py}) checks every internal
@@ -24,7 +25,10 @@ instead of somewhere in the data path.
 
 from twisted.internet import tcp
 
-#: The exact classes of Twisted's plain TCP connections, whose buffers,
-#: socket and reads these modules work with; subclasses may send and
+from lbproxy._twisted.transports import LeanClient, LeanServer
+
+#: The exact classes of plain TCP connections, whose buffers, socket and
+#: reads these modules work with: Twisted's and lbproxy's lean ones (the
+#: same with their attributes in slots); other subclasses may send and
 #: receive differently (UNIX ones pass descriptors along).
-PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
+PLAIN_TCP = frozenset({tcp.Server, tcp.Client, LeanServer, LeanClient})

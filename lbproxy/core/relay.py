@@ -13,9 +13,9 @@ leg's transport, and:
     both its directions are done;
   - aborts both connections after C{idleTimeout} seconds without a byte
     either way;
-  - counts bytes each way and fires L{Relay.finished} once, with a
-    L{RelayResult} saying how the session ended, when both connections are
-    gone.
+  - counts bytes each way and, once both connections are gone, calls the
+    function given to L{Relay.whenFinished} and fires L{Relay.finished},
+    with a L{RelayResult} saying how the session ended.
 
 Usage by a front::
 
@@ -24,7 +24,7 @@ Usage by a front::
     ...the front passes its transport's events on to relay.client...
     d = connector.connect(context, relay.serverFactory())
     d.addCallback(lambda connection: relay.start())
-    relay.finished.addCallback(logSession)
+    relay.whenFinished(logSession)  # or relay.finished.addCallback(logSession)
 
 A leg is a plain protocol: a front that owns a connection already (the
 TCP front reading a PROXY header, an HTTP front switching to a tunnel)
@@ -57,7 +57,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy._twisted.directwrite import directWriter
+from lbproxy._twisted.directwrite import writerFor
 
 CLIENT = "client"
 SERVER = "server"
@@ -108,7 +108,7 @@ def setNoDelay(transport) -> None:
             pass
 
 
-def _discard(data: bytes) -> None:
+def _discard(transport, data: bytes) -> None:
     pass
 
 
@@ -124,9 +124,32 @@ class RelayLeg(Protocol):
     @ivar readClosed: the remote end sent FIN.
     @ivar writeClosed: our FIN toward the remote end was sent.
     @ivar lost: the connection is gone.
+
+    Its attributes are slots, and it holds no list until it must hold
+    bytes: a relay of an idle connection costs as little as it can.
     """
 
+    __slots__ = (
+        "relay",
+        "side",
+        "peer",
+        "bytesReceived",
+        "readClosed",
+        "writeClosed",
+        "lost",
+        "producing",
+        "_write",
+        "_target",
+        "_held",
+        "_heldBytes",
+        # Protocol's, which a slot would hide (class defaults).
+        "transport",
+        "connected",
+    )
+
     def __init__(self, relay: Relay, side: str) -> None:
+        self.transport = None
+        self.connected = 0
         self.relay = relay
         self.side = side
         self.peer: RelayLeg | None = None
@@ -137,9 +160,12 @@ class RelayLeg(Protocol):
         # Whether this leg's transport is registered as the producer of
         # the peer's transport.
         self.producing = False
-        # The peer transport's write while relaying; None before that.
+        # While relaying, the function writing to the peer transport
+        # (lbproxy._twisted.directwrite), called with _target (that
+        # transport) and the data; None before that.
         self._write = None
-        self._held: list[bytes] = []
+        self._target = None
+        self._held: list[bytes] | None = None
         self._heldBytes = 0
 
     def __repr__(self) -> str:
@@ -163,7 +189,7 @@ class RelayLeg(Protocol):
             return
         relay = self.relay
         relay.lastActivity = relay._seconds()
-        write(data)
+        write(self._target, data)
 
     def readConnectionLost(self) -> None:
         self.relay._readClosed(self)
@@ -181,8 +207,10 @@ class _LegFactory(Factory):
     """
 
     noisy = False
+    __slots__ = ("_leg", "_built", "numPorts")
 
     def __init__(self, leg: RelayLeg) -> None:
+        self.numPorts = 0
         self._leg = leg
         self._built = False
 
@@ -201,13 +229,35 @@ class Relay:
     @ivar server: the server leg.
     @ivar finished: fires once with a L{RelayResult} when both connections
         are gone (or, if the backend never connected, when the client's
-        is). It never fails.
+        is). It never fails. It is made when first asked for: a front
+        that keeps its relay for its connection's life passes its one
+        callback to L{whenFinished} instead, for less memory.
     @ivar running: L{start} was called.
     @ivar closing: the session is ending; nothing more is relayed.
     @ivar lastActivity: reactor time of the last byte relayed.
     """
 
     log = Logger()
+
+    __slots__ = (
+        "_reactor",
+        "_seconds",
+        "idleTimeout",
+        "maxHeld",
+        "client",
+        "server",
+        "_finished",
+        "_whenFinished",
+        "_result",
+        "running",
+        "closing",
+        "end",
+        "detail",
+        "_endRank",
+        "lastActivity",
+        "_idleCall",
+        "_done",
+    )
 
     def __init__(
         self,
@@ -229,7 +279,9 @@ class Relay:
         self.server = RelayLeg(self, SERVER)
         self.client.peer = self.server
         self.server.peer = self.client
-        self.finished: Deferred[RelayResult] = Deferred()
+        self._finished: Deferred[RelayResult] | None = None
+        self._whenFinished = None
+        self._result: RelayResult | None = None
         self.running = False
         self.closing = False
         self.end: str | None = None
@@ -241,6 +293,36 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay in={self.bytesIn} out={self.bytesOut} end={self.end}>"
+
+    @property
+    def finished(self) -> Deferred[RelayResult]:
+        finished = self._finished
+        if finished is None:
+            finished = self._finished = Deferred()
+            if self._result is not None:
+                finished.callback(self._result)
+        return finished
+
+    def whenFinished(self, f) -> None:
+        """
+        Call C{f} once with the L{RelayResult} when the session is over, as
+        a callback of L{finished} would be (and before those), without the
+        Deferred and its callback chain (about 450 bytes, for as long as
+        the connection lasts). One function per relay; an exception it
+        raises is logged.
+        """
+        if self._whenFinished is not None:
+            raise RuntimeError("the relay already has a function to call when finished")
+        if self._result is not None:
+            self._callWhenFinished(f, self._result)
+        else:
+            self._whenFinished = f
+
+    def _callWhenFinished(self, f, result: RelayResult) -> None:
+        try:
+            f(result)
+        except Exception:
+            self.log.failure("calling {f!r} at the end of a relayed session", f=f)
 
     @property
     def bytesIn(self) -> int:
@@ -293,12 +375,12 @@ class Relay:
         if not server.readClosed:
             clientTransport.registerProducer(serverTransport, True)
             server.producing = True
-        client._write = directWriter(serverTransport)
-        server._write = directWriter(clientTransport)
+        client._write, client._target = writerFor(serverTransport), serverTransport
+        server._write, server._target = writerFor(clientTransport), clientTransport
         for leg in (client, server):
             if leg._held:
                 held = leg._held
-                leg._held = []
+                leg._held = None
                 leg._heldBytes = 0
                 leg.peer.transport.writeSequence(held)
         for leg in (client, server):
@@ -330,7 +412,7 @@ class Relay:
         self._setEnd(end, _DECIDED, detail)
         self.closing = True
         for leg in self.legs:
-            leg._write = _discard
+            leg._write, leg._target = _discard, None
         for leg in self.legs:
             if leg.transport is not None and not leg.lost:
                 leg.transport.abortConnection()
@@ -350,7 +432,7 @@ class Relay:
         transport switched to TLS with C{startTLS} cannot even be asked
         once it is lost: its TLS layer is gone with it).
         """
-        leg._write = _discard
+        leg._write, leg._target = _discard, None
         if leg.producing:
             leg.producing = False
             if not leg.peer.lost:
@@ -368,6 +450,8 @@ class Relay:
     def _hold(self, leg: RelayLeg, data: bytes) -> None:
         if self.closing:
             return
+        if leg._held is None:
+            leg._held = []
         leg._held.append(data)
         leg._heldBytes += len(data)
         leg.transport.pauseProducing()
@@ -445,11 +529,15 @@ class Relay:
             self._idleCall.cancel()
         self._idleCall = None
         for leg in self.legs:
-            leg._held = []
+            leg._held = None
             leg._heldBytes = 0
-        self.finished.callback(
-            RelayResult(self.end or "closed", self.bytesIn, self.bytesOut, self.detail)
-        )
+        result = self._result = RelayResult(self.end or "closed", self.bytesIn, self.bytesOut, self.detail)
+        f = self._whenFinished
+        if f is not None:
+            self._whenFinished = None
+            self._callWhenFinished(f, result)
+        if self._finished is not None:
+            self._finished.callback(result)
 
     def _checkIdle(self) -> None:
         self._idleCall = None

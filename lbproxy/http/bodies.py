@@ -40,6 +40,8 @@ class BodySteps:
     against C{_maxBodySize}), and C{_eof} whether the peer closed.
     """
 
+    __slots__ = ()
+
     def _deliver(self, count: int) -> None:
         """
         Pass the next C{count} buffered bytes to the receiver.

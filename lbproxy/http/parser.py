@@ -79,6 +79,8 @@ class RequestParser(MessageParser):
         L{None} to parse every head.
     """
 
+    __slots__ = ()
+
     _errorStatus = 400
     _parserFactory = httptools.HttpRequestParser
 
@@ -146,6 +148,8 @@ class ResponseParser(MessageParser):
     @param cache: the L{HeadCache} of the response heads of the pool's
         servers, or L{None} to parse every head.
     """
+
+    __slots__ = ("_expected", "extra")
 
     _errorStatus = 502
     _lineTooLongStatus = 502

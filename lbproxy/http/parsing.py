@@ -67,7 +67,42 @@ class MessageParser(BodySteps):
 
     @ivar error: the L{HTTPParseError} the parser failed with, if any; it
         discards everything received afterwards.
+
+    A parser lives as long as its connection, idle ones included: its
+    attributes are slots, it holds no list of pending data until data must
+    wait, and it lets go of a message's head once the next message may
+    begin.
     """
+
+    __slots__ = (
+        "_receiver",
+        "_cache",
+        "_maxLineBytes",
+        "_maxHeaderBytes",
+        "_maxHeaders",
+        "_maxBodySize",
+        "_maxChunkLineBytes",
+        "_maxBufferedBytes",
+        "_buf",
+        "_pos",
+        "_pending",
+        "_pendingBytes",
+        "_state",
+        "_inHead",
+        "_leading",
+        "_fedBytes",
+        "_scanFrom",
+        "_lineEnd",
+        "_llhttp",
+        "_callbacks",
+        "_head",
+        "_remaining",
+        "_bodyBytes",
+        "paused",
+        "_processing",
+        "_eof",
+        "error",
+    )
 
     _errorStatus = 400
     _lineTooLongStatus = 414
@@ -124,7 +159,8 @@ class MessageParser(BodySteps):
         self._maxBufferedBytes = maxBufferedBytes
         self._buf = b""
         self._pos = 0
-        self._pending: list[bytes] = []
+        # Data received while earlier data waits; None when there is none.
+        self._pending: list[bytes] | None = None
         self._pendingBytes = 0
         self._state = _HEAD
         self._inHead = False
@@ -174,7 +210,7 @@ class MessageParser(BodySteps):
         if self.paused:
             # Kept aside until a step needs more bytes, so that data piling
             # up while paused is not copied again with every arrival.
-            self._pending.append(data)
+            self._hold(data)
             self._pendingBytes += len(data)
             if self.bufferedBytes > self._maxBufferedBytes:
                 self._fail(HTTPParseError(self._errorStatus, "too much data while paused"))
@@ -184,9 +220,16 @@ class MessageParser(BodySteps):
             self._buf = data
             self._pos = 0
         else:
-            self._pending.append(data)
+            self._hold(data)
             self._pendingBytes += len(data)
         self._process()
+
+    def _hold(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+        else:
+            pending.append(data)
 
     def connectionLost(self) -> None:
         if self._state in (_FAILED, _CLOSED, _DETACHED):
@@ -297,7 +340,7 @@ class MessageParser(BodySteps):
                 cache.addLines(key, record)
         self._leading = 0
         self._head = head
-        self._afterMessage(head)
+        self._messageEnded(head)
         return head, data[headEnd:] if length else b""
 
     def detachTunnel(self) -> bytes:
@@ -322,7 +365,7 @@ class MessageParser(BodySteps):
     def _discard(self) -> None:
         self._buf = b""
         self._pos = 0
-        self._pending = []
+        self._pending = None
         self._pendingBytes = 0
 
     def _merge(self) -> None:
@@ -331,7 +374,7 @@ class MessageParser(BodySteps):
         position 0. Positions kept relative to the start of a header block
         stay valid, since the block starts at the current position.
         """
-        pending = self._pending
+        pending = self._pending or []
         if self._pos < len(self._buf):
             pending.insert(0, self._buf[self._pos :] if self._pos else self._buf)
         if len(pending) == 1:
@@ -339,7 +382,7 @@ class MessageParser(BodySteps):
         else:
             self._buf = b"".join(pending)
         self._pos = 0
-        self._pending = []
+        self._pending = None
         self._pendingBytes = 0
 
     def _process(self) -> None:
@@ -644,9 +687,18 @@ class MessageParser(BodySteps):
         self._discard()
 
     def _stepComplete(self) -> bool:
-        self._afterMessage(self._head)
+        self._messageEnded(self._head)
         self._receiver.messageComplete()
         return True
+
+    def _messageEnded(self, head: RequestHead | ResponseHead) -> None:
+        """
+        The message of C{head} is complete: what follows (L{_afterMessage});
+        the head is let go of unless a tunnel or an upgrade still needs it.
+        """
+        self._afterMessage(head)
+        if self._state != _UPGRADE and self._state != _TUNNEL:
+            self._head = None
 
     def _stepStopped(self) -> bool:
         return False

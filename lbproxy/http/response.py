@@ -287,7 +287,7 @@ class ResponseForwarding:
             relay.server.dataReceived(backendRest)
         if self._readClosed:
             relay.client.readConnectionLost()
-        relay.finished.addCallback(self._tunnelFinished)
+        relay.whenFinished(self._tunnelFinished)
         relay.start()
 
     def _tunnelFinished(self, result: RelayResult) -> None:

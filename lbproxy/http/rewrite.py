@@ -56,6 +56,9 @@ _DROP_SETS = 256
 #: Addresses whose rewriting facts a rewriter keeps (see
 #: L{RequestRewriter._clientFacts}) before it starts afresh.
 _FACTS_LIMIT = 4096
+#: Written heads of checked requests a rewriter keeps for every connection
+#: to share (see L{RequestRewriter.rewrite}) before it starts afresh.
+_CHECKED_LIMIT = 1024
 
 #: Server endpoint types whose clients speak TLS.
 _TLS_ENDPOINTS = frozenset({"ssl", "tls"})
@@ -91,6 +94,10 @@ class Peer:
     @ivar trusted: the client is a trusted proxy.
     @ivar transport: the client's transport, whose TLS connection tells
         the verified client certificate (L{None} when not known).
+
+    What it shares with other connections (the proxy's fields, the last
+    head written) is the rewriter's, held by reference: an idle
+    keep-alive connection keeps little of its own.
     """
 
     __slots__ = (
@@ -105,7 +112,6 @@ class Peer:
         "_hostField",
         "_subject",
         "_lastChecked",
-        "_lastCheckedBytes",
     )
 
     def __init__(self, rewriter: RequestRewriter, client, local, transport=None) -> None:
@@ -116,7 +122,7 @@ class Peer:
         self.trusted, forwardedFor = rewriter._clientFacts(self.clientHost)
         proto, port, self._hostField = rewriter._localFacts(self.localHost, self.localPort)
         # X-Forwarded-For first: the rewriter reads its value from here.
-        self._added = [forwardedFor, proto, port] if port is not None else [forwardedFor, proto]
+        self._added = rewriter._addedFields(forwardedFor, proto, port)
         self.transport = transport
         # Looked up by the first request: the TLS handshake is over by then
         # (no request arrives before it), and cannot change afterwards
@@ -125,10 +131,10 @@ class Peer:
         # The proxy's fields for checked requests, written once.
         self._addedBlock: bytes | None = None
         # The last checked request (what its backend head was written
-        # from) and that head: a keep-alive client tends to send the same
-        # request again.
-        self._lastChecked: tuple | None = None
-        self._lastCheckedBytes = b""
+        # from) and that head, as a (request, head) entry the rewriter may
+        # share with other connections: a keep-alive client tends to send
+        # the same request again.
+        self._lastChecked: tuple[tuple, bytes] | None = None
 
 
 class RequestRewriter:
@@ -173,6 +179,12 @@ class RequestRewriter:
         self._checkedDropSets: dict[frozenset[bytes], frozenset[bytes]] = {}
         self._clients: dict[str, tuple[bool, tuple[bytes, bytes, bytes]]] = {}
         self._locals: dict[tuple[str, int | None], tuple] = {}
+        # What connections share: the proxy's fields for a client and local
+        # address, those fields written, and the heads written for checked
+        # requests with those fields.
+        self._addedSets: dict[tuple, tuple] = {}
+        self._addedBlocks: dict[tuple, bytes] = {}
+        self._checked: dict[tuple[bytes, tuple], tuple[tuple, bytes]] = {}
 
     def peer(self, client, local, transport=None) -> Peer:
         """
@@ -211,6 +223,37 @@ class RequestRewriter:
                 self._clients.clear()
             self._clients[host] = facts
         return facts
+
+    def _addedFields(self, forwardedFor: tuple, proto: tuple, port: tuple | None) -> tuple:
+        """
+        The proxy's forwarding fields for a connection (X-Forwarded-For
+        first, then -Proto and -Port when there is a port), one tuple for
+        every connection with the same ones.
+        """
+        key = (forwardedFor, proto, port)
+        added = self._addedSets.get(key)
+        if added is None:
+            added = (forwardedFor, proto, port) if port is not None else (forwardedFor, proto)
+            if len(self._addedSets) >= _FACTS_LIMIT:
+                self._addedSets.clear()
+            self._addedSets[key] = added
+        return added
+
+    def _addedBlockFor(self, peer: Peer, subject) -> bytes:
+        """
+        The proxy's fields of C{peer}'s checked requests, written (with the
+        client-subject field C{subject}, if any), one block for every
+        connection with the same fields and no subject.
+        """
+        if subject is not None:
+            return self.writer.fieldBlock(peer._added + (subject,))
+        block = self._addedBlocks.get(peer._added)
+        if block is None:
+            block = self.writer.fieldBlock(peer._added)
+            if len(self._addedBlocks) >= _FACTS_LIMIT:
+                self._addedBlocks.clear()
+            self._addedBlocks[peer._added] = block
+        return block
 
     def _localFacts(self, host: str, port: int | None) -> tuple:
         """
@@ -274,9 +317,11 @@ class RequestRewriter:
         elif head.checked and head.authority is not None:
             # A head whose values the parser found writable as they are
             # (RequestHead.checked): its fields need no second check, the
-            # proxy's own are checked and joined once per connection. The
-            # head written last on the connection is written again for a
-            # request with the same method, target, fields and framing.
+            # proxy's own are checked and joined once per connection (and
+            # shared by connections with the same ones). The head written
+            # last on the connection is written again for a request with
+            # the same method, target, fields and framing, and so is one
+            # another connection with the same fields had written.
             bodyKind = head.bodyKind
             contentLength = head.contentLength if bodyKind is BodyKind.LENGTH else None
             connection = head.connection
@@ -291,29 +336,34 @@ class RequestRewriter:
                 connection,
                 tuple(items),
             )
-            if key == peer._lastChecked:
-                return peer._lastCheckedBytes, False, peer._added[0][2]
-            dropped = self._checkedDropped if not connection else self._checkedDropSet(connection)
-            lines = [
-                b"%s: %s\r\n" % (name, value)
-                for lowered, name, value in items
-                if lowered not in dropped
-            ]
+            entry = peer._lastChecked
+            if entry is not None and entry[0] == key:
+                return entry[1], False, peer._added[0][2]
             added = peer._addedBlock
             if added is None:
-                added = peer._addedBlock = self.writer.fieldBlock(
-                    peer._added + [subject] if subject is not None else peer._added
+                added = peer._addedBlock = self._addedBlockFor(peer, subject)
+            shared = (added, key)
+            entry = self._checked.get(shared)
+            if entry is None:
+                dropped = self._checkedDropped if not connection else self._checkedDropSet(connection)
+                lines = [
+                    b"%s: %s\r\n" % (name, value)
+                    for lowered, name, value in items
+                    if lowered not in dropped
+                ]
+                lines.append(added)
+                lines.append(b"X-Forwarded-Host: %s\r\n" % (head.authority,))
+                if closeBackend:
+                    lines.append(b"Connection: close\r\n")
+                entry = (
+                    key,
+                    checkedRequestHeadBytes(head.method, head.target, b"".join(lines), bodyKind, contentLength),
                 )
-            lines.append(added)
-            lines.append(b"X-Forwarded-Host: %s\r\n" % (head.authority,))
-            if closeBackend:
-                lines.append(b"Connection: close\r\n")
-            data = checkedRequestHeadBytes(
-                head.method, head.target, b"".join(lines), bodyKind, contentLength
-            )
-            peer._lastChecked = key
-            peer._lastCheckedBytes = data
-            return data, False, peer._added[0][2]
+                if len(self._checked) >= _CHECKED_LIMIT:
+                    self._checked.clear()
+                self._checked[shared] = entry
+            peer._lastChecked = entry
+            return entry[1], False, peer._added[0][2]
         else:
             # The common case in one pass: hop-by-hop and forwarding fields
             # out, the proxy's forwarding fields in.

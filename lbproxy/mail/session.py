@@ -479,7 +479,7 @@ class MailFrontProtocol(FrontConnection, LineBuffer):
             relay.client.dataReceived(pipelined)
         if answer.rest:
             relay.server.dataReceived(answer.rest)
-        relay.finished.addCallback(self._relayFinished)
+        relay.whenFinished(self._relayFinished)
         relay.start()
 
     def _relayFinished(self, result: RelayResult) -> None:

@@ -226,7 +226,7 @@ class TCPProxyProtocol(FrontConnection):
         self.relayTo(relay.client)
         if held:
             relay.client.dataReceived(held)
-        relay.finished.addCallback(self._relayFinished)
+        relay.whenFinished(self._relayFinished)
         if factory.sniRoutes:
             context = SNIFlowContext(self.client, self.local, self.sni)
         else:
