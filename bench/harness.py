@@ -484,6 +484,52 @@ def raiseOpenFileLimit(needed: int) -> int:
             )
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
     return needed
+def processTreeCpu(pid: int) -> dict[int, tuple[float, float]]:
+    """
+    User and system CPU seconds of process C{pid} and of its children
+    (lbproxy's worker processes, with C{workers} above 1), by process id,
+    C{pid} first; a child that has exited meanwhile is left out.
+    """
+    found = {pid: cpuSeconds(pid)}
+    for child in childPids(pid):
+        try:
+            found[child] = cpuSeconds(child)
+        except OSError:
+            pass
+    return found
+
+
+def cpuShares(
+    before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]], elapsed: float
+) -> tuple[float, float, list[float]]:
+    """
+    The CPU shares (100 = one full core) used between two
+    L{processTreeCpu} readings C{elapsed} seconds apart: in total, in the
+    kernel, and by process (the first process first, then the others by
+    process id). Only the processes present in both readings count.
+    """
+    total = system = 0.0
+    each = []
+    ordered = [pid for pid in after if pid in before]
+    ordered = ordered[:1] + sorted(ordered[1:])
+    for pid in ordered:
+        user = after[pid][0] - before[pid][0]
+        kernel = after[pid][1] - before[pid][1]
+        total += user + kernel
+        system += kernel
+        each.append(100.0 * (user + kernel) / elapsed)
+    return 100.0 * total / elapsed, 100.0 * system / elapsed, each
+
+
+def addWorkersArgument(parser: argparse.ArgumentParser) -> None:
+    """
+    lbproxy's C{workers}: the processes serving its listeners.
+    """
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="lbproxy's workers: N processes serving the listener beside the control "
+        "process (default 1: one process); the proxy CPU is the sum of all of them",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -771,10 +817,14 @@ def lbproxyConfig(
     logRequests: str = "all",
     maxconn: int | None = None,
     timeouts: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> str:
     """
     An lbproxy TOML config: one listener on loopback, one pool over
     C{servers} (name, port), round-robin unless C{selector} says otherwise.
+
+    @param workers: lbproxy's C{workers} (above 1: a control process and
+        that many worker processes).
 
     @param tls: the certificate the listener terminates TLS with (its
         C{[tls]} table, with L{TLS12_CIPHERS}).
@@ -821,8 +871,9 @@ def lbproxyConfig(
             f'certificates = [{{ cert = "{tls.cert}", key = "{tls.key}" }}]\n'
             f'ciphers = "{TLS12_CIPHERS}"\n'
         )
+    top = f"workers = {workers}\n\n" if workers != 1 else ""
     return f"""\
-[listeners.bench]
+{top}[listeners.bench]
 bind = "tcp:{listenPort}:interface={LOOPBACK}"
 mode = "{mode}"
 pool = "servers"
@@ -980,6 +1031,9 @@ class WrkResult:
     non2xx: int
     proxyCpuPercent: float | None = None
     proxySystemPercent: float | None = None
+    #: The share of each process of the proxy (with lbproxy's workers: the
+    #: control process, then the workers); the total is C{proxyCpuPercent}.
+    processCpuPercents: list[float] | None = None
 
 
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "b": 1}
@@ -1051,8 +1105,9 @@ def runWrk(
     """
     Load C{url} with wrk's keep-alive connections for C{duration} seconds.
 
-    With C{measuredPid}, the CPU share that process used during the run is
-    recorded too (100 = one full core), in total and in the kernel.
+    With C{measuredPid}, the CPU share that process and its children
+    (lbproxy's workers) used during the run is recorded too (100 = one
+    full core), in total, in the kernel and by process.
     C{headers} (C{"Name: value"}) are added to every request; with
     C{"Connection: close"} wrk opens a new connection for each request.
     C{script} is a wrk Lua script (L{writeUploadScript}).
@@ -1074,7 +1129,7 @@ def runWrk(
         ],
         cpus,
     )
-    cpuBefore = cpuSeconds(measuredPid) if measuredPid else None
+    cpuBefore = processTreeCpu(measuredPid) if measuredPid else None
     started = time.monotonic()
     try:
         result = subprocess.run(
@@ -1092,11 +1147,10 @@ def runWrk(
         )
     parsed = parseWrk(output)
     if measuredPid:
-        user, system = cpuSeconds(measuredPid)
-        user -= cpuBefore[0]
-        system -= cpuBefore[1]
-        parsed.proxyCpuPercent = 100.0 * (user + system) / elapsed
-        parsed.proxySystemPercent = 100.0 * system / elapsed
+        total, system, each = cpuShares(cpuBefore, processTreeCpu(measuredPid), elapsed)
+        parsed.proxyCpuPercent = total
+        parsed.proxySystemPercent = system
+        parsed.processCpuPercents = each
     return parsed
 
 
@@ -1671,6 +1725,8 @@ def alternatingRounds(
                     if result.proxyCpuPercent is not None
                     else ""
                 )
+                if result.processCpuPercents and len(result.processCpuPercents) > 1:
+                    cpu += " (" + " + ".join(f"{p:.0f}" for p in result.processCpuPercents) + ")"
                 errors = result.socketErrors + result.non2xx
                 progress(
                     f"round {number}/{rounds} {payload:>6} {target:<8} "
@@ -1706,6 +1762,19 @@ def latencyCpuCells(series: Series) -> list[str]:
         f"{p99:.2f}" if p99 is not None else "-",
         f"{cpu:.0f}% ({system:.0f}% sys)" if cpu is not None else "-",
     ]
+
+
+def processCpuCell(series: Series) -> str:
+    """
+    The proxy's CPU share by process (median of each), "3+88+87%" for
+    lbproxy's control process and two workers; "-" for one process.
+    """
+    runs = [r.processCpuPercents for r in series.runs if r.processCpuPercents]
+    if not runs or max(len(r) for r in runs) < 2:
+        return "-"
+    count = max(len(r) for r in runs)
+    medians = [statistics.median(r[i] for r in runs if len(r) > i) for i in range(count)]
+    return "+".join(f"{m:.0f}" for m in medians) + "%"
 
 
 def cpuPerRequestCell(series: Series) -> str:

@@ -32,11 +32,13 @@ from harness import (
     runMain,
     resolvePins,
     addCommonArguments,
+    addWorkersArgument,
     addLogRequestsArgument,
     LOOPBACK,
     UPLOAD_PATH,
     writeUploadScript,
     cpuPerRequestCell,
+    processCpuCell,
     BenchError,
     NginxBackends,
     NginxProxy,
@@ -141,6 +143,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     )
     addCommonArguments(parser, "per scenario (HTTP mode)")
     addLogRequestsArgument(parser)
+    addWorkersArgument(parser)
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
@@ -158,10 +161,12 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
     if not any(args.targetsByScenario.values()):
         parser.error("--targets and --scenarios leave nothing to measure")
     args.targets = [t for t in TARGETS if any(t in ts for ts in args.targetsByScenario.values())]
-    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
-        parser.error("--rounds, --duration and --connections must be positive")
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1 or args.workers < 1:
+        parser.error("--rounds, --duration, --connections and --workers must be positive")
     if args.profile and "lbproxy" not in args.targets:
         parser.error("--profile needs the lbproxy target")
+    if args.profile and args.workers > 1:
+        parser.error("--profile samples one process: use it with --workers 1")
     resolvePins(args)
     return args
 
@@ -237,14 +242,14 @@ def run(args: argparse.Namespace) -> int:
             config = lbproxyConfig(
                 ports["lbproxy"], servers, mode="http",
                 accessLog=accessLog, reuseMaxIdle=REUSE_MAX_IDLE, reuseMode=args.reuse,
-                logRequests=args.log_requests,
+                logRequests=args.log_requests, workers=args.workers,
             )
             pids["lbproxy"], details["lbproxyReactor"] = startLbproxy(
                 args, group, workdir, "lbproxy", config, ports["lbproxy"]
             )
         if "lbproxy-tcp" in args.targets:
             ports["lbproxy-tcp"] = freePort()
-            config = lbproxyConfig(ports["lbproxy-tcp"], servers, mode="tcp")
+            config = lbproxyConfig(ports["lbproxy-tcp"], servers, mode="tcp", workers=args.workers)
             pids["lbproxy-tcp"], details["lbproxyTcpReactor"] = startLbproxy(
                 args, group, workdir, "lbproxy-tcp", config, ports["lbproxy-tcp"]
             )
@@ -336,6 +341,7 @@ def run(args: argparse.Namespace) -> int:
             },
             "pin": pins,
             "reactor": args.reactor,
+            "lbproxyWorkers": args.workers,
             "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
             "reuse": args.reuse,
         },
@@ -414,12 +420,13 @@ def report(series, args) -> str:
                 target,
                 *rateCells(s),
                 *latencyCpuCells(s),
+                processCpuCell(s),
                 cpuPerRequestCell(s),
                 str(errors),
             ])
     table = formatTable(
         ["scenario", "target", "median req/s", "min", "max", "spread",
-         "p99 ms", "proxy CPU", "µs/req", "errors"],
+         "p99 ms", "proxy CPU", "per process", "µs/req", "errors"],
         rows,
     )
     lines = [table]

@@ -24,11 +24,14 @@ from harness import (
     say,
     sayProfiles,
     latencyCpuCells,
+    cpuPerRequestCell,
+    processCpuCell,
     rateCells,
     addRoundArguments,
     runMain,
     resolvePins,
     addCommonArguments,
+    addWorkersArgument,
     LOOPBACK,
     BenchError,
     NginxBackends,
@@ -79,16 +82,19 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(TARGETS)} (default all)",
     )
     addCommonArguments(parser, "per payload")
+    addWorkersArgument(parser)
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets:
         parser.error(f"--targets: expected names from {','.join(TARGETS)}, got {args.targets!r}")
     args.targets = [t for t in TARGETS if t in targets]
-    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
-        parser.error("--rounds, --duration and --connections must be positive")
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1 or args.workers < 1:
+        parser.error("--rounds, --duration, --connections and --workers must be positive")
     if args.profile and "lbproxy" not in args.targets:
         parser.error("--profile needs the lbproxy target")
+    if args.profile and args.workers > 1:
+        parser.error("--profile samples one process: use it with --workers 1")
     resolvePins(args)
     return args
 
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             ports["lbproxy"] = freePort()
             path = os.path.join(workdir, "lbproxy.toml")
             with open(path, "w") as f:
-                f.write(lbproxyConfig(ports["lbproxy"], servers))
+                f.write(lbproxyConfig(ports["lbproxy"], servers, workers=args.workers))
             twistd = args.twistd or besidePython("twistd")
             argv = lbproxyArgv(twistd, path, workdir, args.reactor)
             pids["lbproxy"] = group.start(
@@ -201,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             "threads": args.threads,
             "pin": pins,
             "reactor": args.reactor,
+            "lbproxyWorkers": args.workers,
         },
         details, series, ratios(series),
     )
@@ -255,11 +262,13 @@ def report(series, args) -> str:
                 *rateCells(s),
                 humanBytes(s.median("bytesPerSecond")) + "/s",
                 *latencyCpuCells(s),
+                processCpuCell(s),
+                cpuPerRequestCell(s),
                 str(errors),
             ])
     table = formatTable(
         ["payload", "target", "median req/s", "min", "max", "spread",
-         "throughput", "p99 ms", "proxy CPU", "errors"],
+         "throughput", "p99 ms", "proxy CPU", "per process", "µs/req", "errors"],
         rows,
     )
     lines = [table]

@@ -272,14 +272,14 @@ class FactorySwitch(FactoryLayer):
             factory.doStop()
 
 
-def endpointFor(reactor, bind: str, freebind: bool = False):
+def endpointFor(reactor, bind: str, freebind: bool = False, reusePort: bool = False):
     """
     The server endpoint of C{bind}; one whose C{listen} fails with the
     reason when the string cannot be turned into an endpoint on this
     machine (a systemd socket that was not passed).
     """
     try:
-        return serverEndpoint(reactor, bind, freebind)
+        return serverEndpoint(reactor, bind, freebind, reusePort)
     except Exception as error:
         return _Unusable(error)
 
@@ -340,11 +340,17 @@ class ListenerService(SocketService):
 
     log = Logger()
 
-    def __init__(self, listener: Listener | ListenerConfig, source: str, factory, reactor, front=None) -> None:
+    def __init__(
+        self, listener: Listener | ListenerConfig, source: str, factory, reactor, front=None, reusePort: bool = False
+    ) -> None:
+        """
+        @param reusePort: open the socket with C{SO_REUSEPORT} (a worker's,
+            beside the other workers' on the same address).
+        """
         listener = Listener.of(listener)
         config = listener.config
         self.switch = FactorySwitch(factory, listener, reactor, front)
-        endpoint = _Following(endpointFor(reactor, config.bind, config.freebind), listener)
+        endpoint = _Following(endpointFor(reactor, config.bind, config.freebind, reusePort), listener)
         super().__init__(endpoint, self.switch, config.bind, _bindKey(config), source)
         self.listener = listener
         self.grace: float | None = None

@@ -26,7 +26,8 @@ one turn of the reactor, where nothing can fail any more:
     settings (retries, timeouts, queue, HTTP settings) apply to flows
     placed from then on; a changed selector is built anew; changed health
     checks restart with the history kept.
-  - C{[ha]} is the heartbeat's: a reload that changes it is refused.
+  - C{[ha]} is the heartbeat's: a reload that changes it is refused, as
+    one that changes C{workers}.
   - C{[admin]}: the token file is read again; a new C{bind} opens the new
     socket with the new listeners, then the old one closes.
   - C{[daemon] grace} applies to the next stop.
@@ -166,6 +167,11 @@ def prepare(service, config: Config) -> Plan:
             f"{config.source}: ha: the [ha] table changed; the heartbeat takes its settings at a restart "
             "(restart lbproxy, or put the running [ha] table back)"
         )
+    if config.workers != running.workers:
+        raise ReloadRefused(
+            f"{config.source}: workers: expected {running.workers} as running, got {config.workers}; "
+            "the number of workers changes at a restart"
+        )
     try:
         serverTLS = loadListenerTLS(config)
         pools = [
@@ -184,7 +190,7 @@ def prepare(service, config: Config) -> Plan:
     for name, lc in config.listeners.items():
         if name not in kept:
             listener = Listener(lc, balancer=balancer)
-            added.append((listener, ListenerService(listener, config.source, _Unset(), service._reactor, _Unset())))
+            added.append((listener, service.listenerService(listener, config.source, _Unset(), _Unset())))
     admin = None
     if config.admin is not None and (running.admin is None or config.admin.bind != running.admin.bind):
         admin = service.buildAdmin(config.admin)

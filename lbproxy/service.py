@@ -154,7 +154,7 @@ class BalancerService(MultiService):
             # line naming the listener instead of being logged while the
             # daemon runs without it.
             factory, front = self.buildFront(listener)
-            self.addListenerService(ListenerService(listener, config.source, factory, reactor, front))
+            self.addListenerService(self.listenerService(listener, config.source, factory, front))
         #: The admin listener (L{lbproxy.admin.service.AdminService}), or
         #: None without C{[admin]}.
         self.admin = None
@@ -191,6 +191,22 @@ class BalancerService(MultiService):
         front = listener.mode.buildFactory(listener, dict(self.balancer.pools), self._reactor, serverTLS)
         listener.factory = front
         return wrapFront(listener, front, self._reactor, serverTLS), front
+
+    def listenerService(self, listener: Listener, source: str, factory, front):
+        """
+        The service that opens C{listener}'s socket and serves C{factory}
+        on it (a worker's opens it with C{SO_REUSEPORT}; the control
+        process of workers opens none: L{lbproxy.workers}).
+        """
+        return ListenerService(listener, source, factory, self._reactor, front)
+
+    def refreshCounters(self):
+        """
+        None: the counters of this process's model are the whole
+        balancer's. (The control process of workers returns a L{Deferred}
+        firing once the workers' counters are in its model.)
+        """
+        return None
 
     def addListenerService(self, service: ListenerService) -> None:
         service.grace = self.graceFor(service.listener.config)
@@ -324,7 +340,7 @@ class BalancerService(MultiService):
         Service.stopService(self)
         children = list(self)
         first = [s for s in children if getattr(s, "stopsFirst", False) and s.running]
-        listeners = [s for s in children if isinstance(s, ListenerService)]
+        listeners = [s for s in children if isinstance(s, ListenerService) or getattr(s, "stopsWithListeners", False)]
         rest = [s for s in reversed(children) if s not in first and s not in listeners]
 
         def stopAll(services):

@@ -7,6 +7,9 @@ endpoints do not set, handed to the reactor with C{adoptStreamPort}.
     pair listens on the backup too, and serves the moment the address
     arrives, without a bind at takeover that could fail, and without the
     host-wide C{net.ipv4.ip_nonlocal_bind}.
+  - C{SO_REUSEPORT}: several sockets listen on one address, one per worker
+    process (L{lbproxy.workers}); the kernel spreads new connections over
+    them by a hash of their addresses and ports.
 """
 
 from __future__ import annotations
@@ -48,15 +51,23 @@ def tcpBind(bind: str) -> tuple[int, str, int, int] | None:
     return None
 
 
-def listeningSocket(family: int, host: str, port: int, backlog: int, freebind: bool = False) -> socket.socket:
+def listeningSocket(
+    family: int, host: str, port: int, backlog: int, freebind: bool = False, reusePort: bool = False, listen: bool = True
+) -> socket.socket:
     """
     A non-blocking TCP socket listening on C{host}:C{port}.
 
+    @param reusePort: set C{SO_REUSEPORT}, so that other sockets with it
+        (of the same user) may listen on the same address.
+    @param listen: False: only bound (a check that the address can be
+        had; a socket that does not listen gets no connection).
     @raise OSError: the socket cannot be made or bound.
     """
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reusePort:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if freebind:
             if family == socket.AF_INET6:
                 try:
@@ -67,7 +78,8 @@ def listeningSocket(family: int, host: str, port: int, backlog: int, freebind: b
             else:
                 sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
         sock.bind((host, port))
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -83,30 +95,42 @@ class BuiltSocketEndpoint:
     privileges, as Twisted's own endpoints).
     """
 
-    def __init__(self, reactor, family: int, host: str, port: int, backlog: int = 50, freebind: bool = False) -> None:
+    def __init__(
+        self,
+        reactor,
+        family: int,
+        host: str,
+        port: int,
+        backlog: int = 50,
+        freebind: bool = False,
+        reusePort: bool = False,
+    ) -> None:
         self._reactor = reactor
         self.family = family
         self.host = host
         self.port = port
         self.backlog = backlog
         self.freebind = freebind
+        self.reusePort = reusePort
 
     def listen(self, factory):
         try:
-            sock = listeningSocket(self.family, self.host, self.port, self.backlog, self.freebind)
+            sock = listeningSocket(self.family, self.host, self.port, self.backlog, self.freebind, self.reusePort)
         except OSError as e:
             return fail(CannotListenError(self.host, self.port, e))
         return AdoptedStreamServerEndpoint(self._reactor, sock.detach(), self.family).listen(factory)
 
 
-def serverEndpoint(reactor, bind: str, freebind: bool = False):
+def serverEndpoint(reactor, bind: str, freebind: bool = False, reusePort: bool = False):
     """
     The endpoint a listener binds: Twisted's for C{bind}, or a
-    L{BuiltSocketEndpoint} when it needs options of its own.
+    L{BuiltSocketEndpoint} when it needs options of its own (C{freebind},
+    C{reusePort}).
     """
-    if freebind:
+    if freebind or reusePort:
         parsed = tcpBind(bind)
         if parsed is None:
-            raise ValueError(f"freebind needs a tcp: or tcp6: listener, got {bind!r}")
-        return BuiltSocketEndpoint(reactor, *parsed, freebind=True)
+            option = "freebind" if freebind else "SO_REUSEPORT"
+            raise ValueError(f"{option} needs a tcp: or tcp6: listener, got {bind!r}")
+        return BuiltSocketEndpoint(reactor, *parsed, freebind=freebind, reusePort=reusePort)
     return serverFromString(reactor, bind)

@@ -5,13 +5,16 @@ Without C{--config} lbproxy runs its built-in demo (L{lbproxy.demo}): a
 listener on 127.0.0.1:8080 in front of two small web servers it starts on
 127.0.0.1:8081 and :8082.
 
-This is the only module that imports the global reactor, and the only
-one that installs signal handlers: C{SIGHUP} reloads the whole
+This is the only module that imports the global reactor (with the worker
+processes' entry point, L{lbproxy.workers.child}), and the only one that
+installs signal handlers: C{SIGHUP} reloads the whole
 configuration (L{BalancerService.reload}, see L{lbproxy.reload}) without
 closing a listening socket; C{SIGUSR1} reopens the HTTP access logs (after
 twistd's own handler, which rotates its log file when it has one).
 C{SIGTERM} is twistd's: it stops the service tree, which stops gracefully
-(L{BalancerService.stopService}).
+(L{BalancerService.stopService}). With C{workers} above 1 the service tree
+is the control process's (L{lbproxy.workers.control.ControlService}),
+which passes reloads, reopenings and the stop on to its workers.
 
 Errors an operator makes are reported as one line, without a traceback:
 
@@ -242,7 +245,11 @@ def makeService(options: Options):
         install()
     from twisted.internet import reactor
 
-    from lbproxy.service import BalancerService
+    if options.config.workers > 1:
+        # The control process: the listeners are the workers' (lbproxy.workers).
+        from lbproxy.workers.control import ControlService as BalancerService
+    else:
+        from lbproxy.service import BalancerService
 
     service = BalancerService(options.config, reactor, options.serverTLS, options.balancer)
     service.loader = lambda: loadConfig(options["config"])

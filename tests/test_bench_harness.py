@@ -337,3 +337,56 @@ def test_processGroupStopsOneChild(tmp_path):
         assert [name for name, _ in group.processes] == ["second"]
         group.checkAlive()
     assert second.poll() is not None
+def test_lbproxyConfigWithWorkers():
+    """
+    C{workers} goes at the top of the file, before the tables; with 1 the
+    key is left out (the default).
+    """
+    text = harness.lbproxyConfig(40000, [("a", 40001)], mode="http", workers=2)
+    assert text.startswith("workers = 2\n")
+    assert loadBytes(text.encode(), "bench.toml").workers == 2
+    assert "workers" not in harness.lbproxyConfig(40000, [("a", 40001)])
+
+
+def test_cpuShares():
+    """
+    The shares of the first process and of its children (workers),
+    ordered by process id after the first; a child that appeared or left
+    between the readings does not count.
+    """
+    before = {10: (1.0, 0.5), 30: (2.0, 1.0), 20: (0.0, 0.0), 40: (5.0, 5.0)}
+    after = {10: (1.1, 0.5), 20: (1.0, 0.5), 30: (3.0, 1.0), 50: (9.0, 9.0)}
+    total, system, each = harness.cpuShares(before, after, 2.0)
+    assert total == pytest.approx(100 * 2.6 / 2)
+    assert system == pytest.approx(100 * 0.5 / 2)
+    assert each == pytest.approx([5.0, 75.0, 50.0])
+
+
+def test_processTreeCpu():
+    """
+    The process's own CPU and its children's, the process first.
+    """
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        found = harness.processTreeCpu(os.getpid())
+        assert next(iter(found)) == os.getpid()
+        assert child.pid in found
+        assert all(len(times) == 2 and min(times) >= 0 for times in found.values())
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_processCpuCell():
+    series = harness.Series("lbproxy", "keepalive")
+    for shares in ([2.0, 80.0, 70.0], [4.0, 90.0, 60.0], [3.0, 85.0, 65.0]):
+        series.runs.append(harness.WrkResult(1.0, 0.0, 1, None, None, 0, 0, proxyCpuPercent=sum(shares),
+                                             processCpuPercents=shares))
+    assert harness.processCpuCell(series) == "3+85+65%"
+    one = harness.Series("lbproxy", "keepalive")
+    one.runs.append(harness.WrkResult(1.0, 0.0, 1, None, None, 0, 0, proxyCpuPercent=50.0, processCpuPercents=[50.0]))
+    assert harness.processCpuCell(one) == "-"

@@ -708,6 +708,7 @@ EVERY_KEY = {
     "ha notify": {"master", "backup", "fault", "stop", "timeout"},
     "admin": {"bind", "token_file", "allow_remote"},
     "daemon": {"grace"},
+    "top": {"workers"},
     "ha track": {"type", "pool", "min_up", "weight", "command", "interval", "timeout", "fall", "rise"},
     "health": {
         "type", "interval", "timeout", "rise", "fall", "passive_fall",
@@ -768,4 +769,5 @@ def test_referenceUsesEveryKey():
         used["ha track"] |= set(condition)
     used["admin"] |= set(data["admin"])
     used["daemon"] |= set(data["daemon"])
+    used["top"] |= {key for key, value in data.items() if not isinstance(value, dict)}
     assert used == EVERY_KEY

@@ -203,6 +203,9 @@ INSTANCES = {
         "web", ListenerTLSConfig(certificates=(CertificateConfig("c.pem", "c.pem"),)), "lb.toml"
     ),
     "lbproxy.tls.transport.ServerTLSTransport": serverTLSTransport,
+    "lbproxy.workers.supervisor._ControlPipe": lambda: importlib.import_module(
+        "lbproxy.workers.supervisor"
+    )._ControlPipe(object()),
 }
 
 

@@ -166,6 +166,10 @@ class API(Resource):
             self.tokens.check(request)
             if getattr(request.content, "overflow", False):
                 raise APIError(413, f"expected a body of at most {MAX_BODY} bytes")
+            if request.method == b"GET":
+                refreshing = self.service.refreshCounters()
+                if refreshing is not None:
+                    return self._later(request, refreshing)
             status, answer = self.dispatch(request)
         except APIError as error:
             status, answer = error.status, {"error": str(error)}
@@ -173,6 +177,32 @@ class API(Resource):
                 request.setHeader(b"www-authenticate", b'Bearer realm="lbproxy"')
         request.setResponseCode(status)
         return json.dumps(answer, indent=1).encode("utf-8") + b"\n"
+
+    def _later(self, request: Request, refreshing) -> int:
+        """
+        Answer a reading request once the workers' counters are summed
+        (the control process of workers).
+        """
+        from twisted.web.server import NOT_DONE_YET
+
+        finished = []
+        request.notifyFinish().addBoth(finished.append)
+
+        def answer(_):
+            if finished:
+                return
+            try:
+                status, body = self.dispatch(request)
+            except APIError as error:
+                status, body = error.status, {"error": str(error)}
+            request.setResponseCode(status)
+            request.write(json.dumps(body, indent=1).encode("utf-8") + b"\n")
+            request.finish()
+
+        refreshing.addCallback(answer).addErrback(
+            lambda failure: self.log.failure("cannot answer {path}", failure, path=request.path)
+        )
+        return NOT_DONE_YET
 
     def dispatch(self, request: Request) -> tuple[int, dict]:
         method = request.method
@@ -221,7 +251,7 @@ class API(Resource):
         now = self.service.balancer.clock.seconds()
         oldest = sorted(listener.sessions, key=lambda s: getattr(s, "started", now))[:MAX_SESSIONS]
         sessions = [describeSession(s, now) for s in oldest]
-        return 200, {"ok": True, "listener": name, "count": len(listener.sessions), "sessions": sessions}
+        return 200, {"ok": True, "listener": name, "count": listener.sessionCount, "sessions": sessions}
 
     # Changing.
 

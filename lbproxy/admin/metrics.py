@@ -17,6 +17,12 @@ and walks its buckets in Python for every request.
 
 A server removed and still finishing its flows is not exposed (its name
 may already belong to the server that replaced it).
+
+With workers (L{lbproxy.workers}) the model read is the control
+process's, into which the workers' counters were summed just before the
+scrape; C{lbproxy_worker_state} and C{lbproxy_worker_restarts_total} tell
+of the workers themselves, and the process metrics are the control
+process's.
 """
 
 from __future__ import annotations
@@ -45,7 +51,10 @@ class BalancerCollector(Collector):
         now = balancer.clock.seconds()
         yield from self._listeners(balancer.listeners.values())
         yield from self._pools(balancer.pools.values(), now)
-        yield from self._process(balancer.snapshot().get("ha"))
+        parts = balancer.snapshot()
+        yield from self._process(parts.get("ha"))
+        if parts.get("workers"):
+            yield from self._workers(parts["workers"])
 
     def _listeners(self, listeners):
         labels = ["listener"]
@@ -74,7 +83,7 @@ class BalancerCollector(Collector):
             name = listener.name
             for value in _LISTENER_STATES:
                 state.add_metric([name, value], 1.0 if listener.state.value == value else 0.0)
-            sessions.add_metric([name], len(listener.sessions))
+            sessions.add_metric([name], listener.sessionCount)
             limit.add_metric([name], listener.config.maxconn)
             c = listener.counters
             for key, family in counters.items():
@@ -151,6 +160,19 @@ class BalancerCollector(Collector):
             for value in ("init", "backup", "master", "fault"):
                 role.add_metric([value], 1.0 if ha.get("role") == value else 0.0)
             yield role
+
+
+    def _workers(self, workers: dict):
+        states = ("starting", "serving", "stopping", "restarting", "exited")
+        state = GaugeMetricFamily("lbproxy_worker_state", "1 for the state the worker is in.", labels=["worker", "state"])
+        restarts = CounterMetricFamily("lbproxy_worker_restarts", "Times the worker was started again.", labels=["worker"])
+        for worker in workers["workers"]:
+            number = str(worker["worker"])
+            for value in states:
+                state.add_metric([number, value], 1.0 if worker["state"] == value else 0.0)
+            restarts.add_metric([number], worker["restarts"])
+        yield state
+        yield restarts
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

@@ -19,7 +19,7 @@ import json
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from lbproxy.admin import metrics, stats
 from lbproxy.admin.api import API, BoundedContent, TokenCheck
@@ -37,6 +37,7 @@ class AdminSite(Site):
     """
 
     noisy = False
+    logger = Logger()
 
     def __init__(self, resource, reactor) -> None:
         super().__init__(resource, timeout=IDLE_TIMEOUT, reactor=reactor)
@@ -46,6 +47,33 @@ class AdminSite(Site):
 
     def log(self, request) -> None:
         pass
+
+
+def afterRefresh(service, request, render) -> bytes | int:
+    """
+    C{render()} once the model's counters are current: at once in a
+    single process; once the workers' counters are summed in the control
+    process of workers (L{lbproxy.workers}), the answer written then.
+    """
+    refreshing = service.refreshCounters()
+    if refreshing is None:
+        return render()
+    finished = []
+    request.notifyFinish().addBoth(finished.append)
+
+    def done(_):
+        if not finished:
+            request.write(render())
+            request.finish()
+
+    def failed(failure):
+        AdminSite.logger.failure("cannot gather the workers' counters", failure)
+        if not finished:
+            request.setResponseCode(500)
+            request.finish()
+
+    refreshing.addCallbacks(done, failed)
+    return NOT_DONE_YET
 
 
 class StatsPage(Resource):
@@ -65,7 +93,7 @@ class StatsPage(Resource):
                 pass
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        return stats.render(self.service.balancer.snapshot(), refresh)
+        return afterRefresh(self.service, request, lambda: stats.render(self.service.balancer.snapshot(), refresh))
 
 
 class StatsJSON(Resource):
@@ -78,7 +106,9 @@ class StatsJSON(Resource):
     def render_GET(self, request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(self.service.balancer.snapshot(), indent=1).encode("utf-8") + b"\n"
+        return afterRefresh(
+            self.service, request, lambda: json.dumps(self.service.balancer.snapshot(), indent=1).encode("utf-8") + b"\n"
+        )
 
 
 class Metrics(Resource):
@@ -91,6 +121,7 @@ class Metrics(Resource):
 
     def __init__(self, service) -> None:
         super().__init__()
+        self.service = service
         self.registry = metrics.registry(service)
 
     def render_GET(self, request) -> bytes:
@@ -98,7 +129,7 @@ class Metrics(Resource):
 
         encoder, contentType = choose_encoder((request.getHeader(b"accept") or b"").decode("latin-1"))
         request.setHeader(b"content-type", contentType.encode("ascii"))
-        return encoder(self.registry)
+        return afterRefresh(self.service, request, lambda: encoder(self.registry))
 
 
 def adminRoot(service, tokens: TokenCheck) -> Resource:

@@ -169,6 +169,12 @@ def render(snapshot: dict, refresh: int = DEFAULT_REFRESH) -> bytes:
         if reload:
             verdict = "applied" if reload["ok"] else '<span class="bad">refused</span>'
             meta.append(f"last reload {verdict} {duration(now - reload['time'])} ago")
+    workers = snapshot.get("workers")
+    if workers:
+        serving = [w for w in workers["workers"] if w["state"] == "serving"]
+        pids = ", ".join(str(w["pid"]) for w in serving)
+        restarts = sum(w["restarts"] for w in workers["workers"])
+        meta.append(f"workers {len(serving)} of {workers['count']} serving (pids {pids}), {restarts} restarts")
     ha = snapshot.get("ha")
     if ha:
         meta.append(f"HA role <b>{escape(str(ha.get('role', '-')))}</b>")

@@ -23,6 +23,7 @@ from lbproxy.config.endpoints import checkOverlaps
 from lbproxy.config.ha import HAConfig, parseHA
 from lbproxy.config.stick import StickConfig, parseStick, settleReplication
 from lbproxy.config.table import Table, oneOf, show
+from lbproxy.config.workers import checkWorkerListeners, parseWorkers, settleWorkerStick
 from lbproxy.config.tls import (
     BackendTLSConfig,
     ListenerTLSConfig,
@@ -202,6 +203,9 @@ class Config:
     admin: AdminConfig | None = None
     #: C{[daemon]}: how the daemon stops.
     daemon: DaemonConfig = DaemonConfig()
+    #: C{workers}: the processes serving the listeners (L{lbproxy.workers});
+    #: 1: this process alone.
+    workers: int = 1
 
 
 def loadFile(path: str) -> Config:
@@ -237,6 +241,7 @@ def parse(data: dict, source: str) -> Config:
     Validate an already-decoded TOML document.
     """
     root = Table(data, "", source)
+    workers = parseWorkers(root)
     poolsTable = root.table("pools", required=True)
     pools = {}
     for name in poolsTable.keys():
@@ -245,7 +250,7 @@ def parse(data: dict, source: str) -> Config:
         raise ConfigError(source, "pools", "expected at least one pool")
     haTable = root.table("ha")
     ha = parseHA(haTable, pools) if haTable.present else None
-    pools = settleReplication(source, pools, ha)
+    pools = settleReplication(source, settleWorkerStick(source, workers, pools), ha)
     listenersTable = root.table("listeners", required=True)
     listeners = {}
     for name in listenersTable.keys():
@@ -261,9 +266,12 @@ def parse(data: dict, source: str) -> Config:
     if admin is not None:
         binds.append(("admin.bind", admin.bind))
     checkOverlaps(source, binds)
+    checkWorkerListeners(source, workers, listeners)
     _checkModePoolSettings(source, pools, listeners)
     root.done()
-    return Config(source=source, listeners=listeners, pools=pools, ha=ha, admin=admin, daemon=daemon)
+    return Config(
+        source=source, listeners=listeners, pools=pools, ha=ha, admin=admin, daemon=daemon, workers=workers
+    )
 
 
 #: Keys every listener has; the rest of its table belongs to its mode.

@@ -212,6 +212,9 @@ class Listener:
         self.state = ListenerState.STARTING
         self.since = self._now()
         self.sessions: set = set()
+        #: Sessions other processes serve for it (the control process of
+        #: workers sums theirs here: L{lbproxy.workers}).
+        self.elsewhere = 0
         self.counters = ListenerCounters()
         # (sessions still awaited, Deferred) of whenSessionsEnd.
         self._awaited: list[tuple[set, Deferred]] = []
@@ -230,6 +233,13 @@ class Listener:
     def _now(self) -> float:
         clock = self.balancer.clock if self.balancer is not None else Pool.clock
         return clock.seconds()
+
+    @property
+    def sessionCount(self) -> int:
+        """
+        The sessions served now, by this process and by others (workers).
+        """
+        return len(self.sessions) + self.elsewhere
 
     def admit(self, session) -> bool:
         """
@@ -309,7 +319,7 @@ class Listener:
             "pools": sorted(config.poolsUsed()),
             "state": self.state.value,
             "for": now - self.since,
-            "sessions": len(self.sessions),
+            "sessions": self.sessionCount,
             "maxconn": config.maxconn,
             "counters": self.counters.snapshot(),
         }

@@ -580,12 +580,17 @@ class Pool:
         """
         return any(not s.full for s in self.eligible())
 
+    #: Flows other processes (workers) have waiting in their queues of
+    #: this pool, summed by the control process of workers.
+    queuedElsewhere = 0
+
     @property
     def queued(self) -> int:
         """
-        Flows waiting in the queue.
+        Flows waiting in the queue (this process's and, in the control
+        process of workers, theirs).
         """
-        return len(self._waiters)
+        return len(self._waiters) + self.queuedElsewhere
 
     def snapshot(self, now: float) -> dict:
         """
@@ -595,7 +600,7 @@ class Pool:
         return {
             "name": self.name,
             "selector": getattr(options, "selector", type(self.selector).__name__),
-            "queue": len(self._waiters),
+            "queue": self.queued,
             "available": len(self.eligible()),
             "servers": [server.snapshot(now) for server in self.servers + tuple(self.removing)],
             "stick": self.stick.snapshot() if self.stick is not None else None,
