@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 from harness import (
     loadBeforeLine,
@@ -63,8 +64,32 @@ from harness import (
 
 TARGETS = ("direct", "haproxy", "lbproxy")
 PAYLOADS = (makePayload("100B", 100), makePayload("1MiB", 1024 * 1024))
-# Required lbproxy/HAProxy requests-per-second ratio, by payload.
-GOALS = {"100B": 0.6, "1MiB": 0.8}
+
+
+@dataclass(frozen=True)
+class Load:
+    """
+    One kind of load: its name in the report, the payload asked for, and
+    wrk's extra headers.
+    """
+
+    name: str
+    payload: str
+    headers: tuple[str, ...] = ()
+
+
+LOADS = {
+    load.name: load
+    for load in (
+        Load("100B", "100B"),
+        Load("1MiB", "1MiB"),
+        # A new connection, to the proxy and from it to a server, for
+        # each request: what a proxy's connection setup costs.
+        Load("close", "100B", ("Connection: close",)),
+    )
+}
+# Required lbproxy/HAProxy requests-per-second ratio, by load.
+GOALS = {"100B": 0.8, "1MiB": 1.0, "close": 0.6}
 
 
 def parseArgs(argv: list[str]) -> argparse.Namespace:
@@ -72,7 +97,7 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         description="Compare lbproxy's TCP mode with HAProxy and a direct "
         "connection on loopback (wrk against nginx)."
     )
-    addRoundArguments(parser, run="wrk run", each="payload")
+    addRoundArguments(parser, run="wrk run", each="load")
     parser.add_argument(
         "--connections", type=int, default=50, help="wrk keep-alive connections (default 50)"
     )
@@ -81,9 +106,18 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         "--targets", default=",".join(TARGETS),
         help=f"comma-separated subset of {','.join(TARGETS)} (default all)",
     )
-    addCommonArguments(parser, "per payload")
+    parser.add_argument(
+        "--loads", default=",".join(LOADS),
+        help=f"comma-separated subset of {','.join(LOADS)} (default all; close: "
+        "a new connection per request, wrk -H 'Connection: close')",
+    )
+    addCommonArguments(parser, "per load")
     addWorkersArgument(parser)
     args = parser.parse_args(argv)
+    loads = [name.strip() for name in args.loads.split(",") if name.strip()]
+    if not loads or any(name not in LOADS for name in loads):
+        parser.error(f"--loads: expected names from {','.join(LOADS)}, got {args.loads!r}")
+    args.loads = [LOADS[name] for name in LOADS if name in loads]
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets:
@@ -160,21 +194,22 @@ def run(args: argparse.Namespace) -> int:
                         verifyBody(url(target, payload.name), payload.body)
         say(f"verified: every target returns the expected {', '.join(p.name for p in PAYLOADS)} bodies")
 
-        def measure(target: str, payload: str, duration: float = args.duration):
+        def measure(target: str, load: str, duration: float = args.duration):
             group.checkAlive()
             return runWrk(
-                url(target, payload),
+                url(target, LOADS[load].payload),
                 duration,
                 args.connections,
                 threads=args.threads,
                 cpus=args.loadCpus,
                 measuredPid=pids.get(target),
+                headers=LOADS[load].headers,
             )
 
         if args.warmup:
-            for payload in PAYLOADS:
+            for load in args.loads:
                 for target in args.targets:
-                    measure(target, payload.name, args.warmup)
+                    measure(target, load.name, args.warmup)
         info = machineInfo()
         pins = pinsByRole(args, "wrk", "nginx")
         for tool, argv in (
@@ -187,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         say(loadBeforeLine(info, pins))
         started = time.monotonic()
         series = alternatingRounds(
-            args.rounds, [p.name for p in PAYLOADS], args.targets, measure, say
+            args.rounds, [load.name for load in args.loads], args.targets, measure, say
         )
         elapsed = time.monotonic() - started
         loadAfter = os.getloadavg()
@@ -216,48 +251,49 @@ def run(args: argparse.Namespace) -> int:
 
 def profileLbproxy(args: argparse.Namespace, pid: int, url) -> list:
     """
-    One more load run per payload on lbproxy, sampled by py-spy.
+    One more run of each load on lbproxy, sampled by py-spy.
     """
     pySpy = besidePython("py-spy")
     os.makedirs(args.profile, exist_ok=True)
     profiles = []
-    for payload in PAYLOADS:
+    for load in args.loads:
         kind = "native" if args.profile_native else "python"
-        path = os.path.join(args.profile, f"lbproxy-tcp-{payload.name}-{kind}.collapsed")
-        say(f"profiling lbproxy with {payload.name} responses for {args.duration:g}s")
+        path = os.path.join(args.profile, f"lbproxy-tcp-{load.name}-{kind}.collapsed")
+        say(f"profiling lbproxy with the {load.name} load for {args.duration:g}s")
         result = profileWhileLoading(
-            pid, url("lbproxy", payload.name), args.duration, args.connections,
+            pid, url("lbproxy", load.payload), args.duration, args.connections,
             path, pySpy, loadCpus=args.loadCpus, native=args.profile_native,
+            headers=load.headers,
         )
-        profiles.append((payload.name, path, result, topFunctions(path)))
+        profiles.append((load.name, path, result, topFunctions(path)))
     return profiles
 
 
 def ratios(series) -> dict:
     """
-    lbproxy/HAProxy median requests/s by payload, with the goal and whether
+    lbproxy/HAProxy median requests/s by load, with the goal and whether
     it was met.
     """
     out = {}
-    for payload in PAYLOADS:
-        ours = series.get(("lbproxy", payload.name))
-        theirs = series.get(("haproxy", payload.name))
+    for name in LOADS:
+        ours = series.get(("lbproxy", name))
+        theirs = series.get(("haproxy", name))
         if ours is None or theirs is None:
             continue
         ratio = ours.median() / theirs.median() if theirs.median() else 0.0
-        goal = GOALS[payload.name]
-        out[payload.name] = {"ratio": ratio, "goal": goal, "met": ratio >= goal}
+        goal = GOALS[name]
+        out[name] = {"ratio": ratio, "goal": goal, "met": ratio >= goal}
     return out
 
 
 def report(series, args) -> str:
     rows = []
-    for payload in PAYLOADS:
+    for load in args.loads:
         for target in args.targets:
-            s = series[(target, payload.name)]
+            s = series[(target, load.name)]
             errors = sum(r.socketErrors + r.non2xx for r in s.runs)
             rows.append([
-                payload.name,
+                load.name,
                 target,
                 *rateCells(s),
                 humanBytes(s.median("bytesPerSecond")) + "/s",
@@ -267,7 +303,7 @@ def report(series, args) -> str:
                 str(errors),
             ])
     table = formatTable(
-        ["payload", "target", "median req/s", "min", "max", "spread",
+        ["load", "target", "median req/s", "min", "max", "spread",
          "throughput", "p99 ms", "proxy CPU", "per process", "µs/req", "errors"],
         rows,
     )

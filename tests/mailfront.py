@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
 
 from lbproxy.config import loadBytes
-from lbproxy.mail.session import SESSION_FORMAT
+from lbproxy.core.format import SESSION_LINE
 from lbproxy.core.pool import ServerState
 from lbproxy.core.model import Balancer
 from lbproxy.service import frontFactory, loadListenerTLS, wrapFront
@@ -152,7 +152,7 @@ class MailFrontMixin:
             self.assertIn(temporary, await deferToThread(self.loginResult, port, user))
             self.assertEqual(await deferToThread(self.loginResult, port, other), homes[other])
             await self.sessionsOver()
-        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_LINE]
         self.assertTrue(
             any(f"-> stores/{down} user={user}@example.test " in line and "result=unavailable" in line for line in lines),
             lines,

@@ -12,6 +12,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
+from lbproxy.core.format import SESSION_LINE
 from lbproxy.http.accesslog import (
     FLUSH_INTERVAL,
     LINE_FORMAT,
@@ -293,7 +294,7 @@ def test_eventsWithoutPath():
         globalLogPublisher.removeObserver(events.append)
     [event] = [e for e in events if e.get("log_namespace") == "lbproxy.http.accesslog.AccessLog"]
     assert event["log_level"] is LogLevel.info
-    assert event["log_format"] == LINE_FORMAT
+    assert event["log_format"] == SESSION_LINE
     assert formatEvent(event) == log.format(record(target=b"/{notAField}"))
     assert event["status"] == 200
     assert event["tc"] == 1

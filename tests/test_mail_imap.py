@@ -26,7 +26,7 @@ from lbproxy.mail.imap import (
     encodeCommand,
     parseID,
 )
-from lbproxy.mail.session import SESSION_FORMAT
+from lbproxy.core.format import SESSION_LINE
 
 from test_mail_session import (
     HOST,
@@ -184,7 +184,7 @@ class IMAPFrontTests(SynchronousTestCase):
         self.assertIsNone(self.client.tlsStarted)
         self.assertTrue(self.client.disconnecting)
         self.assertEqual(self.reactor.tcpClients, [])
-        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_LINE]
         self.assertIn("end=starttls-injection", lines[0])
 
     def loginAndCheck(self, command, user, password, continuations=0):
@@ -407,7 +407,7 @@ class IMAPDialogTests(IMAPFrontTests):
             self.assertEqual(self.said(), b"* 3 EXISTS\r\n")
             front.connectionLost(DONE)
             dialog.connectionLost(DONE)
-        [line] = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        [line] = [formatEvent(e) for e in events if e.get("log_format") == SESSION_LINE]
         self.assertIn("imap 192.0.2.7:40000 toy -> store/s0 user=alice tls=none", line)
         self.assertIn("result=ok", line)
         everything = repr(events)

@@ -24,7 +24,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from dovecot import dovecot, dovecotStores  # noqa: F401 (fixtures)
-from lbproxy.mail.session import SESSION_FORMAT
+from lbproxy.core.format import SESSION_LINE
 from processes import processes, startLbproxy, waitUntil  # noqa: F401 (fixture)
 from mailfront import TIMEOUT, MailFrontMixin, recvUntil, scriptedSession, tlsTables
 from support import freePort, requireExecutable
@@ -293,7 +293,7 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         self.assertEqual(typ, "OK")
         self.assertEqual(len(errors), 2)
         self.assertTrue(closed)
-        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_LINE]
         self.assertTrue(any("end=too-many-failures" in line for line in lines), lines)
         self.assertNotIn("heidi-secret", repr(events))
 
@@ -458,7 +458,7 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
         self.assertNotIn("STARTTLS", after)
         self.assertIn("AUTH=PLAIN", after)
         self.assertEqual(typ, "OK")
-        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_LINE]
         self.assertTrue(any("tls=starttls/TLSv1." in line for line in lines), lines)
 
     async def test_injectionAfterSTARTTLS(self):
@@ -509,7 +509,7 @@ servers = [{{ name = "a", address = "127.0.0.1:{stores.stores[0].ports["imap"]}"
             with capturedLogs() as events:
                 self.assertEqual(await self.inThread(run), "OK")
                 await self.sessionsOver()
-                lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+                lines = [formatEvent(e) for e in events if e.get("log_format") == SESSION_LINE]
             self.assertTrue(any(f"server_tls={poolTLS}/TLSv1." in line for line in lines), lines)
 
     # curl.

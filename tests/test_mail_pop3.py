@@ -18,7 +18,7 @@ from lbproxy.mail.config import MailLimits
 from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.mail.pop3 import POP3Dialog, POP3Front, POP3ProxyFactory
 from lbproxy.mail.sasl import Credentials, encodePlain
-from lbproxy.mail.session import SESSION_FORMAT
+from lbproxy.core.format import SESSION_LINE
 from lbproxy.service import frontFactory
 
 from test_mail_session import (
@@ -66,7 +66,7 @@ class POP3Tests(SynchronousTestCase):
         return completeAttempt(self.reactor, TLSFakeTransport(), index)
 
     def sessionLines(self, events):
-        return [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        return [formatEvent(e) for e in events if e.get("log_format") == SESSION_LINE]
 
     # The front before login.
 

@@ -24,7 +24,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from dovecot import dovecot, dovecotStores  # noqa: F401 (fixtures)
-from lbproxy.mail.session import SESSION_FORMAT
+from lbproxy.core.format import SESSION_LINE
 from mailfront import TIMEOUT, MailFrontMixin, recvUntil, scriptedSession, tlsTables
 from support import requireExecutable
 
@@ -35,7 +35,7 @@ _STORE_PORT = {None: "pop3", "starttls": "pop3", "implicit": "pop3s"}
 
 
 def sessionLines(events) -> list[str]:
-    return [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+    return [formatEvent(e) for e in events if e.get("log_format") == SESSION_LINE]
 
 
 class POP3DovecotTests(MailFrontMixin, TestCase):

@@ -19,7 +19,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from certs import CertificateAuthority
-from lbproxy.mail.session import SESSION_FORMAT
+from lbproxy.core.format import SESSION_LINE
 from mailfront import TIMEOUT, MailFrontMixin, recvUntil
 from support import freePort
 
@@ -219,7 +219,7 @@ class FailedHandshakeTests(MailFrontMixin, TestCase):
         with capturedLogs() as events:
             self.assertIn("unable to get local issuer certificate", await deferToThread(run))
             await self.sessionsOver()
-        [line] = [formatEvent(e) for e in events if e.get("log_format") == SESSION_FORMAT]
+        [line] = [formatEvent(e) for e in events if e.get("log_format") == SESSION_LINE]
         self.assertNotIn("TLSv1", line)
         self.assertIn(" end=tls-handshake-failed (", line)
         return line

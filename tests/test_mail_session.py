@@ -26,10 +26,10 @@ from lbproxy.mail.sasl import Credentials, SASLError, decodePlain, encodePlain
 from lbproxy.mail.dialog import BackendDialog
 from lbproxy.mail.session import (
     MailFrontProtocol,
-    SESSION_FORMAT,
     MailProxyFactory,
     printable,
 )
+from lbproxy.core.format import SESSION_LINE
 from lbproxy.errors import ConnectFailed
 from lbproxy.mail.placement import Placement, homeServer
 from lbproxy.core.pool import Pool, Server, ServerState
@@ -187,7 +187,7 @@ class MailSessionCase(SynchronousTestCase):
         return [
             formatEvent(e)
             for e in events
-            if e.get("log_format") == SESSION_FORMAT
+            if e.get("log_format") == SESSION_LINE
         ]
 
 

@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 
 from memoryconnections import acceptClient, completeAttempt, refuseAttempt
 from lbproxy.config import PoolConfig
+from lbproxy.core.format import SESSION_LINE
 from lbproxy.tcp.config import TCPListenerConfig
 from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.core.pool import Pool, Server, ServerState
@@ -140,6 +141,9 @@ class TCPFrontTests(SynchronousTestCase):
             "duration=12.0ms end=client-closed",
         )
         (event,) = [e for e in events if e.get("end")]
+        # The line is written by the front; its fields are in the event.
+        self.assertEqual(event["log_format"], SESSION_LINE)
+        self.assertEqual(event["line"], line)
         self.assertEqual(event["clientHost"], "192.0.2.7")
         self.assertEqual(event["clientPort"], 40000)
         self.assertEqual(event["listener"], "web")

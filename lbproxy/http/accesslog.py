@@ -51,9 +51,10 @@ such bytes.
 With a file path the lines are appended to that file, which is opened once
 (line-buffered); L{AccessLog.reopen} opens it again after log rotation.
 Without one, each line is a twisted.logger event at level info, namespace
-C{lbproxy.http.accesslog.AccessLog}, whose format is L{LINE_FORMAT} and whose keys
-are the fields above (see L{AccessLog.fields}), so JSON log observers get
-them as separate values.
+C{lbproxy.http.accesslog.AccessLog}: the line is its C{line}
+(L{lbproxy.core.format.SESSION_LINE}), and its other keys are the fields
+above (see L{AccessLog.fields}), so JSON log observers get them as
+separate values.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ import time
 from typing import Any, NamedTuple, TextIO
 
 from twisted.logger import Logger
+
+from lbproxy.core.format import SESSION_LINE
 
 #: Lines written to a file are buffered (one write system call per request
 #: costs more than formatting the line) and reach the file at the latest
@@ -446,7 +449,7 @@ class AccessLog:
         if self._closed:
             return
         if self._file is None:
-            self.logger.info(LINE_FORMAT, **self.fields(record))
+            self.logger.info(SESSION_LINE, line=self.format(record), **self.fields(record))
             return
         try:
             self._file.write(self._line(record))

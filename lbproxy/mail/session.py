@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.core.connect import BackendConnection, BackendConnector
-from lbproxy.core.format import formatAddress, formatSeconds
+from lbproxy.core.format import SESSION_LINE, formatAddress, formatSeconds
 from lbproxy.core.model import Listener
 from lbproxy.core.relay import Relay, RelayResult
 from lbproxy.core.session import FrontConnection
@@ -49,13 +49,6 @@ from lbproxy.mail.placement import Placement
 from lbproxy.mail.sasl import Credentials
 from lbproxy.mail.throttle import FailedLogins
 from lbproxy.tls.client import sslErrorText
-
-SESSION_FORMAT = (
-    "{protocol} {client} {listener} -> {server} user={user} tls={clientTLS} "
-    "server_tls={serverTLS} result={result} in={bytesIn} out={bytesOut} "
-    "duration={duration} end={end}{details}"
-)
-
 
 #: How a session ends without an error.
 _CLEAN_ENDS = frozenset({"client-closed", "server-closed", "logout"})
@@ -549,24 +542,33 @@ class MailFrontProtocol(FrontConnection, LineBuffer):
         if detail == "" and self.result == "unavailable":
             detail = self.lastDetail
         durationSeconds = self._reactor.seconds() - self.started
+        protocol = self.protocolName
+        client = formatAddress(self.client)
+        listener = self.listener.name
+        user = printable(self.user) if self.user is not None else "-"
+        result = self.result
+        duration = formatSeconds(durationSeconds)
+        details = f" ({detail})" if detail else ""
         self.log.info(
-            SESSION_FORMAT,
-            protocol=self.protocolName,
-            client=formatAddress(self.client),
-            listener=self.listener.name,
+            SESSION_LINE,
+            line=f"{protocol} {client} {listener} -> {server} user={user} tls={clientTLS} "
+            f"server_tls={serverTLS} result={result} in={bytesIn} out={bytesOut} "
+            f"duration={duration} end={end}{details}",
+            protocol=protocol,
+            client=client,
+            listener=listener,
             server=server,
-            user=printable(self.user) if self.user is not None else "-",
+            user=user,
             clientTLS=clientTLS,
             serverTLS=serverTLS,
-            result=self.result,
+            result=result,
             failures=self.failures,
             bytesIn=bytesIn,
             bytesOut=bytesOut,
-            duration=formatSeconds(durationSeconds),
+            duration=duration,
             durationSeconds=durationSeconds,
             end=end,
             detail=detail,
-            details=f" ({detail})" if detail else "",
         )
 
 

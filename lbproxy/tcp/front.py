@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from lbproxy.core.connect import BackendConnection, BackendConnector, describeFailure
 from lbproxy.core.context import FlowContext
-from lbproxy.core.format import formatAddress, formatSeconds
+from lbproxy.core.format import SESSION_LINE, formatAddress, formatSeconds
 from lbproxy.core.model import Listener
 from lbproxy.core.relay import Relay, RelayResult
 from lbproxy.core.session import FrontConnection
@@ -41,12 +41,6 @@ from lbproxy.tls.clienthello import ClientHelloError, ClientHelloReader
 
 #: How a session ends without an error: a side closed, cleanly.
 _CLEAN_ENDS = frozenset({"client-closed", "server-closed"})
-
-SESSION_FORMAT = (
-    "tcp {client} {listener} -> {server}{sniField} in={bytesIn} out={bytesOut} "
-    "connect={connect}{queueField} duration={duration} end={end}{details}"
-)
-
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
 class TCPProxyProtocol(FrontConnection):
@@ -292,28 +286,34 @@ class TCPProxyProtocol(FrontConnection):
             connectSeconds = None
             queueSeconds = self._queueSeconds
         durationSeconds = self._reactor.seconds() - self.started
+        client = formatAddress(self.client)
+        sniField = f" sni={self.sni or '-'}" if factory.sniRoutes else ""
+        connect = formatSeconds(connectSeconds)
+        queueField = f" queue={formatSeconds(queueSeconds)}" if queueSeconds else ""
+        duration = formatSeconds(durationSeconds)
+        details = f" ({detail})" if detail else ""
+        listener = self.listener.name
         self.log.info(
-            SESSION_FORMAT,
-            client=formatAddress(self.client),
+            SESSION_LINE,
+            line=f"tcp {client} {listener} -> {server}{sniField} in={bytesIn} out={bytesOut} "
+            f"connect={connect}{queueField} duration={duration} end={end}{details}",
+            client=client,
             clientHost=getattr(self.client, "host", None),
             clientPort=getattr(self.client, "port", None),
             peer=formatAddress(self.peer),
-            listener=self.listener.name,
+            listener=listener,
             pool=self.pool.name,
             server=server,
             sni=self.sni,
-            sniField=(f" sni={self.sni or '-'}" if factory.sniRoutes else ""),
             bytesIn=bytesIn,
             bytesOut=bytesOut,
-            connect=formatSeconds(connectSeconds),
+            connect=connect,
             connectSeconds=connectSeconds,
             queueSeconds=queueSeconds,
-            queueField=f" queue={formatSeconds(queueSeconds)}" if queueSeconds else "",
-            duration=formatSeconds(durationSeconds),
+            duration=duration,
             durationSeconds=durationSeconds,
             end=end,
             detail=detail,
-            details=f" ({detail})" if detail else "",
         )
 
 
