@@ -54,7 +54,28 @@ def syncMessage(balancer: Balancer) -> dict:
     return {"op": "sync", "pools": pools}
 
 
-class StatePusher:
+class _ModelObserver:
+    """
+    What observes the balancer's state changes from L{start} to L{stop}:
+    its C{changed} is called with each L{StateChange}.
+    """
+
+    balancer = None
+
+    def start(self) -> None:
+        self.balancer.addObserver(self.changed)
+
+    def stop(self) -> None:
+        try:
+            self.balancer.removeObserver(self.changed)
+        except ValueError:
+            pass
+
+    def changed(self, change: StateChange) -> None:
+        raise NotImplementedError
+
+
+class StatePusher(_ModelObserver):
     """
     In the control process: every change of its model's servers, as a
     message to C{send} (which sends it to every worker).
@@ -73,14 +94,8 @@ class StatePusher:
         self._healthy: dict[tuple[str, str], bool | None] = {}
 
     def start(self) -> None:
-        self.balancer.addObserver(self.changed)
+        super().start()
         self.noteHealth()
-
-    def stop(self) -> None:
-        try:
-            self.balancer.removeObserver(self.changed)
-        except ValueError:
-            pass
 
     def changed(self, change: StateChange) -> None:
         if self.paused or not change.kind.startswith("server"):
@@ -150,7 +165,7 @@ class StatePusher:
                    "state": server.state.value, "reason": "as the control process has it"})
 
 
-class StateFollower:
+class StateFollower(_ModelObserver):
     """
     In a worker: applies the control process's messages to the worker's
     model, and reports (through C{report}) a server that its own passive
@@ -163,15 +178,6 @@ class StateFollower:
         self.balancer = balancer
         self.report = report
         self._applying = False
-
-    def start(self) -> None:
-        self.balancer.addObserver(self.changed)
-
-    def stop(self) -> None:
-        try:
-            self.balancer.removeObserver(self.changed)
-        except ValueError:
-            pass
 
     def changed(self, change: StateChange) -> None:
         if self._applying or change.kind != "server" or change.new != ServerState.DOWN.value:
