@@ -7,7 +7,8 @@ L{MemoryReactorClock} completed or refused.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError, UserError
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 
@@ -50,3 +51,59 @@ def failAttempt(reactor, exception, index=-1):
     """
     factory = reactor.tcpClients[index][2]
     factory.clientConnectionFailed(reactor.connectors[index], Failure(exception))
+
+
+class DirectAttemptRecord:
+    """
+    A connection attempt made with L{DirectMemoryReactor.connectDirect}:
+    what the reactor's C{connectDirect} returns, recorded as the reactor's
+    connector (C{stoppedConnecting}) and as the factory of its
+    C{tcpClients} entry (C{clientConnectionFailed}), so that the helpers
+    above and the connector tests drive it as they drive an endpoint's.
+    """
+
+    def __init__(self, host: str, port: int, attempt) -> None:
+        self.host = host
+        self.port = port
+        self.attempt = attempt
+        self.stoppedConnecting = False
+        self.over = False
+
+    def succeed(self, transport):
+        """
+        The connection is made on C{transport}: build the protocol, connect
+        it, and tell the attempt.
+
+        @return: the protocol.
+        """
+        assert not self.over, "attempt already over"
+        self.over = True
+        protocol = self.attempt.buildProtocol(IPv4Address("TCP", self.host, self.port))
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        self.attempt.connectionMade(transport)
+        return protocol
+
+    def clientConnectionFailed(self, connector, reason: Failure) -> None:
+        assert not self.over, "attempt already over"
+        self.over = True
+        self.attempt.connectionFailed(reason)
+
+    def stopConnecting(self) -> None:
+        if not self.over:
+            self.stoppedConnecting = True
+            self.clientConnectionFailed(self, Failure(UserError()))
+
+
+class DirectMemoryReactor(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} that also connects directly, as lbproxy's
+    reactor does (C{connectDirect}): each attempt is a
+    L{DirectAttemptRecord} in C{tcpClients} and C{connectors}.
+    """
+
+    def connectDirect(self, host: str, port: int, attempt):
+        record = DirectAttemptRecord(host, port, attempt)
+        self.tcpClients.append((host, port, record, None, None))
+        self.connectors.append(record)
+        return record

@@ -4,7 +4,12 @@ timeouts, retries, redispatch, leases and cancellation, on a
 MemoryReactorClock.
 """
 
+import errno
+
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectBindError, ConnectionRefusedError
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
 from twisted.internet.defer import CancelledError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -13,11 +18,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbproxy.config import PoolConfig
 from lbproxy.core.connect import BackendConnection, BackendConnector, Lease
 from lbproxy.core.context import FlowContext
-from lbproxy.errors import ConnectFailed, NoServerAvailable, QueueTimeout
+from lbproxy._twisted.directconnect import IConnectAttempt
+from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
 
-from memoryconnections import refuseAttempt
+from memoryconnections import DirectAttemptRecord, DirectMemoryReactor, refuseAttempt
 
 
 CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -481,3 +487,112 @@ class ConnectorTests(SynchronousTestCase):
         other = connector.endpointFor(server)
         self.assertIsNot(other, endpoint)
         self.assertEqual(other._port, 9999)
+
+
+class DirectConnectorTests(ConnectorTests):
+    """
+    The same, on a reactor that connects to IP addresses directly
+    (lbproxy's C{connectDirect}, L{lbproxy._twisted.directconnect}): the
+    connector uses it for servers at plain C{tcp:} IP addresses, with one
+    timer per attempt and no endpoint.
+    """
+
+    def setUp(self):
+        self.reactor = DirectMemoryReactor()
+
+    def succeed(self, index):
+        record = self.reactor.connectors[index]
+        if isinstance(record, DirectAttemptRecord):
+            return record.succeed(StringTransport())
+        return super().succeed(index)
+
+    def test_directForIPLiterals(self):
+        """
+        A server at a plain C{tcp:} IP address is connected to directly;
+        one at a host name, or with endpoint options, through its
+        endpoint.
+        """
+        pool = makePool(count=3, retries=2)
+        pool.servers[1].address = "tcp:host=localhost:port=8002"
+        pool.servers[2].address = "tcp:host=127.0.0.1:port=8003:timeout=2"
+        connector = self.connector(pool)
+        self.assertEqual(connector.directFor(pool.servers[0]), ("127.0.0.1", 8001))
+        self.assertIsNone(connector.directFor(pool.servers[1]))
+        self.assertIsNone(connector.directFor(pool.servers[2]))
+        d, context = self.connect(connector)
+        self.assertIsInstance(self.reactor.connectors[0], DirectAttemptRecord)
+        self.refuse(0)
+        self.assertNotIsInstance(self.reactor.connectors[1], DirectAttemptRecord)
+        self.assertEqual(self.reactor.tcpClients[1][:2], ("localhost", 8002))
+
+    def test_notDirectWithoutTheReactorsSupport(self):
+        """
+        A reactor without C{connectDirect} connects through endpoints.
+        """
+        connector = BackendConnector(makePool(), MemoryReactorClock())
+        self.assertIsNone(connector.directFor(connector.pool.servers[0]))
+
+    def test_oneTimerPerAttempt(self):
+        """
+        A direct attempt arms one timer, the connector's own; it is gone
+        once connected.
+        """
+        pool = makePool()
+        d, context = self.connect(self.connector(pool))
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.succeed(0)
+        self.successResultOf(d)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_failedAtOnce(self):
+        """
+        An attempt the reactor fails before C{connectDirect} returns (no
+        descriptor for the socket) is a local limit: refused at once,
+        blaming no server, no timer left.
+        """
+        reactor = self.reactor
+
+        def failing(host, port, attempt):
+            record = DirectAttemptRecord(host, port, attempt)
+            reactor.connectors.append(record)
+            record.clientConnectionFailed(None, Failure(ConnectBindError(errno.EMFILE, "Too many open files")))
+            return record
+
+        reactor.connectDirect = failing
+        pool = makePool()
+        d, context = self.connect(self.connector(pool))
+        failure = self.failureResultOf(d, LocalLimitReached)
+        self.assertEqual(failure.value.attempts, 1)
+        self.assertEqual([s.connectFailures for s in pool.servers], [0, 0])
+        self.assertEqual([s.active for s in pool.servers], [0, 0])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_refusedAtOnceRetries(self):
+        """
+        A refusal told before C{connectDirect} returns counts against the
+        server and the next attempt follows, as a later one would.
+        """
+        reactor = self.reactor
+        direct = reactor.connectDirect
+        refusals = [True]
+
+        def refusingFirst(host, port, attempt):
+            record = direct(host, port, attempt)
+            if refusals:
+                refusals.pop()
+                record.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+            return record
+
+        reactor.connectDirect = refusingFirst
+        pool = makePool()
+        d, context = self.connect(self.connector(pool))
+        self.assertEqual(pool.servers[0].connectFailures, 1)
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        self.succeed(1)
+        self.assertIs(self.successResultOf(d).server, pool.servers[1])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_attemptProvidesInterface(self):
+        pool = makePool()
+        self.connect(self.connector(pool))
+        self.assertTrue(verifyObject(IConnectAttempt, self.reactor.connectors[0].attempt))

@@ -7,6 +7,7 @@ an iteration's events are handled.
 
 import errno
 import os
+import select
 import socket
 import sys
 import time
@@ -509,3 +510,84 @@ def test_twistedAloneSpinsOnENFILE():
         port.socket = port.socket._sock
         _stopListening(plain, port)
         plain._poller.close()
+
+
+def _watched(reactor, fd):
+    """
+    The events the reactor's epoll reports for C{fd} now, or None when it
+    is not registered (a registered descriptor of a socket pair is
+    writable, and readable when data waits).
+    """
+    events = dict(reactor._poller.poll(0))
+    return events.get(fd)
+
+
+def test_watchingDescriptors(reactor):
+    """
+    addReader, addWriter, removeReader and removeWriter keep epoll and the
+    reactor's sets in step, in any order, and each is a no-op when the
+    descriptor is already in the state asked for.
+    """
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.send(b"x")
+        selectable = Reader(a, reactor)
+        fd = a.fileno()
+        reactor.addReader(selectable)
+        reactor.addReader(selectable)
+        assert _watched(reactor, fd) == select.EPOLLIN
+        reactor.addWriter(selectable)
+        reactor.addWriter(selectable)
+        assert _watched(reactor, fd) == select.EPOLLIN | select.EPOLLOUT
+        assert selectable in reactor.getReaders() and selectable in reactor.getWriters()
+        reactor.removeReader(selectable)
+        reactor.removeReader(selectable)
+        assert _watched(reactor, fd) == select.EPOLLOUT
+        assert selectable not in reactor.getReaders() and selectable in reactor.getWriters()
+        reactor.addReader(selectable)
+        reactor.removeWriter(selectable)
+        reactor.removeWriter(selectable)
+        assert _watched(reactor, fd) == select.EPOLLIN
+        reactor.removeReader(selectable)
+        assert _watched(reactor, fd) is None
+        assert fd not in reactor._selectables and fd not in reactor._reads | reactor._writes
+
+
+def test_removedAfterItsSocketClosed(reactor):
+    """
+    A selectable whose C{fileno()} is -1 by now (its socket closed) is
+    still removed, by the descriptor it was registered with.
+    """
+    a, b = socket.socketpair()
+    with b:
+        selectable = Reader(a, reactor)
+        reactor.addReader(selectable)
+        reactor.addWriter(selectable)
+        fd = a.fileno()
+        selectable.fileno = lambda: -1
+        reactor.removeReader(selectable)
+        assert fd not in reactor._reads and fd in reactor._writes
+        reactor.removeWriter(selectable)
+        assert fd not in reactor._selectables and fd not in reactor._writes
+        a.close()
+
+
+def test_regularFilesPolledContinuously(reactor, tmp_path):
+    """
+    A descriptor epoll refuses (a regular file) is polled continuously,
+    and removed from there.
+    """
+    path = tmp_path / "file"
+    path.write_bytes(b"data")
+    with open(path, "rb") as f:
+        selectable = Reader(f, reactor)
+        reactor.addReader(selectable)
+        reactor.addWriter(selectable)
+        assert reactor._continuousPolling.isReading(selectable)
+        assert reactor._continuousPolling.isWriting(selectable)
+        assert selectable not in reactor._selectables.values()
+        reactor.removeReader(selectable)
+        reactor.removeWriter(selectable)
+        assert not reactor._continuousPolling.isReading(selectable)
+        assert not reactor._continuousPolling.isWriting(selectable)

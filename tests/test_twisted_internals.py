@@ -60,6 +60,7 @@ DIRECTWRITE = "lbproxy/_twisted/directwrite.py"
 HANDOVER = "lbproxy/_twisted/handover.py"
 LISTEN = "lbproxy/_twisted/listen.py"
 TRANSPORTS = "lbproxy/_twisted/transports.py"
+DIRECTCONNECT = "lbproxy/_twisted/directconnect.py"
 
 #: The connected TCP transports of both kinds.
 CONNECTIONS = ("tcp.Server", "tcp.Client")
@@ -431,6 +432,63 @@ def connectionAttributesAreSlots(world: World) -> None:
         assert not extra, f"{type(transport).__name__} set {', '.join(sorted(extra))}, not slots of {lean.__name__}"
 
 
+def directConnectionsReport(world: World) -> None:
+    """
+    A L{DirectClient} connects within its constructor's call to
+    C{_setRealAddress}, builds its protocol from the attempt and tells it
+    C{connectionMade} once the protocol's own ran; a refused connection
+    and C{stopConnecting} are told as C{connectionFailed}; a connected one
+    keeps no reference to its attempt and nothing outside its slots.
+    """
+    from lbproxy._twisted.directconnect import DirectClient, connectDirect
+
+    class Attempt:
+        def __init__(self):
+            self.events = []
+            self.protocol = Recorder()
+
+        def buildProtocol(self, addr):
+            self.events.append(("build", addr.port))
+            return self.protocol
+
+        def connectionMade(self, transport):
+            self.events.append(("made", transport.protocol is self.protocol and bool(self.protocol.connected)))
+
+        def connectionFailed(self, reason):
+            self.events.append(("failed", reason.type))
+
+    port = world["tcp.Port"].getHost().port
+    attempt = Attempt()
+    transport = connectDirect(world.reactor, "127.0.0.1", port, attempt)
+    assert type(transport) is DirectClient
+    assert transport.realAddress == ("127.0.0.1", port), "connect() was not called at once"
+    _iterateUntil(world.reactor, lambda: attempt.events)
+    assert attempt.events == [("build", port), ("made", True)], attempt.events
+    assert transport.connector is not attempt
+    assert vars(transport) == {}
+    fd = transport.fileno()
+    assert fd in world.reactor._reads and fd not in world.reactor._writes, "not registered for reading only"
+    transport.abortConnection()
+    _iterateUntil(world.reactor, lambda: transport.disconnected)
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refusedPort = closed.getsockname()[1]
+    closed.close()
+    refused = Attempt()
+    connectDirect(world.reactor, "127.0.0.1", refusedPort, refused)
+    _iterateUntil(world.reactor, lambda: refused.events)
+    assert refused.events == [("failed", error.ConnectionRefusedError)], refused.events
+
+    stopped = Attempt()
+    transport = connectDirect(world.reactor, "127.0.0.1", port, stopped)
+    transport.stopConnecting()
+    assert stopped.events == [("failed", error.UserError)], stopped.events
+    for _ in range(3):
+        world.reactor.iterate(0)
+    assert stopped.events == [("failed", error.UserError)], stopped.events
+
+
 def listenErrorsRaised(world: World) -> None:
     """
     With C{_raiseSynchronously} set, C{privilegedStartService} raises a
@@ -549,6 +607,18 @@ INTERNALS = [
         connectionAttributesAreSlots,
         (TRANSPORTS,),
     ),
+    # Connections to IP addresses without a connector.
+    Unchanged("twisted.internet.tcp._BaseBaseClient._finishInit", ("341958afae7c",), (DIRECTCONNECT,)),
+    Attribute(("twisted.internet.tcp.Client",), "_commonConnection", type, (DIRECTCONNECT,)),
+    Method(("twisted.internet.tcp.Client",), "_setRealAddress", ("self", "address"), (DIRECTCONNECT,)),
+    Method(("twisted.internet.tcp.Client",), "_connectDone", ("self",), (DIRECTCONNECT,)),
+    Method(("twisted.internet.tcp.Client",), "failIfNotConnected", ("self", "err"), (DIRECTCONNECT,)),
+    Method(("twisted.internet.tcp.Client",), "stopConnecting", ("self",), (DIRECTCONNECT,)),
+    Behaviour(
+        "a client connection reports to its connector: buildProtocol, connectionFailed",
+        directConnectionsReport,
+        (DIRECTCONNECT,),
+    ),
     Method(
         ("twisted.internet.base.DelayedCall",),
         "__init__",
@@ -556,6 +626,20 @@ INTERNALS = [
         (REACTOR,),
     ),
     Method(("EPollReactor",), "_cancelCallLater", ("delayedCall",), (REACTOR,)),
+    # Watching descriptors, written out.
+    Unchanged("twisted.internet.epollreactor.EPollReactor._add", ("ec8bc1363d2a",), (REACTOR,)),
+    Unchanged("twisted.internet.epollreactor.EPollReactor._remove", ("bf25d0a74cba",), (REACTOR,)),
+    Unchanged("twisted.internet.epollreactor.EPollReactor.addReader", ("0e74b612176e",), (REACTOR,)),
+    Unchanged("twisted.internet.epollreactor.EPollReactor.addWriter", ("a34c883a1c4a",), (REACTOR,)),
+    Unchanged("twisted.internet.epollreactor.EPollReactor.removeReader", ("af4d05294638",), (REACTOR,)),
+    Unchanged("twisted.internet.epollreactor.EPollReactor.removeWriter", ("48ee716a0218",), (REACTOR,)),
+    Unchanged("twisted.internet.posixbase._ContinuousPolling.isReading", ("2a696980623d",), (REACTOR,)),
+    Unchanged("twisted.internet.posixbase._ContinuousPolling.isWriting", ("8565395b95db",), (REACTOR,)),
+    Attribute(("_ContinuousPolling",), "_readers", set, (REACTOR,)),
+    Attribute(("_ContinuousPolling",), "_writers", set, (REACTOR,)),
+    Attribute(("EPollReactor",), "_reads", set, (REACTOR,)),
+    Attribute(("EPollReactor",), "_writes", set, (REACTOR,)),
+    Attribute(("EPollReactor",), "_selectables", dict, (REACTOR,)),
     Method(("EPollReactor",), "_moveCallLaterSooner", ("delayedCall",), (REACTOR,)),
     Attribute(("EPollReactor",), "_newTimedCalls", list, (REACTOR,)),
     Unchanged("twisted.internet.base.ReactorBase.callLater", ("744f1b01db8f",), (REACTOR,)),
@@ -610,6 +694,8 @@ class World:
     def _make(self, subject: str):
         if subject == "EPollReactor":
             return self.reactor
+        if subject == "_ContinuousPolling":
+            return self.reactor._continuousPolling
         if subject == "tcp.Port":
             built = self._built
 

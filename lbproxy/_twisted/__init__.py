@@ -14,7 +14,9 @@ an operator must see:
   - L{handover}: a connection handed from one protocol to the next (the
     PROXY header reader stepping out of the way);
   - L{listen}: listening errors raised at startup instead of logged;
-  - L{transports}: TCP connections with their attributes in slots.
+  - L{transports}: TCP connections with their attributes in slots;
+  - L{directconnect}: connections to servers' IP addresses made without
+    Twisted's connector, endpoint and Deferreds.
 
 The rest of lbproxy uses Twisted's public API and these modules. The
 canary test (C{tests/test_twisted_internals.py}) checks every internal
@@ -25,10 +27,11 @@ instead of somewhere in the data path.
 
 from twisted.internet import tcp
 
+from lbproxy._twisted.directconnect import DirectClient
 from lbproxy._twisted.transports import LeanClient, LeanServer
 
 #: The exact classes of plain TCP connections, whose buffers, socket and
 #: reads these modules work with: Twisted's and lbproxy's lean ones (the
 #: same with their attributes in slots); other subclasses may send and
 #: receive differently (UNIX ones pass descriptors along).
-PLAIN_TCP = frozenset({tcp.Server, tcp.Client, LeanServer, LeanClient})
+PLAIN_TCP = frozenset({tcp.Server, tcp.Client, LeanServer, LeanClient, DirectClient})

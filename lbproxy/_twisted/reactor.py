@@ -44,7 +44,7 @@ C{twistd -n lbproxy} installs it unless C{--reactor} names another one.
 from __future__ import annotations
 
 import errno
-from select import EPOLLIN
+from select import EPOLLIN, EPOLLOUT
 
 from types import MappingProxyType
 
@@ -55,6 +55,7 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 
 from lbproxy._twisted import PLAIN_TCP
+from lbproxy._twisted.directconnect import connectDirect
 from lbproxy._twisted.transports import LeanConnector, LeanServer
 from lbproxy.core.limits import LimitLog, describeLocalLimit
 
@@ -224,6 +225,101 @@ class EPollReactor(epollreactor.EPollReactor):
         connector = LeanConnector(host, port, factory, timeout, bindAddress, self)
         connector.connect()
         return connector
+
+    def connectDirect(self, host: str, port: int, attempt):
+        """
+        Start connecting to the IP address C{host} and C{port} without a
+        connector (L{lbproxy._twisted.directconnect}), telling C{attempt}
+        (an L{IConnectAttempt}) what happens.
+
+        @return: the connection; C{stopConnecting()} abandons the attempt.
+        """
+        return connectDirect(self, host, port, attempt)
+
+    # Watching descriptors: what Twisted's addReader, addWriter,
+    # removeReader and removeWriter do through _add, _remove and the
+    # continuous poller's isReading/isWriting, written out in one call
+    # each. A proxied connection makes some twenty-five of these calls,
+    # most of them for a descriptor already in the state asked for.
+
+    def addReader(self, reader) -> None:
+        fd = reader.fileno()
+        reads = self._reads
+        if fd in reads:
+            return
+        try:
+            if fd in self._writes:
+                self._poller.modify(fd, EPOLLIN | EPOLLOUT)
+            else:
+                self._poller.register(fd, EPOLLIN)
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                self._continuousPolling.addReader(reader)
+                return
+            raise
+        reads.add(fd)
+        self._selectables[fd] = reader
+
+    def addWriter(self, writer) -> None:
+        fd = writer.fileno()
+        writes = self._writes
+        if fd in writes:
+            return
+        try:
+            if fd in self._reads:
+                self._poller.modify(fd, EPOLLIN | EPOLLOUT)
+            else:
+                self._poller.register(fd, EPOLLOUT)
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                self._continuousPolling.addWriter(writer)
+                return
+            raise
+        writes.add(fd)
+        self._selectables[fd] = writer
+
+    def removeReader(self, reader) -> None:
+        polling = self._continuousPolling
+        if reader in polling._readers:
+            polling.removeReader(reader)
+            return
+        fd = self._watchedFileno(reader)
+        reads = self._reads
+        if fd in reads:
+            if fd in self._writes:
+                self._poller.modify(fd, EPOLLOUT)
+            else:
+                del self._selectables[fd]
+                self._poller.unregister(fd)
+            reads.remove(fd)
+
+    def removeWriter(self, writer) -> None:
+        polling = self._continuousPolling
+        if writer in polling._writers:
+            polling.removeWriter(writer)
+            return
+        fd = self._watchedFileno(writer)
+        writes = self._writes
+        if fd in writes:
+            if fd in self._reads:
+                self._poller.modify(fd, EPOLLIN)
+            else:
+                del self._selectables[fd]
+                self._poller.unregister(fd)
+            writes.remove(fd)
+
+    def _watchedFileno(self, selectable) -> int:
+        """
+        The descriptor C{selectable} is watched under: its C{fileno()}, or,
+        once it has none (-1, its socket closed), the one it was
+        registered with (-1 if none).
+        """
+        fd = selectable.fileno()
+        if fd == -1:
+            for watched, other in self._selectables.items():
+                if other is selectable:
+                    return watched
+        return fd
 
     def callAfterEvents(self, f) -> None:
         """

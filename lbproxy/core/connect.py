@@ -21,7 +21,11 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from lbproxy._twisted.directconnect import IConnectAttempt
+
+from lbproxy.core.endpoints import directAddress
 from lbproxy.core.limits import LimitLog, describeLocalLimit, localLimit, plural
 from lbproxy.core.proxyprotocol import buildHeader
 from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
@@ -142,14 +146,35 @@ class BackendConnector:
         established once the handshake succeeded, so a certificate that
         does not verify fails the attempt like a refused connection.
         """
-        cached = self._endpoints.get(server)
-        if cached is None or cached[0] != server.address:
-            endpoint = clientFromString(self._reactor, server.address)
+        target = self._targetFor(server)
+        if target[1] is None:
+            endpoint = clientFromString(self._reactor, target[0])
             if self.tls is not None:
                 endpoint = self.tls.wrapEndpoint(endpoint, server, self._reactor)
-            cached = (server.address, endpoint)
-            self._endpoints[server] = cached
-        return cached[1]
+            target[1] = endpoint
+        return target[1]
+
+    def directFor(self, server: IServer) -> tuple[str, int] | None:
+        """
+        The IP address and port to connect to C{server} at without an
+        endpoint (L{lbproxy._twisted.directconnect}): when its address is a
+        plain C{tcp:} endpoint to an IP literal, the pool has no TLS and the
+        reactor connects that way. Else None: the endpoint connects.
+        """
+        return self._targetFor(server)[2]
+
+    def _targetFor(self, server: IServer) -> list:
+        """
+        C{[address, endpoint or None until built, direct address or None]}
+        of C{server}, kept while its address stays the same.
+        """
+        target = self._endpoints.get(server)
+        if target is None or target[0] != server.address:
+            direct = None
+            if self.tls is None and getattr(self._reactor, "connectDirect", None) is not None:
+                direct = directAddress(server.address)
+            target = self._endpoints[server] = [server.address, None, direct]
+        return target
 
     def failedAfterConnect(
         self,
@@ -254,6 +279,46 @@ class BackendConnector:
         return attempt.result
 
 
+@implementer(IConnectAttempt)
+class _DirectAttempt:
+    """
+    One attempt of a L{_ConnectAttempts} made with the reactor's
+    C{connectDirect}: passes what happens to it on, once.
+
+    @ivar attempts: the L{_ConnectAttempts}, until the attempt is over.
+    @ivar transport: the connection being made.
+    """
+
+    __slots__ = ("attempts", "server", "transport")
+
+    def __init__(self, attempts: _ConnectAttempts, server: IServer) -> None:
+        self.attempts = attempts
+        self.server = server
+        self.transport = None
+
+    def buildProtocol(self, addr):
+        return self.attempts.protocolFactory.buildProtocol(addr)
+
+    def connectionMade(self, transport) -> None:
+        attempts, self.attempts = self.attempts, None
+        if attempts is not None:
+            attempts._connected(transport.protocol, self.server)
+
+    def connectionFailed(self, reason: Failure) -> None:
+        attempts, self.attempts = self.attempts, None
+        if attempts is not None:
+            attempts._failed(reason, self.server)
+
+    def cancel(self) -> None:
+        """
+        Abandon the attempt (its timeout, or the caller's cancellation):
+        the connection stops connecting and L{connectionFailed} follows.
+        """
+        transport = self.transport
+        if transport is not None:
+            transport.stopConnecting()
+
+
 class _ConnectAttempts:
     """
     The attempts of one L{BackendConnector.connect} call.
@@ -337,9 +402,14 @@ class _ConnectAttempts:
         self.made += 1
         self.lease = lease
         self.timedOut = False
+        connector = self.connector
         try:
-            endpoint = self.connector.endpointFor(server)
-            if self.preamble and self.connector.tls is not None:
+            direct = connector.directFor(server)
+            if direct is not None:
+                self._attemptDirect(server, direct)
+                return
+            endpoint = connector.endpointFor(server)
+            if self.preamble and connector.tls is not None:
                 pending = endpoint.connect(self.protocolFactory, preamble=self.preamble)
             else:
                 pending = endpoint.connect(self.protocolFactory)
@@ -351,6 +421,19 @@ class _ConnectAttempts:
         pending.addCallbacks(
             self._connected, self._failed, callbackArgs=(server,), errbackArgs=(server,)
         )
+
+    def _attemptDirect(self, server: IServer, address: tuple[str, int]) -> None:
+        """
+        Connect to C{server} at its IP C{address} with the reactor's
+        C{connectDirect}: no endpoint, connector or Deferred, and this
+        attempt's timer the only one.
+        """
+        attempt = _DirectAttempt(self, server)
+        attempt.transport = self.reactor.connectDirect(address[0], address[1], attempt)
+        if attempt.attempts is not None:
+            # Neither connected nor failed at once: it is pending.
+            self.pending = attempt
+            self.timer = self.reactor.callLater(self.timeout, self._timedOut)
 
     # The pool's queue.
 

@@ -5,6 +5,8 @@ the host name an HTTP request or a TLS handshake to it names.
 
 from __future__ import annotations
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+
 from lbproxy.config.endpoints import splitEndpoint
 
 
@@ -50,3 +52,33 @@ def hostHeader(address: str, tls=None) -> str:
     if port is not None and port.isdigit() and int(port) != defaultPort:
         host = f"{host}:{int(port)}"
     return host
+
+
+def directAddress(address: str) -> tuple[str, int] | None:
+    """
+    The IP address and port of a server addressed by C{address} when it
+    is a plain TCP endpoint to an IP literal (C{tcp:host=10.0.0.5:port=80},
+    C{tcp:10.0.0.5:80}): a connection to it needs no resolution nor any
+    option of the endpoint. None for anything else (a host name, a
+    C{timeout} or C{bindAddress} option, another type).
+    """
+    try:
+        kind, args, kwargs = endpointArguments(address)
+    except ValueError:
+        return None
+    if kind != "tcp" or len(args) + len(kwargs) != 2:
+        return None
+    host = kwargs.pop("host", None)
+    port = kwargs.pop("port", None)
+    if kwargs:
+        return None
+    if host is None and args:
+        host, args = args[0], args[1:]
+    if port is None and args:
+        port = args[0]
+    if host is None or port is None or not port.isdigit():
+        return None
+    if not (isIPAddress(host) or isIPv6Address(host)):
+        return None
+    number = int(port)
+    return (host, number) if 0 < number < 65536 else None
