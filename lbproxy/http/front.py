@@ -56,7 +56,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -90,7 +90,11 @@ STOPPING_IDLE = 1.0
 
 
 
-@implementer(IHTTPMessageReceiver, IPushProducer, IHalfCloseableProtocol, IBackendUser)
+#: What an HTTP/2 client sends first (RFC 9113 §3.4).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+@implementer(IHTTPMessageReceiver, IPushProducer, IHalfCloseableProtocol, IHandshakeListener, IBackendUser)
 class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
     """
     One client connection of an HTTP listener (what every front does with
@@ -103,6 +107,8 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
     @ivar exchange: the L{Exchange} being served, or L{None} between
         requests.
     @ivar requests: requests received so far.
+    @ivar http2: the L{lbproxy.http2.connection.H2FrontConnection} serving
+        the connection once the client chose HTTP/2, else L{None}.
     """
 
     log = Logger()
@@ -123,6 +129,10 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
     _closed = False
     # Registered as the streaming producer of the client transport.
     _producing = False
+    http2 = None
+    # What a client of a listener with prior-knowledge h2c sent before it
+    # was known whether it speaks HTTP/2.
+    _sniffed = b""
 
     def __init__(self, factory: HTTPProxyFactory, reactor) -> None:
         super().__init__(factory.listener, reactor, factory.timers)
@@ -155,6 +165,62 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         self._producing = True
         self.parser = RequestParser(self, cache=factory.requestHeads, **factory.parserLimits)
         self.timer.enter(_HEAD, self.config.requestTimeout, self.started)
+        if factory.h2c:
+            # Until the first bytes tell: an instance attribute, so that
+            # other connections pay nothing for it.
+            self.dataReceived = self._firstData
+
+    # -- HTTP/2 ---------------------------------------------------------------
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done: a client that chose C{h2} by ALPN is
+        served by HTTP/2.
+        """
+        if self.factory.http2 is not None and self.transport.negotiatedProtocol == b"h2":
+            self._speakHTTP2(b"")
+
+    def _firstData(self, data: bytes) -> None:
+        """
+        The first bytes on a listener with prior-knowledge h2c: the HTTP/2
+        preface, or an HTTP/1.1 request (no method begins with C{PRI}).
+        """
+        data = self._sniffed + data
+        if len(data) < 3 and H2_PREFACE.startswith(data):
+            self._sniffed = data
+            return
+        self._sniffed = b""
+        del self.dataReceived
+        if data.startswith(b"PRI"):
+            self._speakHTTP2(data)
+        else:
+            self.dataReceived(data)
+
+    def _speakHTTP2(self, data: bytes) -> None:
+        """
+        Hand the connection to an HTTP/2 connection, C{data} what the client
+        sent so far; this protocol stays the session (admission, addresses,
+        timer, end).
+        """
+        from lbproxy.http2.connection import H2FrontConnection
+
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        self.parser.pauseParsing()
+        self._firstByte = None
+        http2 = self.http2 = H2FrontConnection(self, self.factory, self._reactor)
+        self.dataReceived = http2.dataReceived
+        http2.start(data)
+
+    def closeHTTP2(self) -> None:
+        """
+        The HTTP/2 connection ended its session: close after what is
+        written.
+        """
+        self._closed = True
+        self.timer.stop()
+        self.transport.loseConnection()
 
     def refused(self) -> None:
         self._acceptTime = self.started
@@ -192,6 +258,9 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         if self.relayLeg is not None:
             self.relayLeg.readConnectionLost()
             return
+        if self.http2 is not None:
+            self.http2.readConnectionLost()
+            return
         if self._closed:
             return
         self._readClosed = True
@@ -218,6 +287,11 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
             backends.forget(self)
         if self.relayLeg is not None:
             self.relayLeg.connectionLost(reason)
+            return
+        if self.http2 is not None:
+            self._closed = True
+            self.http2.connectionLost(reason)
+            self.ended()
             return
         if self._closed:
             # The proxy closed it, after logging what there was.
@@ -552,6 +626,9 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
     def phaseExpired(self, phase: str) -> None:
         if self._closed:
             return
+        if self.http2 is not None:
+            self.http2.phaseExpired(phase)
+            return
         if phase == _IDLE:
             self._keepaliveExpired()
         elif phase == _HEAD:
@@ -571,7 +648,9 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         Closed now when idle between requests; else after the response
         (C{Connection: close}, from the factory's C{stopping}).
         """
-        if not self._closed and self.exchange is None and self._firstByte is None and self.relayLeg is None:
+        if self.http2 is not None:
+            self.http2.listenerStopping()
+        elif not self._closed and self.exchange is None and self._firstByte is None and self.relayLeg is None:
             self._closeClient()
 
     def _requestTimedOut(self) -> None:
