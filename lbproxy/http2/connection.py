@@ -306,8 +306,11 @@ class H2FrontConnection:
 
     def _calm(self, kind: str) -> None:
         """
-        The client sent more frames of C{kind} than a window allows.
+        The client sent more frames of C{kind} than a window allows: what
+        the h2 library queued in answer (PING and SETTINGS acknowledgments)
+        is dropped, only the GOAWAY is sent.
         """
+        self.h2.clear_outbound_data_buffer()
         self._goAway(ErrorCodes.ENHANCE_YOUR_CALM, f"more than {self.meter.limits[kind]} {kind} frames in {self.settings.floodWindow:g} s")
 
     def _fail(self, what: str, code) -> None:
