@@ -335,6 +335,45 @@ class StreamErrorTests(AttackTestCase):
         self.assertEqual(len(self.reactor.tcpClients), 0)
         self.assertOthersServed()
 
+    def test_malformedNeverForwarded(self):
+        """
+        Each malformed request of RFC 9113 §8.1.1-§8.3 closes its
+        connection (PROTOCOL_ERROR) without reaching a server.
+        """
+        cases = [
+            GET + [(b"transfer-encoding", b"chunked")],
+            GET + [(b"te", b"gzip")],
+            GET + [(b"upgrade", b"websocket")],
+            GET + [(b"host", b"other.example")],
+            [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"example.com")],
+            GET + [(b":path", b"/again")],
+            [(b"x-first", b"1")] + GET,
+            GET + [(b"X-Upper", b"1")],
+            GET + [(b"x-bad", b"a\r\nb")],
+        ]
+        self.makeH2Factory()
+        for fields in cases:
+            raw = RawClient(self.connectClient())
+            raw.send(raw.headers(1, fields))
+            self.assertEqual(raw.goAway(), ErrorCodes.PROTOCOL_ERROR, fields)
+            self.assertTrue(raw.client.closing)
+        self.assertEqual(len(self.reactor.tcpClients), 0)
+
+    def test_contentLengthMismatch(self):
+        """
+        More DATA than content-length: the excess never reaches the
+        server, whose connection is dropped with the client's.
+        """
+        raw = self.attacker()
+        raw.send(raw.headers(1, GET + [(b"content-length", b"3")], flags=("END_HEADERS",)))
+        backend = self.connectBackend()
+        data = DataFrame(1)
+        data.data = b"abcdef"
+        raw.send(data)
+        self.assertEqual(raw.goAway(), ErrorCodes.PROTOCOL_ERROR)
+        self.assertNotIn(b"abc", backend.received())
+        self.assertTrue(backend.transport.disconnecting or backend.transport.disconnected)
+
     def test_bodyLimit(self):
         self.makeH2Factory(limits=HTTPLimits(bodySize=10))
         h2 = self.connectH2()
