@@ -20,7 +20,7 @@ from h2.events import (
 )
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from zope.interface.verify import verifyObject
 
 from lbproxy.config import CookieConfig
@@ -30,7 +30,8 @@ from lbproxy.http2.config import HTTP2Settings
 from lbproxy.http2.connection import H2FrontConnection
 from lbproxy.http2.stream import H2Stream
 
-from test_http_front import OK, ProxyTestCase, makeListener, requestHead
+from test_http_front import HOST, OK, PEER, Client, ProxyTestCase, makeListener, requestHead
+from test_relay import FakeTCPTransport
 
 H2C = HTTP2Settings(cleartext=True)
 
@@ -328,6 +329,64 @@ class ForwardingTests(H2TestCase):
         client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         self.assertIsNone(client.protocol.http2)
         self.assertTrue(client.received().startswith(b"HTTP/1.1 "))
+
+
+class NegotiatedTransport(FakeTCPTransport):
+    """
+    Stands in for a TLS transport once its handshake chose a protocol by
+    ALPN.
+    """
+
+    negotiatedProtocol = None
+
+
+class ALPNTests(H2TestCase):
+    def connectTLS(self, protocol):
+        transport = NegotiatedTransport()
+        transport.peerAddr = PEER
+        transport.hostAddr = HOST
+        proxy = self.factory.buildProtocol(PEER)
+        proxy.makeConnection(transport)
+        transport.negotiatedProtocol = protocol
+        verifyObject(IHandshakeListener, proxy)
+        proxy.handshakeCompleted()
+        return Client(proxy, transport)
+
+    def test_h2ByALPN(self):
+        """
+        A client that chose h2 is served by HTTP/2 from the first byte: the
+        server's SETTINGS go out at once.
+        """
+        self.makeH2Factory(settings=HTTP2Settings())
+        client = self.connectTLS(b"h2")
+        self.assertIsInstance(client.protocol.http2, H2FrontConnection)
+        self.assertEqual(client.received()[3:4], b"\x04")
+        h2 = H2Client(client)
+        sid = h2.request()
+        self.connectBackend().send(OK)
+        h2.read()
+        self.assertEqual(h2.bodies[sid], b"ok")
+
+    def test_http11ByALPN(self):
+        self.makeH2Factory(settings=HTTP2Settings())
+        client = self.connectTLS(b"http/1.1")
+        self.assertIsNone(client.protocol.http2)
+        self.exchange(client, b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 200 OK"))
+
+    def test_noALPN(self):
+        self.makeH2Factory(settings=HTTP2Settings())
+        client = self.connectTLS(None)
+        self.assertIsNone(client.protocol.http2)
+
+    def test_h2WithoutHTTP2(self):
+        """
+        A listener without HTTP/2 never offers h2; were it chosen anyway,
+        the connection stays HTTP/1.1.
+        """
+        self.makeFactory()
+        client = self.connectTLS(b"h2")
+        self.assertIsNone(client.protocol.http2)
 
 
 class FlowControlTests(H2TestCase):
