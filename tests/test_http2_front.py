@@ -316,8 +316,22 @@ class ForwardingTests(H2TestCase):
         client.send(preface[:1])
         client.send(preface[1:2])
         self.assertIsNone(client.protocol.http2)
-        client.send(preface[2:5])
+        client.send(preface[2:3])
+        self.assertIsNone(client.protocol.http2)
+        client.send(preface[3:5])
         self.assertIsNotNone(client.protocol.http2)
+
+    def test_methodLikePreface(self):
+        """
+        A request whose method only begins like the preface is taken as
+        HTTP/1.1 (and answered as the HTTP/1.1 front answers it).
+        """
+        self.makeH2Factory()
+        client = self.connectClient()
+        client.send(b"PR")
+        client.send(b"INT /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        self.assertIsNone(client.protocol.http2)
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 "))
 
     def test_notOnPlainListenerWithoutCleartext(self):
         """

@@ -42,6 +42,12 @@ whose body was not started is sent again on a fresh connection to the same
 server. When a fresh connection dies that way (the server crashed), such a
 request goes to another server, up to the pool's C{retries} times.
 
+HTTP/2: on a listener with C{[http2]} enabled, a client that chose C{h2}
+by ALPN (L{handshakeCompleted}), or that begins with the HTTP/2 preface on
+a C{cleartext} listener, is handed to an
+L{lbproxy.http2.connection.H2FrontConnection}; this protocol stays its
+session (admission, addresses, the connection's timer, its end).
+
 After a backend's C{101 Switching Protocols} to a websocket upgrade, both
 connections are handed to a L{Relay} (the listener's C{tunnelTimeout} as
 its idle timeout).
@@ -183,15 +189,18 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
     def _firstData(self, data: bytes) -> None:
         """
         The first bytes on a listener with prior-knowledge h2c: the HTTP/2
-        preface, or an HTTP/1.1 request (no method begins with C{PRI}).
+        preface, or an HTTP/1.1 request. Bytes that agree with the preface
+        so far are waited for until they are at least C{"PRI "} (no HTTP/1.1
+        request line begins so: C{PRI} is the method RFC 9113 reserves).
         """
         data = self._sniffed + data
-        if len(data) < 3 and H2_PREFACE.startswith(data):
+        consistent = H2_PREFACE.startswith(data[: len(H2_PREFACE)])
+        if consistent and len(data) < 4:
             self._sniffed = data
             return
         self._sniffed = b""
         del self.dataReceived
-        if data.startswith(b"PRI"):
+        if consistent:
             self._speakHTTP2(data)
         else:
             self.dataReceived(data)
