@@ -24,13 +24,15 @@ from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from zope.interface.verify import verifyObject
 
 from lbproxy.config import CookieConfig
+from lbproxy.core.pool import Server
+from lbproxy.selectors import findSelector
 from lbproxy.http.config import HTTPLimits
 from lbproxy.http.interfaces import IBackendUser
 from lbproxy.http2.config import HTTP2Settings
 from lbproxy.http2.connection import H2FrontConnection
 from lbproxy.http2.stream import H2Stream
 
-from test_http_front import HOST, OK, PEER, Client, ProxyTestCase, makeListener, requestHead
+from test_http_front import HOST, OK, PEER, RESET, Client, ProxyTestCase, makeListener, makePool, requestHead
 from test_relay import FakeTCPTransport
 
 H2C = HTTP2Settings(cleartext=True)
@@ -343,6 +345,105 @@ class ForwardingTests(H2TestCase):
         client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         self.assertIsNone(client.protocol.http2)
         self.assertTrue(client.received().startswith(b"HTTP/1.1 "))
+
+
+class PipelineTests(H2TestCase):
+    """
+    More of the HTTP/1.1 front's pipeline, through HTTP/2 streams.
+    """
+
+    def test_hashKey(self):
+        """
+        A pool hashing on a header places each stream by it, as for
+        HTTP/1.1.
+        """
+        servers = [Server(f"s{i}", f"tcp:host=127.0.0.1:port={8001 + i}") for i in range(5)]
+        selector = findSelector("hash").build({"key": "header:X-User"})
+        self.makeFactory(makeListener(http2=H2C), pools={"web": makePool(servers=servers, selector=selector)})
+        placed = {}
+        for user in [b"alice", b"bob", b"carol", b"dave", b"erin", b"frank"]:
+            seen = set()
+            for _ in range(3):
+                h2 = self.connectH2()
+                sid = h2.request(extra=[(b"x-user", user)])
+                self.connectBackend().send(OK)
+                h2.read()
+                self.assertEqual(h2.bodies[sid], b"ok")
+                seen.add(self.log.records[-1].server)
+                h2.client.close()
+            self.assertEqual(len(seen), 1, (user, seen))
+            placed[user] = seen.pop()
+        self.assertGreater(len(set(placed.values())), 1, placed)
+
+    def test_staleConnectionRetried(self):
+        """
+        The keep-alive race on a stream: a reused server connection closed
+        before any of the response; the request goes out again on a fresh
+        one and the client sees no error.
+        """
+        self.makeFactory(makeListener(http2=H2C), pools={"web": makePool(count=1)})
+        h2 = self.connectH2()
+        first = h2.request(b"/1")
+        stale = self.connectBackend()
+        stale.send(OK)
+        h2.read()
+        self.assertEqual(h2.bodies[first], b"ok")
+        stale.clear()
+        again = h2.request(b"/again")
+        self.assertIn(b"GET /again", stale.received())
+        stale.close(RESET)
+        fresh = self.connectBackend()
+        self.assertTrue(fresh.received().startswith(b"GET /again HTTP/1.1\r\n"))
+        fresh.send(OK)
+        h2.read()
+        self.assertEqual(h2.bodies[again], b"ok")
+        self.assertEqual(self.factory.staleRetries, 1)
+        self.assertLastRecord(status=200, termination="--")
+        self.assertEqual(self.pool.servers[0].active, 0)
+
+    def test_requestTrailers(self):
+        self.makeH2Factory()
+        h2 = self.connectH2()
+        sid = h2.request(method=b"POST", body=b"data", end=False, extra=[(b"te", b"trailers")])
+        backend = self.connectBackend()
+        h2.conn.send_headers(sid, [(b"x-checksum", b"abc")], end_stream=True)
+        h2.flush()
+        data = backend.received()
+        self.assertNotIn(b"\r\nte:", data.lower())
+        self.assertTrue(data.endswith(b"4\r\ndata\r\n0\r\nx-checksum: abc\r\n\r\n"), data)
+
+    def test_continueForwarded(self):
+        """
+        An interim 100 Continue passes on, then the final response.
+        """
+        self.makeH2Factory()
+        h2 = self.connectH2()
+        sid = h2.request(method=b"PUT", end=False, extra=[(b"expect", b"100-continue"), (b"content-length", b"2")])
+        backend = self.connectBackend()
+        backend.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        h2.read()
+        self.assertIn(b"expect: 100-continue", backend.received().lower())
+        statuses = [dict(e.headers)[b":status"] for e in h2.events if hasattr(e, "headers") and e.stream_id == sid]
+        self.assertEqual(statuses, [b"100"])
+        h2.conn.send_data(sid, b"hi", end_stream=True)
+        h2.flush()
+        backend.send(OK)
+        h2.read()
+        self.assertEqual(h2.responses[sid][b":status"], b"200")
+        self.assertEqual(h2.bodies[sid], b"ok")
+
+    def test_headRequest(self):
+        """
+        A response to HEAD keeps its content-length and carries no body.
+        """
+        self.makeH2Factory()
+        h2 = self.connectH2()
+        sid = h2.request(method=b"HEAD")
+        self.connectBackend().send(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+        h2.read()
+        self.assertEqual(h2.responses[sid][b"content-length"], b"1234")
+        self.assertIn(sid, h2.ended)
+        self.assertNotIn(sid, h2.bodies)
 
 
 class NegotiatedTransport(FakeTCPTransport):
