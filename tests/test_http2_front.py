@@ -299,6 +299,7 @@ class ForwardingTests(H2TestCase):
         h2.conn.send_headers(streamId, [(b":method", b"CONNECT"), (b":authority", b"example.com:443")])
         h2.flush()
         self.assertEqual(h2.responses[streamId][b":status"], b"501")
+        self.assertLastRecord(status=501, termination="PR", method=b"CONNECT", target=b"example.com:443", version=(2, 0))
 
     def test_http11StillServed(self):
         """

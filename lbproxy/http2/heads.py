@@ -98,6 +98,17 @@ def requestHead(fields, endStream: bool, maxHeaders: int) -> RequestHead:
     )
 
 
+def refusedHead(fields) -> RequestHead:
+    """
+    What the access log shows of a request L{requestHead} refused: its
+    method and target (or authority, for CONNECT), as HTTP/2.0.
+    """
+    pseudo = {name: value for name, value in fields if name[:1] == b":"}
+    method = pseudo.get(b":method", b"")
+    target = pseudo.get(b":path") or pseudo.get(b":authority") or b""
+    return RequestHead(method=method, target=target, version=(2, 0), headers=Headers())
+
+
 def responseFields(head: ResponseHead) -> list[tuple[bytes, bytes]]:
     """
     The HTTP/2 header list of a server's response head (whose hop-by-hop

@@ -45,7 +45,7 @@ from lbproxy.http.interfaces import IBackendUser
 from lbproxy.http.message import BodyKind, Headers, ResponseHead
 from lbproxy.http.placement import CONNECT_PHASE, RequestPlacement
 from lbproxy.http.serialize import encodeChunk, lastChunk
-from lbproxy.http2.heads import requestHead, responseFields, trailerFields
+from lbproxy.http2.heads import refusedHead, requestHead, responseFields, trailerFields
 
 # Phases of a stream (CONNECT_PHASE while it is placed).
 _BODY = "body"
@@ -110,7 +110,7 @@ class H2Stream(RequestPlacement):
             head = requestHead(fields, endStream, self.factory.parserLimits["maxHeaders"])
         except HTTPParseError as error:
             self._logRefusal(error)
-            self._sendError(Exchange(None, now, now, now), error.status, "PR")
+            self._sendError(Exchange(refusedHead(fields), now, now, now), error.status, "PR")
             return
         exchange = self.exchange = Exchange(head, now, now, now)
         exchange.requestComplete = endStream
