@@ -671,7 +671,7 @@ EVERY_KEY = {
         "bind", "pool", "mode", "maxconn", "accept_proxy", "timeouts",
         "routes", "trusted_proxies", "forwarded", "access_log", "log_requests", "limits",
         "paths", "sni_fallback",
-        "tls", "redirect_https",
+        "tls", "redirect_https", "http2",
         "tls_required", "user_pools", "user_domain", "auth", "freebind",
     },
     "listener tls": {
@@ -686,6 +686,11 @@ EVERY_KEY = {
         "address_table_size",
     },
     "listener paths": {"normalize", "allow_encoded_slash", "allow_backslash", "allow_encoded_control"},
+    "listener http2": {
+        "enabled", "cleartext", "max_concurrent_streams", "initial_window_size", "connection_window_size",
+        "max_frame_size", "max_requests", "flood_window", "max_resets", "max_pings", "max_settings",
+        "max_priority", "max_empty_frames",
+    },
     "route": {"pool", "host", "path_prefix", "path_regex", "header", "methods", "sni"},
     "route header": {"name", "value"},
     "pool": {
@@ -745,6 +750,7 @@ def test_referenceUsesEveryKey():
         used["listener limits"] |= set(listener.get("limits", {}))
         used["listener auth"] |= set(listener.get("auth", {}))
         used["listener paths"] |= set(listener.get("paths", {}))
+        used["listener http2"] |= set(listener.get("http2", {}))
         used["listener tls"] |= set(listener.get("tls", {}))
         for certificate in listener.get("tls", {}).get("certificates", []):
             used["listener tls certificate"] |= set(certificate)

@@ -134,10 +134,15 @@ class TestALPN:
     def test_none(self):
         assert tlsOf(config("alpn = []\n")).alpn == ()
 
-    def test_httpRefusesH2(self):
+    def test_httpRefusesH2WithoutHTTP2(self):
         assert loadError(config('alpn = ["h2", "http/1.1"]\n')) == (
-            'listeners.web.tls.alpn[0]: expected only "http/1.1" on a mode = "http" listener '
-            "(the protocols it speaks), got 'h2'"
+            'listeners.web.tls.alpn: expected no "h2" without [http2] enabled = true (the listener would not speak it)'
+        )
+
+    def test_httpRefusesOthers(self):
+        assert loadError(config('alpn = ["imap"]\n')) == (
+            'listeners.web.tls.alpn[0]: expected only "h2" or "http/1.1" on a mode = "http" listener '
+            "(the protocols it speaks), got 'imap'"
         )
 
     def test_tcpAnyProtocol(self):

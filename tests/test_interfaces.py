@@ -52,6 +52,12 @@ bind = "tcp:8001"
 mode = "http"
 pool = "web"
 
+[listeners.h2c]
+bind = "tcp:8009"
+mode = "http"
+pool = "web"
+http2 = { enabled = true, cleartext = true }
+
 [listeners.redirect]
 bind = "tcp:8002"
 mode = "http"
@@ -81,6 +87,34 @@ def connected(listenerName: str):
     listener = model.listeners[listenerName]
     factory = listener.mode.buildFactory(listener, model.pools, MemoryReactorClock())
     return acceptClient(factory, FakeTCPTransport(), PEER, HOST)
+
+
+def http2Connection():
+    """
+    The HTTP/2 side of a client connection that began with the preface.
+    """
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+
+    protocol = connected("h2c")
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    protocol.dataReceived(client.data_to_send())
+    protocol.http2.client = client
+    return protocol.http2
+
+
+def http2Stream():
+    """
+    A stream of an HTTP/2 connection whose request is being placed.
+    """
+    connection = http2Connection()
+    client = connection.client
+    client.send_headers(
+        1, [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")], end_stream=True
+    )
+    connection.dataReceived(client.data_to_send())
+    return connection.streams[1]
 
 
 def haService():
@@ -170,6 +204,8 @@ INSTANCES = {
     "lbproxy.http.front.HTTPProxyProtocol": lambda: connected("http"),
     "lbproxy.http.parsing.MessageParser": parser,
     "lbproxy.http.redirect.RedirectProtocol": lambda: connected("redirect"),
+    "lbproxy.http2.connection.H2FrontConnection": http2Connection,
+    "lbproxy.http2.stream.H2Stream": http2Stream,
     "lbproxy.mail.backpressure.ReplyBackpressure": lambda: importlib.import_module(
         "lbproxy.mail.backpressure"
     ).ReplyBackpressure(Clock(), lambda: None, lambda: None),

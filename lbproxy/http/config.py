@@ -83,6 +83,8 @@ class HTTPListenerConfig(ListenerConfig):
     #: Answer every request with a redirect to https on this port instead
     #: of proxying it (the listener has no pool then).
     redirectHttps: int | None = None
+    #: HTTP/2 to clients (L{lbproxy.http2.config.HTTP2Settings}), or None.
+    http2: object | None = None
 
     def poolsUsed(self) -> set[str]:
         used = super().poolsUsed()
@@ -107,8 +109,13 @@ def parseHTTPListener(t: Table, timeouts: Table, common: dict, pools: dict) -> H
             t.fail("paths", "expected no paths table with redirect_https (no request is routed or forwarded)")
         if "tunnel" in timeouts.data:
             timeouts.fail("tunnel", "expected no tunnel timeout with redirect_https (no request is forwarded)")
+        if "http2" in t.data:
+            t.fail("http2", "expected no http2 table with redirect_https (redirects are answered in HTTP/1.1)")
     elif not common["pool"]:
         t.fail("pool", "required key is missing")
+    from lbproxy.http2.config import parseHTTP2
+
+    http2 = parseHTTP2(t.table("http2"), t.table("tls"), common)
     limits = t.table("limits")
     routes = tuple(parseRoute(t.tableAt("routes", index, item), pools) for index, item in enumerate(t.list("routes")))
     listener = HTTPListenerConfig(
@@ -128,6 +135,7 @@ def parseHTTPListener(t: Table, timeouts: Table, common: dict, pools: dict) -> H
         keepaliveTimeout=timeouts.duration("keepalive", 60.0),
         tunnelTimeout=timeouts.duration("tunnel", 3600.0),
         paths=parsePaths(t.table("paths")),
+        http2=http2,
     )
     limits.done()
     checkRoutePaths(t, listener.routes, listener.paths)

@@ -93,6 +93,10 @@ class HTTPProxyFactory(HTTPListenerFactory):
         self.writes = WriteBatch(reactor)
         self.staleRetries = 0
         self.redispatched = 0
+        #: The listener's HTTP/2 settings, or None; h2c: prior knowledge
+        #: on a plaintext listener.
+        self.http2 = listener.http2
+        self.h2c = listener.http2 is not None and listener.http2.cleartext
 
     def __repr__(self) -> str:
         return f"<HTTPProxyFactory {self.listener.name}>"

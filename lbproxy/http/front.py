@@ -42,6 +42,12 @@ whose body was not started is sent again on a fresh connection to the same
 server. When a fresh connection dies that way (the server crashed), such a
 request goes to another server, up to the pool's C{retries} times.
 
+HTTP/2: on a listener with C{[http2]} enabled, a client that chose C{h2}
+by ALPN (L{handshakeCompleted}), or that begins with the HTTP/2 preface on
+a C{cleartext} listener, is handed to an
+L{lbproxy.http2.connection.H2FrontConnection}; this protocol stays its
+session (admission, addresses, the connection's timer, its end).
+
 After a backend's C{101 Switching Protocols} to a websocket upgrade, both
 connections are handed to a L{Relay} (the listener's C{tunnelTimeout} as
 its idle timeout).
@@ -54,29 +60,23 @@ for the request.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import TYPE_CHECKING
 
-from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from lbproxy.core.connect import BackendConnection, Lease
-from lbproxy.core.model import DURATION_BUCKETS
-from lbproxy.core.pool import statusIndex
 from lbproxy.core.relay import setNoDelay
 from lbproxy.core.session import FrontConnection
-from lbproxy.errors import ConnectFailed, LocalLimitReached, NoServerAvailable, QueueTimeout
 from lbproxy.http.backend import BackendHTTPConnection
-from lbproxy.http.context import HTTPFlowContext
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange
 from lbproxy.http.interfaces import IBackendUser, IHTTPMessageReceiver
 from lbproxy.http.message import RequestHead
 from lbproxy.http.parser import TLS_ON_PLAINTEXT, RequestParser
+from lbproxy.http.placement import CONNECT_PHASE, RequestPlacement
 from lbproxy.http.response import ResponseForwarding
 from lbproxy.http.serialize import encodeChunk, lastChunk
 
@@ -86,7 +86,7 @@ if TYPE_CHECKING:
 # Phases of a client connection; each has its own timeout.
 _IDLE = "idle"  # keep-alive, before the first byte of the next request
 _HEAD = "head"  # receiving a request head: request timeout (408)
-_CONNECT = "connect"  # placing the request: the connector's connect timeout
+_CONNECT = CONNECT_PHASE  # placing the request: the connector's connect timeout
 _BODY = "body"  # forwarding the request body: client idle / server timeout
 _WAIT = "wait"  # request sent, response head awaited: response timeout (504)
 _RESPONSE = "response"  # forwarding the response body: server / client timeout
@@ -96,17 +96,25 @@ STOPPING_IDLE = 1.0
 
 
 
-@implementer(IHTTPMessageReceiver, IPushProducer, IHalfCloseableProtocol, IBackendUser)
-class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
+#: What an HTTP/2 client sends first (RFC 9113 §3.4).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+@implementer(IHTTPMessageReceiver, IPushProducer, IHalfCloseableProtocol, IHandshakeListener, IBackendUser)
+class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
     """
     One client connection of an HTTP listener (what every front does with
-    a connection is L{FrontConnection}'s; how a server's answer reaches the
-    client, L{ResponseForwarding}'s, in L{lbproxy.http.response}).
+    a connection is L{FrontConnection}'s; how a request is placed on a
+    server, L{RequestPlacement}'s, in L{lbproxy.http.placement}; how a
+    server's answer reaches the client, L{ResponseForwarding}'s, in
+    L{lbproxy.http.response}).
 
     @ivar parser: the L{RequestParser} of the connection.
     @ivar exchange: the L{Exchange} being served, or L{None} between
         requests.
     @ivar requests: requests received so far.
+    @ivar http2: the L{lbproxy.http2.connection.H2FrontConnection} serving
+        the connection once the client chose HTTP/2, else L{None}.
     """
 
     log = Logger()
@@ -127,6 +135,10 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
     _closed = False
     # Registered as the streaming producer of the client transport.
     _producing = False
+    http2 = None
+    # What a client of a listener with prior-knowledge h2c sent before it
+    # was known whether it speaks HTTP/2.
+    _sniffed = b""
 
     def __init__(self, factory: HTTPProxyFactory, reactor) -> None:
         super().__init__(factory.listener, reactor, factory.timers)
@@ -136,6 +148,16 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
 
     def __repr__(self) -> str:
         return f"<HTTPProxyProtocol {self.listener.name} requests={self.requests}>"
+
+    @property
+    def reuseKey(self):
+        """
+        The client connection itself (L{RequestPlacement}).
+        """
+        return self
+
+    def _holdRequestBody(self) -> None:
+        self.parser.pauseParsing()
 
     # -- connection ---------------------------------------------------------
 
@@ -149,6 +171,65 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
         self._producing = True
         self.parser = RequestParser(self, cache=factory.requestHeads, **factory.parserLimits)
         self.timer.enter(_HEAD, self.config.requestTimeout, self.started)
+        if factory.h2c:
+            # Until the first bytes tell: an instance attribute, so that
+            # other connections pay nothing for it.
+            self.dataReceived = self._firstData
+
+    # -- HTTP/2 ---------------------------------------------------------------
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done: a client that chose C{h2} by ALPN is
+        served by HTTP/2.
+        """
+        if self.factory.http2 is not None and self.transport.negotiatedProtocol == b"h2":
+            self._speakHTTP2(b"")
+
+    def _firstData(self, data: bytes) -> None:
+        """
+        The first bytes on a listener with prior-knowledge h2c: the HTTP/2
+        preface, or an HTTP/1.1 request. Bytes that agree with the preface
+        so far are waited for until they are at least C{"PRI "} (no HTTP/1.1
+        request line begins so: C{PRI} is the method RFC 9113 reserves).
+        """
+        data = self._sniffed + data
+        consistent = H2_PREFACE.startswith(data[: len(H2_PREFACE)])
+        if consistent and len(data) < 4:
+            self._sniffed = data
+            return
+        self._sniffed = b""
+        del self.dataReceived
+        if consistent:
+            self._speakHTTP2(data)
+        else:
+            self.dataReceived(data)
+
+    def _speakHTTP2(self, data: bytes) -> None:
+        """
+        Hand the connection to an HTTP/2 connection, C{data} what the client
+        sent so far; this protocol stays the session (admission, addresses,
+        timer, end).
+        """
+        from lbproxy.http2.connection import H2FrontConnection
+
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        self.parser.pauseParsing()
+        self._firstByte = None
+        http2 = self.http2 = H2FrontConnection(self, self.factory, self._reactor)
+        self.dataReceived = http2.dataReceived
+        http2.start(data)
+
+    def closeHTTP2(self) -> None:
+        """
+        The HTTP/2 connection ended its session: close after what is
+        written.
+        """
+        self._closed = True
+        self.timer.stop()
+        self.transport.loseConnection()
 
     def refused(self) -> None:
         self._acceptTime = self.started
@@ -186,6 +267,9 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
         if self.relayLeg is not None:
             self.relayLeg.readConnectionLost()
             return
+        if self.http2 is not None:
+            self.http2.readConnectionLost()
+            return
         if self._closed:
             return
         self._readClosed = True
@@ -212,6 +296,11 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
             backends.forget(self)
         if self.relayLeg is not None:
             self.relayLeg.connectionLost(reason)
+            return
+        if self.http2 is not None:
+            self._closed = True
+            self.http2.connectionLost(reason)
+            self.ended()
             return
         if self._closed:
             # The proxy closed it, after logging what there was.
@@ -340,55 +429,6 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
         exchange.body = body
         self._place(exchange, head)
 
-    def _place(self, exchange: Exchange, head: RequestHead) -> None:
-        """
-        Normalise the path, route, rewrite and place the request of
-        C{exchange}.
-        """
-        factory = self.factory
-        paths = factory.paths
-        if paths is not None:
-            try:
-                paths.normalize(head)
-            except HTTPParseError as error:
-                self._logRefusal(error)
-                self._sendError(exchange, error.status, "PR")
-                return
-        pool = factory.router.route(head)
-        route = exchange.route = factory.routeFor(pool)
-        server = None
-        persistence = route.persistence
-        if persistence is not None:
-            stickiness = exchange.stickiness = persistence.inspect(head, pool)
-            server = stickiness.server
-        try:
-            exchange.headBytes, exchange.upgrade, exchange.xff = factory.rewriter.rewrite(
-                head, self._peer, not route.backends.reuse
-            )
-        except ValueError:
-            self._sendError(exchange, 400, "PR")
-            return
-        context = exchange.context = HTTPFlowContext(self.client, self.local, head)
-        if server is None:
-            server = pool.pick(context)
-            if server is None:
-                # Every server is down or full: the connector queues the
-                # request for a slot, or refuses it.
-                self._connect(exchange, None)
-                return
-        exchange.server = server
-        connection = route.backends.takeIdle(server, self, self.requests == 1)
-        if connection is not None:
-            exchange.reused = True
-            exchange.connectTime = 0.0
-            exchange.lease = Lease(server)
-            if pool.stick is not None:
-                # A new connection is recorded by the connector.
-                pool.stick.record(context, server)
-            self._attach(exchange, connection)
-        else:
-            self._connect(exchange, server)
-
     def bodyData(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None or exchange.backend is None:
@@ -445,61 +485,6 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
         )
 
     # -- placing the request ------------------------------------------------
-
-    def _connect(self, exchange: Exchange, server) -> None:
-        self.timer.enter(_CONNECT, None)
-        route = exchange.route
-        backends = route.backends
-        attempts = None
-        if exchange.attempts:
-            # A redispatch: only the attempts the first placement left.
-            attempts = 1 + route.pool.options.retries - exchange.attempts
-        connecting = exchange.connecting = backends.connector.connect(
-            exchange.context, backends.factory, server, attempts
-        )
-        connecting.addCallbacks(self._connected, self._notConnected)
-
-    def _connected(self, connection: BackendConnection) -> None:
-        exchange = self.exchange
-        backend = connection.protocol
-        backend.server = connection.server
-        if exchange is None or exchange.connecting is None:
-            connection.release()
-            backend.abort()
-            return
-        exchange.connecting = None
-        exchange.server = connection.server
-        exchange.lease = connection.lease
-        exchange.connectTime = (exchange.connectTime or 0.0) + connection.connectTime
-        exchange.queueTime += connection.queueTime
-        exchange.attempts += connection.attempts
-        self._attach(exchange, backend)
-
-    def _notConnected(self, reason: Failure) -> None:
-        if reason.check(CancelledError):
-            return
-        exchange = self.exchange
-        if exchange is None:
-            return
-        exchange.connecting = None
-        if reason.check(QueueTimeout):
-            exchange.queueTime += reason.value.waited
-            self._sendError(exchange, 503, "sQ")
-        elif reason.check(NoServerAvailable):
-            self._sendError(exchange, 503, "SC")
-        elif reason.check(LocalLimitReached):
-            # lbproxy's own descriptor/socket limit, as HAProxy's PC.
-            self._sendError(exchange, 503, "PC")
-        elif reason.check(ConnectFailed):
-            timedOut = reason.value.reason.startswith("connect timeout")
-            self._sendError(exchange, 502, "sC" if timedOut else "SC")
-        else:
-            self.log.failure(
-                "placing a request of listener {listener} failed",
-                reason,
-                listener=self.listener.name,
-            )
-            self._sendError(exchange, 502, "SC")
 
     def _attach(self, exchange: Exchange, backend: BackendHTTPConnection) -> None:
         """
@@ -625,41 +610,6 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
         self._log(exchange)
         self._closeClient(abort=exchange.closeDelimited)
 
-    def _log(self, exchange: Exchange) -> float:
-        """
-        Count C{exchange} on the listener and its server, and log it (every
-        request, or only errors and abnormal ends with C{log_requests =
-        "errors"}).
-        """
-        now = self._seconds()
-        factory = self.factory
-        status = exchange.status
-        counters = self.listener.counters
-        counters.bytesIn += exchange.bytesIn
-        counters.bytesOut += exchange.bytesOut
-        if exchange.head is not None:
-            counters.requests += 1
-            # ListenerCounters.countDuration, written out: this runs per
-            # request.
-            seconds = now - exchange.firstByte
-            counters.durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
-            counters.durationSum += seconds
-        index = statusIndex(status)
-        counters.responses[index] += 1
-        normal = exchange.termination == "--"
-        if not normal:
-            counters.errors += 1
-        server = exchange.server
-        if server is not None:
-            server.responses[index] += 1
-            server.bytesIn += exchange.bytesIn
-            server.bytesOut += exchange.bytesOut
-        if factory.logAll or not normal or not 100 <= status < 500:
-            factory.accessLog.log(exchange.record(self.client, self.listener.name, now))
-        return now
-
-    # -- timeouts -----------------------------------------------------------
-
     def _enterBody(self, now: float) -> None:
         """
         The request body is being forwarded: the client may stay silent
@@ -685,6 +635,9 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
     def phaseExpired(self, phase: str) -> None:
         if self._closed:
             return
+        if self.http2 is not None:
+            self.http2.phaseExpired(phase)
+            return
         if phase == _IDLE:
             self._keepaliveExpired()
         elif phase == _HEAD:
@@ -704,7 +657,9 @@ class HTTPProxyProtocol(ResponseForwarding, FrontConnection):
         Closed now when idle between requests; else after the response
         (C{Connection: close}, from the factory's C{stopping}).
         """
-        if not self._closed and self.exchange is None and self._firstByte is None and self.relayLeg is None:
+        if self.http2 is not None:
+            self.http2.listenerStopping()
+        elif not self._closed and self.exchange is None and self._firstByte is None and self.relayLeg is None:
             self._closeClient()
 
     def _requestTimedOut(self) -> None:

@@ -9,7 +9,7 @@ from lbproxy.modes import FLOW_KEYS, FrontMode, PoolSetting, TLSRules
 
 class HTTPMode(FrontMode):
     name = "http"
-    description = "HTTP/1.1 reverse proxy (layer 7): routes, persistence, keep-alive to the servers"
+    description = "HTTP/1.1 and HTTP/2 reverse proxy (layer 7): routes, persistence, keep-alive to the servers"
     listenerKeys = (
         "routes",
         "trusted_proxies",
@@ -19,6 +19,7 @@ class HTTPMode(FrontMode):
         "limits",
         "paths",
         "redirect_https",
+        "http2",
     )
     timeoutKeys = ("request", "keepalive", "tunnel")
     #: What an HTTP request offers to hash (L{lbproxy.http.context.HTTPFlowContext}).
@@ -31,7 +32,9 @@ class HTTPMode(FrontMode):
         PoolSetting("timeouts.response", "responseTimeout", 30.0),
         PoolSetting("timeouts.server", "serverTimeout", 60.0),
     )
-    tlsRules = TLSRules(alpn=("http/1.1",), alpnAllowed=("http/1.1",), clientSubjectHeader=True)
+    # "h2" only with [http2] enabled (L{lbproxy.http2.config}), which then
+    # offers it first when the tls table names no alpn.
+    tlsRules = TLSRules(alpn=("http/1.1",), alpnAllowed=("h2", "http/1.1"), clientSubjectHeader=True)
 
     def parseListener(self, table, timeouts, common, pools):
         from lbproxy.http.config import parseHTTPListener

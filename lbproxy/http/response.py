@@ -1,9 +1,9 @@
 """
 How the HTTP front forwards a server's answer to the client: the response
 head rewritten for the client (hop-by-hop fields, persistence cookie,
-framing) and its body streamed, what a server's failure means for the
-request (sent again, or answered 502/504), and the websocket tunnel a
-C{101 Switching Protocols} opens.
+framing) and its body streamed, and the websocket tunnel a C{101
+Switching Protocols} opens (what a server's failure means for the request
+is L{lbproxy.http.placement}'s).
 
 L{ResponseForwarding} is the part of L{lbproxy.http.front.HTTPProxyProtocol}
 that implements L{lbproxy.http.interfaces.IBackendUser}; it works on the
@@ -13,13 +13,10 @@ connection's current L{lbproxy.http.exchange.Exchange}.
 from __future__ import annotations
 
 from lbproxy.core.relay import Relay, RelayResult
-from lbproxy.http.backend import BackendHTTPConnection
-from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange
 from lbproxy.http.message import BodyKind, ResponseHead
-from lbproxy.http.rewrite import retryable, stripHopByHop
+from lbproxy.http.rewrite import stripHopByHop
 from lbproxy.http.serialize import encodeChunk, lastChunk
-from lbproxy.tls.client import tlsFailureText
 
 _TUNNEL_ENDS = {
     "client-closed": "--",
@@ -32,8 +29,10 @@ _TUNNEL_ENDS = {
 
 class ResponseForwarding:
     """
-    The response side of an HTTP client connection: the methods of
-    L{lbproxy.http.interfaces.IBackendUser} and what they need. Mixed into
+    The response side of an HTTP/1.1 client connection: the methods of
+    L{lbproxy.http.interfaces.IBackendUser} but C{backendFailed} (shared
+    with HTTP/2 streams in L{lbproxy.http.placement}), and what they
+    need. Mixed into
     L{lbproxy.http.front.HTTPProxyProtocol}, whose state it shares.
     """
 
@@ -180,89 +179,6 @@ class ResponseForwarding:
             exchange.bytesOut += len(end)
             self._writes.write(self.transport, end)
         self._finish(exchange)
-
-    def backendFailed(
-        self, connection: BackendHTTPConnection, error: HTTPParseError, closed: bool
-    ) -> None:
-        exchange = self.exchange
-        if exchange is None or exchange.backend is not connection:
-            return
-        if closed and not exchange.reused and exchange.response is None and not connection.bytesReceived:
-            refusal = tlsFailureText(connection.lostReason)
-            if refusal is not None:
-                self._refusedAfterHandshake(exchange, refusal)
-                return
-        if (
-            closed
-            and exchange.response is None
-            and not connection.bytesReceived
-            and not exchange.bytesIn
-            and retryable(exchange.head)
-        ):
-            if exchange.reused:
-                # The keep-alive race: the server is fine, the idle
-                # connection was not.
-                self.factory.staleRetries += 1
-                self._resend(exchange, exchange.server)
-                return
-            if exchange.attempts <= exchange.route.pool.options.retries:
-                # A fresh connection died under the request (the server
-                # crashed or was killed): another server gets it.
-                self.factory.redispatched += 1
-                exchange.context.excluded.add(exchange.server)
-                self._resend(exchange, None)
-                return
-        if exchange.response is None:
-            self._backendBroken(exchange, "SH" if closed else "PH")
-        else:
-            self._backendBroken(exchange, "SD" if closed else "PD")
-
-    def _refusedAfterHandshake(self, exchange: Exchange, refusal: str) -> None:
-        """
-        The server ended a fresh connection with a TLS alert before any of
-        the response: under TLS 1.3 a server refuses the proxy's client
-        certificate (or its lack of one) only after the proxy's side of
-        the handshake is done. The server processed nothing, so this is a
-        failed connect attempt: counted, logged, and redispatched while
-        attempts remain (whatever the method, if no body was sent yet).
-        """
-        retries = exchange.route.pool.options.retries
-        retry = not exchange.bytesIn and exchange.attempts <= retries
-        exchange.route.backends.connector.failedAfterConnect(
-            exchange.server, refusal, retry, exchange.attempts, 1 + retries, established=True
-        )
-        if retry:
-            self.factory.redispatched += 1
-            exchange.context.excluded.add(exchange.server)
-            self._resend(exchange, None)
-        else:
-            self._sendError(exchange, 502, "SC")
-
-    def _resend(self, exchange: Exchange, server) -> None:
-        """
-        The connection carrying an idempotent request closed before any of
-        the response came and before any of its body was sent: send it
-        again on a fresh connection, to C{server} or, if L{None}, to one
-        the pool's selector picks.
-        """
-        exchange.backend = None
-        exchange.reused = False
-        exchange.resends += 1
-        if exchange.lease is not None:
-            exchange.lease.release()
-            exchange.lease = None
-        self._backendFull = False
-        self.parser.pauseParsing()
-        self._connect(exchange, server)
-
-    def _backendBroken(self, exchange: Exchange, termination: str) -> None:
-        """
-        The backend failed the request: a 502 when nothing of the response
-        was sent yet, else the client connection is closed. It counts as
-        an error of the server.
-        """
-        exchange.server.responseErrors += 1
-        self._sendError(exchange, 502, termination)
 
     # -- tunnels ------------------------------------------------------------
 
