@@ -160,6 +160,25 @@ class Exchange:
         method = self.head.method if self.head is not None else b"-"
         return f"<Exchange {method.decode('ascii', 'replace')} status={self.status}>"
 
+    def dropServerSide(self) -> None:
+        """
+        Drop whatever the exchange holds on the server side: stop its
+        connection attempt, abort its server connection, and stop counting
+        it on its server.
+        """
+        connecting = self.connecting
+        if connecting is not None:
+            self.connecting = None
+            connecting.cancel()
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            backend.abort()
+        lease = self.lease
+        if lease is not None:
+            self.lease = None
+            lease.release()
+
     def errorResponse(self, status: int) -> bytes:
         """
         The proxy's own response with C{status} to this exchange (no body

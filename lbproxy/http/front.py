@@ -579,16 +579,7 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         """
         if self.exchange is exchange:
             self.exchange = None
-        connecting = exchange.connecting
-        if connecting is not None:
-            exchange.connecting = None
-            connecting.cancel()
-        backend = exchange.backend
-        if backend is not None:
-            exchange.backend = None
-            backend.abort()
-        if exchange.lease is not None:
-            exchange.lease.release()
+        exchange.dropServerSide()
         self._backendFull = False
 
     def _sendError(self, exchange: Exchange, status: int | None, termination: str) -> None:

@@ -421,17 +421,7 @@ class H2Stream(RequestPlacement):
         """
         Drop whatever C{exchange} holds on the server side.
         """
-        connecting = exchange.connecting
-        if connecting is not None:
-            exchange.connecting = None
-            connecting.cancel()
-        backend = exchange.backend
-        if backend is not None:
-            exchange.backend = None
-            backend.abort()
-        if exchange.lease is not None:
-            exchange.lease.release()
-            exchange.lease = None
+        exchange.dropServerSide()
         self._backendFull = False
 
     def _sendError(self, exchange: Exchange, status: int | None, termination: str) -> None:
