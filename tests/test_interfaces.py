@@ -176,6 +176,9 @@ def parser():
 #: Qualified class name -> a function building an instance to verify.
 INSTANCES = {
     "lbproxy.config.endpoints._NullReactor": lambda: importlib.import_module("lbproxy.config.endpoints")._NullReactor(),
+    "lbproxy.core.connect._DirectAttempt": lambda: importlib.import_module("lbproxy.core.connect")._DirectAttempt(
+        None, Server("a", "tcp:host=127.0.0.1:port=9001")
+    ),
     "lbproxy.core.context.FlowContext": lambda: FlowContext(PEER, HOST),
     "lbproxy.core.model.Balancer": balancer,
     "lbproxy.core.pool.Server": lambda: Server("a", "tcp:host=127.0.0.1:port=9001"),
