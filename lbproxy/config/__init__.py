@@ -39,7 +39,7 @@ PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
 #: (HAProxy's http-reuse): only the one that used it, any but for a
 #: client's first request, any.
 REUSE_MODES = ("never", "safe", "always")
-HEALTH_TYPES = ("tcp", "http", "banner")
+HEALTH_TYPES = ("tcp", "http", "banner", "grpc")
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
 #: How a pool's servers learn the client's address besides the PROXY
 #: protocol: IMAP's ID command, POP3's XCLIENT (see the mail fronts).
@@ -74,6 +74,9 @@ class HealthConfig:
     # banner
     expect: bytes = b""
     send: bytes = b""
+    # grpc: the grpc.health.v1 service name asked about ("": the server);
+    # host (above) is its :authority.
+    service: str = ""
     #: Check over TLS with the pool's [tls] settings (the default for a
     #: pool with TLS).
     tls: bool = False
@@ -560,11 +563,24 @@ def _parseHealth(t: Table, poolTLS: bool) -> HealthConfig:
             t.fail("path", f"expected a path starting with /, got {kwargs['path']!r}")
         if kwargs["host"] is not None and not re.fullmatch(r"[!-~]+", kwargs["host"]):
             t.fail("host", f'expected a host name such as "www.example.com", got {kwargs["host"]!r}')
+    elif kind == "grpc":
+        kwargs.update(
+            host=t.string("host", default=None),
+            service=t.string("service", default=""),
+        )
+        if kwargs["host"] is not None and not re.fullmatch(r"[!-~]+", kwargs["host"]):
+            t.fail("host", f'expected a host name such as "grpc.example.com", got {kwargs["host"]!r}')
+        if len(kwargs["service"]) > 1024 or any(c.isspace() or not c.isprintable() for c in kwargs["service"]):
+            t.fail("service", f'expected a gRPC service name such as "helloworld.Greeter", got {kwargs["service"][:80]!r}')
     elif kind == "banner":
         kwargs.update(
             expect=t.string("expect", required=True).encode("utf-8"),
             send=t.string("send", default="").encode("utf-8"),
         )
+    otherKeys = ("method", "path", "expect_status", "expect", "send") if kind == "grpc" else ("service",)
+    for key in otherKeys:
+        if key in t.data:
+            t.fail(key, f'not used by a type = "{kind}" check')
     health = HealthConfig(**kwargs)
     if health.timeout > health.interval:
         t.fail("timeout", f"expected at most the interval ({health.interval:g}s), got {health.timeout:g}s")

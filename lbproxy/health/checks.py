@@ -446,3 +446,9 @@ def buildCheck(reactor, config: HealthConfig, tls=None) -> IHealthCheck:
         of that of each server's pool (with C{config.tls}).
     """
     return CHECKS[config.type](reactor, config, tls)
+
+
+# The gRPC check lives in its own module (it brings HTTP/2) and adds itself
+# to CHECKS when imported; importing it here makes "grpc" a known type for
+# every user of this module, whichever of the two is imported first.
+import lbproxy.health.grpc  # noqa: E402,F401
