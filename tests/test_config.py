@@ -203,7 +203,7 @@ def test_httpKeyInTcpCheck():
         ),
         (
             withPool("[pools.web.health]\ntype = 'smtp'\n"),
-            "pools.web.health.type: expected one of banner, http, tcp, got 'smtp'",
+            "pools.web.health.type: expected one of banner, grpc, http, tcp, got 'smtp'",
         ),
         (
             withListener("accept_proxy = '127.0.0.1'\n"),

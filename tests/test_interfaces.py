@@ -201,6 +201,7 @@ INSTANCES = {
     "lbproxy.health.checks.BannerCheck": lambda: check("banner"),
     "lbproxy.health.checks.HTTPCheck": lambda: check("http"),
     "lbproxy.health.checks.TCPCheck": lambda: check("tcp"),
+    "lbproxy.health.grpc.GRPCCheck": lambda: check("grpc"),
     "lbproxy.http.backend.BackendHTTPConnection": lambda: importlib.import_module(
         "lbproxy.http.backend"
     ).BackendHTTPConnection(),

@@ -228,6 +228,11 @@ class _GRPCHealthProtocol(_ProbeProtocol):
     def dataReceived(self, data: bytes) -> None:
         if self.probe.finished:
             return
+        if not self._received and data.startswith(b"HTTP/1."):
+            # An HTTP/1.1 server's answer to the HTTP/2 preface (h2 would
+            # only wait for a SETTINGS frame that never comes).
+            self.probe.fail(f"not HTTP/2 (server answered {_short(data.decode('latin-1'), 40)!r})")
+            return
         self._received += len(data)
         if self._received > MAX_TOTAL_BYTES:
             self.probe.fail(f"more than {MAX_TOTAL_BYTES} bytes received")
