@@ -35,6 +35,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from twisted.internet import error
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -343,9 +344,14 @@ class _GRPCHealthProtocol(_ProbeProtocol):
         return f"connection lost before the health response: {_short(reason.value)}"
 
 
+@implementer(IOpenSSLClientConnectionCreator)
 class _ALPNCreator:
     """
     A client connection creator that offers ALPN C{h2} on top of the pool's.
+
+    C{http/1.1} is offered after it so that an HTTP/1.1-only server selects
+    it and the probe can say so, rather than failing the handshake with a
+    bare "no application protocol" alert.
     """
 
     def __init__(self, creator) -> None:
@@ -353,7 +359,7 @@ class _ALPNCreator:
 
     def clientConnectionForTLS(self, tlsProtocol):
         connection = self._creator.clientConnectionForTLS(tlsProtocol)
-        connection.set_alpn_protos([b"h2"])
+        connection.set_alpn_protos([b"h2", b"http/1.1"])
         return connection
 
 
