@@ -111,6 +111,7 @@ class GRPCCheckTests(CheckTestMixin, SynchronousTestCase):
         self.assertEqual(peer.headers[b":authority"], b"127.0.0.1:8080")
         self.assertEqual(peer.headers[b"content-type"], b"application/grpc")
         self.assertEqual(peer.headers[b"te"], b"trailers")
+        self.assertEqual(peer.headers[b"grpc-timeout"], b"1000m")
         self.assertEqual(peer.body, message(b"\x0a\x09demo.Echo"))
         self.assertEqual(peer.h2.remote_settings.max_header_list_size, MAX_HEADER_LIST_BYTES)
         self.assertEqual(peer.h2.remote_settings.enable_push, 0)
@@ -235,6 +236,12 @@ class GRPCCheckTests(CheckTestMixin, SynchronousTestCase):
         peer.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
         peer.send()
         self.assertEqual(self.reason(result), "GOAWAY ENHANCE_YOUR_CALM")
+
+    def test_gracefulGoaway(self) -> None:
+        result, peer = self.connect()
+        peer.h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=1)
+        peer.send()
+        self.assertEqual(self.reason(result), "GOAWAY NO_ERROR")
 
     def test_oversizedHeaders(self) -> None:
         result, peer = self.connect()

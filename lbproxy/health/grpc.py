@@ -173,8 +173,13 @@ class _GRPCHealthProtocol(_ProbeProtocol):
     One HTTP/2 connection carrying one health-check call.
     """
 
-    def __init__(self, authority: bytes, secure: bool, service: str) -> None:
+    def __init__(self, authority: bytes, secure: bool, service: str, timeout: float = 0.0) -> None:
+        """
+        @param timeout: the probe's timeout, sent as C{grpc-timeout} so the
+            server gives up when lbproxy does (0: not sent).
+        """
         self._authority = authority
+        self._timeout = timeout
         self._secure = secure
         self._service = service
         self._h2 = H2Connection(
@@ -206,18 +211,18 @@ class _GRPCHealthProtocol(_ProbeProtocol):
         h2.decoder.max_header_list_size = MAX_HEADER_LIST_BYTES
         h2.initiate_connection()
         self._stream = h2.get_next_available_stream_id()
-        h2.send_headers(
-            self._stream,
-            [
-                (b":method", b"POST"),
-                (b":scheme", b"https" if self._secure else b"http"),
-                (b":path", HEALTH_PATH),
-                (b":authority", self._authority),
-                (b"content-type", b"application/grpc"),
-                (b"te", b"trailers"),
-                (b"user-agent", b"lbproxy-health"),
-            ],
-        )
+        headers = [
+            (b":method", b"POST"),
+            (b":scheme", b"https" if self._secure else b"http"),
+            (b":path", HEALTH_PATH),
+            (b":authority", self._authority),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"user-agent", b"lbproxy-health"),
+        ]
+        if self._timeout > 0:
+            headers.append((b"grpc-timeout", b"%dm" % max(1, round(self._timeout * 1000))))
+        h2.send_headers(self._stream, headers)
         h2.send_data(self._stream, encodeRequest(self._service), end_stream=True)
         self._flush()
 
@@ -252,6 +257,8 @@ class _GRPCHealthProtocol(_ProbeProtocol):
 
     def _event(self, event) -> None:
         if isinstance(event, ConnectionTerminated):
+            # Even a graceful one (NO_ERROR): h2 closes the connection on
+            # GOAWAY and would reject the answer that may still follow.
             self.probe.fail(f"GOAWAY {_errorName(event.error_code)}")
         elif getattr(event, "stream_id", self._stream) != self._stream:
             return
@@ -405,7 +412,9 @@ class GRPCCheck(_ConnectingCheck):
     def buildProtocol(self, server: IServer) -> _ProbeProtocol:
         tls = self.tlsFor(server)
         authority = self.config.host or hostHeader(server.address, tls)
-        return _GRPCHealthProtocol(_asciiHost(authority), tls is not None, self.config.service)
+        return _GRPCHealthProtocol(
+            _asciiHost(authority), tls is not None, self.config.service, self.config.timeout
+        )
 
 
 CHECKS["grpc"] = GRPCCheck
