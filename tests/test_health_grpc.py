@@ -208,6 +208,9 @@ class GRPCCheckTests(CheckTestMixin, SynchronousTestCase):
         self.assertEqual(
             self.answer(b"\x08\x01", trailers=[(b"grpc-status", b"ok")]), "malformed grpc-status 'ok'"
         )
+        self.assertTrue(
+            self.answer(b"\x08\x01", trailers=[(b"grpc-status", b"9" * 5000)]).startswith("malformed grpc-status '999")
+        )
 
     def test_streamEndedWithoutTrailers(self) -> None:
         result, peer = self.connect()

@@ -189,7 +189,6 @@ class _GRPCHealthProtocol(_ProbeProtocol):
         self._received = 0
         self._body = b""
         self._message: bytes | None = None
-        self._headersSeen = False
 
     def probeStarted(self) -> None:
         if self._secure:
@@ -286,8 +285,6 @@ class _GRPCHealthProtocol(_ProbeProtocol):
         contentType = headers.get(b"content-type", b"")
         if not contentType.startswith(b"application/grpc"):
             self.probe.fail(f"content-type {_short(contentType.decode('latin-1'), 40)!r}", graceful=True)
-            return
-        self._headersSeen = True
 
     def _data(self, data: bytes) -> None:
         if self._message is not None:
@@ -313,7 +310,7 @@ class _GRPCHealthProtocol(_ProbeProtocol):
         if raw is None:
             self.probe.fail("no grpc-status in trailers", graceful=True)
             return
-        if not raw.isdigit():
+        if not raw.isdigit() or len(raw) > 9:
             self.probe.fail(f"malformed grpc-status {_short(raw.decode('latin-1'), 20)!r}", graceful=True)
             return
         code = int(raw)
