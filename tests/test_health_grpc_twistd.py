@@ -63,11 +63,13 @@ def test_downAndUpWithTheHealthStatus(processes, tmp_path):  # noqa: F811
             def holds() -> bool:
                 s = serverState(admin)
                 check = s["check"]
-                return s["state"] == expected and (reason is None or check.get("reason") == reason)
+                if s["state"] != expected or check.get("lastCheck") is None:
+                    return False
+                return check.get("healthy") if reason is None else check.get("reason") == reason
 
             return holds
 
-        waitUntil(state("up"), "the server to be up", timeout=15)
+        waitUntil(state("up"), "the server to be up after a passed check", timeout=15)
         servicer.set("demo.Echo", pb2.HealthCheckResponse.NOT_SERVING)
         waitUntil(state("down", "NOT_SERVING"), "the server to be down with NOT_SERVING", timeout=15)
         servicer.set("demo.Echo", pb2.HealthCheckResponse.SERVING)
