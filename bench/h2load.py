@@ -96,8 +96,9 @@ def parseH2load(output: str) -> H2loadResult:
         requests=done,
         latencyP50Ms=None,
         latencyP99Ms=None,
-        # h2load counts 4xx and 5xx answers as failed too.
-        socketErrors=errored + timeouts + max(0, failed - status4xx - status5xx),
+        # h2load's failed requests include the errored, the timed out
+        # and those answered 4xx or 5xx.
+        socketErrors=max(errored + timeouts, failed - status4xx - status5xx),
         non2xx=status3xx + status4xx + status5xx,
         reportedRequestsPerSecond=rate,
         succeeded=succeeded,

@@ -71,6 +71,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = ("haproxy", "lbproxy", "twisted-web")
 PAYLOAD = makePayload("100B", 100)
 REUSE_MAX_IDLE = 64
+#: lbproxy's http2 max_requests by default here: high enough that no
+#: connection is closed during a run, as neither rival closes one.
+MAX_REQUESTS = 1_000_000_000
 #: (scenario, rival, goal): lbproxy's median over the rival's must reach goal.
 RATE_GOALS = (("m1", "haproxy", 0.2), ("m1", "twisted-web", 4.0), ("m10", "haproxy", 0.1))
 #: lbproxy's RSS per idle connection over HAProxy's must not exceed this.
@@ -103,6 +106,12 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         help="Python with Twisted (and h2, priority) for the twisted-web target "
         "(default: the one next to twistd)",
     )
+    parser.add_argument(
+        "--max-requests", type=int, default=MAX_REQUESTS,
+        help="lbproxy's [http2] max_requests, streams per connection before it closes "
+        f"gracefully (default {MAX_REQUESTS:,}: never during a run; 0 = lbproxy's "
+        "default, 1000, after which h2load, which does not reconnect, loses the connection)",
+    )
     addCommonArguments(parser, "per scenario")
     args = parser.parse_args(argv)
     chosen = [x.strip() for x in args.targets.split(",") if x.strip()]
@@ -117,8 +126,8 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         parser.error("--streams: expected positive numbers")
     if args.rounds < 1 or args.duration < 1 or args.warmup < 0 or args.connections < 1:
         parser.error("--rounds and --connections must be positive, --duration at least 1")
-    if args.idle_connections < 0:
-        parser.error("--idle-connections must not be negative")
+    if args.idle_connections < 0 or args.max_requests < 0:
+        parser.error("--idle-connections and --max-requests must not be negative")
     if args.profile:
         parser.error("--profile is not supported by this script")
     args.scenarios = [f"m{n}" for n in args.streamCounts]
@@ -143,11 +152,12 @@ def h2HaproxyConfig(port: int, servers, bundle: str, maxconn: int) -> str:
     return text.replace(bind, " alpn h2,http/1.1 ssl-min-ver TLSv1.3")
 
 
-def h2LbproxyConfig(port: int, servers, tls, maxconn: int) -> str:
+def h2LbproxyConfig(port: int, servers, tls, maxconn: int, maxRequests: int = 0) -> str:
     """
     lbproxy with an http listener terminating TLS 1.3 and its HTTP/2
-    front enabled; the access log and which requests it logs are left at
-    lbproxy's defaults.
+    front enabled, with C{max_requests} streams per connection (0:
+    lbproxy's default); the access log and which requests it logs are
+    left at lbproxy's defaults.
     """
     text = lbproxyConfig(
         port, servers, mode="http", tls=tls,
@@ -157,7 +167,10 @@ def h2LbproxyConfig(port: int, servers, tls, maxconn: int) -> str:
     if table not in text:
         raise BenchError("lbproxyConfig no longer has the expected [tls] table")
     text = text.replace(table, table + 'min_version = "1.3"\n')
-    return text + "\n[listeners.bench.http2]\nenabled = true\n"
+    text += "\n[listeners.bench.http2]\nenabled = true\n"
+    if maxRequests:
+        text += f"max_requests = {maxRequests}\n"
+    return text
 
 
 def twistedWebArgv(python: str, port: int, servers, tls) -> list[str]:
@@ -259,7 +272,7 @@ def startTargets(args, group: ProcessGroup, workdir: str, servers, tls, maxconn:
         waitForPort(ports["haproxy"], group)
     if "lbproxy" in args.targets:
         ports["lbproxy"] = freePort()
-        config = h2LbproxyConfig(ports["lbproxy"], servers, tls, maxconn)
+        config = h2LbproxyConfig(ports["lbproxy"], servers, tls, maxconn, args.max_requests)
         process, details["lbproxyReactor"] = startLbproxy(
             args, group, workdir, "lbproxy", config, ports["lbproxy"]
         )
@@ -373,6 +386,7 @@ def run(args: argparse.Namespace) -> int:
             "pin": pins,
             "reactor": args.reactor,
             "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
+            "lbproxyMaxRequests": args.max_requests or "default",
         },
         details, series, ratios(series, idle),
         idle=[r.summary() for r in idle.values()],

@@ -119,7 +119,7 @@ def test_parseErrors():
     result = h2load.parseH2load(REFUSED)
     assert result.requestsPerSecond == 0.0
     assert result.errored == 10 and result.failed == 10
-    assert result.socketErrors == 20
+    assert result.socketErrors == 10
     assert "10 errored" in result.problems() and "no request done" in result.problems()
 
 
@@ -157,6 +157,9 @@ def test_lbproxyConfig(tlsFiles):
     assert listener.tls.minVersion == "1.3"
     assert "access_log" not in text and "log_requests" not in text
     assert len(config.pools[listener.pool].servers) == 2
+    assert listener.http2.maxRequests == 1000
+    raised = run_h2.h2LbproxyConfig(40000, [("a", 40001)], tlsFiles, 4000, run_h2.MAX_REQUESTS)
+    assert loadBytes(raised.encode(), "bench.toml").listeners["bench"].http2.maxRequests == run_h2.MAX_REQUESTS
 
 
 def test_haproxyConfig():
