@@ -112,6 +112,10 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
         f"gracefully (default {MAX_REQUESTS:,}: never during a run; 0 = lbproxy's "
         "default, 1000, after which h2load, which does not reconnect, loses the connection)",
     )
+    parser.add_argument(
+        "--log-requests", choices=("errors", "all"), default=None,
+        help="lbproxy's log_requests (default: not set, lbproxy's default)",
+    )
     addCommonArguments(parser, "per scenario")
     args = parser.parse_args(argv)
     chosen = [x.strip() for x in args.targets.split(",") if x.strip()]
@@ -152,17 +156,21 @@ def h2HaproxyConfig(port: int, servers, bundle: str, maxconn: int) -> str:
     return text.replace(bind, " alpn h2,http/1.1 ssl-min-ver TLSv1.3")
 
 
-def h2LbproxyConfig(port: int, servers, tls, maxconn: int, maxRequests: int = 0) -> str:
+def h2LbproxyConfig(
+    port: int, servers, tls, maxconn: int, maxRequests: int = 0, logRequests: str | None = None
+) -> str:
     """
     lbproxy with an http listener terminating TLS 1.3 and its HTTP/2
     front enabled, with C{max_requests} streams per connection (0:
-    lbproxy's default); the access log and which requests it logs are
-    left at lbproxy's defaults.
+    lbproxy's default); the access log stays at lbproxy's default, and so
+    does C{log_requests} unless C{logRequests} is given.
     """
     text = lbproxyConfig(
         port, servers, mode="http", tls=tls,
         reuseMaxIdle=REUSE_MAX_IDLE, reuseMode="always", maxconn=maxconn,
     )
+    if logRequests is not None:
+        text = text.replace('mode = "http"\n', f'mode = "http"\nlog_requests = "{logRequests}"\n', 1)
     table = "[listeners.bench.tls]\n"
     if table not in text:
         raise BenchError("lbproxyConfig no longer has the expected [tls] table")
@@ -272,7 +280,9 @@ def startTargets(args, group: ProcessGroup, workdir: str, servers, tls, maxconn:
         waitForPort(ports["haproxy"], group)
     if "lbproxy" in args.targets:
         ports["lbproxy"] = freePort()
-        config = h2LbproxyConfig(ports["lbproxy"], servers, tls, maxconn, args.max_requests)
+        config = h2LbproxyConfig(
+            ports["lbproxy"], servers, tls, maxconn, args.max_requests, args.log_requests
+        )
         process, details["lbproxyReactor"] = startLbproxy(
             args, group, workdir, "lbproxy", config, ports["lbproxy"]
         )
@@ -387,6 +397,7 @@ def run(args: argparse.Namespace) -> int:
             "reactor": args.reactor,
             "lbproxyReuseMaxIdle": REUSE_MAX_IDLE,
             "lbproxyMaxRequests": args.max_requests or "default",
+            "lbproxyLogRequests": args.log_requests or "default",
         },
         details, series, ratios(series, idle),
         idle=[r.summary() for r in idle.values()],

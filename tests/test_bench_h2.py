@@ -160,6 +160,9 @@ def test_lbproxyConfig(tlsFiles):
     assert listener.http2.maxRequests == 1000
     raised = run_h2.h2LbproxyConfig(40000, [("a", 40001)], tlsFiles, 4000, run_h2.MAX_REQUESTS)
     assert loadBytes(raised.encode(), "bench.toml").listeners["bench"].http2.maxRequests == run_h2.MAX_REQUESTS
+    quiet = run_h2.h2LbproxyConfig(40000, [("a", 40001)], tlsFiles, 4000, 0, "errors")
+    assert 'log_requests = "errors"' in quiet
+    loadBytes(quiet.encode(), "bench.toml")
 
 
 def test_haproxyConfig():
