@@ -137,6 +137,8 @@ class IdleH2Clients:
 
     def __init__(self) -> None:
         self.sockets: list[ssl.SSLSocket] = []
+        #: The sockets the server has closed or sent GOAWAY on.
+        self.gone: set[ssl.SSLSocket] = set()
         self.context = clientContext()
 
     def open(
@@ -221,6 +223,8 @@ class IdleH2Clients:
                     raise H2Error("the server closed the connection before its SETTINGS")
                 opening.received += data
                 if serverSettingsSeen(opening.received):
+                    if GOAWAY in frameKinds(opening.received):
+                        self.gone.add(sock)
                     sock.setblocking(True)
                     sock.sendall(SETTINGS_ACK)
                     return True
@@ -238,12 +242,14 @@ class IdleH2Clients:
         """
         selector = selectors.DefaultSelector()
         for sock in self.sockets:
-            selector.register(sock, selectors.EVENT_READ)
+            if sock not in self.gone:
+                selector.register(sock, selectors.EVENT_READ)
         try:
-            ready = [key.fileobj for key, _ in selector.select(timeout=0)]
+            ready = [key.fileobj for key, _ in selector.select(timeout=0)] if selector.get_map() else []
         finally:
             selector.close()
-        return sum(1 for sock in ready if _closedOrGone(sock))
+        self.gone.update(sock for sock in ready if _closedOrGone(sock))
+        return len(self.gone)
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -252,3 +258,4 @@ class IdleH2Clients:
             except OSError:
                 pass
         self.sockets = []
+        self.gone = set()

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -229,3 +230,69 @@ def test_shortRealRun(tmp_path):
     assert all(r["connections"] == 50 for r in document["idle"])
     assert {r["scenario"] for r in document["ratios"]} == {"m1", "m10", "idle"}
     assert "lbproxy/haproxy" in done.stdout.decode()
+
+
+class TinyH2Server:
+    """
+    A TLS server on a free loopback port that picks ALPN h2, sends its
+    SETTINGS to each client and then, with C{goaway}, a GOAWAY.
+    """
+
+    def __init__(self, tls, goaway: bool = False) -> None:
+        import socket
+        import ssl
+        import threading
+
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(tls.cert, tls.key)
+        self.context.set_alpn_protocols(["h2"])
+        self.goaway = goaway
+        self.listening = socket.create_server(("127.0.0.1", 0))
+        self.listening.settimeout(0.2)
+        self.port = self.listening.getsockname()[1]
+        self.accepted = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+
+        while not self.stopping:
+            try:
+                raw, _ = self.listening.accept()
+            except socket.timeout:
+                continue
+            raw.settimeout(5)
+            conn = self.context.wrap_socket(raw, server_side=True)
+            conn.sendall(h2_idle.frame(h2_idle.SETTINGS))
+            if self.goaway:
+                conn.sendall(h2_idle.frame(h2_idle.GOAWAY, payload=bytes(8)))
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+        self.listening.close()
+
+
+@pytest.mark.parametrize("goaway", [False, True])
+def test_idleClients(tlsFiles, goaway):
+    """
+    Connections that got the server's SETTINGS are idle; a GOAWAY after
+    it counts the connection as dropped.
+    """
+    server = TinyH2Server(tlsFiles, goaway)
+    clients = h2_idle.IdleH2Clients()
+    try:
+        seconds = clients.open("127.0.0.1", server.port, 6, concurrency=3, timeout=20)
+        assert len(clients.sockets) == 6 and seconds < 20
+        deadline = time.monotonic() + 5
+        while goaway and clients.dropped() < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert clients.dropped() == (6 if goaway else 0)
+    finally:
+        clients.close()
+        server.close()
