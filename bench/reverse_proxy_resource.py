@@ -12,6 +12,10 @@ two backends as the other proxies. It is used as Twisted ships it: a new
 backend connection for each request, the whole response body buffered by
 twisted.web before it is written. The Site writes no access log (the other
 targets write none either). Runs on the epoll reactor.
+
+With C{--cert} and C{--key} (PEM files), the port speaks TLS 1.3 only and
+offers ALPN h2 then http/1.1: twisted.web serves HTTP/2 to a client that
+picks h2 (the h2 package must be importable) and HTTP/1.1 otherwise.
 """
 
 from __future__ import annotations
@@ -61,6 +65,24 @@ class QuietSite(Site):
         pass
 
 
+def tlsOptions(certPath: str, keyPath: str):
+    """
+    TLS 1.3 with C{certPath} and C{keyPath}, offering ALPN h2 and
+    http/1.1 (twisted.web picks its HTTP/2 channel when h2 is negotiated).
+    """
+    from twisted.internet.ssl import CertificateOptions, TLSVersion
+    from OpenSSL import crypto
+
+    with open(certPath, "rb") as f:
+        cert = crypto.load_certificate(crypto.FILETYPE_PEM, f.read())
+    with open(keyPath, "rb") as f:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, f.read())
+    return CertificateOptions(
+        privateKey=key, certificate=cert, raiseMinimumTo=TLSVersion.TLSv1_3,
+        acceptableProtocols=[b"h2", b"http/1.1"],
+    )
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
@@ -68,13 +90,21 @@ def main(argv: list[str]) -> int:
         "--backend", action="append", required=True, metavar="HOST:PORT",
         help="an HTTP server to proxy to (repeat for several)",
     )
+    parser.add_argument("--cert", help="PEM certificate: serve TLS (with --key)")
+    parser.add_argument("--key", help="PEM private key of --cert")
     args = parser.parse_args(argv)
+    if (args.cert is None) != (args.key is None):
+        parser.error("--cert and --key go together")
     backends = []
     for backend in args.backend:
         host, _, port = backend.rpartition(":")
         backends.append(ReverseProxyResource(host, int(port), b"", reactor))
-    reactor.listenTCP(args.port, QuietSite(RoundRobinProxy(backends)), backlog=4096,
-                      interface="127.0.0.1")
+    site = QuietSite(RoundRobinProxy(backends))
+    if args.cert:
+        reactor.listenSSL(args.port, site, tlsOptions(args.cert, args.key), backlog=4096,
+                          interface="127.0.0.1")
+    else:
+        reactor.listenTCP(args.port, site, backlog=4096, interface="127.0.0.1")
     print(f"reactor class: {type(reactor).__module__}.{type(reactor).__name__}", flush=True)
     reactor.run()
     return 0
