@@ -87,6 +87,15 @@ class TestVersions:
         assert options & SSL.OP_NO_COMPRESSION
         assert options & SSL.OP_NO_RENEGOTIATION
 
+    def test_idleConnectionsReleaseTheirBuffers(self, pki):
+        """
+        OpenSSL frees a connection's read and write buffers while they are
+        empty, so an idle TLS client does not hold about 34 KiB of them.
+        """
+        server = serverTLS(pki["default"], pki["www"])
+        for context in (server.certificates.default, server.certificates.contextFor(b"www.example.test")):
+            assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
+
     def test_renegotiationRefused(self, pki):
         server = serverTLS(pki["default"])
         result = handshake(server, clientContext(pki["ca"].cert, maxVersion=SSL.TLS1_2_VERSION))

@@ -190,6 +190,9 @@ def _context(
     sessionId: bytes,
 ) -> SSL.Context:
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    # OpenSSL frees a connection's read and write buffers (about 34 KiB)
+    # while they are empty: an idle TLS client costs that much less.
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_min_proto_version(_VERSIONS[config.minVersion])
     context.set_options(_OPTIONS)
     if config.minVersion == "1.2":
