@@ -22,8 +22,8 @@ from lbproxy.health.checks import (
     HealthCheckFailed,
     HTTPCheck,
     TCPCheck,
-    buildCheck,
 )
+from lbproxy.health.kinds import buildCheck
 from lbproxy.core.endpoints import hostHeader
 from lbproxy.interfaces import IHealthCheck
 from lbproxy.core.pool import Server

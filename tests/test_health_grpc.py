@@ -19,7 +19,8 @@ from zope.interface.verify import verifyObject
 
 from lbproxy.config import HealthConfig, parse
 from lbproxy.errors import ConfigError
-from lbproxy.health.checks import HealthCheckFailed, _Probe, buildCheck
+from lbproxy.health.checks import HealthCheckFailed, _Probe
+from lbproxy.health.kinds import buildCheck
 from lbproxy.health.grpc import (
     MAX_HEADER_LIST_BYTES,
     MAX_TOTAL_BYTES,

@@ -162,7 +162,7 @@ def dialog(mode: str):
 
 
 def check(kind: str):
-    from lbproxy.health.checks import buildCheck
+    from lbproxy.health.kinds import buildCheck
 
     return buildCheck(Clock(), HealthConfig(type=kind, expect=b"OK"))
 

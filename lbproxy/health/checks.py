@@ -429,26 +429,3 @@ class BannerCheck(_ConnectingCheck):
 
     def buildProtocol(self, server: IServer) -> _ProbeProtocol:
         return _BannerProtocol(self.config.expect, self.config.send)
-
-
-CHECKS: dict[str, type[_ConnectingCheck]] = {
-    "tcp": TCPCheck,
-    "http": HTTPCheck,
-    "banner": BannerCheck,
-}
-
-
-def buildCheck(reactor, config: HealthConfig, tls=None) -> IHealthCheck:
-    """
-    The check named by C{config.type}.
-
-    @param tls: the L{lbproxy.tls.client.BackendTLS} to check over, instead
-        of that of each server's pool (with C{config.tls}).
-    """
-    return CHECKS[config.type](reactor, config, tls)
-
-
-# The gRPC check lives in its own module (it brings HTTP/2) and adds itself
-# to CHECKS when imported; importing it here makes "grpc" a known type for
-# every user of this module, whichever of the two is imported first.
-import lbproxy.health.grpc  # noqa: E402,F401

@@ -44,7 +44,7 @@ from lbproxy.core.endpoints import hostHeader
 from lbproxy.interfaces import IHealthCheck, IServer
 from lbproxy.tls.client import HandshakeEndpoint
 
-from .checks import CHECKS, _asciiHost, _ConnectingCheck, _ProbeProtocol, _short
+from .checks import _asciiHost, _ConnectingCheck, _ProbeProtocol, _short
 
 #: The method of the standard health service.
 HEALTH_PATH = b"/grpc.health.v1.Health/Check"
@@ -412,6 +412,3 @@ class GRPCCheck(_ConnectingCheck):
         return _GRPCHealthProtocol(
             _asciiHost(authority), tls is not None, self.config.service, self.config.timeout
         )
-
-
-CHECKS["grpc"] = GRPCCheck

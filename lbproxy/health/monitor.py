@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 
 from lbproxy.core.limits import LimitLog, plural
 from lbproxy.core.pool import Pool, Server, ServerState
-from lbproxy.health.checks import HealthCheckFailed, HealthCheckSkipped, buildCheck
+from lbproxy.health.checks import HealthCheckFailed, HealthCheckSkipped
+from lbproxy.health.kinds import buildCheck
 from lbproxy.health.episodes import REPEAT_INTERVAL, FailureLog
 from lbproxy.interfaces import IHealthCheck
 
