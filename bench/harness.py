@@ -1945,3 +1945,61 @@ def sayProfiles(profiles: Sequence[tuple]) -> None:
     for name, path, result, top in profiles:
         say(f"\nlbproxy profile, {name} ({result.requestsPerSecond:.0f} req/s while "
             f"sampled), collapsed stacks in {path}:\n{top}")
+
+
+def measureRounds(
+    args: argparse.Namespace,
+    scenarios: Sequence[str],
+    targets: Sequence[str],
+    measure: Callable[[str, str, float], object],
+    say: Callable[[str], None],
+    *,
+    group: ProcessGroup,
+    details: dict,
+    pinRoles: tuple[str, str],
+    tools: Sequence[tuple[str, list[str]]] = (),
+    detailsLabel: str = "versions",
+    targetsByScenario: dict[str, Sequence[str]] | None = None,
+) -> tuple[dict[tuple[str, str], Series], dict, dict, float, tuple[float, float, float]]:
+    """
+    The measuring part every C{run_*} script shares: warm each
+    scenario/target up for C{args.warmup} seconds, note the machine, the
+    pins and each of C{tools}' version (stored in C{details} as
+    C{<tool>Version}), say them, then run C{args.rounds} alternating rounds.
+
+    C{tools} is a sequence of C{(name, argv)} whose output is the version;
+    C{pinRoles} names the load generator's and the backend's pin roles;
+    C{targetsByScenario} gives scenarios their own targets (for warm-up and
+    rounds alike).  C{group} must still be alive after the rounds.
+
+    @return: C{(series, info, pins, elapsed, loadAfter)}.
+    """
+    if args.warmup:
+        for scenario in scenarios:
+            for target in (targetsByScenario or {}).get(scenario, targets):
+                measure(target, scenario, args.warmup)
+    info = machineInfo()
+    pins = pinsByRole(args, *pinRoles)
+    for tool, argv in tools:
+        details[f"{tool}Version"] = toolVersion(argv)
+    say(f"{detailsLabel}: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
+    say(loadBeforeLine(info, pins))
+    started = time.monotonic()
+    series = alternatingRounds(
+        args.rounds, scenarios, targets, measure, say,
+        targetsByPayload=targetsByScenario,
+    )
+    elapsed = time.monotonic() - started
+    loadAfter = os.getloadavg()
+    group.checkAlive()
+    return series, info, pins, elapsed, loadAfter
+
+
+def goalLines(checks: Iterable[tuple[str, bool]]) -> list[str]:
+    """
+    The report's goal lines: each C{(text, met)} becomes C{text} followed by
+    C{PASS} or C{MISS}; with a blank line before them, or nothing at all when
+    there are no checks.
+    """
+    lines = [f"{text}  {'PASS' if met else 'MISS'}" for text, met in checks]
+    return [""] + lines if lines else []

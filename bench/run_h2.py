@@ -38,7 +38,6 @@ from harness import (
     Series,
     addCommonArguments,
     addRoundArguments,
-    alternatingRounds,
     besidePython,
     cpuPerRequestCell,
     findExecutable,
@@ -46,13 +45,10 @@ from harness import (
     freePort,
     haproxyConfig,
     lbproxyConfig,
-    loadBeforeLine,
-    machineInfo,
     makeCertificate,
     makePayload,
     makeWorkdir,
     pinned,
-    pinsByRole,
     processMemory,
     raiseOpenFileLimit,
     rateCells,
@@ -65,6 +61,8 @@ from harness import (
     verifyBody,
     waitForPort,
     writeResults,
+    measureRounds,
+    goalLines,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -362,24 +360,14 @@ def run(args: argparse.Namespace) -> int:
                     f"(h2load said {result.reportedRequestsPerSecond:.0f} req/s)")
             return result
 
-        if args.warmup:
-            for scenario in args.scenarios:
-                for target in args.targets:
-                    measure(target, scenario, args.warmup)
-        info = machineInfo()
-        pins = pinsByRole(args, "h2load", "nginx")
-        for tool, argv in (
-            ("haproxy", [findExecutable("haproxy"), "-v"]),
-            ("h2load", [findExecutable("h2load"), "--version"]),
-        ):
-            details[f"{tool}Version"] = toolVersion(argv)
-        say("versions: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
-        say(loadBeforeLine(info, pins))
-        started = time.monotonic()
-        series = alternatingRounds(args.rounds, args.scenarios, args.targets, measure, say)
-        elapsed = time.monotonic() - started
-        loadAfter = os.getloadavg()
-        group.checkAlive()
+        series, info, pins, elapsed, loadAfter = measureRounds(
+            args, args.scenarios, args.targets, measure, say,
+            group=group, details=details, pinRoles=("h2load", "nginx"),
+            tools=(
+                ("haproxy", [findExecutable("haproxy"), "-v"]),
+                ("h2load", [findExecutable("h2load"), "--version"]),
+            ),
+        )
 
     say("")
     say(report(series, idle, args))
@@ -478,16 +466,16 @@ def report(series: dict, idle: dict, args: argparse.Namespace) -> str:
              for r in idle.values()],
         )]
     found = ratios(series, idle)
-    if found:
-        lines.append("")
-        for r in found:
-            verdict = "PASS" if r["met"] else "MISS"
-            sign = "<=" if r["scenario"] == "idle" else ">="
-            shown = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "n/a"
-            lines.append(
-                f"{r['scenario']:<5} lbproxy/{r['theirs']:<11} {shown:>7}  "
-                f"(goal {sign} {r['goal']:g}x)  {verdict}"
-            )
+    def check(r: dict) -> tuple[str, bool]:
+        sign = "<=" if r["scenario"] == "idle" else ">="
+        shown = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "n/a"
+        return (
+            f"{r['scenario']:<5} lbproxy/{r['theirs']:<11} {shown:>7}  "
+            f"(goal {sign} {r['goal']:g}x)",
+            r["met"],
+        )
+
+    lines.extend(goalLines(check(r) for r in found))
     return "\n".join(lines)
 
 

@@ -21,8 +21,6 @@ import time
 from dataclasses import dataclass
 
 from harness import (
-    loadBeforeLine,
-    pinsByRole,
     roundsLine,
     say,
     sayProfiles,
@@ -43,7 +41,6 @@ from harness import (
     NginxBackends,
     NginxProxy,
     ProcessGroup,
-    alternatingRounds,
     besidePython,
     fileTail,
     findExecutable,
@@ -53,7 +50,6 @@ from harness import (
     lbproxyArgv,
     lbproxyConfig,
     lbproxyEnv,
-    machineInfo,
     makePayload,
     makeWorkdir,
     pinned,
@@ -66,6 +62,8 @@ from harness import (
     waitForChild,
     waitForPort,
     writeResults,
+    measureRounds,
+    goalLines,
 )
 
 TARGETS = ("direct", "haproxy", "nginx", "twisted-web", "lbproxy", "lbproxy-tcp")
@@ -295,28 +293,16 @@ def run(args: argparse.Namespace) -> int:
                 script=uploadScript if kind.upload else None,
             )
 
-        if args.warmup:
-            for scenario in args.scenarios:
-                for target in args.targetsByScenario[scenario]:
-                    measure(target, scenario, args.warmup)
-        info = machineInfo()
-        pins = pinsByRole(args, "wrk", "nginx")
-        for tool, argv in (
-            ("haproxy", [findExecutable("haproxy"), "-v"]),
-            ("nginx", [findExecutable("nginx"), "-v"]),
-            ("wrk", [findExecutable("wrk"), "--version"]),
-        ):
-            details[f"{tool}Version"] = toolVersion(argv)
-        say("versions: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
-        say(loadBeforeLine(info, pins))
-        started = time.monotonic()
-        series = alternatingRounds(
-            args.rounds, args.scenarios, args.targets, measure, say,
-            targetsByPayload=args.targetsByScenario,
+        series, info, pins, elapsed, loadAfter = measureRounds(
+            args, args.scenarios, args.targets, measure, say,
+            group=group, details=details, pinRoles=("wrk", "nginx"),
+            tools=(
+                ("haproxy", [findExecutable("haproxy"), "-v"]),
+                ("nginx", [findExecutable("nginx"), "-v"]),
+                ("wrk", [findExecutable("wrk"), "--version"]),
+            ),
+            targetsByScenario=args.targetsByScenario,
         )
-        elapsed = time.monotonic() - started
-        loadAfter = os.getloadavg()
-        group.checkAlive()
         profiles = []
         if args.profile:
             profiles = profileLbproxy(args, pids["lbproxy"], url, uploadScript)
@@ -431,15 +417,14 @@ def report(series, args) -> str:
     )
     lines = [table]
     found = ratios(series)
-    if found:
-        lines.append("")
-        for r in found:
-            verdict = "PASS" if r["met"] else "MISS"
-            relation = ">" if r["strict"] else ">="
-            lines.append(
-                f"{r['scenario']:<9} {r['ours']}/{r['theirs']}: {r['ratio']:.2f}x  "
-                f"(goal {relation} {r['goal']:g}x)  {verdict}"
-            )
+    lines.extend(goalLines(
+        (
+            f"{r['scenario']:<9} {r['ours']}/{r['theirs']}: {r['ratio']:.2f}x  "
+            f"(goal {'>' if r['strict'] else '>='} {r['goal']:g}x)",
+            r["met"],
+        )
+        for r in found
+    ))
     return "\n".join(lines)
 
 

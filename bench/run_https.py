@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from harness import (
-    loadBeforeLine,
-    pinsByRole,
     roundsLine,
     say,
     sayProfiles,
@@ -40,7 +37,6 @@ from harness import (
     ProcessGroup,
     addCommonArguments,
     addLogRequestsArgument,
-    alternatingRounds,
     besidePython,
     fileTail,
     findExecutable,
@@ -50,7 +46,6 @@ from harness import (
     lbproxyArgv,
     lbproxyConfig,
     lbproxyEnv,
-    machineInfo,
     makeCertificate,
     makePayload,
     makeWorkdir,
@@ -64,6 +59,7 @@ from harness import (
     verifyBody,
     waitForPort,
     writeResults,
+    measureRounds,
 )
 
 TARGETS = ("haproxy", "lbproxy")
@@ -206,25 +202,15 @@ def run(args: argparse.Namespace) -> int:
                 cpus=args.loadCpus, measuredPid=pid,
             )
 
-        if args.warmup:
-            for scenario in args.scenarios:
-                for target in args.targets:
-                    measure(target, scenario, args.warmup)
-        info = machineInfo()
-        pins = pinsByRole(args, "load", "nginx")
-        for tool, argv in (
-            ("haproxy", [findExecutable("haproxy"), "-v"]),
-            ("wrk", [findExecutable("wrk"), "--version"]),
-            ("openssl", [findExecutable("openssl"), "version"]),
-        ):
-            details[f"{tool}Version"] = toolVersion(argv)
-        say("versions: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
-        say(loadBeforeLine(info, pins))
-        started = time.monotonic()
-        series = alternatingRounds(args.rounds, args.scenarios, args.targets, measure, say)
-        elapsed = time.monotonic() - started
-        loadAfter = os.getloadavg()
-        group.checkAlive()
+        series, info, pins, elapsed, loadAfter = measureRounds(
+            args, args.scenarios, args.targets, measure, say,
+            group=group, details=details, pinRoles=("load", "nginx"),
+            tools=(
+                ("haproxy", [findExecutable("haproxy"), "-v"]),
+                ("wrk", [findExecutable("wrk"), "--version"]),
+                ("openssl", [findExecutable("openssl"), "version"]),
+            ),
+        )
         profiles = []
         if args.profile:
             profiles = profileLbproxy(args, pids, url)

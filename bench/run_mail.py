@@ -18,11 +18,8 @@ import argparse
 import imaplib
 import os
 import sys
-import time
 
 from harness import (
-    loadBeforeLine,
-    pinsByRole,
     roundsLine,
     say,
     latencyCpuCells,
@@ -34,7 +31,6 @@ from harness import (
     DovecotBackend,
     ProcessGroup,
     addCommonArguments,
-    alternatingRounds,
     besidePython,
     fileTail,
     findExecutable,
@@ -44,7 +40,6 @@ from harness import (
     lbproxyArgv,
     lbproxyConfig,
     lbproxyEnv,
-    machineInfo,
     makeWorkdir,
     pinned,
     reactorInLog,
@@ -53,6 +48,7 @@ from harness import (
     waitForPort,
     writeResults,
     LOOPBACK,
+    measureRounds,
 )
 
 TARGETS = ("direct", "lbproxy")
@@ -209,19 +205,11 @@ def run(args: argparse.Namespace) -> int:
                 maxRequests=args.max_requests,
             )
 
-        if args.warmup:
-            for scenario in args.scenarios:
-                for target in TARGETS:
-                    measure(target, scenario, args.warmup)
-        info = machineInfo()
-        pins = pinsByRole(args, "load", "dovecot")
-        say("details: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
-        say(loadBeforeLine(info, pins))
-        started = time.monotonic()
-        series = alternatingRounds(args.rounds, args.scenarios, TARGETS, measure, say)
-        elapsed = time.monotonic() - started
-        loadAfter = os.getloadavg()
-        group.checkAlive()
+        series, info, pins, elapsed, loadAfter = measureRounds(
+            args, args.scenarios, TARGETS, measure, say,
+            group=group, details=details, pinRoles=("load", "dovecot"),
+            detailsLabel="details",
+        )
 
     say("")
     say(report(series, args))

@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 from harness import (
-    loadBeforeLine,
-    pinsByRole,
     roundsLine,
     say,
     sayProfiles,
@@ -46,7 +43,6 @@ from harness import (
     lbproxyArgv,
     lbproxyConfig,
     lbproxyEnv,
-    machineInfo,
     makePayload,
     makeWorkdir,
     pinned,
@@ -54,12 +50,13 @@ from harness import (
     reactorInLog,
     runWrk,
     topFunctions,
-    alternatingRounds,
     besidePython,
     toolVersion,
     verifyBody,
     waitForPort,
     writeResults,
+    measureRounds,
+    goalLines,
 )
 
 TARGETS = ("direct", "haproxy", "lbproxy")
@@ -206,27 +203,16 @@ def run(args: argparse.Namespace) -> int:
                 headers=LOADS[load].headers,
             )
 
-        if args.warmup:
-            for load in args.loads:
-                for target in args.targets:
-                    measure(target, load.name, args.warmup)
-        info = machineInfo()
-        pins = pinsByRole(args, "wrk", "nginx")
-        for tool, argv in (
-            ("haproxy", [findExecutable("haproxy"), "-v"]),
-            ("nginx", [findExecutable("nginx"), "-v"]),
-            ("wrk", [findExecutable("wrk"), "--version"]),
-        ):
-            details[f"{tool}Version"] = toolVersion(argv)
-        say("details: " + "; ".join(f"{k}: {v}" for k, v in details.items()))
-        say(loadBeforeLine(info, pins))
-        started = time.monotonic()
-        series = alternatingRounds(
-            args.rounds, [load.name for load in args.loads], args.targets, measure, say
+        series, info, pins, elapsed, loadAfter = measureRounds(
+            args, [load.name for load in args.loads], args.targets, measure, say,
+            group=group, details=details, pinRoles=("wrk", "nginx"),
+            tools=(
+                ("haproxy", [findExecutable("haproxy"), "-v"]),
+                ("nginx", [findExecutable("nginx"), "-v"]),
+                ("wrk", [findExecutable("wrk"), "--version"]),
+            ),
+            detailsLabel="details",
         )
-        elapsed = time.monotonic() - started
-        loadAfter = os.getloadavg()
-        group.checkAlive()
         profiles = []
         if args.profile:
             profiles = profileLbproxy(args, pids["lbproxy"], url)
@@ -309,14 +295,10 @@ def report(series, args) -> str:
     )
     lines = [table]
     found = ratios(series)
-    if found:
-        lines.append("")
-        for name, r in found.items():
-            verdict = "PASS" if r["met"] else "MISS"
-            lines.append(
-                f"lbproxy/HAProxy {name:>5}: {r['ratio']:.2f}x  "
-                f"(goal >= {r['goal']:.1f}x)  {verdict}"
-            )
+    lines.extend(goalLines(
+        (f"lbproxy/HAProxy {name:>5}: {r['ratio']:.2f}x  (goal >= {r['goal']:.1f}x)", r["met"])
+        for name, r in found.items()
+    ))
     return "\n".join(lines)
 
 
