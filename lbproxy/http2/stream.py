@@ -46,6 +46,9 @@ from lbproxy.http.message import BodyKind, Headers, ResponseHead
 from lbproxy.http.placement import CONNECT_PHASE, RequestPlacement
 from lbproxy.http.serialize import encodeChunk, lastChunk
 from lbproxy.http2.heads import refusedHead, requestHead, responseFields, trailerFields
+from lbproxy.http2.relay import UpstreamRelay
+from lbproxy.http2.upstream import H2ServerConnection
+from lbproxy.interfaces import IUpstreamUser
 
 # Phases of a stream (CONNECT_PHASE while it is placed).
 _BODY = "body"
@@ -53,8 +56,8 @@ _WAIT = "wait"
 _RESPONSE = "response"
 
 
-@implementer(IBackendUser)
-class H2Stream(RequestPlacement):
+@implementer(IBackendUser, IUpstreamUser)
+class H2Stream(RequestPlacement, UpstreamRelay):
     """
     One request of an L{lbproxy.http2.connection.H2FrontConnection} (see
     the module docstring).
@@ -68,6 +71,8 @@ class H2Stream(RequestPlacement):
     """
 
     log = Logger()
+    #: An HTTP/2 stream may go to an HTTP/2 pool (L{UpstreamRelay}).
+    carriesHTTP2 = True
 
     def __init__(self, connection, streamId: int, requests: int) -> None:
         owner = connection.owner
@@ -156,7 +161,9 @@ class H2Stream(RequestPlacement):
         exchange.requestComplete = True
         backend = exchange.backend
         if backend is not None:
-            if exchange.chunked:
+            if self._upstream:
+                self._endUpstreamRequest()
+            elif exchange.chunked:
                 backend.transport.write(lastChunk(exchange.head.trailers))
             if exchange.response is None:
                 self.timer.enter(_WAIT, exchange.route.pool.options.responseTimeout)
@@ -164,6 +171,9 @@ class H2Stream(RequestPlacement):
     def _forward(self, data: bytes) -> None:
         exchange = self.exchange
         exchange.bytesIn += len(data)
+        if self._upstream:
+            exchange.backend.send(data)
+            return
         transport = exchange.backend.transport
         if exchange.chunked:
             transport.writeSequence(encodeChunk(data))
@@ -193,6 +203,9 @@ class H2Stream(RequestPlacement):
         )
 
     def _attach(self, exchange: Exchange, backend) -> None:
+        if isinstance(backend, H2ServerConnection):
+            self._attachUpstream(exchange, backend)
+            return
         exchange.backend = backend
         backend.attach(self, exchange.head.method, False)
         if self._windowBlocked or self.connection.writeBlocked:
@@ -379,7 +392,7 @@ class H2Stream(RequestPlacement):
         backend = exchange.backend
         if backend is not None:
             exchange.backend = None
-            if exchange.requestComplete:
+            if exchange.requestComplete and not self._upstream:
                 exchange.route.backends.release(backend, self.reuseKey)
             else:
                 backend.close()
