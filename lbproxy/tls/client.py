@@ -310,18 +310,19 @@ class BackendTLS:
         self, files: _Files, name: str | None, alpn: tuple[bytes, ...] = ()
     ) -> IOpenSSLClientConnectionCreator:
         options: dict = {"raiseMinimumTo": _VERSIONS[self.config.minVersion]}
-        if alpn:
-            options["acceptableProtocols"] = list(alpn)
         if files.certificate is not None:
             options.update(
                 certificate=files.certificate,
                 privateKey=files.privateKey,
                 extraCertChain=list(files.chain),
             )
+        protocols = list(alpn) if alpn else None
         if not self.config.verify:
-            return UnverifiedClientCreator(CertificateOptions(verify=False, **options), name)
+            return UnverifiedClientCreator(
+                CertificateOptions(verify=False, acceptableProtocols=protocols, **options), name
+            )
         return optionsForClientTLS(
-            name, trustRoot=files.trustRoot, extraCertificateOptions=options
+            name, trustRoot=files.trustRoot, extraCertificateOptions=options, acceptableProtocols=protocols
         )
 
     def creatorFor(self, server, alpn: tuple[bytes, ...] = ()) -> IOpenSSLClientConnectionCreator:
