@@ -358,3 +358,35 @@ class UpstreamTests(UpstreamTestCase):
         self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
         self.assertEqual(self.pendingAttempts(), 0)
         self.assertLastRecord(status=502, termination="PR")
+
+
+class ALPNRefusalTests(UpstreamTestCase):
+    def test_serverNotSelectingH2(self):
+        """
+        With the pool's TLS, a server that did not select h2 by ALPN fails
+        the connect attempt (counted, logged, retried); the next attempt
+        serves the stream.
+        """
+        from twisted.internet.address import IPv4Address
+
+        from test_relay import FakeTCPTransport
+
+        h2 = self.connectH2()
+        sid = h2.request(b"/svc/Call", method=b"POST", extra=GRPC, body=b"x")
+        backends = self.factory.routes[0].backends
+        host, port, factory = self.reactor.tcpClients[0][:3]
+        self.answered += 1
+        transport = FakeTCPTransport()
+        transport.negotiatedProtocol = b"http/1.1"
+        backends.connector.tls = object()
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        protocol.makeConnection(transport)
+        backends.connector.tls = None
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        server = self.pool.servers[0]
+        self.assertEqual(server.connectErrors, 1)
+        self.assertEqual(self.pendingAttempts(), 1)
+        upstream = self.server()
+        upstream.respond(1, b"ok", trailers=[(b"grpc-status", b"0")])
+        h2.read()
+        self.assertEqual(h2.trailers[sid], {b"grpc-status": b"0"})
