@@ -142,6 +142,7 @@ class UpstreamTests(UpstreamTestCase):
         self.assertIn(sid, h2.ended)
         self.assertLastRecord(status=200, termination="--", version=(2, 0), bytesIn=6)
         self.assertEqual(self.pool.servers[0].responses[2], 1)
+        self.assertEqual(self.pool.servers[0].active, 0)
 
     def test_trailersOnly(self):
         """
@@ -390,3 +391,55 @@ class ALPNRefusalTests(UpstreamTestCase):
         upstream.respond(1, b"ok", trailers=[(b"grpc-status", b"0")])
         h2.read()
         self.assertEqual(h2.trailers[sid], {b"grpc-status": b"0"})
+
+
+class OpeningTests(UpstreamTestCase):
+    def test_burstSharesOneConnection(self):
+        """
+        Streams arriving while the first connection to their server is
+        being opened wait for it instead of opening their own.
+        """
+        h2 = self.connectH2()
+        sids = [h2.request(b"/%d" % (i,)) for i in range(3)]
+        self.assertEqual(self.pendingAttempts(), 1)
+        server = self.server()
+        self.assertEqual(sorted(server.requests), [1, 3, 5])
+        for upId in (1, 3, 5):
+            server.respond(upId, b"r%d" % (upId,))
+        h2.read()
+        self.assertEqual(sorted(h2.bodies.values()), [b"r1", b"r3", b"r5"])
+        self.assertEqual(len(self.log.records), 3)
+        # Each stream held a lease on the server (its maxconn counts
+        # streams), all released.
+        self.assertEqual(self.pool.servers[0].active, 0)
+        self.assertEqual(self.pool.servers[0].totalConnections, 3)
+        self.assertTrue(all(sid in h2.ended for sid in sids))
+
+    def test_openerResetWaiterConnects(self):
+        """
+        The stream that was opening the connection is reset: a stream
+        waiting for it opens its own.
+        """
+        h2 = self.connectH2()
+        first = h2.request(b"/1")
+        second = h2.request(b"/2")
+        self.assertEqual(self.pendingAttempts(), 1)
+        h2.conn.reset_stream(first, ErrorCodes.CANCEL)
+        h2.flush()
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.answered = 1
+        server = self.server()
+        self.assertEqual(dict(server.requests[1])[b":path"], b"/2")
+        server.respond(1, b"two")
+        h2.read()
+        self.assertEqual(h2.bodies[second], b"two")
+
+    def test_waiterResetStopsWaiting(self):
+        h2 = self.connectH2()
+        h2.request(b"/1")
+        second = h2.request(b"/2")
+        h2.conn.reset_stream(second, ErrorCodes.CANCEL)
+        h2.flush()
+        server = self.server()
+        self.assertEqual(sorted(server.requests), [1])
+        self.assertEqual(self.log.records[-1].termination, "CC")

@@ -24,8 +24,10 @@ from __future__ import annotations
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 
+from lbproxy.core.connect import Lease
 from lbproxy.http.exchange import Exchange
 from lbproxy.http.message import BodyKind, Headers, ResponseHead
+from lbproxy.http.placement import CONNECT_PHASE, RequestPlacement
 from lbproxy.http.rewrite import retryable
 from lbproxy.http2.heads import trailerFields, upstreamRequestFields
 
@@ -33,17 +35,74 @@ from lbproxy.http2.heads import trailerFields, upstreamRequestFields
 _WAIT = "wait"
 
 
-class UpstreamRelay:
+class UpstreamRelay(RequestPlacement):
     """
     The side of an L{H2Stream} that speaks to an HTTP/2 server (see the
     module docstring). C{exchange.backend} is then an
     L{lbproxy.http2.upstream.UpstreamStream}.
+
+    Streams to a server a connection is being opened to wait for it rather
+    than each opening their own (a client's first burst of calls shares
+    one connection, up to its stream limit).
     """
 
     #: The request goes to an HTTP/2 server (set once attached).
     _upstream = False
     #: The response's trailer fields, once received.
     _upstreamTrailers: list | None = None
+    #: The (H2BackendPool, server) this stream opens a connection to, for
+    #: the streams waiting for it.
+    _opening = None
+
+    # -- connecting -----------------------------------------------------------
+
+    def _connect(self, exchange: Exchange, server) -> None:
+        backends = exchange.route.backends
+        if backends.http2 and server is not None and not exchange.resends:
+            if backends.isOpening(server):
+                self.timer.enter(CONNECT_PHASE, None)
+                waiting = exchange.connecting = backends.waitForOpening(server)
+                waiting.addCallbacks(self._opened, lambda reason: None, callbackArgs=(waiting, server))
+                return
+            backends.startOpening(server)
+            self._opening = (backends, server)
+        RequestPlacement._connect(self, exchange, server)
+
+    def _opened(self, _, waiting, server) -> None:
+        """
+        The connection this stream waited for is made (or failed): take a
+        free stream slot on a connection to C{server}, or open one.
+        """
+        exchange = self.exchange
+        if self._done or exchange is None or exchange.connecting is not waiting:
+            return
+        exchange.connecting = None
+        backends = exchange.route.backends
+        connection = backends.takeIdle(server, self.reuseKey, False)
+        if connection is None:
+            self._connect(exchange, server)
+            return
+        exchange.server = server
+        exchange.reused = True
+        exchange.connectTime = 0.0
+        exchange.lease = Lease(server)
+        stick = exchange.route.pool.stick
+        if stick is not None:
+            stick.record(exchange.context, server)
+        self._attach(exchange, connection)
+
+    def _openingDone(self) -> None:
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening[0].finishOpening(opening[1])
+
+    def _connected(self, connection) -> None:
+        RequestPlacement._connected(self, connection)
+        self._openingDone()
+
+    def _notConnected(self, reason) -> None:
+        self._openingDone()
+        RequestPlacement._notConnected(self, reason)
 
     def _attachUpstream(self, exchange: Exchange, connection) -> None:
         """

@@ -43,7 +43,7 @@ from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange
 from lbproxy.http.interfaces import IBackendUser
 from lbproxy.http.message import BodyKind, Headers, ResponseHead
-from lbproxy.http.placement import CONNECT_PHASE, RequestPlacement
+from lbproxy.http.placement import CONNECT_PHASE
 from lbproxy.http.serialize import encodeChunk, lastChunk
 from lbproxy.http2.heads import refusedHead, requestHead, responseFields, trailerFields
 from lbproxy.http2.relay import UpstreamRelay
@@ -57,7 +57,7 @@ _RESPONSE = "response"
 
 
 @implementer(IBackendUser, IUpstreamUser)
-class H2Stream(RequestPlacement, UpstreamRelay):
+class H2Stream(UpstreamRelay):
     """
     One request of an L{lbproxy.http2.connection.H2FrontConnection} (see
     the module docstring).

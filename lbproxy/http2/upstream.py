@@ -50,6 +50,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -541,6 +542,9 @@ class H2BackendPool:
         self.maxStreams = options.maxStreams
         self.idleTimeout = options.reuseIdleTimeout
         self._connections: dict = {}
+        # Servers a connection is being opened to, and the Deferreds of
+        # the requests waiting for it.
+        self._opening: dict = {}
 
     def __repr__(self) -> str:
         return f"<H2BackendPool {self.pool.name}>"
@@ -553,6 +557,39 @@ class H2BackendPool:
             if connection.freeSlots > 0:
                 return connection
         return None
+
+    def isOpening(self, server) -> bool:
+        """
+        Whether a connection to C{server} is being opened for a request.
+        """
+        return server in self._opening
+
+    def startOpening(self, server) -> None:
+        self._opening.setdefault(server, [])
+
+    def waitForOpening(self, server) -> Deferred:
+        """
+        A L{Deferred} firing with L{None} once the connection being opened
+        to C{server} is made or failed (the waiter then looks for a free
+        slot, or opens a connection itself); cancelling it stops waiting.
+        """
+        waiters = self._opening[server]
+
+        def cancel(waiting: Deferred) -> None:
+            if waiting in waiters:
+                waiters.remove(waiting)
+
+        waiting: Deferred = Deferred(cancel)
+        waiters.append(waiting)
+        return waiting
+
+    def finishOpening(self, server) -> None:
+        """
+        The connection being opened to C{server} is made (and registered)
+        or failed: tell the requests waiting for it.
+        """
+        for waiting in self._opening.pop(server, ()):
+            waiting.callback(None)
 
     def register(self, connection: H2ServerConnection) -> None:
         """
