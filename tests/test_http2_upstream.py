@@ -443,3 +443,39 @@ class OpeningTests(UpstreamTestCase):
         server = self.server()
         self.assertEqual(sorted(server.requests), [1])
         self.assertEqual(self.log.records[-1].termination, "CC")
+
+
+class LimitsTests(UpstreamTestCase):
+    def setUp(self):
+        H2TestCase.setUp(self)
+        self.makeFactory(self.h2Listener(), pools=None, protocol="h2", count=1, maxStreams=2, responseTimeout=5.0)
+
+    def test_maxStreams(self):
+        """
+        max_streams caps the streams of one connection below the server's
+        own limit: a third stream opens another connection.
+        """
+        h2 = self.connectH2()
+        h2.request(b"/1")
+        server = self.server()
+        h2.request(b"/2")
+        server.read()
+        self.assertEqual(self.pendingAttempts(), 0)
+        h2.request(b"/3")
+        self.assertEqual(self.pendingAttempts(), 1)
+        self.assertEqual(sorted(server.requests), [1, 3])
+
+    def test_responseTimeout(self):
+        """
+        No response head within timeouts.response: 504 on the client's
+        stream, the server's stream cancelled.
+        """
+        h2 = self.connectH2()
+        sid = h2.request(b"/slow")
+        server = self.server()
+        self.reactor.advance(6)
+        h2.read()
+        server.read()
+        self.assertEqual(h2.responses[sid][b":status"], b"504")
+        self.assertEqual(server.resets[1], ErrorCodes.CANCEL)
+        self.assertLastRecord(status=504, termination="sH")
