@@ -4,12 +4,14 @@ behind a pool with C{protocol = "h2"} (cleartext, and TLS with ALPN h2),
 a grpcio client on an HTTP/2 listener (h2c prior knowledge). Unary,
 server streaming, bidirectional streaming, an error status with its
 message, and large streamed messages, with the service defined in code
-(bytes in, bytes out: no generated stubs).
+(bytes in, bytes out: no generated stubs); and an HTTP/1.1 client's
+gRPC-framed request carried to the same server.
 """
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 from concurrent import futures
 
@@ -140,7 +142,7 @@ def daemon(processes, tmp_path):
             ("grpc.max_send_message_length", 8 * LARGE),
         ],
     )
-    yield grpc, channel, process, accessLog
+    yield grpc, channel, process, accessLog, plainPort
     channel.close()
     plain.stop(None)
     secure.stop(None)
@@ -157,7 +159,7 @@ def test_unaryAndErrorStatus(daemon, service):
     answer comes back; a non-zero grpc-status and its message pass
     through, over cleartext and TLS pools.
     """
-    grpc, channel, _, accessLog = daemon
+    grpc, channel, _, accessLog, _ = daemon
     unary = method(channel, "unary_unary", "Unary", service)
     assert unary(b"hello", timeout=10) == b"echo:hello:127.0.0.1"
     with pytest.raises(grpc.RpcError) as raised:
@@ -169,7 +171,7 @@ def test_unaryAndErrorStatus(daemon, service):
 
 
 def test_serverStreaming(daemon):
-    grpc, channel, _, _ = daemon
+    grpc, channel, _, _, _ = daemon
     stream = method(channel, "unary_stream", "ServerStream")
     assert list(stream(b"5", timeout=10)) == [b"item-%d" % (i,) for i in range(5)]
 
@@ -179,7 +181,7 @@ def test_bidiStreaming(daemon):
     Each request's answer comes before the next request is sent: the
     response streams while the request is still open.
     """
-    grpc, channel, _, _ = daemon
+    grpc, channel, _, _, _ = daemon
     bidi = method(channel, "stream_stream", "Bidi")
     outgoing: list[bytes] = []
     ready = threading.Semaphore(0)
@@ -203,7 +205,7 @@ def test_largeStreams(daemon):
     Megabytes both ways, as streams of large messages: flow control
     carries them whole.
     """
-    grpc, channel, _, _ = daemon
+    grpc, channel, _, _, _ = daemon
     stream = method(channel, "unary_stream", "ServerStream")
     received = list(stream(b"%d" % (LARGE_COUNT,), timeout=30))
     assert len(received) == LARGE_COUNT
@@ -218,7 +220,36 @@ def test_manyConcurrentCalls(daemon):
     Calls at once from one client connection share the server
     connections (at most max_streams streams each on the TLS pool).
     """
-    grpc, channel, _, _ = daemon
+    grpc, channel, _, _, _ = daemon
     unary = method(channel, "unary_unary", "Unary", SERVICE + ".Secure")
     calls = [unary.future(b"c%d" % (i,), timeout=20) for i in range(20)]
     assert [call.result() for call in calls] == [b"echo:c%d:127.0.0.1" % (i,) for i in range(20)]
+
+
+def test_http11ClientToGrpcServer(daemon):
+    """
+    An HTTP/1.1 client's gRPC-framed POST reaches the grpcio server as an
+    HTTP/2 stream; the response comes back chunked, grpc-status in its
+    chunked trailers.
+    """
+    grpc, channel, process, accessLog, port = daemon
+    message = b"hi"
+    frame = b"\x00" + len(message).to_bytes(4, "big") + message
+    request = (
+        f"POST /{SERVICE}/Unary HTTP/1.1\r\nHost: grpc.example.test\r\n"
+        "Content-Type: application/grpc\r\nTE: trailers\r\n"
+        f"Content-Length: {len(frame)}\r\n\r\n"
+    ).encode() + frame
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while not data.endswith(b"\r\n\r\n") or b"grpc-status" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK"), head
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert b"echo:hi:127.0.0.1" in body
+    assert b"grpc-status: 0" in body

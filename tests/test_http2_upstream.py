@@ -353,11 +353,85 @@ class UpstreamTests(UpstreamTestCase):
         self.assertTrue(server.backend.transport.disconnecting)
         self.assertEqual(self.factory.routes[0].backends.connections(), [])
 
-    def test_http11ClientRefused(self):
+
+class HTTP11ClientTests(UpstreamTestCase):
+    """
+    HTTP/1.1 clients routed to an h2 pool: each request one stream.
+    """
+
+    def test_lengthResponse(self):
         client = self.connectClient()
-        client.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
+        client.send(b"GET /x HTTP/1.1\r\nHost: a.example\r\nTE: trailers\r\n\r\n")
+        server = self.server()
+        fields = server.requests[1]
+        self.assertEqual(fields[:4], [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.example"), (b":path", b"/x")])
+        self.assertIn(1, server.ended)
+        server.conn.send_headers(1, [(b":status", b"200"), (b"content-length", b"2")])
+        server.conn.send_data(1, b"ok", end_stream=True)
+        server.flush()
+        data = client.received()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+        self.assertIn(b"content-length: 2\r\n", data.lower())
+        self.assertTrue(data.endswith(b"\r\n\r\nok"))
+        self.assertLastRecord(status=200, termination="--", version=(1, 1))
+        # The next request of the connection shares the server connection.
+        client.clear()
+        client.send(b"GET /y HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        server.read()
         self.assertEqual(self.pendingAttempts(), 0)
+        self.assertEqual(dict(server.requests[3])[b":path"], b"/y")
+
+    def test_chunkedBothWaysWithTrailers(self):
+        """
+        A chunked request body goes as DATA; a response without a length
+        comes back chunked, its trailers as chunked trailers.
+        """
+        client = self.connectClient()
+        client.send(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        server = self.server()
+        names = dict(server.requests[1])
+        self.assertNotIn(b"transfer-encoding", names)
+        self.assertEqual(server.bodies[1], b"abc")
+        server.respond(1, b"", end=False)
+        server.conn.send_data(1, b"hello")
+        server.flush()
+        client.send(b"2\r\nde\r\n0\r\n\r\n")
+        server.read()
+        self.assertEqual(server.bodies[1], b"abcde")
+        self.assertIn(1, server.ended)
+        server.conn.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+        server.flush()
+        data = client.received()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+        self.assertIn(b"transfer-encoding: chunked", data.lower())
+        self.assertTrue(data.endswith(b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n"), data)
+        self.assertLastRecord(status=200, termination="--", bytesIn=5)
+
+    def test_serverResetBeforeHead(self):
+        client = self.connectClient()
+        client.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        server = self.server()
+        server.conn.reset_stream(1, ErrorCodes.INTERNAL_ERROR)
+        server.flush()
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
+        self.assertLastRecord(status=502, termination="SH")
+
+    def test_clientGoneCancelsStream(self):
+        client = self.connectClient()
+        client.send(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        server = self.server()
+        client.close()
+        server.read()
+        self.assertEqual(server.resets[1], ErrorCodes.CANCEL)
+
+    def test_websocketRefused(self):
+        client = self.connectClient()
+        client.send(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.server()
+        self.assertTrue(client.received().startswith(b"HTTP/1.1 502 "))
         self.assertLastRecord(status=502, termination="PR")
 
 

@@ -234,6 +234,9 @@ INSTANCES = {
     "lbproxy.http.parsing.MessageParser": parser,
     "lbproxy.http.redirect.RedirectProtocol": lambda: connected("redirect"),
     "lbproxy.http2.connection.H2FrontConnection": http2Connection,
+    "lbproxy.http2.bridge.HTTP11StreamBridge": lambda: importlib.import_module(
+        "lbproxy.http2.bridge"
+    ).HTTP11StreamBridge(connected("http"), None),
     "lbproxy.http2.stream.H2Stream": http2Stream,
     "lbproxy.http2.upstream.H2ServerConnection": h2ServerConnection,
     "lbproxy.http2.upstream.UpstreamStream": upstreamStream,

@@ -53,24 +53,6 @@ class RequestPlacement:
     (see the module docstring).
     """
 
-    #: Whether requests of this front may go to a pool that speaks HTTP/2
-    #: to its servers (C{protocol = "h2"}): only HTTP/2 streams do.
-    carriesHTTP2 = False
-
-    def _refuseForHTTP2(self, exchange: Exchange) -> None:
-        """
-        An HTTP/1.1 request routed to an HTTP/2 pool: answered 502 with
-        one line saying why (a documented limit).
-        """
-        self.log.info(
-            "listener {listener}: an HTTP/1.1 request from {client} was routed to pool {pool}, "
-            'which speaks HTTP/2 to its servers (protocol = "h2"); only HTTP/2 clients reach it: 502',
-            listener=self.listener.name,
-            client=self.client,
-            pool=exchange.route.pool.name,
-        )
-        self._sendError(exchange, 502, "PR")
-
     def _place(self, exchange: Exchange, head: RequestHead) -> None:
         """
         Normalise the path, route, rewrite and place the request of
@@ -87,9 +69,6 @@ class RequestPlacement:
                 return
         pool = factory.router.route(head)
         route = exchange.route = factory.routeFor(pool)
-        if route.backends.http2 and not self.carriesHTTP2:
-            self._refuseForHTTP2(exchange)
-            return
         server = None
         persistence = route.persistence
         if persistence is not None:

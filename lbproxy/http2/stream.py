@@ -71,8 +71,6 @@ class H2Stream(UpstreamRelay):
     """
 
     log = Logger()
-    #: An HTTP/2 stream may go to an HTTP/2 pool (L{UpstreamRelay}).
-    carriesHTTP2 = True
 
     def __init__(self, connection, streamId: int, requests: int) -> None:
         owner = connection.owner

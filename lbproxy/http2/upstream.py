@@ -610,8 +610,12 @@ class H2BackendPool:
             if not connections:
                 del self._connections[connection.server]
 
-    def release(self, connection, client) -> bool:
-        # Streams are given up one by one (UpstreamStream.close).
+    def release(self, stream: UpstreamStream, client) -> bool:
+        """
+        A request's response was read: its stream is over (reset if the
+        server left its side open); the connection stays for others.
+        """
+        stream.close()
         return True
 
     def forget(self, client) -> None:
