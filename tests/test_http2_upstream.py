@@ -553,3 +553,43 @@ class LimitsTests(UpstreamTestCase):
         self.assertEqual(h2.responses[sid][b":status"], b"504")
         self.assertEqual(server.resets[1], ErrorCodes.CANCEL)
         self.assertLastRecord(status=504, termination="sH")
+
+
+class SharedWindowTests(UpstreamTestCase):
+    def test_slowClientHoldsOnlyItsStream(self):
+        """
+        A client that does not read holds its stream's window on the
+        shared server connection, not the connection's: another client's
+        stream there keeps flowing.
+        """
+        slow = self.connectH2()
+        slow.holdWindow = True
+        one = slow.request(b"/slow", method=b"POST", end=False)
+        server = self.server()
+        fast = self.connectH2()
+        two = fast.request(b"/fast", method=b"POST", end=False)
+        server.read()
+        self.assertEqual(sorted(server.requests), [1, 3])
+        server.respond(1, b"", end=False)
+        server.respond(3, b"", end=False)
+        while server.conn.local_flow_control_window(1) > 0:
+            size = min(16384, server.conn.local_flow_control_window(1))
+            server.conn.send_data(1, b"z" * size)
+            server.flush()
+            slow.read()
+        self.assertEqual(len(slow.bodies[one]), 65535)
+        # Four windows' worth on the other stream, whatever the slow one
+        # holds: its window is given back as its client takes the data.
+        sent = 0
+        for _ in range(64):
+            if sent >= 4 * 65535:
+                break
+            size = min(16384, server.conn.local_flow_control_window(3))
+            self.assertGreater(size, 0)
+            server.conn.send_data(3, b"f" * size)
+            sent += size
+            server.flush()
+            fast.read()
+        self.assertEqual(len(fast.bodies[two]), sent)
+        self.assertGreaterEqual(sent, 4 * 65535)
+        self.assertEqual(server.conn.local_flow_control_window(1), 0)

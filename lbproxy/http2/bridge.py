@@ -115,10 +115,9 @@ class HTTP11StreamBridge:
             self.response.trailers = Headers([(n, v) for n, v in fields if n[:1] != b":"])
 
     def upstreamEnded(self) -> None:
+        # A response ended with its head was finished by the front then
+        # (and the front is on to its next request, or none).
         if not self._current() or self.exchange.response is None:
-            return
-        if self.response is not None and self.response.bodyKind is BodyKind.NONE:
-            # Ended with its head: the front finished it already.
             return
         self.front.responseCompleted()
 

@@ -48,7 +48,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError
+from h2.exceptions import NoAvailableStreamIDError, ProtocolError
 from h2.settings import SettingCodes
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -60,6 +60,10 @@ from zope.interface import implementer
 from lbproxy.core.connect import BackendConnector, describeFailure
 from lbproxy.core.relay import setNoDelay
 from lbproxy.interfaces import IUpstreamStream
+
+
+#: The window of each stream toward lbproxy (HTTP/2's initial one).
+_STREAM_WINDOW = 65535
 
 
 @implementer(IUpstreamStream)
@@ -242,6 +246,10 @@ class H2ServerConnection(Protocol):
         conn = self.h2
         conn.local_settings.update({SettingCodes.ENABLE_PUSH: 0})
         conn.initiate_connection()
+        # Room in the connection's window for every stream's whole window:
+        # a stream whose client does not read holds back its own window
+        # only, never the other streams sharing the connection.
+        conn.increment_flow_control_window(self.backends.maxStreams * _STREAM_WINDOW)
         self.transport.registerProducer(self, True)
         self.flush()
 
@@ -382,8 +390,13 @@ class H2ServerConnection(Protocol):
         conn = self.h2
         try:
             streamId = conn.get_next_available_stream_id()
+        except NoAvailableStreamIDError:
+            # Every stream id was used: the connection retires.
+            self.goAway()
+            return None
+        try:
             conn.send_headers(streamId, fields, end_stream=endStream)
-        except ProtocolError:
+        except (ProtocolError, ValueError, TypeError):
             return None
         self._cancelIdle()
         stream = self.streams[streamId] = UpstreamStream(self, streamId, user)
