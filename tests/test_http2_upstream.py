@@ -407,6 +407,24 @@ class HTTP11ClientTests(UpstreamTestCase):
         self.assertTrue(data.endswith(b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n"), data)
         self.assertLastRecord(status=200, termination="--", bytesIn=5)
 
+    def test_headResponseEndedByEmptyData(self):
+        """
+        The response to HEAD has no body whatever its content-length says,
+        and completes when the server ends the stream after its head.
+        """
+        client = self.connectClient()
+        client.send(b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        server = self.server()
+        server.conn.send_headers(1, [(b":status", b"200"), (b"content-length", b"1234")])
+        server.flush()
+        server.conn.end_stream(1)
+        server.flush()
+        data = client.received()
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+        self.assertIn(b"content-length: 1234\r\n", data.lower())
+        self.assertTrue(data.endswith(b"\r\n\r\n"))
+        self.assertLastRecord(status=200, termination="--")
+
     def test_serverResetBeforeHead(self):
         client = self.connectClient()
         client.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
