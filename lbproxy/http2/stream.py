@@ -7,7 +7,9 @@ code as the HTTP/1.1 front (L{lbproxy.http.placement.RequestPlacement}):
 path normalisation, routing, cookie and stick persistence, hash keys,
 forwarding headers, header rewriting, keep-alive reuse of the pool's
 server connections, retries and redispatch, error statuses, and one
-access log line (whose request line says C{HTTP/2.0}).
+access log line (whose request line says C{HTTP/2.0}). To a pool with
+C{protocol = "h2"} the request is then one stream of a shared HTTP/2
+server connection (L{lbproxy.http2.relay}); else it goes in HTTP/1.1.
 
 Flow control both ways, per stream:
 
