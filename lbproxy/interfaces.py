@@ -259,3 +259,118 @@ class IReloadObserver(Interface):
         The reload is over: applied (C{ok}) or refused; C{line} is what was
         logged.
         """
+
+
+class IUpstreamStream(Interface):
+    """
+    One request stream on an HTTP/2 connection to a server
+    (L{lbproxy.http2.upstream}): where an HTTP/1.1 request's backend
+    connection would be.
+    """
+
+    streamId = Attribute("The stream's id on its server connection.")
+    server = Attribute("The server the stream goes to.")
+    writeBlocked = Attribute("Request DATA waits for the server's flow-control windows.")
+
+    def send(data):
+        """
+        Send request body bytes, as the send windows let.
+        """
+
+    def end(trailers):
+        """
+        End the request once its body is sent, with C{trailers} (a list of
+        fields; empty for none).
+        """
+
+    def drain():
+        """
+        Send what the windows let now of what waits.
+        """
+
+    def acknowledge(count):
+        """
+        C{count} bytes of response DATA were taken: give their window back
+        (once reading resumes, while paused).
+        """
+
+    def pauseReading():
+        """
+        Stop giving response windows back (the client does not read).
+        """
+
+    def resumeReading():
+        """
+        Give back the windows held while paused.
+        """
+
+    def close():
+        """
+        The response was read: reset what is still open of the stream
+        (C{NO_ERROR}).
+        """
+
+    def abort():
+        """
+        The request was given up: reset the stream (C{CANCEL}).
+        """
+
+
+class IUpstreamUser(Interface):
+    """
+    Who an L{IUpstreamStream}'s response goes to (an HTTP/2 client
+    stream, L{lbproxy.http2.stream.H2Stream}).
+    """
+
+    def upstreamInformational(fields):
+        """
+        An interim (1xx) response head.
+        """
+
+    def upstreamHeaders(fields, ended):
+        """
+        The final response head (a header list, C{:status} first);
+        C{ended}: it ends the response (gRPC's Trailers-Only).
+        """
+
+    def upstreamData(data, flowLength):
+        """
+        Response DATA (C{flowLength} counted against the windows).
+        """
+
+    def upstreamTrailers(fields):
+        """
+        The response's trailer fields.
+        """
+
+    def upstreamEnded():
+        """
+        The server ended the response.
+        """
+
+    def upstreamReset(code):
+        """
+        The server reset the stream with error code C{code}.
+        """
+
+    def upstreamRefused():
+        """
+        The server never processed the stream (a GOAWAY with a lower last
+        stream id): it may be sent again.
+        """
+
+    def upstreamLost():
+        """
+        The server connection ended under the stream.
+        """
+
+    def backendWriteBlocked():
+        """
+        Request DATA waits for the server's windows: take no more from the
+        client.
+        """
+
+    def backendWriteUnblocked():
+        """
+        The server's windows opened again.
+        """

@@ -695,7 +695,7 @@ EVERY_KEY = {
     "route header": {"name", "value"},
     "pool": {
         "selector", "retries", "send_proxy", "servers", "timeouts", "health", "cookie", "reuse", "tls",
-        "client_address", "max_queue", "stores", "stick",
+        "client_address", "max_queue", "stores", "stick", "protocol", "max_streams",
     },
     "pool tls": {"verify", "ca", "server_name", "cert", "key", "min_version", "starttls"},
     "pool timeouts": {"connect", "queue", "response", "server"},

@@ -117,6 +117,32 @@ def http2Stream():
     return connection.streams[1]
 
 
+def h2Pool():
+    from lbproxy.config import PoolConfig
+    from lbproxy.core.pool import Pool
+    from lbproxy.http2.upstream import H2BackendPool
+
+    config = PoolConfig(name="grpc", servers=(), protocol="h2")
+    pool = Pool("grpc", [Server("a", "tcp:host=127.0.0.1:port=9001")], findSelector("roundrobin").build({}), config)
+    return H2BackendPool(pool, MemoryReactorClock())
+
+
+def h2ServerConnection():
+    """
+    An HTTP/2 connection to a server, made in memory.
+    """
+    connection = h2Pool().factory.buildProtocol(None)
+    connection.makeConnection(StringTransport())
+    return connection
+
+
+def upstreamStream():
+    from lbproxy.http2.upstream import UpstreamStream
+
+    connection = h2ServerConnection()
+    return UpstreamStream(connection, 1, None)
+
+
 def haService():
     from hamachines import FakeAddresses, FakeBalancer, FakeNotifier, haConfig
 
@@ -212,7 +238,12 @@ INSTANCES = {
     "lbproxy.http.parsing.MessageParser": parser,
     "lbproxy.http.redirect.RedirectProtocol": lambda: connected("redirect"),
     "lbproxy.http2.connection.H2FrontConnection": http2Connection,
+    "lbproxy.http2.bridge.HTTP11StreamBridge": lambda: importlib.import_module(
+        "lbproxy.http2.bridge"
+    ).HTTP11StreamBridge(connected("http"), None),
     "lbproxy.http2.stream.H2Stream": http2Stream,
+    "lbproxy.http2.upstream.H2ServerConnection": h2ServerConnection,
+    "lbproxy.http2.upstream.UpstreamStream": upstreamStream,
     "lbproxy.mail.backpressure.ReplyBackpressure": lambda: importlib.import_module(
         "lbproxy.mail.backpressure"
     ).ReplyBackpressure(Clock(), lambda: None, lambda: None),

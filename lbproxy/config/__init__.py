@@ -39,6 +39,12 @@ PROXY_PROTOCOL_VERSIONS = ("none", "v1", "v2")
 #: (HAProxy's http-reuse): only the one that used it, any but for a
 #: client's first request, any.
 REUSE_MODES = ("never", "safe", "always")
+#: What an HTTP pool speaks to its servers: HTTP/1.1, or HTTP/2 ("h2":
+#: prior knowledge in cleartext, ALPN h2 with the pool's TLS).
+POOL_PROTOCOLS = ("http/1.1", "h2")
+#: The most streams lbproxy opens at once on one HTTP/2 server connection
+#: by default (fewer if the server's SETTINGS_MAX_CONCURRENT_STREAMS says so).
+DEFAULT_MAX_STREAMS = 100
 HEALTH_TYPES = ("tcp", "http", "banner", "grpc")
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS")
 #: How a pool's servers learn the client's address besides the PROXY
@@ -150,6 +156,11 @@ class PoolConfig:
     stores: str | None = None
     #: The stick table (L{lbproxy.config.stick}); None: none.
     stick: StickConfig | None = None
+    #: HTTP: what the servers speak (POOL_PROTOCOLS).
+    protocol: str = "http/1.1"
+    #: HTTP/2 pools: most streams open at once on one server connection
+    #: (the server's SETTINGS_MAX_CONCURRENT_STREAMS when lower).
+    maxStreams: int = DEFAULT_MAX_STREAMS
 
 
 @dataclass(frozen=True)
@@ -444,7 +455,10 @@ def _parsePool(t: Table, name: str) -> PoolConfig:
         clientAddress=t.choice("client_address", CLIENT_ADDRESSES, "none"),
         stores=t.choice("stores", STORES, None) if "stores" in t.data else None,
         stick=parseStick(stick) if stick.present else None,
+        protocol=t.choice("protocol", POOL_PROTOCOLS, "http/1.1"),
+        maxStreams=t.integer("max_streams", 1, 10000, DEFAULT_MAX_STREAMS),
     )
+    _checkHTTP2Pool(t, reuse, pool)
     for key in ("idle_timeout", "mode"):
         if key in reuse.data and not pool.reuseMaxIdle:
             reuse.fail(key, "expected only with max_idle above 0 (no connection is kept idle)")
@@ -452,6 +466,33 @@ def _parsePool(t: Table, name: str) -> PoolConfig:
     timeouts.done()
     t.done()
     return pool
+
+
+def _checkHTTP2Pool(t: Table, reuse: Table, pool: PoolConfig) -> None:
+    """
+    Refuse what an HTTP/2 pool cannot apply, and HTTP/2 settings on an
+    HTTP/1.1 pool.
+    """
+    if pool.protocol != "h2":
+        if "max_streams" in t.data:
+            t.fail("max_streams", 'expected only with protocol = "h2" (HTTP/1.1 carries one request per connection)')
+        return
+    if pool.sendProxy != "none":
+        t.fail(
+            "send_proxy",
+            'expected "none" with protocol = "h2": streams of many clients share a server '
+            "connection, whose PROXY header could name only one",
+        )
+    if "mode" in reuse.data:
+        reuse.fail("mode", 'expected no reuse.mode with protocol = "h2": streams of any client share the server connections')
+    if "max_idle" in reuse.data:
+        reuse.fail(
+            "max_idle",
+            'expected no reuse.max_idle with protocol = "h2": each server keeps the connections its streams '
+            "need, closed after reuse.idle_timeout without a stream",
+        )
+    if pool.tls is not None and pool.tls.starttls:
+        t.fail("tls.starttls", 'expected false with protocol = "h2" (HTTP/2 starts with TLS or not at all)')
 
 
 def _parseCookie(t: Table) -> CookieConfig:

@@ -138,6 +138,12 @@ class BackendConnector:
         #: start with TLS (implicit TLS); None for plaintext and for pools
         #: upgraded with STARTTLS by their mail front.
         self.tls = tls if tls is not None and not tls.config.starttls else None
+        options = getattr(pool, "options", None)
+        #: What TLS connections offer by ALPN: C{h2} alone for an HTTP/2
+        #: pool (a server selecting nothing else is refused by its user).
+        self.alpn: tuple[bytes, ...] = (
+            (b"h2",) if getattr(options, "protocol", "http/1.1") == "h2" else ()
+        )
 
     def endpointFor(self, server: IServer):
         """
@@ -150,7 +156,7 @@ class BackendConnector:
         if target[1] is None:
             endpoint = clientFromString(self._reactor, target[0])
             if self.tls is not None:
-                endpoint = self.tls.wrapEndpoint(endpoint, server, self._reactor)
+                endpoint = self.tls.wrapEndpoint(endpoint, server, self._reactor, self.alpn)
             target[1] = endpoint
         return target[1]
 

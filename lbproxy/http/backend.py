@@ -513,6 +513,9 @@ class BackendPool:
         Idle connections count toward C{maxIdle} and expire alike in each.
     """
 
+    #: Its servers speak HTTP/1.1 (see L{lbproxy.http2.upstream.H2BackendPool}).
+    http2 = False
+
     def __init__(self, pool, reactor) -> None:
         self.pool = pool
         self._reactor = reactor

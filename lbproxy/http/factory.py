@@ -31,7 +31,12 @@ class PoolRoute:
 
     def __init__(self, pool: Pool, reactor) -> None:
         self.pool = pool
-        self.backends = BackendPool(pool, reactor)
+        if pool.options is not None and pool.options.protocol == "h2":
+            from lbproxy.http2.upstream import H2BackendPool
+
+            self.backends = H2BackendPool(pool, reactor)
+        else:
+            self.backends = BackendPool(pool, reactor)
         cookie = pool.options.cookie if pool.options is not None else None
         self.persistence = CookiePersistence(cookie, reactor) if cookie is not None else None
 

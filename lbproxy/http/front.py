@@ -79,6 +79,9 @@ from lbproxy.http.parser import TLS_ON_PLAINTEXT, RequestParser
 from lbproxy.http.placement import CONNECT_PHASE, RequestPlacement
 from lbproxy.http.response import ResponseForwarding
 from lbproxy.http.serialize import encodeChunk, lastChunk
+from lbproxy.http2.bridge import attachHTTP11
+from lbproxy.http2.heads import trailerFields
+from lbproxy.http2.upstream import H2ServerConnection, UpstreamStream
 
 if TYPE_CHECKING:
     from lbproxy.http.factory import HTTPProxyFactory
@@ -457,6 +460,9 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         if exchange is None or exchange.backend is None:
             return
         exchange.bytesIn += len(data)
+        if type(exchange.backend) is UpstreamStream:
+            exchange.backend.send(data)
+            return
         if exchange.chunked:
             self._writes.writeSequence(exchange.backend.transport, encodeChunk(data))
         else:
@@ -469,7 +475,9 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
             return
         exchange.requestComplete = True
         backend = exchange.backend
-        if backend is not None and exchange.chunked:
+        if type(backend) is UpstreamStream:
+            backend.end(trailerFields(exchange.head.trailers))
+        elif backend is not None and exchange.chunked:
             self._writes.write(backend.transport, lastChunk(exchange.head.trailers))
         if exchange.response is None:
             self.timer.enter(_WAIT, exchange.route.pool.options.responseTimeout)
@@ -513,6 +521,19 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         """
         Send the request of C{exchange} on C{backend} and let its body flow.
         """
+        if type(backend) is H2ServerConnection:
+            if not attachHTTP11(self, exchange, backend):
+                if exchange.backend is not None and exchange.requestComplete:
+                    self.timer.enter(_WAIT, exchange.route.pool.options.responseTimeout)
+                return
+            self._enterBody(self._seconds())
+            try:
+                self.parser.resumeParsing()
+            except HTTPParseError as error:
+                self._requestFailed(error)
+                return
+            self._updateReading()
+            return
         exchange.backend = backend
         backend.attach(self, exchange.head.method, exchange.upgrade)
         if self._writeBlocked:

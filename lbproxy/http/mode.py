@@ -31,6 +31,8 @@ class HTTPMode(FrontMode):
         PoolSetting("reuse.idle_timeout", "reuseIdleTimeout", 15.0),
         PoolSetting("timeouts.response", "responseTimeout", 30.0),
         PoolSetting("timeouts.server", "serverTimeout", 60.0),
+        PoolSetting("protocol", "protocol", "http/1.1", strict=True, what="speaks HTTP/2 to its servers"),
+        PoolSetting("max_streams", "maxStreams", 100),
     )
     # "h2" only with [http2] enabled (L{lbproxy.http2.config}), which then
     # offers it first when the tls table names no alpn.

@@ -136,3 +136,46 @@ def trailerFields(trailers: Headers | None) -> list[tuple[bytes, bytes]]:
         return []
     stripHopByHop(trailers)
     return [(lowered, value) for lowered, _, value in trailers._items if lowered[:1] != b":"]
+
+
+#: Fields HTTP/2 does not carry (RFC 9113 §8.2.2); C{host} becomes
+#: C{:authority}, C{te} is kept only as C{trailers}.
+_NOT_FORWARDED = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host", b"te"}
+)
+
+
+def upstreamRequestFields(headBytes: bytes, scheme: bytes, te: bytes | None) -> list[tuple[bytes, bytes]]:
+    """
+    The HTTP/2 header list for a server of a request whose head the
+    rewriter wrote (C{headBytes}: its forwarding fields and header rules
+    applied, as HTTP/1.1 would have sent it): C{:method}, C{:scheme},
+    C{:authority} (from C{Host}) and C{:path} first, names lowercased,
+    connection-specific fields (and those C{Connection} names) left out.
+
+    @param scheme: C{b"http"} or C{b"https"}, as the server is reached.
+    @param te: the client's C{te} field: kept when it is C{trailers}
+        (gRPC servers require it).
+    """
+    lines = headBytes.split(b"\r\n")
+    method, target, _ = lines[0].split(b" ", 2)
+    authority = b""
+    named: set[bytes] = set()
+    items = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        value = value.strip()
+        if name == b"host":
+            authority = value
+        elif name == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+        elif name not in _NOT_FORWARDED:
+            items.append((name, value))
+    fields = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
+    fields += [(name, value) for name, value in items if name not in named]
+    if te is not None and te.strip().lower() == b"trailers":
+        fields.append((b"te", b"trailers"))
+    return fields

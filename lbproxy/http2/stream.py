@@ -7,7 +7,9 @@ code as the HTTP/1.1 front (L{lbproxy.http.placement.RequestPlacement}):
 path normalisation, routing, cookie and stick persistence, hash keys,
 forwarding headers, header rewriting, keep-alive reuse of the pool's
 server connections, retries and redispatch, error statuses, and one
-access log line (whose request line says C{HTTP/2.0}).
+access log line (whose request line says C{HTTP/2.0}). To a pool with
+C{protocol = "h2"} the request is then one stream of a shared HTTP/2
+server connection (L{lbproxy.http2.relay}); else it goes in HTTP/1.1.
 
 Flow control both ways, per stream:
 
@@ -43,9 +45,12 @@ from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.exchange import Exchange
 from lbproxy.http.interfaces import IBackendUser
 from lbproxy.http.message import BodyKind, Headers, ResponseHead
-from lbproxy.http.placement import CONNECT_PHASE, RequestPlacement
+from lbproxy.http.placement import CONNECT_PHASE
 from lbproxy.http.serialize import encodeChunk, lastChunk
 from lbproxy.http2.heads import refusedHead, requestHead, responseFields, trailerFields
+from lbproxy.http2.relay import UpstreamRelay
+from lbproxy.http2.upstream import H2ServerConnection
+from lbproxy.interfaces import IUpstreamUser
 
 # Phases of a stream (CONNECT_PHASE while it is placed).
 _BODY = "body"
@@ -53,8 +58,8 @@ _WAIT = "wait"
 _RESPONSE = "response"
 
 
-@implementer(IBackendUser)
-class H2Stream(RequestPlacement):
+@implementer(IBackendUser, IUpstreamUser)
+class H2Stream(UpstreamRelay):
     """
     One request of an L{lbproxy.http2.connection.H2FrontConnection} (see
     the module docstring).
@@ -156,7 +161,9 @@ class H2Stream(RequestPlacement):
         exchange.requestComplete = True
         backend = exchange.backend
         if backend is not None:
-            if exchange.chunked:
+            if self._upstream:
+                self._endUpstreamRequest()
+            elif exchange.chunked:
                 backend.transport.write(lastChunk(exchange.head.trailers))
             if exchange.response is None:
                 self.timer.enter(_WAIT, exchange.route.pool.options.responseTimeout)
@@ -164,6 +171,9 @@ class H2Stream(RequestPlacement):
     def _forward(self, data: bytes) -> None:
         exchange = self.exchange
         exchange.bytesIn += len(data)
+        if self._upstream:
+            exchange.backend.send(data)
+            return
         transport = exchange.backend.transport
         if exchange.chunked:
             transport.writeSequence(encodeChunk(data))
@@ -193,6 +203,9 @@ class H2Stream(RequestPlacement):
         )
 
     def _attach(self, exchange: Exchange, backend) -> None:
+        if isinstance(backend, H2ServerConnection):
+            self._attachUpstream(exchange, backend)
+            return
         exchange.backend = backend
         backend.attach(self, exchange.head.method, False)
         if self._windowBlocked or self.connection.writeBlocked:
@@ -379,7 +392,7 @@ class H2Stream(RequestPlacement):
         backend = exchange.backend
         if backend is not None:
             exchange.backend = None
-            if exchange.requestComplete:
+            if exchange.requestComplete and not self._upstream:
                 exchange.route.backends.release(backend, self.reuseKey)
             else:
                 backend.close()

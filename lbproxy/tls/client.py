@@ -306,7 +306,9 @@ class BackendTLS:
                 creators[name] = self._creator(files, name)
         return creators
 
-    def _creator(self, files: _Files, name: str | None) -> IOpenSSLClientConnectionCreator:
+    def _creator(
+        self, files: _Files, name: str | None, alpn: tuple[bytes, ...] = ()
+    ) -> IOpenSSLClientConnectionCreator:
         options: dict = {"raiseMinimumTo": _VERSIONS[self.config.minVersion]}
         if files.certificate is not None:
             options.update(
@@ -314,36 +316,46 @@ class BackendTLS:
                 privateKey=files.privateKey,
                 extraCertChain=list(files.chain),
             )
+        protocols = list(alpn) if alpn else None
         if not self.config.verify:
-            return UnverifiedClientCreator(CertificateOptions(verify=False, **options), name)
+            return UnverifiedClientCreator(
+                CertificateOptions(verify=False, acceptableProtocols=protocols, **options), name
+            )
         return optionsForClientTLS(
-            name, trustRoot=files.trustRoot, extraCertificateOptions=options
+            name, trustRoot=files.trustRoot, extraCertificateOptions=options, acceptableProtocols=protocols
         )
 
-    def creatorFor(self, server) -> IOpenSSLClientConnectionCreator:
+    def creatorFor(self, server, alpn: tuple[bytes, ...] = ()) -> IOpenSSLClientConnectionCreator:
         """
         The connection creator for C{server}: pass it to
         L{TLSMemoryBIOFactory} (implicit TLS) or to C{transport.startTLS}
-        (STARTTLS). Built once per server name and reused.
+        (STARTTLS). Built once per server name (and ALPN offer) and reused.
+
+        @param alpn: the protocols offered by ALPN (an HTTP/2 pool's
+            C{(b"h2",)}); none by default, as for health checks.
         """
         if self._files is None:
             raise RuntimeError(f"{self!r} was not loaded")
         name = self.serverName(server)
-        creator = self._creators.get(name)
+        key = (name, alpn) if alpn else name
+        creator = self._creators.get(key)
         if creator is None:
             if name is None and self.config.verify:
                 raise ValueError(
                     f"server {server.name} ({server.address}) has no host name to verify"
                 )
-            creator = self._creators[name] = self._creator(self._files, name)
+            creator = self._creators[key] = self._creator(self._files, name, alpn)
         return creator
 
-    def wrapEndpoint(self, endpoint: IStreamClientEndpoint, server, reactor) -> IStreamClientEndpoint:
+    def wrapEndpoint(
+        self, endpoint: IStreamClientEndpoint, server, reactor, alpn: tuple[bytes, ...] = ()
+    ) -> IStreamClientEndpoint:
         """
         C{endpoint} with TLS to C{server} on top, whose connections are
-        reported once the handshake succeeded (L{HandshakeEndpoint}).
+        reported once the handshake succeeded (L{HandshakeEndpoint}),
+        offering C{alpn} by ALPN.
         """
-        return HandshakeEndpoint(self, endpoint, server, reactor)
+        return HandshakeEndpoint(self, endpoint, server, reactor, alpn)
 
     def diagnose(self, connection: SSL.Connection | None) -> str | None:
         """
@@ -518,11 +530,14 @@ class HandshakeEndpoint:
     the connection while its handshake runs.
     """
 
-    def __init__(self, tls: BackendTLS, endpoint: IStreamClientEndpoint, server, reactor) -> None:
+    def __init__(
+        self, tls: BackendTLS, endpoint: IStreamClientEndpoint, server, reactor, alpn: tuple[bytes, ...] = ()
+    ) -> None:
         self.tls = tls
         self._endpoint = endpoint
         self._server = server
         self._reactor = reactor
+        self._alpn = alpn
 
     def __repr__(self) -> str:
         return f"<HandshakeEndpoint {self._server.name} via {self.tls!r}>"
@@ -534,7 +549,7 @@ class HandshakeEndpoint:
         @param preamble: bytes written in the clear before the handshake
             (a PROXY protocol header).
         """
-        creator = self.tls.creatorFor(self._server)
+        creator = self.tls.creatorFor(self._server, self._alpn)
         gates: list[_GateFactory] = []
 
         def cancel(result: Deferred) -> None:
