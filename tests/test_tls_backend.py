@@ -35,7 +35,8 @@ from lbproxy.config.tls import BackendTLSConfig
 from lbproxy.core.connect import BackendConnector
 from lbproxy.core.context import FlowContext
 from lbproxy.errors import ConfigError, ConnectFailed, TLSHandshakeFailed
-from lbproxy.health.checks import HealthCheckFailed, TCPCheck, buildCheck
+from lbproxy.health.checks import HealthCheckFailed, TCPCheck
+from lbproxy.health.kinds import buildCheck
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.core.model import Balancer, buildPool
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
