@@ -228,9 +228,6 @@ INSTANCES = {
     "lbproxy.health.checks.HTTPCheck": lambda: check("http"),
     "lbproxy.health.checks.TCPCheck": lambda: check("tcp"),
     "lbproxy.health.grpc.GRPCCheck": lambda: check("grpc"),
-    "lbproxy.health.grpc._ALPNCreator": lambda: importlib.import_module(
-        "lbproxy.health.grpc"
-    )._ALPNCreator(CertificateOptions()),
     "lbproxy.http.backend.BackendHTTPConnection": lambda: importlib.import_module(
         "lbproxy.http.backend"
     ).BackendHTTPConnection(),

@@ -237,6 +237,10 @@ class _ConnectingCheck:
     run one probe protocol, which subclasses make in C{buildProtocol(server)}.
     """
 
+    #: The protocols a probe over TLS offers by ALPN (none: the server's
+    #: default, as a plain connection of the pool would get).
+    alpn: tuple[bytes, ...] = ()
+
     def __init__(self, reactor, config: HealthConfig, tls=None) -> None:
         """
         @param tls: the L{lbproxy.tls.client.BackendTLS} to check over;
@@ -268,7 +272,7 @@ class _ConnectingCheck:
             if tls is not None:
                 # The probe's protocol starts once the handshake succeeded;
                 # a failed one fails the probe with its reason.
-                endpoint = tls.wrapEndpoint(endpoint, server, self._reactor)
+                endpoint = tls.wrapEndpoint(endpoint, server, self._reactor, self.alpn)
         except Exception as e:
             return fail(HealthCheckFailed(f"bad address: {_short(e)}"))
         probe = _Probe(

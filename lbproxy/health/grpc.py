@@ -35,14 +35,12 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from twisted.internet import error
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.config import HealthConfig
 from lbproxy.core.endpoints import hostHeader
 from lbproxy.interfaces import IHealthCheck, IServer
-from lbproxy.tls.client import HandshakeEndpoint
 
 from .checks import _asciiHost, _ConnectingCheck, _ProbeProtocol, _short
 
@@ -348,48 +346,6 @@ class _GRPCHealthProtocol(_ProbeProtocol):
         return f"connection lost before the health response: {_short(reason.value)}"
 
 
-@implementer(IOpenSSLClientConnectionCreator)
-class _ALPNCreator:
-    """
-    A client connection creator that offers ALPN C{h2} on top of the pool's.
-
-    C{http/1.1} is offered after it so that an HTTP/1.1-only server selects
-    it and the probe can say so, rather than failing the handshake with a
-    bare "no application protocol" alert.
-    """
-
-    def __init__(self, creator) -> None:
-        self._creator = creator
-
-    def clientConnectionForTLS(self, tlsProtocol):
-        connection = self._creator.clientConnectionForTLS(tlsProtocol)
-        connection.set_alpn_protos([b"h2", b"http/1.1"])
-        return connection
-
-
-class _H2TLS:
-    """
-    A pool's L{lbproxy.tls.client.BackendTLS} as the gRPC check uses it:
-    the same certificates and verification, with ALPN C{h2} offered.
-    """
-
-    def __init__(self, tls) -> None:
-        self.tls = tls
-        self.config = tls.config
-
-    def __repr__(self) -> str:
-        return f"<h2 {self.tls!r}>"
-
-    def creatorFor(self, server):
-        return _ALPNCreator(self.tls.creatorFor(server))
-
-    def diagnose(self, connection):
-        return self.tls.diagnose(connection)
-
-    def wrapEndpoint(self, endpoint, server, reactor) -> HandshakeEndpoint:
-        return HandshakeEndpoint(self, endpoint, server, reactor)
-
-
 @implementer(IHealthCheck)
 class GRPCCheck(_ConnectingCheck):
     """
@@ -397,14 +353,15 @@ class GRPCCheck(_ConnectingCheck):
     C{config.service} (C{""}: the server as a whole).
     """
 
+    # h2 first; http/1.1 after it so that an HTTP/1.1-only server selects it
+    # and the probe can say so, rather than failing the handshake with a bare
+    # "no application protocol" alert.
+    alpn = (b"h2", b"http/1.1")
+
     def __init__(self, reactor, config: HealthConfig, tls=None) -> None:
         super().__init__(reactor, config, tls)
         if config.host is not None and not re.fullmatch(r"[!-~]+", config.host):
             raise ValueError(f"health check host {config.host!r} is not a valid :authority")
-
-    def tlsFor(self, server: IServer):
-        tls = super().tlsFor(server)
-        return None if tls is None else _H2TLS(tls)
 
     def buildProtocol(self, server: IServer) -> _ProbeProtocol:
         tls = self.tlsFor(server)
