@@ -115,6 +115,9 @@ class H2SocketClient:
         self.status: dict[int, bytes] = {}
         self.ended: set[int] = set()
         self.terminated = None
+        # False once a write failed (the server closed): TLS allows no
+        # other write after one that failed part way.
+        self.writable = True
 
     def request(self, path: bytes, end: bool = True) -> int:
         sid = self.conn.get_next_available_stream_id()
@@ -142,8 +145,11 @@ class H2SocketClient:
                 elif isinstance(event, ConnectionTerminated):
                     self.terminated = event.error_code
             out = self.conn.data_to_send()
-            if out:
-                self.sock.sendall(out)
+            if out and self.writable:
+                try:
+                    self.sock.sendall(out)
+                except OSError:
+                    self.writable = False
 
     def close(self):
         self.sock.close()
@@ -266,6 +272,7 @@ def test_rapidResetClosedOthersServed(daemon):
                 attacker.conn.reset_stream(sid, ErrorCodes.CANCEL)
                 attacker.sock.sendall(attacker.conn.data_to_send())
             except OSError:
+                attacker.writable = False
                 break
         attacker.pump(lambda: attacker.terminated is not None)
         assert attacker.terminated == ErrorCodes.ENHANCE_YOUR_CALM

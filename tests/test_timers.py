@@ -11,13 +11,22 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbproxy.core.timers import PhaseTimer, TimerWheel
 
 
+class Owner:
+    """
+    What a timer times, calling C{expired(phase)} when a phase expires.
+    """
+
+    def __init__(self, expired):
+        self.phaseExpired = expired
+
+
 class PhaseTimerTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.expired = []
 
     def test_expires(self):
-        timer = PhaseTimer(self.clock, self.expired.append)
+        timer = PhaseTimer(self.clock, Owner(self.expired.append))
         timer.enter("login", 60)
         self.clock.advance(59.9)
         self.assertEqual(self.expired, [])
@@ -30,7 +39,7 @@ class PhaseTimerTests(SynchronousTestCase):
         Extending a deadline moves no timer: the timer, when it fires
         early, waits the rest.
         """
-        timer = PhaseTimer(self.clock, self.expired.append)
+        timer = PhaseTimer(self.clock, Owner(self.expired.append))
         timer.enter("body", 10)
         (call,) = self.clock.getDelayedCalls()
         self.clock.advance(8)
@@ -42,14 +51,14 @@ class PhaseTimerTests(SynchronousTestCase):
         self.assertEqual(self.expired, ["body"])
 
     def test_shorterPhaseMovesTheTimer(self):
-        timer = PhaseTimer(self.clock, self.expired.append)
+        timer = PhaseTimer(self.clock, Owner(self.expired.append))
         timer.enter("idle", 300)
         timer.enter("head", 10)
         self.clock.advance(10)
         self.assertEqual(self.expired, ["head"])
 
     def test_noLimitAndStop(self):
-        timer = PhaseTimer(self.clock, self.expired.append)
+        timer = PhaseTimer(self.clock, Owner(self.expired.append))
         timer.enter("connect", None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         timer.enter("login", 5)
@@ -71,7 +80,7 @@ class TimerWheelTests(SynchronousTestCase):
         self.expired = []
 
     def timer(self, name="t"):
-        return PhaseTimer(self.clock, lambda phase: self.expired.append((name, phase, self.clock.seconds())), self.wheel)
+        return PhaseTimer(self.clock, Owner(lambda phase: self.expired.append((name, phase, self.clock.seconds()))), self.wheel)
 
     def test_expiresOnTheWakeUpAfterTheDeadline(self):
         """
@@ -164,8 +173,8 @@ class TimerWheelTests(SynchronousTestCase):
                 stoppers[name].stop()
             return callback
 
-        first._expired = expired("first")
-        second._expired = expired("second")
+        first._owner = Owner(expired("first"))
+        second._owner = Owner(expired("second"))
         first.enter("wait", 5)
         second.enter("wait", 5)
         self.clock.advance(5)
@@ -177,7 +186,7 @@ class TimerWheelTests(SynchronousTestCase):
         connection going back to idle) waits on the wheel again.
         """
         timer = self.timer()
-        timer._expired = lambda phase: (self.expired.append(phase), phase == "wait" and timer.enter("idle", 1))
+        timer._owner = Owner(lambda phase: (self.expired.append(phase), phase == "wait" and timer.enter("idle", 1)))
         timer.enter("wait", 2)
         self.clock.advance(2)
         self.assertEqual(self.expired, ["wait"])
@@ -194,7 +203,7 @@ class TimerWheelTests(SynchronousTestCase):
         wheel = TimerWheel(self.clock, 0.1)
         timers = []
         for index in range(1, 40):
-            timer = PhaseTimer(self.clock, lambda phase, index=index: self.expired.append((index, self.clock.seconds())), wheel)
+            timer = PhaseTimer(self.clock, Owner(lambda phase, index=index: self.expired.append((index, self.clock.seconds()))), wheel)
             timer.enter("head", index * 0.1 + 0.03)
             timers.append(timer)
         for _ in range(60):

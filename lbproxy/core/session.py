@@ -73,7 +73,7 @@ class FrontConnection(Protocol):
         self.listener = listener
         self.config = listener.config
         self._reactor = reactor
-        self.timer = PhaseTimer(reactor, self.phaseExpired, timers)
+        self.timer = PhaseTimer(reactor, self, timers)
 
     # IProxiedAddresses
 

@@ -16,7 +16,6 @@ connection's deadline is a float it moves and a set it joins or leaves.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from heapq import heappop, heappush
 from math import ceil
 
@@ -159,7 +158,8 @@ class PhaseTimer:
     L{enter} starts a phase with a time limit; L{extend} moves its deadline
     later (activity in a phase limited by idleness), which costs a float
     assignment: the timer finds out when it wakes. When the deadline
-    passes, C{expired(phase)} is called once.
+    passes, C{owner.phaseExpired(phase)} is called once. (The timer holds
+    its owner rather than a bound method: one object less per connection.)
 
     Without a wheel the timer is a reactor timer of its own, set for the
     deadline. With a L{TimerWheel}, the deadline waits on the wheel: a
@@ -173,11 +173,15 @@ class PhaseTimer:
     @ivar deadline: when it expires, or None when it has no limit.
     """
 
-    __slots__ = ("_reactor", "_expired", "_wheel", "_call", "_slot", "_wake", "phase", "since", "deadline")
+    __slots__ = ("_reactor", "_owner", "_wheel", "_call", "_slot", "_wake", "phase", "since", "deadline")
 
-    def __init__(self, reactor, expired: Callable[[str], None], wheel: TimerWheel | None = None) -> None:
+    def __init__(self, reactor, owner, wheel: TimerWheel | None = None) -> None:
+        """
+        @param owner: what the timer times; its C{phaseExpired(phase)} is
+            called when a phase's deadline passes.
+        """
         self._reactor = reactor
-        self._expired = expired
+        self._owner = owner
         self._wheel = wheel
         # Without a wheel: the reactor timer.
         self._call = None
@@ -252,7 +256,7 @@ class PhaseTimer:
             self._slot = self._wheel.add(self, deadline)
             return
         self.deadline = None
-        self._expired(self.phase)
+        self._owner.phaseExpired(self.phase)
 
     def _fire(self) -> None:
         self._call = None
@@ -264,4 +268,4 @@ class PhaseTimer:
             self._call = self._reactor.callLater(deadline - now, self._fire)
             return
         self.deadline = None
-        self._expired(self.phase)
+        self._owner.phaseExpired(self.phase)

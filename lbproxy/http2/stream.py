@@ -88,7 +88,7 @@ class H2Stream(UpstreamRelay):
         self.local = owner.local
         self._peer = owner._peer
         self._seconds = connection._seconds
-        self.timer = PhaseTimer(connection._reactor, self.phaseExpired, self.factory.timers)
+        self.timer = PhaseTimer(connection._reactor, self, self.factory.timers)
         self.exchange: Exchange | None = None
         self._backendFull = False
         # Request body received before a server connection took it.
