@@ -23,7 +23,7 @@ from zope.interface.verify import verifyObject
 from lbproxy.http2.upstream import H2BackendPool, H2ServerConnection, UpstreamStream
 from lbproxy.interfaces import IUpstreamStream, IUpstreamUser
 
-from test_http2_front import H2Client, H2TestCase
+from test_http2_front import H2TestCase
 
 GRPC = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
 

@@ -22,21 +22,12 @@ carry by extended CONNECT) are answered 502.
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 from zope.interface import implementer
 
 from lbproxy.http.exchange import Exchange
 from lbproxy.http.message import BodyKind, Headers, ResponseHead
-from lbproxy.http2.heads import trailerFields, upstreamRequestFields
+from lbproxy.http2.heads import serverResponseHead, trailerFields, upstreamRequestFields
 from lbproxy.interfaces import IUpstreamUser
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
 
 
 @implementer(IUpstreamUser)
@@ -81,24 +72,7 @@ class HTTP11StreamBridge:
         self.front.responseHeadReceived(head, b"" if ended else None)
 
     def _head(self, fields, kind: BodyKind | None) -> ResponseHead:
-        status = 0
-        items = []
-        contentLength = None
-        for name, value in fields:
-            if name == b":status":
-                status = int(value)
-            elif name[:1] != b":":
-                items.append((name, value))
-                if name == b"content-length" and value.isdigit():
-                    contentLength = int(value)
-        return ResponseHead(
-            status=status,
-            reason=_reason(status),
-            version=(1, 1),
-            headers=Headers(items),
-            bodyKind=kind or BodyKind.NONE,
-            contentLength=contentLength,
-        )
+        return serverResponseHead(fields, kind or BodyKind.NONE, (1, 1))
 
     def upstreamData(self, data: bytes, flowLength: int) -> None:
         exchange = self.exchange

@@ -15,6 +15,8 @@ hop-by-hop fields removed (§8.2.2), names lowercased, C{:status} first.
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from lbproxy.http.errors import HTTPParseError
 from lbproxy.http.message import BodyKind, Headers, RequestHead, ResponseHead
 from lbproxy.http.rewrite import stripHopByHop
@@ -125,6 +127,40 @@ def responseFields(head: ResponseHead) -> list[tuple[bytes, bytes]]:
         # The body's length, or for HEAD and 304 the representation's.
         fields.append((b"content-length", b"%d" % (head.contentLength,)))
     return fields
+
+
+def serverResponseHead(fields, bodyKind: BodyKind, version: tuple[int, int] = (2, 0)) -> ResponseHead:
+    """
+    The L{ResponseHead} of an HTTP/2 server's response header list
+    (checked by the h2 library), whose body is C{bodyKind}: pseudo-fields
+    left out, C{Content-Length} read when it is one. For C{version}
+    C{(1, 1)}, as an HTTP/1.1 client is answered, it carries the status's
+    standard reason phrase.
+    """
+    status = 0
+    items = []
+    contentLength = None
+    for name, value in fields:
+        if name == b":status":
+            status = int(value)
+        elif name[:1] != b":":
+            items.append((name, value))
+            if name == b"content-length" and value.isdigit():
+                contentLength = int(value)
+    reason = b""
+    if version < (2, 0):
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            pass
+    return ResponseHead(
+        status=status,
+        reason=reason,
+        version=version,
+        headers=Headers(items),
+        bodyKind=bodyKind,
+        contentLength=contentLength,
+    )
 
 
 def trailerFields(trailers: Headers | None) -> list[tuple[bytes, bytes]]:

@@ -26,10 +26,10 @@ from h2.exceptions import ProtocolError
 
 from lbproxy.core.connect import Lease
 from lbproxy.http.exchange import Exchange
-from lbproxy.http.message import BodyKind, Headers, ResponseHead
+from lbproxy.http.message import BodyKind
 from lbproxy.http.placement import CONNECT_PHASE, RequestPlacement
 from lbproxy.http.rewrite import retryable
-from lbproxy.http2.heads import trailerFields, upstreamRequestFields
+from lbproxy.http2.heads import serverResponseHead, trailerFields, upstreamRequestFields
 
 # The stream's timer phases (as in lbproxy.http2.stream).
 _WAIT = "wait"
@@ -173,24 +173,8 @@ class UpstreamRelay(RequestPlacement):
         if self._done:
             return
         exchange = self.exchange
-        status = 0
-        items = []
-        contentLength = None
-        for name, value in fields:
-            if name == b":status":
-                status = int(value)
-            elif name[:1] != b":":
-                items.append((name, value))
-                if name == b"content-length" and value.isdigit():
-                    contentLength = int(value)
-        head = ResponseHead(
-            status=status,
-            reason=b"",
-            version=(2, 0),
-            headers=Headers(items),
-            bodyKind=BodyKind.NONE if ended else BodyKind.CHUNKED,
-            contentLength=contentLength,
-        )
+        head = serverResponseHead(fields, BodyKind.NONE if ended else BodyKind.CHUNKED)
+        status = head.status
         now = self._seconds()
         exchange.response = head
         exchange.responseTime = now

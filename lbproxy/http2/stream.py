@@ -47,6 +47,7 @@ from lbproxy.http.interfaces import IBackendUser
 from lbproxy.http.message import BodyKind, Headers, ResponseHead
 from lbproxy.http.placement import CONNECT_PHASE
 from lbproxy.http.serialize import encodeChunk, lastChunk
+from lbproxy.http2.flow import sendWithinWindows
 from lbproxy.http2.heads import refusedHead, requestHead, responseFields, trailerFields
 from lbproxy.http2.relay import UpstreamRelay
 from lbproxy.http2.upstream import H2ServerConnection
@@ -323,30 +324,12 @@ class H2Stream(UpstreamRelay):
         if self._done:
             return
         pending = self._pending
-        conn = self.h2
-        streamId = self.streamId
-        exchange = self.exchange
-        try:
-            while pending:
-                window = min(conn.local_flow_control_window(streamId), conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                chunk = pending[0]
-                if len(chunk) <= window:
-                    pending.popleft()
-                else:
-                    pending[0] = chunk[window:]
-                    chunk = chunk[:window]
-                conn.send_data(streamId, chunk)
-                exchange.bytesOut += len(chunk)
-            if not pending and self._end is not None:
-                if self._end:
-                    conn.send_headers(streamId, self._end, end_stream=True)
-                else:
-                    conn.end_stream(streamId)
-                self._finished()
-                return
-        except ProtocolError:
+        sent, ended = sendWithinWindows(self.h2, self.streamId, pending, self._end)
+        self.exchange.bytesOut += sent
+        if ended:
+            self._finished()
+            return
+        if ended is None:
             # The stream closed under the response (the client's reset is
             # handled as its own event).
             return

@@ -59,6 +59,7 @@ from zope.interface import implementer
 
 from lbproxy.core.connect import BackendConnector, describeFailure
 from lbproxy.core.relay import setNoDelay
+from lbproxy.http2.flow import sendWithinWindows
 from lbproxy.interfaces import IUpstreamStream
 
 
@@ -120,28 +121,11 @@ class UpstreamStream:
         """
         if self.user is None or self._ended:
             return
-        conn = self.connection.h2
         pending = self._pending
-        streamId = self.streamId
-        try:
-            while pending:
-                window = min(conn.local_flow_control_window(streamId), conn.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                chunk = pending[0]
-                if len(chunk) <= window:
-                    pending.popleft()
-                else:
-                    pending[0] = chunk[window:]
-                    chunk = chunk[:window]
-                conn.send_data(streamId, chunk)
-            if not pending and self._end is not None:
-                self._ended = True
-                if self._end:
-                    conn.send_headers(streamId, self._end, end_stream=True)
-                else:
-                    conn.end_stream(streamId)
-        except ProtocolError:
+        _, ended = sendWithinWindows(self.connection.h2, self.streamId, pending, self._end)
+        if ended:
+            self._ended = True
+        elif ended is None:
             # The server closed or reset the stream: its event follows.
             pending.clear()
         self.connection.flush()
