@@ -22,19 +22,23 @@ protocols.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IAddress, ILoggingContext, IProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.core.timers import PhaseTimer, TimerWheel
 from lbproxy.interfaces import IProxiedAddresses
 
 
-@implementer(IProxiedAddresses)
-class FrontConnection(Protocol):
+@implementer(IProtocol, ILoggingContext, IProxiedAddresses)
+class FrontConnection:
     """
     The base of every front's client connection protocol (see the module
-    docstring).
+    docstring): an L{IProtocol} of its own rather than a Twisted
+    C{Protocol}, so that a front whose classes all declare C{__slots__}
+    (the HTTP front, tens of thousands of idle keep-alive clients) has no
+    instance dictionary.
 
     A subclass implements L{accepted} (the connection may be served) and
     L{refused} (the listener is full), and calls L{ended} exactly when its
@@ -43,27 +47,34 @@ class FrontConnection(Protocol):
 
     @ivar listener: the live L{lbproxy.core.model.Listener}.
     @ivar config: its config (the listener's mode's settings).
-    @ivar peer: the connection's peer address.
+    @ivar transport: the client connection's transport.
     @ivar client: the client's address (a trusted proxy's PROXY header's
         source, else C{peer}).
     @ivar local: the address the client connected to, likewise.
     @ivar started: when the connection was accepted.
     @ivar timer: the connection's L{PhaseTimer}.
     @ivar finished: whether L{ended} ran.
+    @ivar relayLeg: the relay's client leg once L{relayTo} handed the
+        connection over.
     """
 
-    listener = None
-    config = None
-    #: The relay's client leg once L{relayTo} handed the connection over.
-    relayLeg = None
-    # What every connection begins with, kept on the class until it changes
-    # (a connection per request sets none of them for nothing).
-    peer: IAddress | None = None
-    client: IAddress | None = None
-    local: IAddress | None = None
-    started = 0.0
-    finished = False
-    _admitted = False
+    __slots__ = (
+        "listener",
+        "config",
+        "_reactor",
+        "timer",
+        "transport",
+        "client",
+        "local",
+        "started",
+        "finished",
+        "_admitted",
+        "relayLeg",
+    )
+
+    #: Set by C{Factory.buildProtocol} for fronts built that way (as on a
+    #: Twisted C{Protocol}); the HTTP front keeps its own.
+    factory = None
 
     def __init__(self, listener, reactor, timers: TimerWheel | None = None) -> None:
         """
@@ -74,6 +85,40 @@ class FrontConnection(Protocol):
         self.config = listener.config
         self._reactor = reactor
         self.timer = PhaseTimer(reactor, self, timers)
+        self.transport = None
+        self.client: IAddress | None = None
+        self.local: IAddress | None = None
+        self.started = 0.0
+        self.finished = False
+        self._admitted = False
+        self.relayLeg = None
+
+    # IProtocol, ILoggingContext
+
+    def makeConnection(self, transport) -> None:
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        return self.__class__.__name__
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the client: each front reads them its own way.
+        """
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The client connection is gone: each front ends its session.
+        """
+
+    @property
+    def peer(self) -> IAddress:
+        """
+        The connection's peer address (C{client} unless a PROXY header
+        named another).
+        """
+        return self.transport.getPeer()
 
     # IProxiedAddresses
 
@@ -86,9 +131,8 @@ class FrontConnection(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         self.started = self._reactor.seconds()
-        self.peer = transport.getPeer()
         if self.client is None:
-            self.client = self.peer
+            self.client = transport.getPeer()
             self.local = transport.getHost()
         if not self.listener.admit(self):
             self.refused()
@@ -136,8 +180,17 @@ class FrontConnection(Protocol):
         """
         self.timer.stop()
         self.relayLeg = leg
-        self.dataReceived = leg.dataReceived
+        self.receiveWith(leg.dataReceived)
         leg.makeConnection(self.transport)
+
+    def receiveWith(self, receiver) -> None:
+        """
+        Pass the client's bytes to C{receiver} from now on: by default an
+        instance attribute in the place of C{dataReceived} (no cost per
+        read), for fronts whose connections have an instance dictionary; a
+        front without one overrides this.
+        """
+        self.dataReceived = receiver
 
     def ended(self, bytesIn: int = 0, bytesOut: int = 0, error: bool = False) -> bool:
         """

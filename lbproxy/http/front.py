@@ -149,6 +149,9 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         # What a client of a listener with prior-knowledge h2c sent before
         # it was known whether it speaks HTTP/2.
         "_sniffed",
+        # Where the client's bytes go instead of the HTTP/1.1 parser (the
+        # h2c sniffer, the HTTP/2 connection, a tunnel's relay), or None.
+        "_receiver",
     )
 
     def __init__(self, factory: HTTPProxyFactory, reactor) -> None:
@@ -171,6 +174,7 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         self._producing = False
         self.http2 = None
         self._sniffed = b""
+        self._receiver = None
 
     def __repr__(self) -> str:
         return f"<HTTPProxyProtocol {self.listener.name} requests={self.requests}>"
@@ -198,9 +202,8 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         self.parser = RequestParser(self, cache=factory.requestHeads, **factory.parserLimits)
         self.timer.enter(_HEAD, self.config.requestTimeout, self.started)
         if factory.h2c:
-            # Until the first bytes tell: an instance attribute, so that
-            # other connections pay nothing for it.
-            self.dataReceived = self._firstData
+            # Until the first bytes tell.
+            self._receiver = self._firstData
 
     # -- HTTP/2 ---------------------------------------------------------------
 
@@ -225,7 +228,7 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
             self._sniffed = data
             return
         self._sniffed = b""
-        del self.dataReceived
+        self._receiver = None
         if consistent:
             self._speakHTTP2(data)
         else:
@@ -245,7 +248,7 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         self.parser.pauseParsing()
         self._firstByte = None
         http2 = self.http2 = H2FrontConnection(self, self.factory, self._reactor)
-        self.dataReceived = http2.dataReceived
+        self._receiver = http2.dataReceived
         http2.start(data)
 
     def closeHTTP2(self) -> None:
@@ -262,7 +265,14 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
         self._closed = True
         self._sendError(Exchange(None, self.started, None, None), 503, "RR")
 
+    def receiveWith(self, receiver) -> None:
+        self._receiver = receiver
+
     def dataReceived(self, data: bytes) -> None:
+        receiver = self._receiver
+        if receiver is not None:
+            receiver(data)
+            return
         if self._closed:
             return
         now = self._seconds()

@@ -53,6 +53,8 @@ class RequestPlacement:
     (see the module docstring).
     """
 
+    __slots__ = ()
+
     def _place(self, exchange: Exchange, head: RequestHead) -> None:
         """
         Normalise the path, route, rewrite and place the request of

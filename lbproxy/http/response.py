@@ -36,6 +36,8 @@ class ResponseForwarding:
     L{lbproxy.http.front.HTTPProxyProtocol}, whose state it shares.
     """
 
+    __slots__ = ()
+
     def responseHeadReceived(self, head: ResponseHead, body: bytes | None) -> None:
         exchange = self.exchange
         request = exchange.head

@@ -87,10 +87,8 @@ class Peer:
     What the rewriter needs to know about one client connection, worked
     out once per connection rather than once per request.
 
-    @ivar clientHost: the client's address.
-    @ivar clientPort: the client's port.
-    @ivar localHost: the address the client connected to.
-    @ivar localPort: the port the client connected to.
+    @ivar client: the client's address (C{clientHost}, C{clientPort}).
+    @ivar local: the address the client connected to (C{localPort}).
     @ivar trusted: the client is a trusted proxy.
     @ivar transport: the client's transport, whose TLS connection tells
         the verified client certificate (L{None} when not known).
@@ -101,10 +99,8 @@ class Peer:
     """
 
     __slots__ = (
-        "clientHost",
-        "clientPort",
-        "localHost",
-        "localPort",
+        "client",
+        "local",
         "trusted",
         "transport",
         "_added",
@@ -115,12 +111,12 @@ class Peer:
     )
 
     def __init__(self, rewriter: RequestRewriter, client, local, transport=None) -> None:
-        self.clientHost = getattr(client, "host", "") or ""
-        self.clientPort = getattr(client, "port", None)
-        self.localHost = getattr(local, "host", "") or ""
-        self.localPort = getattr(local, "port", None)
+        # The addresses the connection holds anyway; the fields below are
+        # read from them.
+        self.client = client
+        self.local = local
         self.trusted, forwardedFor = rewriter._clientFacts(self.clientHost)
-        proto, port, self._hostField = rewriter._localFacts(self.localHost, self.localPort)
+        proto, port, self._hostField = rewriter._localFacts(getattr(local, "host", "") or "", self.localPort)
         # X-Forwarded-For first: the rewriter reads its value from here.
         self._added = rewriter._addedFields(forwardedFor, proto, port)
         self.transport = transport
@@ -135,6 +131,18 @@ class Peer:
         # share with other connections: a keep-alive client tends to send
         # the same request again.
         self._lastChecked: tuple[tuple, bytes] | None = None
+
+    @property
+    def clientHost(self) -> str:
+        return getattr(self.client, "host", "") or ""
+
+    @property
+    def clientPort(self) -> int | None:
+        return getattr(self.client, "port", None)
+
+    @property
+    def localPort(self) -> int | None:
+        return getattr(self.local, "port", None)
 
 
 class RequestRewriter:
