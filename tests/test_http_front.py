@@ -29,7 +29,7 @@ from lbproxy.http.backend import BackendHTTPConnection
 from lbproxy.http.interfaces import IBackendUser
 from lbproxy.service import wrapFront
 from lbproxy.http.factory import HTTPProxyFactory
-from lbproxy.http.front import HTTPProxyProtocol
+from lbproxy.http.front import STOPPING_IDLE, HTTPProxyProtocol
 from lbproxy.http.interfaces import IHTTPMessageReceiver
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.selectors.leastconn import WeightedLeastConnections
@@ -1526,6 +1526,47 @@ class ListenerTests(ProxyTestCase):
         self.factory.doStop()
         self.assertTrue(backend.transport.disconnecting)
         self.assertTrue(self.log.closed)
+
+
+    def test_stopLetsANewClientSendItsRequest(self):
+        """
+        A client that connected before the stop but has not sent its
+        request yet is not closed: it gets STOPPING_IDLE to send it, and is
+        answered with Connection: close.
+        """
+        self.makeFactory()
+        client = self.connectClient()
+        self.factory.stopping = True
+        client.protocol.listenerStopping()
+        self.assertFalse(client.transport.disconnecting)
+        self.exchange(client, GET)
+        self.assertIn(b"Connection: close\r\n", client.received())
+        self.assertTrue(client.transport.disconnecting)
+
+    def test_stopClosesNewClientThatSendsNothing(self):
+        """
+        A new client that sends nothing is closed STOPPING_IDLE after the
+        stop, without a response or an error.
+        """
+        self.makeFactory()
+        client = self.connectClient()
+        self.factory.stopping = True
+        client.protocol.listenerStopping()
+        self.reactor.advance(STOPPING_IDLE - 0.01)
+        self.assertFalse(client.transport.disconnecting)
+        self.reactor.advance(0.5)
+        self.assertTrue(client.transport.disconnecting)
+        self.assertEqual(client.received(), b"")
+
+    def test_stopClosesIdleKeepAliveAtOnce(self):
+        """
+        A keep-alive client idle after a response is closed at once.
+        """
+        self.makeFactory()
+        client = self.connectClient()
+        self.exchange(client, GET)
+        client.protocol.listenerStopping()
+        self.assertTrue(client.transport.disconnecting)
 
 
 class ProxyProtocolTests(ProxyTestCase):

@@ -700,12 +700,18 @@ class HTTPProxyProtocol(ResponseForwarding, RequestPlacement, FrontConnection):
     def listenerStopping(self) -> None:
         """
         Closed now when idle between requests; else after the response
-        (C{Connection: close}, from the factory's C{stopping}).
+        (C{Connection: close}, from the factory's C{stopping}). A client
+        that connected but has not sent its first request yet (it may be on
+        its way) gets L{STOPPING_IDLE} seconds to send it: closing it now
+        would lose a request the client had every reason to send.
         """
         if self.http2 is not None:
             self.http2.listenerStopping()
         elif not self._closed and self.exchange is None and self._firstByte is None and self.relayLeg is None:
-            self._closeClient()
+            if self.requests:
+                self._closeClient()
+            else:
+                self.timer.enter(_IDLE, STOPPING_IDLE)
 
     def _requestTimedOut(self) -> None:
         exchange = Exchange(None, self._acceptTime, self._firstByte, None)
