@@ -461,6 +461,32 @@ def processMemory(pid: int) -> MemoryUse:
     return MemoryUse(rss, pss)
 
 
+def resetPeakMemory(pid: int) -> bool:
+    """
+    Reset the peak resident size (VmHWM) of process C{pid} to its
+    resident size now (C{5} written to /proc/PID/clear_refs); False when
+    the kernel does not allow it.
+    """
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def peakMemory(pid: int) -> int:
+    """
+    The peak resident size (VmHWM) of process C{pid} in KiB: since it
+    started, or since L{resetPeakMemory}.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        peak = parseProcStatusKiB(f.read(), "VmHWM")
+    if peak is None:
+        raise BenchError(f"process {pid} has no VmHWM (a zombie?)")
+    return peak
+
+
 def raiseOpenFileLimit(needed: int) -> int:
     """
     Raise this process's soft open-file limit (C{RLIMIT_NOFILE}) to at

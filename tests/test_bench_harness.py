@@ -283,6 +283,16 @@ def test_processMemoryOfThisProcess():
     assert memory.pss is None or 0 < memory.pss <= memory.rss + 1024
 
 
+def test_peakMemoryOfThisProcess():
+    """
+    VmHWM is at least VmRSS, reset or not.
+    """
+    import os
+
+    harness.resetPeakMemory(os.getpid())
+    assert harness.peakMemory(os.getpid()) >= harness.processMemory(os.getpid()).rss - 1024
+
+
 def test_raiseOpenFileLimitNeverLowers():
     import resource
 
