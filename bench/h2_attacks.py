@@ -81,6 +81,8 @@ from harness import (
     writeJson,
 )
 
+from lbproxy.core.format import formatErrorCode
+
 SMALL = makePayload("100B", 100)
 LARGE = makePayload("16MiB", 16 * 1024 * 1024)
 AUTHORITY = b"127.0.0.1"
@@ -179,13 +181,6 @@ def parseArgs(argv: list[str]) -> argparse.Namespace:
 # ---------------------------------------------------------------------------
 
 
-def codeName(code: int) -> str:
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return f"0x{code:x}"
-
-
 class ServerFrames:
     """
     The frames a server sent on one connection, read with hyperframe, and
@@ -225,10 +220,10 @@ class ServerFrames:
 
     def _frame(self, frame: Frame, now: float) -> None:
         if isinstance(frame, GoAwayFrame):
-            self.goAway = codeName(frame.error_code)
+            self.goAway = formatErrorCode(frame.error_code)
             self.first.setdefault("goaway", now)
         elif isinstance(frame, RstStreamFrame):
-            self.resets[codeName(frame.error_code)] += 1
+            self.resets[formatErrorCode(frame.error_code)] += 1
             self.first.setdefault("reset", now)
         elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
             self.settings += 1

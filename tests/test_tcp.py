@@ -25,7 +25,7 @@ from lbproxy.config.tls import CertificateConfig, ListenerTLSConfig
 from lbproxy.core.pool import Pool, Server, ServerState
 from lbproxy.core.proxyprotocol import buildV1, buildV2
 from lbproxy.selectors.roundrobin import SmoothWeightedRoundRobin
-from lbproxy.core.format import formatAddress, formatSeconds
+from lbproxy.core.format import formatAddress, formatErrorCode, formatSeconds
 from lbproxy.service import wrapFront
 from lbproxy.tcp.front import TCPProxyFactory, TCPProxyProtocol
 
@@ -509,3 +509,8 @@ class TCPFrontTests(SynchronousTestCase):
         self.assertEqual(formatSeconds(None), "-")
         self.assertEqual(formatSeconds(0.0123), "12.3ms")
         self.assertEqual(formatSeconds(2.5), "2.500s")
+        from h2.errors import ErrorCodes
+
+        self.assertEqual(formatErrorCode(ErrorCodes.ENHANCE_YOUR_CALM), "ENHANCE_YOUR_CALM")
+        self.assertEqual(formatErrorCode(11), "ENHANCE_YOUR_CALM")
+        self.assertEqual(formatErrorCode(0x77), "0x77")

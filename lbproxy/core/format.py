@@ -1,10 +1,12 @@
 """
-How log lines write addresses and durations, the same in every front, and
-the format of the one line a front logs per session or request.
+How log lines write addresses, durations and HTTP/2 error codes, the same
+in every front, and the format of the one line a front logs per session or
+request.
 """
 
 from __future__ import annotations
 
+from h2.errors import ErrorCodes
 from twisted.internet.interfaces import IAddress
 
 
@@ -43,3 +45,15 @@ def formatSeconds(seconds: float | None) -> str:
     if seconds < 1.0:
         return f"{seconds * 1000:.1f}ms"
     return f"{seconds:.3f}s"
+
+
+def formatErrorCode(code) -> str:
+    """
+    An HTTP/2 error code (an C{int}, or the h2 library's C{ErrorCodes} it
+    knows) for a log line: its RFC 9113 name, or its hex value for a code
+    without one.
+    """
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return f"0x{code:x}"

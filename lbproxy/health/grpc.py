@@ -23,7 +23,6 @@ from urllib.parse import unquote_to_bytes
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -40,6 +39,7 @@ from zope.interface import implementer
 
 from lbproxy.config import HealthConfig
 from lbproxy.core.endpoints import hostHeader
+from lbproxy.core.format import formatErrorCode
 from lbproxy.interfaces import IHealthCheck, IServer
 
 from .checks import _asciiHost, _ConnectingCheck, _ProbeProtocol, _short
@@ -150,13 +150,6 @@ def decodeStatus(message: bytes) -> int:
     return status
 
 
-def _errorName(code: int) -> str:
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return f"0x{code:x}"
-
-
 def _grpcMessage(value: bytes, limit: int = 80) -> str:
     """
     A C{grpc-message} (percent-encoded UTF-8) fit for a log line.
@@ -256,11 +249,11 @@ class _GRPCHealthProtocol(_ProbeProtocol):
         if isinstance(event, ConnectionTerminated):
             # Even a graceful one (NO_ERROR): h2 closes the connection on
             # GOAWAY and would reject the answer that may still follow.
-            self.probe.fail(f"GOAWAY {_errorName(event.error_code)}")
+            self.probe.fail(f"GOAWAY {formatErrorCode(event.error_code)}")
         elif getattr(event, "stream_id", self._stream) != self._stream:
             return
         elif isinstance(event, StreamReset):
-            self.probe.fail(f"stream reset {_errorName(event.error_code)}")
+            self.probe.fail(f"stream reset {formatErrorCode(event.error_code)}")
         elif isinstance(event, ResponseReceived):
             self._response(dict(event.headers), event.stream_ended is not None)
         elif isinstance(event, DataReceived):

@@ -52,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lbproxy.core.format import formatAddress, formatErrorCode
 from lbproxy.http2.guard import EMPTY, PING, PRIORITY, RESET, SETTINGS, FloodMeter
 from lbproxy.http2.stream import H2Stream
 
@@ -334,13 +335,12 @@ class H2FrontConnection:
         self._close()
 
     def _log(self, why: str, code) -> None:
-        name = getattr(code, "name", str(code))
         self.log.info(
             "listener {listener}: closed an HTTP/2 connection from {client}: {why} (GOAWAY {code})",
             listener=self.owner.listener.name,
-            client=self.owner.client,
+            client=formatAddress(self.owner.client),
             why=why,
-            code=name,
+            code=formatErrorCode(code),
         )
 
     def _close(self) -> None:

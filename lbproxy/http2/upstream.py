@@ -58,6 +58,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lbproxy.core.connect import BackendConnector, describeFailure
+from lbproxy.core.format import formatErrorCode
 from lbproxy.core.relay import setNoDelay
 from lbproxy.http2.flow import sendWithinWindows
 from lbproxy.interfaces import IUpstreamStream
@@ -309,7 +310,7 @@ class H2ServerConnection(Protocol):
         self.goingAway = True
         self.backends.discard(self)
         last = event.last_stream_id if event.last_stream_id is not None else 0
-        code = getattr(event.error_code, "name", event.error_code)
+        code = formatErrorCode(event.error_code)
         self.log.info(
             "HTTP/2 connection to {server}: GOAWAY {code} (last stream {last}, {open} open)",
             server=getattr(self.server, "qualifiedName", None),
